@@ -1,0 +1,198 @@
+//! A [`Corpus`] is whatever a user points a tool at: a flame-prep output directory (with `manifest.json`),
+//! one Megatron prefix, or a directory of prefixes. It presents the shards as one sequence space.
+
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use crate::dtype::TokenDtype;
+use crate::error::{Error, Result};
+use crate::manifest::{MANIFEST_FILE_NAME, Manifest, VerifyReport};
+use crate::megatron::{IndexedDataset, TokenSlice};
+use crate::packed::{PackedDataset, cu_seqlens_prefix, is_packed};
+use crate::prefix::{discover_prefixes, idx_path, normalize_prefix};
+
+/// One shard of a corpus.
+#[derive(Debug)]
+pub enum Shard {
+    /// A document-level dataset.
+    Megatron(IndexedDataset<Mmap>),
+    /// A packed dataset.
+    Packed(PackedDataset<Mmap>),
+}
+
+impl Shard {
+    /// The tokens dataset.
+    pub fn tokens(&self) -> &IndexedDataset<Mmap> {
+        match self {
+            Self::Megatron(d) => d,
+            Self::Packed(p) => p.tokens(),
+        }
+    }
+}
+
+/// Shards opened from one path, addressed by a global sequence index.
+#[derive(Debug)]
+pub struct Corpus {
+    root: PathBuf,
+    manifest: Option<Manifest>,
+    shards: Vec<Shard>,
+    /// `sequence_starts[k]` is the global index of shard `k`'s first sequence; one extra entry at the end.
+    sequence_starts: Vec<u64>,
+}
+
+impl Corpus {
+    /// Opens a manifest directory (or its `manifest.json`), a prefix (or its `.idx`/`.bin`), or a
+    /// directory of prefixes taken in natural order.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let is_manifest_file =
+            path.file_name().is_some_and(|n| n == MANIFEST_FILE_NAME) && path.is_file();
+        if is_manifest_file || path.join(MANIFEST_FILE_NAME).is_file() {
+            let root = if is_manifest_file {
+                path.parent().unwrap_or(Path::new(".")).to_path_buf()
+            } else {
+                path.to_path_buf()
+            };
+            let manifest = Manifest::load(path)?;
+            let prefixes = manifest.shard_prefixes(&root);
+            let is_packed = manifest.packing.is_some();
+            let shards = prefixes
+                .iter()
+                .map(|p| open_shard(p, is_packed))
+                .collect::<Result<Vec<_>>>()?;
+            return Self::from_shards(root, Some(manifest), shards);
+        }
+        let prefixes = if path.is_dir() {
+            let all = discover_prefixes(path)?;
+            // A packed pair shows up as PREFIX and PREFIX_cu_seqlens; the second is part of the first.
+            let companions: Vec<PathBuf> = all.iter().map(|p| cu_seqlens_prefix(p)).collect();
+            all.into_iter()
+                .filter(|p| !companions.contains(p))
+                .collect()
+        } else {
+            let prefix = normalize_prefix(path);
+            if !idx_path(&prefix).exists() && !crate::prefix::bin_path(&prefix).exists() {
+                return Err(Error::NotADataset { path: path.into() });
+            }
+            vec![prefix]
+        };
+        if prefixes.is_empty() {
+            return Err(Error::NotADataset { path: path.into() });
+        }
+        let shards = prefixes
+            .iter()
+            .map(|p| open_shard(p, is_packed(p)))
+            .collect::<Result<Vec<_>>>()?;
+        Self::from_shards(path.to_path_buf(), None, shards)
+    }
+
+    fn from_shards(root: PathBuf, manifest: Option<Manifest>, shards: Vec<Shard>) -> Result<Self> {
+        let mut sequence_starts = Vec::with_capacity(shards.len() + 1);
+        let mut total = 0;
+        for shard in &shards {
+            sequence_starts.push(total);
+            total += shard.tokens().num_sequences();
+        }
+        sequence_starts.push(total);
+        if let Some(first) = shards.first() {
+            for shard in &shards[1..] {
+                if shard.tokens().dtype() != first.tokens().dtype() {
+                    return Err(Error::Incompatible {
+                        path: shard.tokens().prefix().into(),
+                        reason: format!(
+                            "it holds {}, the first shard holds {}",
+                            shard.tokens().dtype(),
+                            first.tokens().dtype()
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(Self {
+            root,
+            manifest,
+            shards,
+            sequence_starts,
+        })
+    }
+
+    /// The path the corpus was opened from.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The manifest, when the corpus has one.
+    pub fn manifest(&self) -> Option<&Manifest> {
+        self.manifest.as_ref()
+    }
+
+    /// The shards, in order.
+    pub fn shards(&self) -> &[Shard] {
+        &self.shards
+    }
+
+    /// The token dtype (`None` only for a corpus with no shards).
+    pub fn dtype(&self) -> Option<TokenDtype> {
+        self.shards.first().map(|s| s.tokens().dtype())
+    }
+
+    /// Sequences over all shards.
+    pub fn num_sequences(&self) -> u64 {
+        *self
+            .sequence_starts
+            .last()
+            .expect("one more entry than shards")
+    }
+
+    /// Documents over all shards (windows, for packed shards).
+    pub fn num_documents(&self) -> u64 {
+        self.shards.iter().map(|s| s.tokens().num_documents()).sum()
+    }
+
+    /// Tokens over all shards.
+    pub fn num_tokens(&self) -> u64 {
+        self.shards.iter().map(|s| s.tokens().num_tokens()).sum()
+    }
+
+    /// Sequence `i` of the concatenation of all shards.
+    pub fn sequence(&self, i: u64) -> Result<TokenSlice<'_>> {
+        if i >= self.num_sequences() {
+            return Err(Error::OutOfRange {
+                path: self.root.clone(),
+                what: "sequence",
+                index: i,
+                count: self.num_sequences(),
+            });
+        }
+        let shard = self.sequence_starts.partition_point(|&start| start <= i) - 1;
+        self.shards[shard]
+            .tokens()
+            .sequence(i - self.sequence_starts[shard])
+    }
+
+    /// Checks everything: with a manifest, sizes and checksums of every file too; without, the format's invariants.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        if let Some(manifest) = &self.manifest {
+            return manifest.verify(&self.root);
+        }
+        for shard in &self.shards {
+            match shard {
+                Shard::Megatron(d) => d.validate()?,
+                Shard::Packed(p) => p.validate()?,
+            }
+        }
+        Ok(VerifyReport {
+            num_shards: self.shards.len() as u64,
+            ..VerifyReport::default()
+        })
+    }
+}
+
+fn open_shard(prefix: &Path, is_packed: bool) -> Result<Shard> {
+    Ok(if is_packed {
+        Shard::Packed(PackedDataset::open(prefix)?)
+    } else {
+        Shard::Megatron(IndexedDataset::open(prefix)?)
+    })
+}

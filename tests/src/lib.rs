@@ -1,0 +1,12 @@
+//! Helpers shared by flame's end-to-end tests: where the repository, `../shared` and the built binaries are.
+#![warn(missing_docs)]
+
+use std::path::{Path, PathBuf};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the repository root")
+        .to_path_buf()
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Creates (once) the Python venv that flame's interop tests use, and prints its interpreter's path.
+#
+# Torch-free by design: megatron-core is installed with --no-deps and its data modules are loaded with
+# small stubs (tools/interop/megatron_core_oracle.py), so the venv is ~120 MB instead of ~5 GB with torch.
+# Cached under ${FLAME_CACHE:-~/.cache/flame}/venv; rebuilt when the pinned requirements change.
+set -euo pipefail
+
+cache="${FLAME_CACHE:-$HOME/.cache/flame}"
+venv="$cache/venv"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+requirements="$here/python-requirements.txt"
+stamp="$venv/.flame-requirements.sha256"
+want="$(sha256sum "$requirements" | cut -d' ' -f1)"
+
+if [[ ! -x "$venv/bin/python" || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+    echo "setup-python: creating $venv" >&2
+    rm -rf "$venv"
+    mkdir -p "$cache"
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
+    # megatron-core without its torch dependency (see above); everything else as pinned.
+    grep -v '^megatron-core' "$requirements" | "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r /dev/stdin >&2
+    grep '^megatron-core' "$requirements" | "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r /dev/stdin >&2
+    echo "$want" > "$stamp"
+fi
+echo "$venv/bin/python"
