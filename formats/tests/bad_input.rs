@@ -248,11 +248,11 @@ fn no_mutation_of_a_valid_index_panics() {
             return;
         };
         let _ = dataset.validate();
-        for i in 0..dataset.num_sequences() + 1 {
+        for i in 0..=dataset.num_sequences() {
             let _ = dataset.sequence(i);
             let _ = dataset.sequence_mode(i);
         }
-        for d in 0..dataset.num_documents() + 1 {
+        for d in 0..=dataset.num_documents() {
             let _ = dataset.document(d);
         }
         let _ = dataset.num_tokens();

@@ -392,13 +392,13 @@ impl IndexedDatasetBuilder {
             TokenDtype::Int8 => out.extend(tokens.iter().flat_map(|&t| (t as i8).to_le_bytes())),
             TokenDtype::Int16 => out.extend(tokens.iter().flat_map(|&t| (t as i16).to_le_bytes())),
             TokenDtype::Int64 => {
-                out.extend(tokens.iter().flat_map(|&t| i64::from(t).to_le_bytes()))
+                out.extend(tokens.iter().flat_map(|&t| i64::from(t).to_le_bytes()));
             }
             TokenDtype::Float64 => {
-                out.extend(tokens.iter().flat_map(|&t| f64::from(t).to_le_bytes()))
+                out.extend(tokens.iter().flat_map(|&t| f64::from(t).to_le_bytes()));
             }
             TokenDtype::Float32 => {
-                out.extend(tokens.iter().flat_map(|&t| (t as f32).to_le_bytes()))
+                out.extend(tokens.iter().flat_map(|&t| (t as f32).to_le_bytes()));
             }
             TokenDtype::Uint32 | TokenDtype::Uint64 => {
                 unreachable!("rejected in create_with_modes")
