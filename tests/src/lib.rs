@@ -10,3 +10,8 @@ pub fn repo_root() -> PathBuf {
         .expect("tests/ sits in the repository root")
         .to_path_buf()
 }
+
+/// `../shared` beside the repository (or `$FLAME_SHARED`): tokenizers, corpora and golden ids.
+pub fn shared_dir() -> PathBuf {
+    std::env::var_os("FLAME_SHARED").map_or_else(|| repo_root().join("../shared"), PathBuf::from)
+}

@@ -1,0 +1,181 @@
+//! The bundled fixtures in `tests/data/` are exactly what the generator below makes from `../shared`.
+//! `FLAME_BLESS=1 cargo test -p flame-e2e fixtures` rewrites them (see tests/data/README.md).
+
+use std::path::{Path, PathBuf};
+
+use flame_e2e::{repo_root, shared_dir};
+use flame_formats::manifest::{
+    MANIFEST_VERSION, Manifest, Packing, ShardEntry, ShardFormat, SourceEntry, TokenizerIdentity,
+    Totals,
+};
+use flame_formats::packed::cu_seqlens_prefix;
+use flame_formats::{IndexedDatasetBuilder, PackedWriter, TailPolicy, TokenDtype, sha256_file};
+
+const GOLDEN: &str = "data/golden/mistral-7b-v0.1.ids.jsonl";
+const TOKENIZER: &str = "data/tokenizers/mistral-7b-v0.1/tokenizer.json";
+const BOS_ID: u32 = 1;
+const PACKED_SEQ_LEN: u32 = 256;
+
+/// The golden ids with flame's BOS policy applied (BOS first, no EOS), one document per line.
+fn documents() -> Vec<Vec<u32>> {
+    let text = std::fs::read_to_string(shared_dir().join(GOLDEN)).unwrap();
+    text.lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            let mut ids = vec![BOS_ID];
+            ids.extend(
+                value["ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| u32::try_from(v.as_u64().unwrap()).unwrap()),
+            );
+            ids
+        })
+        .collect()
+}
+
+fn manifest(
+    format: ShardFormat,
+    dtype: TokenDtype,
+    packing: Option<Packing>,
+    totals: Totals,
+    shards: Vec<ShardEntry>,
+) -> Manifest {
+    let tokenizer = shared_dir().join(TOKENIZER);
+    let (_, tokenizer_sha256) = sha256_file(&tokenizer).unwrap();
+    let golden = shared_dir().join(GOLDEN);
+    let (bytes, sha256) = sha256_file(&golden).unwrap();
+    let mut parameters = serde_json::Map::new();
+    parameters.insert("bos".into(), "prepend".into());
+    parameters.insert("eos".into(), "none".into());
+    Manifest {
+        version: MANIFEST_VERSION,
+        format,
+        dtype,
+        packing,
+        tokenizer: TokenizerIdentity {
+            name: Some("mistral-7b-v0.1".into()),
+            sha256: tokenizer_sha256,
+            vocab_size: 32_000,
+            bos_id: Some(BOS_ID),
+            eos_id: Some(2),
+        },
+        totals,
+        shards,
+        sources: vec![SourceEntry {
+            uri: format!("shared/{GOLDEN}"),
+            bytes: Some(bytes),
+            sha256: Some(sha256),
+        }],
+        parameters,
+        created_by: "flame-e2e fixture generator (tests/tests/fixtures.rs)".into(),
+    }
+}
+
+/// Writes `golden-mistral/` (document-level) and `golden-mistral-packed/` (seq_len 256) under `out`.
+fn generate(out: &Path) -> Vec<PathBuf> {
+    let docs = documents();
+    let dtype = TokenDtype::for_vocab_size(32_000);
+
+    let dir = out.join("golden-mistral");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut builder = IndexedDatasetBuilder::create(dir.join("shard_00000"), dtype).unwrap();
+    for doc in &docs {
+        builder.add_item(doc).unwrap();
+        builder.end_document().unwrap();
+    }
+    let summary = builder.finalize().unwrap();
+    let totals = Totals {
+        documents: summary.num_documents,
+        sequences: summary.num_sequences,
+        tokens: summary.num_tokens,
+    };
+    manifest(
+        ShardFormat::Megatron,
+        dtype,
+        None,
+        totals,
+        vec![ShardEntry::from_summary(&dir, &summary)],
+    )
+    .write(&dir)
+    .unwrap();
+
+    let packed_dir = out.join("golden-mistral-packed");
+    std::fs::create_dir_all(&packed_dir).unwrap();
+    let mut writer =
+        PackedWriter::create(packed_dir.join("shard_00000"), dtype, PACKED_SEQ_LEN).unwrap();
+    for doc in &docs {
+        writer.add_document(doc).unwrap();
+    }
+    let tail = TailPolicy::Pad { pad_id: 2 };
+    let packed = writer.finish(tail).unwrap();
+    let mut shard = ShardEntry::from_summary(&packed_dir, &packed.tokens);
+    shard.cu_seqlens = Some(flame_formats::manifest::FilePair {
+        bin: packed.cu_seqlens.bin.clone(),
+        idx: packed.cu_seqlens.idx.clone(),
+    });
+    let packing = Packing {
+        seq_len: PACKED_SEQ_LEN,
+        tail,
+        dropped_tokens: packed.num_dropped_tokens,
+        pad_tokens: packed.num_pad_tokens,
+    };
+    let totals = Totals {
+        documents: packed.num_documents,
+        sequences: packed.num_windows,
+        tokens: packed.tokens.num_tokens,
+    };
+    manifest(
+        ShardFormat::Packed,
+        dtype,
+        Some(packing),
+        totals,
+        vec![shard],
+    )
+    .write(&packed_dir)
+    .unwrap();
+
+    let mut files = Vec::new();
+    for (d, prefixes) in [
+        (&dir, vec![dir.join("shard_00000")]),
+        (
+            &packed_dir,
+            vec![
+                packed_dir.join("shard_00000"),
+                cu_seqlens_prefix(&packed_dir.join("shard_00000")),
+            ],
+        ),
+    ] {
+        files.push(d.join("manifest.json"));
+        for p in prefixes {
+            files.push(flame_formats::prefix::bin_path(&p));
+            files.push(flame_formats::prefix::idx_path(&p));
+        }
+    }
+    files
+}
+
+#[test]
+fn bundled_fixtures_match_their_generator() {
+    let fresh = tempfile::tempdir().unwrap();
+    let files = generate(fresh.path());
+    let committed = repo_root().join("tests/data");
+    if std::env::var_os("FLAME_BLESS").is_some() {
+        generate(&committed);
+    }
+    for file in files {
+        let relative = file.strip_prefix(fresh.path()).unwrap();
+        let expected = std::fs::read(committed.join(relative)).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (regenerate with FLAME_BLESS=1)",
+                relative.display()
+            )
+        });
+        assert!(
+            std::fs::read(&file).unwrap() == expected,
+            "tests/data/{} is stale: regenerate with FLAME_BLESS=1",
+            relative.display()
+        );
+    }
+}
