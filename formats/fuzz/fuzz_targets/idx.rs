@@ -8,10 +8,14 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     // The first two bytes say where the index ends; the remainder is the data file.
-    let Some((split, rest)) = data.split_first_chunk::<2>() else { return };
+    let Some((split, rest)) = data.split_first_chunk::<2>() else {
+        return;
+    };
     let split = usize::from(u16::from_le_bytes(*split)).min(rest.len());
     let (idx, bin) = rest.split_at(split);
-    let Ok(dataset) = IndexedDataset::from_bytes(AlignedBytes::new(idx), AlignedBytes::new(bin), "fuzz") else {
+    let Ok(dataset) =
+        IndexedDataset::from_bytes(AlignedBytes::new(idx), AlignedBytes::new(bin), "fuzz")
+    else {
         return;
     };
     let is_valid = dataset.validate().is_ok();
@@ -25,7 +29,10 @@ fuzz_target!(|data: &[u8]| {
     }
     for d in 0..dataset.num_documents().min(4096) {
         let sequences = dataset.document_sequences(d);
-        assert!(sequences.is_ok() || !is_valid, "a validated dataset must read every document");
+        assert!(
+            sequences.is_ok() || !is_valid,
+            "a validated dataset must read every document"
+        );
         let _ = dataset.document(d);
     }
     if is_valid && dataset.num_sequences() <= 4096 {
