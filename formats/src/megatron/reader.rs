@@ -368,7 +368,14 @@ impl<S: AsRef<[u8]>> IndexedDataset<S> {
             });
         }
         let span = self.sequence_span(i)?;
-        Ok(bytemuck::cast_slice(self.view(span)?.as_bytes()))
+        let start = span.start;
+        bytemuck::try_cast_slice(&self.bin.as_ref()[span]).map_err(|_| Error::Usage {
+            path: self.bin_path(),
+            reason: format!(
+                "bytes at {start} are not aligned for {}; keep in-memory data in AlignedBytes",
+                self.dtype()
+            ),
+        })
     }
 
     /// The sequences of document `d`.
@@ -495,7 +502,7 @@ impl<S: AsRef<[u8]>> IndexedDataset<S> {
                 format!("negative pointer {pointer} of sequence {i}"),
             )
         })?;
-        if start % item != 0 {
+        if start & (item - 1) != 0 {
             return Err(self.corrupt(
                 self.pointer_offset(i),
                 format!(
