@@ -110,3 +110,43 @@ fn a_window_of_the_wrong_length_or_bad_offsets_is_reported() {
     );
     assert!(PackedWriter::create(dir.path().join("z"), TokenDtype::Uint16, 0).is_err());
 }
+
+#[test]
+fn rotating_shards_carries_the_partial_window_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs: Vec<Vec<u32>> = (0..20u32)
+        .map(|d| (0..=(d % 7)).map(|t| d * 10 + t).collect())
+        .collect();
+    let mut whole = PackedWriter::create(dir.path().join("whole"), TokenDtype::Uint16, 5).unwrap();
+    let mut split = PackedWriter::create(dir.path().join("part_0"), TokenDtype::Uint16, 5).unwrap();
+    let mut parts = 1;
+    for (i, doc) in docs.iter().enumerate() {
+        whole.add_document(doc).unwrap();
+        split.add_document(doc).unwrap();
+        if i % 6 == 5 {
+            split
+                .rotate(dir.path().join(format!("part_{parts}")))
+                .unwrap();
+            parts += 1;
+        }
+    }
+    whole.finish(TailPolicy::Drop).unwrap();
+    split.finish(TailPolicy::Drop).unwrap();
+    let whole = PackedDataset::open(dir.path().join("whole")).unwrap();
+    let mut windows = Vec::new();
+    for k in 0..parts {
+        let part = PackedDataset::open(dir.path().join(format!("part_{k}"))).unwrap();
+        part.validate().unwrap();
+        for w in 0..part.num_windows() {
+            let window = part.window(w).unwrap();
+            windows.push((window.tokens.to_i64_vec(), window.cu_seqlens.to_vec()));
+        }
+    }
+    let expected: Vec<_> = (0..whole.num_windows())
+        .map(|w| {
+            let window = whole.window(w).unwrap();
+            (window.tokens.to_i64_vec(), window.cu_seqlens.to_vec())
+        })
+        .collect();
+    assert_eq!(windows, expected);
+}

@@ -1,13 +1,25 @@
-//! Command-line arguments. clap types live here only; commands receive plain values.
+//! Command-line arguments. clap types live here only; `config.rs` turns them into a validated `Config`.
 
 use std::ops::Range;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// Turn text corpora into training tokens, and check what was written.
+use crate::tokenize::BosPolicy;
+
+const EXAMPLES: &str = "\
+Examples:
+  flame-prep --dataset sample --context_length 2048              # the bundled sample, packed windows
+  flame-prep --dataset ./corpus/ --tokenizer ./mistral/tokenizer.json
+  flame-prep --dataset 'dumps/*.jsonl.zst' --tokenizer gpt2/tokenizer.json --append-eod --bos never
+  flame-prep inspect data/sample/default/train
+  flame-prep verify data/sample/default/train
+
+Output goes to OUTPUT/DATASET/NAME/SPLIT/: shard_00000.{bin,idx}, ... and manifest.json, written last.";
+
+/// Turn text corpora into training tokens (Megatron .bin/.idx or packed varlen), and check what was written.
 #[derive(Debug, Parser)]
-#[command(version, about, propagate_version = true)]
+#[command(version, about, propagate_version = true, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true, after_help = EXAMPLES)]
 pub struct Cli {
     /// More log output on stderr (-v debug, -vv trace). `RUST_LOG` overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -15,9 +27,82 @@ pub struct Cli {
     /// Only errors on stderr.
     #[arg(short, long, global = true)]
     pub quiet: bool,
-    /// What to do.
+    /// Inspect or verify instead of tokenizing.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    /// Tokenizing (the default action).
+    #[command(flatten)]
+    pub tokenize: TokenizeArgs,
+}
+
+/// What to do with the final partial window of packed output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Tail {
+    /// Drop it (its token count goes into the manifest).
+    Drop,
+    /// Pad it to `--context_length` with `--pad-id`.
+    Pad,
+}
+
+/// Arguments of the tokenizing run.
+#[derive(Debug, Args)]
+#[allow(clippy::struct_excessive_bools)] // independent on/off flags, as users type them
+pub struct TokenizeArgs {
+    /// `sample` (bundled public-domain text), or a local file, directory or glob of parquet, jsonl[.gz|.zst], arrow or txt files.
+    #[arg(long, value_name = "DATASET", required = true)]
+    pub dataset: Option<String>,
+    /// Configuration name (an output path component).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Split: in a directory, files named like `train-*`, `train/…`, `*_train.*`.
+    #[arg(long, default_value = "train")]
+    pub split: String,
+    /// Pack documents into windows of exactly N tokens with cu_seqlens (default: one document per sequence).
+    #[arg(
+        long = "context_length",
+        visible_alias = "context-length",
+        value_name = "N"
+    )]
+    pub context_length: Option<u32>,
+    /// The final partial window of packed output.
+    #[arg(long, value_enum, default_value_t = Tail::Drop)]
+    pub tail: Tail,
+    /// Token id used by `--tail pad` (default: the tokenizer's EOS, else 0).
+    #[arg(long, value_name = "ID")]
+    pub pad_id: Option<u32>,
+    /// A tokenizer.json, or a directory holding one (default for `--dataset sample`: the bundled Mistral-7B tokenizer).
+    #[arg(long, value_name = "PATH")]
+    pub tokenizer: Option<PathBuf>,
+    /// Column or JSON key with the text (default: `text`, else `content`).
+    #[arg(long, value_name = "KEY")]
+    pub text_key: Option<String>,
+    /// Root of the output tree.
+    #[arg(long, value_name = "DIR", default_value = "data")]
+    pub output: PathBuf,
+    /// BOS: what the tokenizer adds (flame), always, or never.
+    #[arg(long, value_enum, default_value_t = BosPolicy::Tokenizer)]
+    pub bos: BosPolicy,
+    /// Append the tokenizer's EOS to every document (Megatron's --append-eod).
+    #[arg(long)]
+    pub append_eod: bool,
+    /// Turn literal special-token strings in the text (`</s>`, `<|endoftext|>`) into special ids.
+    #[arg(long)]
+    pub parse_special_tokens: bool,
+    /// Start a new shard once the current one holds this many tokens.
+    #[arg(long, value_name = "N", default_value_t = 1 << 30)]
+    pub shard_tokens: u64,
+    /// Tokenizer threads (default: all cores). The output is the same for every value.
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Count bad records (malformed JSON, null or empty text, invalid UTF-8) in the summary instead of failing.
+    #[arg(long)]
+    pub skip_bad_records: bool,
+    /// Replace a complete output instead of reporting it.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Subcommands.

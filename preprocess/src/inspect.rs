@@ -42,6 +42,7 @@ struct Bucket {
     count: u64,
 }
 
+/// Runs `flame-prep inspect`.
 pub fn run(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     let corpus = Corpus::open(&args.path)?;
     let stdout = std::io::stdout().lock();

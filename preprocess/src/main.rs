@@ -1,17 +1,16 @@
 //! `flame-prep`: parse arguments, set up logging, run, map the outcome to an exit code.
 
-mod cli;
-mod inspect;
-mod verify;
-
 use std::process::ExitCode;
 
 use clap::Parser;
+use flame_preprocess::cli::{Cli, Command};
+use flame_preprocess::config::Config;
+use flame_preprocess::{inspect, run, verify};
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = Cli::parse();
     init_tracing(cli.verbose, cli.quiet);
-    match run(cli) {
+    match dispatch(cli) {
         Ok(code) => code,
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
@@ -21,10 +20,34 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        cli::Command::Inspect(args) => inspect::run(&args),
-        cli::Command::Verify(args) => verify::run(&args),
+        Some(Command::Inspect(args)) => inspect::run(&args),
+        Some(Command::Verify(args)) => verify::run(&args),
+        None => {
+            let config = Config::from_args(&cli.tokenize)?;
+            let summary = run::run(&config, cli.quiet)?;
+            if config.json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else if !cli.quiet {
+                eprintln!(
+                    "flame-prep: {} {} documents, {} tokens in {} shards ({:.1} MB/s of text, {:.0} tokens/s, {} bad records skipped) -> {}",
+                    if summary.already_complete {
+                        "already complete:"
+                    } else {
+                        "wrote"
+                    },
+                    summary.documents,
+                    summary.stored_tokens,
+                    summary.shards,
+                    summary.text_mb_per_s,
+                    summary.tokens_per_s,
+                    summary.bad_records,
+                    summary.output
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use flame_formats::Corpus;
 
 use crate::cli::VerifyArgs;
 
+/// Runs `flame-prep verify`.
 pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let corpus = Corpus::open(&args.path)?;
     let report = corpus.verify()?;

@@ -1,7 +1,10 @@
 //! Integration tests of the `flame-prep` binary, run as a user runs it.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+#![allow(clippy::cast_possible_truncation)] // test values are small
 
 mod bad_input;
+mod exactness;
 mod inspect;
+mod tokenize_run;
 mod util;
 mod verify;

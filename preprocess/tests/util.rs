@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -41,4 +42,33 @@ pub fn copy_fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
         std::fs::copy(entry.path(), target.join(entry.file_name())).unwrap();
     }
     (dir, target)
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// `../shared` beside the repository (or `$FLAME_SHARED`).
+pub fn shared() -> PathBuf {
+    std::env::var_os("FLAME_SHARED").map_or_else(|| repo_root().join("../shared"), PathBuf::from)
+}
+
+/// The test venv's interpreter, created on first use by the project's own script.
+pub fn python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let output = Command::new("bash")
+            .arg(repo_root().join("tools/setup-python.sh"))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "tools/setup-python.sh failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+    })
 }

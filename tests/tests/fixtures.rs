@@ -179,3 +179,92 @@ fn bundled_fixtures_match_their_generator() {
         );
     }
 }
+
+/// The bundled `--dataset sample`: rows of the shared fineweb-edu-schema corpus whose text is public domain
+/// (Moby-Dick, and State of the Union addresses of 1790-1860), all columns kept, in corpus order.
+fn generate_sample(out: &Path) -> PathBuf {
+    use std::sync::Arc;
+
+    use arrow_array::cast::AsArray;
+    use arrow_array::{BooleanArray, RecordBatch};
+    use parquet::arrow::ArrowWriter;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::basic::Compression;
+    use parquet::file::properties::WriterProperties;
+
+    let source =
+        shared_dir().join("data/corpus/fineweb-edu-schema/data/train-00000-of-00002.parquet");
+    let reader =
+        ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&source).unwrap()).unwrap();
+    let metadata = reader
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .cloned();
+    let schema = reader.schema().clone();
+    let mut kept: Vec<RecordBatch> = Vec::new();
+    for batch in reader.build().unwrap() {
+        let batch = batch.unwrap();
+        let urls = batch.column_by_name("url").unwrap().as_string::<i32>();
+        let keep: BooleanArray = urls
+            .iter()
+            .map(|url| {
+                let url = url.unwrap_or_default();
+                let is_early_sotu = url.contains("sotu/data/1")
+                    && url
+                        .split("sotu/data/")
+                        .nth(1)
+                        .and_then(|y| y.get(..4))
+                        .and_then(|y| y.parse::<u32>().ok())
+                        .is_some_and(|y| y <= 1860);
+                Some(url.contains("moby-dick") || is_early_sotu)
+            })
+            .collect();
+        kept.push(arrow_select::filter::filter_record_batch(&batch, &keep).unwrap());
+    }
+    let dir = out.join("sample");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("train-00000-of-00001.parquet");
+    let mut props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(256))
+        .set_created_by("flame-e2e fixture generator".into());
+    if let Some(metadata) = metadata {
+        props = props.set_key_value_metadata(Some(metadata));
+    }
+    let mut writer = ArrowWriter::try_new(
+        std::fs::File::create(&path).unwrap(),
+        Arc::clone(&schema),
+        Some(props.build()),
+    )
+    .unwrap();
+    for batch in &kept {
+        writer.write(batch).unwrap();
+    }
+    writer.close().unwrap();
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        std::fs::read(shared_dir().join(TOKENIZER)).unwrap(),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn bundled_sample_matches_its_generator() {
+    let fresh = tempfile::tempdir().unwrap();
+    let dir = generate_sample(fresh.path());
+    let committed = repo_root().join("preprocess/data");
+    if std::env::var_os("FLAME_BLESS").is_some() {
+        generate_sample(&committed);
+    }
+    for name in ["train-00000-of-00001.parquet", "tokenizer.json"] {
+        let expected = std::fs::read(committed.join("sample").join(name)).unwrap_or_else(|e| {
+            panic!("preprocess/data/sample/{name}: {e} (regenerate with FLAME_BLESS=1)")
+        });
+        assert!(
+            std::fs::read(dir.join(name)).unwrap() == expected,
+            "preprocess/data/sample/{name} is stale: regenerate with FLAME_BLESS=1"
+        );
+    }
+}

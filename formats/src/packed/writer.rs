@@ -107,6 +107,30 @@ impl PackedWriter {
         Ok(())
     }
 
+    /// Publishes the windows completed so far as one shard and continues in a new shard at `next_prefix`.
+    ///
+    /// A partial window is not cut: it stays in memory and becomes the first window of the next shard.
+    /// The summary's per-shard fields (`tokens`, `cu_seqlens`, `num_windows`) cover this shard; the
+    /// document counts cover everything added so far, and the tail fields are zero.
+    pub fn rotate(&mut self, next_prefix: impl AsRef<Path>) -> Result<PackedSummary> {
+        let tokens = IndexedDatasetBuilder::create(next_prefix.as_ref(), self.tokens.dtype())?;
+        let cu_seqlens =
+            IndexedDatasetBuilder::create(cu_seqlens_prefix(tokens.prefix()), TokenDtype::Int32)?;
+        let old_tokens = std::mem::replace(&mut self.tokens, tokens);
+        let old_cu_seqlens = std::mem::replace(&mut self.cu_seqlens, cu_seqlens);
+        let num_windows = old_tokens.num_sequences();
+        Ok(PackedSummary {
+            tokens: old_tokens.finalize()?,
+            cu_seqlens: old_cu_seqlens.finalize()?,
+            seq_len: u32::try_from(self.seq_len).expect("checked in create"),
+            num_windows,
+            num_documents: self.num_documents,
+            num_document_tokens: self.num_document_tokens,
+            num_dropped_tokens: 0,
+            num_pad_tokens: 0,
+        })
+    }
+
     /// Ends the dataset, handling a partial last window by `tail`, and publishes both datasets.
     pub fn finish(mut self, tail: TailPolicy) -> Result<PackedSummary> {
         let (mut num_dropped_tokens, mut num_pad_tokens) = (0, 0);

@@ -1,0 +1,83 @@
+//! Progress: a bar on a terminal, a log line every few seconds otherwise. One place decides which.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Reports documents, tokens and throughput against the known input size.
+#[derive(Debug)]
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    started: Instant,
+    last_log: Instant,
+    total_bytes: u64,
+}
+
+impl Progress {
+    /// A bar when stderr is a terminal and `quiet` is off; periodic log lines otherwise.
+    pub fn new(total_bytes: u64, quiet: bool) -> Self {
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::new(total_bytes);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({eta}) {msg}",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            bar
+        });
+        Self {
+            bar,
+            started: Instant::now(),
+            last_log: Instant::now(),
+            total_bytes,
+        }
+    }
+
+    /// Updates the display: `input_bytes` of the input consumed so far.
+    pub fn update(
+        &mut self,
+        input_bytes: u64,
+        num_documents: u64,
+        num_tokens: u64,
+        text_bytes: u64,
+    ) {
+        let elapsed = self.started.elapsed().as_secs_f64().max(1e-9);
+        #[allow(clippy::cast_precision_loss)] // rates for people
+        let (mb_per_s, tokens_per_s) = (
+            text_bytes as f64 / elapsed / 1e6,
+            num_tokens as f64 / elapsed,
+        );
+        if let Some(bar) = &self.bar {
+            bar.set_position(input_bytes.min(self.total_bytes));
+            bar.set_message(format!(
+                "{num_documents} docs, {num_tokens} tokens, {mb_per_s:.1} MB/s"
+            ));
+        } else if self.last_log.elapsed() >= Duration::from_secs(10) {
+            self.last_log = Instant::now();
+            tracing::info!(
+                num_documents,
+                num_tokens,
+                mb_per_s = format!("{mb_per_s:.1}"),
+                tokens_per_s = format!("{tokens_per_s:.0}"),
+                input_bytes,
+                total_bytes = self.total_bytes,
+                "Tokenizing."
+            );
+        }
+    }
+
+    /// Seconds since the start.
+    pub fn elapsed_s(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// Removes the bar.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

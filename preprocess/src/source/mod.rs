@@ -1,0 +1,196 @@
+//! Where documents come from: local files of several formats, read in a fixed order.
+//!
+//! Every reader yields [`Document`]s in file order, each tagged with where it came from so that a bad
+//! record can be named precisely. Readers own their file handles and read in bounded batches; nothing
+//! here tokenizes.
+
+mod arrow;
+mod jsonl;
+mod parquet;
+mod resolve;
+mod text;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use resolve::{InputFile, resolve_inputs};
+
+/// A document's text and where it was found.
+#[derive(Debug)]
+pub struct Document {
+    /// The text; may be empty.
+    pub text: String,
+    /// Where it came from.
+    pub origin: Origin,
+}
+
+/// A position in an input: the file and the 1-based line (jsonl, text) or 0-based row (parquet, arrow).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// Index of the file in the resolved input list.
+    pub file_index: usize,
+    /// Line or row number.
+    pub position: u64,
+}
+
+/// The formats flame-prep reads, from the file name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceFormat {
+    /// Apache Parquet.
+    Parquet,
+    /// JSON lines, optionally `.gz` or `.zst` compressed.
+    Jsonl,
+    /// Arrow IPC, file or stream format (the `datasets` cache and `save_to_disk`).
+    Arrow,
+    /// Plain text: one document per file.
+    Text,
+}
+
+impl SourceFormat {
+    /// The format of `path` by its extension, if flame reads it.
+    pub fn of(path: &Path) -> Option<Self> {
+        let name = path.file_name()?.to_str()?.to_ascii_lowercase();
+        let name = name
+            .strip_suffix(".gz")
+            .or_else(|| name.strip_suffix(".zst"))
+            .unwrap_or(&name);
+        let is_compressed = name.len() != path.file_name()?.len();
+        Some(match name.rsplit('.').next()? {
+            "parquet" if !is_compressed => Self::Parquet,
+            "jsonl" | "json" | "ndjson" => Self::Jsonl,
+            "arrow" if !is_compressed => Self::Arrow,
+            "txt" | "text" | "md" => Self::Text,
+            _ => return None,
+        })
+    }
+
+    /// The lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Parquet => "parquet",
+            Self::Jsonl => "jsonl",
+            Self::Arrow => "arrow",
+            Self::Text => "text",
+        }
+    }
+}
+
+/// A bad record: what is wrong and where.
+#[derive(Debug)]
+pub struct BadRecord {
+    /// The file.
+    pub path: PathBuf,
+    /// `line 12`, `row 3`, ...
+    pub position: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for BadRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}: {}",
+            self.path.display(),
+            self.position,
+            self.reason
+        )
+    }
+}
+
+impl std::error::Error for BadRecord {}
+
+/// What a reader returns per record: a document, or a bad record the caller may skip or fail on.
+pub type Record = Result<Document, BadRecord>;
+
+/// Reads documents from one input file in order.
+pub trait DocumentReader: Send {
+    /// Appends up to `max_records` records (or fewer, stopping once `max_bytes` of text is reached) to
+    /// `out`; returns `Ok(false)` when the file is exhausted. A whole-file failure (cannot open, not a
+    /// parquet file, no text column) is an `Err`.
+    fn read_batch(
+        &mut self,
+        out: &mut Vec<Record>,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> anyhow::Result<bool>;
+}
+
+/// Opens a reader for `input`. `text_key` is the column or JSON key; `None` means `text`, else `content`.
+pub fn open_reader(
+    input: &InputFile,
+    file_index: usize,
+    text_key: Option<&str>,
+) -> anyhow::Result<Box<dyn DocumentReader>> {
+    Ok(match input.format {
+        SourceFormat::Parquet => Box::new(parquet::ParquetReader::open(
+            &input.path,
+            file_index,
+            text_key,
+        )?),
+        SourceFormat::Jsonl => {
+            Box::new(jsonl::JsonlReader::open(&input.path, file_index, text_key)?)
+        }
+        SourceFormat::Arrow => {
+            Box::new(arrow::ArrowReader::open(&input.path, file_index, text_key)?)
+        }
+        SourceFormat::Text => Box::new(text::TextReader::open(&input.path, file_index)),
+    })
+}
+
+/// Picks the text column among `names`: `text_key` if given, else `text`, else `content`.
+pub(crate) fn pick_text_column<'a>(
+    names: impl Iterator<Item = &'a str> + Clone,
+    text_key: Option<&str>,
+    path: &Path,
+) -> anyhow::Result<String> {
+    let given;
+    let candidates: &[&str] = match text_key {
+        Some(key) => {
+            given = [key];
+            &given
+        }
+        None => &["text", "content"],
+    };
+    for candidate in candidates {
+        if names.clone().any(|n| n == *candidate) {
+            return Ok((*candidate).to_owned());
+        }
+    }
+    let found: Vec<&str> = names.collect();
+    anyhow::bail!(
+        "{}: no text column: looked for {} among the columns {:?} (choose one with --text-key)",
+        path.display(),
+        candidates
+            .iter()
+            .map(|c| format!("{c:?}"))
+            .collect::<Vec<_>>()
+            .join(" or "),
+        found
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_come_from_extensions() {
+        for (name, format) in [
+            (
+                "a/train-00000-of-00002.parquet",
+                Some(SourceFormat::Parquet),
+            ),
+            ("x.jsonl", Some(SourceFormat::Jsonl)),
+            ("x.json.gz", Some(SourceFormat::Jsonl)),
+            ("x.jsonl.zst", Some(SourceFormat::Jsonl)),
+            ("data-00000-of-00001.arrow", Some(SourceFormat::Arrow)),
+            ("book.txt", Some(SourceFormat::Text)),
+            ("x.parquet.gz", None),
+            ("x.csv", None),
+            ("README", None),
+        ] {
+            assert_eq!(SourceFormat::of(Path::new(name)), format, "{name}");
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Turning `--dataset` into an ordered list of local files.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use flame_formats::prefix::natural_cmp;
+
+use super::SourceFormat;
+
+/// One input file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputFile {
+    /// Where it is.
+    pub path: PathBuf,
+    /// How to read it.
+    pub format: SourceFormat,
+    /// Its size, for progress and the manifest.
+    pub num_bytes: u64,
+}
+
+/// The files of `dataset` (a file, a directory or a glob) for `split`, in natural order.
+///
+/// In a directory, files whose relative path names the split the way `datasets` lays out parquet repos
+/// (`data/train-00000-of-00002.parquet`, `train/…`, `…_train.jsonl`) are taken; if no file names any
+/// split, every file belongs to `train`.
+pub fn resolve_inputs(dataset: &str, split: &str) -> anyhow::Result<Vec<InputFile>> {
+    let path = Path::new(dataset);
+    let mut files = if dataset.contains(['*', '?', '[']) {
+        let mut found = Vec::new();
+        for entry in glob::glob(dataset).with_context(|| format!("{dataset}: not a valid glob"))? {
+            let entry = entry.with_context(|| format!("{dataset}: reading a match"))?;
+            if SourceFormat::of(&entry).is_some() && entry.is_file() {
+                found.push(entry);
+            }
+        }
+        anyhow::ensure!(
+            !found.is_empty(),
+            "{dataset}: the glob matches no readable file (parquet, jsonl[.gz|.zst], arrow, txt)"
+        );
+        found
+    } else if path.is_dir() {
+        let mut found = Vec::new();
+        walk(path, &mut found)?;
+        let named = found
+            .iter()
+            .filter(|f| names_split(f.strip_prefix(path).unwrap_or(f), split))
+            .cloned()
+            .collect::<Vec<_>>();
+        let any_split_named = found.iter().any(|f| {
+            ["train", "validation", "test"]
+                .iter()
+                .any(|s| names_split(f.strip_prefix(path).unwrap_or(f), s))
+        });
+        if !named.is_empty() {
+            named
+        } else if split == "train" && !any_split_named {
+            found
+        } else {
+            anyhow::bail!(
+                "{dataset}: no file for split {split:?} (files are matched as {split}-*, {split}_*, {split}/*, *-{split}.*)"
+            );
+        }
+    } else if path.is_file() {
+        anyhow::ensure!(
+            SourceFormat::of(path).is_some(),
+            "{dataset}: unknown format (expected .parquet, .jsonl/.json[.gz|.zst], .arrow or .txt)"
+        );
+        vec![path.to_path_buf()]
+    } else {
+        anyhow::bail!("{dataset}: no such file or directory");
+    };
+    files.sort_by(|a, b| natural_cmp(&a.to_string_lossy(), &b.to_string_lossy()));
+    files.dedup();
+    anyhow::ensure!(
+        !files.is_empty(),
+        "{dataset}: no readable file (parquet, jsonl[.gz|.zst], arrow, txt)"
+    );
+    files
+        .into_iter()
+        .map(|path| {
+            let num_bytes = std::fs::metadata(&path)
+                .with_context(|| format!("{}: stat", path.display()))?
+                .len();
+            anyhow::ensure!(num_bytes > 0, "{}: file is empty (0 bytes)", path.display());
+            let format = SourceFormat::of(&path).expect("filtered above");
+            Ok(InputFile {
+                path,
+                format,
+                num_bytes,
+            })
+        })
+        .collect()
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    for entry in
+        std::fs::read_dir(dir).with_context(|| format!("{}: read directory", dir.display()))?
+    {
+        let entry = entry.with_context(|| format!("{}: read directory", dir.display()))?;
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else if SourceFormat::of(&path).is_some() {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Whether a relative path names `split` as `datasets` would recognise it.
+fn names_split(relative: &Path, split: &str) -> bool {
+    relative.components().any(|c| {
+        let part = c.as_os_str().to_string_lossy();
+        let stem = part.split('.').next().unwrap_or(&part);
+        stem == split
+            || stem.starts_with(&format!("{split}-"))
+            || stem.starts_with(&format!("{split}_"))
+            || stem.ends_with(&format!("-{split}"))
+            || stem.ends_with(&format!("_{split}"))
+            || stem.contains(&format!("-{split}-"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_names_follow_datasets_conventions() {
+        assert!(names_split(
+            Path::new("data/train-00000-of-00002.parquet"),
+            "train"
+        ));
+        assert!(names_split(Path::new("train/part.jsonl"), "train"));
+        assert!(names_split(
+            Path::new("wiki_validation.jsonl"),
+            "validation"
+        ));
+        assert!(!names_split(
+            Path::new("data/train-00000-of-00002.parquet"),
+            "test"
+        ));
+        assert!(!names_split(Path::new("data/retrain.parquet"), "train"));
+    }
+
+    #[test]
+    fn directories_resolve_in_natural_order_per_split() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        for name in [
+            "train-10.jsonl",
+            "train-2.jsonl",
+            "test-0.jsonl",
+            "notes.csv",
+        ] {
+            std::fs::write(dir.path().join("data").join(name), "{}\n").unwrap();
+        }
+        std::fs::write(dir.path().join(".hidden.jsonl"), "{}\n").unwrap();
+        let files = resolve_inputs(dir.path().to_str().unwrap(), "train").unwrap();
+        let names: Vec<_> = files
+            .iter()
+            .map(|f| f.path.file_name().unwrap().to_str().unwrap())
+            .collect();
+        assert_eq!(names, ["train-2.jsonl", "train-10.jsonl"]);
+        assert_eq!(
+            resolve_inputs(dir.path().to_str().unwrap(), "test")
+                .unwrap()
+                .len(),
+            1
+        );
+        let err = resolve_inputs(dir.path().to_str().unwrap(), "validation").unwrap_err();
+        assert!(
+            err.to_string().contains("no file for split \"validation\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_and_empty_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.jsonl");
+        std::fs::write(&empty, "").unwrap();
+        let err = resolve_inputs(empty.to_str().unwrap(), "train").unwrap_err();
+        assert!(
+            err.to_string().contains("empty.jsonl: file is empty"),
+            "{err}"
+        );
+        let err =
+            resolve_inputs(dir.path().join("nope.jsonl").to_str().unwrap(), "train").unwrap_err();
+        assert!(
+            err.to_string().contains("nope.jsonl: no such file"),
+            "{err}"
+        );
+    }
+}
