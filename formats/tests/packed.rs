@@ -150,3 +150,70 @@ fn rotating_shards_carries_the_partial_window_over() {
         .collect();
     assert_eq!(windows, expected);
 }
+
+#[test]
+fn a_resumed_writer_continues_the_same_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs: Vec<Vec<u32>> = (0..30u32)
+        .map(|d| (0..=(d % 9)).map(|t| d * 10 + t).collect())
+        .collect();
+    let mut whole = PackedWriter::create(dir.path().join("whole"), TokenDtype::Uint16, 7).unwrap();
+    for doc in &docs {
+        whole.add_document(doc).unwrap();
+    }
+    let whole = whole.finish(TailPolicy::Pad { pad_id: 0 }).unwrap();
+    for cut in [0, 1, 13, 29] {
+        let mut first =
+            PackedWriter::create(dir.path().join(format!("a{cut}")), TokenDtype::Uint16, 7)
+                .unwrap();
+        for doc in &docs[..cut] {
+            first.add_document(doc).unwrap();
+        }
+        let (window, offsets) = first.carry();
+        let (window, offsets) = (window.to_vec(), offsets.to_vec());
+        let counts = first.num_documents();
+        let first = first.finish(TailPolicy::Drop).unwrap();
+        let mut second = PackedWriter::resume(
+            dir.path().join(format!("b{cut}")),
+            TokenDtype::Uint16,
+            7,
+            (&window, &offsets),
+            counts,
+        )
+        .unwrap();
+        for doc in &docs[cut..] {
+            second.add_document(doc).unwrap();
+        }
+        let second = second.finish(TailPolicy::Pad { pad_id: 0 }).unwrap();
+        assert_eq!(
+            first.num_windows + second.num_windows,
+            whole.num_windows,
+            "cut {cut}"
+        );
+        assert_eq!(second.num_documents, whole.num_documents);
+        let read = |name: &str| {
+            let p = PackedDataset::open(dir.path().join(name)).unwrap();
+            (0..p.num_windows())
+                .map(|w| {
+                    (
+                        p.window(w).unwrap().tokens.to_i64_vec(),
+                        p.window(w).unwrap().cu_seqlens.to_vec(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut joined = read(&format!("a{cut}"));
+        joined.extend(read(&format!("b{cut}")));
+        assert_eq!(joined, read("whole"), "cut {cut}");
+    }
+    assert!(
+        PackedWriter::resume(
+            dir.path().join("bad"),
+            TokenDtype::Uint16,
+            7,
+            (&[1, 2], &[1]),
+            (0, 0)
+        )
+        .is_err()
+    );
+}

@@ -14,13 +14,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
+use serde::{Deserialize, Serialize};
 
 use crate::source::{BadRecord, InputFile, Origin, Record, open_reader};
 use crate::tokenize::TextEncoder;
 
-/// Records per batch and text bytes per batch: small enough to keep memory low, large enough to amortise.
+/// Records per batch and text bytes per batch: small enough to keep memory low and every worker busy.
 const BATCH_RECORDS: usize = 256;
 const BATCH_BYTES: usize = 256 << 10;
+
+/// A record's place in the input: the file and how many records of that file come before it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// Index into the input files.
+    pub file_index: usize,
+    /// Records (documents and bad records) of that file before this one.
+    pub record: u64,
+}
 
 /// What the sink receives for each input record, in input order.
 #[derive(Debug)]
@@ -40,17 +50,18 @@ pub enum Item {
 
 struct Batch {
     seq: u64,
-    file_index: usize,
+    start: Position,
     records: Vec<Record>,
 }
 
 struct Encoded {
     seq: u64,
-    file_index: usize,
+    start: Position,
     items: Vec<Item>,
 }
 
-/// Reads `inputs`, tokenizes with `workers` threads and calls `sink` for every record in input order.
+/// Reads `inputs` from `start` on, tokenizes with `workers` threads and calls `sink` for every record in
+/// input order, with its position.
 ///
 /// `sink` returning an error stops the pipeline; so does a whole-file failure in the reader.
 pub fn run(
@@ -58,7 +69,8 @@ pub fn run(
     text_key: Option<&str>,
     encoder: &Arc<TextEncoder>,
     workers: usize,
-    mut sink: impl FnMut(usize, Item) -> anyhow::Result<()>,
+    start: Position,
+    mut sink: impl FnMut(Position, Item) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let workers = workers.max(1);
     let (batch_tx, batch_rx) = bounded::<Batch>(2 * workers);
@@ -68,7 +80,7 @@ pub fn run(
         let reader_errors = encoded_tx.clone();
         let reader_stop = Arc::clone(&stop);
         scope.spawn(move || {
-            if let Err(e) = read_all(inputs, text_key, &batch_tx, &reader_stop) {
+            if let Err(e) = read_all(inputs, text_key, start, &batch_tx, &reader_stop) {
                 let _ = reader_errors.send(Err(e));
             }
         });
@@ -90,12 +102,32 @@ pub fn run(
 fn read_all(
     inputs: &[InputFile],
     text_key: Option<&str>,
+    start: Position,
     tx: &Sender<Batch>,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     let mut seq = 0;
-    for (file_index, input) in inputs.iter().enumerate() {
+    for (file_index, input) in inputs.iter().enumerate().skip(start.file_index) {
         let mut reader = open_reader(input, file_index, text_key)?;
+        let mut record = 0u64;
+        if file_index == start.file_index {
+            // Resuming: read past what an earlier run already wrote, without tokenizing it.
+            let mut skipped = Vec::new();
+            while record < start.record {
+                skipped.clear();
+                let want = usize::try_from(start.record - record)
+                    .unwrap_or(usize::MAX)
+                    .min(BATCH_RECORDS);
+                let has_more = reader.read_batch(&mut skipped, want, usize::MAX)?;
+                record += skipped.len() as u64;
+                anyhow::ensure!(
+                    has_more || record >= start.record,
+                    "{}: has only {record} records, but an earlier run had read {}",
+                    input.path.display(),
+                    start.record
+                );
+            }
+        }
         loop {
             if stop.load(Ordering::Relaxed) {
                 return Ok(());
@@ -103,10 +135,11 @@ fn read_all(
             let mut records = Vec::with_capacity(BATCH_RECORDS);
             let has_more = reader.read_batch(&mut records, BATCH_RECORDS, BATCH_BYTES)?;
             if !records.is_empty() {
+                let num_records = records.len() as u64;
                 if tx
                     .send(Batch {
                         seq,
-                        file_index,
+                        start: Position { file_index, record },
                         records,
                     })
                     .is_err()
@@ -114,6 +147,7 @@ fn read_all(
                     return Ok(());
                 }
                 seq += 1;
+                record += num_records;
             }
             if !has_more {
                 break;
@@ -146,7 +180,7 @@ fn encode_all(rx: &Receiver<Batch>, tx: &Sender<anyhow::Result<Encoded>>, encode
         if tx
             .send(Ok(Encoded {
                 seq: batch.seq,
-                file_index: batch.file_index,
+                start: batch.start,
                 items,
             }))
             .is_err()
@@ -158,7 +192,7 @@ fn encode_all(rx: &Receiver<Batch>, tx: &Sender<anyhow::Result<Encoded>>, encode
 
 fn write_in_order(
     rx: &Receiver<anyhow::Result<Encoded>>,
-    sink: &mut impl FnMut(usize, Item) -> anyhow::Result<()>,
+    sink: &mut impl FnMut(Position, Item) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let mut waiting = BTreeMap::new();
     let mut next = 0u64;
@@ -166,8 +200,14 @@ fn write_in_order(
         let encoded = encoded?;
         waiting.insert(encoded.seq, encoded);
         while let Some(ready) = waiting.remove(&next) {
-            for item in ready.items {
-                sink(ready.file_index, item)?;
+            for (i, item) in ready.items.into_iter().enumerate() {
+                sink(
+                    Position {
+                        file_index: ready.start.file_index,
+                        record: ready.start.record + i as u64,
+                    },
+                    item,
+                )?;
             }
             next += 1;
         }

@@ -1,10 +1,12 @@
-//! A tokenizing run: inputs → pipeline → shards → manifest.
+//! A tokenizing run: inputs → pipeline → shards → manifest, resumable after a crash.
 //!
-//! Shards are written into `OUT/.staging/`, moved into `OUT/` once every one is complete, and
-//! `manifest.json` is written last: a directory with a manifest is a finished run, and a failed run
-//! leaves nothing that looks valid.
+//! The shard in progress is written in `OUT/.staging/`. Each full shard is renamed into `OUT/`, then
+//! `OUT/.flame-prep-journal.json` is replaced atomically with where the input stands, the counters and
+//! the writer's carry-over. A rerun of the same command (same inputs, tokenizer and parameters, by
+//! fingerprint) skips what the journal covers and continues, producing exactly the bytes of an
+//! uninterrupted run. `manifest.json` is written last: a directory with a manifest is a finished run.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -13,16 +15,22 @@ use flame_formats::manifest::{
 };
 use flame_formats::packed::cu_seqlens_prefix;
 use flame_formats::prefix::{bin_path, idx_path};
-use flame_formats::{TokenDtype, publish};
-use serde::Serialize;
+use flame_formats::{TokenDtype, write_atomic};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 use crate::config::Config;
-use crate::pipeline::{self, Item};
+use crate::pipeline::{self, Item, Position};
 use crate::progress::Progress;
-use crate::shard::{Layout, ShardSink};
-use crate::tokenize::TextEncoder;
+use crate::shard::{Layout, ShardSink, SinkState};
+use crate::source::BadRecord;
+use crate::tokenize::{TextEncoder, TokenizerInfo};
 
 const STAGING: &str = ".staging";
+const JOURNAL: &str = ".flame-prep-journal.json";
+const JOURNAL_VERSION: u32 = 1;
+/// Test hook: abort (as a kill -9 would) after adding this many documents in this process.
+const ABORT_HOOK: &str = "FLAME_PREP_ABORT_AFTER_DOCUMENTS";
 
 /// What a run did, for people and for `--json`.
 #[derive(Debug, Serialize)]
@@ -31,6 +39,8 @@ pub struct RunSummary {
     pub output: String,
     /// Whether a complete output was found and left as it was.
     pub already_complete: bool,
+    /// Whether this run continued an interrupted one.
+    pub resumed: bool,
     /// Documents written.
     pub documents: u64,
     /// Tokens of those documents.
@@ -49,12 +59,24 @@ pub struct RunSummary {
     pub input_bytes: u64,
     /// UTF-8 text bytes tokenized.
     pub text_bytes: u64,
-    /// Wall time.
+    /// Wall time of this process.
     pub seconds: f64,
-    /// Text throughput.
+    /// Text throughput of this process.
     pub text_mb_per_s: f64,
-    /// Token throughput.
+    /// Token throughput of this process.
     pub tokens_per_s: f64,
+}
+
+/// The resume point, rewritten at every shard boundary.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Journal {
+    version: u32,
+    fingerprint: String,
+    position: Position,
+    bad_records: u64,
+    text_bytes: u64,
+    sink: SinkState,
 }
 
 /// Runs `config`; `quiet` hides the progress bar.
@@ -77,27 +99,100 @@ pub fn run(config: &Config, quiet: bool) -> anyhow::Result<RunSummary> {
         }
         std::fs::remove_file(dir.join(MANIFEST_FILE_NAME))
             .with_context(|| format!("{}: remove old manifest", dir.display()))?;
+        remove_journal_and_shards(dir, &[])?;
     }
-    let staging = prepare_output_dir(dir)?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{}: create output directory", dir.display()))?;
+    let fingerprint = fingerprint(config, &info, dtype);
+    let journal = load_journal(dir, &fingerprint);
+    let resumed = journal.is_some();
+    let journal = journal.unwrap_or(Journal {
+        version: JOURNAL_VERSION,
+        fingerprint,
+        position: Position::default(),
+        bad_records: 0,
+        text_bytes: 0,
+        sink: SinkState::default(),
+    });
+    remove_journal_and_shards(
+        dir,
+        &journal
+            .sink
+            .shards
+            .iter()
+            .map(|s| s.prefix.clone())
+            .collect::<Vec<_>>(),
+    )?;
+    if resumed {
+        tracing::info!(
+            shards = journal.sink.shards.len(),
+            documents = journal.sink.num_documents,
+            file = journal.position.file_index,
+            record = journal.position.record,
+            "Resuming an interrupted run."
+        );
+    }
+    let staging = dir.join(STAGING);
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)
+            .with_context(|| format!("{}: remove", staging.display()))?;
+    }
+    std::fs::create_dir(&staging).with_context(|| format!("{}: create", staging.display()))?;
 
-    let result = tokenize_into(config, &encoder, dtype, &staging, input_bytes, quiet);
+    let result = tokenize_into(config, &encoder, dtype, journal, input_bytes, quiet);
+    let _ = std::fs::remove_dir_all(&staging);
     let (sink, counters, seconds) = match result {
         Ok(done) => done,
         Err(e) => {
-            let _ = std::fs::remove_dir_all(&staging);
+            if e.chain().any(|c| c.downcast_ref::<BadRecord>().is_some()) {
+                // This input cannot succeed with these parameters: leave nothing behind.
+                remove_journal_and_shards(dir, &[])?;
+            }
             return Err(e);
         }
     };
-    publish_shards(&staging, dir, &sink.shards)?;
-    let manifest = Manifest {
+    let manifest = manifest(config, &info, dtype, sink.packing, sink.totals, sink.shards);
+    manifest.write(dir)?;
+    let _ = std::fs::remove_file(dir.join(JOURNAL));
+    #[allow(clippy::cast_precision_loss)] // rates for people
+    let rate = |n: u64| n as f64 / seconds.max(1e-9);
+    Ok(RunSummary {
+        output: dir.display().to_string(),
+        already_complete: false,
+        resumed,
+        documents: manifest.totals.documents,
+        document_tokens: sink.num_document_tokens,
+        stored_tokens: manifest.totals.tokens,
+        sequences: manifest.totals.sequences,
+        shards: manifest.shards.len(),
+        bad_records: counters.bad_records,
+        input_files: config.inputs.len(),
+        input_bytes,
+        text_bytes: counters.text_bytes,
+        seconds,
+        text_mb_per_s: rate(counters.text_bytes_here) / 1e6,
+        tokens_per_s: rate(counters.tokens_here),
+    })
+}
+
+/// The manifest of a finished run.
+fn manifest(
+    config: &Config,
+    info: &TokenizerInfo,
+    dtype: TokenDtype,
+    packing: Option<flame_formats::manifest::Packing>,
+    totals: flame_formats::manifest::Totals,
+    shards: Vec<flame_formats::manifest::ShardEntry>,
+) -> Manifest {
+    Manifest {
         version: MANIFEST_VERSION,
-        format: if sink.packing.is_some() {
+        format: if packing.is_some() {
             ShardFormat::Packed
         } else {
             ShardFormat::Megatron
         },
         dtype,
-        packing: sink.packing,
+        packing,
         tokenizer: TokenizerIdentity {
             name: Some(info.name.clone()),
             sha256: info.sha256.clone(),
@@ -105,8 +200,8 @@ pub fn run(config: &Config, quiet: bool) -> anyhow::Result<RunSummary> {
             bos_id: info.bos_id,
             eos_id: info.eos_id,
         },
-        totals: sink.totals,
-        shards: sink.shards,
+        totals,
+        shards,
         sources: config
             .inputs
             .iter()
@@ -118,26 +213,7 @@ pub fn run(config: &Config, quiet: bool) -> anyhow::Result<RunSummary> {
             .collect(),
         parameters: config.manifest_parameters(),
         created_by: format!("flame-prep {}", env!("CARGO_PKG_VERSION")),
-    };
-    manifest.write(dir)?;
-    #[allow(clippy::cast_precision_loss)] // rates for people
-    let rate = |n: u64| n as f64 / seconds.max(1e-9);
-    Ok(RunSummary {
-        output: dir.display().to_string(),
-        already_complete: false,
-        documents: manifest.totals.documents,
-        document_tokens: sink.num_document_tokens,
-        stored_tokens: manifest.totals.tokens,
-        sequences: manifest.totals.sequences,
-        shards: manifest.shards.len(),
-        bad_records: counters.bad_records,
-        input_files: config.inputs.len(),
-        input_bytes,
-        text_bytes: counters.text_bytes,
-        seconds,
-        text_mb_per_s: rate(counters.text_bytes) / 1e6,
-        tokens_per_s: rate(sink.num_document_tokens),
-    })
+    }
 }
 
 fn already_complete(config: &Config, input_bytes: u64) -> anyhow::Result<RunSummary> {
@@ -146,6 +222,7 @@ fn already_complete(config: &Config, input_bytes: u64) -> anyhow::Result<RunSumm
     Ok(RunSummary {
         output: dir.display().to_string(),
         already_complete: true,
+        resumed: false,
         documents: manifest.totals.documents,
         document_tokens: manifest.totals.tokens - manifest.packing.map_or(0, |p| p.pad_tokens),
         stored_tokens: manifest.totals.tokens,
@@ -161,52 +238,99 @@ fn already_complete(config: &Config, input_bytes: u64) -> anyhow::Result<RunSumm
     })
 }
 
-/// Creates `dir`, clears shards of an unfinished earlier run, and returns a fresh staging directory.
-fn prepare_output_dir(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("{}: create output directory", dir.display()))?;
-    remove_shards(dir)?;
-    let staging = dir.join(STAGING);
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging)
-            .with_context(|| format!("{}: remove", staging.display()))?;
-    }
-    std::fs::create_dir(&staging).with_context(|| format!("{}: create", staging.display()))?;
-    Ok(staging)
+/// What makes two runs produce the same bytes: parameters, inputs (path and size), tokenizer, dtype.
+fn fingerprint(config: &Config, info: &TokenizerInfo, dtype: TokenDtype) -> String {
+    let inputs: Vec<(String, u64)> = config
+        .inputs
+        .iter()
+        .map(|f| (f.path.display().to_string(), f.num_bytes))
+        .collect();
+    let identity = serde_json::json!({
+        "parameters": config.manifest_parameters(),
+        "inputs": inputs,
+        "tokenizer": info.sha256,
+        "dtype": dtype,
+        "flame_prep": env!("CARGO_PKG_VERSION"),
+    });
+    hex::encode(sha2::Sha256::digest(identity.to_string().as_bytes()))
 }
 
-/// Moves every complete shard from `staging` into `dir` and removes `staging`.
-fn publish_shards(
-    staging: &Path,
-    dir: &Path,
-    shards: &[flame_formats::manifest::ShardEntry],
-) -> anyhow::Result<()> {
-    for shard in shards {
-        let prefix = staging.join(&shard.prefix);
-        let mut prefixes = vec![prefix.clone()];
-        if shard.cu_seqlens.is_some() {
-            prefixes.push(cu_seqlens_prefix(&prefix));
+/// The journal of an interrupted run of the same job, if there is a usable one.
+fn load_journal(dir: &Path, fingerprint: &str) -> Option<Journal> {
+    let path = dir.join(JOURNAL);
+    let Ok(bytes) = std::fs::read(&path) else {
+        return None;
+    };
+    let journal: Journal = match serde_json::from_slice(&bytes) {
+        Ok(journal) => journal,
+        Err(e) => {
+            tracing::warn!(journal = %path.display(), error = %e, "Unreadable journal; starting over.");
+            return None;
         }
-        for from in prefixes {
-            let to = dir.join(from.file_name().expect("a shard prefix"));
-            publish(&bin_path(&from), &bin_path(&to))?;
-            publish(&idx_path(&from), &idx_path(&to))?;
+    };
+    if journal.version != JOURNAL_VERSION || journal.fingerprint != fingerprint {
+        tracing::info!(journal = %path.display(), "The journal belongs to a different job (inputs, tokenizer or parameters changed); starting over.");
+        return None;
+    }
+    for shard in &journal.sink.shards {
+        let prefix = dir.join(&shard.prefix);
+        let mut files = vec![
+            (bin_path(&prefix), shard.bin.bytes),
+            (idx_path(&prefix), shard.idx.bytes),
+        ];
+        if let Some(cu) = &shard.cu_seqlens {
+            let cu_prefix = cu_seqlens_prefix(&prefix);
+            files.push((bin_path(&cu_prefix), cu.bin.bytes));
+            files.push((idx_path(&cu_prefix), cu.idx.bytes));
+        }
+        for (file, bytes) in files {
+            if std::fs::metadata(&file).map(|m| m.len()).ok() != Some(bytes) {
+                tracing::warn!(file = %file.display(), "A journaled shard is missing or has the wrong size; starting over.");
+                return None;
+            }
         }
     }
-    std::fs::remove_dir(staging).with_context(|| format!("{}: remove", staging.display()))
+    Some(journal)
+}
+
+/// Removes the journal (unless shards are kept) and every shard file not named in `keep`.
+fn remove_journal_and_shards(dir: &Path, keep: &[String]) -> anyhow::Result<()> {
+    if keep.is_empty() {
+        let _ = std::fs::remove_file(dir.join(JOURNAL));
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let entry = entry.with_context(|| format!("{}: read directory", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_shard_file = name.starts_with("shard_")
+            && [".bin", ".idx", ".tmp"]
+                .iter()
+                .any(|ext| name.ends_with(ext));
+        let stem = name.split('.').next().unwrap_or_default();
+        let stem = stem.strip_suffix("_cu_seqlens").unwrap_or(stem);
+        if is_shard_file && !keep.iter().any(|k| k == stem) {
+            std::fs::remove_file(entry.path())
+                .with_context(|| format!("{}: remove stale shard file", entry.path().display()))?;
+        }
+    }
+    Ok(())
 }
 
 #[derive(Default)]
 struct Counters {
     bad_records: u64,
     text_bytes: u64,
+    text_bytes_here: u64,
+    tokens_here: u64,
 }
 
 fn tokenize_into(
     config: &Config,
     encoder: &Arc<TextEncoder>,
     dtype: TokenDtype,
-    staging: &Path,
+    mut journal: Journal,
     input_bytes: u64,
     quiet: bool,
 ) -> anyhow::Result<(crate::shard::SinkSummary, Counters, f64)> {
@@ -214,10 +338,24 @@ fn tokenize_into(
         Some((seq_len, tail)) => Layout::Packed { seq_len, tail },
         None => Layout::Megatron,
     };
-    let mut sink = ShardSink::create(staging, dtype, layout, config.shard_tokens)?;
+    let dir: PathBuf = config.output_dir.clone();
+    let staging = dir.join(STAGING);
+    let mut sink = ShardSink::new(
+        &dir,
+        &staging,
+        dtype,
+        layout,
+        config.shard_tokens,
+        std::mem::take(&mut journal.sink),
+    )?;
     let mut progress = Progress::new(input_bytes, quiet);
-    let mut counters = Counters::default();
-    let (mut num_documents, mut num_tokens) = (0u64, 0u64);
+    let mut counters = Counters {
+        bad_records: journal.bad_records,
+        text_bytes: journal.text_bytes,
+        ..Counters::default()
+    };
+    let abort_after: Option<u64> = std::env::var(ABORT_HOOK).ok().and_then(|v| v.parse().ok());
+    let (mut num_documents_here, mut num_documents) = (0u64, 0u64);
     let file_starts: Vec<u64> = config
         .inputs
         .iter()
@@ -228,17 +366,32 @@ fn tokenize_into(
         config.text_key.as_deref(),
         encoder,
         config.workers,
-        |file_index, item| {
+        journal.position,
+        |position, item| {
             match item {
                 Item::Document {
                     tokens,
                     num_text_bytes,
                     ..
                 } => {
+                    if sink.is_full() {
+                        journal.sink = sink.rotate()?;
+                        journal.position = position;
+                        journal.bad_records = counters.bad_records;
+                        journal.text_bytes = counters.text_bytes;
+                        let json =
+                            serde_json::to_vec(&journal).expect("a journal always serializes");
+                        write_atomic(&dir.join(JOURNAL), &json)?;
+                    }
                     sink.add_document(&tokens)?;
-                    num_documents += 1;
-                    num_tokens += tokens.len() as u64;
+                    num_documents_here += 1;
+                    num_documents = num_documents.max(journal.sink.num_documents) + 1;
+                    counters.tokens_here += tokens.len() as u64;
                     counters.text_bytes += num_text_bytes as u64;
+                    counters.text_bytes_here += num_text_bytes as u64;
+                    if abort_after == Some(num_documents_here) {
+                        std::process::abort();
+                    }
                 }
                 Item::Bad(bad) if config.skip_bad_records => {
                     if counters.bad_records < 10 {
@@ -253,10 +406,10 @@ fn tokenize_into(
                 }
             }
             progress.update(
-                file_starts[file_index],
+                file_starts[position.file_index],
                 num_documents,
-                num_tokens,
-                counters.text_bytes,
+                counters.tokens_here,
+                counters.text_bytes_here,
             );
             Ok(())
         },
@@ -264,24 +417,4 @@ fn tokenize_into(
     progress.finish();
     let seconds = progress.elapsed_s();
     Ok((sink.finish()?, counters, seconds))
-}
-
-/// Removes shard files of an earlier, unfinished run (never anything else).
-fn remove_shards(dir: &Path) -> anyhow::Result<()> {
-    for entry in
-        std::fs::read_dir(dir).with_context(|| format!("{}: read directory", dir.display()))?
-    {
-        let entry = entry.with_context(|| format!("{}: read directory", dir.display()))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with("shard_")
-            && [".bin", ".idx", ".tmp"]
-                .iter()
-                .any(|ext| name.ends_with(ext))
-        {
-            std::fs::remove_file(entry.path())
-                .with_context(|| format!("{}: remove stale shard", entry.path().display()))?;
-        }
-    }
-    Ok(())
 }

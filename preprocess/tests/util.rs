@@ -17,16 +17,23 @@ pub struct Run {
 }
 
 pub fn flame_prep(args: &[&str]) -> Run {
+    flame_prep_with_env(args, &[])
+}
+
+/// Runs flame-prep with extra environment variables; `code` is -1 when a signal ended it.
+pub fn flame_prep_with_env(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_flame-prep"));
+    command.args(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
     let Output {
         status,
         stdout,
         stderr,
-    } = Command::new(env!("CARGO_BIN_EXE_flame-prep"))
-        .args(args)
-        .output()
-        .unwrap();
+    } = command.output().unwrap();
     Run {
-        code: status.code().unwrap(),
+        code: status.code().unwrap_or(-1),
         stdout: String::from_utf8(stdout).unwrap(),
         stderr: String::from_utf8(stderr).unwrap(),
     }

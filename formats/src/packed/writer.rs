@@ -84,6 +84,49 @@ impl PackedWriter {
         self.tokens.num_sequences()
     }
 
+    /// The partial window not yet written: its tokens and the offsets of document starts in it
+    /// (beginning with 0). Together with the document counts this is all the state a resumed run needs.
+    pub fn carry(&self) -> (&[u32], &[u32]) {
+        (&self.window, &self.offsets)
+    }
+
+    /// Documents added so far and their tokens.
+    pub fn num_documents(&self) -> (u64, u64) {
+        (self.num_documents, self.num_document_tokens)
+    }
+
+    /// Starts a packed dataset that continues an earlier writer's stream: `carry` is what
+    /// [`carry`](Self::carry) returned, `num_documents` what [`num_documents`](Self::num_documents) returned.
+    pub fn resume(
+        prefix: impl AsRef<Path>,
+        dtype: TokenDtype,
+        seq_len: u32,
+        carry: (&[u32], &[u32]),
+        num_documents: (u64, u64),
+    ) -> Result<Self> {
+        let mut writer = Self::create(prefix, dtype, seq_len)?;
+        let (window, offsets) = carry;
+        let is_valid = window.len() < writer.seq_len
+            && offsets.first() == Some(&0)
+            && offsets.windows(2).all(|w| w[0] < w[1])
+            && offsets
+                .last()
+                .is_some_and(|&o| (o as usize) < window.len().max(1));
+        if !is_valid {
+            return Err(Error::Usage {
+                path: writer.tokens.prefix().into(),
+                reason: format!(
+                    "invalid carry: {} tokens, offsets {offsets:?}",
+                    window.len()
+                ),
+            });
+        }
+        writer.window.extend_from_slice(window);
+        writer.offsets = offsets.to_vec();
+        (writer.num_documents, writer.num_document_tokens) = num_documents;
+        Ok(writer)
+    }
+
     /// Appends one document. It fills the current window and as many next ones as it needs.
     pub fn add_document(&mut self, tokens: &[u32]) -> Result<()> {
         self.num_documents += 1;
