@@ -7,6 +7,7 @@
 //!   datasets ([`PackedWriter`], [`PackedDataset`]).
 //! - [`manifest`]: `manifest.json`, the commit point of an output directory, with checksums to [`verify`](Manifest::verify).
 //! - [`Corpus`] opens whatever path a user gives (manifest directory, prefix, directory of prefixes).
+//! - [`permutation::Permutation`]: a seeded bijection on `0..n` in O(1) memory, for shuffling without an index.
 //!
 //! ```
 //! use flame_formats::{IndexedDataset, IndexedDatasetBuilder, TokenDtype};
@@ -39,6 +40,7 @@ mod error;
 pub mod manifest;
 pub mod megatron;
 pub mod packed;
+pub mod permutation;
 pub mod prefix;
 
 pub use corpus::{Corpus, Shard};

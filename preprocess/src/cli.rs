@@ -103,6 +103,18 @@ pub struct TokenizeArgs {
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Shuffle documents globally (a seeded permutation, the same for every --workers and every run).
+    #[arg(long)]
+    pub shuffle: bool,
+    /// Seed of `--shuffle`.
+    #[arg(long, value_name = "SEED", default_value_t = 42, requires = "shuffle")]
+    pub seed: u64,
+    /// Split the input files into K contiguous parts (by size) for K machines; join with `flame-prep merge`.
+    #[arg(long, value_name = "K", requires = "shard_index")]
+    pub num_shards: Option<u32>,
+    /// Which part this machine tokenizes, 0-based (`$SLURM_ARRAY_TASK_ID`, `$JOB_COMPLETION_INDEX`).
+    #[arg(long, value_name = "I", requires = "num_shards")]
+    pub shard_index: Option<u32>,
 }
 
 /// Subcommands.
@@ -124,6 +136,26 @@ Examples:
   flame-prep verify out/fineweb-edu/sample-10BT/train
   flame-prep verify data/my-corpus_text_document")]
     Verify(VerifyArgs),
+    /// Join the outputs of `--num-shards K --shard-index I` runs into exactly the bytes of a single run.
+    #[command(after_help = "\
+Examples:
+  flame-prep merge data/fineweb-edu/sample-10BT/train      # reads part-*-of-*/ there, writes the shards beside them
+  flame-prep merge data/fineweb-edu/sample-10BT/train --remove-parts")]
+    Merge(MergeArgs),
+}
+
+/// Arguments of `merge`.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The output directory of the job (the parent of its `part-IIIII-of-KKKKK/` directories).
+    #[arg(value_name = "DIR")]
+    pub path: PathBuf,
+    /// Delete the part directories after a successful merge.
+    #[arg(long)]
+    pub remove_parts: bool,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `inspect`.

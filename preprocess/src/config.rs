@@ -11,7 +11,7 @@ use crate::source::{InputFile, resolve_inputs};
 use crate::tokenize::BosPolicy;
 
 /// Everything a run needs, checked.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 #[allow(clippy::struct_excessive_bools)] // independent on/off switches from the command line
 pub struct Config {
     /// The dataset as the user named it.
@@ -42,6 +42,41 @@ pub struct Config {
     pub overwrite: bool,
     /// JSON summary on stdout.
     pub json: bool,
+    /// `--shuffle --seed`: the seed of the global document permutation.
+    pub shuffle_seed: Option<u64>,
+    /// This run is part `index` of `count` (`--shard-index`, `--num-shards`).
+    pub partial: Option<Partial>,
+}
+
+/// One part of a job split over machines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Partial {
+    /// 0-based part.
+    pub index: u32,
+    /// Number of parts.
+    pub count: u32,
+}
+
+impl Partial {
+    /// The directory name of this part inside the job's output directory.
+    pub fn dir_name(self) -> String {
+        format!("part-{:05}-of-{:05}", self.index, self.count)
+    }
+}
+
+/// Contiguous slices of `sizes` for `count` parts, balanced by bytes: file `f` belongs to the part its first
+/// byte falls in. Deterministic, so every machine computes the same split.
+pub fn split_by_size(sizes: &[u64], count: u32) -> Vec<std::ops::Range<usize>> {
+    let total: u128 = sizes.iter().map(|&s| u128::from(s)).sum::<u128>().max(1);
+    let mut owners = Vec::with_capacity(sizes.len());
+    let mut start = 0u128;
+    for &size in sizes {
+        owners.push(u32::try_from(start * u128::from(count) / total).expect("below count"));
+        start += u128::from(size);
+    }
+    (0..count)
+        .map(|part| owners.partition_point(|&o| o < part)..owners.partition_point(|&o| o <= part))
+        .collect()
 }
 
 impl Config {
@@ -86,16 +121,34 @@ impl Config {
                 "{flag} {value:?} must be a plain name (it becomes a directory)"
             );
         }
+        let partial = match (args.num_shards, args.shard_index) {
+            (Some(count), Some(index)) => {
+                anyhow::ensure!(
+                    count > 0 && index < count,
+                    "--shard-index {index} must be below --num-shards {count}"
+                );
+                Some(Partial { index, count })
+            }
+            _ => None,
+        };
+        let mut inputs = inputs;
+        let mut output_dir = args
+            .output
+            .join(&dataset_name)
+            .join(&name)
+            .join(&args.split);
+        if let Some(partial) = partial {
+            let sizes: Vec<u64> = inputs.iter().map(|f| f.num_bytes).collect();
+            let range = split_by_size(&sizes, partial.count)[partial.index as usize].clone();
+            inputs = inputs[range].to_vec();
+            output_dir = output_dir.join(partial.dir_name());
+        }
         let workers = args.workers.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
         });
         anyhow::ensure!(workers > 0, "--workers must be at least 1");
         Ok(Self {
-            output_dir: args
-                .output
-                .join(&dataset_name)
-                .join(&name)
-                .join(&args.split),
+            output_dir,
             dataset,
             inputs,
             tokenizer,
@@ -109,6 +162,8 @@ impl Config {
             skip_bad_records: args.skip_bad_records,
             overwrite: args.overwrite,
             json: args.json,
+            shuffle_seed: args.shuffle.then_some(args.seed),
+            partial,
         })
     }
 
@@ -125,8 +180,9 @@ impl Config {
         })
     }
 
-    /// The parameters recorded in the manifest: those that change the output bytes (not `workers`).
-    pub fn manifest_parameters(&self) -> Map<String, Value> {
+    /// The parameters recorded in the manifest: those that change the output bytes (not `workers`, and
+    /// not the split over machines, so that a merged job has the manifest of a single-machine run).
+    pub fn manifest_parameters(&self, eos_id: Option<u32>) -> Map<String, Value> {
         let value = json!({
             "dataset": self.dataset,
             "text_key": self.text_key,
@@ -134,8 +190,10 @@ impl Config {
             "append_eod": self.append_eod,
             "parse_special_tokens": self.parse_special_tokens,
             "context_length": self.packing.map(|p| p.0),
+            "tail": self.tail_policy(eos_id).map(|t| t.1),
             "shard_tokens": self.shard_tokens,
             "skip_bad_records": self.skip_bad_records,
+            "shuffle_seed": self.shuffle_seed,
         });
         match value {
             Value::Object(map) => map,
@@ -170,4 +228,24 @@ fn dataset_name(dataset: &str) -> String {
 
 fn is_path_component(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\'])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_are_contiguous_balanced_and_cover_everything() {
+        let sizes = [100, 100, 100, 100, 400, 50, 50, 100];
+        let parts = split_by_size(&sizes, 3);
+        assert_eq!(parts, vec![0..4, 4..5, 5..8]);
+        for count in 1..12 {
+            let parts = split_by_size(&sizes, count);
+            assert_eq!(parts.len(), count as usize);
+            assert_eq!(parts.first().unwrap().start, 0);
+            assert_eq!(parts.last().unwrap().end, sizes.len());
+            assert!(parts.windows(2).all(|w| w[0].end == w[1].start));
+        }
+        assert_eq!(split_by_size(&[], 2), vec![0..0, 0..0]);
+    }
 }

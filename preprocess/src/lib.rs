@@ -9,8 +9,10 @@
 pub mod cli;
 pub mod config;
 pub mod inspect;
+pub mod merge;
 pub mod pipeline;
 pub mod progress;
+pub mod restream;
 pub mod run;
 pub mod sample;
 pub mod shard;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use flame_preprocess::cli::{Cli, Command};
 use flame_preprocess::config::Config;
-use flame_preprocess::{inspect, run, verify};
+use flame_preprocess::{inspect, merge, run, verify};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -24,6 +24,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(Command::Inspect(args)) => inspect::run(&args),
         Some(Command::Verify(args)) => verify::run(&args),
+        Some(Command::Merge(args)) => merge::run(&args),
         None => {
             let config = Config::from_args(&cli.tokenize)?;
             let summary = run::run(&config, cli.quiet)?;

@@ -22,6 +22,7 @@ use sha2::Digest;
 use crate::config::Config;
 use crate::pipeline::{self, Item, Position};
 use crate::progress::Progress;
+use crate::restream::{DocumentSet, restream};
 use crate::shard::{Layout, ShardSink, SinkState};
 use crate::source::BadRecord;
 use crate::tokenize::{TextEncoder, TokenizerInfo};
@@ -79,8 +80,21 @@ struct Journal {
     sink: SinkState,
 }
 
+fn identity(info: &TokenizerInfo) -> TokenizerIdentity {
+    TokenizerIdentity {
+        name: Some(info.name.clone()),
+        sha256: info.sha256.clone(),
+        vocab_size: info.vocab_size,
+        bos_id: info.bos_id,
+        eos_id: info.eos_id,
+    }
+}
+
 /// Runs `config`; `quiet` hides the progress bar.
 pub fn run(config: &Config, quiet: bool) -> anyhow::Result<RunSummary> {
+    if let (Some(seed), None) = (config.shuffle_seed, config.partial) {
+        return run_shuffled(config, seed, quiet);
+    }
     let encoder = Arc::new(TextEncoder::load(
         &config.tokenizer,
         config.bos,
@@ -151,7 +165,14 @@ pub fn run(config: &Config, quiet: bool) -> anyhow::Result<RunSummary> {
             return Err(e);
         }
     };
-    let manifest = manifest(config, &info, dtype, sink.packing, sink.totals, sink.shards);
+    let manifest = manifest(
+        config,
+        identity(&info),
+        dtype,
+        sink.packing,
+        sink.totals,
+        sink.shards,
+    );
     manifest.write(dir)?;
     let _ = std::fs::remove_file(dir.join(JOURNAL));
     #[allow(clippy::cast_precision_loss)] // rates for people
@@ -178,12 +199,13 @@ pub fn run(config: &Config, quiet: bool) -> anyhow::Result<RunSummary> {
 /// The manifest of a finished run.
 fn manifest(
     config: &Config,
-    info: &TokenizerInfo,
+    tokenizer: TokenizerIdentity,
     dtype: TokenDtype,
     packing: Option<flame_formats::manifest::Packing>,
     totals: flame_formats::manifest::Totals,
     shards: Vec<flame_formats::manifest::ShardEntry>,
 ) -> Manifest {
+    let eos_id = tokenizer.eos_id;
     Manifest {
         version: MANIFEST_VERSION,
         format: if packing.is_some() {
@@ -193,13 +215,7 @@ fn manifest(
         },
         dtype,
         packing,
-        tokenizer: TokenizerIdentity {
-            name: Some(info.name.clone()),
-            sha256: info.sha256.clone(),
-            vocab_size: info.vocab_size,
-            bos_id: info.bos_id,
-            eos_id: info.eos_id,
-        },
+        tokenizer,
         totals,
         shards,
         sources: config
@@ -211,9 +227,69 @@ fn manifest(
                 sha256: None,
             })
             .collect(),
-        parameters: config.manifest_parameters(),
+        parameters: {
+            let mut parameters = config.manifest_parameters(eos_id);
+            if let Some(partial) = config.partial {
+                parameters.insert("partial".into(), serde_json::json!(partial));
+            }
+            parameters
+        },
         created_by: format!("flame-prep {}", env!("CARGO_PKG_VERSION")),
     }
+}
+
+/// `--shuffle`: tokenize in input order into `.unshuffled/` (an ordinary, resumable run), then write the
+/// documents in the seeded permutation's order with the final layout, exactly as `merge` would.
+fn run_shuffled(config: &Config, seed: u64, quiet: bool) -> anyhow::Result<RunSummary> {
+    let dir = &config.output_dir;
+    let input_bytes: u64 = config.inputs.iter().map(|f| f.num_bytes).sum();
+    if dir.join(MANIFEST_FILE_NAME).is_file() {
+        if !config.overwrite {
+            return already_complete(config, input_bytes);
+        }
+        std::fs::remove_file(dir.join(MANIFEST_FILE_NAME))
+            .with_context(|| format!("{}: remove old manifest", dir.display()))?;
+    }
+    let mut ordered = config.clone();
+    ordered.output_dir = dir.join(".unshuffled");
+    (ordered.packing, ordered.shuffle_seed, ordered.overwrite) = (None, None, config.overwrite);
+    let first = run(&ordered, quiet)?;
+    let unshuffled = Manifest::load(&ordered.output_dir)?;
+    let set = DocumentSet::open(&unshuffled.shard_prefixes(&ordered.output_dir))?;
+    remove_journal_and_shards(dir, &[])?;
+    let layout = match config.tail_policy(unshuffled.tokenizer.eos_id) {
+        Some((seq_len, tail)) => Layout::Packed { seq_len, tail },
+        None => Layout::Megatron,
+    };
+    let sink = restream(
+        &set,
+        Some(seed),
+        dir,
+        &dir.join(STAGING),
+        unshuffled.dtype,
+        layout,
+        config.shard_tokens,
+    )?;
+    drop(set);
+    let manifest = manifest(
+        config,
+        unshuffled.tokenizer.clone(),
+        unshuffled.dtype,
+        sink.packing,
+        sink.totals,
+        sink.shards,
+    );
+    manifest.write(dir)?;
+    std::fs::remove_dir_all(&ordered.output_dir)
+        .with_context(|| format!("{}: remove", ordered.output_dir.display()))?;
+    Ok(RunSummary {
+        output: dir.display().to_string(),
+        stored_tokens: manifest.totals.tokens,
+        sequences: manifest.totals.sequences,
+        shards: manifest.shards.len(),
+        document_tokens: sink.num_document_tokens,
+        ..first
+    })
 }
 
 fn already_complete(config: &Config, input_bytes: u64) -> anyhow::Result<RunSummary> {
@@ -246,7 +322,8 @@ fn fingerprint(config: &Config, info: &TokenizerInfo, dtype: TokenDtype) -> Stri
         .map(|f| (f.path.display().to_string(), f.num_bytes))
         .collect();
     let identity = serde_json::json!({
-        "parameters": config.manifest_parameters(),
+        "parameters": config.manifest_parameters(info.eos_id),
+        "partial": config.partial,
         "inputs": inputs,
         "tokenizer": info.sha256,
         "dtype": dtype,
@@ -334,9 +411,10 @@ fn tokenize_into(
     input_bytes: u64,
     quiet: bool,
 ) -> anyhow::Result<(crate::shard::SinkSummary, Counters, f64)> {
+    // A part of a multi-machine job is document-level; `flame-prep merge` packs the joined stream.
     let layout = match config.tail_policy(encoder.info().eos_id) {
-        Some((seq_len, tail)) => Layout::Packed { seq_len, tail },
-        None => Layout::Megatron,
+        Some((seq_len, tail)) if config.partial.is_none() => Layout::Packed { seq_len, tail },
+        _ => Layout::Megatron,
     };
     let dir: PathBuf = config.output_dir.clone();
     let staging = dir.join(STAGING);

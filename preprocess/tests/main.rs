@@ -5,6 +5,7 @@
 mod bad_input;
 mod exactness;
 mod inspect;
+mod multi_machine;
 mod resume;
 mod tokenize_run;
 mod util;

@@ -455,3 +455,44 @@ fn whole_file_faults_name_the_file() {
     let run = tokenize(&parquet, &out, "y", &["--text-key", "body"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
 }
+
+#[test]
+fn shuffle_is_a_seeded_permutation_of_the_documents() {
+    let out = tempfile::tempdir().unwrap();
+    let root = out.path().to_str().unwrap();
+    let run = |name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "--dataset",
+            "sample",
+            "--output",
+            root,
+            "--name",
+            name,
+            "--shard-tokens",
+            "300000",
+        ];
+        args.extend(extra);
+        let run = flame_prep(&args);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        dump(&out.path().join("sample").join(name).join("train"))
+    };
+    let ordered = run("ordered", &[]);
+    let shuffled = run("s1", &["--shuffle", "--workers", "1"]);
+    assert_eq!(
+        run("s2", &["--shuffle", "--seed", "42", "--workers", "3"]),
+        shuffled,
+        "same seed, other worker count"
+    );
+    let other = run("s3", &["--shuffle", "--seed", "43"]);
+    assert_ne!(shuffled, ordered);
+    assert_ne!(shuffled, other);
+    let mut a = ordered.clone();
+    let mut b = shuffled.clone();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "a permutation of the same documents");
+    assert!(!out.path().join("sample/s1/train/.unshuffled").exists());
+    let a = std::fs::read(out.path().join("sample/s1/train/shard_00000.bin")).unwrap();
+    let b = std::fs::read(out.path().join("sample/s2/train/shard_00000.bin")).unwrap();
+    assert!(a == b);
+}
