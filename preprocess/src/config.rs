@@ -2,12 +2,14 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
+
 use flame_formats::TailPolicy;
 use serde_json::{Map, Value, json};
 
 use crate::cli::{Tail, TokenizeArgs};
 use crate::sample;
-use crate::source::{InputFile, resolve_inputs};
+use crate::source::{InputFile, hub, resolve_inputs};
 use crate::tokenize::BosPolicy;
 
 /// Everything a run needs, checked.
@@ -83,27 +85,8 @@ impl Config {
     /// Validates `args`: resolves the dataset to files and picks the output directory.
     pub fn from_args(args: &TokenizeArgs) -> anyhow::Result<Self> {
         let dataset = args.dataset.clone().expect("clap requires --dataset");
-        let (inputs, default_tokenizer, dataset_name) = if dataset == "sample" {
-            let sample = sample::materialize()?;
-            (
-                resolve_inputs(&sample.dataset_dir.to_string_lossy(), &args.split)?,
-                Some(sample.tokenizer),
-                "sample".to_owned(),
-            )
-        } else {
-            (
-                resolve_inputs(&dataset, &args.split)?,
-                None,
-                dataset_name(&dataset),
-            )
-        };
-        let tokenizer = match (&args.tokenizer, default_tokenizer) {
-            (Some(path), _) => path.clone(),
-            (None, Some(path)) => path,
-            (None, None) => anyhow::bail!(
-                "--tokenizer PATH is required for {dataset:?}: a tokenizer.json or a directory holding one"
-            ),
-        };
+        let (inputs, default_tokenizer, dataset_name) = resolve_dataset(&dataset, args)?;
+        let tokenizer = resolve_tokenizer(args.tokenizer.as_deref(), default_tokenizer)?;
         if let Some(n) = args.context_length {
             anyhow::ensure!(
                 n > 0 && i32::try_from(n).is_ok(),
@@ -199,6 +182,68 @@ impl Config {
             Value::Object(map) => map,
             _ => unreachable!("an object literal"),
         }
+    }
+}
+
+/// The input files, the tokenizer that goes with the dataset if any (the bundled sample's), and the
+/// dataset's name in the output path.
+fn resolve_dataset(
+    dataset: &str,
+    args: &TokenizeArgs,
+) -> anyhow::Result<(Vec<InputFile>, Option<PathBuf>, String)> {
+    let is_local = dataset.contains(['*', '?', '[']) || Path::new(dataset).exists();
+    if dataset == "sample" {
+        let sample = sample::materialize()?;
+        Ok((
+            resolve_inputs(&sample.dataset_dir.to_string_lossy(), &args.split)?,
+            Some(sample.tokenizer),
+            "sample".to_owned(),
+        ))
+    } else if is_local {
+        Ok((
+            resolve_inputs(dataset, &args.split)?,
+            None,
+            dataset_name(dataset),
+        ))
+    } else if dataset.contains("://") {
+        anyhow::bail!(
+            "{dataset}: object-store URLs (s3://, gs://, az://, http(s)://) are not supported yet; download the files and pass a local path"
+        );
+    } else if let Some(repo) = hub::hub_id(dataset)? {
+        let short = if dataset.contains('/') {
+            repo.rsplit('/').next().unwrap_or(&repo).to_owned()
+        } else {
+            dataset.to_owned()
+        };
+        Ok((
+            hub::resolve_hub(&repo, args.name.as_deref(), &args.split)?,
+            None,
+            short,
+        ))
+    } else {
+        anyhow::bail!(
+            "{dataset}: no such file or directory, and not a Hugging Face hub dataset id (owner/name) or alias (configs/datasets.toml)"
+        );
+    }
+}
+
+/// `--tokenizer` as a local path or a hub model id; else the dataset's own; else flame's default from the hub.
+fn resolve_tokenizer(
+    given: Option<&Path>,
+    dataset_default: Option<PathBuf>,
+) -> anyhow::Result<PathBuf> {
+    match (given, dataset_default) {
+        (Some(path), _) if path.exists() => Ok(path.to_path_buf()),
+        (Some(id), _) => match hub::hub_id(&id.to_string_lossy())? {
+            Some(repo) => hub::resolve_tokenizer(&repo),
+            None => anyhow::bail!(
+                "{}: no such tokenizer file or directory, and not a hub model id",
+                id.display()
+            ),
+        },
+        (None, Some(path)) => Ok(path),
+        (None, None) => hub::resolve_tokenizer(&hub::default_tokenizer()?)
+            .context("loading flame's default tokenizer from the hub (or pass --tokenizer PATH)"),
     }
 }
 

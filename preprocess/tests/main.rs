@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod exactness;
+mod hub;
 mod inspect;
 mod multi_machine;
 mod resume;

@@ -5,6 +5,7 @@
 //! here tokenizes.
 
 mod arrow;
+pub mod hub;
 mod jsonl;
 mod parquet;
 mod resolve;
