@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 
 use crate::cli::{Tail, TokenizeArgs};
 use crate::sample;
-use crate::source::{InputFile, hub, resolve_inputs};
+use crate::source::{InputFile, hub, remote, resolve_inputs};
 use crate::tokenize::BosPolicy;
 
 /// Everything a run needs, checked.
@@ -191,7 +191,8 @@ fn resolve_dataset(
     dataset: &str,
     args: &TokenizeArgs,
 ) -> anyhow::Result<(Vec<InputFile>, Option<PathBuf>, String)> {
-    let is_local = dataset.contains(['*', '?', '[']) || Path::new(dataset).exists();
+    let is_local = !remote::is_url(dataset)
+        && (dataset.contains(['*', '?', '[']) || Path::new(dataset).exists());
     if dataset == "sample" {
         let sample = sample::materialize()?;
         Ok((
@@ -205,10 +206,12 @@ fn resolve_dataset(
             None,
             dataset_name(dataset),
         ))
-    } else if dataset.contains("://") {
-        anyhow::bail!(
-            "{dataset}: object-store URLs (s3://, gs://, az://, http(s)://) are not supported yet; download the files and pass a local path"
-        );
+    } else if remote::is_url(dataset) {
+        Ok((
+            remote::resolve_url(dataset, &args.split, &sample::cache_dir()?)?,
+            None,
+            dataset_name_of_url(dataset),
+        ))
     } else if let Some(repo) = hub::hub_id(dataset)? {
         let short = if dataset.contains('/') {
             repo.rsplit('/').next().unwrap_or(&repo).to_owned()
@@ -244,6 +247,22 @@ fn resolve_tokenizer(
         (None, Some(path)) => Ok(path),
         (None, None) => hub::resolve_tokenizer(&hub::default_tokenizer()?)
             .context("loading flame's default tokenizer from the hub (or pass --tokenizer PATH)"),
+    }
+}
+
+/// A directory-friendly name for a URL: the last path component before any glob, else the bucket.
+fn dataset_name_of_url(url: &str) -> String {
+    let without_glob = url.split(['*', '?', '[']).next().unwrap_or(url);
+    let rest = without_glob
+        .split_once("://")
+        .map_or(without_glob, |(_, r)| r)
+        .trim_end_matches('/');
+    let last = rest.rsplit('/').next().unwrap_or(rest);
+    let last = last.split('.').next().unwrap_or(last);
+    if is_path_component(last) {
+        last.to_owned()
+    } else {
+        "dataset".into()
     }
 }
 

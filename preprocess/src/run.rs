@@ -222,7 +222,7 @@ fn manifest(
             .inputs
             .iter()
             .map(|f| SourceEntry {
-                uri: f.path.display().to_string(),
+                uri: f.uri.clone(),
                 bytes: Some(f.num_bytes),
                 sha256: None,
             })
@@ -319,7 +319,7 @@ fn fingerprint(config: &Config, info: &TokenizerInfo, dtype: TokenDtype) -> Stri
     let inputs: Vec<(String, u64)> = config
         .inputs
         .iter()
-        .map(|f| (f.path.display().to_string(), f.num_bytes))
+        .map(|f| (f.uri.clone(), f.num_bytes))
         .collect();
     let identity = serde_json::json!({
         "parameters": config.manifest_parameters(info.eos_id),

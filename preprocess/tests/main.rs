@@ -7,6 +7,7 @@ mod exactness;
 mod hub;
 mod inspect;
 mod multi_machine;
+mod object_store;
 mod resume;
 mod tokenize_run;
 mod util;

@@ -184,6 +184,7 @@ pub fn resolve_hub(
                 format: SourceFormat::of(Path::new(file)).expect("selected by format"),
                 path,
                 num_bytes,
+                uri: format!("hf://datasets/{repo_id}/{file}"),
             })
         })
         .collect()

@@ -8,6 +8,7 @@ mod arrow;
 pub mod hub;
 mod jsonl;
 mod parquet;
+pub mod remote;
 mod resolve;
 mod text;
 

@@ -16,6 +16,8 @@ pub struct InputFile {
     pub format: SourceFormat,
     /// Its size, for progress and the manifest.
     pub num_bytes: u64,
+    /// Where it came from, for the manifest: the path, a hub URL or an object-store URL.
+    pub uri: String,
 }
 
 /// The files of `dataset` (a file, a directory or a glob) for `split`, in natural order.
@@ -84,6 +86,7 @@ pub fn resolve_inputs(dataset: &str, split: &str) -> anyhow::Result<Vec<InputFil
             anyhow::ensure!(num_bytes > 0, "{}: file is empty (0 bytes)", path.display());
             let format = SourceFormat::of(&path).expect("filtered above");
             Ok(InputFile {
+                uri: path.display().to_string(),
                 path,
                 format,
                 num_bytes,
