@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use arrow_array::{ArrayRef, RecordBatch, StringArray};
 use sha2::Digest;
 
-use crate::util::{flame_prep_with_env, shared};
+use crate::util::{flame_prep_with_env, shared, snapshot};
 
 /// Every request the fake hub saw: URL and `Authorization` header.
 type RequestLog = Arc<Mutex<Vec<(String, Option<String>)>>>;
@@ -164,23 +164,6 @@ fn dead_endpoint() -> String {
     format!("http://127.0.0.1:{port}")
 }
 
-fn tree(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap())
-        .filter(|e| e.path().is_file())
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect();
-    files.sort();
-    files.retain(|(name, _)| name != "manifest.json");
-    files
-}
-
 #[test]
 fn hub_datasets_download_into_the_cache_and_work_offline() {
     let hub = start(fineweb_like());
@@ -219,12 +202,12 @@ fn hub_datasets_download_into_the_cache_and_work_offline() {
         summary["documents"], 3,
         "two files of the sample-10BT config"
     );
-    let snapshot = hf_home
+    let hub_snapshot = hf_home
         .join("hub/datasets--HuggingFaceFW--fineweb-edu/snapshots")
         .join(COMMIT);
-    assert!(snapshot.join("sample/10BT/001_00000.parquet").is_file());
+    assert!(hub_snapshot.join("sample/10BT/001_00000.parquet").is_file());
     assert!(
-        !snapshot
+        !hub_snapshot
             .join("data/CC-MAIN-2024-10/train-00000.parquet")
             .exists(),
         "files of other configs are not downloaded"
@@ -266,8 +249,10 @@ fn hub_datasets_download_into_the_cache_and_work_offline() {
         );
         assert_eq!(run.code, 0, "{env:?}: {}", run.stderr);
         assert_eq!(
-            tree(&offline.join("fineweb-edu/sample-10BT/train")),
-            tree(&online.join("fineweb-edu/sample-10BT/train"))
+            snapshot(&offline.join("fineweb-edu/sample-10BT/train"), |name| name
+                != "manifest.json"),
+            snapshot(&online.join("fineweb-edu/sample-10BT/train"), |name| name
+                != "manifest.json")
         );
     }
 }

@@ -3,23 +3,7 @@
 
 use std::path::Path;
 
-use crate::util::{flame_prep, shared};
-
-fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap())
-        .filter(|e| e.path().is_file())
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect();
-    files.sort();
-    files
-}
+use crate::util::{flame_prep, shared, snapshot};
 
 #[test]
 fn parts_merge_into_the_bytes_of_a_single_run() {
@@ -88,8 +72,8 @@ fn parts_merge_into_the_bytes_of_a_single_run() {
         let job = multi.join("corpus").join(layout).join("train");
         let merge = flame_prep(&["merge", job.to_str().unwrap(), "--remove-parts"]);
         assert_eq!(merge.code, 0, "{}", merge.stderr);
-        let expected = files(&single.join("corpus").join(layout).join("train"));
-        let got = files(&job);
+        let expected = snapshot(&single.join("corpus").join(layout).join("train"), |_| true);
+        let got = snapshot(&job, |_| true);
         assert!(expected.len() > 4, "{layout}: several shards expected");
         assert_eq!(
             got.iter().map(|f| &f.0).collect::<Vec<_>>(),

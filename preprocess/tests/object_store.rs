@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use crate::util::{flame_prep_with_env, python, repo_root, shared};
+use crate::util::{flame_prep_with_env, python, repo_root, shared, snapshot};
 
 struct S3Server {
     child: Child,
@@ -43,22 +43,6 @@ fn start_s3(bucket: &str, uploads: &[(&Path, &str)]) -> S3Server {
         .unwrap_or_else(|| panic!("s3_server.py said {line:?}"))
         .to_owned();
     S3Server { child, endpoint }
-}
-
-fn shards(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("shard_"))
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect();
-    files.sort();
-    files
 }
 
 #[test]
@@ -108,6 +92,7 @@ fn s3_globs_and_prefixes_read_like_local_files() {
         assert_eq!(run.code, 0, "{dataset}: {}", run.stderr);
         out.join("fineweb").join(name).join("train")
     };
+    let shards = |dir: &Path| snapshot(dir, |name| name.starts_with("shard_"));
     let expected = shards(&run(local.to_str().unwrap(), "local"));
     assert!(expected.len() >= 4);
     for (url, name) in [

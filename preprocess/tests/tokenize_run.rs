@@ -8,27 +8,10 @@ use arrow_array::{ArrayRef, RecordBatch, StringArray};
 use flame_formats::Corpus;
 use flame_preprocess::tokenize::{BosPolicy, TextEncoder};
 
-use crate::util::{flame_prep, shared};
+use crate::util::{flame_prep, shared, snapshot};
 
 fn gpt2() -> PathBuf {
     shared().join("data/tokenizers/gpt2/tokenizer.json")
-}
-
-/// Every file under `dir`, relative path → bytes.
-fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap())
-        .filter(|e| e.path().is_file())
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect();
-    files.sort();
-    files
 }
 
 fn json_summary(stdout: &str) -> serde_json::Value {
@@ -119,8 +102,12 @@ fn output_bytes_do_not_depend_on_the_number_of_workers() {
         }
     }
     for kind in ["docs", "packed"] {
-        let one = tree(&out.path().join(format!("sample/w1-{kind}/train")));
-        let three = tree(&out.path().join(format!("sample/w3-{kind}/train")));
+        let one = snapshot(&out.path().join(format!("sample/w1-{kind}/train")), |_| {
+            true
+        });
+        let three = snapshot(&out.path().join(format!("sample/w3-{kind}/train")), |_| {
+            true
+        });
         assert!(
             one.len() >= 9,
             "{kind}: several shards expected, got {:?}",

@@ -79,3 +79,20 @@ pub fn python() -> &'static Path {
         PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
     })
 }
+
+/// The regular files directly in `dir` whose names pass `keep`, sorted by name, with their bytes.
+pub fn snapshot(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.path().is_file() && keep(&e.file_name().to_string_lossy()))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}

@@ -3,22 +3,17 @@
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
-use arrow_array::cast::AsArray;
-use arrow_array::{Array, RecordBatch, RecordBatchReader};
-use arrow_schema::DataType;
+use arrow_array::RecordBatchReader;
 
-use super::{BadRecord, Document, DocumentReader, Origin, Record, pick_text_column};
+use super::columnar::{ColumnCursor, is_string};
+use super::{DocumentReader, Record, pick_text_column};
 
 pub struct ArrowReader {
-    path: PathBuf,
-    file_index: usize,
-    column: usize,
     batches: Box<dyn RecordBatchReader + Send>,
-    pending: Option<(RecordBatch, usize)>,
-    next_row: u64,
+    cursor: ColumnCursor,
 }
 
 impl ArrowReader {
@@ -58,21 +53,14 @@ impl ArrowReader {
             .column_with_name(&name)
             .expect("picked from the schema");
         anyhow::ensure!(
-            matches!(
-                field.data_type(),
-                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-            ),
+            is_string(field.data_type()),
             "{}: column {name:?} holds {}, not strings",
             path.display(),
             field.data_type()
         );
         Ok(Self {
-            path: path.to_path_buf(),
-            file_index,
-            column,
             batches,
-            pending: None,
-            next_row: 0,
+            cursor: ColumnCursor::new(path.to_path_buf(), file_index, column),
         })
     }
 }
@@ -84,66 +72,7 @@ impl DocumentReader for ArrowReader {
         max_records: usize,
         max_bytes: usize,
     ) -> anyhow::Result<bool> {
-        let start = out.len();
-        let mut num_bytes = 0;
-        while out.len() - start < max_records && num_bytes < max_bytes {
-            let (batch, offset) = match self.pending.take() {
-                Some(pending) => pending,
-                None => match self.batches.next() {
-                    None => return Ok(false),
-                    Some(batch) => (
-                        batch.with_context(|| {
-                            format!(
-                                "{}: corrupt Arrow data near row {}",
-                                self.path.display(),
-                                self.next_row
-                            )
-                        })?,
-                        0,
-                    ),
-                },
-            };
-            let column = batch.column(self.column);
-            let mut row = offset;
-            while row < column.len() && out.len() - start < max_records && num_bytes < max_bytes {
-                let position = self.next_row;
-                self.next_row += 1;
-                if column.is_null(row) {
-                    out.push(Err(BadRecord {
-                        path: self.path.clone(),
-                        position: format!("row {position}"),
-                        reason: "text is null".into(),
-                    }));
-                } else {
-                    let text = match column.data_type() {
-                        DataType::Utf8 => column.as_string::<i32>().value(row),
-                        DataType::LargeUtf8 => column.as_string::<i64>().value(row),
-                        _ => column.as_string_view().value(row),
-                    };
-                    if text.is_empty() {
-                        out.push(Err(BadRecord {
-                            path: self.path.clone(),
-                            position: format!("row {position}"),
-                            reason: "empty document".into(),
-                        }));
-                        row += 1;
-                        continue;
-                    }
-                    num_bytes += text.len();
-                    out.push(Ok(Document {
-                        text: text.to_owned(),
-                        origin: Origin {
-                            file_index: self.file_index,
-                            position,
-                        },
-                    }));
-                }
-                row += 1;
-            }
-            if row < column.len() {
-                self.pending = Some((batch, row));
-            }
-        }
-        Ok(true)
+        self.cursor
+            .read(&mut self.batches, out, max_records, max_bytes)
     }
 }

@@ -5,6 +5,7 @@
 //! here tokenizes.
 
 mod arrow;
+mod columnar;
 pub mod hub;
 mod jsonl;
 mod parquet;
