@@ -1,7 +1,7 @@
 //! `flame-prep merge`: join the parts of a job tokenized on several machines.
 //!
 //! Each part (`--num-shards K --shard-index I`) holds document-level shards of a contiguous slice of the
-//! inputs. Merging streams every document, in part order, through the same [`ShardSink`] a single-machine
+//! inputs. Merging streams every document, in part order, through the same [`ShardSink`](crate::shard::ShardSink) a single-machine
 //! run uses, with the job's layout (Megatron or packed) and shard size, and writes the manifest a single
 //! run would have written. The result is byte-identical to a single-machine run of the same command.
 
