@@ -418,6 +418,7 @@ fn tokenize_into(
     };
     let dir: PathBuf = config.output_dir.clone();
     let staging = dir.join(STAGING);
+    let resumed_documents = journal.sink.num_documents;
     let mut sink = ShardSink::new(
         &dir,
         &staging,
@@ -433,7 +434,8 @@ fn tokenize_into(
         ..Counters::default()
     };
     let abort_after: Option<u64> = std::env::var(ABORT_HOOK).ok().and_then(|v| v.parse().ok());
-    let (mut num_documents_here, mut num_documents) = (0u64, 0u64);
+    // Documents added in this process (for the abort hook) and in the whole job (for progress).
+    let (mut num_documents_here, mut num_documents) = (0u64, resumed_documents);
     let file_starts: Vec<u64> = config
         .inputs
         .iter()
@@ -463,7 +465,7 @@ fn tokenize_into(
                     }
                     sink.add_document(&tokens)?;
                     num_documents_here += 1;
-                    num_documents = num_documents.max(journal.sink.num_documents) + 1;
+                    num_documents += 1;
                     counters.tokens_here += tokens.len() as u64;
                     counters.text_bytes += num_text_bytes as u64;
                     counters.text_bytes_here += num_text_bytes as u64;

@@ -130,6 +130,17 @@ fn reference(
         .collect()
 }
 
+/// `texts` as `{"text": …}` lines in `dir/texts.jsonl`, and the file's SHA-256 (the reference cache key).
+fn write_texts(dir: &Path, texts: &[String]) -> (PathBuf, String) {
+    let path = dir.join("texts.jsonl");
+    let jsonl: String = texts
+        .iter()
+        .map(|t| serde_json::json!({ "text": t }).to_string() + "\n")
+        .collect();
+    std::fs::write(&path, &jsonl).unwrap();
+    (path, hex::encode(sha2::Sha256::digest(jsonl.as_bytes())))
+}
+
 fn digest(ids: &[u32]) -> String {
     let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_le_bytes()).collect();
     hex::encode(sha2::Sha256::digest(bytes))
@@ -144,13 +155,7 @@ fn corpus_ids_match_the_python_library_for_every_tokenizer() {
         "documents in ../shared/data/corpus (2 parquet + 4 jsonl files)"
     );
     let dir = tempfile::tempdir().unwrap();
-    let texts_path = dir.path().join("texts.jsonl");
-    let jsonl: String = texts
-        .iter()
-        .map(|t| serde_json::json!({ "text": t }).to_string() + "\n")
-        .collect();
-    std::fs::write(&texts_path, &jsonl).unwrap();
-    let texts_sha = hex::encode(sha2::Sha256::digest(jsonl.as_bytes()));
+    let (texts_path, texts_sha) = write_texts(dir.path(), &texts);
     for name in TOKENIZERS {
         let expected = reference(&tokenizer_path(name), &texts_path, &texts_sha, false);
         assert_eq!(expected.len(), texts.len());
@@ -184,13 +189,7 @@ fn flames_bos_policy_matches_add_special_tokens() {
     // flame's default (`--bos tokenizer`) is the library's add_special_tokens=True: <s> for Mistral.
     let texts: Vec<String> = corpus_texts().into_iter().step_by(25).collect();
     let dir = tempfile::tempdir().unwrap();
-    let texts_path = dir.path().join("texts.jsonl");
-    let jsonl: String = texts
-        .iter()
-        .map(|t| serde_json::json!({ "text": t }).to_string() + "\n")
-        .collect();
-    std::fs::write(&texts_path, &jsonl).unwrap();
-    let texts_sha = hex::encode(sha2::Sha256::digest(jsonl.as_bytes()));
+    let (texts_path, texts_sha) = write_texts(dir.path(), &texts);
     for name in ["mistral-7b-v0.1", "gpt2"] {
         let expected = reference(&tokenizer_path(name), &texts_path, &texts_sha, true);
         let encoder =

@@ -8,8 +8,8 @@ use std::path::Path;
 use anyhow::Context;
 use arrow_array::RecordBatchReader;
 
-use super::columnar::{ColumnCursor, is_string};
-use super::{DocumentReader, Record, pick_text_column};
+use super::columnar::{ColumnCursor, text_column};
+use super::{DocumentReader, Record};
 
 pub struct ArrowReader {
     batches: Box<dyn RecordBatchReader + Send>,
@@ -43,21 +43,7 @@ impl ArrowReader {
                 })?,
             )
         };
-        let schema = batches.schema();
-        let name = pick_text_column(
-            schema.fields().iter().map(|f| f.name().as_str()),
-            text_key,
-            path,
-        )?;
-        let (column, field) = schema
-            .column_with_name(&name)
-            .expect("picked from the schema");
-        anyhow::ensure!(
-            is_string(field.data_type()),
-            "{}: column {name:?} holds {}, not strings",
-            path.display(),
-            field.data_type()
-        );
+        let (_, column) = text_column(&batches.schema(), text_key, path)?;
         Ok(Self {
             batches,
             cursor: ColumnCursor::new(path.to_path_buf(), file_index, column),

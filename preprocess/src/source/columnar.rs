@@ -1,13 +1,13 @@
 //! Reading a string column out of a stream of Arrow record batches: shared by the Parquet and Arrow IPC readers.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, RecordBatch};
-use arrow_schema::{ArrowError, DataType};
+use arrow_schema::{ArrowError, DataType, Schema};
 
-use super::{BadRecord, Document, Origin, Record};
+use super::{BadRecord, Document, Origin, Record, pick_text_column};
 
 /// Where a reader stands in a stream of record batches.
 #[derive(Debug)]
@@ -19,12 +19,30 @@ pub struct ColumnCursor {
     next_row: u64,
 }
 
-/// Whether `data_type` is a string type the cursor reads.
-pub fn is_string(data_type: &DataType) -> bool {
-    matches!(
-        data_type,
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-    )
+/// The text column of `schema` (see [`pick_text_column`]): its name and index, checked to hold strings.
+pub fn text_column(
+    schema: &Schema,
+    text_key: Option<&str>,
+    path: &Path,
+) -> anyhow::Result<(String, usize)> {
+    let name = pick_text_column(
+        schema.fields().iter().map(|f| f.name().as_str()),
+        text_key,
+        path,
+    )?;
+    let (index, field) = schema
+        .column_with_name(&name)
+        .expect("picked from the schema");
+    anyhow::ensure!(
+        matches!(
+            field.data_type(),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+        ),
+        "{}: column {name:?} holds {}, not strings",
+        path.display(),
+        field.data_type()
+    );
+    Ok((name, index))
 }
 
 impl ColumnCursor {

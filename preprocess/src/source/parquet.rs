@@ -7,8 +7,8 @@ use anyhow::Context;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
-use super::columnar::{ColumnCursor, is_string};
-use super::{DocumentReader, Record, pick_text_column};
+use super::columnar::{ColumnCursor, text_column};
+use super::{DocumentReader, Record};
 
 /// Rows decoded per Arrow batch; bounds memory together with the row-group streaming.
 const ROWS_PER_BATCH: usize = 256;
@@ -23,21 +23,7 @@ impl ParquetReader {
         let file = File::open(path).with_context(|| format!("{}: open", path.display()))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)
             .with_context(|| format!("{}: not a readable parquet file", path.display()))?;
-        let schema = builder.schema().clone();
-        let column = pick_text_column(
-            schema.fields().iter().map(|f| f.name().as_str()),
-            text_key,
-            path,
-        )?;
-        let (index, field) = schema
-            .column_with_name(&column)
-            .expect("picked from the schema");
-        anyhow::ensure!(
-            is_string(field.data_type()),
-            "{}: column {column:?} holds {}, not strings",
-            path.display(),
-            field.data_type()
-        );
+        let (column, index) = text_column(builder.schema(), text_key, path)?;
         let leaf = builder
             .parquet_schema()
             .columns()
