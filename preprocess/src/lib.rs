@@ -6,6 +6,7 @@
 //! ([`shard::ShardSink`]) plus `manifest.json`. The output bytes do not depend on the number of workers.
 #![warn(missing_docs)]
 
+pub mod chunk;
 pub mod cli;
 pub mod config;
 pub mod inspect;

@@ -11,6 +11,8 @@ use anyhow::Context;
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
+use crate::chunk::{Chunker, GUARD};
+
 /// Where BOS comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -45,6 +47,21 @@ pub struct TextEncoder {
     info: TokenizerInfo,
     bos: BosPolicy,
     append_eod: bool,
+    long: Option<LongDocuments>,
+}
+
+/// Pieces of one long document encoded at once.
+const PARALLEL_PIECES: usize = 2;
+
+/// How documents longer than [`crate::chunk::CHUNK_BYTES`] are encoded piece by piece.
+#[derive(Debug)]
+struct LongDocuments {
+    chunker: Chunker,
+    /// Ids of [`GUARD`] alone, stripped from the front of every piece but the first.
+    guard_ids: Vec<u32>,
+    /// What the post-processor puts before and after a document's ids.
+    special_prefix: Vec<u32>,
+    special_suffix: Vec<u32>,
 }
 
 const BOS_NAMES: [&str; 4] = ["<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>"];
@@ -97,12 +114,49 @@ impl TextEncoder {
                 file.display()
             );
         }
+        let json: serde_json::Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: not JSON", file.display()))?;
+        let long = Chunker::for_tokenizer(&json)
+            .map(|chunker| LongDocuments::new(&tokenizer, chunker))
+            .transpose()
+            .with_context(|| format!("{}: probe the tokenizer", file.display()))?;
         Ok(Self {
             tokenizer,
             info,
             bos,
             append_eod,
+            long,
         })
+    }
+
+    /// As [`TextEncoder::load`], cutting documents longer than `chunk_bytes` (tests use small pieces to
+    /// check that cutting never changes an id). Fails for a tokenizer that is never cut.
+    pub fn load_with_chunk_bytes(
+        path: &Path,
+        bos: BosPolicy,
+        chunk_bytes: usize,
+    ) -> anyhow::Result<Self> {
+        let mut encoder = Self::load(path, bos, false, false)?;
+        let file = if path.is_dir() {
+            path.join("tokenizer.json")
+        } else {
+            path.to_path_buf()
+        };
+        let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&file)?)?;
+        let chunker = Chunker::with_chunk_bytes(&json, chunk_bytes).with_context(|| {
+            format!(
+                "{}: not a tokenizer whose documents can be cut",
+                file.display()
+            )
+        })?;
+        encoder.long = Some(LongDocuments::new(&encoder.tokenizer, chunker)?);
+        Ok(encoder)
+    }
+
+    /// Whether documents longer than [`crate::chunk::CHUNK_BYTES`] are encoded piece by piece (with
+    /// bounded memory) rather than whole.
+    pub fn cuts_long_documents(&self) -> bool {
+        self.long.is_some()
     }
 
     /// The tokenizer's identity.
@@ -114,19 +168,116 @@ impl TextEncoder {
     pub fn encode(&self, text: &str, out: &mut Vec<u32>) -> anyhow::Result<()> {
         out.clear();
         let add_special_tokens = self.bos == BosPolicy::Tokenizer;
-        let encoding = self
-            .tokenizer
-            .encode_fast(text, add_special_tokens)
-            .map_err(|e| anyhow::anyhow!("tokenizer failed: {e}"))?;
         if self.bos == BosPolicy::Always {
             out.push(self.info.bos_id.expect("checked in load"));
         }
-        out.extend_from_slice(encoding.get_ids());
+        match &self.long {
+            Some(long) if text.len() > long.chunker.chunk_bytes() => {
+                long.encode(&self.tokenizer, text, add_special_tokens, out)?;
+            }
+            _ => out.extend_from_slice(
+                encode_ids(&self.tokenizer, text, add_special_tokens)?.get_ids(),
+            ),
+        }
         if self.append_eod {
             out.push(self.info.eos_id.expect("checked in load"));
         }
         Ok(())
     }
+}
+
+impl LongDocuments {
+    fn new(tokenizer: &Tokenizer, chunker: Chunker) -> anyhow::Result<Self> {
+        let guard_ids = encode_ids(tokenizer, GUARD, false)?.get_ids().to_vec();
+        let plain = encode_ids(tokenizer, "a", false)?.get_ids().to_vec();
+        let special = encode_ids(tokenizer, "a", true)?.get_ids().to_vec();
+        let at = special
+            .windows(plain.len())
+            .position(|w| w == plain.as_slice())
+            .context("the post-processor changes the ids of a document")?;
+        Ok(Self {
+            chunker,
+            guard_ids,
+            special_prefix: special[..at].to_vec(),
+            special_suffix: special[at + plain.len()..].to_vec(),
+        })
+    }
+
+    /// Encodes `text` piece by piece onto `out`: the ids are those of encoding it whole.
+    fn encode(
+        &self,
+        tokenizer: &Tokenizer,
+        text: &str,
+        add_special_tokens: bool,
+        out: &mut Vec<u32>,
+    ) -> anyhow::Result<()> {
+        if add_special_tokens {
+            out.extend_from_slice(&self.special_prefix);
+        }
+        // Pieces are encoded a few at a time by the tokenizer's own thread pool: a long document keeps
+        // every core busy, and at most `PARALLEL_PIECES` pieces are held at once.
+        let pieces = self.chunker.pieces(text);
+        let mut guarded = Vec::with_capacity(PARALLEL_PIECES);
+        let (start, mut done_bytes) = (out.len(), 0);
+        for (group_index, group) in pieces.chunks(PARALLEL_PIECES).enumerate() {
+            reserve_projected(out, out.len() - start, done_bytes, text.len() - done_bytes);
+            done_bytes += group.iter().map(|p| p.len()).sum::<usize>();
+            guarded.clear();
+            for (i, piece) in group.iter().enumerate() {
+                let first = group_index == 0 && i == 0;
+                guarded.push(if first {
+                    (*piece).to_owned()
+                } else {
+                    format!("{GUARD}{piece}")
+                });
+            }
+            let encodings = tokenizer
+                .encode_batch_fast(std::mem::take(&mut guarded), false)
+                .map_err(|e| anyhow::anyhow!("tokenizer failed: {e}"))?;
+            for (i, encoding) in encodings.iter().enumerate() {
+                let ids = encoding.get_ids();
+                let ids = if group_index == 0 && i == 0 {
+                    ids
+                } else {
+                    ids.strip_prefix(self.guard_ids.as_slice()).context(
+                        "internal error: a guarded piece does not start with the guard's ids",
+                    )?
+                };
+                out.extend_from_slice(ids);
+            }
+        }
+        if add_special_tokens {
+            out.extend_from_slice(&self.special_suffix);
+        }
+        Ok(())
+    }
+}
+
+/// Grows `out` to the number of ids the rest of a document will likely add, judged by the ids per byte so
+/// far, so that a 200 MB document's ids do not sit in a buffer doubled past their size.
+fn reserve_projected(out: &mut Vec<u32>, ids_so_far: usize, done_bytes: usize, left_bytes: usize) {
+    if done_bytes == 0 {
+        return;
+    }
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
+    let projected = (ids_so_far as f64 / done_bytes as f64 * left_bytes as f64 * 1.05) as usize;
+    if out.capacity() - out.len() < projected / 4 {
+        out.reserve_exact(projected);
+    }
+}
+
+fn encode_ids(
+    tokenizer: &Tokenizer,
+    text: &str,
+    add_special_tokens: bool,
+) -> anyhow::Result<tokenizers::Encoding> {
+    tokenizer
+        .encode_fast(text, add_special_tokens)
+        .map_err(|e| anyhow::anyhow!("tokenizer failed: {e}"))
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -11,9 +11,9 @@ use sha2::Digest;
 
 use crate::util::{python, repo_root, shared};
 
-const TOKENIZERS: [&str; 4] = ["gpt2", "mistral-7b-v0.1", "cl100k_base", "tekken-240911"];
+pub const TOKENIZERS: [&str; 4] = ["gpt2", "mistral-7b-v0.1", "cl100k_base", "tekken-240911"];
 
-fn tokenizer_path(name: &str) -> PathBuf {
+pub fn tokenizer_path(name: &str) -> PathBuf {
     shared()
         .join("data/tokenizers")
         .join(name)
@@ -55,7 +55,7 @@ fn golden_ids_match_for_every_tokenizer() {
 }
 
 /// Every document of the shared corpus: the two fineweb-schema parquet files and the jsonl files.
-fn corpus_texts() -> Vec<String> {
+pub fn corpus_texts() -> Vec<String> {
     let mut inputs = resolve_inputs(
         &shared()
             .join("data/corpus/fineweb-edu-schema")

@@ -3,6 +3,7 @@
 #![allow(clippy::cast_possible_truncation)] // test values are small
 
 mod bad_input;
+mod chunking;
 mod exactness;
 mod hub;
 mod inspect;

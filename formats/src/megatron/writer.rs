@@ -152,8 +152,8 @@ impl IndexedDatasetBuilder {
     /// # Errors
     /// [`Error::TokenOutOfRange`] when an id does not fit the dtype; nothing is written then.
     pub fn add_item(&mut self, tokens: &[u32]) -> Result<()> {
-        self.encode(tokens)?;
-        self.push_sequence_from_scratch(tokens.len() as u64, 0)
+        self.write_tokens(tokens)?;
+        self.push_sequence(tokens.len() as u64, 0)
     }
 
     /// Adds one sequence with its mode; the builder must have been created multimodal.
@@ -161,8 +161,8 @@ impl IndexedDatasetBuilder {
         if !self.is_multimodal {
             return Err(self.usage("add_item_with_mode on a dataset created without modes"));
         }
-        self.encode(tokens)?;
-        self.push_sequence_from_scratch(tokens.len() as u64, mode)
+        self.write_tokens(tokens)?;
+        self.push_sequence(tokens.len() as u64, mode)
     }
 
     /// Adds one sequence whose elements already have the dataset's type (any dtype, floats included).
@@ -174,9 +174,9 @@ impl IndexedDatasetBuilder {
                 requested: T::DTYPE,
             });
         }
-        self.scratch.clear();
-        self.scratch.extend_from_slice(bytemuck::cast_slice(items));
-        self.push_sequence_from_scratch(items.len() as u64, 0)
+        Self::check_length(&self.prefix, items.len() as u64)?;
+        self.bin_mut().write_all(bytemuck::cast_slice(items))?;
+        self.push_sequence(items.len() as u64, 0)
     }
 
     /// Closes the current document. Like Megatron, a document may hold zero sequences.
@@ -345,15 +345,16 @@ impl IndexedDatasetBuilder {
         Ok(())
     }
 
-    fn push_sequence_from_scratch(&mut self, num_tokens: u64, mode: i8) -> Result<()> {
-        let len = i32::try_from(num_tokens).map_err(|_| Error::SequenceTooLong {
-            path: self.prefix.clone(),
+    fn check_length(prefix: &Path, num_tokens: u64) -> Result<i32> {
+        i32::try_from(num_tokens).map_err(|_| Error::SequenceTooLong {
+            path: prefix.to_path_buf(),
             num_tokens,
-        })?;
-        let scratch = std::mem::take(&mut self.scratch);
-        let written = self.bin_mut().write_all(&scratch);
-        self.scratch = scratch;
-        written?;
+        })
+    }
+
+    /// Records a sequence of `num_tokens` whose tokens are already in the `.bin`.
+    fn push_sequence(&mut self, num_tokens: u64, mode: i8) -> Result<()> {
+        let len = Self::check_length(&self.prefix, num_tokens)?;
         self.lengths
             .write_all(&len.to_le_bytes())
             .map_err(|e| Error::io(&self.prefix, "write temporary file", e))?;
@@ -367,13 +368,10 @@ impl IndexedDatasetBuilder {
         Ok(())
     }
 
-    /// Converts `tokens` into little-endian bytes of the dtype in `scratch`, checking the range first.
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_precision_loss,
-        clippy::cast_possible_wrap
-    )]
-    fn encode(&mut self, tokens: &[u32]) -> Result<()> {
+    /// Checks the range and length of `tokens`, then writes them to the `.bin` as little-endian values of
+    /// the dtype, a bounded slice at a time (a 200 MB document does not get a second copy).
+    fn write_tokens(&mut self, tokens: &[u32]) -> Result<()> {
+        Self::check_length(&self.prefix, tokens.len() as u64)?;
         let max = tokens.iter().copied().max().unwrap_or(0);
         if u64::from(max) > self.dtype.max_token_id() {
             return Err(Error::TokenOutOfRange {
@@ -382,29 +380,50 @@ impl IndexedDatasetBuilder {
                 dtype: self.dtype,
             });
         }
-        let out = &mut self.scratch;
-        out.clear();
-        out.reserve(tokens.len() * self.dtype.size_bytes());
-        match self.dtype {
-            TokenDtype::Uint16 => out.extend(tokens.iter().flat_map(|&t| (t as u16).to_le_bytes())),
-            TokenDtype::Int32 => out.extend(tokens.iter().flat_map(|&t| (t as i32).to_le_bytes())),
-            TokenDtype::Uint8 => out.extend(tokens.iter().map(|&t| t as u8)),
-            TokenDtype::Int8 => out.extend(tokens.iter().flat_map(|&t| (t as i8).to_le_bytes())),
-            TokenDtype::Int16 => out.extend(tokens.iter().flat_map(|&t| (t as i16).to_le_bytes())),
-            TokenDtype::Int64 => {
-                out.extend(tokens.iter().flat_map(|&t| i64::from(t).to_le_bytes()));
-            }
-            TokenDtype::Float64 => {
-                out.extend(tokens.iter().flat_map(|&t| f64::from(t).to_le_bytes()));
-            }
-            TokenDtype::Float32 => {
-                out.extend(tokens.iter().flat_map(|&t| (t as f32).to_le_bytes()));
-            }
-            TokenDtype::Uint32 | TokenDtype::Uint64 => {
-                unreachable!("rejected in create_with_modes")
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut written = Ok(());
+        for slice in tokens.chunks(SCRATCH_TOKENS) {
+            encode_into(self.dtype, slice, &mut scratch);
+            written = self.bin_mut().write_all(&scratch);
+            if written.is_err() {
+                break;
             }
         }
-        Ok(())
+        self.scratch = scratch;
+        written
+    }
+}
+
+/// Tokens converted per write.
+const SCRATCH_TOKENS: usize = 1 << 16;
+
+/// Converts `tokens` (already range-checked) into little-endian bytes of `dtype` in `out`.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_wrap
+)]
+fn encode_into(dtype: TokenDtype, tokens: &[u32], out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(tokens.len() * dtype.size_bytes());
+    match dtype {
+        TokenDtype::Uint16 => out.extend(tokens.iter().flat_map(|&t| (t as u16).to_le_bytes())),
+        TokenDtype::Int32 => out.extend(tokens.iter().flat_map(|&t| (t as i32).to_le_bytes())),
+        TokenDtype::Uint8 => out.extend(tokens.iter().map(|&t| t as u8)),
+        TokenDtype::Int8 => out.extend(tokens.iter().flat_map(|&t| (t as i8).to_le_bytes())),
+        TokenDtype::Int16 => out.extend(tokens.iter().flat_map(|&t| (t as i16).to_le_bytes())),
+        TokenDtype::Int64 => {
+            out.extend(tokens.iter().flat_map(|&t| i64::from(t).to_le_bytes()));
+        }
+        TokenDtype::Float64 => {
+            out.extend(tokens.iter().flat_map(|&t| f64::from(t).to_le_bytes()));
+        }
+        TokenDtype::Float32 => {
+            out.extend(tokens.iter().flat_map(|&t| (t as f32).to_le_bytes()));
+        }
+        TokenDtype::Uint32 | TokenDtype::Uint64 => {
+            unreachable!("rejected in create_with_modes")
+        }
     }
 }
 

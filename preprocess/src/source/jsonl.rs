@@ -10,6 +10,9 @@ use serde_json::value::RawValue;
 
 use super::{BadRecord, Document, DocumentReader, Origin, Record};
 
+/// A line buffer larger than this is freed after use rather than kept for the next line.
+const LINE_BUFFER_KEPT: usize = 4 << 20;
+
 pub struct JsonlReader {
     path: PathBuf,
     file_index: usize,
@@ -123,6 +126,10 @@ impl DocumentReader for JsonlReader {
             }
             num_bytes += self.line.len();
             out.push(self.parse_line());
+            if self.line.capacity() > LINE_BUFFER_KEPT {
+                // A huge line was read: do not hold its buffer while the document is tokenized.
+                self.line = Vec::new();
+            }
         }
         Ok(true)
     }
