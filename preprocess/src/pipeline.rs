@@ -52,16 +52,18 @@ struct Batch {
     seq: u64,
     start: Position,
     records: Vec<Record>,
+    file_bytes_read: u64,
 }
 
 struct Encoded {
     seq: u64,
     start: Position,
     items: Vec<Item>,
+    file_bytes_read: u64,
 }
 
 /// Reads `inputs` from `start` on, tokenizes with `workers` threads and calls `sink` for every record in
-/// input order, with its position.
+/// input order, with its position and the bytes of its file read by then (for progress).
 ///
 /// `sink` returning an error stops the pipeline; so does a whole-file failure in the reader.
 pub fn run(
@@ -70,7 +72,7 @@ pub fn run(
     encoder: &Arc<TextEncoder>,
     workers: usize,
     start: Position,
-    mut sink: impl FnMut(Position, Item) -> anyhow::Result<()>,
+    mut sink: impl FnMut(Position, Item, u64) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let workers = workers.max(1);
     let (batch_tx, batch_rx) = bounded::<Batch>(2 * workers);
@@ -141,6 +143,7 @@ fn read_all(
                         seq,
                         start: Position { file_index, record },
                         records,
+                        file_bytes_read: reader.bytes_read(),
                     })
                     .is_err()
                 {
@@ -182,6 +185,7 @@ fn encode_all(rx: &Receiver<Batch>, tx: &Sender<anyhow::Result<Encoded>>, encode
                 seq: batch.seq,
                 start: batch.start,
                 items,
+                file_bytes_read: batch.file_bytes_read,
             }))
             .is_err()
         {
@@ -192,7 +196,7 @@ fn encode_all(rx: &Receiver<Batch>, tx: &Sender<anyhow::Result<Encoded>>, encode
 
 fn write_in_order(
     rx: &Receiver<anyhow::Result<Encoded>>,
-    sink: &mut impl FnMut(Position, Item) -> anyhow::Result<()>,
+    sink: &mut impl FnMut(Position, Item, u64) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let mut waiting = BTreeMap::new();
     let mut next = 0u64;
@@ -207,6 +211,7 @@ fn write_in_order(
                         record: ready.start.record + i as u64,
                     },
                     item,
+                    ready.file_bytes_read,
                 )?;
             }
             next += 1;

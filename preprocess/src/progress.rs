@@ -12,6 +12,8 @@ pub struct Progress {
     started: Instant,
     last_log: Instant,
     total_bytes: u64,
+    /// Input bytes already done when this process started (a resumed run), for the rate behind the ETA.
+    first_bytes: Option<u64>,
 }
 
 impl Progress {
@@ -33,10 +35,12 @@ impl Progress {
             started: Instant::now(),
             last_log: Instant::now(),
             total_bytes,
+            first_bytes: None,
         }
     }
 
-    /// Updates the display: `input_bytes` of the input consumed so far.
+    /// Updates the display: `input_bytes` of the input consumed so far (by the readers: exact for JSON
+    /// lines and Arrow, by rows for Parquet).
     pub fn update(
         &mut self,
         input_bytes: u64,
@@ -45,6 +49,7 @@ impl Progress {
         text_bytes: u64,
     ) {
         let elapsed = self.started.elapsed().as_secs_f64().max(1e-9);
+        let first_bytes = *self.first_bytes.get_or_insert(input_bytes);
         #[allow(clippy::cast_precision_loss)] // rates for people
         let (mb_per_s, tokens_per_s) = (
             text_bytes as f64 / elapsed / 1e6,
@@ -57,6 +62,10 @@ impl Progress {
             ));
         } else if self.last_log.elapsed() >= Duration::from_secs(10) {
             self.last_log = Instant::now();
+            let done_here = input_bytes.saturating_sub(first_bytes);
+            let left = self.total_bytes.saturating_sub(input_bytes);
+            #[allow(clippy::cast_precision_loss)] // an estimate for people
+            let eta_s = (done_here > 0).then(|| (left as f64 * elapsed / done_here as f64).round());
             tracing::info!(
                 num_documents,
                 num_tokens,
@@ -64,6 +73,7 @@ impl Progress {
                 tokens_per_s = format!("{tokens_per_s:.0}"),
                 input_bytes,
                 total_bytes = self.total_bytes,
+                eta_s = eta_s.map_or_else(|| "unknown".to_owned(), |s| format!("{s:.0}")),
                 "Tokenizing."
             );
         }

@@ -447,7 +447,7 @@ fn tokenize_into(
         encoder,
         config.workers,
         journal.position,
-        |position, item| {
+        |position, item, file_bytes_read| {
             match item {
                 Item::Document {
                     tokens,
@@ -486,7 +486,7 @@ fn tokenize_into(
                 }
             }
             progress.update(
-                file_starts[position.file_index],
+                file_starts[position.file_index] + file_bytes_read,
                 num_documents,
                 counters.tokens_here,
                 counters.text_bytes_here,

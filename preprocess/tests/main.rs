@@ -9,6 +9,7 @@ mod hub;
 mod inspect;
 mod multi_machine;
 mod object_store;
+mod progress;
 mod resume;
 mod tokenize_run;
 mod util;

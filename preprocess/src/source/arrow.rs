@@ -4,16 +4,19 @@
 use std::fs::File;
 use std::io::{BufReader, Read, Seek};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use arrow_array::RecordBatchReader;
 
 use super::columnar::{ColumnCursor, text_column};
-use super::{DocumentReader, Record};
+use super::{Counted, DocumentReader, Record};
 
 pub struct ArrowReader {
     batches: Box<dyn RecordBatchReader + Send>,
     cursor: ColumnCursor,
+    bytes_read: Arc<AtomicU64>,
 }
 
 impl ArrowReader {
@@ -23,6 +26,7 @@ impl ArrowReader {
         let is_file_format = file.read_exact(&mut magic).is_ok() && &magic == b"ARROW1";
         file.rewind()
             .with_context(|| format!("{}: seek", path.display()))?;
+        let (file, bytes_read) = Counted::new(file);
         let batches: Box<dyn RecordBatchReader + Send> = if is_file_format {
             Box::new(
                 arrow_ipc::reader::FileReader::try_new(file, None).with_context(|| {
@@ -47,6 +51,7 @@ impl ArrowReader {
         Ok(Self {
             batches,
             cursor: ColumnCursor::new(path.to_path_buf(), file_index, column),
+            bytes_read,
         })
     }
 }
@@ -60,5 +65,9 @@ impl DocumentReader for ArrowReader {
     ) -> anyhow::Result<bool> {
         self.cursor
             .read(&mut self.batches, out, max_records, max_bytes)
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
     }
 }

@@ -58,6 +58,11 @@ impl ColumnCursor {
     }
 
     /// Appends records from `batches` to `out` (see `DocumentReader::read_batch`); null and empty texts are bad records.
+    /// Rows read so far.
+    pub fn rows_read(&self) -> u64 {
+        self.next_row
+    }
+
     pub fn read(
         &mut self,
         batches: &mut dyn Iterator<Item = Result<RecordBatch, ArrowError>>,

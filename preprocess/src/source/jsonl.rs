@@ -4,11 +4,13 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use serde_json::value::RawValue;
 
-use super::{BadRecord, Document, DocumentReader, Origin, Record};
+use super::{BadRecord, Counted, Document, DocumentReader, Origin, Record};
 
 /// A line buffer larger than this is freed after use rather than kept for the next line.
 const LINE_BUFFER_KEPT: usize = 4 << 20;
@@ -20,11 +22,13 @@ pub struct JsonlReader {
     lines: Box<dyn BufRead + Send>,
     line: Vec<u8>,
     line_number: u64,
+    bytes_read: Arc<AtomicU64>,
 }
 
 impl JsonlReader {
     pub fn open(path: &Path, file_index: usize, text_key: Option<&str>) -> anyhow::Result<Self> {
         let file = File::open(path).with_context(|| format!("{}: open", path.display()))?;
+        let (file, bytes_read) = Counted::new(file);
         let name = path.to_string_lossy();
         let raw: Box<dyn Read + Send> = if name.ends_with(".gz") {
             Box::new(flate2::read::MultiGzDecoder::new(file))
@@ -43,6 +47,7 @@ impl JsonlReader {
             lines: Box::new(BufReader::with_capacity(1 << 20, raw)),
             line: Vec::new(),
             line_number: 0,
+            bytes_read,
         })
     }
 
@@ -132,5 +137,10 @@ impl DocumentReader for JsonlReader {
             }
         }
         Ok(true)
+    }
+
+    /// Bytes of the file itself (compressed, for `.gz` and `.zst`) read so far.
+    fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
     }
 }

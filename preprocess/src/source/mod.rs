@@ -14,7 +14,10 @@ mod resolve;
 mod text;
 
 use std::fmt;
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use resolve::{InputFile, resolve_inputs};
 
@@ -117,6 +120,43 @@ pub trait DocumentReader: Send {
         max_records: usize,
         max_bytes: usize,
     ) -> anyhow::Result<bool>;
+
+    /// Bytes of the file consumed so far, exact or estimated; for progress and its ETA only.
+    fn bytes_read(&self) -> u64;
+}
+
+/// A reader that counts the bytes read through it, for [`DocumentReader::bytes_read`].
+pub(crate) struct Counted<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R> Counted<R> {
+    /// Wraps `inner`; the returned counter follows the bytes read.
+    pub(crate) fn new(inner: R) -> (Self, Arc<AtomicU64>) {
+        let count = Arc::new(AtomicU64::new(0));
+        (
+            Self {
+                inner,
+                count: Arc::clone(&count),
+            },
+            count,
+        )
+    }
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+impl<R: Seek> Seek for Counted<R> {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.inner.seek(pos)
+    }
 }
 
 /// Opens a reader for `input`. `text_key` is the column or JSON key; `None` means `text`, else `content`.

@@ -16,11 +16,14 @@ const ROWS_PER_BATCH: usize = 256;
 pub struct ParquetReader {
     reader: ParquetRecordBatchReader,
     cursor: ColumnCursor,
+    num_rows: u64,
+    num_bytes: u64,
 }
 
 impl ParquetReader {
     pub fn open(path: &Path, file_index: usize, text_key: Option<&str>) -> anyhow::Result<Self> {
         let file = File::open(path).with_context(|| format!("{}: open", path.display()))?;
+        let num_bytes = file.metadata().map_or(0, |m| m.len());
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)
             .with_context(|| format!("{}: not a readable parquet file", path.display()))?;
         let (column, index) = text_column(builder.schema(), text_key, path)?;
@@ -30,6 +33,7 @@ impl ParquetReader {
             .iter()
             .position(|c| c.path().parts().first().map(String::as_str) == Some(column.as_str()))
             .unwrap_or(index);
+        let num_rows = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
         let mask = ProjectionMask::leaves(builder.parquet_schema(), [leaf]);
         let reader = builder
             .with_projection(mask)
@@ -40,6 +44,8 @@ impl ParquetReader {
         Ok(Self {
             reader,
             cursor: ColumnCursor::new(path.to_path_buf(), file_index, 0),
+            num_rows,
+            num_bytes,
         })
     }
 }
@@ -53,5 +59,15 @@ impl DocumentReader for ParquetReader {
     ) -> anyhow::Result<bool> {
         self.cursor
             .read(&mut self.reader, out, max_records, max_bytes)
+    }
+
+    /// The share of rows read, applied to the file size.
+    fn bytes_read(&self) -> u64 {
+        if self.num_rows == 0 {
+            return 0;
+        }
+        let share =
+            u128::from(self.cursor.rows_read().min(self.num_rows)) * u128::from(self.num_bytes);
+        u64::try_from(share / u128::from(self.num_rows)).unwrap_or(self.num_bytes)
     }
 }

@@ -54,4 +54,12 @@ impl DocumentReader for TextReader {
         });
         Ok(false)
     }
+
+    fn bytes_read(&self) -> u64 {
+        if self.is_done {
+            std::fs::metadata(&self.path).map_or(0, |m| m.len())
+        } else {
+            0
+        }
+    }
 }
