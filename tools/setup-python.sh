@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Creates (once) the Python venv that flame's interop tests use, and prints its interpreter's path.
+# `tools/setup-python.sh bench` does the same for the benchmarks' venv (tools/bench/requirements.txt:
+# adds transformers and datasets, the peers of tools/bench/prep.py; ~600 MB, never used by CI).
 #
 # Torch-free by design: megatron-core is installed with --no-deps and its data modules are loaded with
 # small stubs (tools/interop/megatron_core_oracle.py), so the venv is ~120 MB instead of ~5 GB with torch.
@@ -7,9 +9,12 @@
 set -euo pipefail
 
 cache="${FLAME_CACHE:-$HOME/.cache/flame}"
-venv="$cache/venv"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-requirements="$here/python-requirements.txt"
+case "${1:-test}" in
+    test) venv="$cache/venv"; requirements="$here/python-requirements.txt" ;;
+    bench) venv="$cache/bench-venv"; requirements="$here/bench/requirements.txt" ;;
+    *) echo "usage: $0 [test|bench]" >&2; exit 2 ;;
+esac
 stamp="$venv/.flame-requirements.sha256"
 want="$(sha256sum "$requirements" | cut -d' ' -f1)"
 

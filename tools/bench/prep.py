@@ -1,0 +1,254 @@
+"""flame-prep end to end against the tokenizer's raw-encode ceiling and two peers, in one run.
+
+For each tokenizer (GPT-2 and Mistral-7B-v0.1 by default), on ../shared/data/corpus replicated to at least
+--min-mib MiB of text:
+
+* ceiling   the raw encode throughput of the `tokenizers` library flame-prep is built on, on the texts
+            already in memory, all cores, three ways: the Python package's `encode_batch_fast`, and the
+            Rust crate's `encode_batch_fast` and `encode_fast` on one thread per core
+            (preprocess/examples/encode_ceiling.rs); the fastest of the three is the ceiling;
+* flame     `flame-prep --workers N` end to end (parquet in, Megatron `.bin/.idx` out), and again with
+            `--context_length 2048 --shuffle` (packed windows, globally shuffled documents);
+* megatron  Megatron's preprocess_data.py structure on megatron-core's own tokenizer and builder
+            (megatron_preprocess.py; JSONL in, as it requires), `--workers N`, with 0.16's default
+            (text -> tokens -> ids) and with `--tokenizer-hf-include-special-tokens` (0.17's default,
+            `tokenizer(text).input_ids`, faster); the ratio is against the faster;
+* datasets  flame's old `datasets.map` pipeline (datasets_map.py), `num_proc=N`, from an empty cache.
+
+Text MB/s counts the UTF-8 bytes of the documents' text (the same for every tool); peak RSS is the
+largest single process's (`/usr/bin/time`), so for the multi-process peers it understates their total.
+Then the peak RSS of flame-prep on a single document of over 200 MB (the 1 GiB bound).
+Prints a table and the ratios, writes results.json in --work. Run through tools/bench/prep.sh.
+"""
+
+import argparse
+import glob
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+SPECIALS = {
+    "gpt2": {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"},
+    "mistral-7b-v0.1": {"bos_token": "<s>", "eos_token": "</s>"},
+    "cl100k_base": {"eos_token": "<|endoftext|>"},
+    "tekken-240911": {"bos_token": "<s>", "eos_token": "</s>"},
+}
+ROWS_PER_FILE = 20_000
+ROWS_PER_GROUP = 1_000
+
+
+def corpus_texts(shared):
+    texts = []
+    for path in sorted(glob.glob(os.path.join(shared, "data/corpus/fineweb-edu-schema/data/*.parquet"))):
+        texts.extend(pq.read_table(path, columns=["text"]).column("text").to_pylist())
+    for path in sorted(glob.glob(os.path.join(shared, "data/corpus/jsonl/*.jsonl"))):
+        with open(path, encoding="utf-8") as f:
+            texts.extend(json.loads(line)["text"] for line in f if line.strip())
+    return texts
+
+
+def build_corpus(shared, work, min_mib):
+    """The corpus replicated to at least `min_mib` MiB of text, as parquet files and one JSONL file."""
+    base = corpus_texts(shared)
+    base_bytes = sum(len(t.encode()) for t in base)
+    copies = -(-min_mib * 2**20 // base_bytes)
+    key = hashlib.sha256(f"{base_bytes}:{len(base)}:{copies}:{ROWS_PER_FILE}".encode()).hexdigest()[:16]
+    corpus = os.path.join(work, f"corpus-{key}")
+    if not os.path.exists(os.path.join(corpus, "done")):
+        shutil.rmtree(corpus, ignore_errors=True)
+        os.makedirs(os.path.join(corpus, "parquet"))
+        texts = base * copies
+        for i, start in enumerate(range(0, len(texts), ROWS_PER_FILE)):
+            table = pa.table({"text": texts[start:start + ROWS_PER_FILE]})
+            pq.write_table(table, os.path.join(corpus, "parquet", f"train-{i:05d}.parquet"),
+                           row_group_size=ROWS_PER_GROUP, compression="snappy")
+        with open(os.path.join(corpus, "corpus.jsonl"), "w", encoding="utf-8") as f:
+            for text in texts:
+                f.write(json.dumps({"text": text}) + "\n")
+        open(os.path.join(corpus, "done"), "w").close()
+    return corpus, len(base) * copies, base_bytes * copies
+
+
+def tokenizer_dir(shared, work, name):
+    """A directory `AutoTokenizer` and megatron-core can load: the shared tokenizer.json plus a config."""
+    out = os.path.join(work, "tokenizers", name)
+    os.makedirs(out, exist_ok=True)
+    shutil.copyfile(os.path.join(shared, "data/tokenizers", name, "tokenizer.json"),
+                    os.path.join(out, "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 10**9, **SPECIALS[name]}
+    with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
+        json.dump(config, f)
+    return out
+
+
+CEILING = r"""
+import glob, json, sys, time
+import pyarrow.parquet as pq
+from tokenizers import Tokenizer
+corpus, tokenizer = sys.argv[1], sys.argv[2]
+texts = []
+for path in sorted(glob.glob(corpus + "/parquet/*.parquet")):
+    texts.extend(pq.read_table(path, columns=["text"]).column("text").to_pylist())
+tok = Tokenizer.from_file(tokenizer)
+start, tokens = time.perf_counter(), 0
+for i in range(0, len(texts), 1024):
+    tokens += sum(len(e.ids) for e in tok.encode_batch_fast(texts[i:i + 1024], add_special_tokens=True))
+print(json.dumps({"seconds": time.perf_counter() - start, "tokens": tokens}))
+"""
+
+
+def timed(cmd, env=None, cwd=None):
+    """Runs `cmd` under /usr/bin/time; returns (wall seconds, peak RSS MiB, stdout)."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as rss:
+        start = time.perf_counter()
+        done = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss.name, *cmd], env=env, cwd=cwd,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        seconds = time.perf_counter() - start
+        if done.returncode != 0:
+            sys.exit(f"failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr[-4000:]}")
+        return seconds, int(rss.read().split()[-1]) / 1024, done.stdout
+
+
+def count_megatron_tokens(prefix):
+    with open(prefix + ".idx", "rb") as f:
+        header = f.read(9 + 8 + 1 + 8)
+    num_sequences = int.from_bytes(header[18:26], "little")
+    import numpy
+    lengths = numpy.fromfile(prefix + ".idx", dtype=numpy.int32, count=num_sequences, offset=34)
+    return int(lengths.sum())
+
+
+def bench_tokenizer(args, corpus, text_bytes, name):
+    work = os.path.join(args.work, "runs", name)
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    tok_dir = tokenizer_dir(args.shared, args.work, name)
+    tok_json = os.path.join(tok_dir, "tokenizer.json")
+    python = sys.executable
+    rows = {}
+
+    seconds, rss, out = timed([python, "-c", CEILING, corpus, tok_json])
+    ceiling = json.loads(out)
+    rows["tokenizers (Python) encode_batch_fast"] = (ceiling["seconds"], ceiling["tokens"], rss)
+    seconds, rss, out = timed([args.encode_ceiling, os.path.join(corpus, "parquet"), tok_json])
+    ceiling = json.loads(out)
+    rows["tokenizers crate encode_batch_fast"] = (ceiling["batch_seconds"], ceiling["tokens"], rss)
+    rows[f"tokenizers crate encode_fast × {ceiling['threads']} threads"] = (
+        ceiling["threads_seconds"], ceiling["tokens"], rss)
+
+    for label, extra in [("flame-prep", []),
+                         ("flame-prep --context_length 2048 --shuffle", ["--context_length", "2048", "--shuffle"])]:
+        out_dir = os.path.join(work, "flame")
+        shutil.rmtree(out_dir, ignore_errors=True)
+        seconds, rss, out = timed([args.flame_prep, "--dataset", os.path.join(corpus, "parquet"),
+                                   "--tokenizer", tok_json, "--workers", str(args.workers),
+                                   "--output", out_dir, "--json", *extra])
+        rows[label] = (seconds, json.loads(out)["document_tokens"], rss)
+
+    for label, extra in [("megatron preprocess_data.py (0.16 default)", []),
+                         ("megatron ... --tokenizer-hf-include-special-tokens",
+                          ["--tokenizer-hf-include-special-tokens"])]:
+        prefix = os.path.join(work, "megatron", "out")
+        shutil.rmtree(os.path.dirname(prefix), ignore_errors=True)
+        os.makedirs(os.path.dirname(prefix))
+        seconds, rss, _ = timed([python, os.path.join(HERE, "megatron_preprocess.py"),
+                                 "--input", os.path.join(corpus, "corpus.jsonl"), "--output-prefix", prefix,
+                                 "--tokenizer-model", tok_dir, "--workers", str(args.workers), *extra])
+        rows[label] = (seconds, count_megatron_tokens(prefix + "_text_document"), rss)
+
+    env = dict(os.environ, HF_DATASETS_CACHE=os.path.join(work, "hf-cache"), HF_HUB_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false")
+    seconds, rss, _ = timed([python, os.path.join(HERE, "datasets_map.py"),
+                             "--data-files", os.path.join(corpus, "parquet", "*.parquet"),
+                             "--tokenizer", tok_dir, "--output", os.path.join(work, "datasets"),
+                             "--num-proc", str(args.workers)], env=env)
+    rows["flame datasets.map (legacy)"] = (seconds, None, rss)
+    shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
+def long_document(args, name):
+    """Peak RSS of flame-prep on one document of at least 200 MB (the corpus joined by line breaks)."""
+    path = os.path.join(args.work, "one-200mb-document.jsonl")
+    if not os.path.exists(path):
+        body = "\n".join(corpus_texts(args.shared))
+        copies = -(-200 * 10**6 // len(body.encode()))
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.write(json.dumps({"text": "\n".join([body] * copies)}) + "\n")
+        os.rename(path + ".tmp", path)
+    out_dir = os.path.join(args.work, "runs", "long")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tok_json = os.path.join(args.shared, "data/tokenizers", name, "tokenizer.json")
+    seconds, rss, out = timed([args.flame_prep, "--dataset", path, "--tokenizer", tok_json,
+                               "--workers", str(args.workers), "--output", out_dir, "--json"])
+    shutil.rmtree(out_dir, ignore_errors=True)
+    summary = json.loads(out)
+    print(f"\none {summary['text_bytes'] / 1e6:.0f} MB document, {name}: {seconds:.1f} s, peak RSS {rss:.0f} MiB "
+          f"({'within' if rss <= 1024 else 'OVER'} the 1 GiB bound)")
+    return {"text_bytes": summary["text_bytes"], "seconds": seconds, "peak_rss_mib": rss}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--flame-prep", default=os.path.join(ROOT, "target/release/flame-prep"))
+    parser.add_argument("--encode-ceiling", default=os.path.join(ROOT, "target/release/examples/encode_ceiling"))
+    parser.add_argument("--shared", default=os.path.join(ROOT, "..", "shared"))
+    parser.add_argument("--work", default=os.path.expanduser("~/.cache/flame/bench/prep"))
+    parser.add_argument("--tokenizers", default="gpt2,mistral-7b-v0.1")
+    parser.add_argument("--min-mib", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--long-document", default="mistral-7b-v0.1",
+                        help="tokenizer for the single-200-MB-document memory run ('' skips it)")
+    args = parser.parse_args()
+    os.makedirs(args.work, exist_ok=True)
+
+    corpus, num_docs, text_bytes = build_corpus(args.shared, args.work, args.min_mib)
+    mb = text_bytes / 1e6
+    print(f"corpus: {num_docs} documents, {mb:.1f} MB of text ({corpus}); workers {args.workers}; "
+          f"{os.cpu_count()} CPUs")
+    results = {"text_bytes": text_bytes, "documents": num_docs, "workers": args.workers, "tokenizers": {}}
+    for name in args.tokenizers.split(","):
+        rows = bench_tokenizer(args, corpus, text_bytes, name)
+        ceiling_seconds = min(seconds for label, (seconds, _, _) in rows.items() if label.startswith("tokenizers"))
+        ceiling_mbps = mb / ceiling_seconds
+        print(f"\n{name}")
+        print(f"  {'tool':48} {'seconds':>8} {'MB/s':>7} {'Mtok/s':>7} {'RSS MiB':>8} {'×ceiling':>8}")
+        table = {}
+        for label, (seconds, tokens, rss) in rows.items():
+            mbps = mb / seconds
+            tps = f"{tokens / seconds / 1e6:7.2f}" if tokens else f"{'-':>7}"
+            print(f"  {label:48} {seconds:8.1f} {mbps:7.2f} {tps} {rss:8.0f} {mbps / ceiling_mbps:8.2f}")
+            table[label] = {"seconds": seconds, "tokens": tokens, "peak_rss_mib": rss, "text_mb_per_s": mbps}
+        flame = table["flame-prep"]["seconds"]
+        ratios = {
+            "flame_vs_ceiling": ceiling_seconds / flame,
+            "flame_speedup_vs_megatron":
+                min(row["seconds"] for label, row in table.items() if label.startswith("megatron")) / flame,
+            "flame_packed_speedup_vs_datasets_map":
+                table["flame datasets.map (legacy)"]["seconds"]
+                / table["flame-prep --context_length 2048 --shuffle"]["seconds"],
+        }
+        verdict = "meets" if ratios["flame_vs_ceiling"] >= 0.8 else "MISSES"
+        print(f"  flame-prep end to end = {ratios['flame_vs_ceiling']:.2f}× the raw-encode ceiling "
+              f"({verdict} the 0.8× requirement); {ratios['flame_speedup_vs_megatron']:.2f}× the faster Megatron's "
+              f"speed; packed+shuffled {ratios['flame_packed_speedup_vs_datasets_map']:.2f}× datasets.map's")
+        results["tokenizers"][name] = {"rows": table, "ratios": ratios}
+    if args.long_document:
+        results["long_document"] = long_document(args, args.long_document)
+    with open(os.path.join(args.work, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"\nresults: {os.path.join(args.work, 'results.json')}")
+
+
+if __name__ == "__main__":
+    main()
