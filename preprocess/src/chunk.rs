@@ -66,7 +66,7 @@ impl Chunker {
                 sentencepiece_normalizer(normalizer) && newline_free_bpe(&tokenizer_json["model"])
             }
             _ => false,
-        };
+        } && no_added_token_spans_a_boundary(&tokenizer_json["added_tokens"]);
         supported.then_some(Self {
             chunk_bytes: chunk_bytes.max(1),
         })
@@ -114,6 +114,20 @@ fn is_hard_boundary(bytes: &[u8], p: usize) -> bool {
         && bytes[p - 1] == b'\n'
         && bytes[p - 2].is_ascii_graphic()
         && bytes[p].is_ascii_alphabetic()
+}
+
+/// Added tokens are matched before pre-tokenization, so one holding `\n` followed by a letter could span a
+/// cut; a tokenizer with such a token is never cut.
+fn no_added_token_spans_a_boundary(added_tokens: &Value) -> bool {
+    added_tokens.as_array().is_none_or(|tokens| {
+        tokens.iter().all(|token| {
+            token["content"].as_str().is_none_or(|c| {
+                !c.as_bytes()
+                    .windows(2)
+                    .any(|w| w[0] == b'\n' && w[1].is_ascii_alphabetic())
+            })
+        })
+    })
 }
 
 fn regex_family(pre_tokenizer: &Value) -> bool {
@@ -211,5 +225,11 @@ mod tests {
             "model": {"type": "BPE", "vocab": {"a\n": 0}},
         });
         assert!(Chunker::for_tokenizer(&merges_newline).is_none());
+        let mut added_across = gpt2_like();
+        added_across["added_tokens"] =
+            serde_json::json!([{"id": 7, "content": "<|im_start|>\nassistant"}]);
+        assert!(Chunker::for_tokenizer(&added_across).is_none());
+        added_across["added_tokens"] = serde_json::json!([{"id": 7, "content": "<|im_start|>"}]);
+        assert!(Chunker::for_tokenizer(&added_across).is_some());
     }
 }
