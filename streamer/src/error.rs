@@ -1,0 +1,62 @@
+//! The stream's errors: each names the dataset, sample or rank it is about.
+
+use crate::spec::SpecError;
+
+/// Why a job cannot be planned or a sample cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The spec itself is wrong.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// A dataset could not be opened or read.
+    #[error("dataset {path:?}: {source}")]
+    Dataset {
+        /// As given in the spec.
+        path: String,
+        /// What the format layer said.
+        source: flame_formats::Error,
+    },
+    /// A dataset (in the job's split) holds less than one window: serving it would loop forever.
+    #[error(
+        "dataset {path:?} ({split} split) has {documents} documents and {tokens} tokens: fewer than one window of {seq_len} tokens"
+    )]
+    TooSmall {
+        /// As given in the spec.
+        path: String,
+        /// The split the job reads.
+        split: String,
+        /// Documents in that split.
+        documents: u64,
+        /// Tokens in that split.
+        tokens: u64,
+        /// The window size.
+        seq_len: u32,
+    },
+    /// A spec value this version does not serve yet.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A sample past the job's `num_samples`.
+    #[error("sample {index} is past the job's {num_samples} samples")]
+    PastEnd {
+        /// The sample asked for.
+        index: u64,
+        /// The job's samples.
+        num_samples: u64,
+    },
+    /// A rank, world size or micro-step that does not fit the job's batch shape.
+    #[error("batch shape: {0}")]
+    Shape(String),
+}
+
+impl Error {
+    /// A read failure in the dataset at `path`.
+    pub fn dataset(path: impl Into<String>, source: flame_formats::Error) -> Self {
+        Self::Dataset {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// The stream's result type.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,203 @@
+//! Mixing datasets per token, exactly: which dataset each window of a global batch comes from.
+//!
+//! Every window holds `seq_len` tokens, so a share of windows is a share of tokens. Dataset `d` with
+//! normalised weight `w_d` gets, in **every** global batch of `G` windows, either `floor(w_d·G)` or
+//! `ceil(w_d·G)` windows — within one window of its weight. Which datasets get the extra window in
+//! batch `b` is decided by a deficit carried from batch to batch (in exact integer arithmetic: quotas
+//! are fixed-point with 32 fractional bits), so over many batches every share converges to its weight
+//! with an error below one window. Inside a batch the windows of all datasets are interleaved by a keyed
+//! permutation.
+//!
+//! The carry makes the schedule sequential in `b`; [`Mixer`] keeps a checkpoint of the carry every
+//! [`CHECKPOINT_EVERY`] batches, so any batch is reached by replaying fewer than that many batches
+//! (resuming at step 10^6 replays 10^6 small integer steps once, then nothing).
+
+use std::sync::Mutex;
+
+use flame_formats::permutation::{Permutation, splitmix64};
+
+/// Batches between stored carries.
+pub const CHECKPOINT_EVERY: u64 = 1024;
+
+const ONE: i128 = 1 << 32;
+
+/// State after some batches: the carry and each dataset's windows so far.
+#[derive(Clone, Debug)]
+struct Carry {
+    owed: Vec<i128>,
+    windows: Vec<u64>,
+}
+
+/// A batch's number, counts, windows before it, and the carry after it.
+type LastBatch = (u64, Vec<u64>, Vec<u64>, Carry);
+
+/// The mixing schedule of a job.
+#[derive(Debug)]
+pub struct Mixer {
+    batch: u64,
+    seed: u64,
+    /// `floor(w_d·G)` and the fractional part (in units of 2^-32) per dataset.
+    base: Vec<u64>,
+    fraction: Vec<i128>,
+    extra: usize,
+    checkpoints: Mutex<Vec<Carry>>,
+    /// The last batch asked for: its number, counts, windows before it, and the carry after it, so that
+    /// reading a batch again or the next one costs one step.
+    last: Mutex<Option<LastBatch>>,
+}
+
+/// Where a global sample comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Draw {
+    /// Index of the dataset in the job.
+    pub dataset: usize,
+    /// How many windows of that dataset came before this one (its dataset-local window index).
+    pub window: u64,
+}
+
+impl Mixer {
+    /// The schedule for `weights` (positive, any scale) and global batches of `batch` windows.
+    pub fn new(weights: &[f64], batch: u32, seed: u64) -> Self {
+        let total: f64 = weights.iter().sum();
+        let batch_units = i128::from(batch) * ONE;
+        #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+        let mut quota: Vec<i128> = weights
+            .iter()
+            .map(|w| ((w / total) * batch_units as f64).floor() as i128)
+            .collect();
+        // Hand the rounding leftover to the first datasets so quotas sum to the batch exactly.
+        let mut leftover = batch_units - quota.iter().sum::<i128>();
+        let n = quota.len();
+        for i in 0..2 * n {
+            if leftover == 0 {
+                break;
+            }
+            let step = leftover.signum();
+            quota[i % n] += step;
+            leftover -= step;
+        }
+        let base: Vec<u64> = quota
+            .iter()
+            .map(|q| u64::try_from(q / ONE).expect("non-negative"))
+            .collect();
+        let fraction: Vec<i128> = quota.iter().map(|q| q % ONE).collect();
+        let extra = usize::try_from(u64::from(batch) - base.iter().sum::<u64>()).expect("small");
+        let start = Carry {
+            owed: vec![0; weights.len()],
+            windows: vec![0; weights.len()],
+        };
+        Self {
+            batch: u64::from(batch),
+            seed,
+            base,
+            fraction,
+            extra,
+            checkpoints: Mutex::new(vec![start]),
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Windows per dataset in batch `b` after `carry`; advances `carry` past it.
+    fn step(&self, carry: &mut Carry) -> Vec<u64> {
+        for (owed, f) in carry.owed.iter_mut().zip(&self.fraction) {
+            *owed += f;
+        }
+        let mut counts = self.base.clone();
+        // Only datasets with a fractional quota are eligible: one whose quota is whole never gets more.
+        let mut by_need: Vec<usize> = (0..counts.len())
+            .filter(|&d| self.fraction[d] > 0)
+            .collect();
+        by_need.sort_by(|&a, &b| carry.owed[b].cmp(&carry.owed[a]).then(a.cmp(&b)));
+        for &d in by_need.iter().take(self.extra) {
+            counts[d] += 1;
+            carry.owed[d] -= ONE;
+        }
+        for (w, c) in carry.windows.iter_mut().zip(&counts) {
+            *w += c;
+        }
+        counts
+    }
+
+    /// Windows per dataset in batch `b`, and each dataset's windows in all batches before it.
+    pub fn batch(&self, b: u64) -> (Vec<u64>, Vec<u64>) {
+        let mut last = self.last.lock().expect("not poisoned");
+        if let Some((lb, counts, before, carry)) = last.as_ref() {
+            if *lb == b {
+                return (counts.clone(), before.clone());
+            }
+            if *lb + 1 == b {
+                let mut carry = carry.clone();
+                let before = carry.windows.clone();
+                let counts = self.step(&mut carry);
+                *last = Some((b, counts.clone(), before.clone(), carry));
+                return (counts, before);
+            }
+        }
+        let mut checkpoints = self.checkpoints.lock().expect("not poisoned");
+        let k = usize::try_from(b / CHECKPOINT_EVERY).expect("fits");
+        while checkpoints.len() <= k {
+            let mut carry = checkpoints.last().expect("the start").clone();
+            for _ in 0..CHECKPOINT_EVERY {
+                self.step(&mut carry);
+            }
+            checkpoints.push(carry);
+        }
+        let mut carry = checkpoints[k].clone();
+        drop(checkpoints);
+        for _ in (k as u64) * CHECKPOINT_EVERY..b {
+            self.step(&mut carry);
+        }
+        let before = carry.windows.clone();
+        let counts = self.step(&mut carry);
+        *last = Some((b, counts.clone(), before.clone(), carry));
+        (counts, before)
+    }
+
+    /// The dataset and dataset-local window of global sample `k`.
+    pub fn draw(&self, k: u64) -> Draw {
+        let (b, position) = (k / self.batch, k % self.batch);
+        let (counts, before) = self.batch(b);
+        let mut state = self.seed ^ b;
+        let slot = Permutation::new(self.batch, splitmix64(&mut state)).apply(position);
+        let mut start = 0;
+        for (dataset, &count) in counts.iter().enumerate() {
+            if slot < start + count {
+                return Draw {
+                    dataset,
+                    window: before[dataset] + (slot - start),
+                };
+            }
+            start += count;
+        }
+        unreachable!("counts sum to the batch")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_batch_is_within_one_window_of_the_weights() {
+        let weights = [0.5, 0.3, 0.15, 0.05];
+        let mixer = Mixer::new(&weights, 32, 7);
+        let mut totals = [0u64; 4];
+        for b in 0..3000 {
+            let (counts, before) = mixer.batch(b);
+            assert_eq!(before.as_slice(), totals.as_slice(), "batch {b}");
+            assert_eq!(counts.iter().sum::<u64>(), 32);
+            for (d, &c) in counts.iter().enumerate() {
+                let target = weights[d] * 32.0;
+                #[allow(clippy::cast_precision_loss)]
+                let off = (c as f64 - target).abs();
+                assert!(off < 1.0, "batch {b} dataset {d}: {c} windows for {target}");
+                totals[d] += c;
+            }
+            for (d, &t) in totals.iter().enumerate() {
+                #[allow(clippy::cast_precision_loss)]
+                let off = (t as f64 - weights[d] * 32.0 * (b + 1) as f64).abs();
+                assert!(off < 1.0 + 1e-6, "after batch {b}, dataset {d}: {t}");
+            }
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Documents of one dataset as the stream sees them: a count, lengths, and tokens by range.
+//!
+//! A flame-prep output or a Megatron prefix is a [`flame_formats::Corpus`]; each of its sequences is a
+//! document (flame-prep writes one sequence per document). [`SplitView`] restricts a dataset to the
+//! train, valid or test range of Megatron's split string.
+
+use std::ops::Range;
+
+use flame_formats::{Corpus, TokenDtype};
+
+/// What the stream needs of a dataset.
+pub trait Documents: Send + Sync {
+    /// Number of documents.
+    fn num_documents(&self) -> u64;
+    /// Tokens of document `d`.
+    fn document_len(&self, d: u64) -> u64;
+    /// Appends tokens `range` of document `d` to `out`.
+    fn read(&self, d: u64, range: Range<u64>, out: &mut Vec<u32>) -> flame_formats::Result<()>;
+}
+
+fn out_of_range(what: &'static str, index: u64, count: u64) -> flame_formats::Error {
+    flame_formats::Error::OutOfRange {
+        path: "documents".into(),
+        what,
+        index,
+        count,
+    }
+}
+
+impl Documents for Corpus {
+    fn num_documents(&self) -> u64 {
+        self.num_sequences()
+    }
+
+    fn document_len(&self, d: u64) -> u64 {
+        self.sequence(d).map_or(0, |s| s.len() as u64)
+    }
+
+    fn read(&self, d: u64, range: Range<u64>, out: &mut Vec<u32>) -> flame_formats::Result<()> {
+        let slice = self.sequence(d)?;
+        if range.end > slice.len() as u64 || range.start > range.end {
+            return Err(out_of_range("token", range.end, slice.len() as u64));
+        }
+        #[allow(clippy::cast_possible_truncation)] // below the slice's length
+        let (start, end) = (range.start as usize, range.end as usize);
+        #[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
+        // ids are checked by the writer
+        match slice.dtype() {
+            TokenDtype::Uint16 => {
+                out.extend(
+                    slice
+                        .as_slice::<u16>()
+                        .expect("dtype")
+                        .get(start..end)
+                        .unwrap_or(&[])
+                        .iter()
+                        .map(|&t| u32::from(t)),
+                );
+            }
+            TokenDtype::Int32 => {
+                out.extend(
+                    slice
+                        .as_slice::<i32>()
+                        .expect("dtype")
+                        .get(start..end)
+                        .unwrap_or(&[])
+                        .iter()
+                        .map(|&t| t as u32),
+                );
+            }
+            _ => {
+                out.extend(slice.to_i64_vec()[start..end].iter().map(|&t| t as u32));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<D: Documents + ?Sized> Documents for Box<D> {
+    fn num_documents(&self) -> u64 {
+        (**self).num_documents()
+    }
+
+    fn document_len(&self, d: u64) -> u64 {
+        (**self).document_len(d)
+    }
+
+    fn read(&self, d: u64, range: Range<u64>, out: &mut Vec<u32>) -> flame_formats::Result<()> {
+        (**self).read(d, range, out)
+    }
+}
+
+/// Documents as a plain list (tests, and small in-memory datasets).
+impl Documents for Vec<Vec<u32>> {
+    fn num_documents(&self) -> u64 {
+        self.len() as u64
+    }
+
+    fn document_len(&self, d: u64) -> u64 {
+        self.get(usize::try_from(d).unwrap_or(usize::MAX))
+            .map_or(0, |v| v.len() as u64)
+    }
+
+    fn read(&self, d: u64, range: Range<u64>, out: &mut Vec<u32>) -> flame_formats::Result<()> {
+        let doc = usize::try_from(d)
+            .ok()
+            .and_then(|d| self.get(d))
+            .ok_or_else(|| out_of_range("document", d, self.len() as u64))?;
+        let tokens = usize::try_from(range.start)
+            .ok()
+            .zip(usize::try_from(range.end).ok())
+            .and_then(|(s, e)| doc.get(s..e))
+            .ok_or_else(|| out_of_range("token", range.end, doc.len() as u64))?;
+        out.extend_from_slice(tokens);
+        Ok(())
+    }
+}
+
+/// Documents `range` of another dataset, renumbered from 0.
+pub struct SplitView<D> {
+    inner: D,
+    range: Range<u64>,
+}
+
+impl<D> std::fmt::Debug for SplitView<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SplitView")
+            .field("range", &self.range)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D: Documents> SplitView<D> {
+    /// The split `index` (0 train, 1 valid, 2 test) of `inner` for `shares` (normalised, as Megatron's
+    /// `get_split_indices`: rounded cumulative sizes, the rounding excess taken off every boundary).
+    pub fn new(inner: D, shares: [f64; 3], index: usize) -> Self {
+        let bounds = split_bounds(inner.num_documents(), shares);
+        Self {
+            inner,
+            range: bounds[index]..bounds[index + 1],
+        }
+    }
+}
+
+/// Megatron's split boundaries for `n` documents.
+#[allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
+pub fn split_bounds(n: u64, shares: [f64; 3]) -> [u64; 4] {
+    let mut bounds = [0i64; 4];
+    for i in 0..3 {
+        bounds[i + 1] = bounds[i] + (shares[i] * n as f64).round() as i64;
+    }
+    let excess = bounds[3] - i64::try_from(n).unwrap_or(i64::MAX);
+    for b in &mut bounds[1..] {
+        *b -= excess;
+    }
+    bounds.map(|b| b.clamp(0, i64::try_from(n).unwrap_or(i64::MAX)) as u64)
+}
+
+impl<D: Documents> Documents for SplitView<D> {
+    fn num_documents(&self) -> u64 {
+        self.range.end - self.range.start
+    }
+
+    fn document_len(&self, d: u64) -> u64 {
+        self.inner.document_len(self.range.start + d)
+    }
+
+    fn read(&self, d: u64, range: Range<u64>, out: &mut Vec<u32>) -> flame_formats::Result<()> {
+        self.inner.read(self.range.start + d, range, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_bounds_cover_every_document_once() {
+        assert_eq!(
+            split_bounds(1000, [0.969, 0.03, 0.001]),
+            [0, 969, 999, 1000]
+        );
+        assert_eq!(split_bounds(10, [1.0, 0.0, 0.0]), [0, 10, 10, 10]);
+        assert_eq!(split_bounds(3, [1.0 / 3.0; 3]), [0, 1, 2, 3]);
+        let view = SplitView::new(vec![vec![1], vec![2, 2], vec![3, 3, 3]], [1.0 / 3.0; 3], 2);
+        assert_eq!(view.num_documents(), 1);
+        assert_eq!(view.document_len(0), 3);
+    }
+}

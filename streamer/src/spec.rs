@@ -1,0 +1,281 @@
+//! The job spec: what a trainer asks the server for, as TOML (a file, or sent by a client at connect).
+//!
+//! ```toml
+//! seed = 42
+//! seq_len = 2048
+//! context_len = 2048
+//! varlen = true
+//! micro_batch_size = 4
+//! global_batch_size = 32
+//! order = "flame"            # or "megatron"
+//! split = "969,30,1"         # optional; documents are cut into train/valid/test ranges
+//! split_name = "train"       # which of them this job reads (default "train")
+//! [[datasets]]
+//! path = "data/a"            # a flame-prep output directory (manifest.json) or a Megatron prefix
+//! weight = 0.7
+//! [[datasets]]
+//! path = "data/b"
+//! weight = 0.3
+//! ```
+//!
+//! A spec is checked before anything is opened ([`JobSpec::validate`]); its [`JobSpec::fingerprint`] names
+//! the stream, so a checkpoint is the fingerprint plus the number of samples consumed.
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+/// The order samples are served in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    /// flame's: documents shuffled per epoch, packed across boundaries, mixed per token.
+    #[default]
+    Flame,
+    /// megatron-core's GPTDataset + BlendedDataset order.
+    Megatron,
+}
+
+/// One dataset of a job and its share of the tokens.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSpec {
+    /// A flame-prep output directory (or its `manifest.json`), a Megatron prefix, or a directory of prefixes.
+    pub path: String,
+    /// Relative weight; weights are normalised over the job.
+    #[serde(default = "one")]
+    pub weight: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// A job: datasets with weights and the shape of every batch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// Seeds every shuffle.
+    pub seed: u64,
+    /// Tokens per sample.
+    pub seq_len: u32,
+    /// Longest sequence inside a sample in varlen mode (`cu_seqlens` are cut every `context_len` tokens);
+    /// defaults to `seq_len`.
+    #[serde(default)]
+    pub context_len: Option<u32>,
+    /// Whether samples carry document boundaries (`cu_seqlens`).
+    #[serde(default = "yes")]
+    pub varlen: bool,
+    /// Samples per rank per micro-step.
+    pub micro_batch_size: u32,
+    /// Samples per optimizer step over all ranks.
+    pub global_batch_size: u32,
+    /// The sample order.
+    #[serde(default)]
+    pub order: Order,
+    /// Megatron's split string, e.g. `"969,30,1"`: each dataset's documents are cut into consecutive
+    /// train/valid/test ranges in these proportions.
+    #[serde(default)]
+    pub split: Option<String>,
+    /// Which split this job reads: `train`, `valid` or `test`.
+    #[serde(default = "train")]
+    pub split_name: String,
+    /// Samples in the job; requests past it are refused. `None`: unbounded (datasets wrap around).
+    #[serde(default)]
+    pub num_samples: Option<u64>,
+    /// The datasets.
+    pub datasets: Vec<DatasetSpec>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn train() -> String {
+    "train".into()
+}
+
+/// A spec that cannot be served, with the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// Not TOML, or not the spec's keys.
+    #[error("job spec: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// A value out of range or inconsistent with another.
+    #[error("job spec: {0}")]
+    Invalid(String),
+}
+
+impl JobSpec {
+    /// Parses and validates a TOML spec.
+    pub fn from_toml(text: &str) -> Result<Self, SpecError> {
+        let spec: Self = toml::from_str(text)?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// The TOML form (what a client sends).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a spec always serializes")
+    }
+
+    /// `context_len`, defaulting to `seq_len`.
+    pub fn context_len(&self) -> u32 {
+        self.context_len.unwrap_or(self.seq_len)
+    }
+
+    /// Checks every value that does not need the datasets opened.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let invalid = |m: String| Err(SpecError::Invalid(m));
+        if self.seq_len == 0 {
+            return invalid("seq_len must be at least 1".into());
+        }
+        if self.context_len() == 0 || self.context_len() > self.seq_len {
+            return invalid(format!(
+                "context_len {} must be in 1..={} (seq_len)",
+                self.context_len(),
+                self.seq_len
+            ));
+        }
+        if self.micro_batch_size == 0 || self.global_batch_size == 0 {
+            return invalid("micro_batch_size and global_batch_size must be at least 1".into());
+        }
+        if !self.global_batch_size.is_multiple_of(self.micro_batch_size) {
+            return invalid(format!(
+                "global_batch_size {} is not a multiple of micro_batch_size {}",
+                self.global_batch_size, self.micro_batch_size
+            ));
+        }
+        if self.datasets.is_empty() {
+            return invalid("no [[datasets]]".into());
+        }
+        for d in &self.datasets {
+            if !(d.weight.is_finite() && d.weight > 0.0) {
+                return invalid(format!(
+                    "dataset {:?}: weight {} must be positive",
+                    d.path, d.weight
+                ));
+            }
+        }
+        if !["train", "valid", "test"].contains(&self.split_name.as_str()) {
+            return invalid(format!(
+                "split_name {:?} is not train, valid or test",
+                self.split_name
+            ));
+        }
+        if let Some(split) = &self.split {
+            parse_split(split)?;
+        }
+        Ok(())
+    }
+
+    /// The shares of train, valid and test (summing to 1); `[1, 0, 0]` without a split string.
+    pub fn split_shares(&self) -> [f64; 3] {
+        self.split
+            .as_deref()
+            .map_or([1.0, 0.0, 0.0], |s| parse_split(s).expect("validated"))
+    }
+
+    /// Which of the three splits this job reads.
+    pub fn split_index(&self) -> usize {
+        match self.split_name.as_str() {
+            "valid" => 1,
+            "test" => 2,
+            _ => 0,
+        }
+    }
+
+    /// Names the stream: equal fingerprints serve equal samples for equal indices.
+    pub fn fingerprint(&self) -> String {
+        let canonical = serde_json::to_vec(self).expect("a spec always serializes");
+        hex::encode(&sha2::Sha256::digest(&canonical)[..16])
+    }
+}
+
+/// Megatron's split string: up to three non-negative numbers, comma or slash separated, normalised.
+fn parse_split(text: &str) -> Result<[f64; 3], SpecError> {
+    let parts: Vec<&str> = text.split([',', '/']).map(str::trim).collect();
+    let mut shares = [0.0; 3];
+    if parts.len() > 3 {
+        return Err(SpecError::Invalid(format!(
+            "split {text:?} has more than three parts"
+        )));
+    }
+    for (share, part) in shares.iter_mut().zip(&parts) {
+        *share = part
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .ok_or_else(|| {
+                SpecError::Invalid(format!(
+                    "split {text:?}: {part:?} is not a non-negative number"
+                ))
+            })?;
+    }
+    let total: f64 = shares.iter().sum();
+    if total <= 0.0 {
+        return Err(SpecError::Invalid(format!("split {text:?} sums to zero")));
+    }
+    Ok(shares.map(|s| s / total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+        seed = 42
+        seq_len = 2048
+        context_len = 2048
+        varlen = true
+        micro_batch_size = 4
+        global_batch_size = 32
+        order = "flame"
+        [[datasets]]
+        path = "data/a"
+        weight = 0.7
+        [[datasets]]
+        path = "data/b"
+        weight = 0.3
+    "#;
+
+    #[test]
+    fn the_documented_example_parses_and_round_trips() {
+        let spec = JobSpec::from_toml(EXAMPLE).unwrap();
+        assert_eq!(spec.datasets.len(), 2);
+        assert_eq!(spec.order, Order::Flame);
+        assert_eq!(JobSpec::from_toml(&spec.to_toml()).unwrap(), spec);
+        assert_eq!(
+            spec.fingerprint(),
+            JobSpec::from_toml(&spec.to_toml()).unwrap().fingerprint()
+        );
+        let mut other = spec.clone();
+        other.seed = 43;
+        assert_ne!(other.fingerprint(), spec.fingerprint());
+    }
+
+    #[test]
+    fn bad_specs_are_refused_with_the_reason() {
+        for (change, reason) in [
+            ("seq_len = 2048", "seq_len = 0"),
+            ("context_len = 2048", "context_len = 4096"),
+            ("global_batch_size = 32", "global_batch_size = 30"),
+            ("weight = 0.3", "weight = -1.0"),
+            ("order = \"flame\"", "order = \"random\""),
+            ("varlen = true", "varlen = true\nsplit = \"1,x\""),
+            ("varlen = true", "varlen = true\nsurprise = 1"),
+        ] {
+            let text = EXAMPLE.replacen(change, reason, 1);
+            assert!(JobSpec::from_toml(&text).is_err(), "{reason}");
+        }
+    }
+
+    #[test]
+    #[allow(clippy::float_cmp)] // these values are exact in binary after normalising
+    fn split_strings_normalise() {
+        assert!((parse_split("969,30,1").unwrap()[0] - 0.969).abs() < 1e-12);
+        assert_eq!(parse_split("1").unwrap(), [1.0, 0.0, 0.0]);
+        assert_eq!(parse_split("50/50").unwrap(), [0.5, 0.5, 0.0]);
+        assert!(parse_split("0,0,0").is_err());
+        assert!(parse_split("1,2,3,4").is_err());
+    }
+}

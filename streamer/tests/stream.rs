@@ -1,0 +1,252 @@
+//! The stream's invariants: packing never drops, duplicates or reorders a token inside an epoch, windows
+//! are exactly `seq_len` with valid `cu_seqlens`, samples are a pure function of (spec, index), ranks'
+//! slices form the same global batches for every world size, and mixture shares hold per global batch.
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)] // a failed unwrap is a failed test
+
+use std::collections::HashSet;
+
+use flame_formats::TokenDtype;
+use flame_formats::megatron::IndexedDatasetBuilder;
+use flame_streamer::source::Documents;
+use flame_streamer::spec::{DatasetSpec, JobSpec, Order};
+use flame_streamer::stream::Stream;
+use proptest::prelude::*;
+
+fn spec(seq_len: u32, context_len: u32, weights: &[f64], global_batch: u32) -> JobSpec {
+    JobSpec {
+        seed: 42,
+        seq_len,
+        context_len: Some(context_len),
+        varlen: true,
+        micro_batch_size: 1,
+        global_batch_size: global_batch,
+        order: Order::Flame,
+        split: None,
+        split_name: "train".into(),
+        num_samples: None,
+        datasets: weights
+            .iter()
+            .enumerate()
+            .map(|(i, &weight)| DatasetSpec {
+                path: format!("mem/{i}"),
+                weight,
+            })
+            .collect(),
+    }
+}
+
+/// Documents whose tokens are unique across all datasets: dataset `d`'s token `t` is `d << 24 | t`.
+fn documents(dataset: u32, lengths: &[u32]) -> Box<dyn Documents> {
+    let mut next = dataset << 24;
+    let docs: Vec<Vec<u32>> = lengths
+        .iter()
+        .map(|&len| {
+            let doc = (next..next + len).collect();
+            next += len;
+            doc
+        })
+        .collect();
+    Box::new(docs)
+}
+
+fn check_window(sample: &flame_streamer::stream::Sample, seq_len: u32, context_len: u32) {
+    assert_eq!(
+        sample.tokens.len(),
+        seq_len as usize,
+        "sample {}",
+        sample.index
+    );
+    let cu = &sample.cu_seqlens;
+    assert_eq!((cu[0], *cu.last().unwrap()), (0, seq_len));
+    assert!(
+        cu.windows(2)
+            .all(|w| w[0] < w[1] && w[1] - w[0] <= context_len),
+        "{cu:?}"
+    );
+    // A boundary sits wherever consecutive tokens are not consecutive ids (a new document starts).
+    for (i, pair) in sample.tokens.windows(2).enumerate() {
+        if pair[1] != pair[0] + 1 {
+            assert!(
+                cu.contains(&(i as u32 + 1)),
+                "no boundary at {} in {cu:?}",
+                i + 1
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #[test]
+    fn an_epoch_serves_every_token_once_but_a_short_tail(
+        lengths in prop::collection::vec(0u32..300, 1..2500),
+        seq_len in 8u32..200,
+        context_divisor in 1u32..4,
+    ) {
+        let total: u64 = lengths.iter().map(|&l| u64::from(l)).sum();
+        prop_assume!(total >= u64::from(seq_len));
+        let context_len = (seq_len / context_divisor).max(1);
+        // One dataset and batches of one window: sample k is window k of the dataset's stream.
+        let stream = Stream::from_documents(spec(seq_len, context_len, &[1.0], 1), vec![documents(0, &lengths)]).unwrap();
+        let windows = stream.windows_per_epoch()[0];
+        prop_assert_eq!(windows, total / u64::from(seq_len));
+        let mut seen = HashSet::new();
+        for k in 0..windows {
+            let sample = stream.sample(k).unwrap();
+            check_window(&sample, seq_len, context_len);
+            for t in sample.tokens {
+                prop_assert!(seen.insert(t), "token {} served twice in epoch 0", t);
+            }
+        }
+        prop_assert!(total - (seen.len() as u64) < u64::from(seq_len));
+        // The next epoch serves the same tokens again, in another order.
+        let next: HashSet<u32> = (windows..2 * windows).flat_map(|k| stream.sample(k).unwrap().tokens).collect();
+        prop_assert_eq!(next.len() as u64, windows * u64::from(seq_len));
+    }
+}
+
+#[test]
+fn samples_are_a_pure_function_of_spec_and_index() {
+    let lengths: Vec<u32> = (0..5000).map(|i| (i * 7919) % 900 + 1).collect();
+    let make = || {
+        Stream::from_documents(
+            spec(256, 128, &[0.6, 0.4], 16),
+            vec![documents(0, &lengths), documents(1, &lengths[..2000])],
+        )
+        .unwrap()
+    };
+    let (a, b) = (make(), make());
+    let forward: Vec<_> = (0..400).map(|k| a.sample(k).unwrap()).collect();
+    // Resume anywhere, in any order, on a fresh stream: the same samples.
+    for k in (0..400).rev().step_by(7) {
+        assert_eq!(b.sample(k).unwrap(), forward[k as usize]);
+    }
+    assert_eq!(make().sample(100_000).unwrap(), a.sample(100_000).unwrap());
+    let mut other = spec(256, 128, &[0.6, 0.4], 16);
+    other.seed = 7;
+    let c = Stream::from_documents(
+        other,
+        vec![documents(0, &lengths), documents(1, &lengths[..2000])],
+    )
+    .unwrap();
+    assert_ne!(c.sample(0).unwrap().tokens, forward[0].tokens);
+}
+
+#[test]
+fn ranks_read_the_same_global_batches_for_every_world_size() {
+    let lengths: Vec<u32> = (0..3000).map(|i| (i * 104_729) % 700 + 1).collect();
+    let mut job = spec(128, 128, &[1.0, 2.0], 32);
+    job.micro_batch_size = 2;
+    let stream =
+        Stream::from_documents(job, vec![documents(0, &lengths), documents(1, &lengths)]).unwrap();
+    for step in [0u64, 1, 57] {
+        let mut batches = Vec::new();
+        for world in [1u32, 2, 4, 8] {
+            let micro_steps = 32 / (2 * u64::from(world));
+            let mut indices = Vec::new();
+            for micro in 0..micro_steps {
+                for rank in 0..world {
+                    indices.extend(
+                        stream
+                            .micro_batch_indices(step, micro, rank, world)
+                            .unwrap(),
+                    );
+                }
+            }
+            indices.sort_unstable();
+            batches.push(indices);
+        }
+        let expected: Vec<u64> = (step * 32..(step + 1) * 32).collect();
+        assert!(
+            batches.iter().all(|b| *b == expected),
+            "step {step}: {batches:?}"
+        );
+    }
+    assert!(
+        stream.micro_batch_indices(0, 0, 0, 3).is_err(),
+        "32 is not a multiple of 2 × 3"
+    );
+    assert!(stream.micro_batch_indices(0, 0, 4, 4).is_err());
+    assert!(stream.micro_batch_indices(0, 8, 0, 2).is_err());
+}
+
+#[test]
+fn every_global_batch_holds_each_dataset_within_one_window_of_its_weight() {
+    let weights = [0.55, 0.3, 0.15];
+    let lengths: Vec<u32> = (0..4000).map(|i| (i * 31) % 500 + 1).collect();
+    // Dataset 1 has long documents, dataset 2 short ones: per-document mixing would skew toward 1.
+    let long: Vec<u32> = lengths.iter().map(|l| l * 4).collect();
+    let short: Vec<u32> = lengths.iter().map(|l| l / 4 + 1).collect();
+    let stream = Stream::from_documents(
+        spec(64, 64, &weights, 20),
+        vec![
+            documents(0, &lengths),
+            documents(1, &long),
+            documents(2, &short),
+        ],
+    )
+    .unwrap();
+    for batch in 0..200u64 {
+        let mut counts = [0u32; 3];
+        for k in batch * 20..(batch + 1) * 20 {
+            let sample = stream.sample(k).unwrap();
+            assert_eq!(
+                sample.tokens[0] >> 24,
+                sample.dataset as u32,
+                "tokens come from the dataset drawn"
+            );
+            counts[sample.dataset] += 1;
+        }
+        for (d, &c) in counts.iter().enumerate() {
+            let target = weights[d] * 20.0;
+            assert!(
+                (f64::from(c) - target).abs() < 1.0,
+                "batch {batch}: dataset {d} has {c} windows, target {target}"
+            );
+        }
+    }
+}
+
+#[test]
+fn datasets_too_small_for_one_window_are_refused_at_creation() {
+    let err = Stream::from_documents(
+        spec(100, 100, &[1.0, 1.0], 4),
+        vec![documents(0, &[500]), documents(1, &[30, 40])],
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("fewer than one window"), "{err}");
+    let err =
+        Stream::from_documents(spec(100, 100, &[1.0], 4), vec![documents(0, &[])]).unwrap_err();
+    assert!(err.to_string().contains("0 documents"), "{err}");
+}
+
+#[test]
+fn a_megatron_prefix_on_disk_is_served_with_its_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("corpus");
+    let mut builder = IndexedDatasetBuilder::create(&prefix, TokenDtype::Uint16).unwrap();
+    let mut expected = Vec::new();
+    for d in 0..300u32 {
+        let doc: Vec<u32> = (0..=(d % 50)).map(|t| (d * 100 + t) % 60_000).collect();
+        builder.add_item(&doc).unwrap();
+        builder.end_document().unwrap();
+        expected.push(doc);
+    }
+    builder.finalize().unwrap();
+    let mut job = spec(32, 32, &[1.0], 4);
+    job.datasets[0].path = prefix.to_string_lossy().into_owned();
+    job.split = Some("90,10,0".into());
+    let stream = Stream::open(job.clone()).unwrap();
+    let in_memory =
+        Stream::from_documents(job.clone(), vec![Box::new(expected[..270].to_vec())]).unwrap();
+    for k in 0..50 {
+        assert_eq!(stream.sample(k).unwrap(), in_memory.sample(k).unwrap());
+    }
+    job.split_name = "test".into();
+    assert!(
+        Stream::open(job)
+            .unwrap_err()
+            .to_string()
+            .contains("test split")
+    );
+}
