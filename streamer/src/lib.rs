@@ -8,9 +8,12 @@
 //! memory and the clients are the rest of issue #4; until then the binary says so and exits non-zero.
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod epoch;
 pub mod error;
 pub mod mix;
+pub mod protocol;
+pub mod server;
 pub mod source;
 pub mod spec;
 pub mod stream;

@@ -1,10 +1,149 @@
-//! `flame-stream`: not built yet (see the crate docs).
+//! `flame-stream`: serve jobs (`serve`) or print what a rank receives (`dump`).
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
+use flame_streamer::client::Client;
+use flame_streamer::server::{Endpoint, ServerConfig, serve};
+use flame_streamer::spec::JobSpec;
+use sha2::Digest;
+
+/// flame-stream: one server streams shuffled, mixed, packed batches to many trainers.
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    after_help = "Examples:
+  flame-stream serve --listen unix:///tmp/flame.sock --listen tcp://127.0.0.1:0
+  flame-stream dump --endpoint unix:///tmp/flame.sock --job job.toml --rank 0 --world-size 2 --steps 3 --hash"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve jobs until killed. Prints each bound endpoint (TCP port 0 picks one) on stdout.
+    Serve {
+        /// `unix:///PATH` or `tcp://HOST:PORT`; repeat for several. Default: unix:///tmp/flame-stream.sock.
+        #[arg(long)]
+        listen: Vec<Endpoint>,
+        /// Shared token clients must present (required for a non-loopback TCP address).
+        #[arg(long, env = "FLAME_STREAM_TOKEN")]
+        token: Option<String>,
+        /// Connections served at once.
+        #[arg(long, default_value_t = 1024)]
+        max_connections: usize,
+    },
+    /// Print one JSON line per micro-batch a rank receives.
+    Dump {
+        /// The server.
+        #[arg(long)]
+        endpoint: Endpoint,
+        /// The job spec (TOML).
+        #[arg(long)]
+        job: PathBuf,
+        /// This rank.
+        #[arg(long, default_value_t = 0)]
+        rank: u32,
+        /// Ranks in the job.
+        #[arg(long, default_value_t = 1)]
+        world_size: u32,
+        /// First step.
+        #[arg(long, default_value_t = 0)]
+        start_step: u64,
+        /// Steps to print.
+        #[arg(long, default_value_t = 1)]
+        steps: u64,
+        /// Print a SHA-256 per sample instead of its tokens.
+        #[arg(long)]
+        hash: bool,
+        /// Shared token.
+        #[arg(long, env = "FLAME_STREAM_TOKEN")]
+        token: Option<String>,
+    },
+}
+
 fn main() -> ExitCode {
-    eprintln!(
-        "flame-stream: the streaming server is not implemented yet (issue #{})",
-        flame_streamer::TRACKING_ISSUE
-    );
-    ExitCode::FAILURE
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flame-stream: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve {
+            mut listen,
+            token,
+            max_connections,
+        } => {
+            if listen.is_empty() {
+                listen.push(Endpoint::Unix("/tmp/flame-stream.sock".into()));
+            }
+            let running = serve(&ServerConfig {
+                listen,
+                token,
+                max_connections,
+            })?;
+            let mut stdout = std::io::stdout().lock();
+            for endpoint in &running.endpoints {
+                writeln!(stdout, "listening on {endpoint}")?;
+            }
+            stdout.flush()?;
+            drop(stdout);
+            loop {
+                std::thread::park();
+            }
+        }
+        Command::Dump {
+            endpoint,
+            job,
+            rank,
+            world_size,
+            start_step,
+            steps,
+            hash,
+            token,
+        } => {
+            let text = std::fs::read_to_string(&job)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", job.display()))?;
+            let spec =
+                JobSpec::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", job.display()))?;
+            let mut client =
+                Client::connect(endpoint, &spec, rank, world_size, token.as_deref(), 8)?;
+            let mut stdout = std::io::stdout().lock();
+            for step in start_step..start_step + steps {
+                for micro_step in 0..u64::from(client.micro_steps) {
+                    let samples = client.micro_batch(step, micro_step)?;
+                    let mut line = serde_json::json!({
+                        "step": step,
+                        "micro_step": micro_step,
+                        "rank": rank,
+                        "samples": samples.iter().map(|s| serde_json::json!({"dataset": s.dataset, "index": s.index})).collect::<Vec<_>>(),
+                        "cu_seqlens": samples.iter().map(|s| s.cu_seqlens.clone()).collect::<Vec<_>>(),
+                    });
+                    if hash {
+                        line["sha256"] = samples
+                            .iter()
+                            .map(|s| {
+                                let bytes: Vec<u8> =
+                                    s.tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
+                                hex::encode(sha2::Sha256::digest(&bytes))
+                            })
+                            .collect();
+                    } else {
+                        line["tokens"] = samples.iter().map(|s| s.tokens.clone()).collect();
+                    }
+                    writeln!(stdout, "{line}")?;
+                }
+            }
+            Ok(())
+        }
+    }
 }

@@ -1,7 +1,6 @@
 //! The stream's invariants: packing never drops, duplicates or reorders a token inside an epoch, windows
 //! are exactly `seq_len` with valid `cu_seqlens`, samples are a pure function of (spec, index), ranks'
 //! slices form the same global batches for every world size, and mixture shares hold per global batch.
-#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)] // a failed unwrap is a failed test
 
 use std::collections::HashSet;
 

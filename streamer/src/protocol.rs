@@ -1,0 +1,457 @@
+//! The wire protocol between `flame-stream` and its clients, over TCP or a Unix socket. Version 1.
+//!
+//! Every message is a frame: a little-endian `u32` length `L`, then `L` bytes: a one-byte kind and the
+//! payload. Integers are little-endian; a string or byte field is a `u32` length and its bytes.
+//!
+//! | kind | message | payload |
+//! |---|---|---|
+//! | 1 | `Hello` (client) | magic `FLMS`, version `u16`, token bytes, job spec TOML, rank `u32`, world size `u32` |
+//! | 2 | `Welcome` (server) | version `u16`, fingerprint string, seq_len `u32`, micro-steps per step `u32` |
+//! | 3 | `Request` (client) | step `u64`, micro-step `u64` |
+//! | 4 | `Batch` (server) | step `u64`, micro-step `u64`, samples `u32`, then per sample: dataset `u32`, index `u64`, `cu_seqlens` count `u32` and values `u32`, tokens count `u32` and values `u32` |
+//! | 5 | `Error` (server) | message string; the server closes the connection after it |
+//!
+//! [`decode`] is sans-IO: it takes the bytes received so far and returns a message and how many bytes
+//! it used, `None` when more are needed, or an error. Every length is checked against [`Limits`] before
+//! anything is allocated, so a malformed or hostile frame costs nothing.
+
+use thiserror::Error;
+
+/// The protocol version this build speaks.
+pub const VERSION: u16 = 1;
+/// The first bytes of a `Hello`.
+pub const MAGIC: [u8; 4] = *b"FLMS";
+
+/// Upper bounds on what a peer may send.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest frame, in bytes.
+    pub max_frame: u32,
+}
+
+impl Limits {
+    /// What a server accepts from clients: small frames only.
+    pub const CLIENT_FRAMES: Self = Self { max_frame: 1 << 20 };
+    /// What a client accepts from a server: batches up to 1 GiB.
+    pub const SERVER_FRAMES: Self = Self { max_frame: 1 << 30 };
+}
+
+/// One sample as it travels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireSample {
+    /// Index of its dataset in the job.
+    pub dataset: u32,
+    /// Global sample index.
+    pub index: u64,
+    /// Sequence boundaries.
+    pub cu_seqlens: Vec<u32>,
+    /// Tokens.
+    pub tokens: Vec<u32>,
+}
+
+/// A protocol message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// The client's opening.
+    Hello {
+        /// Protocol version.
+        version: u16,
+        /// The shared auth token (empty for none).
+        token: Vec<u8>,
+        /// The job spec, TOML.
+        job: String,
+        /// This client's rank.
+        rank: u32,
+        /// Ranks in the job.
+        world_size: u32,
+    },
+    /// The server's answer to `Hello`.
+    Welcome {
+        /// Protocol version.
+        version: u16,
+        /// The job's fingerprint.
+        fingerprint: String,
+        /// Tokens per sample.
+        seq_len: u32,
+        /// Micro-steps per step for this world size.
+        micro_steps: u32,
+    },
+    /// A request for one micro-batch.
+    Request {
+        /// Optimizer step.
+        step: u64,
+        /// Micro-step inside it.
+        micro_step: u64,
+    },
+    /// One micro-batch.
+    Batch {
+        /// Optimizer step.
+        step: u64,
+        /// Micro-step inside it.
+        micro_step: u64,
+        /// The samples.
+        samples: Vec<WireSample>,
+    },
+    /// A refusal; the connection ends.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+/// A frame that breaks the protocol.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// The frame is larger than the limit.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Announced length.
+        len: u64,
+        /// The limit.
+        max: u32,
+    },
+    /// The frame's content does not parse.
+    #[error("malformed {kind} frame: {reason}")]
+    Malformed {
+        /// Message kind (or "unknown").
+        kind: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Decodes the first message in `buf`: `Ok(Some((message, bytes used)))`, or `Ok(None)` when `buf` does
+/// not yet hold a whole frame.
+pub fn decode(buf: &[u8], limits: Limits) -> Result<Option<(Message, usize)>, ProtocolError> {
+    let Some(header) = buf.get(..4) else {
+        return Ok(None);
+    };
+    let len = u32::from_le_bytes(header.try_into().expect("4 bytes"));
+    if len > limits.max_frame {
+        return Err(ProtocolError::TooLarge {
+            len: u64::from(len),
+            max: limits.max_frame,
+        });
+    }
+    let end = 4 + len as usize;
+    let Some(frame) = buf.get(4..end) else {
+        return Ok(None);
+    };
+    let (&kind, payload) = frame.split_first().ok_or(ProtocolError::Malformed {
+        kind: "unknown",
+        reason: "empty frame".into(),
+    })?;
+    let mut r = Reader {
+        bytes: payload,
+        kind: kind_name(kind),
+    };
+    let message = match kind {
+        1 => {
+            let magic = r.take(4)?;
+            if magic != MAGIC {
+                return Err(r.malformed(format!("bad magic {magic:?}")));
+            }
+            Message::Hello {
+                version: r.u16()?,
+                token: r.bytes()?.to_vec(),
+                job: r.string()?,
+                rank: r.u32()?,
+                world_size: r.u32()?,
+            }
+        }
+        2 => Message::Welcome {
+            version: r.u16()?,
+            fingerprint: r.string()?,
+            seq_len: r.u32()?,
+            micro_steps: r.u32()?,
+        },
+        3 => Message::Request {
+            step: r.u64()?,
+            micro_step: r.u64()?,
+        },
+        4 => {
+            let (step, micro_step) = (r.u64()?, r.u64()?);
+            let count = r.u32()?;
+            // Each sample takes at least 20 bytes: a count larger than the frame allows is a lie.
+            if u64::from(count) * 20 > r.bytes.len() as u64 {
+                return Err(r.malformed(format!("{count} samples do not fit the frame")));
+            }
+            let mut samples = Vec::with_capacity(count as usize);
+            for _ in 0..count {
+                samples.push(WireSample {
+                    dataset: r.u32()?,
+                    index: r.u64()?,
+                    cu_seqlens: r.u32s()?,
+                    tokens: r.u32s()?,
+                });
+            }
+            Message::Batch {
+                step,
+                micro_step,
+                samples,
+            }
+        }
+        5 => Message::Error {
+            message: r.string()?,
+        },
+        other => {
+            return Err(ProtocolError::Malformed {
+                kind: "unknown",
+                reason: format!("message kind {other}"),
+            });
+        }
+    };
+    if !r.bytes.is_empty() {
+        return Err(r.malformed(format!("{} trailing bytes", r.bytes.len())));
+    }
+    Ok(Some((message, end)))
+}
+
+/// Appends `message` as one frame to `out`.
+pub fn encode(message: &Message, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    match message {
+        Message::Hello {
+            version,
+            token,
+            job,
+            rank,
+            world_size,
+        } => {
+            out.push(1);
+            out.extend_from_slice(&MAGIC);
+            out.extend_from_slice(&version.to_le_bytes());
+            put_bytes(out, token);
+            put_bytes(out, job.as_bytes());
+            out.extend_from_slice(&rank.to_le_bytes());
+            out.extend_from_slice(&world_size.to_le_bytes());
+        }
+        Message::Welcome {
+            version,
+            fingerprint,
+            seq_len,
+            micro_steps,
+        } => {
+            out.push(2);
+            out.extend_from_slice(&version.to_le_bytes());
+            put_bytes(out, fingerprint.as_bytes());
+            out.extend_from_slice(&seq_len.to_le_bytes());
+            out.extend_from_slice(&micro_steps.to_le_bytes());
+        }
+        Message::Request { step, micro_step } => {
+            out.push(3);
+            out.extend_from_slice(&step.to_le_bytes());
+            out.extend_from_slice(&micro_step.to_le_bytes());
+        }
+        Message::Batch {
+            step,
+            micro_step,
+            samples,
+        } => {
+            out.push(4);
+            out.extend_from_slice(&step.to_le_bytes());
+            out.extend_from_slice(&micro_step.to_le_bytes());
+            out.extend_from_slice(&u32::try_from(samples.len()).expect("small").to_le_bytes());
+            for s in samples {
+                out.extend_from_slice(&s.dataset.to_le_bytes());
+                out.extend_from_slice(&s.index.to_le_bytes());
+                put_u32s(out, &s.cu_seqlens);
+                put_u32s(out, &s.tokens);
+            }
+        }
+        Message::Error { message } => {
+            out.push(5);
+            put_bytes(out, message.as_bytes());
+        }
+    }
+    let len = u32::try_from(out.len() - start - 4).expect("frames are below 4 GiB");
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&u32::try_from(bytes.len()).expect("small").to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn put_u32s(out: &mut Vec<u8>, values: &[u32]) {
+    out.extend_from_slice(&u32::try_from(values.len()).expect("small").to_le_bytes());
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+fn kind_name(kind: u8) -> &'static str {
+    match kind {
+        1 => "Hello",
+        2 => "Welcome",
+        3 => "Request",
+        4 => "Batch",
+        5 => "Error",
+        _ => "unknown",
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    kind: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn malformed(&self, reason: String) -> ProtocolError {
+        ProtocolError::Malformed {
+            kind: self.kind,
+            reason,
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
+        if self.bytes.len() < n {
+            return Err(self.malformed(format!("needs {n} more bytes, has {}", self.bytes.len())));
+        }
+        let (head, tail) = self.bytes.split_at(n);
+        self.bytes = tail;
+        Ok(head)
+    }
+
+    fn u16(&mut self) -> Result<u16, ProtocolError> {
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
+    }
+
+    fn u32(&mut self) -> Result<u32, ProtocolError> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn u64(&mut self) -> Result<u64, ProtocolError> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], ProtocolError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+
+    fn string(&mut self) -> Result<String, ProtocolError> {
+        let bytes = self.bytes()?;
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| self.malformed("a string is not UTF-8".into()))
+    }
+
+    fn u32s(&mut self) -> Result<Vec<u32>, ProtocolError> {
+        let n = self.u32()? as usize;
+        let bytes = self.take(
+            n.checked_mul(4)
+                .ok_or_else(|| self.malformed("count overflows".into()))?,
+        )?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_kinds() -> Vec<Message> {
+        vec![
+            Message::Hello {
+                version: VERSION,
+                token: b"secret".to_vec(),
+                job: "seed = 1".into(),
+                rank: 3,
+                world_size: 8,
+            },
+            Message::Welcome {
+                version: VERSION,
+                fingerprint: "ab12".into(),
+                seq_len: 2048,
+                micro_steps: 4,
+            },
+            Message::Request {
+                step: 7,
+                micro_step: 1,
+            },
+            Message::Batch {
+                step: 7,
+                micro_step: 1,
+                samples: vec![WireSample {
+                    dataset: 1,
+                    index: 99,
+                    cu_seqlens: vec![0, 2, 4],
+                    tokens: vec![5, 6, 7, 8],
+                }],
+            },
+            Message::Error {
+                message: "no".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips_and_partial_frames_wait() {
+        for message in all_kinds() {
+            let mut bytes = Vec::new();
+            encode(&message, &mut bytes);
+            for cut in 0..bytes.len() {
+                assert_eq!(
+                    decode(&bytes[..cut], Limits::SERVER_FRAMES),
+                    Ok(None),
+                    "{message:?} cut at {cut}"
+                );
+            }
+            bytes.extend_from_slice(&[9, 9]);
+            let (decoded, used) = decode(&bytes, Limits::SERVER_FRAMES).unwrap().unwrap();
+            assert_eq!((decoded, used), (message, bytes.len() - 2));
+        }
+    }
+
+    #[test]
+    fn every_single_byte_change_decodes_or_errors_without_panicking() {
+        for message in all_kinds() {
+            let mut bytes = Vec::new();
+            encode(&message, &mut bytes);
+            for i in 0..bytes.len() {
+                for value in [0u8, 1, 0x7f, 0xff] {
+                    let mut changed = bytes.clone();
+                    changed[i] = value;
+                    let _ = decode(&changed, Limits::CLIENT_FRAMES);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_and_lying_frames_are_refused_before_allocating() {
+        let huge = (u32::MAX).to_le_bytes();
+        assert!(matches!(
+            decode(&huge, Limits::CLIENT_FRAMES),
+            Err(ProtocolError::TooLarge { .. })
+        ));
+        // A Batch announcing 10^9 samples in a 30-byte frame.
+        let mut frame = vec![4u8];
+        frame.extend_from_slice(&[0; 16]);
+        frame.extend_from_slice(&1_000_000_000u32.to_le_bytes());
+        let mut bytes = u32::try_from(frame.len()).unwrap().to_le_bytes().to_vec();
+        bytes.extend_from_slice(&frame);
+        assert!(matches!(
+            decode(&bytes, Limits::SERVER_FRAMES),
+            Err(ProtocolError::Malformed { .. })
+        ));
+        assert!(matches!(
+            decode(&[1, 0, 0, 0, 42], Limits::CLIENT_FRAMES),
+            Err(ProtocolError::Malformed { .. })
+        ));
+        assert!(matches!(
+            decode(&[0, 0, 0, 0], Limits::CLIENT_FRAMES),
+            Err(ProtocolError::Malformed { .. })
+        ));
+    }
+}

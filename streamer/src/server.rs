@@ -1,0 +1,264 @@
+//! The server: listeners on TCP and Unix sockets, one thread per connection, one [`Stream`] per job.
+//!
+//! A client says `Hello` with its job spec, rank and world size; the server opens (or reuses, by
+//! fingerprint) the job's stream and answers `Welcome`; then every `Request` for (step, micro-step) is
+//! answered with that rank's `Batch`. A malformed frame, a wrong token or an impossible request gets an
+//! `Error` frame and the connection is closed; the server and its other connections carry on. Because a
+//! batch is a pure function of the job and (step, micro-step, rank, world size), a client that
+//! reconnects — to this server or to a restarted one — simply asks for the step it needs next.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::protocol::{Limits, Message, VERSION, WireSample, decode, encode};
+use crate::spec::JobSpec;
+use crate::stream::Stream;
+
+/// Where to listen or connect: `tcp://HOST:PORT` or `unix:///PATH`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A TCP address.
+    Tcp(String),
+    /// A Unix socket path.
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for Endpoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(addr) = s.strip_prefix("tcp://") {
+            Ok(Self::Tcp(addr.to_owned()))
+        } else if let Some(path) = s.strip_prefix("unix://") {
+            Ok(Self::Unix(PathBuf::from(path)))
+        } else {
+            Err(format!("{s:?}: expected tcp://HOST:PORT or unix:///PATH"))
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "tcp://{addr}"),
+            Self::Unix(path) => write!(f, "unix://{}", path.display()),
+        }
+    }
+}
+
+/// A byte stream to a peer.
+pub trait Connection: Read + Write + Send {}
+impl Connection for TcpStream {}
+impl Connection for UnixStream {}
+
+/// Server settings.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Endpoints to listen on; TCP port 0 picks a free port.
+    pub listen: Vec<Endpoint>,
+    /// The shared token clients must present; required for a non-loopback TCP bind.
+    pub token: Option<String>,
+    /// Connections served at once; more are refused with an error frame.
+    pub max_connections: usize,
+}
+
+/// A running server: its bound endpoints. It serves until the process ends.
+#[derive(Debug)]
+pub struct Running {
+    /// The endpoints actually bound (TCP with the real port).
+    pub endpoints: Vec<Endpoint>,
+}
+
+struct Shared {
+    token: Option<String>,
+    jobs: Mutex<HashMap<String, Arc<Stream>>>,
+    connections: AtomicUsize,
+    max_connections: usize,
+}
+
+/// Binds every endpoint and serves each on its own accept thread.
+pub fn serve(config: &ServerConfig) -> std::io::Result<Running> {
+    let shared = Arc::new(Shared {
+        token: config.token.clone(),
+        jobs: Mutex::new(HashMap::new()),
+        connections: AtomicUsize::new(0),
+        max_connections: config.max_connections,
+    });
+    let mut endpoints = Vec::new();
+    for endpoint in &config.listen {
+        match endpoint {
+            Endpoint::Tcp(addr) => {
+                let listener = TcpListener::bind(addr)?;
+                let local: SocketAddr = listener.local_addr()?;
+                if !local.ip().is_loopback() && config.token.is_none() {
+                    return Err(std::io::Error::other(format!(
+                        "{endpoint}: a non-loopback address needs --token"
+                    )));
+                }
+                endpoints.push(Endpoint::Tcp(local.to_string()));
+                let shared = Arc::clone(&shared);
+                std::thread::spawn(move || {
+                    for stream in listener.incoming().flatten() {
+                        let _ = stream.set_nodelay(true);
+                        spawn_connection(&shared, Box::new(stream));
+                    }
+                });
+            }
+            Endpoint::Unix(path) => {
+                // A socket file left by a killed server is stale: nothing listens on it any more.
+                if path.exists() && UnixStream::connect(path).is_err() {
+                    std::fs::remove_file(path)?;
+                }
+                let listener = UnixListener::bind(path)?;
+                endpoints.push(endpoint.clone());
+                let shared = Arc::clone(&shared);
+                std::thread::spawn(move || {
+                    for stream in listener.incoming().flatten() {
+                        spawn_connection(&shared, Box::new(stream));
+                    }
+                });
+            }
+        }
+    }
+    Ok(Running { endpoints })
+}
+
+fn spawn_connection(shared: &Arc<Shared>, mut conn: Box<dyn Connection>) {
+    let shared = Arc::clone(shared);
+    std::thread::spawn(move || {
+        let active = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
+        let result = if active > shared.max_connections {
+            Err(format!(
+                "too many connections (limit {})",
+                shared.max_connections
+            ))
+        } else {
+            session(&shared, &mut conn)
+        };
+        if let Err(message) = result {
+            let mut out = Vec::new();
+            encode(&Message::Error { message }, &mut out);
+            let _ = conn.write_all(&out);
+        }
+        shared.connections.fetch_sub(1, Ordering::SeqCst);
+    });
+}
+
+/// Reads one message; `Ok(None)` at a clean end of stream.
+pub(crate) fn read_message(
+    conn: &mut dyn Connection,
+    buf: &mut Vec<u8>,
+    limits: Limits,
+) -> Result<Option<Message>, String> {
+    loop {
+        match decode(buf, limits) {
+            Ok(Some((message, used))) => {
+                buf.drain(..used);
+                return Ok(Some(message));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        let filled = buf.len();
+        buf.resize(filled + (64 << 10), 0);
+        let n = conn
+            .read(&mut buf[filled..])
+            .map_err(|e| format!("read: {e}"));
+        buf.truncate(filled + *n.as_ref().unwrap_or(&0));
+        let n = n?;
+        if n == 0 {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err("connection closed inside a frame".into())
+            };
+        }
+    }
+}
+
+/// One client: `Hello`, then requests until it hangs up. An `Err` is sent back as an `Error` frame.
+fn session(shared: &Shared, conn: &mut Box<dyn Connection>) -> Result<(), String> {
+    let mut buf = Vec::new();
+    let Some(Message::Hello {
+        version,
+        token,
+        job,
+        rank,
+        world_size,
+    }) = read_message(conn.as_mut(), &mut buf, Limits::CLIENT_FRAMES)?
+    else {
+        return Err("expected Hello".into());
+    };
+    if version != VERSION {
+        return Err(format!(
+            "protocol version {version}; this server speaks {VERSION}"
+        ));
+    }
+    if let Some(expected) = &shared.token
+        && token != expected.as_bytes()
+    {
+        return Err("wrong token".into());
+    }
+    let spec = JobSpec::from_toml(&job).map_err(|e| e.to_string())?;
+    let stream = job_stream(shared, spec)?;
+    let g = stream.spec().global_batch_size;
+    let per_micro_step = stream.spec().micro_batch_size * world_size.max(1);
+    stream
+        .micro_batch_indices(0, 0, rank, world_size)
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    encode(
+        &Message::Welcome {
+            version: VERSION,
+            fingerprint: stream.spec().fingerprint(),
+            seq_len: stream.spec().seq_len,
+            micro_steps: g / per_micro_step,
+        },
+        &mut out,
+    );
+    conn.write_all(&out).map_err(|e| format!("write: {e}"))?;
+    while let Some(message) = read_message(conn.as_mut(), &mut buf, Limits::CLIENT_FRAMES)? {
+        let Message::Request { step, micro_step } = message else {
+            return Err("expected Request".into());
+        };
+        let samples = stream
+            .micro_batch(step, micro_step, rank, world_size)
+            .map_err(|e| e.to_string())?;
+        out.clear();
+        encode(
+            &Message::Batch {
+                step,
+                micro_step,
+                samples: samples
+                    .into_iter()
+                    .map(|s| WireSample {
+                        dataset: u32::try_from(s.dataset).expect("few datasets"),
+                        index: s.index,
+                        cu_seqlens: s.cu_seqlens,
+                        tokens: s.tokens,
+                    })
+                    .collect(),
+            },
+            &mut out,
+        );
+        conn.write_all(&out).map_err(|e| format!("write: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The job's stream, opened once per fingerprint and shared by all its ranks.
+fn job_stream(shared: &Shared, spec: JobSpec) -> Result<Arc<Stream>, String> {
+    let fingerprint = spec.fingerprint();
+    let mut jobs = shared.jobs.lock().expect("not poisoned");
+    if let Some(stream) = jobs.get(&fingerprint) {
+        return Ok(Arc::clone(stream));
+    }
+    let stream = Arc::new(Stream::open(spec).map_err(|e| e.to_string())?);
+    jobs.insert(fingerprint, Arc::clone(&stream));
+    Ok(stream)
+}

@@ -1,0 +1,253 @@
+//! The server seen by clients: ranks receive exactly the stream's micro-batches over Unix and TCP
+//! sockets; bad tokens, malformed frames and impossible requests close that connection with an error
+//! while the server carries on; `flame-stream dump` prints what a rank receives.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Command;
+
+use flame_formats::TokenDtype;
+use flame_formats::megatron::IndexedDatasetBuilder;
+use flame_streamer::client::{Client, ClientError};
+use flame_streamer::protocol::{Limits, Message, decode};
+use flame_streamer::server::{Endpoint, ServerConfig, serve};
+use flame_streamer::spec::JobSpec;
+use flame_streamer::stream::Stream;
+
+fn write_dataset(prefix: &Path, seed: u32) {
+    let mut builder = IndexedDatasetBuilder::create(prefix, TokenDtype::Uint16).unwrap();
+    for d in 0..400u32 {
+        let doc: Vec<u32> = (0..=(d * 37 + seed) % 300)
+            .map(|t| (d * 131 + t + seed) % 50_000)
+            .collect();
+        builder.add_item(&doc).unwrap();
+        builder.end_document().unwrap();
+    }
+    builder.finalize().unwrap();
+}
+
+fn job(dir: &Path) -> JobSpec {
+    write_dataset(&dir.join("a"), 1);
+    write_dataset(&dir.join("b"), 2);
+    JobSpec::from_toml(&format!(
+        r#"
+        seed = 3
+        seq_len = 64
+        context_len = 32
+        micro_batch_size = 2
+        global_batch_size = 8
+        [[datasets]]
+        path = "{}"
+        weight = 0.7
+        [[datasets]]
+        path = "{}"
+        weight = 0.3
+        "#,
+        dir.join("a").display(),
+        dir.join("b").display()
+    ))
+    .unwrap()
+}
+
+fn start(dir: &Path, token: Option<&str>) -> Vec<Endpoint> {
+    serve(&ServerConfig {
+        listen: vec![
+            Endpoint::Unix(dir.join("s.sock")),
+            Endpoint::Tcp("127.0.0.1:0".into()),
+        ],
+        token: token.map(str::to_owned),
+        max_connections: 64,
+    })
+    .unwrap()
+    .endpoints
+}
+
+#[test]
+fn every_rank_receives_its_slice_of_the_stream_over_both_transports() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = job(dir.path());
+    let reference = Stream::open(spec.clone()).unwrap();
+    for endpoint in start(dir.path(), None) {
+        for rank in 0..2 {
+            let mut client = Client::connect(endpoint.clone(), &spec, rank, 2, None, 0).unwrap();
+            assert_eq!(client.fingerprint, spec.fingerprint());
+            assert_eq!(client.micro_steps, 2);
+            for (step, micro) in [(0, 0), (0, 1), (5, 1), (1000, 0)] {
+                let got = client.micro_batch(step, micro).unwrap();
+                let want = reference.micro_batch(step, micro, rank, 2).unwrap();
+                assert_eq!(got.len(), want.len());
+                for (g, w) in got.iter().zip(&want) {
+                    assert_eq!((g.index, g.dataset as usize), (w.index, w.dataset));
+                    assert_eq!((&g.tokens, &g.cu_seqlens), (&w.tokens, &w.cu_seqlens));
+                }
+            }
+        }
+    }
+}
+
+fn raw_exchange(path: &Path, bytes: &[u8]) -> Vec<Message> {
+    let mut conn = UnixStream::connect(path).unwrap();
+    conn.write_all(bytes).unwrap();
+    conn.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = Vec::new();
+    conn.read_to_end(&mut answer).unwrap();
+    let mut messages = Vec::new();
+    let mut at = 0;
+    while let Some((m, used)) = decode(&answer[at..], Limits::SERVER_FRAMES).unwrap() {
+        messages.push(m);
+        at += used;
+    }
+    messages
+}
+
+#[test]
+fn bad_clients_get_an_error_and_the_server_carries_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = job(dir.path());
+    let endpoints = start(dir.path(), Some("sesame"));
+    let Endpoint::Unix(socket) = &endpoints[0] else {
+        panic!()
+    };
+
+    let wrong = Client::connect(endpoints[0].clone(), &spec, 0, 1, Some("guess"), 0).unwrap_err();
+    assert!(
+        matches!(&wrong, ClientError::Refused(m) if m.contains("wrong token")),
+        "{wrong}"
+    );
+    let shape = Client::connect(endpoints[0].clone(), &spec, 0, 3, Some("sesame"), 0).unwrap_err();
+    assert!(shape.to_string().contains("not a multiple"), "{shape}");
+
+    for garbage in [
+        &b"\x05\x00\x00\x00\x01FLMX"[..],
+        b"\xff\xff\xff\xff",
+        b"\x01\x00\x00\x00\x09",
+    ] {
+        let answer = raw_exchange(socket, garbage);
+        assert!(
+            matches!(answer.as_slice(), [Message::Error { .. }]),
+            "{garbage:?}: {answer:?}"
+        );
+    }
+    // An impossible request ends that connection only.
+    let mut client = Client::connect(endpoints[1].clone(), &spec, 1, 2, Some("sesame"), 0).unwrap();
+    assert!(
+        client
+            .micro_batch(0, 9)
+            .unwrap_err()
+            .to_string()
+            .contains("micro-step 9")
+    );
+    let mut fine = Client::connect(endpoints[0].clone(), &spec, 0, 1, Some("sesame"), 0).unwrap();
+    assert_eq!(fine.micro_batch(2, 3).unwrap().len(), 2);
+}
+
+#[test]
+fn dump_prints_one_json_line_per_micro_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = job(dir.path());
+    let job_file = dir.path().join("job.toml");
+    std::fs::write(&job_file, spec.to_toml()).unwrap();
+    let endpoints = start(dir.path(), None);
+    let reference = Stream::open(spec).unwrap();
+    let dump = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_flame-stream"))
+            .args(["dump", "--endpoint", &endpoints[1].to_string(), "--job"])
+            .arg(&job_file)
+            .args([
+                "--rank",
+                "1",
+                "--world-size",
+                "2",
+                "--start-step",
+                "4",
+                "--steps",
+                "2",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let lines = dump(&[]);
+    assert_eq!(lines.len(), 4, "2 steps × 2 micro-steps");
+    for line in &lines {
+        let (step, micro) = (
+            line["step"].as_u64().unwrap(),
+            line["micro_step"].as_u64().unwrap(),
+        );
+        let want = reference.micro_batch(step, micro, 1, 2).unwrap();
+        assert_eq!(line["rank"], 1);
+        for (i, sample) in want.iter().enumerate() {
+            assert_eq!(line["samples"][i]["index"], sample.index);
+            assert_eq!(line["samples"][i]["dataset"], sample.dataset);
+            assert_eq!(line["tokens"][i], serde_json::json!(sample.tokens));
+            assert_eq!(line["cu_seqlens"][i], serde_json::json!(sample.cu_seqlens));
+        }
+    }
+    let hashed = dump(&["--hash"]);
+    assert_eq!(hashed.len(), 4);
+    assert!(hashed[0]["tokens"].is_null());
+    assert_eq!(hashed[0]["sha256"][0].as_str().unwrap().len(), 64);
+}
+
+/// Starts `flame-stream serve` on `socket` and waits for its "listening on" line.
+fn spawn_server(socket: &Path) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flame-stream"))
+        .args(["serve", "--listen"])
+        .arg(format!("unix://{}", socket.display()))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("listening on unix://"), "{line}");
+    child
+}
+
+#[test]
+fn a_client_carries_on_exactly_across_a_kill_9_and_restart_of_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = job(dir.path());
+    let socket = dir.path().join("server.sock");
+    let reference = Stream::open(spec.clone()).unwrap();
+    let mut server = spawn_server(&socket);
+    let mut client =
+        Client::connect(Endpoint::Unix(socket.clone()), &spec, 0, 1, None, 20).unwrap();
+    let mut received = Vec::new();
+    for step in 0..3 {
+        for micro in 0..4 {
+            received.extend(client.micro_batch(step, micro).unwrap());
+        }
+        if step == 1 {
+            // kill -9: the socket file stays behind, stale; the new server must replace it.
+            server.kill().unwrap();
+            server.wait().unwrap();
+            assert!(socket.exists());
+            server = spawn_server(&socket);
+        }
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    for (k, sample) in received.iter().enumerate() {
+        let want = reference.sample(k as u64).unwrap();
+        assert_eq!(
+            (sample.index, &sample.tokens),
+            (want.index, &want.tokens),
+            "sample {k}"
+        );
+    }
+    assert_eq!(received.len(), 24);
+}
