@@ -1,5 +1,6 @@
 //! Integration tests of flame-stream: the stream's invariants and the server seen by clients.
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)] // a failed unwrap is a failed test
 
+mod python;
 mod server;
 mod stream;

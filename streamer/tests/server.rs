@@ -27,7 +27,7 @@ fn write_dataset(prefix: &Path, seed: u32) {
     builder.finalize().unwrap();
 }
 
-fn job(dir: &Path) -> JobSpec {
+pub fn job(dir: &Path) -> JobSpec {
     write_dataset(&dir.join("a"), 1);
     write_dataset(&dir.join("b"), 2);
     JobSpec::from_toml(&format!(
@@ -50,7 +50,7 @@ fn job(dir: &Path) -> JobSpec {
     .unwrap()
 }
 
-fn start(dir: &Path, token: Option<&str>) -> Vec<Endpoint> {
+pub fn start(dir: &Path, token: Option<&str>) -> Vec<Endpoint> {
     serve(&ServerConfig {
         listen: vec![
             Endpoint::Unix(dir.join("s.sock")),
