@@ -35,6 +35,9 @@ enum Command {
         /// Connections served at once.
         #[arg(long, default_value_t = 1024)]
         max_connections: usize,
+        /// Micro-batches computed ahead per client.
+        #[arg(long, default_value_t = 4)]
+        prefetch: usize,
     },
     /// Print one JSON line per micro-batch a rank receives.
     Dump {
@@ -82,6 +85,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             mut listen,
             token,
             max_connections,
+            prefetch,
         } => {
             if listen.is_empty() {
                 listen.push(Endpoint::Unix("/tmp/flame-stream.sock".into()));
@@ -90,6 +94,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 listen,
                 token,
                 max_connections,
+                prefetch_depth: prefetch,
             })?;
             let mut stdout = std::io::stdout().lock();
             for endpoint in &running.endpoints {

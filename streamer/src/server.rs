@@ -65,6 +65,8 @@ pub struct ServerConfig {
     pub token: Option<String>,
     /// Connections served at once; more are refused with an error frame.
     pub max_connections: usize,
+    /// Micro-batches computed ahead per connection, on its own thread.
+    pub prefetch_depth: usize,
 }
 
 /// A running server: its bound endpoints. It serves until the process ends.
@@ -79,6 +81,7 @@ struct Shared {
     jobs: Mutex<HashMap<String, Arc<Stream>>>,
     connections: AtomicUsize,
     max_connections: usize,
+    prefetch_depth: usize,
 }
 
 /// Binds every endpoint and serves each on its own accept thread.
@@ -88,6 +91,7 @@ pub fn serve(config: &ServerConfig) -> std::io::Result<Running> {
         jobs: Mutex::new(HashMap::new()),
         connections: AtomicUsize::new(0),
         max_connections: config.max_connections,
+        prefetch_depth: config.prefetch_depth,
     });
     let mut endpoints = Vec::new();
     for endpoint in &config.listen {
@@ -222,33 +226,104 @@ fn session(shared: &Shared, conn: &mut Box<dyn Connection>) -> Result<(), String
         &mut out,
     );
     conn.write_all(&out).map_err(|e| format!("write: {e}"))?;
+    let micro_steps = u64::from(g / per_micro_step);
+    let mut prefetch: Option<Prefetch> = None;
     while let Some(message) = read_message(conn.as_mut(), &mut buf, Limits::CLIENT_FRAMES)? {
         let Message::Request { step, micro_step } = message else {
             return Err("expected Request".into());
         };
-        let samples = stream
-            .micro_batch(step, micro_step, rank, world_size)
-            .map_err(|e| e.to_string())?;
-        out.clear();
-        encode(
-            &Message::Batch {
-                step,
-                micro_step,
-                samples: samples
-                    .into_iter()
-                    .map(|s| WireSample {
-                        dataset: u32::try_from(s.dataset).expect("few datasets"),
-                        index: s.index,
-                        cu_seqlens: s.cu_seqlens,
-                        tokens: s.tokens,
-                    })
-                    .collect(),
-            },
-            &mut out,
-        );
-        conn.write_all(&out).map_err(|e| format!("write: {e}"))?;
+        if micro_step >= micro_steps {
+            return Err(format!(
+                "batch shape: micro-step {micro_step} is past the {micro_steps} micro-steps of a step"
+            ));
+        }
+        // Serve from the prefetch thread when the client asks for what it predicted (the next
+        // micro-batch); any other request restarts it there.
+        if prefetch
+            .as_ref()
+            .is_none_or(|p| p.next != (step, micro_step))
+        {
+            prefetch = Some(Prefetch::start(
+                Arc::clone(&stream),
+                (step, micro_step),
+                (rank, world_size, micro_steps),
+                shared.prefetch_depth,
+            ));
+        }
+        let p = prefetch.as_mut().expect("started above");
+        let frame = p
+            .frames
+            .recv()
+            .map_err(|_| "internal error: prefetch ended".to_string())??;
+        p.next = if micro_step + 1 == micro_steps {
+            (step + 1, 0)
+        } else {
+            (step, micro_step + 1)
+        };
+        conn.write_all(&frame).map_err(|e| format!("write: {e}"))?;
     }
     Ok(())
+}
+
+/// Batches of one connection computed ahead, in order, by their own thread, at most `depth` at a time.
+/// Dropping it stops the thread (its next send fails).
+struct Prefetch {
+    next: (u64, u64),
+    frames: crossbeam_channel::Receiver<Result<Vec<u8>, String>>,
+}
+
+impl Prefetch {
+    fn start(stream: Arc<Stream>, from: (u64, u64), shape: (u32, u32, u64), depth: usize) -> Self {
+        let (tx, frames) = crossbeam_channel::bounded(depth.max(1));
+        let (rank, world_size, micro_steps) = shape;
+        std::thread::spawn(move || {
+            let (mut step, mut micro_step) = from;
+            loop {
+                let frame = encode_batch(&stream, step, micro_step, rank, world_size);
+                let failed = frame.is_err();
+                if tx.send(frame).is_err() || failed {
+                    return;
+                }
+                (step, micro_step) = if micro_step + 1 == micro_steps {
+                    (step + 1, 0)
+                } else {
+                    (step, micro_step + 1)
+                };
+            }
+        });
+        Self { next: from, frames }
+    }
+}
+
+/// The `Batch` frame of rank `rank` of `world_size` at (`step`, `micro_step`).
+fn encode_batch(
+    stream: &Stream,
+    step: u64,
+    micro_step: u64,
+    rank: u32,
+    world_size: u32,
+) -> Result<Vec<u8>, String> {
+    let samples = stream
+        .micro_batch(step, micro_step, rank, world_size)
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    encode(
+        &Message::Batch {
+            step,
+            micro_step,
+            samples: samples
+                .into_iter()
+                .map(|s| WireSample {
+                    dataset: u32::try_from(s.dataset).expect("few datasets"),
+                    index: s.index,
+                    cu_seqlens: s.cu_seqlens,
+                    tokens: s.tokens,
+                })
+                .collect(),
+        },
+        &mut out,
+    );
+    Ok(out)
 }
 
 /// The job's stream, opened once per fingerprint and shared by all its ranks.

@@ -58,6 +58,7 @@ pub fn start(dir: &Path, token: Option<&str>) -> Vec<Endpoint> {
         ],
         token: token.map(str::to_owned),
         max_connections: 64,
+        prefetch_depth: 3,
     })
     .unwrap()
     .endpoints
@@ -73,7 +74,17 @@ fn every_rank_receives_its_slice_of_the_stream_over_both_transports() {
             let mut client = Client::connect(endpoint.clone(), &spec, rank, 2, None, 0).unwrap();
             assert_eq!(client.fingerprint, spec.fingerprint());
             assert_eq!(client.micro_steps, 2);
-            for (step, micro) in [(0, 0), (0, 1), (5, 1), (1000, 0)] {
+            // In order (served by the prefetch thread), repeated, and jumping back and forth.
+            for (step, micro) in [
+                (0, 0),
+                (0, 1),
+                (1, 0),
+                (1, 0),
+                (5, 1),
+                (1000, 0),
+                (1000, 1),
+                (0, 0),
+            ] {
                 let got = client.micro_batch(step, micro).unwrap();
                 let want = reference.micro_batch(step, micro, rank, 2).unwrap();
                 assert_eq!(got.len(), want.len());
