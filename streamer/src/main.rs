@@ -38,6 +38,9 @@ enum Command {
         /// Micro-batches computed ahead per client.
         #[arg(long, default_value_t = 4)]
         prefetch: usize,
+        /// `HOST:PORT` for Prometheus `/metrics`, `/healthz` and a status page at `/`.
+        #[arg(long)]
+        metrics: Option<String>,
     },
     /// Print one JSON line per micro-batch a rank receives.
     Dump {
@@ -86,6 +89,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             token,
             max_connections,
             prefetch,
+            metrics,
         } => {
             if listen.is_empty() {
                 listen.push(Endpoint::Unix("/tmp/flame-stream.sock".into()));
@@ -95,10 +99,14 @@ fn run(command: Command) -> anyhow::Result<()> {
                 token,
                 max_connections,
                 prefetch_depth: prefetch,
+                metrics,
             })?;
             let mut stdout = std::io::stdout().lock();
             for endpoint in &running.endpoints {
                 writeln!(stdout, "listening on {endpoint}")?;
+            }
+            if let Some(addr) = running.metrics {
+                writeln!(stdout, "metrics on http://{addr}/metrics")?;
             }
             stdout.flush()?;
             drop(stdout);

@@ -12,9 +12,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use crate::metrics::{Metrics, serve_http};
 use crate::protocol::{Limits, Message, VERSION, WireSample, decode, encode};
 use crate::spec::JobSpec;
 use crate::stream::Stream;
@@ -67,6 +68,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Micro-batches computed ahead per connection, on its own thread.
     pub prefetch_depth: usize,
+    /// `HOST:PORT` for `/metrics`, `/healthz` and the status page; none by default.
+    pub metrics: Option<String>,
 }
 
 /// A running server: its bound endpoints. It serves until the process ends.
@@ -74,12 +77,14 @@ pub struct ServerConfig {
 pub struct Running {
     /// The endpoints actually bound (TCP with the real port).
     pub endpoints: Vec<Endpoint>,
+    /// The metrics listener's address, if any.
+    pub metrics: Option<SocketAddr>,
 }
 
 struct Shared {
     token: Option<String>,
     jobs: Mutex<HashMap<String, Arc<Stream>>>,
-    connections: AtomicUsize,
+    metrics: Arc<Metrics>,
     max_connections: usize,
     prefetch_depth: usize,
 }
@@ -89,7 +94,7 @@ pub fn serve(config: &ServerConfig) -> std::io::Result<Running> {
     let shared = Arc::new(Shared {
         token: config.token.clone(),
         jobs: Mutex::new(HashMap::new()),
-        connections: AtomicUsize::new(0),
+        metrics: Arc::new(Metrics::default()),
         max_connections: config.max_connections,
         prefetch_depth: config.prefetch_depth,
     });
@@ -129,13 +134,18 @@ pub fn serve(config: &ServerConfig) -> std::io::Result<Running> {
             }
         }
     }
-    Ok(Running { endpoints })
+    let metrics = config
+        .metrics
+        .as_deref()
+        .map(|addr| serve_http(addr, Arc::clone(&shared.metrics)))
+        .transpose()?;
+    Ok(Running { endpoints, metrics })
 }
 
 fn spawn_connection(shared: &Arc<Shared>, mut conn: Box<dyn Connection>) {
     let shared = Arc::clone(shared);
     std::thread::spawn(move || {
-        let active = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
+        let active = shared.metrics.connections.fetch_add(1, Ordering::SeqCst) + 1;
         let result = if active > shared.max_connections {
             Err(format!(
                 "too many connections (limit {})",
@@ -149,7 +159,7 @@ fn spawn_connection(shared: &Arc<Shared>, mut conn: Box<dyn Connection>) {
             encode(&Message::Error { message }, &mut out);
             let _ = conn.write_all(&out);
         }
-        shared.connections.fetch_sub(1, Ordering::SeqCst);
+        shared.metrics.connections.fetch_sub(1, Ordering::SeqCst);
     });
 }
 
@@ -226,6 +236,8 @@ fn session(shared: &Shared, conn: &mut Box<dyn Connection>) -> Result<(), String
         &mut out,
     );
     conn.write_all(&out).map_err(|e| format!("write: {e}"))?;
+    let fingerprint = stream.spec().fingerprint();
+    let _client = ClientSeen::new(&shared.metrics, &fingerprint, rank);
     let micro_steps = u64::from(g / per_micro_step);
     let mut prefetch: Option<Prefetch> = None;
     while let Some(message) = read_message(conn.as_mut(), &mut buf, Limits::CLIENT_FRAMES)? {
@@ -251,7 +263,7 @@ fn session(shared: &Shared, conn: &mut Box<dyn Connection>) -> Result<(), String
             ));
         }
         let p = prefetch.as_mut().expect("started above");
-        let frame = p
+        let (frame, tokens_per_dataset) = p
             .frames
             .recv()
             .map_err(|_| "internal error: prefetch ended".to_string())??;
@@ -260,16 +272,51 @@ fn session(shared: &Shared, conn: &mut Box<dyn Connection>) -> Result<(), String
         } else {
             (step, micro_step + 1)
         };
+        // Counted before the write, so a client that has its batch sees it in the metrics.
+        shared.metrics.served(
+            &fingerprint,
+            rank,
+            step,
+            &tokens_per_dataset,
+            p.frames.len(),
+        );
         conn.write_all(&frame).map_err(|e| format!("write: {e}"))?;
     }
     Ok(())
 }
 
+/// Counts a connected client of a rank for as long as it lives.
+struct ClientSeen<'a> {
+    metrics: &'a Metrics,
+    fingerprint: &'a str,
+    rank: u32,
+}
+
+impl<'a> ClientSeen<'a> {
+    fn new(metrics: &'a Metrics, fingerprint: &'a str, rank: u32) -> Self {
+        metrics.client(fingerprint, rank, true);
+        Self {
+            metrics,
+            fingerprint,
+            rank,
+        }
+    }
+}
+
+impl Drop for ClientSeen<'_> {
+    fn drop(&mut self) {
+        self.metrics.client(self.fingerprint, self.rank, false);
+    }
+}
+
+/// A `Batch` frame and its tokens per dataset.
+type EncodedBatch = (Vec<u8>, Vec<u64>);
+
 /// Batches of one connection computed ahead, in order, by their own thread, at most `depth` at a time.
 /// Dropping it stops the thread (its next send fails).
 struct Prefetch {
     next: (u64, u64),
-    frames: crossbeam_channel::Receiver<Result<Vec<u8>, String>>,
+    frames: crossbeam_channel::Receiver<Result<EncodedBatch, String>>,
 }
 
 impl Prefetch {
@@ -295,17 +342,21 @@ impl Prefetch {
     }
 }
 
-/// The `Batch` frame of rank `rank` of `world_size` at (`step`, `micro_step`).
+/// The `Batch` frame of rank `rank` of `world_size` at (`step`, `micro_step`), and its tokens per dataset.
 fn encode_batch(
     stream: &Stream,
     step: u64,
     micro_step: u64,
     rank: u32,
     world_size: u32,
-) -> Result<Vec<u8>, String> {
+) -> Result<EncodedBatch, String> {
     let samples = stream
         .micro_batch(step, micro_step, rank, world_size)
         .map_err(|e| e.to_string())?;
+    let mut tokens_per_dataset = vec![0u64; stream.spec().datasets.len()];
+    for s in &samples {
+        tokens_per_dataset[s.dataset] += s.tokens.len() as u64;
+    }
     let mut out = Vec::new();
     encode(
         &Message::Batch {
@@ -323,7 +374,7 @@ fn encode_batch(
         },
         &mut out,
     );
-    Ok(out)
+    Ok((out, tokens_per_dataset))
 }
 
 /// The job's stream, opened once per fingerprint and shared by all its ranks.

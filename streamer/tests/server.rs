@@ -59,6 +59,7 @@ pub fn start(dir: &Path, token: Option<&str>) -> Vec<Endpoint> {
         token: token.map(str::to_owned),
         max_connections: 64,
         prefetch_depth: 3,
+        metrics: None,
     })
     .unwrap()
     .endpoints
@@ -261,4 +262,91 @@ fn a_client_carries_on_exactly_across_a_kill_9_and_restart_of_the_server() {
         );
     }
     assert_eq!(received.len(), 24);
+}
+
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    response
+}
+
+fn metric(text: &str, line_start: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_start))
+        .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn metrics_count_batches_tokens_per_dataset_lag_and_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = job(dir.path());
+    let running = serve(&ServerConfig {
+        listen: vec![Endpoint::Unix(dir.path().join("m.sock"))],
+        token: None,
+        max_connections: 8,
+        prefetch_depth: 2,
+        metrics: Some("127.0.0.1:0".into()),
+    })
+    .unwrap();
+    let addr = running.metrics.unwrap();
+    let mut rank0 = Client::connect(running.endpoints[0].clone(), &spec, 0, 2, None, 0).unwrap();
+    let mut rank1 = Client::connect(running.endpoints[0].clone(), &spec, 1, 2, None, 0).unwrap();
+    let mut tokens0 = [0u64; 2];
+    for step in 0..3 {
+        for micro in 0..2 {
+            for s in rank0.micro_batch(step, micro).unwrap() {
+                tokens0[s.dataset as usize] += s.tokens.len() as u64;
+            }
+        }
+    }
+    rank1.micro_batch(0, 0).unwrap();
+    let text = http_get(addr, "/metrics");
+    let fp = spec.fingerprint();
+    let labels = |rank| format!("{{job=\"{fp}\",rank=\"{rank}\"");
+    assert_eq!(
+        metric(&text, &format!("flame_stream_batches_total{}}}", labels(0))),
+        6
+    );
+    assert_eq!(
+        metric(&text, &format!("flame_stream_batches_total{}}}", labels(1))),
+        1
+    );
+    for (d, &t) in tokens0.iter().enumerate() {
+        assert_eq!(
+            metric(
+                &text,
+                &format!(
+                    "flame_stream_dataset_tokens_total{},dataset=\"{d}\"}}",
+                    labels(0)
+                )
+            ),
+            t
+        );
+    }
+    assert_eq!(
+        metric(&text, &format!("flame_stream_tokens_total{}}}", labels(0))),
+        tokens0.iter().sum::<u64>()
+    );
+    assert_eq!(
+        metric(&text, &format!("flame_stream_lag_steps{}}}", labels(1))),
+        2
+    );
+    assert_eq!(
+        metric(&text, &format!("flame_stream_clients{}}}", labels(0))),
+        1
+    );
+    assert_eq!(metric(&text, "flame_stream_connections "), 2);
+    assert!(http_get(addr, "/healthz").ends_with("ok\n"));
+    let page = http_get(addr, "/");
+    assert!(page.contains("<table") && page.contains(&fp), "{page}");
+    let not_found = http_get(addr, "/nope");
+    assert!(
+        not_found.lines().next().unwrap().contains(" 404 "),
+        "{not_found}"
+    );
 }

@@ -1,0 +1,200 @@
+//! What the server has served, for people and Prometheus: `GET /metrics` (Prometheus text format),
+//! `GET /healthz`, and `GET /` (a small HTML page of jobs and ranks), on their own HTTP listener.
+//!
+//! Per job and rank: micro-batches and tokens served, tokens per dataset, the last step asked for, lag
+//! (the job's furthest step minus this rank's), the prefetch queue depth, and connected clients.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Counters of one rank of one job.
+#[derive(Clone, Debug, Default)]
+struct RankStats {
+    batches: u64,
+    tokens: u64,
+    tokens_per_dataset: Vec<u64>,
+    last_step: u64,
+    queue_depth: usize,
+    clients: u64,
+}
+
+/// The server's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    ranks: Mutex<BTreeMap<(String, u32), RankStats>>,
+    /// Open connections.
+    pub connections: AtomicUsize,
+}
+
+impl Metrics {
+    /// A client of `rank` in job `fingerprint` connected (`delta` 1) or left (`delta` -1).
+    pub fn client(&self, fingerprint: &str, rank: u32, connected: bool) {
+        let mut ranks = self.ranks.lock().expect("not poisoned");
+        let stats = ranks.entry((fingerprint.to_owned(), rank)).or_default();
+        if connected {
+            stats.clients += 1;
+        } else {
+            stats.clients = stats.clients.saturating_sub(1);
+        }
+    }
+
+    /// A micro-batch of `step` was sent: its tokens per dataset, and the prefetch queue behind it.
+    pub fn served(
+        &self,
+        fingerprint: &str,
+        rank: u32,
+        step: u64,
+        tokens_per_dataset: &[u64],
+        queue_depth: usize,
+    ) {
+        let mut ranks = self.ranks.lock().expect("not poisoned");
+        let stats = ranks.entry((fingerprint.to_owned(), rank)).or_default();
+        stats.batches += 1;
+        stats.last_step = step;
+        stats.queue_depth = queue_depth;
+        if stats.tokens_per_dataset.len() < tokens_per_dataset.len() {
+            stats.tokens_per_dataset.resize(tokens_per_dataset.len(), 0);
+        }
+        for (total, t) in stats.tokens_per_dataset.iter_mut().zip(tokens_per_dataset) {
+            *total += t;
+            stats.tokens += t;
+        }
+    }
+
+    fn furthest_steps(ranks: &BTreeMap<(String, u32), RankStats>) -> BTreeMap<&str, u64> {
+        let mut furthest = BTreeMap::new();
+        for ((job, _), s) in ranks {
+            let f = furthest.entry(job.as_str()).or_insert(0);
+            *f = (*f).max(s.last_step);
+        }
+        furthest
+    }
+
+    /// The Prometheus text exposition.
+    pub fn prometheus(&self) -> String {
+        let ranks = self.ranks.lock().expect("not poisoned");
+        let furthest = Self::furthest_steps(&ranks);
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP flame_stream_connections Open client connections."
+        );
+        let _ = writeln!(out, "# TYPE flame_stream_connections gauge");
+        let _ = writeln!(
+            out,
+            "flame_stream_connections {}",
+            self.connections.load(Ordering::Relaxed)
+        );
+        for (name, kind, help) in [
+            ("batches_total", "counter", "Micro-batches served."),
+            ("tokens_total", "counter", "Tokens served."),
+            (
+                "dataset_tokens_total",
+                "counter",
+                "Tokens served per dataset.",
+            ),
+            (
+                "lag_steps",
+                "gauge",
+                "The job's furthest step minus this rank's last step.",
+            ),
+            (
+                "queue_depth",
+                "gauge",
+                "Micro-batches prefetched and waiting.",
+            ),
+            ("clients", "gauge", "Connected clients."),
+        ] {
+            let _ = writeln!(out, "# HELP flame_stream_{name} {help}");
+            let _ = writeln!(out, "# TYPE flame_stream_{name} {kind}");
+            for ((job, rank), s) in ranks.iter() {
+                let labels = format!("job=\"{job}\",rank=\"{rank}\"");
+                match name {
+                    "batches_total" => {
+                        let _ = writeln!(out, "flame_stream_{name}{{{labels}}} {}", s.batches);
+                    }
+                    "tokens_total" => {
+                        let _ = writeln!(out, "flame_stream_{name}{{{labels}}} {}", s.tokens);
+                    }
+                    "dataset_tokens_total" => {
+                        for (d, t) in s.tokens_per_dataset.iter().enumerate() {
+                            let _ = writeln!(
+                                out,
+                                "flame_stream_{name}{{{labels},dataset=\"{d}\"}} {t}"
+                            );
+                        }
+                    }
+                    "lag_steps" => {
+                        let _ = writeln!(
+                            out,
+                            "flame_stream_{name}{{{labels}}} {}",
+                            furthest[job.as_str()] - s.last_step
+                        );
+                    }
+                    "queue_depth" => {
+                        let _ = writeln!(out, "flame_stream_{name}{{{labels}}} {}", s.queue_depth);
+                    }
+                    _ => {
+                        let _ = writeln!(out, "flame_stream_{name}{{{labels}}} {}", s.clients);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// A small HTML page of jobs and ranks.
+    pub fn html(&self) -> String {
+        let ranks = self.ranks.lock().expect("not poisoned");
+        let furthest = Self::furthest_steps(&ranks);
+        let mut rows = String::new();
+        for ((job, rank), s) in ranks.iter() {
+            let _ = write!(
+                rows,
+                "<tr><td>{job}</td><td>{rank}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:?}</td><td>{}</td></tr>",
+                s.clients,
+                s.last_step,
+                furthest[job.as_str()] - s.last_step,
+                s.batches,
+                s.tokens_per_dataset,
+                s.queue_depth
+            );
+        }
+        format!(
+            "<!doctype html><title>flame-stream</title><h1>flame-stream</h1><p>{} connections</p>\
+             <table border=1><tr><th>job</th><th>rank</th><th>clients</th><th>last step</th><th>lag</th>\
+             <th>micro-batches</th><th>tokens per dataset</th><th>prefetched</th></tr>{rows}</table>",
+            self.connections.load(Ordering::Relaxed)
+        )
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/` on `addr` from a thread; returns the bound address.
+pub fn serve_http(addr: &str, metrics: std::sync::Arc<Metrics>) -> std::io::Result<SocketAddr> {
+    let server = tiny_http::Server::http(addr).map_err(std::io::Error::other)?;
+    let local = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| std::io::Error::other("not an IP listener"))?;
+    std::thread::spawn(move || {
+        for request in server.incoming_requests() {
+            let (status, body, kind) = match request.url() {
+                "/metrics" => (200, metrics.prometheus(), "text/plain; version=0.0.4"),
+                "/healthz" => (200, "ok\n".to_owned(), "text/plain"),
+                "/" => (200, metrics.html(), "text/html"),
+                _ => (404, "not found\n".to_owned(), "text/plain"),
+            };
+            let header =
+                tiny_http::Header::from_bytes("Content-Type", kind).expect("a valid header");
+            let _ = request.respond(
+                tiny_http::Response::from_string(body)
+                    .with_status_code(status)
+                    .with_header(header),
+            );
+        }
+    });
+    Ok(local)
+}
