@@ -143,7 +143,9 @@ impl Client {
     ) -> Result<Vec<WireSample>, ClientError> {
         let mut request = Vec::new();
         encode(&Message::Request { step, micro_step }, &mut request);
-        loop {
+        // A server that accepts, then drops the connection before answering, gets as many tries as a
+        // server that cannot be reached; then the last failure is returned.
+        for _ in 0..=self.retries {
             if self.conn.is_none() {
                 self.reconnect()?;
             }
@@ -164,6 +166,13 @@ impl Client {
                 Ok(None) | Err(_) => self.conn = None,
             }
         }
+        Err(ClientError::Unreachable {
+            endpoint: self.endpoint.to_string(),
+            reason: format!(
+                "the connection dropped {} times before a batch arrived",
+                self.retries + 1
+            ),
+        })
     }
 }
 

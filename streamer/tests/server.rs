@@ -350,3 +350,34 @@ fn metrics_count_batches_tokens_per_dataset_lag_and_clients() {
         "{not_found}"
     );
 }
+
+#[test]
+fn a_server_that_keeps_dropping_the_connection_is_given_up_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = job(dir.path());
+    let socket = dir.path().join("dropper.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    // Welcomes every client, reads its request, and hangs up without an answer.
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let mut welcome = Vec::new();
+            flame_streamer::protocol::encode(
+                &Message::Welcome {
+                    version: flame_streamer::protocol::VERSION,
+                    fingerprint: "x".into(),
+                    seq_len: 64,
+                    micro_steps: 4,
+                },
+                &mut welcome,
+            );
+            let _ = conn.write_all(&welcome);
+            let _ = conn.read(&mut buf);
+        }
+    });
+    let mut client = Client::connect(Endpoint::Unix(socket), &spec, 0, 1, None, 2).unwrap();
+    let err = client.micro_batch(0, 0).unwrap_err();
+    assert!(matches!(err, ClientError::Unreachable { .. }), "{err}");
+    assert!(err.to_string().contains("dropped 3 times"), "{err}");
+}
