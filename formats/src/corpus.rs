@@ -63,7 +63,9 @@ impl Corpus {
                 .collect::<Result<Vec<_>>>()?;
             return Self::from_shards(root, Some(manifest), shards);
         }
-        let prefixes = if path.is_dir() {
+        // A Megatron prefix wins over a directory of the same name: Megatron keeps its index cache in
+        // `PREFIX/cache/GPTDataset_indices/` by default.
+        let prefixes = if path.is_dir() && !idx_path(&normalize_prefix(path)).is_file() {
             let all = discover_prefixes(path)?;
             // A packed pair shows up as PREFIX and PREFIX_cu_seqlens; the second is part of the first.
             let companions: Vec<PathBuf> = all.iter().map(|p| cu_seqlens_prefix(p)).collect();

@@ -152,3 +152,19 @@ fn packing_must_match_the_format() {
     ));
     assert!(!dir.path().join("manifest.json").exists());
 }
+
+#[test]
+fn a_megatron_prefix_beside_its_cache_directory_opens_as_the_prefix() {
+    // Megatron keeps its index cache in PREFIX/cache/GPTDataset_indices/ by default.
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("corpus_text_document");
+    write_docs(
+        &prefix,
+        TokenDtype::Uint16,
+        false,
+        &[vec![(vec![7, 8, 9], 0)]],
+    );
+    std::fs::create_dir_all(prefix.join("cache/GPTDataset_indices")).unwrap();
+    let corpus = Corpus::open(&prefix).unwrap();
+    assert_eq!(corpus.sequence(0).unwrap().to_i64_vec(), [7, 8, 9]);
+}

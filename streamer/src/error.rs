@@ -32,6 +32,14 @@ pub enum Error {
         /// The window size.
         seq_len: u32,
     },
+    /// A dataset that cannot be planned as the job asks.
+    #[error("dataset {path:?}: {reason}")]
+    Plan {
+        /// As given in the spec.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// A spec value this version does not serve yet.
     #[error("{0}")]
     Unsupported(String),

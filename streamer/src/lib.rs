@@ -3,15 +3,16 @@
 //! The stream is pure functions of a job spec and a sample index: [`spec`] (the TOML job spec and its
 //! fingerprint), [`source`] (datasets as documents, Megatron's train/valid/test split), [`epoch`]
 //! (per-epoch document shuffle in O(1) memory, packing into windows, `cu_seqlens`), [`mix`] (per-token
-//! mixing, within one window of the weights in every global batch) and [`stream`] (global sample `k`, and
-//! each rank's slice of a step). [`protocol`] is the wire format, [`server`] serves it over TCP and Unix
+//! mixing, within one window of the weights in every global batch), [`megatron`] (megatron-core's sample
+//! order, bit for bit) and [`stream`] (global sample `k`, and each rank's slice of a step). [`protocol`] is the wire format, [`server`] serves it over TCP and Unix
 //! sockets with per-client prefetch, [`metrics`] exposes what was served, and [`client`] is the Rust
-//! client. Shared-memory transport and the Megatron order are still to come (issue #4).
+//! client. The shared-memory transport is still to come (issue #4).
 #![warn(missing_docs)]
 
 pub mod client;
 pub mod epoch;
 pub mod error;
+pub mod megatron;
 pub mod metrics;
 pub mod mix;
 pub mod protocol;

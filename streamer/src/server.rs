@@ -230,7 +230,7 @@ fn session(shared: &Shared, conn: &mut Box<dyn Connection>) -> Result<(), String
         &Message::Welcome {
             version: VERSION,
             fingerprint: stream.spec().fingerprint(),
-            seq_len: stream.spec().seq_len,
+            seq_len: stream.tokens_per_sample(),
             micro_steps: g / per_micro_step,
         },
         &mut out,

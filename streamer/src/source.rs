@@ -2,7 +2,7 @@
 //!
 //! A flame-prep output or a Megatron prefix is a [`flame_formats::Corpus`]; each of its sequences is a
 //! document (flame-prep writes one sequence per document). [`SplitView`] restricts a dataset to the
-//! train, valid or test range of Megatron's split string.
+//! train, valid or test range of Megatron's split string, cut as megatron-core cuts it.
 
 use std::ops::Range;
 
@@ -131,33 +131,27 @@ impl<D> std::fmt::Debug for SplitView<D> {
 }
 
 impl<D: Documents> SplitView<D> {
-    /// The split `index` (0 train, 1 valid, 2 test) of `inner` for `shares` (normalised, as Megatron's
-    /// `get_split_indices`: rounded cumulative sizes, the rounding excess taken off every boundary).
-    pub fn new(inner: D, shares: [f64; 3], index: usize) -> Self {
-        let bounds = split_bounds(inner.num_documents(), shares);
-        Self {
-            inner,
-            range: bounds[index]..bounds[index + 1],
-        }
+    /// The split `index` (0 train, 1 valid, 2 test) of `inner` for Megatron's split string `split`
+    /// (`None`: everything is train), with megatron-core's rounding
+    /// ([`split_range`](crate::megatron::split_range)), so both orders cut datasets as Megatron does.
+    ///
+    /// # Errors
+    /// A split string that does not parse.
+    pub fn new(inner: D, split: Option<&str>, index: usize) -> Result<Self, String> {
+        let matrix = crate::megatron::split_matrix(split.unwrap_or("1"))?;
+        let range = crate::megatron::split_range(matrix[index], inner.num_documents());
+        Ok(Self { inner, range })
     }
-}
 
-/// Megatron's split boundaries for `n` documents.
-#[allow(
-    clippy::cast_precision_loss,
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss
-)]
-pub fn split_bounds(n: u64, shares: [f64; 3]) -> [u64; 4] {
-    let mut bounds = [0i64; 4];
-    for i in 0..3 {
-        bounds[i + 1] = bounds[i] + (shares[i] * n as f64).round() as i64;
+    /// Documents `range` of `inner`.
+    pub fn with_range(inner: D, range: Range<u64>) -> Self {
+        Self { inner, range }
     }
-    let excess = bounds[3] - i64::try_from(n).unwrap_or(i64::MAX);
-    for b in &mut bounds[1..] {
-        *b -= excess;
+
+    /// The range of `inner` this view shows.
+    pub fn range(&self) -> Range<u64> {
+        self.range.clone()
     }
-    bounds.map(|b| b.clamp(0, i64::try_from(n).unwrap_or(i64::MAX)) as u64)
 }
 
 impl<D: Documents> Documents for SplitView<D> {
@@ -179,15 +173,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn split_bounds_cover_every_document_once() {
-        assert_eq!(
-            split_bounds(1000, [0.969, 0.03, 0.001]),
-            [0, 969, 999, 1000]
-        );
-        assert_eq!(split_bounds(10, [1.0, 0.0, 0.0]), [0, 10, 10, 10]);
-        assert_eq!(split_bounds(3, [1.0 / 3.0; 3]), [0, 1, 2, 3]);
-        let view = SplitView::new(vec![vec![1], vec![2, 2], vec![3, 3, 3]], [1.0 / 3.0; 3], 2);
-        assert_eq!(view.num_documents(), 1);
-        assert_eq!(view.document_len(0), 3);
+    fn split_views_cut_megatron_core_ranges() {
+        let docs = || (1..=10u32).map(|n| vec![n; n as usize]).collect::<Vec<_>>();
+        let view = SplitView::new(docs(), Some("8,1,1"), 0).unwrap();
+        assert_eq!(view.range(), 0..8);
+        let view = SplitView::new(docs(), Some("8,1,1"), 2).unwrap();
+        assert_eq!((view.num_documents(), view.document_len(0)), (1, 10));
+        assert_eq!(SplitView::new(docs(), None, 1).unwrap().num_documents(), 0);
+        assert!(SplitView::new(docs(), Some("1,2,3,4"), 0).is_err());
     }
 }

@@ -165,14 +165,21 @@ impl JobSpec {
         if let Some(split) = &self.split {
             parse_split(split)?;
         }
+        if self.order == Order::Megatron {
+            if self.num_samples.is_none() {
+                return invalid(
+                    "order = \"megatron\" needs num_samples (Megatron sizes its indices by the samples it trains on)"
+                        .into(),
+                );
+            }
+            if u32::try_from(self.seed).is_err() {
+                return invalid(format!(
+                    "order = \"megatron\": seed {} must fit in 32 bits (numpy's RandomState)",
+                    self.seed
+                ));
+            }
+        }
         Ok(())
-    }
-
-    /// The shares of train, valid and test (summing to 1); `[1, 0, 0]` without a split string.
-    pub fn split_shares(&self) -> [f64; 3] {
-        self.split
-            .as_deref()
-            .map_or([1.0, 0.0, 0.0], |s| parse_split(s).expect("validated"))
     }
 
     /// Which of the three splits this job reads.
@@ -192,6 +199,7 @@ impl JobSpec {
 }
 
 /// Megatron's split string: up to three non-negative numbers, comma or slash separated, normalised.
+/// (Checks the string; the ranges are cut by [`crate::megatron::split_matrix`].)
 fn parse_split(text: &str) -> Result<[f64; 3], SpecError> {
     let parts: Vec<&str> = text.split([',', '/']).map(str::trim).collect();
     let mut shares = [0.0; 3];

@@ -3,21 +3,25 @@
 //! Sample `k` belongs to global batch `k / G` (`G` = `global_batch_size`). [`Mixer`] says which dataset
 //! and which of that dataset's windows it is; the dataset-local window index runs through the dataset's
 //! epochs (`epoch = j / windows_per_epoch`), each wrapping around independently; [`EpochPlan`] turns
-//! (epoch, window) into pieces of documents and `cu_seqlens`.
+//! (epoch, window) into pieces of documents and `cu_seqlens`. With `order = "megatron"`,
+//! [`MegatronOrder`] says instead which dataset and which of its GPTDataset samples `k` is, as
+//! megatron-core's BlendedDataset does.
 //!
 //! Rank `r` of `W` at step `s`, micro-step `m` reads samples
 //! `s·G + m·(B·W) + r·B .. + B` (`B` = `micro_batch_size`): the union over ranks of a step is the same
 //! global batch for every `W`, so a checkpoint is the job's fingerprint plus the samples consumed, and a
-//! job restarted on another number of ranks continues the same stream.
+//! job restarted on another number of ranks continues the same stream. This is also how Megatron's
+//! `MegatronPretrainingSampler` slices its global order.
 
 use flame_formats::Corpus;
 use flame_formats::permutation::splitmix64;
 
 use crate::epoch::{EpochPlan, cu_seqlens};
 use crate::error::{Error, Result};
+use crate::megatron::MegatronOrder;
 use crate::mix::Mixer;
 use crate::source::{Documents, SplitView};
-use crate::spec::{JobSpec, Order};
+use crate::spec::{JobSpec, Order, SpecError};
 
 /// One sample: a window of `seq_len` tokens from one dataset.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,7 +30,7 @@ pub struct Sample {
     pub index: u64,
     /// Index of its dataset in the job.
     pub dataset: usize,
-    /// The tokens, exactly `seq_len` of them.
+    /// The tokens: `seq_len` of them (`seq_len + 1` in Megatron's order).
     pub tokens: Vec<u32>,
     /// Sequence boundaries inside the window (`[0, seq_len]` when `varlen` is off).
     pub cu_seqlens: Vec<u32>,
@@ -35,15 +39,27 @@ pub struct Sample {
 /// A job's datasets, packing and mixing.
 pub struct Stream {
     spec: JobSpec,
-    plans: Vec<EpochPlan<Box<dyn Documents>>>,
-    mixer: Mixer,
+    order: Planned,
+}
+
+/// The plan of one of the two orders.
+enum Planned {
+    Flame {
+        plans: Vec<EpochPlan<Box<dyn Documents>>>,
+        mixer: Mixer,
+    },
+    Megatron {
+        order: MegatronOrder,
+        documents: Vec<Box<dyn Documents>>,
+        lengths: Vec<Vec<u32>>,
+    },
 }
 
 impl std::fmt::Debug for Stream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Stream")
             .field("fingerprint", &self.spec.fingerprint())
-            .field("plans", &self.plans)
+            .field("order", &self.spec.order)
             .finish_non_exhaustive()
     }
 }
@@ -55,31 +71,33 @@ impl Stream {
         let mut documents: Vec<Box<dyn Documents>> = Vec::new();
         for d in &spec.datasets {
             let corpus = Corpus::open(&d.path).map_err(|e| Error::dataset(&d.path, e))?;
-            documents.push(Box::new(SplitView::new(
-                corpus,
-                spec.split_shares(),
-                spec.split_index(),
-            )));
+            let view = SplitView::new(corpus, spec.split.as_deref(), spec.split_index())
+                .map_err(|e| Error::Spec(SpecError::Invalid(e)))?;
+            documents.push(Box::new(view));
         }
         Self::from_documents(spec, documents)
     }
 
-    /// Plans the stream over datasets already open, one per entry of `spec.datasets`, in that order.
+    /// Plans the stream over datasets already open (and already cut to the job's split), one per entry
+    /// of `spec.datasets`, in that order.
     ///
     /// # Panics
     /// If the counts differ.
     pub fn from_documents(spec: JobSpec, documents: Vec<Box<dyn Documents>>) -> Result<Self> {
         spec.validate()?;
-        if spec.order != Order::Flame {
-            return Err(Error::Unsupported(
-                "order = \"megatron\" is not served yet; use order = \"flame\"".into(),
-            ));
-        }
         assert_eq!(
             documents.len(),
             spec.datasets.len(),
             "one set of documents per dataset"
         );
+        let order = match spec.order {
+            Order::Flame => Self::plan_flame(&spec, documents)?,
+            Order::Megatron => Self::plan_megatron(&spec, documents)?,
+        };
+        Ok(Self { spec, order })
+    }
+
+    fn plan_flame(spec: &JobSpec, documents: Vec<Box<dyn Documents>>) -> Result<Planned> {
         let plans: Vec<_> = documents
             .into_iter()
             .enumerate()
@@ -102,7 +120,51 @@ impl Stream {
         }
         let weights: Vec<f64> = spec.datasets.iter().map(|d| d.weight).collect();
         let mixer = Mixer::new(&weights, spec.global_batch_size, spec.seed);
-        Ok(Self { spec, plans, mixer })
+        Ok(Planned::Flame { plans, mixer })
+    }
+
+    fn plan_megatron(spec: &JobSpec, documents: Vec<Box<dyn Documents>>) -> Result<Planned> {
+        let lengths: Vec<Vec<u32>> = documents
+            .iter()
+            .zip(&spec.datasets)
+            .map(|(docs, d)| {
+                (0..docs.num_documents())
+                    .map(|i| {
+                        u32::try_from(docs.document_len(i)).map_err(|_| Error::Plan {
+                            path: d.path.clone(),
+                            reason: format!("document {i} is longer than int32"),
+                        })
+                    })
+                    .collect()
+            })
+            .collect::<Result<_>>()?;
+        let weights: Vec<f64> = spec.datasets.iter().map(|d| d.weight).collect();
+        let order = MegatronOrder::build(
+            &lengths,
+            &weights,
+            spec.num_samples.expect("validated"),
+            u64::from(spec.seq_len),
+            u32::try_from(spec.seed).expect("validated"),
+        )
+        .map_err(|(i, reason)| {
+            let path = spec.datasets[i].path.clone();
+            if documents[i].num_documents() == 0 || lengths[i].iter().all(|&l| l == 0) {
+                Error::TooSmall {
+                    path,
+                    split: spec.split_name.clone(),
+                    documents: documents[i].num_documents(),
+                    tokens: 0,
+                    seq_len: spec.seq_len,
+                }
+            } else {
+                Error::Plan { path, reason }
+            }
+        })?;
+        Ok(Planned::Megatron {
+            order,
+            documents,
+            lengths,
+        })
     }
 
     /// The job spec.
@@ -110,12 +172,24 @@ impl Stream {
         &self.spec
     }
 
-    /// Windows per epoch of each dataset.
+    /// Tokens in every sample: `seq_len`, or `seq_len + 1` in Megatron's order (inputs are the first
+    /// `seq_len`, labels the last `seq_len`).
+    pub fn tokens_per_sample(&self) -> u32 {
+        match self.order {
+            Planned::Flame { .. } => self.spec.seq_len,
+            Planned::Megatron { .. } => self.spec.seq_len + 1,
+        }
+    }
+
+    /// Samples in one epoch of each dataset (flame's order), or the samples each dataset's index holds
+    /// (Megatron's).
     pub fn windows_per_epoch(&self) -> Vec<u64> {
-        self.plans
-            .iter()
-            .map(EpochPlan::windows_per_epoch)
-            .collect()
+        match &self.order {
+            Planned::Flame { plans, .. } => {
+                plans.iter().map(EpochPlan::windows_per_epoch).collect()
+            }
+            Planned::Megatron { order, .. } => order.samples_per_dataset(),
+        }
     }
 
     /// Global sample `k`.
@@ -128,24 +202,41 @@ impl Stream {
                 num_samples,
             });
         }
-        let draw = self.mixer.draw(k);
-        let plan = &self.plans[draw.dataset];
-        let per_epoch = plan.windows_per_epoch();
-        let pieces = plan.window(draw.window / per_epoch, draw.window % per_epoch);
-        let mut tokens = Vec::with_capacity(self.spec.seq_len as usize);
+        let (dataset, pieces, documents) = match &self.order {
+            Planned::Flame { plans, mixer } => {
+                let draw = mixer.draw(k);
+                let plan = &plans[draw.dataset];
+                let per_epoch = plan.windows_per_epoch();
+                let pieces = plan.window(draw.window / per_epoch, draw.window % per_epoch);
+                (draw.dataset, pieces, plan.documents())
+            }
+            Planned::Megatron {
+                order,
+                documents,
+                lengths,
+            } => {
+                let (d, j) = order.locate(k);
+                (d, order.pieces(d, j, &lengths[d]), &documents[d])
+            }
+        };
+        let mut tokens = Vec::with_capacity(self.tokens_per_sample() as usize);
         for piece in &pieces {
-            plan.documents()
+            documents
                 .read(piece.document, piece.tokens.clone(), &mut tokens)
-                .map_err(|e| Error::dataset(&self.spec.datasets[draw.dataset].path, e))?;
+                .map_err(|e| Error::dataset(&self.spec.datasets[dataset].path, e))?;
         }
         let cu_seqlens = if self.spec.varlen {
-            cu_seqlens(&pieces, u64::from(self.spec.context_len()))
+            let mut cu = cu_seqlens(&pieces, u64::from(self.spec.context_len()));
+            // Megatron's extra label token is not an input position.
+            cu.retain(|&c| c < self.spec.seq_len);
+            cu.push(self.spec.seq_len);
+            cu
         } else {
             vec![0, self.spec.seq_len]
         };
         Ok(Sample {
             index: k,
-            dataset: draw.dataset,
+            dataset,
             tokens,
             cu_seqlens,
         })

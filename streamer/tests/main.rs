@@ -1,6 +1,7 @@
 //! Integration tests of flame-stream: the stream's invariants and the server seen by clients.
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)] // a failed unwrap is a failed test
 
+mod megatron;
 mod python;
 mod server;
 mod stream;

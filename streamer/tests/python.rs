@@ -8,14 +8,14 @@ use flame_streamer::stream::Stream;
 
 use crate::server::{job, start};
 
-fn repo_root() -> PathBuf {
+pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
         .to_path_buf()
 }
 
-fn python() -> PathBuf {
+pub fn python() -> PathBuf {
     let output = Command::new("bash")
         .arg(repo_root().join("tools/setup-python.sh"))
         .output()
