@@ -1,6 +1,10 @@
 //! The Rust client: connect, say `Hello`, ask for micro-batches. It reconnects with backoff when the
 //! connection drops (a server restart included) and asks again for the batch it was waiting for, which a
 //! restarted server serves identically.
+//!
+//! On a Unix socket, [`Client::open_shared_memory`] switches the connection to a shared-memory ring
+//! ([`crate::shm`]): [`Client::micro_batch_in_place`] then returns the batch where the server wrote it,
+//! without a copy, valid until the next call (which gives the slot back).
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -9,6 +13,7 @@ use std::time::Duration;
 
 use crate::protocol::{Limits, Message, VERSION, WireSample, encode};
 use crate::server::{Connection, Endpoint, read_message};
+use crate::shm::{RingMap, SlotBatch, recv_with_fd};
 use crate::spec::JobSpec;
 
 /// A client error.
@@ -33,6 +38,9 @@ pub struct Client {
     hello: Vec<u8>,
     conn: Option<(Box<dyn Connection>, Vec<u8>)>,
     retries: u32,
+    shm_slots: Option<u32>,
+    ring: Option<RingMap>,
+    held: Option<u32>,
     /// The job's fingerprint, from the server.
     pub fingerprint: String,
     /// Micro-steps per step for this world size.
@@ -75,6 +83,9 @@ impl Client {
             hello,
             conn: None,
             retries,
+            shm_slots: None,
+            ring: None,
+            held: None,
             fingerprint: String::new(),
             micro_steps: 0,
         };
@@ -124,6 +135,11 @@ impl Client {
             })) => {
                 self.fingerprint = fingerprint;
                 self.micro_steps = micro_steps;
+                self.ring = None;
+                self.held = None;
+                if let Some(slots) = self.shm_slots {
+                    self.ring = Some(open_ring(conn.as_mut(), &mut buf, slots)?);
+                }
                 self.conn = Some((conn, buf));
                 Ok(())
             }
@@ -135,33 +151,110 @@ impl Client {
         }
     }
 
+    /// Switches this connection (and every reconnection) to a shared-memory ring of `slots` slots.
+    ///
+    /// # Errors
+    /// Over TCP (shared memory is for the server's host), or when the server refuses.
+    pub fn open_shared_memory(&mut self, slots: u32) -> Result<(), ClientError> {
+        if !matches!(self.endpoint, Endpoint::Unix(_)) {
+            return Err(ClientError::Refused(format!(
+                "{}: shared memory needs a unix:// endpoint",
+                self.endpoint
+            )));
+        }
+        self.shm_slots = Some(slots);
+        let (conn, buf) = self.conn.as_mut().expect("connected");
+        match open_ring(conn.as_mut(), buf, slots) {
+            Ok(ring) => {
+                self.ring = Some(ring);
+                Ok(())
+            }
+            Err(Handshake::Refused(m) | Handshake::Io(m)) => Err(ClientError::Refused(m)),
+        }
+    }
+
     /// This rank's samples at (`step`, `micro_step`); reconnects and asks again if the connection drops.
     pub fn micro_batch(
         &mut self,
         step: u64,
         micro_step: u64,
     ) -> Result<Vec<WireSample>, ClientError> {
-        let mut request = Vec::new();
-        encode(&Message::Request { step, micro_step }, &mut request);
+        if self.shm_slots.is_some() {
+            let batch = self.micro_batch_in_place(step, micro_step)?;
+            return Ok((0..batch.len())
+                .map(|i| WireSample {
+                    dataset: batch.dataset(i),
+                    index: batch.index(i),
+                    cu_seqlens: batch.cu_seqlens(i).to_vec(),
+                    tokens: batch.sample_tokens(i).to_vec(),
+                })
+                .collect());
+        }
+        match self.exchange(step, micro_step)? {
+            Message::Batch { samples, .. } => Ok(samples),
+            other => Err(ClientError::Refused(format!(
+                "expected Batch, got {}",
+                other.kind()
+            ))),
+        }
+    }
+
+    /// This rank's samples at (`step`, `micro_step`) in the shared-memory ring, read in place; valid until
+    /// the next call, which releases the slot.
+    ///
+    /// # Errors
+    /// Without [`Client::open_shared_memory`], and as [`Client::micro_batch`].
+    pub fn micro_batch_in_place(
+        &mut self,
+        step: u64,
+        micro_step: u64,
+    ) -> Result<SlotBatch<'_>, ClientError> {
+        if self.shm_slots.is_none() {
+            return Err(ClientError::Refused(
+                "no shared-memory ring: call open_shared_memory first".into(),
+            ));
+        }
+        match self.exchange(step, micro_step)? {
+            Message::Slot {
+                step: s,
+                micro_step: m,
+                slot,
+                bytes,
+            } if (s, m) == (step, micro_step) => {
+                self.held = Some(slot);
+                let ring = self
+                    .ring
+                    .as_ref()
+                    .expect("a ring comes with every connection");
+                ring.slot(slot, bytes).map_err(ClientError::Refused)
+            }
+            other => Err(ClientError::Refused(format!(
+                "expected the Slot of ({step}, {micro_step}), got {other:?}"
+            ))),
+        }
+    }
+
+    /// Sends a request (after giving back the slot held, if any) and returns the answer.
+    fn exchange(&mut self, step: u64, micro_step: u64) -> Result<Message, ClientError> {
         // A server that accepts, then drops the connection before answering, gets as many tries as a
         // server that cannot be reached; then the last failure is returned.
         for _ in 0..=self.retries {
             if self.conn.is_none() {
                 self.reconnect()?;
             }
+            let mut request = Vec::new();
+            if let Some(slot) = self.held.take() {
+                encode(&Message::Release { slot }, &mut request);
+            }
+            encode(&Message::Request { step, micro_step }, &mut request);
             let (conn, buf) = self.conn.as_mut().expect("connected");
             let answer = conn
                 .write_all(&request)
                 .map_err(|e| e.to_string())
                 .and_then(|()| read_message(conn.as_mut(), buf, Limits::SERVER_FRAMES));
             match answer {
-                Ok(Some(Message::Batch { samples, .. })) => return Ok(samples),
                 Ok(Some(Message::Error { message })) => return Err(ClientError::Refused(message)),
-                Ok(Some(other)) => {
-                    return Err(ClientError::Refused(format!(
-                        "expected Batch, got {other:?}"
-                    )));
-                }
+                Ok(Some(message)) => return Ok(message),
                 // The connection dropped: reconnect and ask again.
                 Ok(None) | Err(_) => self.conn = None,
             }
@@ -173,6 +266,51 @@ impl Client {
                 self.retries + 1
             ),
         })
+    }
+}
+
+/// Asks for a ring on `conn` and maps it: `ShmOpen`, then `ShmReady` with the descriptor.
+fn open_ring(
+    conn: &mut dyn Connection,
+    buf: &mut Vec<u8>,
+    slots: u32,
+) -> Result<RingMap, Handshake> {
+    let io = |e: std::io::Error| Handshake::Io(e.to_string());
+    let mut frame = Vec::new();
+    encode(&Message::ShmOpen { slots }, &mut frame);
+    conn.write_all(&frame).map_err(io)?;
+    let socket = conn
+        .as_unix()
+        .ok_or_else(|| Handshake::Refused("shared memory needs a Unix socket".into()))?;
+    let mut fd = None;
+    loop {
+        match crate::protocol::decode(buf, Limits::SERVER_FRAMES) {
+            Ok(Some((message, used))) => {
+                buf.drain(..used);
+                return match (message, fd) {
+                    (Message::ShmReady { slots, slot_bytes }, Some(fd)) => {
+                        RingMap::open(fd, slots, slot_bytes).map_err(io)
+                    }
+                    (Message::ShmReady { .. }, None) => Err(Handshake::Refused(
+                        "ShmReady came without the ring's descriptor".into(),
+                    )),
+                    (Message::Error { message }, _) => Err(Handshake::Refused(message)),
+                    (other, _) => Err(Handshake::Refused(format!(
+                        "expected ShmReady, got {}",
+                        other.kind()
+                    ))),
+                };
+            }
+            Ok(None) => {}
+            Err(e) => return Err(Handshake::Refused(e.to_string())),
+        }
+        let (n, received) = recv_with_fd(socket, buf).map_err(io)?;
+        if n == 0 {
+            return Err(Handshake::Io("connection closed before ShmReady".into()));
+        }
+        if received.is_some() {
+            fd = received;
+        }
     }
 }
 

@@ -5,8 +5,8 @@
 //! (per-epoch document shuffle in O(1) memory, packing into windows, `cu_seqlens`), [`mix`] (per-token
 //! mixing, within one window of the weights in every global batch), [`megatron`] (megatron-core's sample
 //! order, bit for bit) and [`stream`] (global sample `k`, and each rank's slice of a step). [`protocol`] is the wire format, [`server`] serves it over TCP and Unix
-//! sockets with per-client prefetch, [`metrics`] exposes what was served, and [`client`] is the Rust
-//! client. The shared-memory transport is still to come (issue #4).
+//! sockets with per-client prefetch and [`shm`] rings for clients on the same host, [`metrics`] exposes
+//! what was served, and [`client`] is the Rust client.
 #![warn(missing_docs)]
 
 pub mod client;
@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod mix;
 pub mod protocol;
 pub mod server;
+pub mod shm;
 pub mod source;
 pub mod spec;
 pub mod stream;

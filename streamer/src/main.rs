@@ -65,6 +65,9 @@ enum Command {
         /// Print a SHA-256 per sample instead of its tokens.
         #[arg(long)]
         hash: bool,
+        /// Receive batches through a shared-memory ring of this many slots (unix:// endpoints).
+        #[arg(long)]
+        shared_memory: Option<u32>,
         /// Shared token.
         #[arg(long, env = "FLAME_STREAM_TOKEN")]
         token: Option<String>,
@@ -122,6 +125,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             start_step,
             steps,
             hash,
+            shared_memory,
             token,
         } => {
             let text = std::fs::read_to_string(&job)
@@ -130,6 +134,9 @@ fn run(command: Command) -> anyhow::Result<()> {
                 JobSpec::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", job.display()))?;
             let mut client =
                 Client::connect(endpoint, &spec, rank, world_size, token.as_deref(), 8)?;
+            if let Some(slots) = shared_memory {
+                client.open_shared_memory(slots)?;
+            }
             let mut stdout = std::io::stdout().lock();
             for step in start_step..start_step + steps {
                 for micro_step in 0..u64::from(client.micro_steps) {

@@ -7,7 +7,7 @@
 //! `../shared/notes/megatron.md` §3 and its executable spec `megatron_ref.py`; the test
 //! `streamer/tests/megatron.rs` holds it to the real megatron-core (`tools/interop/megatron_order_oracle.py`).
 //!
-//! - [`split_ranges`]: the split string becomes per-dataset sequence ranges (bookends rounded half to
+//! - [`split_matrix`] and [`split_range`]: the split string becomes per-dataset sequence ranges (bookends rounded half to
 //!   even, as Python's `round`).
 //! - [`GptIndex`]: one dataset's document index (its sequences repeated for as many epochs as the samples
 //!   need, shuffled by numpy's legacy MT19937 `RandomState(seed)`, the final epoch apart when it is short),

@@ -10,6 +10,10 @@
 //! | 3 | `Request` (client) | step `u64`, micro-step `u64` |
 //! | 4 | `Batch` (server) | step `u64`, micro-step `u64`, samples `u32`, then per sample: dataset `u32`, index `u64`, `cu_seqlens` count `u32` and values `u32`, tokens count `u32` and values `u32` |
 //! | 5 | `Error` (server) | message string; the server closes the connection after it |
+//! | 6 | `ShmOpen` (client, Unix socket only) | slots `u32`: asks for a shared-memory ring of that many slots |
+//! | 7 | `ShmReady` (server) | slots `u32`, slot bytes `u64`; the ring's file descriptor travels with this frame (`SCM_RIGHTS`) |
+//! | 8 | `Slot` (server) | step `u64`, micro-step `u64`, slot `u32`, bytes `u64`: the answer to a `Request` once a ring is open; the batch is in that slot ([`crate::shm`] has its layout) |
+//! | 9 | `Release` (client) | slot `u32`: the client no longer reads that slot; the server may write it again |
 //!
 //! [`decode`] is sans-IO: it takes the bytes received so far and returns a message and how many bytes
 //! it used, `None` when more are needed, or an error. Every length is checked against [`Limits`] before
@@ -97,6 +101,51 @@ pub enum Message {
         /// Why.
         message: String,
     },
+    /// Asks for a shared-memory ring (Unix sockets only).
+    ShmOpen {
+        /// Slots in the ring: batches the client may hold at once.
+        slots: u32,
+    },
+    /// The ring is ready; its file descriptor came with this frame.
+    ShmReady {
+        /// Slots in the ring.
+        slots: u32,
+        /// Bytes per slot.
+        slot_bytes: u64,
+    },
+    /// The requested micro-batch is in a slot of the ring.
+    Slot {
+        /// Optimizer step.
+        step: u64,
+        /// Micro-step inside it.
+        micro_step: u64,
+        /// Which slot.
+        slot: u32,
+        /// Bytes of the slot in use.
+        bytes: u64,
+    },
+    /// The client is done with a slot.
+    Release {
+        /// Which slot.
+        slot: u32,
+    },
+}
+
+impl Message {
+    /// The message's name, as in the table above.
+    pub fn kind(&self) -> &'static str {
+        kind_name(match self {
+            Self::Hello { .. } => 1,
+            Self::Welcome { .. } => 2,
+            Self::Request { .. } => 3,
+            Self::Batch { .. } => 4,
+            Self::Error { .. } => 5,
+            Self::ShmOpen { .. } => 6,
+            Self::ShmReady { .. } => 7,
+            Self::Slot { .. } => 8,
+            Self::Release { .. } => 9,
+        })
+    }
 }
 
 /// A frame that breaks the protocol.
@@ -194,6 +243,18 @@ pub fn decode(buf: &[u8], limits: Limits) -> Result<Option<(Message, usize)>, Pr
         5 => Message::Error {
             message: r.string()?,
         },
+        6 => Message::ShmOpen { slots: r.u32()? },
+        7 => Message::ShmReady {
+            slots: r.u32()?,
+            slot_bytes: r.u64()?,
+        },
+        8 => Message::Slot {
+            step: r.u64()?,
+            micro_step: r.u64()?,
+            slot: r.u32()?,
+            bytes: r.u64()?,
+        },
+        9 => Message::Release { slot: r.u32()? },
         other => {
             return Err(ProtocolError::Malformed {
                 kind: "unknown",
@@ -264,6 +325,31 @@ pub fn encode(message: &Message, out: &mut Vec<u8>) {
             out.push(5);
             put_bytes(out, message.as_bytes());
         }
+        Message::ShmOpen { slots } => {
+            out.push(6);
+            out.extend_from_slice(&slots.to_le_bytes());
+        }
+        Message::ShmReady { slots, slot_bytes } => {
+            out.push(7);
+            out.extend_from_slice(&slots.to_le_bytes());
+            out.extend_from_slice(&slot_bytes.to_le_bytes());
+        }
+        Message::Slot {
+            step,
+            micro_step,
+            slot,
+            bytes,
+        } => {
+            out.push(8);
+            out.extend_from_slice(&step.to_le_bytes());
+            out.extend_from_slice(&micro_step.to_le_bytes());
+            out.extend_from_slice(&slot.to_le_bytes());
+            out.extend_from_slice(&bytes.to_le_bytes());
+        }
+        Message::Release { slot } => {
+            out.push(9);
+            out.extend_from_slice(&slot.to_le_bytes());
+        }
     }
     let len = u32::try_from(out.len() - start - 4).expect("frames are below 4 GiB");
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
@@ -288,6 +374,10 @@ fn kind_name(kind: u8) -> &'static str {
         3 => "Request",
         4 => "Batch",
         5 => "Error",
+        6 => "ShmOpen",
+        7 => "ShmReady",
+        8 => "Slot",
+        9 => "Release",
         _ => "unknown",
     }
 }
@@ -392,6 +482,18 @@ mod tests {
             Message::Error {
                 message: "no".into(),
             },
+            Message::ShmOpen { slots: 4 },
+            Message::ShmReady {
+                slots: 4,
+                slot_bytes: 1 << 20,
+            },
+            Message::Slot {
+                step: 3,
+                micro_step: 1,
+                slot: 2,
+                bytes: 4096,
+            },
+            Message::Release { slot: 2 },
         ]
     }
 

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::metrics::{Metrics, serve_http};
 use crate::protocol::{Limits, Message, VERSION, WireSample, decode, encode};
+use crate::shm::{self, MAX_SLOTS, Ring};
 use crate::spec::JobSpec;
 use crate::stream::Stream;
 
@@ -53,9 +54,18 @@ impl std::fmt::Display for Endpoint {
 }
 
 /// A byte stream to a peer.
-pub trait Connection: Read + Write + Send {}
+pub trait Connection: Read + Write + Send {
+    /// The Unix socket underneath, which can carry file descriptors (shared memory).
+    fn as_unix(&self) -> Option<&UnixStream> {
+        None
+    }
+}
 impl Connection for TcpStream {}
-impl Connection for UnixStream {}
+impl Connection for UnixStream {
+    fn as_unix(&self) -> Option<&UnixStream> {
+        Some(self)
+    }
+}
 
 /// Server settings.
 #[derive(Clone, Debug)]
@@ -198,13 +208,100 @@ pub(crate) fn read_message(
 /// One client: `Hello`, then requests until it hangs up. An `Err` is sent back as an `Error` frame.
 fn session(shared: &Shared, conn: &mut Box<dyn Connection>) -> Result<(), String> {
     let mut buf = Vec::new();
+    let (stream, rank, world_size) = welcome(shared, conn, &mut buf)?;
+    let g = stream.spec().global_batch_size;
+    let per_micro_step = stream.spec().micro_batch_size * world_size.max(1);
+    let fingerprint = stream.spec().fingerprint();
+    let _client = ClientSeen::new(&shared.metrics, &fingerprint, rank);
+    let micro_steps = u64::from(g / per_micro_step);
+    let mut prefetch: Option<Prefetch> = None;
+    let mut ring: Option<Ring> = None;
+    while let Some(message) = read_message(conn.as_mut(), &mut buf, Limits::CLIENT_FRAMES)? {
+        let (step, micro_step) = match message {
+            Message::Request { step, micro_step } => (step, micro_step),
+            Message::ShmOpen { slots } => {
+                ring = Some(open_ring(conn.as_ref(), &stream, slots)?);
+                // Batches already prefetched are frames; slots want slot images.
+                prefetch = None;
+                continue;
+            }
+            Message::Release { slot } => {
+                ring.as_mut()
+                    .ok_or("Release without a shared-memory ring")?
+                    .release(slot)?;
+                continue;
+            }
+            other => return Err(format!("expected Request, got {}", other.kind())),
+        };
+        if micro_step >= micro_steps {
+            return Err(format!(
+                "batch shape: micro-step {micro_step} is past the {micro_steps} micro-steps of a step"
+            ));
+        }
+        // Serve from the prefetch thread when the client asks for what it predicted (the next
+        // micro-batch); any other request restarts it there.
+        if prefetch
+            .as_ref()
+            .is_none_or(|p| p.next != (step, micro_step))
+        {
+            prefetch = Some(Prefetch::start(
+                Arc::clone(&stream),
+                (step, micro_step),
+                (rank, world_size, micro_steps),
+                shared.prefetch_depth,
+                ring.is_some(),
+            ));
+        }
+        let p = prefetch.as_mut().expect("started above");
+        let (mut frame, tokens_per_dataset) = p
+            .frames
+            .recv()
+            .map_err(|_| "internal error: prefetch ended".to_string())??;
+        p.last_len = frame.len() as u64;
+        p.next = if micro_step + 1 == micro_steps {
+            (step + 1, 0)
+        } else {
+            (step, micro_step + 1)
+        };
+        // Counted before the write, so a client that has its batch sees it in the metrics.
+        shared.metrics.served(
+            &fingerprint,
+            rank,
+            step,
+            &tokens_per_dataset,
+            p.frames.len(),
+        );
+        if let Some(ring) = ring.as_mut() {
+            let slot = ring.write(&frame)?;
+            frame = Vec::new();
+            encode(
+                &Message::Slot {
+                    step,
+                    micro_step,
+                    slot,
+                    bytes: p.last_len,
+                },
+                &mut frame,
+            );
+        }
+        conn.write_all(&frame).map_err(|e| format!("write: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Reads `Hello`, checks it, and answers `Welcome`: the job's stream, the rank and the world size.
+fn welcome(
+    shared: &Shared,
+    conn: &mut Box<dyn Connection>,
+    buf: &mut Vec<u8>,
+) -> Result<(Arc<Stream>, u32, u32), String> {
     let Some(Message::Hello {
         version,
         token,
         job,
         rank,
         world_size,
-    }) = read_message(conn.as_mut(), &mut buf, Limits::CLIENT_FRAMES)?
+    }) = read_message(conn.as_mut(), buf, Limits::CLIENT_FRAMES)?
     else {
         return Err("expected Hello".into());
     };
@@ -236,53 +333,27 @@ fn session(shared: &Shared, conn: &mut Box<dyn Connection>) -> Result<(), String
         &mut out,
     );
     conn.write_all(&out).map_err(|e| format!("write: {e}"))?;
-    let fingerprint = stream.spec().fingerprint();
-    let _client = ClientSeen::new(&shared.metrics, &fingerprint, rank);
-    let micro_steps = u64::from(g / per_micro_step);
-    let mut prefetch: Option<Prefetch> = None;
-    while let Some(message) = read_message(conn.as_mut(), &mut buf, Limits::CLIENT_FRAMES)? {
-        let Message::Request { step, micro_step } = message else {
-            return Err("expected Request".into());
-        };
-        if micro_step >= micro_steps {
-            return Err(format!(
-                "batch shape: micro-step {micro_step} is past the {micro_steps} micro-steps of a step"
-            ));
-        }
-        // Serve from the prefetch thread when the client asks for what it predicted (the next
-        // micro-batch); any other request restarts it there.
-        if prefetch
-            .as_ref()
-            .is_none_or(|p| p.next != (step, micro_step))
-        {
-            prefetch = Some(Prefetch::start(
-                Arc::clone(&stream),
-                (step, micro_step),
-                (rank, world_size, micro_steps),
-                shared.prefetch_depth,
-            ));
-        }
-        let p = prefetch.as_mut().expect("started above");
-        let (frame, tokens_per_dataset) = p
-            .frames
-            .recv()
-            .map_err(|_| "internal error: prefetch ended".to_string())??;
-        p.next = if micro_step + 1 == micro_steps {
-            (step + 1, 0)
-        } else {
-            (step, micro_step + 1)
-        };
-        // Counted before the write, so a client that has its batch sees it in the metrics.
-        shared.metrics.served(
-            &fingerprint,
-            rank,
-            step,
-            &tokens_per_dataset,
-            p.frames.len(),
-        );
-        conn.write_all(&frame).map_err(|e| format!("write: {e}"))?;
+    Ok((stream, rank, world_size))
+}
+
+/// Creates a client's ring and sends it over the Unix socket with `ShmReady`.
+fn open_ring(conn: &dyn Connection, stream: &Stream, slots: u32) -> Result<Ring, String> {
+    let socket = conn.as_unix().ok_or("shared memory needs a Unix socket")?;
+    if slots == 0 || slots > MAX_SLOTS {
+        return Err(format!("a ring of {slots} slots: ask for 1..={MAX_SLOTS}"));
     }
-    Ok(())
+    let bytes = shm::slot_bytes(stream.spec().micro_batch_size, stream.tokens_per_sample());
+    let ring = Ring::create(slots, bytes).map_err(|e| format!("shared memory: {e}"))?;
+    let mut frame = Vec::new();
+    encode(
+        &Message::ShmReady {
+            slots,
+            slot_bytes: bytes,
+        },
+        &mut frame,
+    );
+    shm::send_with_fd(socket, &frame, ring.fd()).map_err(|e| format!("write: {e}"))?;
+    Ok(ring)
 }
 
 /// Counts a connected client of a rank for as long as it lives.
@@ -309,7 +380,7 @@ impl Drop for ClientSeen<'_> {
     }
 }
 
-/// A `Batch` frame and its tokens per dataset.
+/// A `Batch` frame (or a slot image) and its tokens per dataset.
 type EncodedBatch = (Vec<u8>, Vec<u64>);
 
 /// Batches of one connection computed ahead, in order, by their own thread, at most `depth` at a time.
@@ -317,16 +388,23 @@ type EncodedBatch = (Vec<u8>, Vec<u64>);
 struct Prefetch {
     next: (u64, u64),
     frames: crossbeam_channel::Receiver<Result<EncodedBatch, String>>,
+    last_len: u64,
 }
 
 impl Prefetch {
-    fn start(stream: Arc<Stream>, from: (u64, u64), shape: (u32, u32, u64), depth: usize) -> Self {
+    fn start(
+        stream: Arc<Stream>,
+        from: (u64, u64),
+        shape: (u32, u32, u64),
+        depth: usize,
+        slots: bool,
+    ) -> Self {
         let (tx, frames) = crossbeam_channel::bounded(depth.max(1));
         let (rank, world_size, micro_steps) = shape;
         std::thread::spawn(move || {
             let (mut step, mut micro_step) = from;
             loop {
-                let frame = encode_batch(&stream, step, micro_step, rank, world_size);
+                let frame = encode_batch(&stream, step, micro_step, rank, world_size, slots);
                 let failed = frame.is_err();
                 if tx.send(frame).is_err() || failed {
                     return;
@@ -338,17 +416,23 @@ impl Prefetch {
                 };
             }
         });
-        Self { next: from, frames }
+        Self {
+            next: from,
+            frames,
+            last_len: 0,
+        }
     }
 }
 
-/// The `Batch` frame of rank `rank` of `world_size` at (`step`, `micro_step`), and its tokens per dataset.
+/// The `Batch` frame (or with `slot`, the slot image) of rank `rank` of `world_size` at (`step`,
+/// `micro_step`), and its tokens per dataset.
 fn encode_batch(
     stream: &Stream,
     step: u64,
     micro_step: u64,
     rank: u32,
     world_size: u32,
+    slot: bool,
 ) -> Result<EncodedBatch, String> {
     let samples = stream
         .micro_batch(step, micro_step, rank, world_size)
@@ -358,6 +442,10 @@ fn encode_batch(
         tokens_per_dataset[s.dataset] += s.tokens.len() as u64;
     }
     let mut out = Vec::new();
+    if slot {
+        shm::encode_slot(step, micro_step, &samples, &mut out);
+        return Ok((out, tokens_per_dataset));
+    }
     encode(
         &Message::Batch {
             step,

@@ -10,7 +10,7 @@ use std::process::Command;
 use flame_formats::TokenDtype;
 use flame_formats::megatron::IndexedDatasetBuilder;
 use flame_streamer::client::{Client, ClientError};
-use flame_streamer::protocol::{Limits, Message, decode};
+use flame_streamer::protocol::{Limits, Message, VERSION, decode, encode};
 use flame_streamer::server::{Endpoint, ServerConfig, serve};
 use flame_streamer::spec::JobSpec;
 use flame_streamer::stream::Stream;
@@ -98,6 +98,149 @@ fn every_rank_receives_its_slice_of_the_stream_over_both_transports() {
     }
 }
 
+#[test]
+fn shared_memory_serves_the_same_batches_in_place_from_a_private_read_only_ring() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = job(dir.path());
+    let reference = Stream::open(spec.clone()).unwrap();
+    let endpoints = start(dir.path(), None);
+    let mut client = Client::connect(endpoints[0].clone(), &spec, 1, 2, None, 0).unwrap();
+    client.open_shared_memory(2).unwrap();
+    // The batch lies in an anonymous memfd (nothing named in /dev/shm), mapped shared and read-only.
+    let address = client.micro_batch_in_place(0, 0).unwrap().tokens().as_ptr() as usize;
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let mapping = maps
+        .lines()
+        .find(|l| {
+            let (range, _) = l.split_once(' ').unwrap();
+            let (lo, hi) = range.split_once('-').unwrap();
+            (usize::from_str_radix(lo, 16).unwrap()..usize::from_str_radix(hi, 16).unwrap())
+                .contains(&address)
+        })
+        .unwrap();
+    assert!(
+        mapping.contains(" r--s ") && mapping.contains("/memfd:flame-stream-ring"),
+        "{mapping}"
+    );
+    for (step, micro) in [(0, 0), (0, 1), (1, 0), (7, 1), (7, 1), (0, 0)] {
+        let want = reference.micro_batch(step, micro, 1, 2).unwrap();
+        let batch = client.micro_batch_in_place(step, micro).unwrap();
+        assert_eq!(
+            (batch.step(), batch.micro_step(), batch.len()),
+            (step, micro, want.len())
+        );
+        assert_eq!(batch.tokens_per_sample(), 64);
+        for (i, w) in want.iter().enumerate() {
+            assert_eq!(
+                (batch.index(i), batch.dataset(i) as usize),
+                (w.index, w.dataset)
+            );
+            assert_eq!(batch.sample_tokens(i), w.tokens.as_slice());
+            assert_eq!(batch.cu_seqlens(i), w.cu_seqlens.as_slice());
+        }
+        let flat: Vec<u32> = want.iter().flat_map(|w| w.tokens.clone()).collect();
+        assert_eq!(batch.tokens(), flat.as_slice());
+    }
+    // The copying call gives the same samples over the ring.
+    let copied = client.micro_batch(3, 1).unwrap();
+    assert_eq!(
+        copied[0].tokens,
+        reference.micro_batch(3, 1, 1, 2).unwrap()[0].tokens
+    );
+    // Shared memory is for the server's host: not over TCP.
+    let mut tcp = Client::connect(endpoints[1].clone(), &spec, 0, 1, None, 0).unwrap();
+    assert!(
+        tcp.open_shared_memory(2)
+            .unwrap_err()
+            .to_string()
+            .contains("unix://")
+    );
+}
+
+#[test]
+fn a_client_that_breaks_the_ring_rules_is_cut_off_and_the_server_carries_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = job(dir.path());
+    let endpoints = start(dir.path(), None);
+    let Endpoint::Unix(socket) = &endpoints[0] else {
+        panic!()
+    };
+    let mut hello = Vec::new();
+    encode(
+        &Message::Hello {
+            version: VERSION,
+            token: Vec::new(),
+            job: spec.to_toml(),
+            rank: 0,
+            world_size: 1,
+        },
+        &mut hello,
+    );
+    let frames = |messages: &[Message]| {
+        let mut bytes = hello.clone();
+        for m in messages {
+            encode(m, &mut bytes);
+        }
+        bytes
+    };
+    let request = |step| Message::Request {
+        step,
+        micro_step: 0,
+    };
+    for (messages, reason) in [
+        (vec![Message::ShmOpen { slots: 0 }], "1..=64"),
+        (vec![Message::ShmOpen { slots: 65 }], "1..=64"),
+        (
+            vec![Message::Release { slot: 0 }],
+            "without a shared-memory ring",
+        ),
+        (
+            vec![Message::ShmOpen { slots: 1 }, Message::Release { slot: 0 }],
+            "does not hold",
+        ),
+        // Holding the only slot and asking for more.
+        (
+            vec![Message::ShmOpen { slots: 1 }, request(0), request(1)],
+            "holds all 1 slots",
+        ),
+    ] {
+        let answer = raw_exchange(socket, &frames(&messages));
+        let Some(Message::Error { message }) = answer.last() else {
+            panic!("{messages:?}: {answer:?}")
+        };
+        assert!(message.contains(reason), "{message}");
+    }
+    // Released in time, the same client gets every batch.
+    let answer = raw_exchange(
+        socket,
+        &frames(&[
+            Message::ShmOpen { slots: 1 },
+            request(0),
+            Message::Release { slot: 0 },
+            request(1),
+        ]),
+    );
+    assert!(
+        matches!(
+            answer.as_slice(),
+            [
+                Message::Welcome { .. },
+                Message::ShmReady { .. },
+                Message::Slot { slot: 0, .. },
+                Message::Slot {
+                    slot: 0,
+                    step: 1,
+                    ..
+                }
+            ]
+        ),
+        "{answer:?}"
+    );
+    let mut fine = Client::connect(endpoints[0].clone(), &spec, 0, 1, None, 0).unwrap();
+    fine.open_shared_memory(1).unwrap();
+    assert_eq!(fine.micro_batch_in_place(2, 3).unwrap().len(), 2);
+}
+
 fn raw_exchange(path: &Path, bytes: &[u8]) -> Vec<Message> {
     let mut conn = UnixStream::connect(path).unwrap();
     conn.write_all(bytes).unwrap();
@@ -162,9 +305,9 @@ fn dump_prints_one_json_line_per_micro_batch() {
     std::fs::write(&job_file, spec.to_toml()).unwrap();
     let endpoints = start(dir.path(), None);
     let reference = Stream::open(spec).unwrap();
-    let dump = |extra: &[&str]| {
+    let dump_from = |endpoint: &Endpoint, extra: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_flame-stream"))
-            .args(["dump", "--endpoint", &endpoints[1].to_string(), "--job"])
+            .args(["dump", "--endpoint", &endpoint.to_string(), "--job"])
             .arg(&job_file)
             .args([
                 "--rank",
@@ -190,6 +333,7 @@ fn dump_prints_one_json_line_per_micro_batch() {
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
             .collect::<Vec<_>>()
     };
+    let dump = |extra: &[&str]| dump_from(&endpoints[1], extra);
     let lines = dump(&[]);
     assert_eq!(lines.len(), 4, "2 steps × 2 micro-steps");
     for line in &lines {
@@ -210,6 +354,8 @@ fn dump_prints_one_json_line_per_micro_batch() {
     assert_eq!(hashed.len(), 4);
     assert!(hashed[0]["tokens"].is_null());
     assert_eq!(hashed[0]["sha256"][0].as_str().unwrap().len(), 64);
+    // The same lines through a shared-memory ring on the Unix socket.
+    assert_eq!(dump_from(&endpoints[0], &["--shared-memory", "2"]), lines);
 }
 
 /// Starts `flame-stream serve` on `socket` and waits for its "listening on" line.
@@ -231,6 +377,12 @@ fn spawn_server(socket: &Path) -> std::process::Child {
 
 #[test]
 fn a_client_carries_on_exactly_across_a_kill_9_and_restart_of_the_server() {
+    for shared_memory in [false, true] {
+        kill_9_and_restart(shared_memory);
+    }
+}
+
+fn kill_9_and_restart(shared_memory: bool) {
     let dir = tempfile::tempdir().unwrap();
     let spec = job(dir.path());
     let socket = dir.path().join("server.sock");
@@ -238,6 +390,10 @@ fn a_client_carries_on_exactly_across_a_kill_9_and_restart_of_the_server() {
     let mut server = spawn_server(&socket);
     let mut client =
         Client::connect(Endpoint::Unix(socket.clone()), &spec, 0, 1, None, 20).unwrap();
+    if shared_memory {
+        // The ring of the killed server dies with it; the reconnection opens a new one.
+        client.open_shared_memory(2).unwrap();
+    }
     let mut received = Vec::new();
     for step in 0..3 {
         for micro in 0..4 {
