@@ -41,6 +41,12 @@ pub struct Client {
     shm_slots: Option<u32>,
     ring: Option<RingMap>,
     held: Option<u32>,
+    /// The micro-batch asked for ahead, whose answer is still to be read.
+    ahead: Option<(u64, u64)>,
+    read_ahead: bool,
+    /// (global batch, samples per micro-step) of the job for this world size.
+    shape: (u64, u64),
+    num_samples: Option<u64>,
     /// The job's fingerprint, from the server.
     pub fingerprint: String,
     /// Micro-steps per step for this world size.
@@ -86,6 +92,13 @@ impl Client {
             shm_slots: None,
             ring: None,
             held: None,
+            ahead: None,
+            read_ahead: true,
+            shape: (
+                u64::from(job.global_batch_size),
+                u64::from(job.micro_batch_size) * u64::from(world_size),
+            ),
+            num_samples: job.num_samples,
             fingerprint: String::new(),
             micro_steps: 0,
         };
@@ -137,6 +150,7 @@ impl Client {
                 self.micro_steps = micro_steps;
                 self.ring = None;
                 self.held = None;
+                self.ahead = None;
                 if let Some(slots) = self.shm_slots {
                     self.ring = Some(open_ring(conn.as_mut(), &mut buf, slots)?);
                 }
@@ -149,6 +163,12 @@ impl Client {
             ))),
             Err(reason) => Err(Handshake::Io(reason)),
         }
+    }
+
+    /// Whether to ask for the following micro-batch with each request (on by default), so that it is on
+    /// its way while the caller works; the server then counts it as sent before the caller asks.
+    pub fn set_read_ahead(&mut self, on: bool) {
+        self.read_ahead = on;
     }
 
     /// Switches this connection (and every reconnection) to a shared-memory ring of `slots` slots.
@@ -164,6 +184,11 @@ impl Client {
         }
         self.shm_slots = Some(slots);
         let (conn, buf) = self.conn.as_mut().expect("connected");
+        if self.ahead.take().is_some() {
+            // The answer to a request made ahead comes first.
+            read_message(conn.as_mut(), buf, Limits::SERVER_FRAMES)
+                .map_err(ClientError::Refused)?;
+        }
         match open_ring(conn.as_mut(), buf, slots) {
             Ok(ring) => {
                 self.ring = Some(ring);
@@ -234,24 +259,30 @@ impl Client {
         }
     }
 
-    /// Sends a request (after giving back the slot held, if any) and returns the answer.
+    /// The micro-batch after `at`, if the job has it (so asking for it ahead cannot fail).
+    fn following(&self, (step, micro_step): (u64, u64)) -> Option<(u64, u64)> {
+        let next = if micro_step + 1 >= u64::from(self.micro_steps) {
+            (step + 1, 0)
+        } else {
+            (step, micro_step + 1)
+        };
+        let (g, per_micro_step) = self.shape;
+        let end = next.0 * g + (next.1 + 1) * per_micro_step;
+        self.num_samples.is_none_or(|n| end <= n).then_some(next)
+    }
+
+    /// Sends a request (after giving back the slot held, if any) and returns the answer. It also asks
+    /// for the following micro-batch, so that the server prepares it while the caller works on this one
+    /// (a trainer asks in order); a request that turns out different throws that answer away.
     fn exchange(&mut self, step: u64, micro_step: u64) -> Result<Message, ClientError> {
+        let at = (step, micro_step);
         // A server that accepts, then drops the connection before answering, gets as many tries as a
         // server that cannot be reached; then the last failure is returned.
         for _ in 0..=self.retries {
             if self.conn.is_none() {
                 self.reconnect()?;
             }
-            let mut request = Vec::new();
-            if let Some(slot) = self.held.take() {
-                encode(&Message::Release { slot }, &mut request);
-            }
-            encode(&Message::Request { step, micro_step }, &mut request);
-            let (conn, buf) = self.conn.as_mut().expect("connected");
-            let answer = conn
-                .write_all(&request)
-                .map_err(|e| e.to_string())
-                .and_then(|()| read_message(conn.as_mut(), buf, Limits::SERVER_FRAMES));
+            let answer = self.try_exchange(at);
             match answer {
                 Ok(Some(Message::Error { message })) => return Err(ClientError::Refused(message)),
                 Ok(Some(message)) => return Ok(message),
@@ -266,6 +297,48 @@ impl Client {
                 self.retries + 1
             ),
         })
+    }
+
+    fn try_exchange(&mut self, at: (u64, u64)) -> Result<Option<Message>, String> {
+        // With one slot, the one the caller holds, nothing can be prepared ahead.
+        let read_ahead = self.read_ahead && self.shm_slots.is_none_or(|slots| slots >= 2);
+        let next = self.following(at).filter(|_| read_ahead);
+        let (conn, buf) = self.conn.as_mut().expect("connected");
+        let mut request = Vec::new();
+        if let Some(slot) = self.held.take() {
+            encode(&Message::Release { slot }, &mut request);
+        }
+        match self.ahead.take() {
+            Some(asked) if asked == at => {}
+            asked => {
+                if asked.is_some() {
+                    // Asked ahead for something else: read that answer and give its slot back.
+                    conn.write_all(&request).map_err(|e| e.to_string())?;
+                    request.clear();
+                    match read_message(conn.as_mut(), buf, Limits::SERVER_FRAMES)? {
+                        Some(Message::Slot { slot, .. }) => {
+                            encode(&Message::Release { slot }, &mut request);
+                        }
+                        Some(Message::Batch { .. }) => {}
+                        other => return Ok(other),
+                    }
+                }
+                encode(
+                    &Message::Request {
+                        step: at.0,
+                        micro_step: at.1,
+                    },
+                    &mut request,
+                );
+            }
+        }
+        if let Some((step, micro_step)) = next {
+            encode(&Message::Request { step, micro_step }, &mut request);
+        }
+        conn.write_all(&request).map_err(|e| e.to_string())?;
+        let answer = read_message(conn.as_mut(), buf, Limits::SERVER_FRAMES)?;
+        self.ahead = next;
+        Ok(answer)
     }
 }
 

@@ -47,7 +47,7 @@ pub struct EpochPlan<D> {
     /// Prefix sums of block tokens in the block order of recent epochs.
     cache: Mutex<Vec<(u64, Arc<Vec<u64>>)>>,
     /// Recently used blocks in their epoch's document order.
-    blocks: Mutex<Vec<CachedBlock>>,
+    blocks: Mutex<BlockCache>,
 }
 
 /// One block of one epoch: its documents in order and where each starts inside the block.
@@ -58,11 +58,41 @@ struct BlockLayout {
     starts: Vec<u64>,
 }
 
-/// A laid-out block keyed by (epoch, block).
-type CachedBlock = ((u64, u64), Arc<BlockLayout>);
+/// Blocks kept laid out (a window rarely spans more than two, but the ranks and clients of a job read
+/// windows some way apart); about 16 KB each.
+const BLOCKS_CACHED: usize = 512;
 
-/// Blocks kept laid out (a window rarely spans more than two; many ranks read nearby windows).
-const BLOCKS_CACHED: usize = 64;
+/// Laid-out blocks keyed by (epoch, block), the least recently used evicted first.
+#[derive(Default)]
+struct BlockCache {
+    entries: std::collections::HashMap<(u64, u64), (Arc<BlockLayout>, u64)>,
+    clock: u64,
+}
+
+impl BlockCache {
+    fn get(&mut self, key: (u64, u64)) -> Option<Arc<BlockLayout>> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.entries.get_mut(&key).map(|(layout, used)| {
+            *used = clock;
+            Arc::clone(layout)
+        })
+    }
+
+    fn insert(&mut self, key: (u64, u64), layout: Arc<BlockLayout>) {
+        if self.entries.len() >= BLOCKS_CACHED
+            && let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| *k)
+        {
+            self.entries.remove(&oldest);
+        }
+        self.clock += 1;
+        self.entries.insert(key, (layout, self.clock));
+    }
+}
 
 impl<D> std::fmt::Debug for EpochPlan<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -96,7 +126,7 @@ impl<D: Documents> EpochPlan<D> {
             block_tokens,
             total_tokens,
             cache: Mutex::new(Vec::new()),
-            blocks: Mutex::new(Vec::new()),
+            blocks: Mutex::new(BlockCache::default()),
         }
     }
 
@@ -157,11 +187,12 @@ impl<D: Documents> EpochPlan<D> {
 
     /// Block `block`'s documents in `epoch`'s order, with their offsets.
     fn block_layout(&self, epoch: u64, block: u64) -> Arc<BlockLayout> {
-        let mut blocks = self.blocks.lock().expect("not poisoned");
-        if let Some(i) = blocks.iter().position(|(key, _)| *key == (epoch, block)) {
-            let entry = blocks.remove(i);
-            let layout = Arc::clone(&entry.1);
-            blocks.push(entry);
+        if let Some(layout) = self
+            .blocks
+            .lock()
+            .expect("not poisoned")
+            .get((epoch, block))
+        {
             return layout;
         }
         let docs = self.documents_in_block(block);
@@ -177,10 +208,10 @@ impl<D: Documents> EpochPlan<D> {
             starts.push(at);
         }
         let layout = Arc::new(BlockLayout { documents, starts });
-        if blocks.len() >= BLOCKS_CACHED {
-            blocks.remove(0);
-        }
-        blocks.push(((epoch, block), Arc::clone(&layout)));
+        self.blocks
+            .lock()
+            .expect("not poisoned")
+            .insert((epoch, block), Arc::clone(&layout));
         layout
     }
 

@@ -12,6 +12,7 @@
 //! [`CHECKPOINT_EVERY`] batches, so any batch is reached by replaying fewer than that many batches
 //! (resuming at step 10^6 replays 10^6 small integer steps once, then nothing).
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use flame_formats::permutation::{Permutation, splitmix64};
@@ -31,6 +32,17 @@ struct Carry {
 /// A batch's number, counts, windows before it, and the carry after it.
 type LastBatch = (u64, Vec<u64>, Vec<u64>, Carry);
 
+/// Batches remembered: ranks of one job (and clients of one rank) ask for nearby batches, each of them
+/// one step from a remembered one.
+const BATCHES_REMEMBERED: usize = 256;
+
+fn remember(last: &mut VecDeque<LastBatch>, entry: LastBatch) {
+    if last.len() == BATCHES_REMEMBERED {
+        last.pop_front();
+    }
+    last.push_back(entry);
+}
+
 /// The mixing schedule of a job.
 #[derive(Debug)]
 pub struct Mixer {
@@ -41,9 +53,9 @@ pub struct Mixer {
     fraction: Vec<i128>,
     extra: usize,
     checkpoints: Mutex<Vec<Carry>>,
-    /// The last batch asked for: its number, counts, windows before it, and the carry after it, so that
+    /// The last batches asked for: number, counts, windows before, and the carry after each, so that
     /// reading a batch again or the next one costs one step.
-    last: Mutex<Option<LastBatch>>,
+    last: Mutex<VecDeque<LastBatch>>,
 }
 
 /// Where a global sample comes from.
@@ -93,7 +105,7 @@ impl Mixer {
             fraction,
             extra,
             checkpoints: Mutex::new(vec![start]),
-            last: Mutex::new(None),
+            last: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -121,17 +133,15 @@ impl Mixer {
     /// Windows per dataset in batch `b`, and each dataset's windows in all batches before it.
     pub fn batch(&self, b: u64) -> (Vec<u64>, Vec<u64>) {
         let mut last = self.last.lock().expect("not poisoned");
-        if let Some((lb, counts, before, carry)) = last.as_ref() {
-            if *lb == b {
-                return (counts.clone(), before.clone());
-            }
-            if *lb + 1 == b {
-                let mut carry = carry.clone();
-                let before = carry.windows.clone();
-                let counts = self.step(&mut carry);
-                *last = Some((b, counts.clone(), before.clone(), carry));
-                return (counts, before);
-            }
+        if let Some((_, counts, before, _)) = last.iter().rev().find(|entry| entry.0 == b) {
+            return (counts.clone(), before.clone());
+        }
+        if let Some((_, _, _, carry)) = last.iter().rev().find(|entry| entry.0 + 1 == b) {
+            let mut carry = carry.clone();
+            let before = carry.windows.clone();
+            let counts = self.step(&mut carry);
+            remember(&mut last, (b, counts.clone(), before.clone(), carry));
+            return (counts, before);
         }
         let mut checkpoints = self.checkpoints.lock().expect("not poisoned");
         let k = usize::try_from(b / CHECKPOINT_EVERY).expect("fits");
@@ -149,16 +159,38 @@ impl Mixer {
         }
         let before = carry.windows.clone();
         let counts = self.step(&mut carry);
-        *last = Some((b, counts.clone(), before.clone(), carry));
+        remember(&mut last, (b, counts.clone(), before.clone(), carry));
         (counts, before)
     }
 
     /// The dataset and dataset-local window of global sample `k`.
     pub fn draw(&self, k: u64) -> Draw {
-        let (b, position) = (k / self.batch, k % self.batch);
+        self.draws(k..k + 1)[0]
+    }
+
+    /// The draws of samples `range`, which lie in one global batch (a micro-batch does), looking the
+    /// batch up once.
+    ///
+    /// # Panics
+    /// If `range` spans two batches.
+    pub fn draws(&self, range: std::ops::Range<u64>) -> Vec<Draw> {
+        let b = range.start / self.batch;
+        assert!(
+            range.is_empty() || (range.end - 1) / self.batch == b,
+            "{range:?} spans batches"
+        );
         let (counts, before) = self.batch(b);
         let mut state = self.seed ^ b;
-        let slot = Permutation::new(self.batch, splitmix64(&mut state)).apply(position);
+        let order = Permutation::new(self.batch, splitmix64(&mut state));
+        range
+            .map(|k| place(order.apply(k % self.batch), &counts, &before))
+            .collect()
+    }
+}
+
+/// Which dataset (and window of it) holds `slot` of a batch of `counts`, after `before` windows.
+fn place(slot: u64, counts: &[u64], before: &[u64]) -> Draw {
+    {
         let mut start = 0;
         for (dataset, &count) in counts.iter().enumerate() {
             if slot < start + count {

@@ -310,16 +310,20 @@ pub fn encode(message: &Message, out: &mut Vec<u8>) {
             micro_step,
             samples,
         } => {
-            out.push(4);
-            out.extend_from_slice(&step.to_le_bytes());
-            out.extend_from_slice(&micro_step.to_le_bytes());
-            out.extend_from_slice(&u32::try_from(samples.len()).expect("small").to_le_bytes());
-            for s in samples {
-                out.extend_from_slice(&s.dataset.to_le_bytes());
-                out.extend_from_slice(&s.index.to_le_bytes());
-                put_u32s(out, &s.cu_seqlens);
-                put_u32s(out, &s.tokens);
-            }
+            out.truncate(start);
+            let parts: Vec<SampleParts<'_>> = samples
+                .iter()
+                .map(|s| {
+                    (
+                        s.dataset,
+                        s.index,
+                        s.cu_seqlens.as_slice(),
+                        s.tokens.as_slice(),
+                    )
+                })
+                .collect();
+            encode_batch(*step, *micro_step, &parts, out);
+            return;
         }
         Message::Error { message } => {
             out.push(5);
@@ -355,6 +359,32 @@ pub fn encode(message: &Message, out: &mut Vec<u8>) {
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
 }
 
+/// One sample of a `Batch` as borrowed parts: dataset, global index, `cu_seqlens`, tokens.
+pub type SampleParts<'a> = (u32, u64, &'a [u32], &'a [u32]);
+
+/// Appends a `Batch` frame of `samples` to `out`, copying the arrays as they are.
+pub fn encode_batch(step: u64, micro_step: u64, samples: &[SampleParts<'_>], out: &mut Vec<u8>) {
+    let start = out.len();
+    let bytes: usize = samples
+        .iter()
+        .map(|(_, _, cu, tokens)| 20 + 4 * (cu.len() + tokens.len()))
+        .sum();
+    out.reserve(4 + 1 + 20 + bytes);
+    out.extend_from_slice(&[0; 4]);
+    out.push(4);
+    out.extend_from_slice(&step.to_le_bytes());
+    out.extend_from_slice(&micro_step.to_le_bytes());
+    out.extend_from_slice(&u32::try_from(samples.len()).expect("small").to_le_bytes());
+    for (dataset, index, cu_seqlens, tokens) in samples {
+        out.extend_from_slice(&dataset.to_le_bytes());
+        out.extend_from_slice(&index.to_le_bytes());
+        put_u32s(out, cu_seqlens);
+        put_u32s(out, tokens);
+    }
+    let len = u32::try_from(out.len() - start - 4).expect("frames are below 4 GiB");
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+}
+
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&u32::try_from(bytes.len()).expect("small").to_le_bytes());
     out.extend_from_slice(bytes);
@@ -362,8 +392,12 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 
 fn put_u32s(out: &mut Vec<u8>, values: &[u32]) {
     out.extend_from_slice(&u32::try_from(values.len()).expect("small").to_le_bytes());
-    for v in values {
-        out.extend_from_slice(&v.to_le_bytes());
+    if cfg!(target_endian = "little") {
+        out.extend_from_slice(bytemuck::cast_slice(values));
+    } else {
+        for v in values {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
     }
 }
 

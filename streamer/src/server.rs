@@ -10,16 +10,21 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
+
+use rustix::event::{PollFd, PollFlags};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use crate::metrics::{Metrics, serve_http};
-use crate::protocol::{Limits, Message, VERSION, WireSample, decode, encode};
+use crate::protocol::{
+    Limits, Message, SampleParts, VERSION, decode, encode, encode_batch as encode_batch_frame,
+};
 use crate::shm::{self, MAX_SLOTS, Ring};
 use crate::spec::JobSpec;
-use crate::stream::Stream;
+use crate::stream::{BatchBuffers, Stream};
 
 /// Where to listen or connect: `tcp://HOST:PORT` or `unix:///PATH`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,7 +59,7 @@ impl std::fmt::Display for Endpoint {
 }
 
 /// A byte stream to a peer.
-pub trait Connection: Read + Write + Send {
+pub trait Connection: Read + Write + Send + AsFd {
     /// The Unix socket underneath, which can carry file descriptors (shared memory).
     fn as_unix(&self) -> Option<&UnixStream> {
         None
@@ -188,8 +193,15 @@ pub(crate) fn read_message(
             Ok(None) => {}
             Err(e) => return Err(e.to_string()),
         }
+        // Read what the frame still needs (at least a page, at most 4 MiB), so small messages do not pay
+        // for zeroing a large buffer.
         let filled = buf.len();
-        buf.resize(filled + (64 << 10), 0);
+        let want = match buf.get(..4) {
+            Some(h) => (4 + u32::from_le_bytes(h.try_into().expect("4 bytes")) as usize)
+                .saturating_sub(filled),
+            None => 0,
+        };
+        buf.resize(filled + want.clamp(4096, 4 << 20), 0);
         let n = conn
             .read(&mut buf[filled..])
             .map_err(|e| format!("read: {e}"));
@@ -214,15 +226,40 @@ fn session(shared: &Shared, conn: &mut Box<dyn Connection>) -> Result<(), String
     let fingerprint = stream.spec().fingerprint();
     let _client = ClientSeen::new(&shared.metrics, &fingerprint, rank);
     let micro_steps = u64::from(g / per_micro_step);
-    let mut prefetch: Option<Prefetch> = None;
+    let advance = |(step, micro_step): (u64, u64)| {
+        if micro_step + 1 == micro_steps {
+            (step + 1, 0)
+        } else {
+            (step, micro_step + 1)
+        }
+    };
+    let mut ahead = Ahead::default();
     let mut ring: Option<Ring> = None;
-    while let Some(message) = read_message(conn.as_mut(), &mut buf, Limits::CLIENT_FRAMES)? {
-        let (step, micro_step) = match message {
+    let mut batch = BatchBuffers::default();
+    let shape = (rank, world_size);
+    loop {
+        // Prepare the next micro-batches while the client has nothing waiting, up to the depth (and the
+        // free slots of a ring); stop ahead of an error (past the job's end), sent only if asked for.
+        while let Some(next) = ahead.next
+            && ahead.queue.len() < shared.prefetch_depth
+            && ahead.queue.back().is_none_or(|(_, b)| b.is_ok())
+            && !request_waiting(conn.as_ref(), &buf)?
+        {
+            let Some(prepared) = prepare(&stream, next, shape, ring.as_mut(), &mut batch) else {
+                break;
+            };
+            ahead.queue.push_back((next, prepared));
+            ahead.next = Some(advance(next));
+        }
+        let Some(message) = read_message(conn.as_mut(), &mut buf, Limits::CLIENT_FRAMES)? else {
+            return Ok(());
+        };
+        let at = match message {
             Message::Request { step, micro_step } => (step, micro_step),
             Message::ShmOpen { slots } => {
                 ring = Some(open_ring(conn.as_ref(), &stream, slots)?);
-                // Batches already prefetched are frames; slots want slot images.
-                prefetch = None;
+                // Batches prepared ahead are frames; slots want slot images.
+                ahead = Ahead::default();
                 continue;
             }
             Message::Release { slot } => {
@@ -233,60 +270,74 @@ fn session(shared: &Shared, conn: &mut Box<dyn Connection>) -> Result<(), String
             }
             other => return Err(format!("expected Request, got {}", other.kind())),
         };
-        if micro_step >= micro_steps {
+        if at.1 >= micro_steps {
             return Err(format!(
-                "batch shape: micro-step {micro_step} is past the {micro_steps} micro-steps of a step"
+                "batch shape: micro-step {} is past the {micro_steps} micro-steps of a step",
+                at.1
             ));
         }
-        // Serve from the prefetch thread when the client asks for what it predicted (the next
-        // micro-batch); any other request restarts it there.
-        if prefetch
-            .as_ref()
-            .is_none_or(|p| p.next != (step, micro_step))
-        {
-            prefetch = Some(Prefetch::start(
-                Arc::clone(&stream),
-                (step, micro_step),
-                (rank, world_size, micro_steps),
-                shared.prefetch_depth,
-                ring.is_some(),
-            ));
-        }
-        let p = prefetch.as_mut().expect("started above");
-        let (mut frame, tokens_per_dataset) = p
-            .frames
-            .recv()
-            .map_err(|_| "internal error: prefetch ended".to_string())??;
-        p.last_len = frame.len() as u64;
-        p.next = if micro_step + 1 == micro_steps {
-            (step + 1, 0)
-        } else {
-            (step, micro_step + 1)
+        // Served from what was prepared ahead when the client asks for the next micro-batch, as it
+        // does in training; any other request starts over from there.
+        let prepared = match ahead.queue.front() {
+            Some((position, _)) if *position == at => ahead.queue.pop_front().expect("a front").1,
+            _ => {
+                ahead.discard(ring.as_mut());
+                ahead.next = Some(advance(at));
+                prepare(&stream, at, shape, ring.as_mut(), &mut batch).ok_or_else(|| {
+                    format!(
+                        "the client holds all {} slots; release one before asking for more",
+                        ring.as_ref().map_or(0, Ring::slots)
+                    )
+                })?
+            }
         };
+        let (ready, tokens_per_dataset) = prepared?;
         // Counted before the write, so a client that has its batch sees it in the metrics.
         shared.metrics.served(
             &fingerprint,
             rank,
-            step,
+            at.0,
             &tokens_per_dataset,
-            p.frames.len(),
+            ahead.queue.len(),
         );
-        if let Some(ring) = ring.as_mut() {
-            let slot = ring.write(&frame)?;
-            frame = Vec::new();
-            encode(
-                &Message::Slot {
-                    step,
-                    micro_step,
-                    slot,
-                    bytes: p.last_len,
-                },
-                &mut frame,
-            );
-        }
+        let frame = match ready {
+            Ready::Frame(frame) => frame,
+            Ready::Slot(slot, bytes) => {
+                ring.as_mut()
+                    .expect("slots come from a ring")
+                    .hand_over(slot);
+                let mut frame = Vec::new();
+                encode(
+                    &Message::Slot {
+                        step: at.0,
+                        micro_step: at.1,
+                        slot,
+                        bytes,
+                    },
+                    &mut frame,
+                );
+                frame
+            }
+        };
         conn.write_all(&frame).map_err(|e| format!("write: {e}"))?;
     }
-    Ok(())
+}
+
+/// Whether the client has sent something not yet handled: a whole message in `buf`, or bytes on the
+/// socket.
+fn request_waiting(conn: &dyn Connection, buf: &[u8]) -> Result<bool, String> {
+    if matches!(decode(buf, Limits::CLIENT_FRAMES), Ok(Some(_)) | Err(_)) {
+        return Ok(true);
+    }
+    let fd = conn.as_fd();
+    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    rustix::event::poll(&mut fds, Some(&zero))
+        .map(|n| n > 0)
+        .map_err(|e| format!("poll: {e}"))
 }
 
 /// Reads `Hello`, checks it, and answers `Welcome`: the job's stream, the rank and the world size.
@@ -380,89 +431,83 @@ impl Drop for ClientSeen<'_> {
     }
 }
 
-/// A `Batch` frame (or a slot image) and its tokens per dataset.
-type EncodedBatch = (Vec<u8>, Vec<u64>);
-
-/// Batches of one connection computed ahead, in order, by their own thread, at most `depth` at a time.
-/// Dropping it stops the thread (its next send fails).
-struct Prefetch {
-    next: (u64, u64),
-    frames: crossbeam_channel::Receiver<Result<EncodedBatch, String>>,
-    last_len: u64,
+/// A micro-batch ready for the client: a `Batch` frame, or (slot, bytes) of its ring.
+enum Ready {
+    Frame(Vec<u8>),
+    Slot(u32, u64),
 }
 
-impl Prefetch {
-    fn start(
-        stream: Arc<Stream>,
-        from: (u64, u64),
-        shape: (u32, u32, u64),
-        depth: usize,
-        slots: bool,
-    ) -> Self {
-        let (tx, frames) = crossbeam_channel::bounded(depth.max(1));
-        let (rank, world_size, micro_steps) = shape;
-        std::thread::spawn(move || {
-            let (mut step, mut micro_step) = from;
-            loop {
-                let frame = encode_batch(&stream, step, micro_step, rank, world_size, slots);
-                let failed = frame.is_err();
-                if tx.send(frame).is_err() || failed {
-                    return;
-                }
-                (step, micro_step) = if micro_step + 1 == micro_steps {
-                    (step + 1, 0)
-                } else {
-                    (step, micro_step + 1)
-                };
+/// A prepared micro-batch and its tokens per dataset, or why it cannot be served.
+type Prepared = Result<(Ready, Vec<u64>), String>;
+
+/// Micro-batches of one connection prepared ahead, in order, by the connection's own thread while
+/// the client is busy with the last one (no thread hand-off per batch).
+#[derive(Default)]
+struct Ahead {
+    /// (step, micro-step) and its batch.
+    queue: std::collections::VecDeque<((u64, u64), Prepared)>,
+    /// The next position to prepare; `None` until the first request.
+    next: Option<(u64, u64)>,
+}
+
+impl Ahead {
+    /// Throws away what was prepared, freeing its slots.
+    fn discard(&mut self, ring: Option<&mut Ring>) {
+        let mut ring = ring;
+        for (_, prepared) in self.queue.drain(..) {
+            if let (Ok((Ready::Slot(slot, _), _)), Some(ring)) = (prepared, ring.as_deref_mut()) {
+                ring.discard(slot);
             }
-        });
-        Self {
-            next: from,
-            frames,
-            last_len: 0,
         }
     }
 }
 
-/// The `Batch` frame (or with `slot`, the slot image) of rank `rank` of `world_size` at (`step`,
-/// `micro_step`), and its tokens per dataset.
-fn encode_batch(
+/// Computes rank `rank`'s micro-batch at `at` into `batch` and packages it: into a free slot of `ring`
+/// (`None` when none is free), or as a `Batch` frame.
+fn prepare(
     stream: &Stream,
-    step: u64,
-    micro_step: u64,
-    rank: u32,
-    world_size: u32,
-    slot: bool,
-) -> Result<EncodedBatch, String> {
-    let samples = stream
-        .micro_batch(step, micro_step, rank, world_size)
-        .map_err(|e| e.to_string())?;
+    (step, micro_step): (u64, u64),
+    (rank, world_size): (u32, u32),
+    ring: Option<&mut Ring>,
+    batch: &mut BatchBuffers,
+) -> Option<Prepared> {
+    if ring.as_ref().is_some_and(|r| r.all_held()) {
+        return None;
+    }
+    if let Err(e) = stream.micro_batch_into((step, micro_step), (rank, world_size), batch) {
+        return Some(Err(e.to_string()));
+    }
+    let t = batch.tokens_per_sample();
     let mut tokens_per_dataset = vec![0u64; stream.spec().datasets.len()];
-    for s in &samples {
-        tokens_per_dataset[s.dataset] += s.tokens.len() as u64;
+    for &(_, dataset, _) in &batch.samples {
+        tokens_per_dataset[dataset as usize] += t as u64;
     }
+    if let Some(ring) = ring {
+        return match ring.prepare((step, micro_step), batch) {
+            Ok(Some((slot, bytes))) => Some(Ok((Ready::Slot(slot, bytes), tokens_per_dataset))),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        };
+    }
+    let mut cu = 0;
+    let parts: Vec<SampleParts<'_>> = batch
+        .samples
+        .iter()
+        .enumerate()
+        .map(|(i, &(index, dataset, count))| {
+            let cu_seqlens = &batch.cu_seqlens[cu..cu + count as usize];
+            cu += count as usize;
+            (
+                dataset,
+                index,
+                cu_seqlens,
+                &batch.tokens[i * t..(i + 1) * t],
+            )
+        })
+        .collect();
     let mut out = Vec::new();
-    if slot {
-        shm::encode_slot(step, micro_step, &samples, &mut out);
-        return Ok((out, tokens_per_dataset));
-    }
-    encode(
-        &Message::Batch {
-            step,
-            micro_step,
-            samples: samples
-                .into_iter()
-                .map(|s| WireSample {
-                    dataset: u32::try_from(s.dataset).expect("few datasets"),
-                    index: s.index,
-                    cu_seqlens: s.cu_seqlens,
-                    tokens: s.tokens,
-                })
-                .collect(),
-        },
-        &mut out,
-    );
-    Ok((out, tokens_per_dataset))
+    encode_batch_frame(step, micro_step, &parts, &mut out);
+    Some(Ok((Ready::Frame(out), tokens_per_dataset)))
 }
 
 /// The job's stream, opened once per fingerprint and shared by all its ranks.

@@ -34,7 +34,7 @@ use rustix::net::{
     SendAncillaryMessage, SendFlags,
 };
 
-use crate::stream::Sample;
+use crate::stream::BatchBuffers;
 
 /// The first bytes of a slot.
 pub const SLOT_MAGIC: [u8; 4] = *b"FLSB";
@@ -51,30 +51,36 @@ pub fn slot_bytes(samples: u32, tokens_per_sample: u32) -> u64 {
     bytes.div_ceil(4096) * 4096
 }
 
-/// Appends the slot image of a micro-batch to `out` (cleared first).
-pub fn encode_slot(step: u64, micro_step: u64, samples: &[Sample], out: &mut Vec<u8>) {
-    out.clear();
-    let tokens_per_sample = samples.first().map_or(0, |s| s.tokens.len());
-    let cu_total: usize = samples.iter().map(|s| s.cu_seqlens.len()).sum();
+/// Bytes the slot image of `batch` takes.
+pub fn image_bytes(batch: &BatchBuffers) -> usize {
+    HEADER + ENTRY * batch.samples.len() + 4 * (batch.tokens.len() + batch.cu_seqlens.len())
+}
+
+/// Writes the slot image of a micro-batch at the start of `out`; returns its length.
+///
+/// # Panics
+/// If `out` is shorter than [`image_bytes`].
+pub fn encode_slot(step: u64, micro_step: u64, batch: &BatchBuffers, out: &mut [u8]) -> usize {
     let u32_of = |n: usize| u32::try_from(n).expect("slot fields fit u32");
-    out.extend_from_slice(&SLOT_MAGIC);
-    out.extend_from_slice(&u32_of(samples.len()).to_le_bytes());
-    out.extend_from_slice(&step.to_le_bytes());
-    out.extend_from_slice(&micro_step.to_le_bytes());
-    out.extend_from_slice(&u32_of(tokens_per_sample).to_le_bytes());
-    out.extend_from_slice(&u32_of(cu_total).to_le_bytes());
-    for s in samples {
-        out.extend_from_slice(&s.index.to_le_bytes());
-        out.extend_from_slice(&u32_of(s.dataset).to_le_bytes());
-        out.extend_from_slice(&u32_of(s.cu_seqlens.len()).to_le_bytes());
+    let mut at = 0;
+    let mut put = |bytes: &[u8]| {
+        out[at..at + bytes.len()].copy_from_slice(bytes);
+        at += bytes.len();
+    };
+    put(&SLOT_MAGIC);
+    put(&u32_of(batch.samples.len()).to_le_bytes());
+    put(&step.to_le_bytes());
+    put(&micro_step.to_le_bytes());
+    put(&u32_of(batch.tokens_per_sample()).to_le_bytes());
+    put(&u32_of(batch.cu_seqlens.len()).to_le_bytes());
+    for &(index, dataset, cu_count) in &batch.samples {
+        put(&index.to_le_bytes());
+        put(&dataset.to_le_bytes());
+        put(&cu_count.to_le_bytes());
     }
-    for s in samples {
-        assert_eq!(s.tokens.len(), tokens_per_sample, "samples of one length");
-        out.extend_from_slice(bytemuck::cast_slice(&s.tokens));
-    }
-    for s in samples {
-        out.extend_from_slice(bytemuck::cast_slice(&s.cu_seqlens));
-    }
+    put(bytemuck::cast_slice(&batch.tokens));
+    put(bytemuck::cast_slice(&batch.cu_seqlens));
+    at
 }
 
 /// A micro-batch read in place from a slot (or any buffer holding a slot image), checked on creation.
@@ -188,20 +194,30 @@ impl<'a> SlotBatch<'a> {
     }
 }
 
+/// Who a slot belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotState {
+    /// The server may write it.
+    Free,
+    /// Written ahead by the server, not yet handed to the client.
+    Prepared,
+    /// The client's, until it releases it.
+    Held,
+}
+
 /// The server's side of one client's ring.
 pub struct Ring {
     file: File,
     map: MmapMut,
     slot_bytes: u64,
-    held: Vec<bool>,
+    states: Vec<SlotState>,
 }
 
 impl std::fmt::Debug for Ring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ring")
-            .field("slots", &self.held.len())
             .field("slot_bytes", &self.slot_bytes)
-            .field("held", &self.held)
+            .field("states", &self.states)
             .finish_non_exhaustive()
     }
 }
@@ -227,7 +243,7 @@ impl Ring {
             file,
             map,
             slot_bytes,
-            held: vec![false; slots as usize],
+            states: vec![SlotState::Free; slots as usize],
         })
     }
 
@@ -238,7 +254,7 @@ impl Ring {
 
     /// Slots in the ring.
     pub fn slots(&self) -> u32 {
-        u32::try_from(self.held.len()).expect("at most MAX_SLOTS")
+        u32::try_from(self.states.len()).expect("at most MAX_SLOTS")
     }
 
     /// Bytes per slot.
@@ -246,29 +262,58 @@ impl Ring {
         self.slot_bytes
     }
 
-    /// Copies `image` into a free slot, which the client then holds; returns the slot.
+    /// Writes a micro-batch into a free slot, prepared for the client but not yet its; returns the slot
+    /// and the bytes written, or `None` when no slot is free.
     ///
     /// # Errors
-    /// When the client holds every slot, or the image is larger than a slot.
-    pub fn write(&mut self, image: &[u8]) -> Result<u32, String> {
-        if image.len() as u64 > self.slot_bytes {
+    /// When the batch is larger than a slot.
+    pub fn prepare(
+        &mut self,
+        (step, micro_step): (u64, u64),
+        batch: &BatchBuffers,
+    ) -> Result<Option<(u32, u64)>, String> {
+        let bytes = image_bytes(batch);
+        if bytes as u64 > self.slot_bytes {
             return Err(format!(
-                "a batch of {} bytes does not fit a slot of {}",
-                image.len(),
+                "a batch of {bytes} bytes does not fit a slot of {}",
                 self.slot_bytes
             ));
         }
-        let slot = self.held.iter().position(|h| !h).ok_or_else(|| {
-            format!(
-                "the client holds all {} slots; release one before asking for more",
-                self.held.len()
-            )
-        })?;
+        let Some(slot) = self.states.iter().position(|s| *s == SlotState::Free) else {
+            return Ok(None);
+        };
         #[allow(clippy::cast_possible_truncation)] // the ring is mapped, so it fits usize
         let start = slot * self.slot_bytes as usize;
-        self.map[start..start + image.len()].copy_from_slice(image);
-        self.held[slot] = true;
-        Ok(u32::try_from(slot).expect("at most MAX_SLOTS"))
+        encode_slot(step, micro_step, batch, &mut self.map[start..start + bytes]);
+        self.states[slot] = SlotState::Prepared;
+        Ok(Some((
+            u32::try_from(slot).expect("at most MAX_SLOTS"),
+            bytes as u64,
+        )))
+    }
+
+    /// Hands a prepared slot to the client, which holds it until it releases it.
+    pub fn hand_over(&mut self, slot: u32) {
+        let state = &mut self.states[slot as usize];
+        assert_eq!(
+            *state,
+            SlotState::Prepared,
+            "only a prepared slot is handed over"
+        );
+        *state = SlotState::Held;
+    }
+
+    /// Frees a prepared slot the client did not ask for after all.
+    pub fn discard(&mut self, slot: u32) {
+        let state = &mut self.states[slot as usize];
+        if *state == SlotState::Prepared {
+            *state = SlotState::Free;
+        }
+    }
+
+    /// Whether the client holds every slot.
+    pub fn all_held(&self) -> bool {
+        self.states.iter().all(|s| *s == SlotState::Held)
     }
 
     /// The client gives `slot` back.
@@ -276,9 +321,9 @@ impl Ring {
     /// # Errors
     /// A slot the client does not hold.
     pub fn release(&mut self, slot: u32) -> Result<(), String> {
-        match self.held.get_mut(slot as usize) {
-            Some(held) if *held => {
-                *held = false;
+        match self.states.get_mut(slot as usize) {
+            Some(state) if *state == SlotState::Held => {
+                *state = SlotState::Free;
                 Ok(())
             }
             _ => Err(format!(
@@ -361,7 +406,7 @@ pub fn send_with_fd(socket: &UnixStream, bytes: &[u8], fd: BorrowedFd<'_>) -> st
 /// # Errors
 /// When the socket fails.
 pub fn recv_with_fd(
-    socket: &UnixStream,
+    socket: impl AsFd,
     buf: &mut Vec<u8>,
 ) -> std::io::Result<(usize, Option<OwnedFd>)> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
@@ -386,33 +431,37 @@ pub fn recv_with_fd(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 
-    fn sample(index: u64, tokens: Vec<u32>, cu: Vec<u32>) -> Sample {
-        Sample {
-            index,
-            dataset: (index % 3) as usize,
-            tokens,
-            cu_seqlens: cu,
+    fn buffers(samples: &[(u64, Vec<u32>, Vec<u32>)]) -> BatchBuffers {
+        let mut out = BatchBuffers::default();
+        for (index, tokens, cu) in samples {
+            out.tokens.extend(tokens);
+            out.cu_seqlens.extend(cu);
+            out.samples.push((
+                *index,
+                u32::try_from(*index % 3).unwrap(),
+                u32::try_from(cu.len()).unwrap(),
+            ));
         }
+        out
     }
 
     #[test]
     fn a_slot_image_reads_back_in_place() {
-        let samples = [
-            sample(7, vec![1, 2, 3, 4], vec![0, 1, 4]),
-            sample(9, vec![5, 6, 7, 8], vec![0, 4]),
-        ];
-        let mut image = Vec::new();
-        encode_slot(3, 1, &samples, &mut image);
+        let samples = buffers(&[
+            (7, vec![1, 2, 3, 4], vec![0, 1, 4]),
+            (9, vec![5, 6, 7, 8], vec![0, 4]),
+        ]);
         let ring_bytes = slot_bytes(2, 4);
-        assert!(image.len() as u64 <= ring_bytes);
         let mut ring = Ring::create(2, ring_bytes).unwrap();
-        let slot = ring.write(&image).unwrap();
+        let (slot, bytes) = ring.prepare((3, 1), &samples).unwrap().unwrap();
+        ring.hand_over(slot);
         let fd = ring.fd().try_clone_to_owned().unwrap();
         let map = RingMap::open(fd, 2, ring_bytes).unwrap();
-        let batch = map.slot(slot, image.len() as u64).unwrap();
+        let batch = map.slot(slot, bytes).unwrap();
         assert_eq!((batch.step(), batch.micro_step(), batch.len()), (3, 1, 2));
         assert_eq!(batch.tokens(), [1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(batch.sample_tokens(1), [5, 6, 7, 8]);
@@ -423,21 +472,29 @@ mod tests {
 
     #[test]
     fn held_slots_are_never_written_and_bad_releases_are_refused() {
+        let batch = buffers(&[(1, vec![1, 2], vec![0, 2])]);
         let mut ring = Ring::create(2, 4096).unwrap();
-        assert_eq!(ring.write(b"a").unwrap(), 0);
-        assert_eq!(ring.write(b"b").unwrap(), 1);
-        assert!(ring.write(b"c").unwrap_err().contains("holds all 2 slots"));
+        let (a, _) = ring.prepare((0, 0), &batch).unwrap().unwrap();
+        let (b, _) = ring.prepare((0, 1), &batch).unwrap().unwrap();
+        assert_eq!((a, b), (0, 1));
+        assert_eq!(ring.prepare((0, 2), &batch).unwrap(), None);
+        ring.hand_over(a);
+        assert!(ring.release(b).is_err(), "prepared, not held");
+        ring.discard(b);
+        let (c, _) = ring.prepare((0, 2), &batch).unwrap().unwrap();
+        ring.hand_over(c);
+        assert!(ring.all_held());
         ring.release(0).unwrap();
         assert!(ring.release(0).is_err());
         assert!(ring.release(5).is_err());
-        assert_eq!(ring.write(b"c").unwrap(), 0);
-        assert!(ring.write(&[0; 4097]).is_err());
+        let big = buffers(&[(1, vec![0; 2000], vec![0, 2000])]);
+        assert!(ring.prepare((0, 3), &big).is_err());
     }
 
     #[test]
     fn damaged_slot_images_are_refused() {
-        let samples = [sample(1, vec![1, 2], vec![0, 2])];
-        let mut image = Vec::new();
+        let samples = buffers(&[(1, vec![1, 2], vec![0, 2])]);
+        let mut image = vec![0; image_bytes(&samples)];
         encode_slot(0, 0, &samples, &mut image);
         // An 8-aligned copy to parse from.
         let aligned = |bytes: &[u8]| {

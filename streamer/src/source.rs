@@ -58,15 +58,13 @@ impl Documents for Corpus {
                 );
             }
             TokenDtype::Int32 => {
-                out.extend(
-                    slice
-                        .as_slice::<i32>()
-                        .expect("dtype")
-                        .get(start..end)
-                        .unwrap_or(&[])
-                        .iter()
-                        .map(|&t| t as u32),
-                );
+                // Non-negative int32 ids have the same bits as u32: a plain copy.
+                let ids: &[i32] = slice
+                    .as_slice::<i32>()
+                    .expect("dtype")
+                    .get(start..end)
+                    .unwrap_or(&[]);
+                out.extend_from_slice(bytemuck::cast_slice(ids));
             }
             _ => {
                 out.extend(slice.to_i64_vec()[start..end].iter().map(|&t| t as u32));

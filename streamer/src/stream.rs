@@ -16,7 +16,7 @@
 use flame_formats::Corpus;
 use flame_formats::permutation::splitmix64;
 
-use crate::epoch::{EpochPlan, cu_seqlens};
+use crate::epoch::{EpochPlan, Piece, cu_seqlens};
 use crate::error::{Error, Result};
 use crate::megatron::MegatronOrder;
 use crate::mix::Mixer;
@@ -34,6 +34,48 @@ pub struct Sample {
     pub tokens: Vec<u32>,
     /// Sequence boundaries inside the window (`[0, seq_len]` when `varlen` is off).
     pub cu_seqlens: Vec<u32>,
+}
+
+/// Samples in flat buffers: tokens `[B, T]` row-major, then per sample (global index, dataset,
+/// `cu_seqlens` count), the `cu_seqlens` one sample after the other.
+#[derive(Clone, Debug, Default)]
+pub struct BatchBuffers {
+    /// Tokens of every sample, one after the other.
+    pub tokens: Vec<u32>,
+    /// (global index, dataset, `cu_seqlens` count) of each sample.
+    pub samples: Vec<(u64, u32, u32)>,
+    /// Every sample's `cu_seqlens`, one after the other.
+    pub cu_seqlens: Vec<u32>,
+}
+
+impl BatchBuffers {
+    /// Tokens per sample (all samples have as many).
+    pub fn tokens_per_sample(&self) -> usize {
+        self.tokens
+            .len()
+            .checked_div(self.samples.len())
+            .unwrap_or(0)
+    }
+
+    /// The samples, each with its own vectors.
+    pub fn to_samples(&self) -> Vec<Sample> {
+        let t = self.tokens_per_sample();
+        let mut cu = 0;
+        self.samples
+            .iter()
+            .enumerate()
+            .map(|(i, &(index, dataset, count))| {
+                let sample = Sample {
+                    index,
+                    dataset: dataset as usize,
+                    tokens: self.tokens[i * t..(i + 1) * t].to_vec(),
+                    cu_seqlens: self.cu_seqlens[cu..cu + count as usize].to_vec(),
+                };
+                cu += count as usize;
+                sample
+            })
+            .collect()
+    }
 }
 
 /// A job's datasets, packing and mixing.
@@ -194,52 +236,91 @@ impl Stream {
 
     /// Global sample `k`.
     pub fn sample(&self, k: u64) -> Result<Sample> {
+        let mut out = BatchBuffers::default();
+        self.samples_into(k..k + 1, &mut out)?;
+        Ok(Sample {
+            index: k,
+            dataset: out.samples[0].1 as usize,
+            tokens: out.tokens,
+            cu_seqlens: out.cu_seqlens,
+        })
+    }
+
+    /// Appends global samples `range` (within one global batch) to `out`.
+    fn samples_into(&self, range: std::ops::Range<u64>, out: &mut BatchBuffers) -> Result<()> {
         if let Some(num_samples) = self.spec.num_samples
-            && k >= num_samples
+            && range.end > num_samples
         {
             return Err(Error::PastEnd {
-                index: k,
+                index: range.end - 1,
                 num_samples,
             });
         }
-        let (dataset, pieces, documents) = match &self.order {
-            Planned::Flame { plans, mixer } => {
-                let draw = mixer.draw(k);
-                let plan = &plans[draw.dataset];
-                let per_epoch = plan.windows_per_epoch();
-                let pieces = plan.window(draw.window / per_epoch, draw.window % per_epoch);
-                (draw.dataset, pieces, plan.documents())
-            }
-            Planned::Megatron {
-                order,
-                documents,
-                lengths,
-            } => {
-                let (d, j) = order.locate(k);
-                (d, order.pieces(d, j, &lengths[d]), &documents[d])
-            }
+        let located: Vec<(usize, Vec<Piece>)> = match &self.order {
+            Planned::Flame { plans, mixer } => mixer
+                .draws(range.clone())
+                .into_iter()
+                .map(|draw| {
+                    let plan = &plans[draw.dataset];
+                    let per_epoch = plan.windows_per_epoch();
+                    let pieces = plan.window(draw.window / per_epoch, draw.window % per_epoch);
+                    (draw.dataset, pieces)
+                })
+                .collect(),
+            Planned::Megatron { order, lengths, .. } => range
+                .clone()
+                .map(|k| {
+                    let (d, j) = order.locate(k);
+                    (d, order.pieces(d, j, &lengths[d]))
+                })
+                .collect(),
         };
-        let mut tokens = Vec::with_capacity(self.tokens_per_sample() as usize);
-        for piece in &pieces {
-            documents
-                .read(piece.document, piece.tokens.clone(), &mut tokens)
-                .map_err(|e| Error::dataset(&self.spec.datasets[dataset].path, e))?;
+        let context_len = u64::from(self.spec.context_len());
+        for (k, (dataset, pieces)) in range.zip(located) {
+            let documents: &dyn Documents = match &self.order {
+                Planned::Flame { plans, .. } => plans[dataset].documents(),
+                Planned::Megatron { documents, .. } => &documents[dataset],
+            };
+            for piece in &pieces {
+                documents
+                    .read(piece.document, piece.tokens.clone(), &mut out.tokens)
+                    .map_err(|e| Error::dataset(&self.spec.datasets[dataset].path, e))?;
+            }
+            let before = out.cu_seqlens.len();
+            if self.spec.varlen {
+                out.cu_seqlens.extend(cu_seqlens(&pieces, context_len));
+                // Megatron's extra label token is not an input position.
+                while out
+                    .cu_seqlens
+                    .last()
+                    .is_some_and(|&c| c >= self.spec.seq_len)
+                {
+                    out.cu_seqlens.pop();
+                }
+                out.cu_seqlens.push(self.spec.seq_len);
+            } else {
+                out.cu_seqlens.extend([0, self.spec.seq_len]);
+            }
+            let count = u32::try_from(out.cu_seqlens.len() - before).expect("below seq_len");
+            out.samples
+                .push((k, u32::try_from(dataset).expect("few datasets"), count));
         }
-        let cu_seqlens = if self.spec.varlen {
-            let mut cu = cu_seqlens(&pieces, u64::from(self.spec.context_len()));
-            // Megatron's extra label token is not an input position.
-            cu.retain(|&c| c < self.spec.seq_len);
-            cu.push(self.spec.seq_len);
-            cu
-        } else {
-            vec![0, self.spec.seq_len]
-        };
-        Ok(Sample {
-            index: k,
-            dataset,
-            tokens,
-            cu_seqlens,
-        })
+        Ok(())
+    }
+
+    /// Rank `rank`'s micro-batch into `out` (cleared first): what [`Stream::micro_batch`] returns, in
+    /// flat buffers that the server copies to the wire or a shared-memory slot as they are.
+    pub fn micro_batch_into(
+        &self,
+        (step, micro_step): (u64, u64),
+        (rank, world_size): (u32, u32),
+        out: &mut BatchBuffers,
+    ) -> Result<()> {
+        out.tokens.clear();
+        out.samples.clear();
+        out.cu_seqlens.clear();
+        let range = self.micro_batch_indices(step, micro_step, rank, world_size)?;
+        self.samples_into(range, out)
     }
 
     /// The global sample indices rank `rank` of `world_size` reads at `step`, `micro_step`.
@@ -283,8 +364,8 @@ impl Stream {
         rank: u32,
         world_size: u32,
     ) -> Result<Vec<Sample>> {
-        self.micro_batch_indices(step, micro_step, rank, world_size)?
-            .map(|k| self.sample(k))
-            .collect()
+        let mut out = BatchBuffers::default();
+        self.micro_batch_into((step, micro_step), (rank, world_size), &mut out)?;
+        Ok(out.to_samples())
     }
 }

@@ -6,9 +6,11 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 
 use flame_formats::TokenDtype;
 use flame_formats::megatron::IndexedDatasetBuilder;
+use flame_streamer::async_client::AsyncClient;
 use flame_streamer::client::{Client, ClientError};
 use flame_streamer::protocol::{Limits, Message, VERSION, decode, encode};
 use flame_streamer::server::{Endpoint, ServerConfig, serve};
@@ -158,6 +160,51 @@ fn shared_memory_serves_the_same_batches_in_place_from_a_private_read_only_ring(
 }
 
 #[test]
+fn the_async_client_receives_the_same_batches_over_every_transport() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = job(dir.path());
+    let reference = Stream::open(spec.clone()).unwrap();
+    let endpoints = start(dir.path(), None);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for (endpoint, shared_memory) in [
+        (&endpoints[0], false),
+        (&endpoints[1], false),
+        (&endpoints[0], true),
+    ] {
+        runtime.block_on(async {
+            let mut client = AsyncClient::connect(endpoint.clone(), &spec, 1, 2, None, 0)
+                .await
+                .unwrap();
+            assert_eq!(
+                (client.micro_steps, client.fingerprint.clone()),
+                (2, spec.fingerprint())
+            );
+            if shared_memory {
+                client.open_shared_memory(2).await.unwrap();
+                let batch = client.micro_batch_in_place(4, 1).await.unwrap();
+                let want = reference.micro_batch(4, 1, 1, 2).unwrap();
+                assert_eq!(batch.sample_tokens(1), want[1].tokens.as_slice());
+            }
+            for (step, micro) in [(0, 0), (0, 1), (1, 0), (9, 1), (0, 0)] {
+                let got = client.micro_batch(step, micro).await.unwrap();
+                let want = reference.micro_batch(step, micro, 1, 2).unwrap();
+                for (g, w) in got.iter().zip(&want) {
+                    assert_eq!(
+                        (g.index, &g.tokens, &g.cu_seqlens),
+                        (w.index, &w.tokens, &w.cu_seqlens)
+                    );
+                }
+            }
+            let err = client.micro_batch(0, 7).await.unwrap_err();
+            assert!(err.to_string().contains("micro-step 7"), "{err}");
+        });
+    }
+}
+
+#[test]
 fn a_client_that_breaks_the_ring_rules_is_cut_off_and_the_server_carries_on() {
     let dir = tempfile::tempdir().unwrap();
     let spec = job(dir.path());
@@ -239,6 +286,50 @@ fn a_client_that_breaks_the_ring_rules_is_cut_off_and_the_server_carries_on() {
     let mut fine = Client::connect(endpoints[0].clone(), &spec, 0, 1, None, 0).unwrap();
     fine.open_shared_memory(1).unwrap();
     assert_eq!(fine.micro_batch_in_place(2, 3).unwrap().len(), 2);
+}
+
+#[test]
+fn sixty_four_concurrent_clients_each_get_exactly_their_slice() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = job(dir.path());
+    spec.global_batch_size = 128; // 64 ranks × micro-batches of 2
+    let reference = Arc::new(Stream::open(spec.clone()).unwrap());
+    let endpoints = start(dir.path(), None);
+    let steps = 6;
+    let handles: Vec<_> = (0..64u32)
+        .map(|rank| {
+            let (spec, reference) = (spec.clone(), Arc::clone(&reference));
+            // A third each over TCP, the Unix socket, and shared memory.
+            let endpoint = endpoints[usize::from(rank % 3 == 0)].clone();
+            std::thread::spawn(move || {
+                let mut client = Client::connect(endpoint, &spec, rank, 64, None, 3).unwrap();
+                if rank % 3 == 1 {
+                    client.open_shared_memory(3).unwrap();
+                }
+                let mut indices = Vec::new();
+                for step in 0..steps {
+                    let got = client.micro_batch(step, 0).unwrap();
+                    let want = reference.micro_batch(step, 0, rank, 64).unwrap();
+                    assert_eq!(got.len(), want.len());
+                    for (g, w) in got.iter().zip(&want) {
+                        assert_eq!(
+                            (g.index, &g.tokens, &g.cu_seqlens),
+                            (w.index, &w.tokens, &w.cu_seqlens)
+                        );
+                        indices.push(g.index);
+                    }
+                }
+                indices
+            })
+        })
+        .collect();
+    let mut all: Vec<u64> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    all.sort_unstable();
+    // Together the ranks read every sample of the steps exactly once.
+    assert_eq!(all, (0..steps * 128).collect::<Vec<_>>());
 }
 
 fn raw_exchange(path: &Path, bytes: &[u8]) -> Vec<Message> {
@@ -452,6 +543,9 @@ fn metrics_count_batches_tokens_per_dataset_lag_and_clients() {
     let addr = running.metrics.unwrap();
     let mut rank0 = Client::connect(running.endpoints[0].clone(), &spec, 0, 2, None, 0).unwrap();
     let mut rank1 = Client::connect(running.endpoints[0].clone(), &spec, 1, 2, None, 0).unwrap();
+    // Without reading ahead, the server has sent exactly what was asked for when the answer arrives.
+    rank0.set_read_ahead(false);
+    rank1.set_read_ahead(false);
     let mut tokens0 = [0u64; 2];
     for step in 0..3 {
         for micro in 0..2 {

@@ -6,12 +6,16 @@
         for micro_step in range(client.micro_steps):
             batch = client.micro_batch(step, micro_step)   # batch.tokens: int64 [B, seq_len]
 
-`Batch.cu_seqlens` holds one int32 array per sample (flame's varlen boundaries). With torch installed,
+`Batch.cu_seqlens` holds one int32 array per sample (flame's varlen boundaries). On the server's host,
+`Client("unix://...", ..., shared_memory=4)` takes batches from a shared-memory ring of 4 slots instead
+of the socket (the ring's descriptor comes over the Unix socket; tokens are read from the mapping).
+With torch installed,
 `FlameStreamDataset` is an `IterableDataset` yielding flame's batch dicts. Only numpy is required.
 The client reconnects with backoff when the connection drops and asks again for the same batch; a
 batch is a pure function of (job, step, micro-step, rank, world size), so nothing is lost or repeated.
 """
 
+import mmap
 import socket
 import struct
 import time
@@ -23,6 +27,8 @@ VERSION = 1
 MAGIC = b"FLMS"
 MAX_FRAME = 1 << 30
 _HELLO, _WELCOME, _REQUEST, _BATCH, _ERROR = 1, 2, 3, 4, 5
+_SHM_OPEN, _SHM_READY, _SLOT, _RELEASE = 6, 7, 8, 9
+_SLOT_MAGIC = b"FLSB"
 
 
 class ServerError(RuntimeError):
@@ -84,8 +90,11 @@ def parse_endpoint(endpoint):
 class Client:
     """One rank of one job, connected to flame-stream."""
 
-    def __init__(self, endpoint, job_toml, rank=0, world_size=1, token=None, retries=8):
+    def __init__(self, endpoint, job_toml, rank=0, world_size=1, token=None, retries=8, shared_memory=None):
         self.endpoint, self.retries = endpoint, retries
+        if shared_memory is not None and not endpoint.startswith("unix://"):
+            raise ValueError(f"{endpoint}: shared memory needs a unix:// endpoint")
+        self.shared_memory, self._ring, self._held = shared_memory, None, None
         self._hello = _frame(_HELLO, MAGIC + struct.pack("<H", VERSION) + _bytes((token or "").encode())
                              + _bytes(job_toml.encode()) + struct.pack("<II", rank, world_size))
         self._sock, self._buf = None, b""
@@ -96,6 +105,53 @@ class Client:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        if self._ring is not None:
+            self._ring.close()
+            self._ring, self._held = None, None
+
+    def _open_ring(self):
+        """ShmOpen, then ShmReady with the ring's descriptor (SCM_RIGHTS); maps it read-only."""
+        self._sock.sendall(_frame(_SHM_OPEN, struct.pack("<I", self.shared_memory)))
+        fd = None
+        while len(self._buf) < 4 or len(self._buf) < 4 + struct.unpack_from("<I", self._buf)[0]:
+            data, fds, _flags, _addr = socket.recv_fds(self._sock, 1 << 16, 1)
+            if not data:
+                raise ConnectionError("the server closed the connection")
+            self._buf += data
+            if fds and fd is None:
+                fd = fds[0]
+        kind, r = self._read_frame()
+        if kind == _ERROR:
+            raise ServerError(r.string())
+        if kind != _SHM_READY or fd is None:
+            raise ServerError(f"expected ShmReady with a descriptor, got kind {kind}")
+        slots, slot_bytes = r.unpack("<IQ")
+        try:
+            self._ring = mmap.mmap(fd, slots * slot_bytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        finally:
+            import os
+            os.close(fd)
+        self._slot_bytes = slot_bytes
+
+    def _read_slot(self, slot, size):
+        """The micro-batch in `slot` (see streamer/src/shm.rs for the layout), copied out of the ring."""
+        base = slot * self._slot_bytes
+        ring = self._ring
+        if size < 32 or ring[base:base + 4] != _SLOT_MAGIC:
+            raise ServerError(f"slot {slot}: no FLSB header")
+        samples, step, micro_step, per_sample, cu_total = struct.unpack_from("<IQQII", ring, base + 4)
+        if 32 + samples * (16 + 4 * per_sample) + 4 * cu_total > size:
+            raise ServerError(f"slot {slot}: counts exceed its {size} bytes")
+        entries = np.frombuffer(ring, dtype=np.dtype([("index", "<u8"), ("dataset", "<u4"), ("cu", "<u4")]),
+                                count=samples, offset=base + 32)
+        at = base + 32 + 16 * samples
+        tokens = np.frombuffer(ring, dtype="<u4", count=samples * per_sample, offset=at)
+        at += 4 * samples * per_sample
+        cu_all = np.frombuffer(ring, dtype="<u4", count=cu_total, offset=at).astype(np.int32)
+        bounds = np.concatenate([[0], np.cumsum(entries["cu"])]).astype(np.int64)
+        return Batch(step, micro_step, entries["dataset"].astype(np.int32), entries["index"].astype(np.int64),
+                     tokens.reshape(samples, per_sample).astype(np.int64),
+                     [cu_all[bounds[i]:bounds[i + 1]] for i in range(samples)])
 
     def _read_frame(self):
         while True:
@@ -136,6 +192,8 @@ class Client:
             _version = r.unpack("<H")
             self.fingerprint = r.string()
             self.seq_len, self.micro_steps = r.unpack("<II")
+            if self.shared_memory is not None:
+                self._open_ring()
             return
         raise ConnectionError(f"{self.endpoint}: {last}")
 
@@ -146,13 +204,21 @@ class Client:
             if self._sock is None:
                 self._connect()
             try:
-                self._sock.sendall(request)
+                release = b""
+                if self._held is not None:
+                    # The last batch was copied out of its slot: give the slot back.
+                    release, self._held = _frame(_RELEASE, struct.pack("<I", self._held)), None
+                self._sock.sendall(release + request)
                 kind, r = self._read_frame()
             except OSError:
                 self.close()
                 continue
             if kind == _ERROR:
                 raise ServerError(r.string())
+            if kind == _SLOT and self._ring is not None:
+                _step, _micro, slot, size = r.unpack("<QQIQ")
+                self._held = slot
+                return self._read_slot(slot, size)
             if kind != _BATCH:
                 raise ServerError(f"expected Batch, got kind {kind}")
             got_step, got_micro = r.unpack("<QQ")

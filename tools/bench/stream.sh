@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The flame-stream benchmark (tools/bench/stream.py): builds the server and
+# streamer/examples/throughput.rs in release, creates the benchmarks' venv once (it holds Grain, the
+# peer), then runs flame-stream over shared memory and TCP beside Grain on the same tokens.
+# Arguments go to stream.py (e.g. --seconds 4). Takes ~2 minutes on 2 cores.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+cargo build --release --quiet -p flame-streamer --bin flame-stream --example throughput
+python="$(bash tools/setup-python.sh bench)"
+exec "$python" tools/bench/stream.py "$@"
