@@ -3,7 +3,8 @@
 //! Builds (once, cached under `~/.cache/flame/bench/stream/`) a `uint16` dataset of `N` documents of 1 to
 //! 4 tokens (the cost of planning a stream grows with documents, not tokens), then measures, each on a
 //! fresh process state: `Stream::open` (opening the index and one pass over the lengths), the first
-//! sample, and a sample at step 10^6 of a job with global batch 32 (a resume), then the samples after it.
+//! sample, and a sample at step 10^6 of a job with global batch 32 (a resume), the samples after it, and
+//! a sample at step 10^9.
 //!
 //! Usage: `cargo run --release -p flame-streamer --example startup -- [N]` (default 100000000).
 
@@ -65,8 +66,12 @@ fn main() -> anyhow::Result<()> {
         stream.sample(k)?;
     }
     let next_s = start.elapsed().as_secs_f64() / 320.0;
+    // O(1): a thousand times further costs the same.
+    let start = Instant::now();
+    stream.sample(1_000_000_000 * 32)?;
+    let far_s = start.elapsed().as_secs_f64();
     println!(
-        "{{\"documents\": {n}, \"open_s\": {open_s:.3}, \"first_sample_s\": {first_s:.4}, \"resume_at_step_1e6_s\": {resume_s:.4}, \"next_sample_s\": {next_s:.6}}}"
+        "{{\"documents\": {n}, \"open_s\": {open_s:.3}, \"first_sample_s\": {first_s:.4}, \"resume_at_step_1e6_s\": {resume_s:.4}, \"resume_at_step_1e9_s\": {far_s:.4}, \"next_sample_s\": {next_s:.6}}}"
     );
     Ok(())
 }

@@ -4,13 +4,15 @@
 //! normalised weight `w_d` gets, in **every** global batch of `G` windows, either `floor(w_d·G)` or
 //! `ceil(w_d·G)` windows — within one window of its weight. Which datasets get the extra window in
 //! batch `b` is decided by a deficit carried from batch to batch (in exact integer arithmetic: quotas
-//! are fixed-point with 32 fractional bits), so over many batches every share converges to its weight
-//! with an error below one window. Inside a batch the windows of all datasets are interleaved by a keyed
-//! permutation.
+//! are fixed-point with 16 fractional bits, so weights are honoured to 1/65536 of a window per batch),
+//! so over many batches every share converges to its weight with an error below one window. Inside a
+//! batch the windows of all datasets are interleaved by a keyed permutation.
 //!
-//! The carry makes the schedule sequential in `b`; [`Mixer`] keeps a checkpoint of the carry every
-//! [`CHECKPOINT_EVERY`] batches, so any batch is reached by replaying fewer than that many batches
-//! (resuming at step 10^6 replays 10^6 small integer steps once, then nothing).
+//! The carry makes the schedule sequential in `b`, but it is **periodic**: over [`PERIOD`] = 2^16
+//! batches each dataset's fractional quota adds up to whole windows, and the carry, always within one
+//! window, is back to zero. So batch `b` is batch `b mod PERIOD` shifted by whole periods, and
+//! [`Mixer`] keeps the carry every [`CHECKPOINT_EVERY`] batches of one period (at most 64 of them): any
+//! batch, at any step, costs fewer than 1024 replayed integer steps. Resume is O(1).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -20,7 +22,11 @@ use flame_formats::permutation::{Permutation, splitmix64};
 /// Batches between stored carries.
 pub const CHECKPOINT_EVERY: u64 = 1024;
 
-const ONE: i128 = 1 << 32;
+/// Batches after which the schedule repeats (shifted by whole windows); also the fixed-point unit of a
+/// window in the quotas.
+pub const PERIOD: u64 = 1 << 16;
+
+const ONE: i128 = PERIOD as i128;
 
 /// State after some batches: the carry and each dataset's windows so far.
 #[derive(Clone, Debug)]
@@ -56,6 +62,8 @@ pub struct Mixer {
     /// The last batches asked for: number, counts, windows before, and the carry after each, so that
     /// reading a batch again or the next one costs one step.
     last: Mutex<VecDeque<LastBatch>>,
+    /// Windows of each dataset in one period.
+    per_period: Vec<u64>,
 }
 
 /// Where a global sample comes from.
@@ -106,6 +114,10 @@ impl Mixer {
             extra,
             checkpoints: Mutex::new(vec![start]),
             last: Mutex::new(VecDeque::new()),
+            per_period: quota
+                .iter()
+                .map(|&q| u64::try_from(q).expect("non-negative"))
+                .collect(),
         }
     }
 
@@ -143,8 +155,9 @@ impl Mixer {
             remember(&mut last, (b, counts.clone(), before.clone(), carry));
             return (counts, before);
         }
+        let (periods, b_in_period) = (b / PERIOD, b % PERIOD);
         let mut checkpoints = self.checkpoints.lock().expect("not poisoned");
-        let k = usize::try_from(b / CHECKPOINT_EVERY).expect("fits");
+        let k = usize::try_from(b_in_period / CHECKPOINT_EVERY).expect("fits");
         while checkpoints.len() <= k {
             let mut carry = checkpoints.last().expect("the start").clone();
             for _ in 0..CHECKPOINT_EVERY {
@@ -154,8 +167,12 @@ impl Mixer {
         }
         let mut carry = checkpoints[k].clone();
         drop(checkpoints);
-        for _ in (k as u64) * CHECKPOINT_EVERY..b {
+        for _ in (k as u64) * CHECKPOINT_EVERY..b_in_period {
             self.step(&mut carry);
+        }
+        // Whole periods before: each gives every dataset exactly its quota of windows per period.
+        for (w, q) in carry.windows.iter_mut().zip(&self.per_period) {
+            *w += periods * q;
         }
         let before = carry.windows.clone();
         let counts = self.step(&mut carry);
@@ -217,6 +234,13 @@ mod tests {
         for b in 0..3000 {
             let (counts, before) = mixer.batch(b);
             assert_eq!(before.as_slice(), totals.as_slice(), "batch {b}");
+            if b % 7 == 0 {
+                // A fresh mixer (a resumed job) agrees.
+                assert_eq!(
+                    Mixer::new(&weights, 32, 7).batch(b),
+                    (counts.clone(), before.clone())
+                );
+            }
             assert_eq!(counts.iter().sum::<u64>(), 32);
             for (d, &c) in counts.iter().enumerate() {
                 let target = weights[d] * 32.0;
@@ -230,6 +254,39 @@ mod tests {
                 let off = (t as f64 - weights[d] * 32.0 * (b + 1) as f64).abs();
                 assert!(off < 1.0 + 1e-6, "after batch {b}, dataset {d}: {t}");
             }
+        }
+    }
+
+    #[test]
+    fn the_schedule_repeats_every_period_so_any_batch_is_reached_in_constant_time() {
+        let weights = [0.61, 0.27, 0.0937, 0.0263];
+        let mixer = Mixer::new(&weights, 24, 3);
+        // Stepping through a whole period brings the carry back to zero.
+        let mut carry = Carry {
+            owed: vec![0; 4],
+            windows: vec![0; 4],
+        };
+        for _ in 0..PERIOD {
+            mixer.step(&mut carry);
+        }
+        assert_eq!(carry.owed, [0; 4]);
+        assert_eq!(carry.windows, mixer.per_period);
+        // So batch b of period p is batch b of period 0, shifted by p periods of windows.
+        for (p, b) in [(1u64, 5u64), (7, 0), (1_000_000, 4095), (3, PERIOD - 1)] {
+            let (counts, before) = mixer.batch(b);
+            let (far_counts, far_before) = Mixer::new(&weights, 24, 3).batch(p * PERIOD + b);
+            assert_eq!(far_counts, counts);
+            let shifted: Vec<u64> = before
+                .iter()
+                .zip(&mixer.per_period)
+                .map(|(w, q)| w + p * q)
+                .collect();
+            assert_eq!(far_before, shifted);
+        }
+        // And stepping across a period boundary agrees with jumping there.
+        let sequential = Mixer::new(&weights, 24, 3);
+        for b in PERIOD - 3..PERIOD + 3 {
+            assert_eq!(sequential.batch(b), Mixer::new(&weights, 24, 3).batch(b));
         }
     }
 }

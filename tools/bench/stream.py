@@ -8,6 +8,8 @@
    (`MapDataset.mix`, per token since windows are equal), batched by 4, read for SECONDS in one
    process and with 2 worker processes (`mp_prefetch`). Grain produces no `cu_seqlens` (flame-stream
    does) and serves one consumer; its rate is what a trainer's input pipeline would see.
+3. `target/release/examples/startup`: opening a job on 10^8 documents, its first sample, and resuming
+   at step 10^6.
 
 Prints a table and the ratios flame-stream / Grain; writes everything to
 ~/.cache/flame/bench/stream/results.json.
@@ -78,6 +80,9 @@ def main():
     root = pathlib.Path(__file__).resolve().parents[2]
     data_dir, flame = run_flame(root, args.seconds)
     peers = [run_grain(data_dir, args.seconds, 0), run_grain(data_dir, args.seconds, 2)]
+    startup_out = subprocess.run([str(root / "target/release/examples/startup")], check=True,
+                                 capture_output=True, text=True).stdout.splitlines()
+    startup = json.loads(startup_out[-1])
     best_peer = max(p["tokens_per_s"] for p in peers)
 
     print(f"{'case':<44} {'Mtok/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'srv CPU':>8} {'x Grain':>8}")
@@ -90,7 +95,11 @@ def main():
     for p in peers:
         print(f"{p['peer']:<44} {p['tokens_per_s'] / 1e6:>9.1f} {p['p50_ms']:>8.3f} {p['p99_ms']:>8.3f} "
               f"{'':>8} {p['tokens_per_s'] / best_peer:>8.2f}")
-    results = {"flame_stream": flame, "grain": peers, "cpus": os.cpu_count(), "seconds": args.seconds}
+    print(f"start-up on {startup['documents']:.0e} documents: open {startup['open_s']:.2f} s, first sample "
+          f"{startup['first_sample_s'] * 1e3:.1f} ms, resume at step 10^6 {startup['resume_at_step_1e6_s'] * 1e3:.1f} ms, "
+          f"at step 10^9 {startup['resume_at_step_1e9_s'] * 1e3:.1f} ms")
+    results = {"flame_stream": flame, "grain": peers, "startup": startup, "cpus": os.cpu_count(),
+               "seconds": args.seconds}
     out = pathlib.Path(os.environ.get("FLAME_CACHE", pathlib.Path.home() / ".cache/flame")) / "bench/stream"
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
