@@ -173,6 +173,41 @@ impl Corpus {
             .sequence(i - self.sequence_starts[shard])
     }
 
+    /// The window length when every shard is packed (flame-prep's packed output), else `None`.
+    pub fn packed_seq_len(&self) -> Option<u32> {
+        let mut seq_len = None;
+        for shard in &self.shards {
+            match shard {
+                Shard::Packed(p) if seq_len.is_none_or(|s| s == p.seq_len()) => {
+                    seq_len = Some(p.seq_len());
+                }
+                _ => return None,
+            }
+        }
+        seq_len
+    }
+
+    /// The stored `cu_seqlens` of sequence `i` when it is a packed window (`None` for a document).
+    pub fn window_cu_seqlens(&self, i: u64) -> Result<Option<Vec<u32>>> {
+        if i >= self.num_sequences() {
+            return Err(Error::OutOfRange {
+                path: self.root.clone(),
+                what: "sequence",
+                index: i,
+                count: self.num_sequences(),
+            });
+        }
+        let shard = self.sequence_starts.partition_point(|&start| start <= i) - 1;
+        match &self.shards[shard] {
+            Shard::Megatron(_) => Ok(None),
+            Shard::Packed(p) => {
+                let window = p.window(i - self.sequence_starts[shard])?;
+                #[allow(clippy::cast_sign_loss)] // checked to rise from 0
+                Ok(Some(window.cu_seqlens.iter().map(|&c| c as u32).collect()))
+            }
+        }
+    }
+
     /// Checks everything: with a manifest, sizes and checksums of every file too; without, the format's invariants.
     pub fn verify(&self) -> Result<VerifyReport> {
         if let Some(manifest) = &self.manifest {

@@ -16,6 +16,15 @@ pub trait Documents: Send + Sync {
     fn document_len(&self, d: u64) -> u64;
     /// Appends tokens `range` of document `d` to `out`.
     fn read(&self, d: u64, range: Range<u64>, out: &mut Vec<u32>) -> flame_formats::Result<()>;
+    /// The stored `cu_seqlens` of `d` when it is a window packed ahead of time (flame-prep's packed
+    /// output), which the stream then serves as they are.
+    fn window_boundaries(&self, _d: u64) -> flame_formats::Result<Option<Vec<u32>>> {
+        Ok(None)
+    }
+    /// The window length, when every document is a window packed ahead of time.
+    fn packed_seq_len(&self) -> Option<u32> {
+        None
+    }
 }
 
 fn out_of_range(what: &'static str, index: u64, count: u64) -> flame_formats::Error {
@@ -30,6 +39,14 @@ fn out_of_range(what: &'static str, index: u64, count: u64) -> flame_formats::Er
 impl Documents for Corpus {
     fn num_documents(&self) -> u64 {
         self.num_sequences()
+    }
+
+    fn window_boundaries(&self, d: u64) -> flame_formats::Result<Option<Vec<u32>>> {
+        self.window_cu_seqlens(d)
+    }
+
+    fn packed_seq_len(&self) -> Option<u32> {
+        Corpus::packed_seq_len(self)
     }
 
     fn document_len(&self, d: u64) -> u64 {
@@ -85,6 +102,14 @@ impl<D: Documents + ?Sized> Documents for Box<D> {
 
     fn read(&self, d: u64, range: Range<u64>, out: &mut Vec<u32>) -> flame_formats::Result<()> {
         (**self).read(d, range, out)
+    }
+
+    fn window_boundaries(&self, d: u64) -> flame_formats::Result<Option<Vec<u32>>> {
+        (**self).window_boundaries(d)
+    }
+
+    fn packed_seq_len(&self) -> Option<u32> {
+        (**self).packed_seq_len()
     }
 }
 
@@ -163,6 +188,14 @@ impl<D: Documents> Documents for SplitView<D> {
 
     fn read(&self, d: u64, range: Range<u64>, out: &mut Vec<u32>) -> flame_formats::Result<()> {
         self.inner.read(self.range.start + d, range, out)
+    }
+
+    fn window_boundaries(&self, d: u64) -> flame_formats::Result<Option<Vec<u32>>> {
+        self.inner.window_boundaries(self.range.start + d)
+    }
+
+    fn packed_seq_len(&self) -> Option<u32> {
+        self.inner.packed_seq_len()
     }
 }
 

@@ -149,6 +149,17 @@ impl Stream {
             })
             .collect();
         for (plan, d) in plans.iter().zip(&spec.datasets) {
+            if let Some(packed) = plan.documents().packed_seq_len()
+                && packed != spec.seq_len
+            {
+                return Err(Error::Plan {
+                    path: d.path.clone(),
+                    reason: format!(
+                        "packed into windows of {packed} tokens, the job's seq_len is {}: serve it with seq_len = {packed}, or pack the documents here from a Megatron output",
+                        spec.seq_len
+                    ),
+                });
+            }
             // Megatron loops forever on an empty split; refuse it here instead.
             if plan.windows_per_epoch() == 0 {
                 return Err(Error::TooSmall {
@@ -287,7 +298,25 @@ impl Stream {
                     .map_err(|e| Error::dataset(&self.spec.datasets[dataset].path, e))?;
             }
             let before = out.cu_seqlens.len();
-            if self.spec.varlen {
+            // A window packed ahead of time (flame's order serves it whole) keeps its stored boundaries.
+            let stored = match pieces.as_slice() {
+                [only] if self.spec.varlen && matches!(self.order, Planned::Flame { .. }) => {
+                    documents
+                        .window_boundaries(only.document)
+                        .map_err(|e| Error::dataset(&self.spec.datasets[dataset].path, e))?
+                }
+                _ => None,
+            };
+            if let Some(stored) = stored {
+                let segments: Vec<Piece> = stored
+                    .windows(2)
+                    .map(|w| Piece {
+                        document: 0,
+                        tokens: 0..u64::from(w[1] - w[0]),
+                    })
+                    .collect();
+                out.cu_seqlens.extend(cu_seqlens(&segments, context_len));
+            } else if self.spec.varlen {
                 out.cu_seqlens.extend(cu_seqlens(&pieces, context_len));
                 // Megatron's extra label token is not an input position.
                 while out

@@ -249,3 +249,50 @@ fn a_megatron_prefix_on_disk_is_served_with_its_tokens() {
             .contains("test split")
     );
 }
+
+#[test]
+fn pre_packed_windows_are_served_whole_with_their_stored_boundaries() {
+    use flame_formats::packed::{PackedDataset, PackedWriter, TailPolicy};
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("packed");
+    let mut writer = PackedWriter::create(&prefix, TokenDtype::Uint16, 64).unwrap();
+    for d in 0..400u32 {
+        let doc: Vec<u32> = (0..1 + (d * 37) % 150)
+            .map(|t| (d * 151 + t) % 60_000)
+            .collect();
+        writer.add_document(&doc).unwrap();
+    }
+    writer.finish(TailPolicy::Drop).unwrap();
+    let packed = PackedDataset::open(&prefix).unwrap();
+    let windows: std::collections::HashMap<Vec<u32>, Vec<u32>> = (0..packed.num_windows())
+        .map(|i| {
+            let w = packed.window(i).unwrap();
+            let tokens = w.tokens.to_i64_vec().iter().map(|&t| t as u32).collect();
+            (tokens, w.cu_seqlens.iter().map(|&c| c as u32).collect())
+        })
+        .collect();
+    let mut job = spec(64, 64, &[1.0], 4);
+    job.datasets[0].path = prefix.to_string_lossy().into_owned();
+    let stream = Stream::open(job.clone()).unwrap();
+    assert_eq!(stream.windows_per_epoch(), [packed.num_windows()]);
+    let mut seen = HashSet::new();
+    // The batches wholly inside epoch 0 (the one across its end mixes in a window of epoch 1).
+    let in_epoch = packed.num_windows() - packed.num_windows() % 4;
+    for k in 0..in_epoch {
+        let sample = stream.sample(k).unwrap();
+        let stored = windows.get(&sample.tokens).expect("a stored window, whole");
+        assert_eq!(&sample.cu_seqlens, stored, "sample {k}");
+        assert!(seen.insert(sample.tokens), "sample {k} repeats a window");
+    }
+    // context_len cuts the stored sequences further, as it does packed documents.
+    job.context_len = Some(16);
+    let sample = Stream::open(job.clone()).unwrap().sample(0).unwrap();
+    let stored = &windows[&sample.tokens];
+    assert!(stored.iter().all(|c| sample.cu_seqlens.contains(c)));
+    assert!(sample.cu_seqlens.windows(2).all(|w| w[1] - w[0] <= 16));
+    // Windows of another length are not re-cut silently.
+    job.seq_len = 32;
+    job.context_len = None;
+    let err = Stream::open(job).unwrap_err().to_string();
+    assert!(err.contains("packed into windows of 64"), "{err}");
+}
