@@ -257,7 +257,7 @@ fn pre_packed_windows_are_served_whole_with_their_stored_boundaries() {
     let prefix = dir.path().join("packed");
     let mut writer = PackedWriter::create(&prefix, TokenDtype::Uint16, 64).unwrap();
     for d in 0..400u32 {
-        let doc: Vec<u32> = (0..1 + (d * 37) % 150)
+        let doc: Vec<u32> = (0..=(d * 37) % 150)
             .map(|t| (d * 151 + t) % 60_000)
             .collect();
         writer.add_document(&doc).unwrap();
@@ -267,8 +267,19 @@ fn pre_packed_windows_are_served_whole_with_their_stored_boundaries() {
     let windows: std::collections::HashMap<Vec<u32>, Vec<u32>> = (0..packed.num_windows())
         .map(|i| {
             let w = packed.window(i).unwrap();
-            let tokens = w.tokens.to_i64_vec().iter().map(|&t| t as u32).collect();
-            (tokens, w.cu_seqlens.iter().map(|&c| c as u32).collect())
+            let tokens = w
+                .tokens
+                .to_i64_vec()
+                .iter()
+                .map(|&t| u32::try_from(t).unwrap())
+                .collect();
+            (
+                tokens,
+                w.cu_seqlens
+                    .iter()
+                    .map(|&c| u32::try_from(c).unwrap())
+                    .collect(),
+            )
         })
         .collect();
     let mut job = spec(64, 64, &[1.0], 4);
