@@ -320,7 +320,9 @@ impl Client {
                             encode(&Message::Release { slot }, &mut request);
                         }
                         Some(Message::Batch { .. }) => {}
-                        other => return Ok(other),
+                        // A refusal of what was asked ahead (past the job's end): the server has closed
+                        // the connection; reconnect and ask for what is wanted now.
+                        _ => return Err("the request made ahead was refused".into()),
                     }
                 }
                 encode(

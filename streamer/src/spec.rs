@@ -10,6 +10,7 @@
 //! order = "flame"            # or "megatron"
 //! split = "969,30,1"         # optional; documents are cut into train/valid/test ranges
 //! split_name = "train"       # which of them this job reads (default "train")
+//! num_samples = 1000000      # optional: the job's samples (or epochs = 2: passes over all tokens)
 //! [[datasets]]
 //! path = "data/a"            # a flame-prep output directory (manifest.json) or a Megatron prefix
 //! weight = 0.7
@@ -79,9 +80,14 @@ pub struct JobSpec {
     /// Which split this job reads: `train`, `valid` or `test`.
     #[serde(default = "train")]
     pub split_name: String,
-    /// Samples in the job; requests past it are refused. `None`: unbounded (datasets wrap around).
+    /// Samples in the job; requests past it are refused. `None` (and no `epochs`): unbounded (datasets
+    /// wrap around).
     #[serde(default)]
     pub num_samples: Option<u64>,
+    /// Instead of `num_samples`: this many passes over all the datasets' tokens (the job's samples are
+    /// `epochs` × the windows of one epoch of every dataset; each dataset still wraps around by itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<u32>,
     /// The datasets.
     pub datasets: Vec<DatasetSpec>,
 }
@@ -164,6 +170,12 @@ impl JobSpec {
         }
         if let Some(split) = &self.split {
             parse_split(split)?;
+        }
+        if self.num_samples.is_some() && self.epochs.is_some() {
+            return invalid("give num_samples or epochs, not both".into());
+        }
+        if self.epochs == Some(0) {
+            return invalid("epochs must be at least 1".into());
         }
         if self.order == Order::Megatron {
             if self.num_samples.is_none() {

@@ -82,6 +82,8 @@ impl BatchBuffers {
 pub struct Stream {
     spec: JobSpec,
     order: Planned,
+    /// The job's samples: `num_samples`, or `epochs` × the windows of one epoch of every dataset.
+    num_samples: Option<u64>,
 }
 
 /// The plan of one of the two orders.
@@ -136,7 +138,16 @@ impl Stream {
             Order::Flame => Self::plan_flame(&spec, documents)?,
             Order::Megatron => Self::plan_megatron(&spec, documents)?,
         };
-        Ok(Self { spec, order })
+        let mut stream = Self {
+            num_samples: spec.num_samples,
+            spec,
+            order,
+        };
+        if let Some(epochs) = stream.spec.epochs {
+            let windows: u64 = stream.windows_per_epoch().iter().sum();
+            stream.num_samples = Some(u64::from(epochs) * windows);
+        }
+        Ok(stream)
     }
 
     fn plan_flame(spec: &JobSpec, documents: Vec<Box<dyn Documents>>) -> Result<Planned> {
@@ -225,6 +236,11 @@ impl Stream {
         &self.spec
     }
 
+    /// Samples in the job (`None`: unbounded).
+    pub fn num_samples(&self) -> Option<u64> {
+        self.num_samples
+    }
+
     /// Tokens in every sample: `seq_len`, or `seq_len + 1` in Megatron's order (inputs are the first
     /// `seq_len`, labels the last `seq_len`).
     pub fn tokens_per_sample(&self) -> u32 {
@@ -259,7 +275,7 @@ impl Stream {
 
     /// Appends global samples `range` (within one global batch) to `out`.
     fn samples_into(&self, range: std::ops::Range<u64>, out: &mut BatchBuffers) -> Result<()> {
-        if let Some(num_samples) = self.spec.num_samples
+        if let Some(num_samples) = self.num_samples
             && range.end > num_samples
         {
             return Err(Error::PastEnd {

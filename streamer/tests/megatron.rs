@@ -67,6 +67,7 @@ fn spec(
         split: Some("969,30,1".into()),
         split_name: split_name.into(),
         num_samples: Some(n),
+        epochs: None,
         datasets: prefixes
             .iter()
             .zip(weights)

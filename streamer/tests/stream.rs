@@ -23,6 +23,7 @@ fn spec(seq_len: u32, context_len: u32, weights: &[f64], global_batch: u32) -> J
         split: None,
         split_name: "train".into(),
         num_samples: None,
+        epochs: None,
         datasets: weights
             .iter()
             .enumerate()
@@ -306,4 +307,34 @@ fn pre_packed_windows_are_served_whole_with_their_stored_boundaries() {
     job.context_len = None;
     let err = Stream::open(job).unwrap_err().to_string();
     assert!(err.contains("packed into windows of 64"), "{err}");
+}
+
+#[test]
+fn a_job_of_epochs_ends_after_that_many_passes_over_the_tokens() {
+    let lengths = [[100u32; 40], [30u32; 40]];
+    let mut job = spec(50, 50, &[0.5, 0.5], 4);
+    job.epochs = Some(2);
+    let stream = Stream::from_documents(
+        job.clone(),
+        vec![documents(0, &lengths[0]), documents(1, &lengths[1])],
+    )
+    .unwrap();
+    // 80 + 24 windows per epoch, twice.
+    assert_eq!(stream.num_samples(), Some(208));
+    assert!(stream.sample(207).is_ok());
+    assert!(
+        stream
+            .sample(208)
+            .unwrap_err()
+            .to_string()
+            .contains("past the job's 208")
+    );
+    job.num_samples = Some(10);
+    assert!(
+        Stream::from_documents(
+            job,
+            vec![documents(0, &lengths[0]), documents(1, &lengths[1])]
+        )
+        .is_err()
+    );
 }
