@@ -246,14 +246,15 @@ if torch is not None:
         """flame's batches from flame-stream, from `start_step` on: dicts with `input_ids`, `labels`
         (int64 [B, seq_len]) and, for varlen jobs with B = 1, `cu_seqlens` (int32 [n + 1])."""
 
-        def __init__(self, endpoint, job_toml, rank=0, world_size=1, start_step=0, token=None):
+        def __init__(self, endpoint, job_toml, rank=0, world_size=1, start_step=0, token=None,
+                     shared_memory=None):
             super().__init__()
-            self.args = (endpoint, job_toml, rank, world_size, token)
+            self.args = (endpoint, job_toml, rank, world_size, token, shared_memory)
             self.start_step = start_step
 
         def __iter__(self):
-            endpoint, job, rank, world, token = self.args
-            client = Client(endpoint, job, rank, world, token)
+            endpoint, job, rank, world, token, shared_memory = self.args
+            client = Client(endpoint, job, rank, world, token, shared_memory=shared_memory)
             step = self.start_step
             while True:
                 for micro in range(client.micro_steps):
