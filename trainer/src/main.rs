@@ -1,8 +1,9 @@
-//! `flame-train`: not built yet. The trainer (tch + libtorch) is issue #5; it stays out of the default
-//! workspace members until it builds offline, so `cargo build` never needs libtorch.
+//! `flame-train`: trains flame's transformer configs from batches served by flame-stream.
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    eprintln!("flame-train: the trainer is not implemented yet (issue #5)");
+    eprintln!(
+        "flame-train: the training loop is not wired yet (issue #5); the model and schedule are in the library"
+    );
     ExitCode::FAILURE
 }

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Fetches libtorch 2.11.0 (the +cu130 build that the GPU machines run) from PyPI, once, and prints the
+# LIBTORCH directory to build flame-train against (../shared/notes/libtorch.md has the why of each step).
+#
+# Cached under ${FLAME_CACHE:-~/.cache/flame}/libtorch-2.11.0 (about 1.2 GB):
+#   torch/{include,lib}     the wheel's libtorch (libtorch_cuda.so too, unused on CPU)
+#   nvidia/cu13/lib         libcudart.so.13 and libcupti.so.13, which libtorch_cpu.so needs even on CPU
+#   torch-cpu/              LIBTORCH: include/, and lib/ with libtorch_cpu.so, libc10.so, libgomp.so.1 and a
+#                           stub libtorch.so, so a build here never links CUDA; on a GPU machine the real
+#                           libtorch.so (LD_LIBRARY_PATH=.../site-packages/torch/lib) brings CUDA in.
+# Only PyPI is contacted; nothing is pip-installed.
+set -euo pipefail
+
+cache="${FLAME_CACHE:-$HOME/.cache/flame}"
+dest="$cache/libtorch-2.11.0"
+if [[ -f "$dest/.complete" ]]; then
+    echo "$dest/torch-cpu"
+    exit 0
+fi
+echo "setup-libtorch: fetching torch 2.11.0 from PyPI into $dest (about 550 MB)" >&2
+rm -rf "$dest.partial"
+mkdir -p "$dest.partial/wheels"
+cd "$dest.partial"
+python3 -m pip download --quiet --disable-pip-version-check --no-deps -d wheels --only-binary=:all: \
+    --python-version 3.11 --platform manylinux_2_28_x86_64 torch==2.11.0 >&2
+python3 -m pip download --quiet --disable-pip-version-check --no-deps -d wheels --only-binary=:all: \
+    'nvidia-cuda-runtime==13.0.96' 'nvidia-cuda-cupti==13.0.85' >&2
+for wheel in wheels/*.whl; do
+    python3 -m zipfile -e "$wheel" .
+done
+rm -rf wheels torch/bin torch/share/cmake/Caffe2/Modules_CUDA_fix
+# The CPU view sits beside torch/ so that libtorch_cpu.so's RPATH ($ORIGIN/../../nvidia/cu13/lib, with
+# $ORIGIN the symlink's directory) finds cudart and cupti.
+mkdir -p torch-cpu/lib
+ln -sfn ../torch/include torch-cpu/include
+for lib in libtorch_cpu.so libc10.so libgomp.so.1; do
+    ln -sfn "../../torch/lib/$lib" "torch-cpu/lib/$lib"
+done
+echo 'void flame_libtorch_cpu_stub(void) {}' > torch-cpu/stub.c
+gcc -shared -fPIC -O2 -Wl,-soname,libtorch.so -o torch-cpu/lib/libtorch.so torch-cpu/stub.c
+echo "2.11.0+cu130" > torch-cpu/build-version   # turns torch-sys's version check on
+touch .complete
+cd "$cache"
+rm -rf "$dest"
+mv "$dest.partial" "$dest"
+echo "$dest/torch-cpu"
