@@ -1,9 +1,19 @@
 //! `flame-train`: trains flame's transformer configs from batches served by flame-stream.
 use std::process::ExitCode;
 
+use clap::Parser;
+use flame_trainer::train::{Args, run};
+
 fn main() -> ExitCode {
-    eprintln!(
-        "flame-train: the training loop is not wired yet (issue #5); the model and schedule are in the library"
-    );
-    ExitCode::FAILURE
+    let args = Args::parse();
+    match run(&args) {
+        Ok(summary) => {
+            eprintln!("flame-train: exported to {}", summary.export.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("flame-train: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

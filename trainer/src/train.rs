@@ -1,0 +1,470 @@
+//! The training run: flame's flags, batches from flame-stream, the step, logs, checkpoints, export.
+//!
+//! Each optimizer step reads `gradient_accumulation_steps` micro-batches of `batch_size` samples for
+//! this rank from the data endpoint (step `s` of the job's stream: the checkpoint's data cursor is the
+//! step and the job's fingerprint), scales each micro-batch loss by the accumulation, clips the global
+//! gradient norm on the device, skips the update when that norm is not finite (with
+//! `--training.skip_nan_inf`; the schedule still advances, as in flame), and sets the learning rate from
+//! the schedule.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use flame_streamer::client::Client;
+use flame_streamer::server::Endpoint;
+use flame_streamer::spec::JobSpec;
+use tch::{Device, nn};
+
+use crate::config::ModelConfig;
+use crate::model::{Inputs, Transformer};
+use crate::optim::{AdamW, AdamWConfig};
+use crate::schedule::{DecayType, Schedule};
+
+/// flame's flags (`--section.key`), plus the data endpoint and its job.
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "flame-train",
+    version,
+    about = "Trains flame's transformer configs from flame-stream."
+)]
+#[allow(clippy::struct_excessive_bools)]
+pub struct Args {
+    /// The model config (flame's `configs/*.json`).
+    #[arg(long = "model.config")]
+    pub model_config: PathBuf,
+    /// Tokenizer files copied into the Hugging Face export (a directory or a `tokenizer.json`).
+    #[arg(long = "model.tokenizer_path")]
+    pub tokenizer_path: Option<PathBuf>,
+    /// Peak learning rate.
+    #[arg(long = "optimizer.lr", default_value_t = 8e-4)]
+    pub lr: f64,
+    /// AdamW epsilon.
+    #[arg(long = "optimizer.eps", default_value_t = 1e-8)]
+    pub eps: f64,
+    /// AdamW weight decay.
+    #[arg(long = "optimizer.weight_decay", default_value_t = 0.1)]
+    pub weight_decay: f64,
+    /// Warmup steps.
+    #[arg(long = "lr_scheduler.warmup_steps", default_value_t = 200)]
+    pub warmup_steps: u64,
+    /// Decay shape.
+    #[arg(long = "lr_scheduler.decay_type", value_enum, default_value = "linear")]
+    pub decay_type: DecayType,
+    /// Floor of the decay, as a ratio of the peak.
+    #[arg(long = "lr_scheduler.lr_min", default_value_t = 0.0)]
+    pub lr_min: f64,
+    /// Share of the steps that decay (warmup-stable-decay); all after warmup when absent.
+    #[arg(long = "lr_scheduler.decay_ratio")]
+    pub decay_ratio: Option<f64>,
+    /// Samples per micro-batch on this rank.
+    #[arg(long = "training.batch_size", default_value_t = 8)]
+    pub batch_size: u32,
+    /// Tokens per sample.
+    #[arg(long = "training.seq_len", default_value_t = 2048)]
+    pub seq_len: u32,
+    /// Longest sequence inside a sample (varlen).
+    #[arg(long = "training.context_len")]
+    pub context_len: Option<u32>,
+    /// Attention restarted at every document.
+    #[arg(long = "training.varlen", default_value_t = false)]
+    pub varlen: bool,
+    /// Micro-batches per optimizer step.
+    #[arg(long = "training.gradient_accumulation_steps", default_value_t = 1)]
+    pub gradient_accumulation_steps: u32,
+    /// Optimizer steps.
+    #[arg(long = "training.steps")]
+    pub steps: u64,
+    /// Global gradient-norm clip.
+    #[arg(long = "training.max_norm", default_value_t = 1.0)]
+    pub max_norm: f64,
+    /// Skip the update when the gradient norm is NaN or infinite.
+    #[arg(long = "training.skip_nan_inf", default_value_t = false)]
+    pub skip_nan_inf: bool,
+    /// Seed of the initial weights.
+    #[arg(long = "training.seed", default_value_t = 42)]
+    pub seed: i64,
+    /// Steps between checkpoints (0: only at the end).
+    #[arg(long = "checkpoint.interval", default_value_t = 500)]
+    pub checkpoint_interval: u64,
+    /// Checkpoints kept (0: all).
+    #[arg(long = "checkpoint.keep_latest_k", default_value_t = 0)]
+    pub keep_latest_k: usize,
+    /// Resume from this step's checkpoint; -1: the latest.
+    #[arg(long = "checkpoint.load_step", allow_hyphen_values = true)]
+    pub load_step: Option<i64>,
+    /// Steps between log lines.
+    #[arg(long = "metrics.log_freq", default_value_t = 10)]
+    pub log_freq: u64,
+    /// Where checkpoints, metrics and the export go.
+    #[arg(long = "job.dump_folder", default_value = "exp")]
+    pub dump_folder: PathBuf,
+    /// The flame-stream endpoint (`unix:///path` or `tcp://host:port`).
+    #[arg(long = "data-endpoint")]
+    pub data_endpoint: Endpoint,
+    /// The job spec (TOML) to ask flame-stream for.
+    #[arg(long = "data-job")]
+    pub data_job: PathBuf,
+    /// Device: `cpu` or `cuda` (`cuda:N`); default: CUDA when present.
+    #[arg(long = "training.device")]
+    pub device: Option<String>,
+}
+
+/// What a run did.
+#[derive(Debug)]
+pub struct Summary {
+    /// Loss of each step taken in this run (step number, loss).
+    pub losses: Vec<(u64, f64)>,
+    /// The Hugging Face export.
+    pub export: PathBuf,
+}
+
+fn device(args: &Args) -> anyhow::Result<Device> {
+    Ok(match args.device.as_deref() {
+        None => Device::cuda_if_available(),
+        Some("cpu") => Device::Cpu,
+        Some("cuda") => Device::Cuda(0),
+        Some(d) => match d.strip_prefix("cuda:").map(str::parse) {
+            Some(Ok(i)) => Device::Cuda(i),
+            _ => bail!("--training.device {d:?}: expected cpu, cuda or cuda:N"),
+        },
+    })
+}
+
+/// Checks the data job against the flags and the model before any step runs.
+fn check_job(args: &Args, job: &JobSpec, config: &ModelConfig) -> anyhow::Result<()> {
+    let want_global = args.batch_size * args.gradient_accumulation_steps;
+    if job.seq_len != args.seq_len {
+        bail!(
+            "the data job serves seq_len {}, the run trains --training.seq_len {}",
+            job.seq_len,
+            args.seq_len
+        );
+    }
+    if job.micro_batch_size != args.batch_size || job.global_batch_size != want_global {
+        bail!(
+            "the data job's batches (micro {}, global {}) are not --training.batch_size {} × gradient_accumulation_steps {}",
+            job.micro_batch_size,
+            job.global_batch_size,
+            args.batch_size,
+            args.gradient_accumulation_steps
+        );
+    }
+    if job.varlen != args.varlen {
+        bail!(
+            "the data job has varlen = {}, the run --training.varlen {}",
+            job.varlen,
+            args.varlen
+        );
+    }
+    if config.vocab_size == 0 {
+        bail!("the model has no vocabulary");
+    }
+    Ok(())
+}
+
+/// The training state a checkpoint holds besides tensors.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct TrainState {
+    step: u64,
+    tokens: u64,
+    skipped_steps: u64,
+    optimizer_steps: i64,
+    /// The data cursor: the next step's samples start at `step × global_batch_size` in this job.
+    data_fingerprint: String,
+    samples_consumed: u64,
+}
+
+fn checkpoint_dir(args: &Args) -> PathBuf {
+    args.dump_folder.join("checkpoint")
+}
+
+fn steps_saved(args: &Args) -> Vec<u64> {
+    let mut steps: Vec<u64> = std::fs::read_dir(checkpoint_dir(args))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
+        .collect();
+    steps.sort_unstable();
+    steps
+}
+
+/// Writes `step-N/` atomically (a temporary directory renamed into place).
+fn save_checkpoint(
+    args: &Args,
+    vs: &nn::VarStore,
+    optimizer: &AdamW,
+    state: &TrainState,
+) -> anyhow::Result<()> {
+    let root = checkpoint_dir(args);
+    std::fs::create_dir_all(&root)?;
+    let tmp = root.join(format!(".step-{}.partial", state.step));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    vs.save(tmp.join("model.safetensors"))?;
+    let opt = optimizer.state();
+    tch::Tensor::write_safetensors(&opt, tmp.join("optimizer.safetensors"))?;
+    std::fs::write(
+        tmp.join("train_state.json"),
+        serde_json::to_vec_pretty(state)?,
+    )?;
+    let dest = root.join(format!("step-{}", state.step));
+    let _ = std::fs::remove_dir_all(&dest);
+    std::fs::rename(&tmp, &dest)?;
+    if args.keep_latest_k > 0 {
+        let steps = steps_saved(args);
+        for old in &steps[..steps.len().saturating_sub(args.keep_latest_k)] {
+            std::fs::remove_dir_all(root.join(format!("step-{old}")))?;
+        }
+    }
+    Ok(())
+}
+
+fn load_checkpoint(
+    args: &Args,
+    step: u64,
+    vs: &mut nn::VarStore,
+    optimizer: &mut AdamW,
+) -> anyhow::Result<TrainState> {
+    let dir = checkpoint_dir(args).join(format!("step-{step}"));
+    let context = |what: &str| format!("checkpoint {}: {what}", dir.display());
+    let state: TrainState = serde_json::from_slice(
+        &std::fs::read(dir.join("train_state.json"))
+            .with_context(|| context("train_state.json"))?,
+    )
+    .with_context(|| context("train_state.json"))?;
+    vs.load(dir.join("model.safetensors"))
+        .with_context(|| context("model.safetensors"))?;
+    let opt = tch::Tensor::read_safetensors(dir.join("optimizer.safetensors"))
+        .with_context(|| context("optimizer.safetensors"))?;
+    let opt: Vec<(String, tch::Tensor)> = opt
+        .into_iter()
+        .map(|(k, t)| (k, t.to_device(vs.device())))
+        .collect();
+    optimizer
+        .load_state(&opt, state.optimizer_steps)
+        .map_err(|e| anyhow::anyhow!(context(&e)))?;
+    Ok(state)
+}
+
+/// Writes `model.safetensors`, a Llama `config.json` and the tokenizer files for `transformers`.
+fn export(args: &Args, vs: &nn::VarStore, config: &ModelConfig) -> anyhow::Result<PathBuf> {
+    let dir = args.dump_folder.join("hf");
+    std::fs::create_dir_all(&dir)?;
+    let named: Vec<(String, tch::Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(k, t)| (k, t.to_device(Device::Cpu).contiguous()))
+        .collect();
+    tch::Tensor::write_safetensors(&named, dir.join("model.safetensors"))?;
+    let hf = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads,
+        "vocab_size": config.vocab_size,
+        "rms_norm_eps": config.norm_eps,
+        "rope_theta": config.rope_theta,
+        "max_position_embeddings": config.max_position_embeddings,
+        "tie_word_embeddings": config.tie_word_embeddings,
+        "attention_bias": config.attention_bias,
+        "mlp_bias": false,
+        "hidden_act": "silu",
+        "initializer_range": config.initializer_range,
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": config.eos_token_id,
+        "torch_dtype": "float32",
+    });
+    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&hf)?)?;
+    if let Some(tokenizer) = &args.tokenizer_path {
+        let files: Vec<PathBuf> = if tokenizer.is_dir() {
+            [
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "special_tokens_map.json",
+                "tokenizer.model",
+            ]
+            .iter()
+            .map(|f| tokenizer.join(f))
+            .filter(|p| p.exists())
+            .collect()
+        } else {
+            vec![tokenizer.clone()]
+        };
+        for file in files {
+            let name = file.file_name().context("tokenizer file name")?;
+            std::fs::copy(&file, dir.join(name))
+                .with_context(|| format!("copy {}", file.display()))?;
+        }
+    }
+    Ok(dir)
+}
+
+/// Runs training as the flags say.
+#[allow(clippy::too_many_lines, clippy::cast_precision_loss)]
+pub fn run(args: &Args) -> anyhow::Result<Summary> {
+    let config = ModelConfig::load(&args.model_config)?;
+    let job_text = std::fs::read_to_string(&args.data_job)
+        .with_context(|| format!("--data-job {}", args.data_job.display()))?;
+    let job = JobSpec::from_toml(&job_text)
+        .with_context(|| format!("--data-job {}", args.data_job.display()))?;
+    check_job(args, &job, &config)?;
+    let device = device(args)?;
+    let mut client = Client::connect(args.data_endpoint.clone(), &job, 0, 1, None, 8)
+        .with_context(|| format!("--data-endpoint {}", args.data_endpoint))?;
+    // On the server's host, batches come through shared memory.
+    let shared_memory = matches!(args.data_endpoint, Endpoint::Unix(_));
+    if shared_memory {
+        client.open_shared_memory(4)?;
+    }
+
+    tch::manual_seed(args.seed);
+    let mut vs = nn::VarStore::new(device);
+    let model = Transformer::new(&vs.root(), &config);
+    let mut params: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut optimizer = AdamW::new(
+        params,
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: args.eps,
+            weight_decay: args.weight_decay,
+        },
+    );
+    let schedule = Schedule::new(
+        args.steps,
+        args.warmup_steps,
+        args.decay_ratio,
+        args.decay_type,
+        args.lr_min,
+    );
+    let mut state = TrainState {
+        step: 0,
+        tokens: 0,
+        skipped_steps: 0,
+        optimizer_steps: 0,
+        data_fingerprint: client.fingerprint.clone(),
+        samples_consumed: 0,
+    };
+    if let Some(load) = args.load_step {
+        let step = if load < 0 {
+            *steps_saved(args)
+                .last()
+                .context("--checkpoint.load_step -1: no checkpoint saved yet")?
+        } else {
+            u64::try_from(load)?
+        };
+        state = load_checkpoint(args, step, &mut vs, &mut optimizer)?;
+        if state.data_fingerprint != client.fingerprint {
+            bail!(
+                "checkpoint step-{step} was trained on data job {}, --data-job is {}: resuming would change the stream",
+                state.data_fingerprint,
+                client.fingerprint
+            );
+        }
+    }
+
+    std::fs::create_dir_all(&args.dump_folder)?;
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(args.dump_folder.join("metrics.jsonl"))?;
+    let flops_per_token = config.flops_per_token(args.context_len.unwrap_or(args.seq_len));
+    let global = u64::from(args.batch_size * args.gradient_accumulation_steps);
+    let mut losses = Vec::new();
+    let start = Instant::now();
+    let (mut window_tokens, mut window_start, mut window_wait) = (0u64, Instant::now(), 0f64);
+    while state.step < args.steps {
+        let s = state.step;
+        optimizer.zero_grad();
+        let mut loss_sum = 0f64;
+        for micro in 0..u64::from(args.gradient_accumulation_steps) {
+            let wait = Instant::now();
+            let inputs = if shared_memory {
+                let b = client.micro_batch_in_place(s, micro)?;
+                check_vocabulary(s, b.tokens(), config.vocab_size)?;
+                let cu: Vec<Vec<u32>> = (0..b.len()).map(|i| b.cu_seqlens(i).to_vec()).collect();
+                Inputs::new(b.tokens(), args.seq_len as usize, &cu, device)
+            } else {
+                let samples = client.micro_batch(s, micro)?;
+                let tokens: Vec<u32> = samples.iter().flat_map(|x| x.tokens.clone()).collect();
+                check_vocabulary(s, &tokens, config.vocab_size)?;
+                let cu: Vec<Vec<u32>> = samples.iter().map(|x| x.cu_seqlens.clone()).collect();
+                Inputs::new(&tokens, args.seq_len as usize, &cu, device)
+            };
+            window_wait += wait.elapsed().as_secs_f64();
+            let loss = model.loss(&inputs) / f64::from(args.gradient_accumulation_steps);
+            loss.backward();
+            loss_sum += loss.double_value(&[]);
+        }
+        let norm = optimizer.grad_norm();
+        let gnorm = norm.double_value(&[]);
+        let lr = args.lr * schedule.factor(s);
+        if args.skip_nan_inf && !gnorm.is_finite() {
+            state.skipped_steps += 1;
+            optimizer.zero_grad();
+        } else {
+            optimizer.clip(&norm, args.max_norm);
+            optimizer.step(lr);
+        }
+        state.step += 1;
+        state.optimizer_steps = optimizer.steps_taken();
+        state.samples_consumed = state.step * global;
+        let step_tokens = global * u64::from(args.seq_len);
+        state.tokens += step_tokens;
+        window_tokens += step_tokens;
+        losses.push((state.step, loss_sum));
+        if state.step == 1 || state.step.is_multiple_of(args.log_freq) || state.step == args.steps {
+            let elapsed = window_start.elapsed().as_secs_f64();
+            let tps = window_tokens as f64 / elapsed;
+            let tflops = tps * flops_per_token as f64 / 1e12;
+            let waiting = 100.0 * window_wait / elapsed;
+            let total = start.elapsed().as_secs_f64();
+            let eta = total / state.step as f64 * (args.steps - state.step) as f64;
+            eprintln!(
+                "step: {:>6}  loss: {loss_sum:7.4}  memory: -  tps: {tps:.0}  tflops: {tflops:.2}  mfu: -  lr: {:.4e} gnorm: {gnorm:5.2} data: {waiting:.1}% [{}<{}]",
+                state.step,
+                args.lr * schedule.factor(s + 1),
+                clock(total),
+                clock(eta)
+            );
+            writeln!(
+                metrics,
+                "{}",
+                serde_json::json!({"step": state.step, "loss": loss_sum, "tps": tps, "tflops": tflops,
+                    "lr": lr, "grad_norm": gnorm, "data_loading_pct": waiting,
+                    "skipped_steps": state.skipped_steps, "tokens": state.tokens})
+            )?;
+            (window_tokens, window_start, window_wait) = (0, Instant::now(), 0.0);
+        }
+        let interval_due =
+            args.checkpoint_interval > 0 && state.step.is_multiple_of(args.checkpoint_interval);
+        if interval_due || state.step == args.steps {
+            save_checkpoint(args, &vs, &optimizer, &state)?;
+        }
+    }
+    let export = export(args, &vs, &config)?;
+    Ok(Summary { losses, export })
+}
+
+fn clock(seconds: f64) -> String {
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let s = seconds.max(0.0) as u64;
+    format!("{:2}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+fn check_vocabulary(step: u64, tokens: &[u32], vocab_size: u32) -> anyhow::Result<()> {
+    if let Some(&bad) = tokens.iter().find(|&&t| t >= vocab_size) {
+        bail!(
+            "step {step}: the stream holds token id {bad}, outside the model's vocabulary of {vocab_size}"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! flame-train on CPU, fed by a live flame-stream serving real tokenized text (the bundled Mistral
+//! fixture, from ../shared/data): the loss falls, a resumed run reproduces the uninterrupted one bit for
+//! bit, the export is a Llama checkpoint, and bad setups fail before any step.
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use flame_streamer::server::{Endpoint, ServerConfig, serve};
+use flame_trainer::train::{Args, run};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A served job over the fixture, a tiny model config, and the arguments of a run in `dir`.
+fn setup(dir: &Path, seq_len: u32) -> (Endpoint, PathBuf, PathBuf) {
+    let socket = dir.join("stream.sock");
+    let endpoints = serve(&ServerConfig {
+        listen: vec![Endpoint::Unix(socket)],
+        token: None,
+        max_connections: 16,
+        prefetch_depth: 2,
+        metrics: None,
+    })
+    .unwrap()
+    .endpoints;
+    let job = dir.join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "seed = 3\nseq_len = {seq_len}\nmicro_batch_size = 2\nglobal_batch_size = 4\n[[datasets]]\npath = \"{}\"\n",
+            repo().join("tests/data/golden-mistral").display()
+        ),
+    )
+    .unwrap();
+    let config = dir.join("tiny.json");
+    std::fs::write(
+        &config,
+        r#"{"model_type": "transformer", "hidden_size": 32, "num_hidden_layers": 2, "num_heads": 4,
+            "num_kv_heads": 2, "vocab_size": 32000, "intermediate_size": 64}"#,
+    )
+    .unwrap();
+    (endpoints[0].clone(), job, config)
+}
+
+fn args(endpoint: &Endpoint, job: &Path, config: &Path, dump: &Path, extra: &[&str]) -> Args {
+    let mut argv: Vec<String> = [
+        "flame-train",
+        "--model.config",
+        config.to_str().unwrap(),
+        "--data-endpoint",
+        &endpoint.to_string(),
+        "--data-job",
+        job.to_str().unwrap(),
+        "--job.dump_folder",
+        dump.to_str().unwrap(),
+        "--training.device",
+        "cpu",
+        "--training.batch_size",
+        "2",
+        "--training.gradient_accumulation_steps",
+        "2",
+        "--training.seq_len",
+        "64",
+        "--training.varlen",
+        "--optimizer.lr",
+        "3e-3",
+        "--lr_scheduler.warmup_steps",
+        "2",
+        "--metrics.log_freq",
+        "5",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    argv.extend(extra.iter().map(ToString::to_string));
+    Args::try_parse_from(argv).unwrap()
+}
+
+#[test]
+fn the_loss_falls_and_the_export_is_a_llama_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (endpoint, job, config) = setup(dir.path(), 64);
+    let dump = dir.path().join("run");
+    let summary = run(&args(
+        &endpoint,
+        &job,
+        &config,
+        &dump,
+        &["--training.steps", "40"],
+    ))
+    .unwrap();
+    let losses: Vec<f64> = summary.losses.iter().map(|l| l.1).collect();
+    let (first, last) = (
+        losses[..3].iter().sum::<f64>() / 3.0,
+        losses[37..].iter().sum::<f64>() / 3.0,
+    );
+    assert!(last < first - 1.0, "loss {first:.3} -> {last:.3}");
+    let hf: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(summary.export.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(hf["architectures"][0], "LlamaForCausalLM");
+    assert_eq!(hf["num_key_value_heads"], 2);
+    let tensors = tch::Tensor::read_safetensors(summary.export.join("model.safetensors")).unwrap();
+    let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
+    for name in [
+        "model.embed_tokens.weight",
+        "model.layers.1.self_attn.k_proj.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+    ] {
+        assert!(names.contains(&name), "{name} not in {names:?}");
+    }
+    let metrics = std::fs::read_to_string(dump.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 9, "steps 1, 5, 10, …, 40");
+    assert!(metrics.contains("data_loading_pct"));
+}
+
+#[test]
+fn a_resumed_run_reproduces_the_uninterrupted_losses_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (endpoint, job, config) = setup(dir.path(), 64);
+    let whole = run(&args(
+        &endpoint,
+        &job,
+        &config,
+        &dir.path().join("a"),
+        &["--training.steps", "8", "--checkpoint.interval", "4"],
+    ))
+    .unwrap();
+    let dump = dir.path().join("b");
+    let flags = [
+        "--training.steps",
+        "8",
+        "--checkpoint.interval",
+        "4",
+        "--checkpoint.keep_latest_k",
+        "2",
+    ];
+    run(&args(&endpoint, &job, &config, &dump, &flags)).unwrap();
+    let mut resumed_flags = flags.to_vec();
+    resumed_flags.extend(["--checkpoint.load_step", "4"]);
+    let resumed = run(&args(&endpoint, &job, &config, &dump, &resumed_flags)).unwrap();
+    assert_eq!(resumed.losses.first().unwrap().0, 5);
+    assert_eq!(
+        resumed.losses,
+        whole.losses[4..],
+        "steps 5..8 after resuming at 4"
+    );
+    // -1 resumes from the latest: step 8, the end, so nothing is left to do.
+    resumed_flags.pop();
+    resumed_flags.push("-1");
+    assert!(
+        run(&args(&endpoint, &job, &config, &dump, &resumed_flags))
+            .unwrap()
+            .losses
+            .is_empty()
+    );
+}
+
+#[test]
+fn bad_setups_fail_before_any_step_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (endpoint, job, config) = setup(dir.path(), 32);
+    let dump = dir.path().join("run");
+    let steps = ["--training.steps", "2"];
+    // The data job serves 32-token samples; the run trains 64.
+    let err = run(&args(&endpoint, &job, &config, &dump, &steps))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("seq_len 32"), "{err}");
+    assert!(!dump.join("checkpoint").exists());
+    // Nothing listens there.
+    let nowhere = Endpoint::Unix(dir.path().join("nobody.sock"));
+    let mut a = args(&nowhere, &job, &config, &dump, &steps);
+    a.seq_len = 32;
+    let err = format!("{:#}", run(&a).unwrap_err());
+    assert!(err.contains("nobody.sock"), "{err}");
+    // A vocabulary smaller than the stream's ids.
+    std::fs::write(&config, r#"{"model_type": "transformer", "hidden_size": 32, "num_hidden_layers": 1, "num_heads": 4, "vocab_size": 100}"#).unwrap();
+    let mut a = args(&endpoint, &job, &config, &dump, &steps);
+    a.seq_len = 32;
+    let err = run(&a).unwrap_err().to_string();
+    assert!(
+        err.contains("outside the model's vocabulary of 100"),
+        "{err}"
+    );
+    // A corrupt checkpoint.
+    let ckpt = dump.join("checkpoint/step-1");
+    std::fs::create_dir_all(&ckpt).unwrap();
+    std::fs::write(ckpt.join("train_state.json"), "{not json").unwrap();
+    let mut a = args(
+        &endpoint,
+        &job,
+        &config,
+        &dump,
+        &["--training.steps", "2", "--checkpoint.load_step", "1"],
+    );
+    a.seq_len = 32;
+    let err = format!("{:#}", run(&a).unwrap_err());
+    assert!(
+        err.contains("step-1") && err.contains("train_state.json"),
+        "{err}"
+    );
+}
