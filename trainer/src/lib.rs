@@ -10,4 +10,5 @@ pub mod config;
 pub mod model;
 pub mod optim;
 pub mod schedule;
+pub mod shim;
 pub mod train;

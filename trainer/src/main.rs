@@ -8,7 +8,9 @@ fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args) {
         Ok(summary) => {
-            eprintln!("flame-train: exported to {}", summary.export.display());
+            if args.enable_checkpoint {
+                eprintln!("flame-train: exported to {}", summary.export.display());
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

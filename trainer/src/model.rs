@@ -99,17 +99,28 @@ impl Inputs {
         let (b, t) = (as_i64(batch), as_i64(seq_len));
         let ids: Vec<i64> = tokens.iter().map(|&x| i64::from(x)).collect();
         let mask = varlen.then(|| {
-            let documents = Tensor::from_slice(&documents).view([b, t]).to(device);
+            let documents = upload(Tensor::from_slice(&documents).view([b, t]), device);
             let same = documents.unsqueeze(2).eq_tensor(&documents.unsqueeze(1));
             let causal = Tensor::ones([t, t], (Kind::Bool, device)).tril(0);
             same.logical_and(&causal).unsqueeze(1)
         });
         Self {
-            tokens: Tensor::from_slice(&ids).view([b, t]).to(device),
-            positions: Tensor::from_slice(&positions).view([b, t]).to(device),
+            tokens: upload(Tensor::from_slice(&ids).view([b, t]), device),
+            positions: upload(Tensor::from_slice(&positions).view([b, t]), device),
             mask,
-            labels: Tensor::from_slice(&labels).view([b, t - 1]).to(device),
+            labels: upload(Tensor::from_slice(&labels).view([b, t - 1]), device),
         }
+    }
+}
+
+/// Moves a host tensor to `device`: on CUDA through pinned memory without waiting, so that the copy
+/// queues behind the GPU's work instead of blocking the host until it is done.
+fn upload(t: Tensor, device: Device) -> Tensor {
+    if device.is_cuda() {
+        t.pin_memory(device)
+            .to_device_(device, t.kind(), true, false)
+    } else {
+        t
     }
 }
 
@@ -197,12 +208,17 @@ impl Transformer {
         &self.config
     }
 
-    /// Logits `[B, T, vocab]` (float32).
+    /// Logits `[B, T, vocab]` in float32.
+    pub fn forward(&self, inputs: &Inputs) -> Tensor {
+        self.logits(inputs).to_kind(Kind::Float)
+    }
+
+    /// Logits `[B, T, vocab]` in the compute dtype (bfloat16 under autocast).
     #[allow(clippy::many_single_char_names)]
     // the usual names of the dimensions
     // `x = x + y`, not `x += y`: an in-place add would overwrite a tensor autograd still needs.
     #[allow(clippy::assign_op_pattern)]
-    pub fn forward(&self, inputs: &Inputs) -> Tensor {
+    fn logits(&self, inputs: &Inputs) -> Tensor {
         let c = &self.config;
         let (nh, nkv, d) = (
             i64::from(c.num_heads),
@@ -259,12 +275,12 @@ impl Transformer {
         }
         let x = rms_norm(&x, &self.norm, c.norm_eps);
         x.linear(self.lm_head.as_ref().unwrap_or(&self.embed), None::<Tensor>)
-            .to_kind(Kind::Float)
     }
 
     /// Mean next-token cross-entropy over the labels that are not [`IGNORE`].
     pub fn loss(&self, inputs: &Inputs) -> Tensor {
-        let logits = self.forward(inputs);
+        // Cross-entropy runs in float32 under autocast; the logits need not be cast first.
+        let logits = self.logits(inputs);
         let t = logits.size()[1];
         let vocab = i64::from(self.config.vocab_size);
         logits

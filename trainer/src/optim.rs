@@ -25,6 +25,8 @@ pub struct AdamW {
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
     step: i64,
+    /// On CUDA: per-parameter float32 step counters for the fused kernel.
+    fused_steps: Option<Vec<Tensor>>,
 }
 
 impl AdamW {
@@ -33,17 +35,35 @@ impl AdamW {
         let zeros = |p: &Tensor| p.zeros_like().to_kind(Kind::Float);
         let exp_avg = params.iter().map(|(_, p)| zeros(p)).collect();
         let exp_avg_sq = params.iter().map(|(_, p)| zeros(p)).collect();
+        let fused_steps = params
+            .first()
+            .is_some_and(|(_, p)| p.device().is_cuda())
+            .then(|| {
+                params
+                    .iter()
+                    .map(|(_, p)| Tensor::zeros([], (Kind::Float, p.device())))
+                    .collect()
+            });
         Self {
             config,
             params,
             exp_avg,
             exp_avg_sq,
             step: 0,
+            fused_steps,
         }
     }
 
-    /// Zeroes every parameter's gradient.
+    fn tensors(&self) -> Vec<Tensor> {
+        self.params.iter().map(|(_, p)| p.shallow_clone()).collect()
+    }
+
+    /// Zeroes every parameter's gradient (on CUDA, drops them: backward makes fresh ones).
     pub fn zero_grad(&mut self) {
+        if self.fused_steps.is_some() {
+            crate::shim::zero_grads(&self.tensors()).expect("zero_grads");
+            return;
+        }
         for (_, p) in &mut self.params {
             p.zero_grad();
         }
@@ -51,6 +71,9 @@ impl AdamW {
 
     /// The global L2 norm of the gradients, computed on the device (no host synchronisation).
     pub fn grad_norm(&self) -> Tensor {
+        if self.fused_steps.is_some() {
+            return crate::shim::grad_norm(&self.tensors()).expect("grad_norm");
+        }
         let norms: Vec<Tensor> = self
             .params
             .iter()
@@ -62,6 +85,10 @@ impl AdamW {
     /// Scales the gradients so their global norm is at most `max_norm`, given that norm (still on the
     /// device): `min(1, max / (norm + 1e-6))`, as `clip_grad_norm_`.
     pub fn clip(&mut self, norm: &Tensor, max_norm: f64) {
+        if self.fused_steps.is_some() {
+            crate::shim::clip_grads(&self.tensors(), norm, max_norm).expect("clip_grads");
+            return;
+        }
         let coef = (norm + 1e-6)
             .reciprocal()
             .multiply_scalar(max_norm)
@@ -74,11 +101,29 @@ impl AdamW {
         });
     }
 
-    /// One update at learning rate `lr`.
+    /// One update at learning rate `lr`: the fused multi-tensor kernel on CUDA, the same arithmetic
+    /// parameter by parameter elsewhere.
     #[allow(clippy::cast_precision_loss)]
     pub fn step(&mut self, lr: f64) {
         self.step += 1;
         let c = self.config;
+        if let Some(steps) = &self.fused_steps {
+            let params = self.tensors();
+            let grads: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
+            crate::shim::fused_adamw(
+                &params,
+                &grads,
+                &self.exp_avg,
+                &self.exp_avg_sq,
+                steps,
+                lr,
+                (c.beta1, c.beta2),
+                c.weight_decay,
+                c.eps,
+            )
+            .expect("fused AdamW");
+            return;
+        }
         let bias1 = 1.0 - c.beta1.powi(i32::try_from(self.step).unwrap_or(i32::MAX));
         let bias2 = 1.0 - c.beta2.powi(i32::try_from(self.step).unwrap_or(i32::MAX));
         tch::no_grad(|| {
@@ -154,6 +199,12 @@ impl AdamW {
             Ok(())
         })?;
         self.step = steps;
+        #[allow(clippy::cast_precision_loss)]
+        if let Some(counters) = &mut self.fused_steps {
+            for counter in counters {
+                let _ = counter.fill_(steps as f64);
+            }
+        }
         Ok(())
     }
 }

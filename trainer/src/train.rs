@@ -8,7 +8,7 @@
 //! the schedule.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -86,6 +86,9 @@ pub struct Args {
     /// Seed of the initial weights.
     #[arg(long = "training.seed", default_value_t = 42)]
     pub seed: i64,
+    /// Write checkpoints (and the Hugging Face export at the end).
+    #[arg(long = "checkpoint.enable_checkpoint", default_value_t = true, action = clap::ArgAction::Set)]
+    pub enable_checkpoint: bool,
     /// Steps between checkpoints (0: only at the end).
     #[arg(long = "checkpoint.interval", default_value_t = 500)]
     pub checkpoint_interval: u64,
@@ -250,10 +253,15 @@ fn load_checkpoint(
     Ok(state)
 }
 
-/// Writes `model.safetensors`, a Llama `config.json` and the tokenizer files for `transformers`.
-fn export(args: &Args, vs: &nn::VarStore, config: &ModelConfig) -> anyhow::Result<PathBuf> {
-    let dir = args.dump_folder.join("hf");
-    std::fs::create_dir_all(&dir)?;
+/// Writes `model.safetensors`, a Llama `config.json` and the tokenizer files (from `tokenizer`, a
+/// directory or a `tokenizer.json`) into `dir`, for `transformers.AutoModelForCausalLM`.
+pub fn export_hf(
+    dir: &Path,
+    vs: &nn::VarStore,
+    config: &ModelConfig,
+    tokenizer: Option<&Path>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
     let named: Vec<(String, tch::Tensor)> = vs
         .variables()
         .into_iter()
@@ -282,7 +290,7 @@ fn export(args: &Args, vs: &nn::VarStore, config: &ModelConfig) -> anyhow::Resul
         "torch_dtype": "float32",
     });
     std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&hf)?)?;
-    if let Some(tokenizer) = &args.tokenizer_path {
+    if let Some(tokenizer) = tokenizer {
         let files: Vec<PathBuf> = if tokenizer.is_dir() {
             [
                 "tokenizer.json",
@@ -295,7 +303,7 @@ fn export(args: &Args, vs: &nn::VarStore, config: &ModelConfig) -> anyhow::Resul
             .filter(|p| p.exists())
             .collect()
         } else {
-            vec![tokenizer.clone()]
+            vec![tokenizer.to_path_buf()]
         };
         for file in files {
             let name = file.file_name().context("tokenizer file name")?;
@@ -303,7 +311,7 @@ fn export(args: &Args, vs: &nn::VarStore, config: &ModelConfig) -> anyhow::Resul
                 .with_context(|| format!("copy {}", file.display()))?;
         }
     }
-    Ok(dir)
+    Ok(())
 }
 
 /// Runs training as the flags say.
@@ -324,6 +332,12 @@ pub fn run(args: &Args) -> anyhow::Result<Summary> {
         client.open_shared_memory(4)?;
     }
 
+    // flame trains in bfloat16 autocast on GPUs (fp32 weights, optimizer and loss).
+    let autocast = device.is_cuda();
+    if autocast {
+        crate::shim::autocast_cuda_bf16().map_err(|e| anyhow::anyhow!("autocast: {e}"))?;
+        crate::shim::allow_tf32(true).map_err(|e| anyhow::anyhow!("tf32: {e}"))?;
+    }
     tch::manual_seed(args.seed);
     let mut vs = nn::VarStore::new(device);
     let model = Transformer::new(&vs.root(), &config);
@@ -384,7 +398,7 @@ pub fn run(args: &Args) -> anyhow::Result<Summary> {
     while state.step < args.steps {
         let s = state.step;
         optimizer.zero_grad();
-        let mut loss_sum = 0f64;
+        let mut loss_total = tch::Tensor::zeros([], (tch::Kind::Float, device));
         for micro in 0..u64::from(args.gradient_accumulation_steps) {
             let wait = Instant::now();
             let inputs = if shared_memory {
@@ -400,10 +414,14 @@ pub fn run(args: &Args) -> anyhow::Result<Summary> {
                 Inputs::new(&tokens, args.seq_len as usize, &cu, device)
             };
             window_wait += wait.elapsed().as_secs_f64();
-            let loss = model.loss(&inputs) / f64::from(args.gradient_accumulation_steps);
+            let loss = crate::shim::autocast(autocast, || model.loss(&inputs))
+                .map_err(|e| anyhow::anyhow!("autocast: {e}"))?
+                / f64::from(args.gradient_accumulation_steps);
             loss.backward();
-            loss_sum += loss.double_value(&[]);
+            loss_total += loss.detach().to_kind(tch::Kind::Float);
         }
+        // One host synchronisation per step: the loss and the gradient norm are read together.
+        let loss_sum = loss_total.double_value(&[]);
         let norm = optimizer.grad_norm();
         let gnorm = norm.double_value(&[]);
         let lr = args.lr * schedule.factor(s);
@@ -446,11 +464,14 @@ pub fn run(args: &Args) -> anyhow::Result<Summary> {
         }
         let interval_due =
             args.checkpoint_interval > 0 && state.step.is_multiple_of(args.checkpoint_interval);
-        if interval_due || state.step == args.steps {
+        if args.enable_checkpoint && (interval_due || state.step == args.steps) {
             save_checkpoint(args, &vs, &optimizer, &state)?;
         }
     }
-    let export = export(args, &vs, &config)?;
+    let export = args.dump_folder.join("hf");
+    if args.enable_checkpoint {
+        export_hf(&export, &vs, &config, args.tokenizer_path.as_deref())?;
+    }
     Ok(Summary { losses, export })
 }
 
