@@ -4,6 +4,7 @@
 #include <ATen/autocast_mode.h>
 #include <ATen/Context.h>
 #include <ATen/core/grad_mode.h>
+#include <ATen/ops/_flash_attention_forward.h>
 #include <ATen/ops/_foreach_mul.h>
 #include <ATen/ops/_foreach_norm.h>
 #include <ATen/ops/_fused_adamw.h>
@@ -65,6 +66,21 @@ int flame_fused_adamw(tensor *params, tensor *grads, tensor *exp_avgs, tensor *e
               s.push_back(*steps[i]);
             } at::_fused_adamw_(p, g, m, v, /*max_exp_avg_sqs=*/{}, s, lr, beta1, beta2,
                                 weight_decay, eps, /*amsgrad=*/false, /*maximize=*/false))
+}
+
+// Causal flash attention over packed sequences (varlen): q [total, heads, d], k and v [total, kv_heads, d]
+// in bf16 or fp16, cu_seqlens int32 [sequences + 1] on the device. Autograd-aware. A new tensor
+// [total, heads, d], or null on error.
+tensor flame_flash_varlen(tensor q, tensor k, tensor v, tensor cu_seqlens, int64_t max_seqlen) {
+  try {
+    auto out = at::_flash_attention_forward(*q, *k, *v, *cu_seqlens, *cu_seqlens, max_seqlen, max_seqlen,
+                                            /*dropout_p=*/0.0, /*is_causal=*/true,
+                                            /*return_debug_mask=*/false, /*scale=*/std::nullopt);
+    return new at::Tensor(std::get<0>(out));
+  } catch (const std::exception &e) {
+    last_error = e.what();
+    return nullptr;
+  }
 }
 
 static std::vector<at::Tensor> grads_of(tensor *params, size_t n) {

@@ -55,9 +55,12 @@ pub struct Inputs {
     pub tokens: Tensor,
     /// Position of each token in its document, int64 `[B, T]`.
     pub positions: Tensor,
-    /// `[B, 1, T, T]`, true where a query may attend to a key (causal and within its document); `None`
-    /// for plain causal attention over the whole window.
+    /// `[B, 1, T, T]`, true where a query may attend to a key (causal and within its document), on the
+    /// CPU; `None` for plain causal attention over the whole window, or on CUDA.
     pub mask: Option<Tensor>,
+    /// On CUDA, for varlen batches: every document of the batch as one packed sequence list
+    /// (`cu_seqlens` int32 over `B × T` tokens) and the longest, for flash attention.
+    pub packed: Option<(Tensor, i64)>,
     /// Next-token labels `[B, T - 1]`, [`IGNORE`] across document boundaries.
     pub labels: Tensor,
 }
@@ -98,7 +101,22 @@ impl Inputs {
         }
         let (b, t) = (as_i64(batch), as_i64(seq_len));
         let ids: Vec<i64> = tokens.iter().map(|&x| i64::from(x)).collect();
-        let mask = varlen.then(|| {
+        let packed = (varlen && device.is_cuda()).then(|| {
+            let mut flat = vec![0i32];
+            let mut longest = 0u32;
+            for (sample, cu) in cu_seqlens.iter().enumerate() {
+                let base = u32::try_from(sample * seq_len).expect("batch tokens fit u32");
+                for pair in cu.windows(2) {
+                    longest = longest.max(pair[1] - pair[0]);
+                    flat.push(i32::try_from(base + pair[1]).expect("batch tokens fit i32"));
+                }
+            }
+            (
+                upload(Tensor::from_slice(&flat), device),
+                i64::from(longest),
+            )
+        });
+        let mask = (varlen && !device.is_cuda()).then(|| {
             let documents = upload(Tensor::from_slice(&documents).view([b, t]), device);
             let same = documents.unsqueeze(2).eq_tensor(&documents.unsqueeze(1));
             let causal = Tensor::ones([t, t], (Kind::Bool, device)).tril(0);
@@ -108,6 +126,7 @@ impl Inputs {
             tokens: upload(Tensor::from_slice(&ids).view([b, t]), device),
             positions: upload(Tensor::from_slice(&positions).view([b, t]), device),
             mask,
+            packed,
             labels: upload(Tensor::from_slice(&labels).view([b, t - 1]), device),
         }
     }
@@ -247,25 +266,42 @@ impl Transformer {
                 .linear(&block.v, block.v_bias.as_ref())
                 .view([b, t, nkv, d])
                 .transpose(1, 2);
-            let (q, mut k, mut v) = (rope(&q), rope(&k), v);
-            if nkv != nh {
-                k = k.repeat_interleave_self_int(nh / nkv, 1, None);
-                v = v.repeat_interleave_self_int(nh / nkv, 1, None);
-            }
-            let y = Tensor::scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
-                inputs.mask.as_ref(),
-                0.0,
-                inputs.mask.is_none(),
-                None,
-                false,
-            );
-            let y = y
+            let (q, k) = (rope(&q), rope(&k));
+            let y = if let Some((cu, longest)) = &inputs.packed {
+                // Flash attention over the documents: [B·T, heads, d], kv heads as they are (GQA).
+                let flat = |x: &Tensor, heads: i64| x.transpose(1, 2).reshape([b * t, heads, d]);
+                crate::shim::flash_varlen(
+                    &flat(&q, nh),
+                    &flat(&k, nkv),
+                    &flat(&v, nkv),
+                    cu,
+                    *longest,
+                )
+                .expect("flash attention")
+                .reshape([b, t, nh * d])
+            } else {
+                let (k, v) = if nkv == nh {
+                    (k, v)
+                } else {
+                    (
+                        k.repeat_interleave_self_int(nh / nkv, 1, None),
+                        v.repeat_interleave_self_int(nh / nkv, 1, None),
+                    )
+                };
+                Tensor::scaled_dot_product_attention(
+                    &q,
+                    &k,
+                    &v,
+                    inputs.mask.as_ref(),
+                    0.0,
+                    inputs.mask.is_none(),
+                    None,
+                    false,
+                )
                 .transpose(1, 2)
                 .reshape([b, t, nh * d])
-                .linear(&block.o, None::<Tensor>);
+            };
+            let y = y.linear(&block.o, None::<Tensor>);
             x = x + y;
             let hx = rms_norm(&x, &block.post_norm, c.norm_eps);
             let m = (hx.linear(&block.gate, None::<Tensor>).silu()

@@ -17,6 +17,13 @@ unsafe extern "C" {
         max_norm: f64,
     ) -> c_int;
     fn flame_zero_grads(params: *const *mut c_void, n: usize) -> c_int;
+    fn flame_flash_varlen(
+        q: *mut c_void,
+        k: *mut c_void,
+        v: *mut c_void,
+        cu_seqlens: *mut c_void,
+        max_seqlen: i64,
+    ) -> *mut c_void;
     fn flame_autocast_exit() -> c_int;
     fn flame_fused_adamw(
         params: *const *mut c_void,
@@ -85,6 +92,25 @@ pub fn clip_grads(params: &[Tensor], norm: &Tensor, max_norm: f64) -> Result<(),
             max_norm,
         )
     })
+}
+
+/// Causal flash attention over packed sequences: `q` `[total, heads, d]`, `k` and `v`
+/// `[total, kv_heads, d]` (bf16), `cu_seqlens` int32 on the device. Autograd-aware.
+pub fn flash_varlen(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cu_seqlens: &Tensor,
+    max_seqlen: i64,
+) -> Result<Tensor, String> {
+    let ptr = |t: &Tensor| t.as_ptr().cast_mut().cast();
+    // SAFETY: live tensors for the call; the result is a new tensor the returned Tensor owns.
+    let out = unsafe { flame_flash_varlen(ptr(q), ptr(k), ptr(v), ptr(cu_seqlens), max_seqlen) };
+    if out.is_null() {
+        check(-1)?;
+    }
+    // SAFETY: a fresh, owned tensor from the shim.
+    Ok(unsafe { Tensor::from_ptr(out.cast()) })
 }
 
 /// Drops the gradients of `params` (set to none).
