@@ -1,11 +1,20 @@
 //! `flame-train`: trains flame's transformer configs from batches served by flame-stream.
 use std::process::ExitCode;
 
-use clap::Parser;
 use flame_trainer::train::{Args, run};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::parse_with_config_file(std::env::args().collect()) {
+        Ok(args) => args,
+        Err(e) => {
+            // clap's own errors (and --help, --version) print as clap prints them.
+            if let Some(clap_error) = e.downcast_ref::<clap::Error>() {
+                clap_error.exit();
+            }
+            eprintln!("flame-train: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     match run(&args) {
         Ok(summary) => {
             if args.enable_checkpoint {

@@ -28,7 +28,8 @@ use crate::schedule::{DecayType, Schedule};
 #[command(
     name = "flame-train",
     version,
-    about = "Trains flame's transformer configs from flame-stream."
+    about = "Trains flame's transformer configs from flame-stream.",
+    args_override_self = true
 )]
 #[allow(clippy::struct_excessive_bools)]
 pub struct Args {
@@ -113,6 +114,82 @@ pub struct Args {
     /// Device: `cpu` or `cuda` (`cuda:N`); default: CUDA when present.
     #[arg(long = "training.device")]
     pub device: Option<String>,
+    /// A TOML file of the same keys (`[training]` `steps = 100`, …); flags given on the command line win.
+    #[arg(long = "job.config_file")]
+    pub config_file: Option<PathBuf>,
+}
+
+impl Args {
+    /// Parses the command line, with the keys of `--job.config_file` (if any) read first, so that flags
+    /// on the command line override them. Keys of the file that flame-train does not have (torchtitan's
+    /// many others) are reported on stderr and skipped.
+    pub fn parse_with_config_file(argv: Vec<String>) -> anyhow::Result<Self> {
+        let mut argv = argv.into_iter();
+        let program = argv.next().unwrap_or_else(|| "flame-train".into());
+        let rest: Vec<String> = argv.collect();
+        let file = rest.iter().enumerate().find_map(|(i, a)| {
+            if let Some(path) = a.strip_prefix("--job.config_file=") {
+                return Some(PathBuf::from(path));
+            }
+            (a == "--job.config_file").then(|| rest.get(i + 1).map(PathBuf::from))?
+        });
+        let mut args = vec![program];
+        if let Some(file) = file {
+            args.extend(config_file_args(&file)?);
+        }
+        args.extend(rest);
+        Ok(Self::try_parse_from(args)?)
+    }
+}
+
+/// The flags a `--job.config_file` stands for.
+fn config_file_args(file: &Path) -> anyhow::Result<Vec<String>> {
+    use clap::CommandFactory;
+    let name = || format!("--job.config_file {}", file.display());
+    let text = std::fs::read_to_string(file).with_context(name)?;
+    let table: toml::Table = toml::from_str(&text).with_context(name)?;
+    let command = Args::command();
+    let known: Vec<(String, bool)> = command
+        .get_arguments()
+        .filter_map(|a| {
+            let takes_value = !matches!(a.get_action(), clap::ArgAction::SetTrue);
+            a.get_long().map(|l| (l.to_string(), takes_value))
+        })
+        .collect();
+    let (mut args, mut skipped) = (Vec::new(), Vec::new());
+    for (section, value) in &table {
+        let entries: Vec<(String, &toml::Value)> = match value.as_table() {
+            Some(keys) => keys
+                .iter()
+                .map(|(k, v)| (format!("{section}.{k}"), v))
+                .collect(),
+            None => vec![(section.clone(), value)],
+        };
+        for (key, value) in entries {
+            let Some((_, takes_value)) = known.iter().find(|(l, _)| *l == key) else {
+                skipped.push(key);
+                continue;
+            };
+            let text = match value {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            if *takes_value {
+                args.push(format!("--{key}"));
+                args.push(text);
+            } else if value.as_bool() == Some(true) {
+                args.push(format!("--{key}"));
+            }
+        }
+    }
+    if !skipped.is_empty() {
+        eprintln!(
+            "flame-train: {}: not flame-train keys, skipped: {}",
+            file.display(),
+            skipped.join(", ")
+        );
+    }
+    Ok(args)
 }
 
 /// What a run did.

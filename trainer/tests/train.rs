@@ -207,3 +207,55 @@ fn bad_setups_fail_before_any_step_with_the_reason() {
         "{err}"
     );
 }
+
+#[test]
+fn a_config_file_supplies_the_flags_and_the_command_line_overrides_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("train.toml");
+    std::fs::write(
+        &file,
+        r#"
+        data-endpoint = "unix:///tmp/from-file.sock"
+        data-job = "job.toml"
+        [model]
+        config = "configs/transformer_340M.json"
+        name = "transformer"          # torchtitan's, not ours: skipped
+        [optimizer]
+        lr = 3e-4
+        eps = 1e-15
+        [lr_scheduler]
+        decay_type = "cosine"
+        [training]
+        steps = 100
+        varlen = true
+        seq_len = 4096
+        [checkpoint]
+        enable_checkpoint = false
+        "#,
+    )
+    .unwrap();
+    let argv = |extra: &[&str]| {
+        let mut v = vec![
+            "flame-train".to_string(),
+            "--job.config_file".into(),
+            file.display().to_string(),
+        ];
+        v.extend(extra.iter().map(ToString::to_string));
+        v
+    };
+    let args = Args::parse_with_config_file(argv(&[])).unwrap();
+    assert_eq!(
+        (args.steps, args.seq_len, args.lr, args.eps),
+        (100, 4096, 3e-4, 1e-15)
+    );
+    assert!(args.varlen && !args.enable_checkpoint);
+    assert_eq!(
+        args.model_config,
+        PathBuf::from("configs/transformer_340M.json")
+    );
+    assert_eq!(args.decay_type, flame_trainer::schedule::DecayType::Cosine);
+    let args = Args::parse_with_config_file(argv(&["--training.steps", "7"])).unwrap();
+    assert_eq!(args.steps, 7, "the command line wins");
+    std::fs::write(&file, "[training]\nsteps = \"many\"\n").unwrap();
+    assert!(Args::parse_with_config_file(argv(&["--model.config", "x.json"])).is_err());
+}
