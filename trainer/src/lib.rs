@@ -11,4 +11,5 @@ pub mod model;
 pub mod optim;
 pub mod schedule;
 pub mod shim;
+pub mod tensorboard;
 pub mod train;

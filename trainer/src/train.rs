@@ -467,6 +467,8 @@ pub fn run(args: &Args) -> anyhow::Result<Summary> {
         .create(true)
         .append(true)
         .open(args.dump_folder.join("metrics.jsonl"))?;
+    let mut tensorboard = crate::tensorboard::EventWriter::create(&args.dump_folder.join("tb"))
+        .with_context(|| format!("{}/tb", args.dump_folder.display()))?;
     let flops_per_token = config.flops_per_token(args.context_len.unwrap_or(args.seq_len));
     let global = u64::from(args.batch_size * args.gradient_accumulation_steps);
     let mut losses = Vec::new();
@@ -536,6 +538,19 @@ pub fn run(args: &Args) -> anyhow::Result<Summary> {
                 serde_json::json!({"step": state.step, "loss": loss_sum, "tps": tps, "tflops": tflops,
                     "lr": lr, "grad_norm": gnorm, "data_loading_pct": waiting,
                     "skipped_steps": state.skipped_steps, "tokens": state.tokens})
+            )?;
+            #[allow(clippy::cast_precision_loss)]
+            tensorboard.scalars(
+                state.step,
+                &[
+                    ("loss_metrics/global_avg_loss", loss_sum),
+                    ("throughput(tps)", tps),
+                    ("tflops", tflops),
+                    ("optimizer/lr", lr),
+                    ("optimizer/grad_norm", gnorm),
+                    ("optimizer/skipped_step", state.skipped_steps as f64),
+                    ("time_metrics/data_loading(%)", waiting),
+                ],
             )?;
             (window_tokens, window_start, window_wait) = (0, Instant::now(), 0.0);
         }
