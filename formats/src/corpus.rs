@@ -159,6 +159,12 @@ impl Corpus {
 
     /// Sequence `i` of the concatenation of all shards.
     pub fn sequence(&self, i: u64) -> Result<TokenSlice<'_>> {
+        let (shard, local) = self.locate(i)?;
+        shard.tokens().sequence(local)
+    }
+
+    /// The shard holding global sequence `i`, and its index there.
+    fn locate(&self, i: u64) -> Result<(&Shard, u64)> {
         if i >= self.num_sequences() {
             return Err(Error::OutOfRange {
                 path: self.root.clone(),
@@ -168,9 +174,7 @@ impl Corpus {
             });
         }
         let shard = self.sequence_starts.partition_point(|&start| start <= i) - 1;
-        self.shards[shard]
-            .tokens()
-            .sequence(i - self.sequence_starts[shard])
+        Ok((&self.shards[shard], i - self.sequence_starts[shard]))
     }
 
     /// The window length when every shard is packed (flame-prep's packed output), else `None`.
@@ -189,19 +193,10 @@ impl Corpus {
 
     /// The stored `cu_seqlens` of sequence `i` when it is a packed window (`None` for a document).
     pub fn window_cu_seqlens(&self, i: u64) -> Result<Option<Vec<u32>>> {
-        if i >= self.num_sequences() {
-            return Err(Error::OutOfRange {
-                path: self.root.clone(),
-                what: "sequence",
-                index: i,
-                count: self.num_sequences(),
-            });
-        }
-        let shard = self.sequence_starts.partition_point(|&start| start <= i) - 1;
-        match &self.shards[shard] {
-            Shard::Megatron(_) => Ok(None),
-            Shard::Packed(p) => {
-                let window = p.window(i - self.sequence_starts[shard])?;
+        match self.locate(i)? {
+            (Shard::Megatron(_), _) => Ok(None),
+            (Shard::Packed(p), local) => {
+                let window = p.window(local)?;
                 #[allow(clippy::cast_sign_loss)] // checked to rise from 0
                 Ok(Some(window.cu_seqlens.iter().map(|&c| c as u32).collect()))
             }

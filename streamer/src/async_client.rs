@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::client::ClientError;
-use crate::protocol::{Limits, Message, VERSION, WireSample, decode, encode};
+use crate::client::{ClientError, hello_frame};
+use crate::protocol::{Limits, Message, WireSample, decode, encode};
 use crate::server::Endpoint;
 use crate::shm::{RingMap, SlotBatch, recv_with_fd};
 use crate::spec::JobSpec;
@@ -140,17 +140,7 @@ impl AsyncClient {
         token: Option<&str>,
         retries: u32,
     ) -> Result<Self, ClientError> {
-        let mut hello = Vec::new();
-        encode(
-            &Message::Hello {
-                version: VERSION,
-                token: token.unwrap_or("").as_bytes().to_vec(),
-                job: job.to_toml(),
-                rank,
-                world_size,
-            },
-            &mut hello,
-        );
+        let hello = hello_frame(job, rank, world_size, token);
         let mut client = Self {
             endpoint,
             hello,
@@ -246,14 +236,7 @@ impl AsyncClient {
     ) -> Result<Vec<WireSample>, ClientError> {
         if self.shm_slots.is_some() {
             let batch = self.micro_batch_in_place(step, micro_step).await?;
-            return Ok((0..batch.len())
-                .map(|i| WireSample {
-                    dataset: batch.dataset(i),
-                    index: batch.index(i),
-                    cu_seqlens: batch.cu_seqlens(i).to_vec(),
-                    tokens: batch.sample_tokens(i).to_vec(),
-                })
-                .collect());
+            return Ok(batch.to_samples());
         }
         match self.exchange(step, micro_step).await? {
             Message::Batch { samples, .. } => Ok(samples),

@@ -73,17 +73,7 @@ impl Client {
         token: Option<&str>,
         retries: u32,
     ) -> Result<Self, ClientError> {
-        let mut hello = Vec::new();
-        encode(
-            &Message::Hello {
-                version: VERSION,
-                token: token.unwrap_or("").as_bytes().to_vec(),
-                job: job.to_toml(),
-                rank,
-                world_size,
-            },
-            &mut hello,
-        );
+        let hello = hello_frame(job, rank, world_size, token);
         let mut client = Self {
             endpoint,
             hello,
@@ -206,14 +196,7 @@ impl Client {
     ) -> Result<Vec<WireSample>, ClientError> {
         if self.shm_slots.is_some() {
             let batch = self.micro_batch_in_place(step, micro_step)?;
-            return Ok((0..batch.len())
-                .map(|i| WireSample {
-                    dataset: batch.dataset(i),
-                    index: batch.index(i),
-                    cu_seqlens: batch.cu_seqlens(i).to_vec(),
-                    tokens: batch.sample_tokens(i).to_vec(),
-                })
-                .collect());
+            return Ok(batch.to_samples());
         }
         match self.exchange(step, micro_step)? {
             Message::Batch { samples, .. } => Ok(samples),
@@ -342,6 +325,27 @@ impl Client {
         self.ahead = next;
         Ok(answer)
     }
+}
+
+/// The `Hello` frame of rank `rank` of `world_size` for `job`.
+pub(crate) fn hello_frame(
+    job: &JobSpec,
+    rank: u32,
+    world_size: u32,
+    token: Option<&str>,
+) -> Vec<u8> {
+    let mut hello = Vec::new();
+    encode(
+        &Message::Hello {
+            version: VERSION,
+            token: token.unwrap_or("").as_bytes().to_vec(),
+            job: job.to_toml(),
+            rank,
+            world_size,
+        },
+        &mut hello,
+    );
+    hello
 }
 
 /// Asks for a ring on `conn` and maps it: `ShmOpen`, then `ShmReady` with the descriptor.

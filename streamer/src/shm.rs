@@ -188,6 +188,18 @@ impl<'a> SlotBatch<'a> {
         &self.tokens()[i * self.tokens_per_sample..(i + 1) * self.tokens_per_sample]
     }
 
+    /// The samples, copied out of the slot.
+    pub fn to_samples(&self) -> Vec<crate::protocol::WireSample> {
+        (0..self.samples)
+            .map(|i| crate::protocol::WireSample {
+                dataset: self.dataset(i),
+                index: self.index(i),
+                cu_seqlens: self.cu_seqlens(i).to_vec(),
+                tokens: self.sample_tokens(i).to_vec(),
+            })
+            .collect()
+    }
+
     /// Sample `i`'s `cu_seqlens`, in place.
     pub fn cu_seqlens(&self, i: usize) -> &'a [u32] {
         bytemuck::cast_slice(&self.bytes[self.cu_starts[i]..self.cu_starts[i + 1]])
