@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Fetches libtorch 2.11.0 (the +cu130 build that the GPU machines run) from PyPI, once, and prints the
-# LIBTORCH directory to build flame-train against (../shared/notes/libtorch.md has the why of each step).
+# Fetches libtorch 2.11.0 (the +cu130 build that the GPU machines run) from PyPI, once, links it as
+# .libtorch in the repository (where .cargo/config.toml sends cargo) and prints the LIBTORCH directory to
+# build flame-train against (../shared/notes/libtorch.md has the why of each step).
 #
 # Cached under ${FLAME_CACHE:-~/.cache/flame}/libtorch-2.11.0 (about 1.2 GB):
 #   torch/{include,lib}     the wheel's libtorch (libtorch_cuda.so too, unused on CPU)
@@ -13,8 +14,14 @@ set -euo pipefail
 
 cache="${FLAME_CACHE:-$HOME/.cache/flame}"
 dest="$cache/libtorch-2.11.0"
-if [[ -f "$dest/.complete" ]]; then
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# .cargo/config.toml points LIBTORCH at this link, so that a plain `cargo build` builds the trainer.
+link() {
+    ln -sfn "$dest/torch-cpu" "$repo/.libtorch"
     echo "$dest/torch-cpu"
+}
+if [[ -f "$dest/.complete" ]]; then
+    link
     exit 0
 fi
 echo "setup-libtorch: fetching torch 2.11.0 from PyPI into $dest (about 550 MB)" >&2
@@ -43,4 +50,4 @@ touch .complete
 cd "$cache"
 rm -rf "$dest"
 mv "$dest.partial" "$dest"
-echo "$dest/torch-cpu"
+link

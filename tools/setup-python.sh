@@ -3,8 +3,9 @@
 # `tools/setup-python.sh bench` does the same for the benchmarks' venv (tools/bench/requirements.txt:
 # adds transformers and datasets, the peers of tools/bench/prep.py; ~600 MB, never used by CI).
 #
-# Torch-free by design: megatron-core is installed with --no-deps and its data modules are loaded with
-# small stubs (tools/interop/megatron_core_oracle.py), so the venv is ~120 MB instead of ~5 GB with torch.
+# megatron-core is installed with --no-deps and its data modules are loaded with small stubs
+# (tools/interop/megatron_core_oracle.py): its oracles need neither torch nor a GPU. torch (PyPI's CUDA
+# build, run on the CPU) is here only for transformers, which loads flame-train's export; ~6 GB in all.
 # Cached under ${FLAME_CACHE:-~/.cache/flame}/venv; rebuilt when the pinned requirements change.
 set -euo pipefail
 

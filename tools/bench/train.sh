@@ -2,9 +2,11 @@
 # flame-train's benchmark on the GPU machine, with binaries built on the CPU machine (nothing is built
 # there): flame-stream serves $DATA (a flame-prep output or Megatron prefix; default the bundled
 # fixture), flame-train trains configs/transformer_340M.json at batch 8 × 2048 in bf16 autocast, then
-# varlen at 1 × 65536 with context_len 4096 (flash attention over the documents), and
+# varlen at 1 × 65536 with context_len 4096 (flash attention over the documents, full activation
+# checkpointing: $VARLEN_AC, default full; every activation of 65536 tokens does not fit in 80 GB), and
 # tools/bench/torch_reference.py trains the same model in PyTorch, eager and compiled, at 8 × 2048.
-# Prints tokens/s, TFLOP/s, the share of step time spent waiting for data, and the ratios.
+# Prints tokens/s, TFLOP/s, MFU, device memory, the share of step time spent waiting for data, and the
+# ratios.
 # Usage: BIN=dir-with-flame-stream,flame-train [DATA=dir] [VARLEN_SEQ=65536] bash tools/bench/train.sh [STEPS]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -20,10 +22,11 @@ coproc SERVER { exec "$bin/flame-stream" serve --listen "unix://$work/s.sock"; }
 server=$SERVER_PID
 read -r _ <&"${SERVER[0]}"
 
-# flame_train NAME SEQ_LEN BATCH CONTEXT VARLEN: one run; its rate is the mean of the log windows after
+# flame_train NAME SEQ_LEN BATCH CONTEXT VARLEN [FLAG...]: one run; its rate is the mean of the log windows after
 # the first two (start-up).
 flame_train() {
     local name=$1 seq_len=$2 batch=$3 context=$4 varlen=$5
+    shift 5
     cat > "$work/$name.toml" <<TOML
 seed = 1
 seq_len = $seq_len
@@ -34,7 +37,7 @@ global_batch_size = $batch
 [[datasets]]
 path = "$data"
 TOML
-    local flags=()
+    local flags=("$@")
     [[ $varlen == true ]] && flags+=(--training.varlen)
     LD_LIBRARY_PATH="$torchlib" "$bin/flame-train" --model.config "$config" \
         --data-endpoint "unix://$work/s.sock" --data-job "$work/$name.toml" --job.dump_folder "$work/$name" \
@@ -48,20 +51,25 @@ if not rows:
     raise SystemExit(f"{sys.argv[2]}: no measurements (the run failed)")
 print(json.dumps({"peer": sys.argv[2], "tokens_per_s": sum(r["tps"] for r in rows) / len(rows),
                   "tflops": sum(r["tflops"] for r in rows) / len(rows),
+                  "mfu_pct": sum(r["mfu_pct"] or 0 for r in rows) / len(rows),
+                  "memory_gib": max(r["memory_gib"] or 0 for r in rows),
                   "data_loading_pct": max(r["data_loading_pct"] for r in rows)}))
 PY
 }
 flame_train flame-train 2048 8 2048 false
 varlen_seq="${VARLEN_SEQ:-65536}"
-flame_train "flame-varlen-$varlen_seq" "$varlen_seq" 1 4096 true
+flame_train "flame-varlen-$varlen_seq" "$varlen_seq" 1 4096 true --activation_checkpoint.mode "${VARLEN_AC:-full}"
 "$python" "$root/tools/bench/torch_reference.py" "$config" --steps "$steps" > "$work/eager.json"
 "$python" "$root/tools/bench/torch_reference.py" "$config" --steps "$steps" --compile > "$work/compile.json" 2> "$work/compile.err" || tail -5 "$work/compile.err"
 "$python" - "$work"/flame-train.json "$work"/eager.json "$work"/compile.json "$work/flame-varlen-$varlen_seq.json" <<'PY'
 import json, os, sys
 rows = [json.load(open(p)) for p in sys.argv[1:] if os.path.exists(p) and open(p).read().strip()]
 flame = rows[0]["tokens_per_s"]
+# The GPU's peak, from flame-train's own TFLOP/s and MFU, gives the peers' MFU on the same scale.
+peak = rows[0]["tflops"] / rows[0]["mfu_pct"] * 100 if rows[0].get("mfu_pct") else None
 for r in rows:
-    extra = f"  data waiting {r['data_loading_pct']:.2f}% of step time" if "data_loading_pct" in r else ""
+    mfu = f"  MFU {100 * r['tflops'] / peak:5.1f}%" if peak else ""
+    extra = f"  {r['memory_gib']:.1f} GiB  data waiting {r['data_loading_pct']:.2f}% of step time" if "data_loading_pct" in r else ""
     ratio = "" if r["peer"].startswith("flame-varlen") else f"  flame-train / this = {flame / r['tokens_per_s']:.2f}"
-    print(f"{r['peer']:<18} {r['tokens_per_s']:>10.0f} tok/s  {r['tflops']:>7.1f} TFLOP/s{ratio}{extra}")
+    print(f"{r['peer']:<18} {r['tokens_per_s']:>10.0f} tok/s  {r['tflops']:>7.1f} TFLOP/s{mfu}{ratio}{extra}")
 PY

@@ -1,10 +1,12 @@
-"""The trainer's transformer against Hugging Face `transformers` (run by tools/gpu/trainer-smoke.sh where
-torch is installed): loads each export that `trainer/examples/parity.rs` wrote with
-`AutoModelForCausalLM.from_pretrained` and compares its fp32 logits with flame-train's, on whole windows
-and on a window of two packed documents (each document run alone through transformers, positions from
-0). Exits non-zero if any logit differs by 1e-4 or more.
+"""The trainer's transformer against Hugging Face `transformers` on the CPU (trainer/tests/train.rs, in
+every test run, and tools/gpu/trainer-smoke.sh): loads each case's export with
+`AutoModelForCausalLM.from_pretrained` and compares its fp32 logits with flame-train's (written by
+`flame_trainer::parity::write_logits`), on whole windows and on a window of two packed documents (each
+document run alone through transformers, positions from 0). Exits non-zero if any logit differs by 1e-4
+or more.
 
-Usage: hf_parity.py DIR   (DIR holds gqa/ and tied/, each with hf/ and logits.safetensors)
+Usage: hf_parity.py DIR...   (each DIR is a case, with hf/ and logits.safetensors, or holds cases, as
+the output of trainer/examples/parity.rs holds gqa/ and tied/)
 """
 
 import pathlib
@@ -15,7 +17,12 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 worst = 0.0
-for case in sorted(pathlib.Path(sys.argv[1]).iterdir()):
+cases = []
+for arg in map(pathlib.Path, sys.argv[1:]):
+    cases += [arg] if (arg / "hf").is_dir() else sorted(p for p in arg.iterdir() if (p / "hf").is_dir())
+if not cases:
+    raise SystemExit(f"no case (a directory with hf/ and logits.safetensors) in {sys.argv[1:]}")
+for case in cases:
     ours = load_file(str(case / "logits.safetensors"))
     model = AutoModelForCausalLM.from_pretrained(str(case / "hf"), torch_dtype=torch.float32).eval()
     with torch.no_grad():

@@ -9,6 +9,9 @@
 #include <ATen/ops/_foreach_norm.h>
 #include <ATen/ops/_fused_adamw.h>
 
+#include <dlfcn.h>
+
+#include <cstring>
 #include <exception>
 #include <string>
 #include <vector>
@@ -113,6 +116,185 @@ int flame_clip_grads(tensor *params, size_t n, tensor norm, double max_norm) {
 // Drops the gradients (zero_grad(set_to_none=True)): backward allocates fresh ones.
 int flame_zero_grads(tensor *params, size_t n) {
   FLAME_TRY(for (size_t i = 0; i < n; ++i) params[i]->mutable_grad().reset())
+}
+
+// A page-locked copy of a CPU tensor (Tensor.pin_memory() without the deprecated device argument that
+// tch passes).
+tensor flame_pin_memory(tensor t) {
+  try {
+    return new at::Tensor(t->pin_memory());
+  } catch (const std::exception &e) {
+    last_error = e.what();
+    return nullptr;
+  }
+}
+
+// Backpropagates `grad` from the non-scalar `out` (out.backward(grad)): how a chunked loss and
+// recomputed (checkpointed) blocks hand their gradients on.
+int flame_backward(tensor out, tensor grad) { FLAME_TRY(out->backward(*grad)) }
+
+// Device memory in use and in all on `device` (cudaMemGetInfo, what nvidia-smi shows), from the CUDA
+// runtime that libtorch has loaded; -1 when none is (a CPU run). Found with dlsym, so that the shim needs
+// no CUDA headers and links no CUDA library.
+int flame_cuda_memory(int device, size_t *used, size_t *total) {
+  void *runtime = dlopen("libcudart.so.13", RTLD_LAZY | RTLD_NOLOAD);
+  if (runtime == nullptr) {
+    last_error = "the CUDA runtime is not loaded";
+    return -1;
+  }
+  auto get_device = reinterpret_cast<int (*)(int *)>(dlsym(runtime, "cudaGetDevice"));
+  auto set_device = reinterpret_cast<int (*)(int)>(dlsym(runtime, "cudaSetDevice"));
+  auto mem_info = reinterpret_cast<int (*)(size_t *, size_t *)>(dlsym(runtime, "cudaMemGetInfo"));
+  dlclose(runtime);
+  if (get_device == nullptr || set_device == nullptr || mem_info == nullptr) {
+    last_error = "the CUDA runtime lacks cudaMemGetInfo";
+    return -1;
+  }
+  int previous = 0;
+  if (get_device(&previous) != 0 || (previous != device && set_device(device) != 0)) {
+    last_error = "cudaSetDevice failed";
+    return -1;
+  }
+  size_t free_bytes = 0;
+  int rc = mem_info(&free_bytes, total);
+  if (previous != device) set_device(previous);
+  if (rc != 0) {
+    last_error = "cudaMemGetInfo failed";
+    return -1;
+  }
+  *used = *total - free_bytes;
+  return 0;
+}
+
+// The name of CUDA device `device` (cuDeviceGetName of the driver libtorch has loaded) into `name`.
+int flame_cuda_device_name(int device, char *name, int len) {
+  void *driver = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_NOLOAD);
+  if (driver == nullptr) {
+    last_error = "the CUDA driver is not loaded";
+    return -1;
+  }
+  auto get = reinterpret_cast<int (*)(int *, int)>(dlsym(driver, "cuDeviceGet"));
+  auto get_name = reinterpret_cast<int (*)(char *, int, int)>(dlsym(driver, "cuDeviceGetName"));
+  dlclose(driver);
+  int handle = 0;
+  if (get == nullptr || get_name == nullptr || get(&handle, device) != 0 ||
+      get_name(name, len, handle) != 0) {
+    last_error = "cuDeviceGetName failed";
+    return -1;
+  }
+  return 0;
+}
+
+// ---- NCCL and CUDA streams, for data parallelism (train.rs, dist.rs) ----
+// Resolved with dlsym in the copies libtorch_cuda has loaded (libnccl.so.2 is its NEEDED dependency), so
+// the collectives run in exactly torch's NCCL and nothing CUDA is needed to build or to start on a CPU.
+
+struct nccl_unique_id {
+  char internal[128];
+};
+
+static void *symbol(const char *library, const char *name) {
+  void *handle = dlopen(library, RTLD_LAZY | RTLD_NOLOAD);
+  if (handle == nullptr) {
+    last_error = std::string(library) + " is not loaded (libtorch without CUDA?)";
+    return nullptr;
+  }
+  void *found = dlsym(handle, name);
+  dlclose(handle);
+  if (found == nullptr) last_error = std::string(library) + " lacks " + name;
+  return found;
+}
+
+#define FLAME_SYM(var, library, name, type)                                                        \
+  auto var = reinterpret_cast<type>(symbol(library, name));                                        \
+  if (var == nullptr) return -1;
+
+static int nccl_check(int rc, const char *what) {
+  if (rc == 0) return 0;
+  auto describe = reinterpret_cast<const char *(*)(int)>(symbol("libnccl.so.2", "ncclGetErrorString"));
+  last_error = std::string(what) + ": " + (describe ? describe(rc) : "NCCL error " + std::to_string(rc));
+  return -1;
+}
+
+static int cuda_check(int rc, const char *what) {
+  if (rc == 0) return 0;
+  auto describe = reinterpret_cast<const char *(*)(int)>(symbol("libcudart.so.13", "cudaGetErrorString"));
+  last_error = std::string(what) + ": " + (describe ? describe(rc) : "CUDA error " + std::to_string(rc));
+  return -1;
+}
+
+// Makes `device` the calling thread's current CUDA device (torch.cuda.set_device).
+int flame_cuda_set_device(int device) {
+  FLAME_SYM(set_device, "libcudart.so.13", "cudaSetDevice", int (*)(int));
+  return cuda_check(set_device(device), "cudaSetDevice");
+}
+
+// A new NCCL unique id (rank 0 makes it; the rendezvous hands it to the others): 128 bytes into `out`.
+int flame_nccl_unique_id(char *out) {
+  FLAME_SYM(get_id, "libnccl.so.2", "ncclGetUniqueId", int (*)(nccl_unique_id *));
+  nccl_unique_id id;
+  if (nccl_check(get_id(&id), "ncclGetUniqueId") != 0) return -1;
+  std::memcpy(out, id.internal, sizeof id.internal);
+  return 0;
+}
+
+// Joins the communicator of `world` ranks named by `id` as `rank`, on the current device.
+int flame_nccl_init(const char *id_bytes, int world, int rank, void **comm) {
+  FLAME_SYM(init, "libnccl.so.2", "ncclCommInitRank", int (*)(void **, int, nccl_unique_id, int));
+  nccl_unique_id id;
+  std::memcpy(id.internal, id_bytes, sizeof id.internal);
+  return nccl_check(init(comm, world, id, rank), "ncclCommInitRank");
+}
+
+int flame_nccl_destroy(void *comm) {
+  FLAME_SYM(destroy, "libnccl.so.2", "ncclCommDestroy", int (*)(void *));
+  return nccl_check(destroy(comm), "ncclCommDestroy");
+}
+
+// In-place all-reduce of a contiguous float32 or bfloat16 CUDA tensor, averaged over the ranks
+// (ncclAvg), enqueued on `stream` (null: the default stream, ordered with torch's work).
+int flame_nccl_all_reduce_avg(void *comm, tensor t, void *stream) {
+  FLAME_SYM(all_reduce, "libnccl.so.2", "ncclAllReduce",
+            int (*)(const void *, void *, size_t, int, int, void *, void *));
+  int dtype;
+  switch (t->scalar_type()) {
+  case at::kFloat: dtype = 7; break;     // ncclFloat32
+  case at::kBFloat16: dtype = 9; break;  // ncclBfloat16
+  default: last_error = "all-reduce: only float32 and bfloat16 tensors"; return -1;
+  }
+  if (!t->is_contiguous()) {
+    last_error = "all-reduce: the tensor is not contiguous";
+    return -1;
+  }
+  return nccl_check(all_reduce(t->data_ptr(), t->data_ptr(), t->numel(), dtype, /*ncclAvg*/ 4, comm, stream),
+                    "ncclAllReduce");
+}
+
+// A stream that does not synchronise with the default stream (cudaStreamNonBlocking), at the highest
+// priority, so that the collectives' blocks are scheduled ahead of the backward pass's queued ones.
+int flame_cuda_stream_create(void **stream) {
+  FLAME_SYM(range, "libcudart.so.13", "cudaDeviceGetStreamPriorityRange", int (*)(int *, int *));
+  FLAME_SYM(create, "libcudart.so.13", "cudaStreamCreateWithPriority", int (*)(void **, unsigned, int));
+  int least = 0, greatest = 0;
+  if (cuda_check(range(&least, &greatest), "cudaDeviceGetStreamPriorityRange") != 0) return -1;
+  return cuda_check(create(stream, 1, greatest), "cudaStreamCreateWithPriority");
+}
+
+// Makes `grad` the gradient of `param` (param.grad = grad): backward then accumulates into it in place.
+int flame_set_grad(tensor param, tensor grad) { FLAME_TRY(param->mutable_grad() = *grad) }
+
+// An event without timing (cudaEventDisableTiming).
+int flame_cuda_event_create(void **event) {
+  FLAME_SYM(create, "libcudart.so.13", "cudaEventCreateWithFlags", int (*)(void **, unsigned));
+  return cuda_check(create(event, 2), "cudaEventCreateWithFlags");
+}
+
+// Makes `waiter` wait for everything enqueued on `stream` so far (an event recorded there).
+int flame_cuda_stream_wait(void *waiter, void *stream, void *event) {
+  FLAME_SYM(record, "libcudart.so.13", "cudaEventRecord", int (*)(void *, void *));
+  FLAME_SYM(wait, "libcudart.so.13", "cudaStreamWaitEvent", int (*)(void *, void *, unsigned));
+  if (cuda_check(record(event, stream), "cudaEventRecord") != 0) return -1;
+  return cuda_check(wait(waiter, event, 0), "cudaStreamWaitEvent");
 }
 
 } // extern "C"

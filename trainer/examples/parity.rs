@@ -5,9 +5,10 @@
 //! Usage: `parity OUT_DIR` → `OUT_DIR/{gqa,tied}/` with `hf/` and `logits.safetensors`.
 
 use flame_trainer::config::ModelConfig;
-use flame_trainer::model::{Inputs, Transformer};
+use flame_trainer::model::Transformer;
+use flame_trainer::parity::write_logits;
 use flame_trainer::train::export_hf;
-use tch::{Device, Kind, Tensor, nn};
+use tch::{Device, Tensor, nn};
 
 fn main() -> anyhow::Result<()> {
     let out = std::path::PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "parity".into()));
@@ -35,29 +36,7 @@ fn main() -> anyhow::Result<()> {
         });
         let dir = out.join(name);
         export_hf(&dir.join("hf"), &vs, &config, None)?;
-        let tokens: Vec<u32> = (0..48u32).map(|i| (i * 379 + 17) % 1000).collect();
-        let whole = model.forward(&Inputs::new(
-            &tokens,
-            24,
-            &[vec![0, 24], vec![0, 24]],
-            Device::Cpu,
-        ));
-        let packed = model.forward(&Inputs::new(
-            &tokens[..24],
-            24,
-            &[vec![0, 10, 24]],
-            Device::Cpu,
-        ));
-        let ids = Tensor::from_slice(&tokens.iter().map(|&t| i64::from(t)).collect::<Vec<_>>())
-            .view([2, 24]);
-        Tensor::write_safetensors(
-            &[
-                ("tokens", ids),
-                ("whole", whole.to_kind(Kind::Float)),
-                ("packed", packed.to_kind(Kind::Float)),
-            ],
-            dir.join("logits.safetensors"),
-        )?;
+        write_logits(&model, &dir.join("logits.safetensors"))?;
     }
     println!("{}", out.display());
     Ok(())

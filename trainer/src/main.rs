@@ -15,9 +15,20 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.nproc_per_node > 1 && std::env::var_os("RANK").is_none() {
+        let rest: Vec<String> = std::env::args().skip(1).collect();
+        return match flame_trainer::dist::launch_local(args.nproc_per_node, &rest) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("flame-train: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(&args) {
         Ok(summary) => {
-            if args.enable_checkpoint {
+            if summary.exported {
                 eprintln!("flame-train: exported to {}", summary.export.display());
             }
             ExitCode::SUCCESS

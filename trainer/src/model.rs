@@ -38,6 +38,18 @@ pub struct Transformer {
     norm: Tensor,
     lm_head: Option<Tensor>,
     inv_freq: Tensor,
+    /// Label positions per chunk of the output layer and loss.
+    loss_chunk: i64,
+}
+
+/// How the backward pass gets the forward pass's activations (torchtitan's
+/// `--activation_checkpoint.mode`; its `selective` mode is not implemented).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Checkpointing {
+    /// Every activation is kept.
+    None,
+    /// Only each layer's input is kept; the layer is recomputed in the backward pass.
+    Full,
 }
 
 impl std::fmt::Debug for Transformer {
@@ -136,7 +148,8 @@ impl Inputs {
 /// queues behind the GPU's work instead of blocking the host until it is done.
 fn upload(t: Tensor, device: Device) -> Tensor {
     if device.is_cuda() {
-        t.pin_memory(device)
+        crate::shim::pin_memory(&t)
+            .expect("pinned host memory")
             .to_device_(device, t.kind(), true, false)
     } else {
         t
@@ -219,6 +232,8 @@ impl Transformer {
             norm,
             lm_head,
             inv_freq,
+            // About 2^28 logits (half a gigabyte in bfloat16) per chunk: 8192 rows of a 32k vocabulary.
+            loss_chunk: (1i64 << 28) / v.max(1),
         }
     }
 
@@ -233,11 +248,41 @@ impl Transformer {
     }
 
     /// Logits `[B, T, vocab]` in the compute dtype (bfloat16 under autocast).
+    fn logits(&self, inputs: &Inputs) -> Tensor {
+        self.hidden(inputs).linear(self.head(), None::<Tensor>)
+    }
+
+    fn head(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// RoPE's cosines and sines `[B, 1, T, head_dim]` at the inputs' positions.
+    fn rope(&self, inputs: &Inputs) -> (Tensor, Tensor) {
+        let freqs = inputs.positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
+        let angles = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1); // [B, 1, T, D]
+        (angles.cos(), angles.sin())
+    }
+
+    fn embed(&self, inputs: &Inputs) -> Tensor {
+        Tensor::embedding(&self.embed, &inputs.tokens, -1, false, false)
+    }
+
+    /// The final hidden states `[B, T, hidden]`, normalised.
+    fn hidden(&self, inputs: &Inputs) -> Tensor {
+        let rope = self.rope(inputs);
+        let mut x = self.embed(inputs);
+        for block in &self.blocks {
+            x = self.block(block, &x, inputs, &rope);
+        }
+        rms_norm(&x, &self.norm, self.config.norm_eps)
+    }
+
+    /// One decoder layer: `x + attention(norm(x))`, then `+ mlp(norm(·))`.
     #[allow(clippy::many_single_char_names)]
     // the usual names of the dimensions
     // `x = x + y`, not `x += y`: an in-place add would overwrite a tensor autograd still needs.
     #[allow(clippy::assign_op_pattern)]
-    fn logits(&self, inputs: &Inputs) -> Tensor {
+    fn block(&self, block: &Block, x: &Tensor, inputs: &Inputs, rope: &(Tensor, Tensor)) -> Tensor {
         let c = &self.config;
         let (nh, nkv, d) = (
             i64::from(c.num_heads),
@@ -246,71 +291,187 @@ impl Transformer {
         );
         let size = inputs.tokens.size();
         let (b, t) = (size[0], size[1]);
-        let freqs = inputs.positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
-        let angles = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1); // [B, 1, T, D]
-        let (cos, sin) = (angles.cos(), angles.sin());
+        let (cos, sin) = rope;
         let rope =
             |x: &Tensor| x * &cos.to_kind(x.kind()) + rotate_half(x) * &sin.to_kind(x.kind());
-        let mut x = Tensor::embedding(&self.embed, &inputs.tokens, -1, false, false);
-        for block in &self.blocks {
-            let hx = rms_norm(&x, &block.input_norm, c.norm_eps);
-            let q = hx
-                .linear(&block.q, block.q_bias.as_ref())
-                .view([b, t, nh, d])
-                .transpose(1, 2);
-            let k = hx
-                .linear(&block.k, block.k_bias.as_ref())
-                .view([b, t, nkv, d])
-                .transpose(1, 2);
-            let v = hx
-                .linear(&block.v, block.v_bias.as_ref())
-                .view([b, t, nkv, d])
-                .transpose(1, 2);
-            let (q, k) = (rope(&q), rope(&k));
-            let y = if let Some((cu, longest)) = &inputs.packed {
-                // Flash attention over the documents: [B·T, heads, d], kv heads as they are (GQA).
-                let flat = |x: &Tensor, heads: i64| x.transpose(1, 2).reshape([b * t, heads, d]);
-                crate::shim::flash_varlen(
-                    &flat(&q, nh),
-                    &flat(&k, nkv),
-                    &flat(&v, nkv),
-                    cu,
-                    *longest,
-                )
+        let hx = rms_norm(x, &block.input_norm, c.norm_eps);
+        let q = hx
+            .linear(&block.q, block.q_bias.as_ref())
+            .view([b, t, nh, d])
+            .transpose(1, 2);
+        let k = hx
+            .linear(&block.k, block.k_bias.as_ref())
+            .view([b, t, nkv, d])
+            .transpose(1, 2);
+        let v = hx
+            .linear(&block.v, block.v_bias.as_ref())
+            .view([b, t, nkv, d])
+            .transpose(1, 2);
+        let (q, k) = (rope(&q), rope(&k));
+        let y = if let Some((cu, longest)) = &inputs.packed {
+            // Flash attention over the documents: [B·T, heads, d], kv heads as they are (GQA).
+            let flat = |x: &Tensor, heads: i64| x.transpose(1, 2).reshape([b * t, heads, d]);
+            crate::shim::flash_varlen(&flat(&q, nh), &flat(&k, nkv), &flat(&v, nkv), cu, *longest)
                 .expect("flash attention")
                 .reshape([b, t, nh * d])
+        } else {
+            let (k, v) = if nkv == nh {
+                (k, v)
             } else {
-                let (k, v) = if nkv == nh {
-                    (k, v)
-                } else {
-                    (
-                        k.repeat_interleave_self_int(nh / nkv, 1, None),
-                        v.repeat_interleave_self_int(nh / nkv, 1, None),
-                    )
-                };
-                Tensor::scaled_dot_product_attention(
-                    &q,
-                    &k,
-                    &v,
-                    inputs.mask.as_ref(),
-                    0.0,
-                    inputs.mask.is_none(),
-                    None,
-                    false,
+                (
+                    k.repeat_interleave_self_int(nh / nkv, 1, None),
+                    v.repeat_interleave_self_int(nh / nkv, 1, None),
                 )
-                .transpose(1, 2)
-                .reshape([b, t, nh * d])
             };
-            let y = y.linear(&block.o, None::<Tensor>);
-            x = x + y;
-            let hx = rms_norm(&x, &block.post_norm, c.norm_eps);
-            let m = (hx.linear(&block.gate, None::<Tensor>).silu()
-                * hx.linear(&block.up, None::<Tensor>))
-            .linear(&block.down, None::<Tensor>);
-            x = x + m;
+            Tensor::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                inputs.mask.as_ref(),
+                0.0,
+                inputs.mask.is_none(),
+                None,
+                false,
+            )
+            .transpose(1, 2)
+            .reshape([b, t, nh * d])
+        };
+        let x = x + y.linear(&block.o, None::<Tensor>);
+        let hx = rms_norm(&x, &block.post_norm, c.norm_eps);
+        let m = (hx.linear(&block.gate, None::<Tensor>).silu()
+            * hx.linear(&block.up, None::<Tensor>))
+        .linear(&block.down, None::<Tensor>);
+        x + m
+    }
+
+    /// Sets how many label positions the loss takes at a time (see [`Self::forward_backward`]).
+    pub fn set_loss_chunk(&mut self, rows: i64) {
+        self.loss_chunk = rows.max(1);
+    }
+
+    /// Forward and backward of one micro-batch: accumulates the gradients of `scale ×` its mean
+    /// next-token cross-entropy into the parameters and returns that loss (unscaled, detached).
+    ///
+    /// The backward pass runs segment by segment (see [`Self::segment_of`]) and calls `on_segment`
+    /// after each, when the gradients of the parameters that segment completes are final: the points
+    /// where data parallelism starts reducing a bucket while the rest of the backward pass runs.
+    ///
+    /// The output layer and the loss run over a few thousand label positions at a time, each chunk's
+    /// logits freed after its backward (a fused linear cross-entropy), so that `[tokens, vocab]` logits
+    /// never exist whole. With [`Checkpointing::Full`], only each layer's input is kept from the
+    /// forward pass and the layer is recomputed in the backward pass (torchtitan's full activation
+    /// checkpointing): about a third more compute for a fraction of the memory.
+    pub fn forward_backward(
+        &self,
+        inputs: &Inputs,
+        scale: f64,
+        checkpointing: Checkpointing,
+        on_segment: &mut dyn FnMut(usize) -> Result<(), String>,
+    ) -> Result<Tensor, String> {
+        let rope = self.rope(inputs);
+        let full = checkpointing == Checkpointing::Full;
+        // The forward pass, cut at every layer: each layer's input is a leaf of its own graph, so the
+        // backward pass can be taken one layer at a time.
+        let embedded = if full {
+            tch::no_grad(|| self.embed(inputs))
+        } else {
+            self.embed(inputs)
+        };
+        let mut x = embedded.detach().set_requires_grad(true);
+        let mut layers = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            let out = if full {
+                tch::no_grad(|| self.block(block, &x, inputs, &rope))
+            } else {
+                self.block(block, &x, inputs, &rope)
+            };
+            let next = out.detach().set_requires_grad(true);
+            layers.push((std::mem::replace(&mut x, next), out));
         }
-        let x = rms_norm(&x, &self.norm, c.norm_eps);
-        x.linear(self.lm_head.as_ref().unwrap_or(&self.embed), None::<Tensor>)
+        let hidden = rms_norm(&x, &self.norm, self.config.norm_eps);
+        let loss = self.head_backward(&hidden, &inputs.labels, scale)?;
+        on_segment(0)?;
+        let mut grad = x.grad();
+        for (done, (block, (input, out))) in self.blocks.iter().zip(layers).rev().enumerate() {
+            let out = if full {
+                self.block(block, &input, inputs, &rope)
+            } else {
+                out
+            };
+            crate::shim::backward(&out, &grad)?;
+            drop(out);
+            on_segment(done + 1)?;
+            grad = input.grad();
+        }
+        let embedded = if full { self.embed(inputs) } else { embedded };
+        crate::shim::backward(&embedded, &grad)?;
+        on_segment(self.blocks.len() + 1)?;
+        Ok(loss)
+    }
+
+    /// The backward segment after which the gradient of parameter `name` is final: 0 for the output
+    /// layer and final norm, `1 + (layers - 1 - i)` for layer `i`, `layers + 1` for the embedding (tied
+    /// to the output layer or not). `None` for a name that is not the model's.
+    pub fn segment_of(&self, name: &str) -> Option<usize> {
+        let layers = self.blocks.len();
+        match name {
+            "lm_head.weight" | "model.norm.weight" => Some(0),
+            "model.embed_tokens.weight" => Some(layers + 1),
+            _ => {
+                let i: usize = name
+                    .strip_prefix("model.layers.")?
+                    .split('.')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                (i < layers).then(|| layers - i)
+            }
+        }
+    }
+
+    /// The chunked output layer and loss over `hidden` (see [`Self::forward_backward`]), then the
+    /// backward pass on from `hidden`.
+    fn head_backward(
+        &self,
+        hidden: &Tensor,
+        labels: &Tensor,
+        scale: f64,
+    ) -> Result<Tensor, String> {
+        let size = hidden.size();
+        let (b, t, h) = (size[0], size[1], size[2]);
+        let before_last = hidden.narrow(1, 0, t - 1);
+        let flat = before_last
+            .reshape([-1, h])
+            .detach()
+            .set_requires_grad(true);
+        let labels = labels.reshape([-1]);
+        let count = labels
+            .ne(IGNORE)
+            .sum(Kind::Float)
+            .clamp_min(1.0)
+            .reciprocal();
+        let rows = flat.size()[0];
+        let mut total = Tensor::zeros([], (Kind::Float, hidden.device()));
+        let mut start = 0;
+        while start < rows {
+            let n = self.loss_chunk.min(rows - start);
+            let loss = flat
+                .narrow(0, start, n)
+                .linear(self.head(), None::<Tensor>)
+                .cross_entropy_loss::<Tensor>(
+                    &labels.narrow(0, start, n),
+                    None,
+                    Reduction::Sum,
+                    IGNORE,
+                    0.0,
+                )
+                * &count;
+            (&loss * scale).backward();
+            total += loss.detach();
+            start += n;
+        }
+        crate::shim::backward(&before_last, &flat.grad().view([b, t - 1, h]))?;
+        Ok(total)
     }
 
     /// Mean next-token cross-entropy over the labels that are not [`IGNORE`].

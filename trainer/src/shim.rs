@@ -25,6 +25,10 @@ unsafe extern "C" {
         max_seqlen: i64,
     ) -> *mut c_void;
     fn flame_autocast_exit() -> c_int;
+    fn flame_pin_memory(t: *mut c_void) -> *mut c_void;
+    fn flame_backward(out: *mut c_void, grad: *mut c_void) -> c_int;
+    fn flame_cuda_memory(device: c_int, used: *mut usize, total: *mut usize) -> c_int;
+    fn flame_cuda_device_name(device: c_int, name: *mut c_char, len: c_int) -> c_int;
     fn flame_fused_adamw(
         params: *const *mut c_void,
         grads: *const *mut c_void,
@@ -177,6 +181,176 @@ pub fn fused_adamw(
             beta2,
             weight_decay,
             eps,
+        )
+    })
+}
+
+/// Backpropagates `grad` (the gradient of some loss with respect to `out`) through `out`'s graph,
+/// accumulating into the leaves' gradients.
+pub fn backward(out: &Tensor, grad: &Tensor) -> Result<(), String> {
+    // SAFETY: two live tensors for the duration of the call.
+    check(unsafe {
+        flame_backward(
+            out.as_ptr().cast_mut().cast(),
+            grad.as_ptr().cast_mut().cast(),
+        )
+    })
+}
+
+/// Bytes of device memory in use and in all on CUDA device `device` (as `nvidia-smi` counts them);
+/// `None` when no CUDA runtime is loaded.
+pub fn cuda_memory(device: usize) -> Option<(u64, u64)> {
+    let (mut used, mut total) = (0usize, 0usize);
+    let device = c_int::try_from(device).ok()?;
+    // SAFETY: two live out-pointers; the shim writes them only on success.
+    let rc = unsafe { flame_cuda_memory(device, &raw mut used, &raw mut total) };
+    (rc == 0).then_some((used as u64, total as u64))
+}
+
+/// The name of CUDA device `device` (`NVIDIA H100 80GB HBM3`); `None` without a CUDA driver.
+pub fn cuda_device_name(device: usize) -> Option<String> {
+    let mut name = [0 as c_char; 256];
+    let device = c_int::try_from(device).ok()?;
+    // SAFETY: a buffer of the length passed; the driver NUL-terminates within it.
+    let rc = unsafe { flame_cuda_device_name(device, name.as_mut_ptr(), 256) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: NUL-terminated by cuDeviceGetName within the buffer.
+    Some(
+        unsafe { CStr::from_ptr(name.as_ptr()) }
+            .to_string_lossy()
+            .into_owned(),
+    )
+}
+
+/// A copy of the CPU tensor `t` in page-locked memory, for asynchronous copies to a GPU.
+pub fn pin_memory(t: &Tensor) -> Result<Tensor, String> {
+    // SAFETY: a live tensor for the call; the result is a new tensor the returned Tensor owns.
+    let out = unsafe { flame_pin_memory(t.as_ptr().cast_mut().cast()) };
+    if out.is_null() {
+        check(-1)?;
+    }
+    // SAFETY: a fresh, owned tensor from the shim.
+    Ok(unsafe { Tensor::from_ptr(out.cast()) })
+}
+
+unsafe extern "C" {
+    fn flame_cuda_set_device(device: c_int) -> c_int;
+    fn flame_set_grad(param: *mut c_void, grad: *mut c_void) -> c_int;
+    fn flame_nccl_unique_id(out: *mut c_char) -> c_int;
+    fn flame_nccl_init(
+        id: *const c_char,
+        world: c_int,
+        rank: c_int,
+        comm: *mut *mut c_void,
+    ) -> c_int;
+    fn flame_nccl_destroy(comm: *mut c_void) -> c_int;
+    fn flame_nccl_all_reduce_avg(comm: *mut c_void, t: *mut c_void, stream: *mut c_void) -> c_int;
+    fn flame_cuda_stream_create(stream: *mut *mut c_void) -> c_int;
+    fn flame_cuda_event_create(event: *mut *mut c_void) -> c_int;
+    fn flame_cuda_stream_wait(
+        waiter: *mut c_void,
+        stream: *mut c_void,
+        event: *mut c_void,
+    ) -> c_int;
+}
+
+/// Makes CUDA device `device` current for this thread (`torch.cuda.set_device`).
+pub fn cuda_set_device(device: usize) -> Result<(), String> {
+    let device = c_int::try_from(device).map_err(|e| e.to_string())?;
+    // SAFETY: a plain integer argument; errors come back as -1.
+    check(unsafe { flame_cuda_set_device(device) })
+}
+
+/// The 128 bytes of a new NCCL unique id (`ncclGetUniqueId`).
+pub fn nccl_unique_id() -> Result<Vec<u8>, String> {
+    let mut id = vec![0u8; 128];
+    // SAFETY: a buffer of the 128 bytes the shim writes.
+    check(unsafe { flame_nccl_unique_id(id.as_mut_ptr().cast()) })?;
+    Ok(id)
+}
+
+/// An NCCL communicator on the current CUDA device, and the side stream its collectives run on.
+#[derive(Debug)]
+pub struct Nccl {
+    comm: *mut c_void,
+    stream: *mut c_void,
+    event: *mut c_void,
+}
+
+/// The default (legacy) CUDA stream, where tch's work runs.
+const DEFAULT_STREAM: *mut c_void = std::ptr::null_mut();
+
+impl Nccl {
+    /// Joins rank `rank` of `world` of the communicator named by `id` (from [`nccl_unique_id`]).
+    pub fn init(id: &[u8], world: u32, rank: u32) -> Result<Self, String> {
+        if id.len() != 128 {
+            return Err(format!("an NCCL unique id has 128 bytes, not {}", id.len()));
+        }
+        let (world, rank) = (
+            c_int::try_from(world).map_err(|e| e.to_string())?,
+            c_int::try_from(rank).map_err(|e| e.to_string())?,
+        );
+        let (mut comm, mut stream, mut event) = (
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        );
+        // SAFETY: 128 bytes of id; out-pointers the shim fills on success.
+        check(unsafe { flame_nccl_init(id.as_ptr().cast(), world, rank, &raw mut comm) })?;
+        // SAFETY: out-pointers the shim fills on success.
+        check(unsafe { flame_cuda_stream_create(&raw mut stream) })?;
+        // SAFETY: as above.
+        check(unsafe { flame_cuda_event_create(&raw mut event) })?;
+        Ok(Self {
+            comm,
+            stream,
+            event,
+        })
+    }
+
+    /// Averages the contiguous float32 or bfloat16 CUDA tensor `t` over the ranks, in place, on the
+    /// side stream once the default stream's work so far is done (so it overlaps what comes after).
+    pub fn all_reduce_avg_async(&self, t: &Tensor) -> Result<(), String> {
+        // SAFETY: handles made by `init`; the side stream waits for the default stream.
+        check(unsafe { flame_cuda_stream_wait(self.stream, DEFAULT_STREAM, self.event) })?;
+        // SAFETY: a live tensor, which the caller keeps alive until `wait` has been called.
+        check(unsafe {
+            flame_nccl_all_reduce_avg(self.comm, t.as_ptr().cast_mut().cast(), self.stream)
+        })
+    }
+
+    /// Makes the default stream wait for every collective enqueued so far.
+    pub fn wait(&self) -> Result<(), String> {
+        // SAFETY: handles made by `init`.
+        check(unsafe { flame_cuda_stream_wait(DEFAULT_STREAM, self.stream, self.event) })
+    }
+
+    /// Averages `t` over the ranks in place on the default stream (ordered with tch's work).
+    pub fn all_reduce_avg(&self, t: &Tensor) -> Result<(), String> {
+        // SAFETY: a live tensor; the collective is ordered on the default stream like tch's own work.
+        check(unsafe {
+            flame_nccl_all_reduce_avg(self.comm, t.as_ptr().cast_mut().cast(), DEFAULT_STREAM)
+        })
+    }
+}
+
+impl Drop for Nccl {
+    fn drop(&mut self) {
+        // SAFETY: the communicator made by `init`, destroyed once.
+        let _ = check(unsafe { flame_nccl_destroy(self.comm) });
+    }
+}
+
+/// Makes `grad` the gradient of `param` (`param.grad = grad`); the backward pass then accumulates into
+/// it in place.
+pub fn set_grad(param: &Tensor, grad: &Tensor) -> Result<(), String> {
+    // SAFETY: two live tensors for the call; the parameter keeps its own reference to the gradient.
+    check(unsafe {
+        flame_set_grad(
+            param.as_ptr().cast_mut().cast(),
+            grad.as_ptr().cast_mut().cast(),
         )
     })
 }

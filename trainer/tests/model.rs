@@ -1,8 +1,9 @@
-//! The transformer on CPU: varlen inputs, GQA and tied embeddings build, and a tiny model learns.
+//! The transformer on CPU: varlen inputs, GQA and tied embeddings build, a tiny model learns, and the
+//! chunked loss and activation checkpointing give the plain backward pass's gradients.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use flame_trainer::config::ModelConfig;
-use flame_trainer::model::{IGNORE, Inputs, Transformer};
+use flame_trainer::model::{Checkpointing, IGNORE, Inputs, Transformer};
 use tch::nn::OptimizerConfig;
 use tch::{Device, Kind, nn};
 
@@ -82,5 +83,65 @@ fn a_tiny_model_learns_and_gqa_and_tied_variants_run() {
         let last = model.loss(&inputs).double_value(&[]);
         assert!(last < first * 0.5, "{extra}: loss {first} -> {last}");
         assert_eq!(model.forward(&inputs).kind(), Kind::Float);
+    }
+}
+
+fn gradients(vs: &nn::VarStore) -> Vec<(String, tch::Tensor)> {
+    let mut grads: Vec<(String, tch::Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(name, t)| (name, t.grad().copy()))
+        .collect();
+    grads.sort_by(|a, b| a.0.cmp(&b.0));
+    grads
+}
+
+#[test]
+fn the_chunked_loss_and_full_checkpointing_give_the_plain_backward_gradients() {
+    for extra in [r#", "num_kv_heads": 2"#, r#", "tie_word_embeddings": true"#] {
+        tch::manual_seed(5);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut model = Transformer::new(&vs.root(), &tiny(extra));
+        let tokens: Vec<u32> = (0..64).map(|i| (i * 11 + 5) % 64).collect();
+        let inputs = Inputs::new(
+            &tokens,
+            32,
+            &[vec![0, 10, 32], vec![0, 20, 32]],
+            Device::Cpu,
+        );
+        let reference = model.loss(&inputs) * 0.5;
+        reference.backward();
+        let (want_loss, want) = (reference.double_value(&[]) * 2.0, gradients(&vs));
+        for (rows, mode) in [
+            (1 << 20, Checkpointing::None),
+            (5, Checkpointing::None),
+            (7, Checkpointing::Full),
+            (1 << 20, Checkpointing::Full),
+        ] {
+            for (_, mut t) in vs.variables() {
+                t.zero_grad();
+            }
+            model.set_loss_chunk(rows);
+            let mut segments = Vec::new();
+            let loss = model
+                .forward_backward(&inputs, 0.5, mode, &mut |segment| {
+                    segments.push(segment);
+                    Ok(())
+                })
+                .unwrap()
+                .double_value(&[]);
+            assert!(
+                (loss - want_loss).abs() < 1e-6,
+                "{extra} {rows} {mode:?}: loss {loss} vs {want_loss}"
+            );
+            for ((name, got), (_, want)) in gradients(&vs).iter().zip(&want) {
+                let scale = want.abs().max().double_value(&[]).max(1e-3);
+                let diff = (got - want).abs().max().double_value(&[]) / scale;
+                assert!(
+                    diff < 1e-5,
+                    "{extra} {rows} {mode:?}: {name} differs by {diff:.2e}"
+                );
+            }
+        }
     }
 }

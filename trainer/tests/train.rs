@@ -1,12 +1,15 @@
 //! flame-train on CPU, fed by a live flame-stream serving real tokenized text (the bundled Mistral
 //! fixture, from ../shared/data): the loss falls, a resumed run reproduces the uninterrupted one bit for
-//! bit, the export is a Llama checkpoint, and bad setups fail before any step.
+//! bit, the export loads in `transformers` with flame-train's logits, and bad setups fail before any step.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use flame_streamer::server::{Endpoint, ServerConfig, serve};
+use flame_trainer::config::ModelConfig;
+use flame_trainer::model::Transformer;
+use flame_trainer::parity::write_logits;
 use flame_trainer::train::{Args, run};
 
 fn repo() -> PathBuf {
@@ -48,6 +51,16 @@ fn setup(dir: &Path, seq_len: u32) -> (Endpoint, PathBuf, PathBuf) {
 }
 
 fn args(endpoint: &Endpoint, job: &Path, config: &Path, dump: &Path, extra: &[&str]) -> Args {
+    Args::try_parse_from(argv(endpoint, job, config, dump, extra)).unwrap()
+}
+
+fn argv(
+    endpoint: &Endpoint,
+    job: &Path,
+    config: &Path,
+    dump: &Path,
+    extra: &[&str],
+) -> Vec<String> {
     let mut argv: Vec<String> = [
         "flame-train",
         "--model.config",
@@ -78,7 +91,7 @@ fn args(endpoint: &Endpoint, job: &Path, config: &Path, dump: &Path, extra: &[&s
     .map(ToString::to_string)
     .collect();
     argv.extend(extra.iter().map(ToString::to_string));
-    Args::try_parse_from(argv).unwrap()
+    argv
 }
 
 #[test]
@@ -118,6 +131,39 @@ fn the_loss_falls_and_the_export_is_a_llama_checkpoint() {
     let metrics = std::fs::read_to_string(dump.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 9, "steps 1, 5, 10, …, 40");
     assert!(metrics.contains("data_loading_pct"));
+    // transformers loads the export and computes flame-train's logits from it.
+    let trained = tch::nn::VarStore::new(tch::Device::Cpu);
+    let model = Transformer::new(&trained.root(), &ModelConfig::load(&config).unwrap());
+    let mut trained = trained;
+    trained
+        .load(summary.export.join("model.safetensors"))
+        .unwrap();
+    write_logits(&model, &dump.join("logits.safetensors")).unwrap();
+    let output = std::process::Command::new(python())
+        .arg(repo().join("tools/interop/hf_parity.py"))
+        .arg(&dump)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("ok"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The interop venv's interpreter (tools/setup-python.sh: torch and transformers on the CPU).
+fn python() -> PathBuf {
+    let output = std::process::Command::new("bash")
+        .arg(repo().join("tools/setup-python.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
 }
 
 #[test]
@@ -258,4 +304,114 @@ fn a_config_file_supplies_the_flags_and_the_command_line_overrides_it() {
     assert_eq!(args.steps, 7, "the command line wins");
     std::fs::write(&file, "[training]\nsteps = \"many\"\n").unwrap();
     assert!(Args::parse_with_config_file(argv(&["--model.config", "x.json"])).is_err());
+}
+
+/// The losses flame-train logged in `dump/metrics.jsonl`, by step.
+fn logged_losses(dump: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(dump.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            (row["step"].as_u64().unwrap(), row["loss"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+fn assert_close(a: &[(u64, f64)], b: &[(u64, f64)], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: {a:?} vs {b:?}");
+    for ((step_a, x), (step_b, y)) in a.iter().zip(b) {
+        assert_eq!(step_a, step_b, "{what}");
+        assert!(
+            (x - y).abs() <= 1e-5 * x.abs(),
+            "{what}: step {step_a}: {x} vs {y}"
+        );
+    }
+}
+
+#[test]
+fn two_ranks_train_as_one_with_accumulation_and_checkpoints_resume_across_world_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (endpoint, job, config) = setup(dir.path(), 64);
+    let flags = [
+        "--training.steps",
+        "10",
+        "--checkpoint.interval",
+        "5",
+        "--metrics.log_freq",
+        "1",
+    ];
+    // Two processes on the CPU (flame-train --nproc-per-node 2), each 2 samples a step: gradients
+    // averaged over the rendezvous's connections.
+    let two = dir.path().join("two");
+    let mut two_flags = flags.to_vec();
+    two_flags.extend([
+        "--training.gradient_accumulation_steps",
+        "1",
+        "--nproc-per-node",
+        "2",
+    ]);
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_flame-train"))
+        .args(&argv(&endpoint, &job, &config, &two, &two_flags)[1..])
+        .env_remove("RANK")
+        .env_remove("SLURM_PROCID")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // One process, accumulating the same 4 samples over 2 micro-batches.
+    let one = run(&args(
+        &endpoint,
+        &job,
+        &config,
+        &dir.path().join("one"),
+        &flags,
+    ))
+    .unwrap();
+    assert_close(
+        &logged_losses(&two),
+        &one.losses,
+        "2 ranks vs 1 rank with accumulation",
+    );
+    // The 2-rank checkpoint of step 5 resumes on 1 rank with the same data.
+    let resumed = dir.path().join("resumed");
+    copy_dir(
+        &two.join("checkpoint/step-5"),
+        &resumed.join("checkpoint/step-5"),
+    );
+    let mut resume_flags = flags.to_vec();
+    resume_flags.extend(["--checkpoint.load_step", "-1"]);
+    let after = run(&args(&endpoint, &job, &config, &resumed, &resume_flags)).unwrap();
+    assert_close(
+        &after.losses,
+        &logged_losses(&two)[5..],
+        "resumed on 1 rank",
+    );
+    // And the reverse: the 1-rank checkpoint of step 5 resumes on 2 ranks.
+    let widened = dir.path().join("widened");
+    copy_dir(
+        &dir.path().join("one/checkpoint/step-5"),
+        &widened.join("checkpoint/step-5"),
+    );
+    let mut widen_flags = two_flags.clone();
+    widen_flags.extend(["--checkpoint.load_step", "5"]);
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_flame-train"))
+        .args(&argv(&endpoint, &job, &config, &widened, &widen_flags)[1..])
+        .env_remove("RANK")
+        .env_remove("SLURM_PROCID")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_close(
+        &logged_losses(&widened),
+        &one.losses[5..],
+        "resumed on 2 ranks",
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
 }

@@ -1,0 +1,834 @@
+//! Data parallelism: one process per GPU, each training on its own slice of every global batch, with
+//! gradients averaged across the processes before each update.
+//!
+//! - [`Launch`] reads where this process sits from `torchrun`'s environment (`RANK`, `WORLD_SIZE`,
+//!   `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`) or Slurm's (`SLURM_PROCID`, `SLURM_NTASKS`,
+//!   `SLURM_LOCALID`, the first host of `SLURM_JOB_NODELIST`).
+//! - [`rendezvous`] connects every rank to rank 0 at `MASTER_ADDR:MASTER_PORT` over TCP, with a deadline,
+//!   and hands rank 0's bootstrap bytes (the NCCL unique id) to all of them. The connections stay up as a
+//!   [`Group`], whose collectives (through rank 0, in rank order) serve CPU runs and small values.
+//! - [`plan`] groups the parameters into buckets in the order the backward pass finishes their gradients
+//!   (the model's segments: output layer, layers from the last, embedding); [`Reducer`] all-reduces each
+//!   bucket as soon as its last segment is done, on NCCL's own stream, while the backward pass goes on.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use tch::{Kind, Tensor};
+
+use crate::shim::Nccl;
+
+/// Where this process sits in a data-parallel run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Launch {
+    /// This process's rank, in `0..world_size`.
+    pub rank: u32,
+    /// Number of processes.
+    pub world_size: u32,
+    /// Rank on this host: the GPU it uses.
+    pub local_rank: u32,
+    /// `host:port` of rank 0's rendezvous.
+    pub master: String,
+}
+
+/// Default rendezvous port, as torchrun's.
+pub const DEFAULT_PORT: u16 = 29500;
+
+impl Launch {
+    /// A run of one process.
+    pub fn single() -> Self {
+        Self {
+            rank: 0,
+            world_size: 1,
+            local_rank: 0,
+            master: String::new(),
+        }
+    }
+
+    /// From torchrun's variables, else Slurm's, else a single process. `var` reads the environment.
+    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let number = |name: &str| -> Result<Option<u32>, String> {
+            var(name)
+                .map(|v| {
+                    v.trim()
+                        .parse::<u32>()
+                        .map_err(|_| format!("{name}={v:?} is not a number"))
+                })
+                .transpose()
+        };
+        let (rank, world_size, local_rank, host) = if let (Some(rank), Some(world)) =
+            (number("RANK")?, number("WORLD_SIZE")?)
+        {
+            (
+                rank,
+                world,
+                number("LOCAL_RANK")?.unwrap_or(rank),
+                var("MASTER_ADDR"),
+            )
+        } else if let (Some(rank), Some(world)) = (number("SLURM_PROCID")?, number("SLURM_NTASKS")?)
+        {
+            let host = var("MASTER_ADDR").or_else(|| {
+                var("SLURM_JOB_NODELIST")
+                    .or_else(|| var("SLURM_NODELIST"))
+                    .map(|list| first_host(&list))
+            });
+            (rank, world, number("SLURM_LOCALID")?.unwrap_or(0), host)
+        } else {
+            return Ok(Self::single());
+        };
+        if world_size == 0 || rank >= world_size {
+            return Err(format!("rank {rank} is not in 0..{world_size}"));
+        }
+        let port = match number("MASTER_PORT")? {
+            None => DEFAULT_PORT,
+            Some(p) => u16::try_from(p).map_err(|_| format!("MASTER_PORT={p} is not a port"))?,
+        };
+        let host = match host {
+            Some(h) => h,
+            None if world_size == 1 => "127.0.0.1".into(),
+            None => return Err("MASTER_ADDR is not set (nor a Slurm node list)".into()),
+        };
+        Ok(Self {
+            rank,
+            world_size,
+            local_rank,
+            master: format!("{host}:{port}"),
+        })
+    }
+}
+
+/// The first host of a Slurm node list: `node[01-04,07],gpu5` → `node01`.
+pub fn first_host(list: &str) -> String {
+    let mut depth = 0;
+    let entry = list
+        .split(|c| {
+            match c {
+                '[' => depth += 1,
+                ']' => depth -= 1,
+                _ => {}
+            }
+            c == ',' && depth == 0
+        })
+        .next()
+        .unwrap_or("");
+    match (entry.find('['), entry.find(']')) {
+        (Some(open), Some(close)) if open < close => {
+            let first = entry[open + 1..close]
+                .split(',')
+                .next()
+                .and_then(|range| range.split('-').next())
+                .unwrap_or("");
+            format!("{}{first}{}", &entry[..open], &entry[close + 1..])
+        }
+        _ => entry.to_string(),
+    }
+}
+
+const MAGIC: &[u8; 8] = b"FLAMERDV";
+
+/// The processes of a run, every rank connected to rank 0.
+#[derive(Debug)]
+pub struct Group {
+    rank: u32,
+    world_size: u32,
+    /// Rank 0: the connection of rank `r` at `r - 1`; the others: their connection to rank 0.
+    links: Vec<TcpStream>,
+}
+
+fn io_error(what: &str, e: &std::io::Error) -> String {
+    format!("{what}: {e}")
+}
+
+/// Connects the ranks of `launch` (rank 0 listens at the master's port, the others connect to it, all
+/// within `timeout`) and returns the group with rank 0's `bootstrap` bytes, which only rank 0 computes.
+pub fn rendezvous(
+    launch: &Launch,
+    timeout: Duration,
+    bootstrap: impl FnOnce() -> Result<Vec<u8>, String>,
+) -> Result<(Group, Vec<u8>), String> {
+    let deadline = Instant::now() + timeout;
+    if launch.rank == 0 {
+        return host(launch, timeout, deadline, bootstrap);
+    }
+    let world = launch.world_size;
+    let addresses: Vec<_> = launch
+        .master
+        .to_socket_addrs()
+        .map_err(|e| io_error(&format!("rendezvous: resolving {}", launch.master), &e))?
+        .collect();
+    let mut link = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "rendezvous: rank 0 did not answer at {} within {:.1} s (is it running?)",
+                launch.master,
+                timeout.as_secs_f64()
+            ));
+        }
+        match addresses
+            .iter()
+            .find_map(|a| TcpStream::connect_timeout(a, left.min(Duration::from_secs(5))).ok())
+        {
+            Some(stream) => break stream,
+            // Rank 0 is not listening yet: retry after a short back-off.
+            None => std::thread::sleep(Duration::from_millis(100).min(left)),
+        }
+    };
+    let mut hello = Vec::with_capacity(16);
+    hello.extend_from_slice(MAGIC);
+    hello.extend_from_slice(&launch.rank.to_le_bytes());
+    hello.extend_from_slice(&world.to_le_bytes());
+    link.set_nodelay(true)
+        .and_then(|()| link.write_all(&hello))
+        .and_then(|()| {
+            link.set_read_timeout(Some(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1)),
+            ))
+        })
+        .map_err(|e| io_error("rendezvous", &e))?;
+    let payload = read_frame(&mut link).map_err(|e| {
+        format!(
+            "rendezvous: no bootstrap from rank 0 at {} within {:.1} s ({e}): did every rank arrive?",
+            launch.master,
+            timeout.as_secs_f64()
+        )
+    })?;
+    link.set_read_timeout(None)
+        .map_err(|e| io_error("rendezvous", &e))?;
+    Ok((
+        Group {
+            rank: launch.rank,
+            world_size: world,
+            links: vec![link],
+        },
+        payload,
+    ))
+}
+
+/// Rank 0's side of [`rendezvous`]: waits for every other rank, then sends them the bootstrap.
+fn host(
+    launch: &Launch,
+    timeout: Duration,
+    deadline: Instant,
+    bootstrap: impl FnOnce() -> Result<Vec<u8>, String>,
+) -> Result<(Group, Vec<u8>), String> {
+    let world = launch.world_size;
+    let port = launch
+        .master
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .ok_or_else(|| format!("rendezvous address {:?} has no port", launch.master))?;
+    let listener = TcpListener::bind(("0.0.0.0", port))
+        .map_err(|e| io_error(&format!("rendezvous: listening on port {port}"), &e))?;
+    let mut links: Vec<Option<TcpStream>> = (1..world).map(|_| None).collect();
+    while links.iter().any(Option::is_none) {
+        let missing: Vec<String> = (1..world)
+            .filter(|r| links[*r as usize - 1].is_none())
+            .map(|r| r.to_string())
+            .collect();
+        let (mut stream, _) = accept_until(&listener, deadline).map_err(|_| {
+            format!(
+                "rendezvous on port {port}: rank(s) {} of {world} did not arrive within {:.1} s",
+                missing.join(", "),
+                timeout.as_secs_f64()
+            )
+        })?;
+        stream
+            .set_read_timeout(Some(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1)),
+            ))
+            .map_err(|e| io_error("rendezvous", &e))?;
+        let mut hello = [0u8; 16];
+        if stream.read_exact(&mut hello).is_err() || &hello[..8] != MAGIC {
+            continue; // not one of ours (a port scan, a stale client): ignore it
+        }
+        let rank = u32::from_le_bytes(hello[8..12].try_into().expect("4 bytes"));
+        let their_world = u32::from_le_bytes(hello[12..16].try_into().expect("4 bytes"));
+        if their_world != world || rank == 0 || rank >= world {
+            return Err(format!(
+                "rendezvous: a process says it is rank {rank} of {their_world}; this run has {world}"
+            ));
+        }
+        if links[rank as usize - 1].replace(stream).is_some() {
+            return Err(format!("rendezvous: rank {rank} arrived twice"));
+        }
+    }
+    let payload = bootstrap()?;
+    let mut links: Vec<TcpStream> = links.into_iter().flatten().collect();
+    for link in &mut links {
+        link.set_read_timeout(None)
+            .and_then(|()| link.set_nodelay(true))
+            .and_then(|()| write_frame(link, &payload))
+            .map_err(|e| io_error("rendezvous: sending the bootstrap", &e))?;
+    }
+    Ok((
+        Group {
+            rank: 0,
+            world_size: world,
+            links,
+        },
+        payload,
+    ))
+}
+
+/// Accepts one connection, waiting at most until `deadline`.
+fn accept_until(
+    listener: &TcpListener,
+    deadline: Instant,
+) -> std::io::Result<(TcpStream, std::net::SocketAddr)> {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        let mut fds = [PollFd::new(listener, PollFlags::IN)];
+        let timeout = Timespec {
+            tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(left.subsec_nanos()),
+        };
+        poll(&mut fds, Some(&timeout))?;
+        if !fds[0].revents().is_empty() {
+            let (stream, address) = listener.accept()?;
+            stream.set_nonblocking(false)?;
+            return Ok((stream, address));
+        }
+    }
+}
+
+fn write_frame(link: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    let len = u64::try_from(bytes.len()).expect("lengths fit u64");
+    link.write_all(&len.to_le_bytes())?;
+    link.write_all(bytes)
+}
+
+fn read_frame(link: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 8];
+    link.read_exact(&mut len)?;
+    let len = usize::try_from(u64::from_le_bytes(len))
+        .map_err(|_| std::io::Error::other("frame too long"))?;
+    let mut bytes = vec![0u8; len];
+    link.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
+impl Group {
+    /// This process's rank.
+    pub fn rank(&self) -> u32 {
+        self.rank
+    }
+
+    /// Number of processes.
+    pub fn world_size(&self) -> u32 {
+        self.world_size
+    }
+
+    /// Averages `values` element-wise over the ranks, in place: rank 0 adds the ranks' values in rank
+    /// order and sends the mean back, so every rank gets the same bits.
+    pub fn all_reduce_avg(&mut self, values: &mut [f32]) -> Result<(), String> {
+        let as_bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        let lost = |e: std::io::Error| format!("all-reduce: a rank's connection failed ({e})");
+        #[allow(clippy::cast_precision_loss)]
+        let world = self.world_size as f32;
+        if self.rank == 0 {
+            for link in &mut self.links {
+                let theirs = read_frame(link).map_err(lost)?;
+                if theirs.len() != values.len() * 4 {
+                    return Err("all-reduce: ranks disagree on the size".into());
+                }
+                for (v, b) in values.iter_mut().zip(theirs.chunks_exact(4)) {
+                    *v += f32::from_le_bytes(b.try_into().expect("4 bytes"));
+                }
+            }
+            for v in values.iter_mut() {
+                *v /= world;
+            }
+            let bytes = as_bytes(values);
+            for link in &mut self.links {
+                write_frame(link, &bytes).map_err(lost)?;
+            }
+        } else {
+            let link = &mut self.links[0];
+            write_frame(link, &as_bytes(values)).map_err(lost)?;
+            let mean = read_frame(link).map_err(lost)?;
+            for (v, b) in values.iter_mut().zip(mean.chunks_exact(4)) {
+                *v = f32::from_le_bytes(b.try_into().expect("4 bytes"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every rank has reached this point.
+    pub fn barrier(&mut self) -> Result<(), String> {
+        self.all_reduce_avg(&mut [0.0])
+    }
+}
+
+/// Buckets of parameters for the all-reduce: `segments[i]` is the backward segment after which
+/// parameter `i`'s gradient is final and `bytes[i]` its size in the reduction dtype. Parameters are taken
+/// segment by segment in backward order and a bucket closes once it holds at least `cap` bytes and its
+/// segment is complete, so each bucket can be reduced as soon as the backward pass leaves that segment.
+/// Returns each bucket's parameters and the segment that completes it.
+pub fn plan(segments: &[usize], bytes: &[u64], cap: u64) -> Vec<(Vec<usize>, usize)> {
+    let mut order: Vec<usize> = (0..segments.len()).collect();
+    order.sort_by_key(|&i| segments[i]);
+    let mut buckets = Vec::new();
+    let (mut current, mut size) = (Vec::new(), 0u64);
+    for (k, &i) in order.iter().enumerate() {
+        current.push(i);
+        size += bytes[i];
+        let segment_ends = order
+            .get(k + 1)
+            .is_none_or(|&next| segments[next] != segments[i]);
+        if segment_ends && (size >= cap || k + 1 == order.len()) {
+            buckets.push((std::mem::take(&mut current), segments[i]));
+            size = 0;
+        }
+    }
+    buckets
+}
+
+/// How gradients are averaged across the ranks.
+#[derive(Debug)]
+pub enum Backend {
+    /// One process: nothing to do.
+    Single,
+    /// CPU tensors through the [`Group`]'s TCP connections.
+    Tcp(Group),
+    /// CUDA tensors through NCCL, on its own stream; the group remains for barriers.
+    Nccl(Nccl, Group),
+}
+
+impl Backend {
+    /// Averages `t` (float32) over the ranks in place, in order with the work queued before it.
+    pub fn all_reduce_avg(&mut self, t: &Tensor) -> Result<(), String> {
+        match self {
+            Self::Single => Ok(()),
+            Self::Nccl(nccl, _) => nccl.all_reduce_avg(t),
+            Self::Tcp(group) => tcp_all_reduce(group, t),
+        }
+    }
+
+    /// Waits until every rank has reached this point.
+    pub fn barrier(&mut self) -> Result<(), String> {
+        match self {
+            Self::Single => Ok(()),
+            Self::Tcp(group) | Self::Nccl(_, group) => group.barrier(),
+        }
+    }
+}
+
+fn tcp_all_reduce(group: &mut Group, t: &Tensor) -> Result<(), String> {
+    let flat = t.to_kind(Kind::Float).reshape([-1]);
+    let mut values = Vec::<f32>::try_from(&flat).map_err(|e: tch::TchError| e.to_string())?;
+    group.all_reduce_avg(&mut values)?;
+    let mean = Tensor::from_slice(&values)
+        .view(t.size().as_slice())
+        .to_kind(t.kind());
+    tch::no_grad(|| t.shallow_clone().copy_(&mean));
+    Ok(())
+}
+
+struct Bucket {
+    params: Vec<usize>,
+    segment: usize,
+    /// Flat gradients in the reduction dtype, reused every step.
+    buffer: Tensor,
+    offsets: Vec<i64>,
+}
+
+/// Averages the gradients across the ranks bucket by bucket as the backward pass finishes them.
+///
+/// Reducing in float32, the gradients are views into the buckets (DDP's `gradient_as_bucket_view`): the
+/// backward pass accumulates straight into the buffers that are all-reduced, with nothing copied, and
+/// [`Reducer::zero_grads`] zeroes the buffers instead of dropping the gradients. In bfloat16 they are
+/// copied into the buckets and back.
+pub struct Reducer {
+    params: Vec<(String, Tensor)>,
+    buckets: Vec<Bucket>,
+    views: bool,
+}
+
+impl std::fmt::Debug for Reducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reducer")
+            .field("buckets", &self.buckets.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reducer {
+    /// Buckets for `params` (named, with the backward segment that completes each), reduced in `kind`
+    /// (float32 or bfloat16), at least `cap_bytes` each. With `views` (and float32), the parameters'
+    /// gradients become views into the buckets.
+    pub fn new(
+        params: Vec<(String, Tensor)>,
+        segments: &[usize],
+        kind: Kind,
+        cap_bytes: u64,
+        views: bool,
+    ) -> Result<Self, String> {
+        let element = if kind == Kind::BFloat16 { 2 } else { 4 };
+        let bytes: Vec<u64> = params
+            .iter()
+            .map(|(_, p)| u64::try_from(p.numel()).expect("sizes fit u64") * element)
+            .collect();
+        let buckets = plan(segments, &bytes, cap_bytes)
+            .into_iter()
+            .map(|(members, segment)| {
+                let mut offsets = Vec::with_capacity(members.len());
+                let mut total = 0i64;
+                for &i in &members {
+                    offsets.push(total);
+                    total += i64::try_from(params[i].1.numel()).expect("sizes fit i64");
+                }
+                let device = params[members[0]].1.device();
+                Bucket {
+                    params: members,
+                    segment,
+                    buffer: Tensor::zeros([total], (kind, device)),
+                    offsets,
+                }
+            })
+            .collect();
+        let reducer = Self {
+            views: views && kind == Kind::Float,
+            params,
+            buckets,
+        };
+        if reducer.views {
+            for bucket in &reducer.buckets {
+                for (&i, &offset) in bucket.params.iter().zip(&bucket.offsets) {
+                    let param = &reducer.params[i].1;
+                    let view = bucket
+                        .buffer
+                        .narrow(
+                            0,
+                            offset,
+                            i64::try_from(param.numel()).expect("sizes fit i64"),
+                        )
+                        .view(param.size().as_slice());
+                    crate::shim::set_grad(param, &view)?;
+                }
+            }
+        }
+        Ok(reducer)
+    }
+
+    /// Whether the gradients are views into the buckets (then [`Self::zero_grads`] must replace the
+    /// optimizer's set-to-none).
+    pub fn owns_grads(&self) -> bool {
+        self.views
+    }
+
+    /// Zeroes the gradients (the buckets they are views of).
+    pub fn zero_grads(&mut self) {
+        for bucket in &mut self.buckets {
+            let _ = bucket.buffer.zero_();
+        }
+    }
+
+    /// Number of buckets.
+    pub fn buckets(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Starts the all-reduce of every bucket that backward segment `segment` completes.
+    pub fn segment_done(&mut self, segment: usize, backend: &mut Backend) -> Result<(), String> {
+        if matches!(backend, Backend::Single) {
+            return Ok(());
+        }
+        let views = self.views;
+        for bucket in self.buckets.iter_mut().filter(|b| b.segment == segment) {
+            tch::no_grad(|| -> Result<(), String> {
+                if views {
+                    return Ok(());
+                }
+                for (&i, &offset) in bucket.params.iter().zip(&bucket.offsets) {
+                    let (name, param) = &self.params[i];
+                    let grad = param.grad();
+                    if !grad.defined() {
+                        return Err(format!("{name} has no gradient"));
+                    }
+                    let mut slot = bucket.buffer.narrow(
+                        0,
+                        offset,
+                        i64::try_from(param.numel()).expect("sizes fit i64"),
+                    );
+                    slot.copy_(&grad.reshape([-1]));
+                }
+                Ok(())
+            })?;
+            match backend {
+                Backend::Nccl(nccl, _) => nccl.all_reduce_avg_async(&bucket.buffer)?,
+                Backend::Tcp(group) => tcp_all_reduce(group, &bucket.buffer)?,
+                Backend::Single => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the all-reduces and writes the averaged gradients back.
+    pub fn finish(&mut self, backend: &mut Backend) -> Result<(), String> {
+        match backend {
+            Backend::Single => return Ok(()),
+            Backend::Nccl(nccl, _) => nccl.wait()?,
+            Backend::Tcp(_) => {}
+        }
+        if self.views {
+            return Ok(());
+        }
+        tch::no_grad(|| {
+            for bucket in &self.buckets {
+                for (&i, &offset) in bucket.params.iter().zip(&bucket.offsets) {
+                    let param = &self.params[i].1;
+                    let mut grad = param.grad();
+                    let mean = bucket.buffer.narrow(
+                        0,
+                        offset,
+                        i64::try_from(param.numel()).expect("sizes fit i64"),
+                    );
+                    grad.copy_(&mean.view(param.size().as_slice()));
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Starts `n` local ranks of this program with `args` (its arguments, without the program), each with
+/// torchrun's variables (rank `i` on GPU `i`, rank 0's rendezvous on `MASTER_PORT` or a free port), and
+/// waits for them: the first to fail stops the others. Returns whether all succeeded.
+pub fn launch_local(n: u32, args: &[String]) -> Result<bool, String> {
+    let program = std::env::current_exe().map_err(|e| format!("the program's path: {e}"))?;
+    let port = match std::env::var("MASTER_PORT") {
+        Ok(port) => port,
+        Err(_) => TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("a free port for the rendezvous: {e}"))?
+            .port()
+            .to_string(),
+    };
+    let mut children = Vec::new();
+    for rank in 0..n {
+        let child = std::process::Command::new(&program)
+            .args(args)
+            .env("RANK", rank.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("WORLD_SIZE", n.to_string())
+            .env("LOCAL_WORLD_SIZE", n.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", &port)
+            .spawn()
+            .map_err(|e| format!("starting rank {rank}: {e}"))?;
+        children.push(Some(child));
+    }
+    let mut ok = true;
+    while children.iter().any(Option::is_some) {
+        for (rank, slot) in children.iter_mut().enumerate() {
+            let Some(child) = slot else { continue };
+            match child.try_wait() {
+                Ok(None) => continue,
+                Ok(Some(status)) if status.success() => {}
+                Ok(Some(status)) => {
+                    eprintln!("flame-train: rank {rank} failed ({status}); stopping the others");
+                    ok = false;
+                }
+                Err(e) => {
+                    eprintln!("flame-train: rank {rank}: {e}");
+                    ok = false;
+                }
+            }
+            *slot = None;
+        }
+        if !ok {
+            for child in children.iter_mut().flatten() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            break;
+        }
+        // Like torchrun's monitor: look at the ranks a few times a second.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect();
+        move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn the_launch_comes_from_torchrun_or_slurm_or_is_a_single_process() {
+        assert_eq!(Launch::from_env(env(&[])).unwrap(), Launch::single());
+        let torchrun = env(&[
+            ("RANK", "3"),
+            ("WORLD_SIZE", "8"),
+            ("LOCAL_RANK", "1"),
+            ("MASTER_ADDR", "10.0.0.2"),
+            ("MASTER_PORT", "29400"),
+        ]);
+        assert_eq!(
+            Launch::from_env(torchrun).unwrap(),
+            Launch {
+                rank: 3,
+                world_size: 8,
+                local_rank: 1,
+                master: "10.0.0.2:29400".into()
+            }
+        );
+        let slurm = env(&[
+            ("SLURM_PROCID", "5"),
+            ("SLURM_NTASKS", "16"),
+            ("SLURM_LOCALID", "5"),
+            ("SLURM_JOB_NODELIST", "gpu-a[07-08,11],gpu-b3"),
+        ]);
+        assert_eq!(
+            Launch::from_env(slurm).unwrap(),
+            Launch {
+                rank: 5,
+                world_size: 16,
+                local_rank: 5,
+                master: format!("gpu-a07:{DEFAULT_PORT}")
+            }
+        );
+        for (bad, says) in [
+            (
+                vec![("RANK", "2"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "h")],
+                "not in 0..2",
+            ),
+            (
+                vec![("RANK", "x"), ("WORLD_SIZE", "2")],
+                "RANK=\"x\" is not a number",
+            ),
+            (
+                vec![("RANK", "1"), ("WORLD_SIZE", "2")],
+                "MASTER_ADDR is not set",
+            ),
+            (
+                vec![
+                    ("RANK", "0"),
+                    ("WORLD_SIZE", "2"),
+                    ("MASTER_ADDR", "h"),
+                    ("MASTER_PORT", "70000"),
+                ],
+                "not a port",
+            ),
+        ] {
+            let error = Launch::from_env(env(&bad)).unwrap_err();
+            assert!(error.contains(says), "{error}");
+        }
+    }
+
+    #[test]
+    fn the_first_host_of_a_slurm_node_list() {
+        assert_eq!(first_host("node[01-04,07],gpu5"), "node01");
+        assert_eq!(first_host("gpu5,node[1-2]"), "gpu5");
+        assert_eq!(first_host("single"), "single");
+        assert_eq!(first_host("rack[3,5]-gpu"), "rack3-gpu");
+    }
+
+    #[test]
+    fn buckets_follow_the_backward_order_and_close_at_segment_ends() {
+        // Parameters (segment, bytes): two per layer segment, a head and an embedding.
+        let segments = [3, 0, 1, 1, 2, 2, 0];
+        let bytes = [100, 10, 30, 30, 30, 30, 10];
+        let buckets = plan(&segments, &bytes, 50);
+        // Segment 0 (20 bytes) is too small alone and joins segment 1; segment 2 closes its own.
+        assert_eq!(
+            buckets,
+            vec![(vec![1, 6, 2, 3], 1), (vec![4, 5], 2), (vec![0], 3)]
+        );
+        let mut all: Vec<usize> = buckets.iter().flat_map(|b| b.0.clone()).collect();
+        all.sort_unstable();
+        assert_eq!(
+            all,
+            (0..segments.len()).collect::<Vec<_>>(),
+            "each parameter once"
+        );
+        // A cap of 0 gives one bucket per segment; a huge cap one bucket.
+        assert_eq!(plan(&segments, &bytes, 0).len(), 4);
+        assert_eq!(plan(&segments, &bytes, u64::MAX).len(), 1);
+    }
+
+    fn free_port() -> u16 {
+        TcpListener::bind(("127.0.0.1", 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    fn launch(rank: u32, world_size: u32, port: u16) -> Launch {
+        Launch {
+            rank,
+            world_size,
+            local_rank: rank,
+            master: format!("127.0.0.1:{port}"),
+        }
+    }
+
+    #[test]
+    #[allow(clippy::float_cmp)] // small integers and their means are exact in f32
+    fn the_rendezvous_hands_out_the_bootstrap_and_averages_values() {
+        let port = free_port();
+        let timeout = Duration::from_secs(30);
+        let joiners: Vec<_> = (1..3)
+            .map(|rank| {
+                std::thread::spawn(move || {
+                    let (mut group, id) =
+                        rendezvous(&launch(rank, 3, port), timeout, || unreachable!()).unwrap();
+                    #[allow(clippy::cast_precision_loss)]
+                    let mut values = [rank as f32, 10.0];
+                    group.all_reduce_avg(&mut values).unwrap();
+                    group.barrier().unwrap();
+                    (id, values)
+                })
+            })
+            .collect();
+        let (mut group, id) =
+            rendezvous(&launch(0, 3, port), timeout, || Ok(b"nccl-id".to_vec())).unwrap();
+        assert_eq!((group.world_size(), id.as_slice()), (3, &b"nccl-id"[..]));
+        let mut values = [0.0, 1.0];
+        group.all_reduce_avg(&mut values).unwrap();
+        group.barrier().unwrap();
+        assert_eq!(values, [1.0, 7.0]);
+        for joiner in joiners {
+            assert_eq!(joiner.join().unwrap(), (b"nccl-id".to_vec(), [1.0, 7.0]));
+        }
+    }
+
+    #[test]
+    fn a_rank_that_never_arrives_is_named_after_the_timeout() {
+        let port = free_port();
+        let error = rendezvous(&launch(0, 3, port), Duration::from_millis(300), || {
+            Ok(Vec::new())
+        })
+        .unwrap_err();
+        assert!(
+            error.contains("rank(s) 1, 2 of 3 did not arrive within"),
+            "{error}"
+        );
+        // And a rank whose rank 0 never listens.
+        let error = rendezvous(
+            &launch(1, 2, free_port()),
+            Duration::from_millis(300),
+            || Ok(Vec::new()),
+        )
+        .unwrap_err();
+        assert!(error.contains("rank 0 did not answer"), "{error}");
+    }
+}
