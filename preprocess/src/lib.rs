@@ -18,5 +18,6 @@ pub mod run;
 pub mod sample;
 pub mod shard;
 pub mod source;
+pub mod spm_bpe;
 pub mod tokenize;
 pub mod verify;

@@ -1,7 +1,9 @@
 //! Text to token ids, behind a small seam.
 //!
 //! [`TextEncoder`] wraps a Hugging Face `tokenizer.json` loaded by the `tokenizers` crate, the reference for
-//! what the ids are. The BOS/EOS policy is explicit ([`BosPolicy`], `append_eod`), and literal
+//! what the ids are. Where a fast encoder of the same ids exists for the tokenizer's shape
+//! ([`crate::spm_bpe`] for SentencePiece-style BPE), documents go through it instead; otherwise the run
+//! logs once that it uses the `tokenizers` encoder. The BOS/EOS policy is explicit ([`BosPolicy`], `append_eod`), and literal
 //! special-token strings inside a document (`<s>`, `<|endoftext|>`) are encoded as plain text unless
 //! the user asks otherwise, so that a web page quoting `</s>` cannot forge a document boundary.
 
@@ -12,6 +14,7 @@ use serde::Serialize;
 use tokenizers::Tokenizer;
 
 use crate::chunk::{Chunker, GUARD};
+use crate::spm_bpe::{Cache, SentencePieceBpe};
 
 /// Where BOS comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -48,6 +51,20 @@ pub struct TextEncoder {
     bos: BosPolicy,
     append_eod: bool,
     long: Option<LongDocuments>,
+    fast: Option<FastPath>,
+}
+
+/// A fast encoder and what the post-processor puts around a document's ids.
+#[derive(Debug)]
+struct FastPath {
+    encoder: SentencePieceBpe,
+    special_prefix: Vec<u32>,
+    special_suffix: Vec<u32>,
+}
+
+thread_local! {
+    /// Each worker thread's cache of the fast encoder (pieces → ids).
+    static FAST_CACHE: std::cell::RefCell<Cache> = std::cell::RefCell::new(Cache::default());
 }
 
 /// Pieces of one long document encoded at once.
@@ -120,12 +137,31 @@ impl TextEncoder {
             .map(|chunker| LongDocuments::new(&tokenizer, chunker))
             .transpose()
             .with_context(|| format!("{}: probe the tokenizer", file.display()))?;
+        // The fast path encodes special-token strings as text, as flame-prep does by default.
+        let fast = if let (false, Some(encoder)) =
+            (parse_special_tokens, SentencePieceBpe::from_json(&json))
+        {
+            let (special_prefix, special_suffix) = special_affixes(&tokenizer)
+                .with_context(|| format!("{}: probe the tokenizer", file.display()))?;
+            Some(FastPath {
+                encoder,
+                special_prefix,
+                special_suffix,
+            })
+        } else {
+            tracing::info!(
+                tokenizer = %file.display(),
+                "No fast encoder for this tokenizer's shape (flame-prep has one for SentencePiece-style BPE); using the tokenizers crate's encoder."
+            );
+            None
+        };
         Ok(Self {
             tokenizer,
             info,
             bos,
             append_eod,
             long,
+            fast,
         })
     }
 
@@ -150,6 +186,8 @@ impl TextEncoder {
             )
         })?;
         encoder.long = Some(LongDocuments::new(&encoder.tokenizer, chunker)?);
+        // What is tested here is cutting with the `tokenizers` encoder.
+        encoder.fast = None;
         Ok(encoder)
     }
 
@@ -171,6 +209,19 @@ impl TextEncoder {
         if self.bos == BosPolicy::Always {
             out.push(self.info.bos_id.expect("checked in load"));
         }
+        if let Some(fast) = &self.fast {
+            if add_special_tokens {
+                out.extend_from_slice(&fast.special_prefix);
+            }
+            FAST_CACHE.with(|cache| fast.encoder.encode(text, &mut cache.borrow_mut(), out));
+            if add_special_tokens {
+                out.extend_from_slice(&fast.special_suffix);
+            }
+            if self.append_eod {
+                out.push(self.info.eos_id.expect("checked in load"));
+            }
+            return Ok(());
+        }
         match &self.long {
             Some(long) if text.len() > long.chunker.chunk_bytes() => {
                 long.encode(&self.tokenizer, text, add_special_tokens, out)?;
@@ -189,17 +240,12 @@ impl TextEncoder {
 impl LongDocuments {
     fn new(tokenizer: &Tokenizer, chunker: Chunker) -> anyhow::Result<Self> {
         let guard_ids = encode_ids(tokenizer, GUARD, false)?.get_ids().to_vec();
-        let plain = encode_ids(tokenizer, "a", false)?.get_ids().to_vec();
-        let special = encode_ids(tokenizer, "a", true)?.get_ids().to_vec();
-        let at = special
-            .windows(plain.len())
-            .position(|w| w == plain.as_slice())
-            .context("the post-processor changes the ids of a document")?;
+        let (special_prefix, special_suffix) = special_affixes(tokenizer)?;
         Ok(Self {
             chunker,
             guard_ids,
-            special_prefix: special[..at].to_vec(),
-            special_suffix: special[at + plain.len()..].to_vec(),
+            special_prefix,
+            special_suffix,
         })
     }
 
@@ -251,6 +297,17 @@ impl LongDocuments {
         }
         Ok(())
     }
+}
+
+/// The ids the post-processor puts before and after a document's.
+fn special_affixes(tokenizer: &Tokenizer) -> anyhow::Result<(Vec<u32>, Vec<u32>)> {
+    let plain = encode_ids(tokenizer, "a", false)?.get_ids().to_vec();
+    let special = encode_ids(tokenizer, "a", true)?.get_ids().to_vec();
+    let at = special
+        .windows(plain.len())
+        .position(|w| w == plain.as_slice())
+        .context("the post-processor changes the ids of a document")?;
+    Ok((special[..at].to_vec(), special[at + plain.len()..].to_vec()))
 }
 
 /// Grows `out` to the number of ids the rest of a document will likely add, judged by the ids per byte so

@@ -11,6 +11,7 @@ mod multi_machine;
 mod object_store;
 mod progress;
 mod resume;
+mod spm_bpe;
 mod tokenize_run;
 mod util;
 mod verify;
