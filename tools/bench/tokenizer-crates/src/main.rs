@@ -17,7 +17,9 @@ fn texts(path: &Path) -> Vec<(String, String)> {
         .lines()
         .map(|line| {
             let row: serde_json::Value = serde_json::from_str(line).expect("jsonl");
-            let id = row["id"].as_str().map_or_else(|| row["title"].to_string(), str::to_string);
+            let id = row["id"]
+                .as_str()
+                .map_or_else(|| row["title"].to_string(), str::to_string);
             (id, row["text"].as_str().expect("text").to_string())
         })
         .collect()
@@ -62,8 +64,12 @@ fn candidates(name: &str, file: &Path) -> Vec<(&'static str, Result<Encode, Stri
         ("kitoken 0.11.1", {
             let path = path.clone();
             guarded(Box::new(move || {
-                let t = kitoken::Kitoken::from_tokenizers_file(&path).map_err(|e| format!("{e:?}"))?;
-                Ok(Box::new(move |s: &str| t.encode(s, true).map_err(|e| format!("{e:?}"))) as Encode)
+                let t =
+                    kitoken::Kitoken::from_tokenizers_file(&path).map_err(|e| format!("{e:?}"))?;
+                Ok(
+                    Box::new(move |s: &str| t.encode(s, true).map_err(|e| format!("{e:?}")))
+                        as Encode,
+                )
             }))
         }),
     ];
@@ -92,10 +98,17 @@ fn candidates(name: &str, file: &Path) -> Vec<(&'static str, Result<Encode, Stri
 }
 
 fn main() {
-    let data = std::env::args().nth(1).map_or_else(|| PathBuf::from("../shared/data"), PathBuf::from);
+    let data = std::env::args()
+        .nth(1)
+        .map_or_else(|| PathBuf::from("../shared/data"), PathBuf::from);
     let golden_texts = texts(&data.join("golden/texts.jsonl"));
     let mut corpus = Vec::new();
-    for file in ["en-moby-dick", "en-jargon-devil", "multi-udhr", "code-go-std-1mb"] {
+    for file in [
+        "en-moby-dick",
+        "en-jargon-devil",
+        "multi-udhr",
+        "code-go-std-1mb",
+    ] {
         corpus.extend(texts(&data.join(format!("corpus/jsonl/{file}.jsonl"))));
     }
     let bytes: usize = corpus.iter().map(|(_, t)| t.len()).sum();
@@ -113,7 +126,13 @@ fn main() {
         let file = data.join(format!("tokenizers/{name}/tokenizer.json"));
         let want_golden = golden(&data.join(format!("golden/{name}.ids.jsonl")));
         let reference = tokenizers::Tokenizer::from_file(&file).expect("tokenizers loads it");
-        let encode_ref = |s: &str| reference.encode_fast(s, false).expect("encodes").get_ids().to_vec();
+        let encode_ref = |s: &str| {
+            reference
+                .encode_fast(s, false)
+                .expect("encodes")
+                .get_ids()
+                .to_vec()
+        };
         let start = Instant::now();
         let want: Vec<Vec<u32>> = corpus.iter().map(|(_, t)| encode_ref(t)).collect();
         let ref_mbs = bytes as f64 / 1e6 / start.elapsed().as_secs_f64();
@@ -150,16 +169,32 @@ fn main() {
             let start = Instant::now();
             let got: Vec<Result<Vec<u32>, String>> = corpus.iter().map(|(_, t)| run(t)).collect();
             let mbs = bytes as f64 / 1e6 / start.elapsed().as_secs_f64();
-            let equal = got.iter().zip(&want).filter(|(g, w)| g.as_ref() == Ok(*w)).count();
-            let first = got.iter().zip(&want).zip(&corpus).find(|((g, w), _)| g.as_ref() != Ok(*w)).map(
-                |((g, w), (id, _))| match g {
+            let equal = got
+                .iter()
+                .zip(&want)
+                .filter(|(g, w)| g.as_ref() == Ok(*w))
+                .count();
+            let first = got
+                .iter()
+                .zip(&want)
+                .zip(&corpus)
+                .find(|((g, w), _)| g.as_ref() != Ok(*w))
+                .map(|((g, w), (id, _))| match g {
                     Err(e) => format!("{id}: {e}"),
                     Ok(g) => {
-                        let at = g.iter().zip(w.iter()).position(|(a, b)| a != b).unwrap_or(g.len().min(w.len()));
-                        format!("{id}: at id {at} of {}, {:?} vs {:?}", w.len(), &g[at..(at + 3).min(g.len())], &w[at..(at + 3).min(w.len())])
+                        let at = g
+                            .iter()
+                            .zip(w.iter())
+                            .position(|(a, b)| a != b)
+                            .unwrap_or(g.len().min(w.len()));
+                        format!(
+                            "{id}: at id {at} of {}, {:?} vs {:?}",
+                            w.len(),
+                            &g[at..(at + 3).min(g.len())],
+                            &w[at..(at + 3).min(w.len())]
+                        )
                     }
-                },
-            );
+                });
             println!(
                 "{name:<16} {crate_name:<17} {golden_equal:>11}/{} {equal:>11}/{:<6} {mbs:>9.1} {:>8.2}  {}",
                 want_golden.len(),
