@@ -464,15 +464,22 @@ impl std::fmt::Debug for Reducer {
 
 impl Reducer {
     /// Buckets for `params` (named, with the backward segment that completes each), reduced in `kind`
-    /// (float32 or bfloat16), at least `cap_bytes` each. With `views` (and float32), the parameters'
-    /// gradients become views into the buckets.
+    /// (float32 or bfloat16), at least `cap_bytes` each; in float32 the parameters' gradients become
+    /// views into the buckets. Not `distributed` (one process): no buckets, nothing allocated.
     pub fn new(
         params: Vec<(String, Tensor)>,
         segments: &[usize],
         kind: Kind,
         cap_bytes: u64,
-        views: bool,
+        distributed: bool,
     ) -> Result<Self, String> {
+        if !distributed {
+            return Ok(Self {
+                params,
+                buckets: Vec::new(),
+                views: false,
+            });
+        }
         let element = if kind == Kind::BFloat16 { 2 } else { 4 };
         let bytes: Vec<u64> = params
             .iter()
@@ -497,7 +504,7 @@ impl Reducer {
             })
             .collect();
         let reducer = Self {
-            views: views && kind == Kind::Float,
+            views: kind == Kind::Float,
             params,
             buckets,
         };
