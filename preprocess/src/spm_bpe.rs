@@ -11,7 +11,9 @@
 //! then uses the `tokenizers` encoder).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::BinaryHeap;
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 /// The merge of a pair: its rank (position in `merges`) and the id of the merged token.
 type Merge = (u32, u32);
@@ -79,8 +81,8 @@ impl SentencePieceBpe {
             .iter()
             .map(|(k, v)| Some((k.as_str(), u32::try_from(v.as_u64()?).ok()?)))
             .collect::<Option<_>>()?;
-        let mut char_ids = HashMap::new();
-        let mut joinable = HashSet::new();
+        let mut char_ids = HashMap::default();
+        let mut joinable = HashSet::default();
         for (token, &id) in &vocab {
             let mut chars = token.chars();
             if let (Some(c), None) = (chars.next(), chars.next()) {
@@ -103,7 +105,7 @@ impl SentencePieceBpe {
             serde_json::Value::String(s) => Some(*vocab.get(s.as_str())?),
             _ => None,
         };
-        let mut merges = HashMap::new();
+        let mut merges = HashMap::default();
         for (rank, merge) in model["merges"].as_array()?.iter().enumerate() {
             let (a, b) = match merge {
                 serde_json::Value::String(s) => s.split_once(' ')?,
