@@ -6,12 +6,15 @@
 //! ([`shard::ShardSink`]) plus `manifest.json`. The output bytes do not depend on the number of workers.
 #![warn(missing_docs)]
 
+pub mod bpe;
+pub mod byte_bpe;
 pub mod chunk;
 pub mod cli;
 pub mod config;
 pub mod inspect;
 pub mod merge;
 pub mod pipeline;
+pub mod pretok;
 pub mod progress;
 pub mod restream;
 pub mod run;

@@ -10,36 +10,20 @@
 //! [`SentencePieceBpe::from_json`] returns `None` for any `tokenizer.json` of another shape (the caller
 //! then uses the `tokenizers` encoder).
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
-/// The merge of a pair: its rank (position in `merges`) and the id of the merged token.
-type Merge = (u32, u32);
+pub use crate::bpe::Cache;
+use crate::bpe::Merges;
 
 /// The encoder (immutable, shared by threads); each thread keeps its own [`Cache`].
 #[derive(Debug)]
 pub struct SentencePieceBpe {
     char_ids: HashMap<char, u32>,
-    merges: HashMap<(u32, u32), Merge>,
-    byte_ids: Vec<Option<u32>>,
-    unk: Option<u32>,
-    fuse_unk: bool,
+    merges: Merges,
+    byte_ids: Vec<u32>,
     /// Adjacent characters found together in some token: the only places a merge can join.
     joinable: HashSet<(char, char)>,
 }
-
-/// Piece → ids, per thread, bounded.
-#[derive(Debug, Default)]
-pub struct Cache {
-    map: HashMap<Box<str>, Box<[u32]>>,
-}
-
-/// Pieces longer than this (bytes) are not cached.
-const CACHED_PIECE_BYTES: usize = 64;
-/// Entries kept per cache; it is emptied when full.
-const CACHE_ENTRIES: usize = 1 << 18;
 
 const SPACE: char = '\u{2581}';
 
@@ -93,50 +77,34 @@ impl SentencePieceBpe {
                 joinable.insert((pair[0], pair[1]));
             }
         }
-        let byte_ids: Vec<Option<u32>> = (0..=255u8)
-            .map(|b| vocab.get(format!("<0x{b:02X}>").as_str()).copied())
-            .collect();
         // With every byte token present, no character is ever unknown (as `tokenizers` then falls back).
-        if byte_ids.iter().any(Option::is_none) {
+        let byte_ids: Vec<u32> = (0..=255u8)
+            .map(|b| vocab.get(format!("<0x{b:02X}>").as_str()).copied())
+            .collect::<Option<_>>()?;
+        let byte_set: HashSet<u32> = byte_ids.iter().copied().collect();
+        let merges = Merges::from_json(&model["merges"], |t| vocab.get(t).copied())?;
+        // A merge of byte-fallback symbols would join across a cut: not this module's.
+        if merges
+            .pairs()
+            .any(|(a, b)| byte_set.contains(&a) || byte_set.contains(&b))
+        {
             return None;
-        }
-        let byte_set: HashSet<u32> = byte_ids.iter().flatten().copied().collect();
-        let unk = match &model["unk_token"] {
-            serde_json::Value::String(s) => Some(*vocab.get(s.as_str())?),
-            _ => None,
-        };
-        let mut merges = HashMap::default();
-        for (rank, merge) in model["merges"].as_array()?.iter().enumerate() {
-            let (a, b) = match merge {
-                serde_json::Value::String(s) => s.split_once(' ')?,
-                serde_json::Value::Array(pair) => (pair.first()?.as_str()?, pair.get(1)?.as_str()?),
-                _ => return None,
-            };
-            let (ia, ib) = (*vocab.get(a)?, *vocab.get(b)?);
-            let merged = *vocab.get(format!("{a}{b}").as_str())?;
-            // A merge of byte-fallback or unknown symbols would join across a cut: not this module's.
-            if [ia, ib]
-                .iter()
-                .any(|i| byte_set.contains(i) || Some(*i) == unk)
-            {
-                return None;
-            }
-            merges
-                .entry((ia, ib))
-                .or_insert((u32::try_from(rank).ok()?, merged));
         }
         Some(Self {
             char_ids,
             merges,
             byte_ids,
-            unk,
-            fuse_unk: model["fuse_unk"] == true,
             joinable,
         })
     }
 
     /// Appends the ids of `text` (no special tokens) to `out`.
     pub fn encode(&self, text: &str, cache: &mut Cache, out: &mut Vec<u32>) {
+        self.split(text, |piece| self.piece(piece, cache, out));
+    }
+
+    /// Calls `piece` with each piece of the normalized `text`, in order.
+    pub fn split(&self, text: &str, mut piece: impl FnMut(&str)) {
         if text.is_empty() {
             return;
         }
@@ -151,98 +119,27 @@ impl SentencePieceBpe {
             if let Some(p) = previous
                 && !self.joinable.contains(&(p, c))
             {
-                self.piece(&normalized[start..at], cache, out);
+                piece(&normalized[start..at]);
                 start = at;
             }
             previous = Some(c);
         }
-        self.piece(&normalized[start..], cache, out);
+        piece(&normalized[start..]);
     }
 
     fn piece(&self, piece: &str, cache: &mut Cache, out: &mut Vec<u32>) {
-        if piece.len() <= CACHED_PIECE_BYTES {
-            if let Some(ids) = cache.map.get(piece) {
-                out.extend_from_slice(ids);
-                return;
-            }
-            let from = out.len();
-            self.bpe(piece, out);
-            if cache.map.len() >= CACHE_ENTRIES {
-                cache.map.clear();
-            }
-            cache.map.insert(piece.into(), out[from..].into());
-        } else {
-            self.bpe(piece, out);
-        }
-    }
-
-    /// BPE over one piece, as `tokenizers`' `Word::merge_all`: the valid pair of lowest rank, leftmost
-    /// first, until none is left.
-    fn bpe(&self, piece: &str, out: &mut Vec<u32>) {
-        let mut symbols: Vec<u32> = Vec::with_capacity(piece.len());
-        let mut unknown: Option<()> = None;
-        for c in piece.chars() {
-            if let Some(&id) = self.char_ids.get(&c) {
-                unknown = None;
-                symbols.push(id);
-                continue;
-            }
-            let mut utf8 = [0u8; 4];
-            let bytes = c.encode_utf8(&mut utf8).as_bytes();
-            if let Some(ids) = bytes
-                .iter()
-                .map(|&b| self.byte_ids[usize::from(b)])
-                .collect::<Option<Vec<u32>>>()
-            {
-                unknown = None;
-                symbols.extend(ids);
-            } else if let Some(unk) = self.unk {
-                if !(self.fuse_unk && unknown.is_some()) {
-                    symbols.push(unk);
+        cache.encode(piece, out, |out| {
+            let mut symbols: Vec<u32> = Vec::with_capacity(piece.len());
+            for c in piece.chars() {
+                if let Some(&id) = self.char_ids.get(&c) {
+                    symbols.push(id);
+                } else {
+                    let mut utf8 = [0u8; 4];
+                    let bytes = c.encode_utf8(&mut utf8).as_bytes();
+                    symbols.extend(bytes.iter().map(|&b| self.byte_ids[usize::from(b)]));
                 }
-                unknown = Some(());
             }
-        }
-        if symbols.len() < 2 {
-            out.extend_from_slice(&symbols);
-            return;
-        }
-        let n = symbols.len();
-        let mut next: Vec<usize> = (1..=n).collect();
-        let mut prev: Vec<usize> = (0..n).map(|i| i.wrapping_sub(1)).collect();
-        let mut alive = vec![true; n];
-        let mut heap = BinaryHeap::new();
-        for i in 0..n - 1 {
-            if let Some(&(rank, merged)) = self.merges.get(&(symbols[i], symbols[i + 1])) {
-                heap.push(Reverse((rank, i, merged)));
-            }
-        }
-        while let Some(Reverse((rank, i, merged))) = heap.pop() {
-            let j = next[i];
-            if !alive[i] || j >= n {
-                continue;
-            }
-            // A stale entry: the pair at `i` is no longer the one this merge was for.
-            if self.merges.get(&(symbols[i], symbols[j])) != Some(&(rank, merged)) {
-                continue;
-            }
-            symbols[i] = merged;
-            alive[j] = false;
-            next[i] = next[j];
-            if next[i] < n {
-                prev[next[i]] = i;
-            }
-            if let Some(&p) = prev.get(i).filter(|&&p| p < n)
-                && let Some(&(r, m)) = self.merges.get(&(symbols[p], symbols[i]))
-            {
-                heap.push(Reverse((r, p, m)));
-            }
-            if next[i] < n
-                && let Some(&(r, m)) = self.merges.get(&(symbols[i], symbols[next[i]]))
-            {
-                heap.push(Reverse((r, i, m)));
-            }
-        }
-        out.extend((0..n).filter(|&i| alive[i]).map(|i| symbols[i]));
+            self.merges.merge_all(symbols, out);
+        });
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! [`TextEncoder`] wraps a Hugging Face `tokenizer.json` loaded by the `tokenizers` crate, the reference for
 //! what the ids are. Where a fast encoder of the same ids exists for the tokenizer's shape
-//! ([`crate::spm_bpe`] for SentencePiece-style BPE), documents go through it instead; otherwise the run
-//! logs once that it uses the `tokenizers` encoder. The BOS/EOS policy is explicit ([`BosPolicy`], `append_eod`), and literal
+//! ([`crate::spm_bpe`] for SentencePiece-style BPE, [`crate::byte_bpe`] for byte-level BPE with a split
+//! regex), documents go through it instead; otherwise the run logs once that it uses the `tokenizers`
+//! encoder. The BOS/EOS policy is explicit ([`BosPolicy`], `append_eod`), and literal
 //! special-token strings inside a document (`<s>`, `<|endoftext|>`) are encoded as plain text unless
 //! the user asks otherwise, so that a web page quoting `</s>` cannot forge a document boundary.
 
@@ -13,8 +14,10 @@ use anyhow::Context;
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
+use crate::bpe::Cache;
+use crate::byte_bpe::ByteLevelBpe;
 use crate::chunk::{Chunker, GUARD};
-use crate::spm_bpe::{Cache, SentencePieceBpe};
+use crate::spm_bpe::SentencePieceBpe;
 
 /// Where BOS comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -57,10 +60,37 @@ pub struct TextEncoder {
 /// A fast encoder and what the post-processor puts around a document's ids.
 #[derive(Debug)]
 struct FastPath {
-    encoder: SentencePieceBpe,
+    encoder: Fast,
+    /// Which encoder a thread's cache holds pieces of (tokenizers differ, and a thread may use several).
+    id: u64,
     special_prefix: Vec<u32>,
     special_suffix: Vec<u32>,
 }
+
+/// The fast encoders.
+#[derive(Debug)]
+enum Fast {
+    SentencePiece(SentencePieceBpe),
+    ByteLevel(Box<ByteLevelBpe>),
+}
+
+impl Fast {
+    fn from_json(json: &serde_json::Value) -> Option<Self> {
+        SentencePieceBpe::from_json(json)
+            .map(Self::SentencePiece)
+            .or_else(|| ByteLevelBpe::from_json(json).map(|e| Self::ByteLevel(Box::new(e))))
+    }
+
+    fn encode(&self, text: &str, cache: &mut Cache, out: &mut Vec<u32>) {
+        match self {
+            Self::SentencePiece(encoder) => encoder.encode(text, cache, out),
+            Self::ByteLevel(encoder) => encoder.encode(text, cache, out),
+        }
+    }
+}
+
+/// Numbers the fast encoders, so that a thread's cache knows whose pieces it holds.
+static ENCODERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 thread_local! {
     /// Each worker thread's cache of the fast encoder (pieces → ids).
@@ -138,20 +168,19 @@ impl TextEncoder {
             .transpose()
             .with_context(|| format!("{}: probe the tokenizer", file.display()))?;
         // The fast path encodes special-token strings as text, as flame-prep does by default.
-        let fast = if let (false, Some(encoder)) =
-            (parse_special_tokens, SentencePieceBpe::from_json(&json))
-        {
+        let fast = if let (false, Some(encoder)) = (parse_special_tokens, Fast::from_json(&json)) {
             let (special_prefix, special_suffix) = special_affixes(&tokenizer)
                 .with_context(|| format!("{}: probe the tokenizer", file.display()))?;
             Some(FastPath {
                 encoder,
+                id: ENCODERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 special_prefix,
                 special_suffix,
             })
         } else {
             tracing::info!(
                 tokenizer = %file.display(),
-                "No fast encoder for this tokenizer's shape (flame-prep has one for SentencePiece-style BPE); using the tokenizers crate's encoder."
+                "No fast encoder for this tokenizer's shape (flame-prep has them for SentencePiece-style BPE and for byte-level BPE with the GPT-2, cl100k/Llama-3, Qwen-2 or tekken split); using the tokenizers crate's encoder."
             );
             None
         };
@@ -197,6 +226,14 @@ impl TextEncoder {
         self.long.is_some()
     }
 
+    /// The fast encoder documents go through (`None`: the `tokenizers` crate's encoder).
+    pub fn fast_path(&self) -> Option<String> {
+        self.fast.as_ref().map(|fast| match &fast.encoder {
+            Fast::SentencePiece(_) => "SentencePiece-style BPE".to_owned(),
+            Fast::ByteLevel(encoder) => format!("byte-level BPE, {:?} split", encoder.pattern()),
+        })
+    }
+
     /// The tokenizer's identity.
     pub fn info(&self) -> &TokenizerInfo {
         &self.info
@@ -213,7 +250,11 @@ impl TextEncoder {
             if add_special_tokens {
                 out.extend_from_slice(&fast.special_prefix);
             }
-            FAST_CACHE.with(|cache| fast.encoder.encode(text, &mut cache.borrow_mut(), out));
+            FAST_CACHE.with(|cache| {
+                let mut cache = cache.borrow_mut();
+                cache.belong_to(fast.id);
+                fast.encoder.encode(text, &mut cache, out);
+            });
             if add_special_tokens {
                 out.extend_from_slice(&fast.special_suffix);
             }

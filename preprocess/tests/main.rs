@@ -5,13 +5,13 @@
 mod bad_input;
 mod chunking;
 mod exactness;
+mod fast_encoders;
 mod hub;
 mod inspect;
 mod multi_machine;
 mod object_store;
 mod progress;
 mod resume;
-mod spm_bpe;
 mod tokenize_run;
 mod util;
 mod verify;

@@ -13,9 +13,16 @@ For each tokenizer (GPT-2 and Mistral-7B-v0.1 by default), on ../shared/data/cor
             (megatron_preprocess.py; JSONL in, as it requires), `--workers N`, with 0.16's default
             (text -> tokens -> ids) and with `--tokenizer-hf-include-special-tokens` (0.17's default,
             `tokenizer(text).input_ids`, faster); the ratio is against the faster;
-* datasets  flame's old `datasets.map` pipeline (datasets_map.py), `num_proc=N`, from an empty cache.
+* datasets  flame's old `datasets.map` pipeline (datasets_map.py), `num_proc=N`, from an empty cache;
+* gigatoken gigatoken's file API, `Tokenizer(tokenizer.json).encode_files(ParquetFileSource(files))`, the
+            whole process (parquet in, ids in memory out; its own threads); flame-prep must be at least
+            as fast, with a peak RSS of at most 1 GiB;
+* stages    flame-prep's time per stage on one thread (read, scan, encode = scan + cache + BPE, write;
+            preprocess/examples/stages.rs).
 
-Text MB/s counts the UTF-8 bytes of the documents' text (the same for every tool); peak RSS is the
+--peers picks which of ceiling, megatron, datasets, gigatoken run (all by default).
+
+flame-prep and gigatoken run --repeat times (3) and the fastest counts. Text MB/s counts the UTF-8 bytes of the documents' text (the same for every tool); peak RSS is the
 largest single process's (`/usr/bin/time`), so for the multi-process peers it understates their total.
 Then the peak RSS of flame-prep on a single document of over 200 MB (the 1 GiB bound).
 Prints a table and the ratios, writes results.json in --work. Run through tools/bench/prep.sh.
@@ -107,6 +114,16 @@ print(json.dumps({"seconds": time.perf_counter() - start, "tokens": tokens}))
 """
 
 
+GIGATOKEN = r"""
+import glob, json, sys
+import gigatoken
+corpus, tokenizer = sys.argv[1], sys.argv[2]
+files = sorted(glob.glob(corpus + "/parquet/*.parquet"))
+ids = gigatoken.Tokenizer(tokenizer).encode_files(gigatoken.ParquetFileSource(files))
+print(json.dumps({"tokens": int(ids.layout.offsets[-1]) - int(ids.layout.offsets[0])}))  # an awkward array
+"""
+
+
 def timed(cmd, env=None, cwd=None):
     """Runs `cmd` under /usr/bin/time; returns (wall seconds, peak RSS MiB, stdout)."""
     with tempfile.NamedTemporaryFile("r", suffix=".time") as rss:
@@ -117,6 +134,13 @@ def timed(cmd, env=None, cwd=None):
         if done.returncode != 0:
             sys.exit(f"failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr[-4000:]}")
         return seconds, int(rss.read().split()[-1]) / 1024, done.stdout
+
+
+def best_of(repeat, run):
+    """The fastest of `repeat` runs of `run` (a `timed` call), with the largest peak RSS among them."""
+    runs = [run() for _ in range(repeat)]
+    fastest = min(runs, key=lambda r: r[0])
+    return fastest[0], max(r[1] for r in runs), fastest[2]
 
 
 def count_megatron_tokens(prefix):
@@ -137,25 +161,33 @@ def bench_tokenizer(args, corpus, text_bytes, name):
     python = sys.executable
     rows = {}
 
-    seconds, rss, out = timed([python, "-c", CEILING, corpus, tok_json])
-    ceiling = json.loads(out)
-    rows["tokenizers (Python) encode_batch_fast"] = (ceiling["seconds"], ceiling["tokens"], rss)
-    seconds, rss, out = timed([args.encode_ceiling, os.path.join(corpus, "parquet"), tok_json])
-    ceiling = json.loads(out)
-    rows["tokenizers crate encode_batch_fast"] = (ceiling["batch_seconds"], ceiling["tokens"], rss)
-    rows[f"tokenizers crate encode_fast × {ceiling['threads']} threads"] = (
-        ceiling["threads_seconds"], ceiling["tokens"], rss)
+    peers = args.peers.split(",")
+    if "ceiling" in peers:
+        seconds, rss, out = timed([python, "-c", CEILING, corpus, tok_json])
+        ceiling = json.loads(out)
+        rows["tokenizers (Python) encode_batch_fast"] = (ceiling["seconds"], ceiling["tokens"], rss)
+        seconds, rss, out = timed([args.encode_ceiling, os.path.join(corpus, "parquet"), tok_json])
+        ceiling = json.loads(out)
+        rows["tokenizers crate encode_batch_fast"] = (ceiling["batch_seconds"], ceiling["tokens"], rss)
+        rows[f"tokenizers crate encode_fast × {ceiling['threads']} threads"] = (
+            ceiling["threads_seconds"], ceiling["tokens"], rss)
+    if "gigatoken" in peers:
+        seconds, rss, out = best_of(args.repeat, lambda: timed([python, "-c", GIGATOKEN, corpus, tok_json]))
+        rows["gigatoken encode_files"] = (seconds, json.loads(out)["tokens"], rss)
 
     for label, extra in [("flame-prep", []),
                          ("flame-prep --context_length 2048 --shuffle", ["--context_length", "2048", "--shuffle"])]:
         out_dir = os.path.join(work, "flame")
-        shutil.rmtree(out_dir, ignore_errors=True)
-        seconds, rss, out = timed([args.flame_prep, "--dataset", os.path.join(corpus, "parquet"),
-                                   "--tokenizer", tok_json, "--workers", str(args.workers),
-                                   "--output", out_dir, "--json", *extra])
+
+        def flame_prep():
+            shutil.rmtree(out_dir, ignore_errors=True)
+            return timed([args.flame_prep, "--dataset", os.path.join(corpus, "parquet"),
+                          "--tokenizer", tok_json, "--workers", str(args.workers),
+                          "--output", out_dir, "--json", *extra])
+        seconds, rss, out = best_of(args.repeat, flame_prep)
         rows[label] = (seconds, json.loads(out)["document_tokens"], rss)
 
-    for label, extra in [("megatron preprocess_data.py (0.16 default)", []),
+    for label, extra in [] if "megatron" not in peers else [("megatron preprocess_data.py (0.16 default)", []),
                          ("megatron ... --tokenizer-hf-include-special-tokens",
                           ["--tokenizer-hf-include-special-tokens"])]:
         prefix = os.path.join(work, "megatron", "out")
@@ -166,15 +198,18 @@ def bench_tokenizer(args, corpus, text_bytes, name):
                                  "--tokenizer-model", tok_dir, "--workers", str(args.workers), *extra])
         rows[label] = (seconds, count_megatron_tokens(prefix + "_text_document"), rss)
 
-    env = dict(os.environ, HF_DATASETS_CACHE=os.path.join(work, "hf-cache"), HF_HUB_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false")
-    seconds, rss, _ = timed([python, os.path.join(HERE, "datasets_map.py"),
-                             "--data-files", os.path.join(corpus, "parquet", "*.parquet"),
-                             "--tokenizer", tok_dir, "--output", os.path.join(work, "datasets"),
-                             "--num-proc", str(args.workers)], env=env)
-    rows["flame datasets.map (legacy)"] = (seconds, None, rss)
+    if "datasets" in peers:
+        env = dict(os.environ, HF_DATASETS_CACHE=os.path.join(work, "hf-cache"), HF_HUB_OFFLINE="1",
+                   TOKENIZERS_PARALLELISM="false")
+        seconds, rss, _ = timed([python, os.path.join(HERE, "datasets_map.py"),
+                                 "--data-files", os.path.join(corpus, "parquet", "*.parquet"),
+                                 "--tokenizer", tok_dir, "--output", os.path.join(work, "datasets"),
+                                 "--num-proc", str(args.workers)], env=env)
+        rows["flame datasets.map (legacy)"] = (seconds, None, rss)
+    _, _, out = timed([args.stages, os.path.join(corpus, "parquet"), tok_json])
+    stages = json.loads(out)
     shutil.rmtree(work, ignore_errors=True)
-    return rows
+    return rows, stages
 
 
 def long_document(args, name):
@@ -204,7 +239,10 @@ def main():
     parser.add_argument("--encode-ceiling", default=os.path.join(ROOT, "target/release/examples/encode_ceiling"))
     parser.add_argument("--shared", default=os.path.join(ROOT, "..", "shared"))
     parser.add_argument("--work", default=os.path.expanduser("~/.cache/flame/bench/prep"))
+    parser.add_argument("--stages", default=os.path.join(ROOT, "target/release/examples/stages"))
     parser.add_argument("--tokenizers", default="gpt2,mistral-7b-v0.1")
+    parser.add_argument("--peers", default="ceiling,megatron,datasets,gigatoken")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of flame-prep and gigatoken; the fastest counts")
     parser.add_argument("--min-mib", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--long-document", default="mistral-7b-v0.1",
@@ -218,8 +256,10 @@ def main():
           f"{os.cpu_count()} CPUs")
     results = {"text_bytes": text_bytes, "documents": num_docs, "workers": args.workers, "tokenizers": {}}
     for name in args.tokenizers.split(","):
-        rows = bench_tokenizer(args, corpus, text_bytes, name)
-        ceiling_seconds = min(seconds for label, (seconds, _, _) in rows.items() if label.startswith("tokenizers"))
+        rows, stages = bench_tokenizer(args, corpus, text_bytes, name)
+        flame_seconds = rows["flame-prep"][0]
+        ceiling_seconds = min([seconds for label, (seconds, _, _) in rows.items() if label.startswith("tokenizers")]
+                              or [flame_seconds])
         ceiling_mbps = mb / ceiling_seconds
         print(f"\n{name}")
         print(f"  {'tool':48} {'seconds':>8} {'MB/s':>7} {'Mtok/s':>7} {'RSS MiB':>8} {'×ceiling':>8}")
@@ -230,19 +270,32 @@ def main():
             print(f"  {label:48} {seconds:8.1f} {mbps:7.2f} {tps} {rss:8.0f} {mbps / ceiling_mbps:8.2f}")
             table[label] = {"seconds": seconds, "tokens": tokens, "peak_rss_mib": rss, "text_mb_per_s": mbps}
         flame = table["flame-prep"]["seconds"]
-        ratios = {
-            "flame_vs_ceiling": ceiling_seconds / flame,
-            "flame_speedup_vs_megatron":
-                min(row["seconds"] for label, row in table.items() if label.startswith("megatron")) / flame,
-            "flame_packed_speedup_vs_datasets_map":
+        ratios = {}
+        if "ceiling" in args.peers:
+            ratios["flame_vs_ceiling"] = ceiling_seconds / flame
+            verdict = "meets" if ratios["flame_vs_ceiling"] >= 0.8 else "MISSES"
+            print(f"  flame-prep end to end = {ratios['flame_vs_ceiling']:.2f}× the raw-encode ceiling "
+                  f"({verdict} the 0.8× requirement)")
+        if "megatron" in args.peers:
+            ratios["flame_speedup_vs_megatron"] = min(
+                row["seconds"] for label, row in table.items() if label.startswith("megatron")) / flame
+            print(f"  {ratios['flame_speedup_vs_megatron']:.2f}× the faster Megatron's speed")
+        if "datasets" in args.peers:
+            ratios["flame_packed_speedup_vs_datasets_map"] = (
                 table["flame datasets.map (legacy)"]["seconds"]
-                / table["flame-prep --context_length 2048 --shuffle"]["seconds"],
-        }
-        verdict = "meets" if ratios["flame_vs_ceiling"] >= 0.8 else "MISSES"
-        print(f"  flame-prep end to end = {ratios['flame_vs_ceiling']:.2f}× the raw-encode ceiling "
-              f"({verdict} the 0.8× requirement); {ratios['flame_speedup_vs_megatron']:.2f}× the faster Megatron's "
-              f"speed; packed+shuffled {ratios['flame_packed_speedup_vs_datasets_map']:.2f}× datasets.map's")
-        results["tokenizers"][name] = {"rows": table, "ratios": ratios}
+                / table["flame-prep --context_length 2048 --shuffle"]["seconds"])
+            print(f"  packed+shuffled {ratios['flame_packed_speedup_vs_datasets_map']:.2f}× datasets.map's speed")
+        if "gigatoken" in args.peers:
+            ratios["flame_vs_gigatoken"] = table["gigatoken encode_files"]["seconds"] / flame
+            rss = table["flame-prep"]["peak_rss_mib"]
+            verdict = "meets" if ratios["flame_vs_gigatoken"] >= 1.0 and rss <= 1024 else "MISSES"
+            print(f"  flame-prep end to end = {ratios['flame_vs_gigatoken']:.2f}× gigatoken's speed, peak RSS "
+                  f"{rss:.0f} MiB ({verdict} the ≥ 1.0×, ≤ 1 GiB requirement)")
+        per_stage = {k: stages[k] for k in ("read", "scan", "encode", "write")}
+        print("  one thread, per stage: " + ", ".join(
+            f"{k} {v:.2f} s ({stages['text_bytes'] / 1e6 / v:.0f} MB/s)" for k, v in per_stage.items())
+              + f"; cache + BPE = encode - scan = {stages['encode'] - stages['scan']:.2f} s")
+        results["tokenizers"][name] = {"rows": table, "ratios": ratios, "stages": stages}
     if args.long_document:
         results["long_document"] = long_document(args, args.long_document)
     with open(os.path.join(args.work, "results.json"), "w") as f:

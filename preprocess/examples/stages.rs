@@ -1,0 +1,81 @@
+//! Where flame-prep's time goes, stage by stage, on one thread, for `tools/bench/prep.py`:
+//!
+//! * `read`: the inputs decoded into documents (parquet / jsonl → strings in memory);
+//! * `scan`: the fast encoder's split into pieces alone (the regex scanner, or SentencePiece's cut);
+//! * `encode`: whole documents to ids through flame-prep's encoder with a cold cache (scan, cache
+//!   lookups and BPE; `encode − scan` is the cache and BPE);
+//! * `write`: the ids written as a Megatron `.bin/.idx` (checksummed, synced).
+//!
+//! Prints `{"text_bytes", "tokens", "read", "scan", "encode", "write"}` (seconds) as JSON.
+//! Usage: `cargo run --release --example stages -- INPUT TOKENIZER_JSON`.
+
+use std::time::Instant;
+
+use flame_formats::TokenDtype;
+use flame_formats::megatron::IndexedDatasetBuilder;
+use flame_preprocess::byte_bpe::ByteLevelBpe;
+use flame_preprocess::source::{open_reader, resolve_inputs};
+use flame_preprocess::spm_bpe::SentencePieceBpe;
+use flame_preprocess::tokenize::{BosPolicy, TextEncoder};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    anyhow::ensure!(args.len() == 3, "usage: stages INPUT TOKENIZER_JSON");
+    let start = Instant::now();
+    let mut texts = Vec::new();
+    for (i, input) in resolve_inputs(&args[1], "train")?.iter().enumerate() {
+        let mut reader = open_reader(input, i, None)?;
+        let mut records = Vec::new();
+        while reader.read_batch(&mut records, 4096, usize::MAX)? {}
+        for record in records {
+            texts.push(record?.text);
+        }
+    }
+    let read = start.elapsed().as_secs_f64();
+    let text_bytes: usize = texts.iter().map(String::len).sum();
+
+    let path = std::path::Path::new(&args[2]);
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(path)?)?;
+    let mut pieces = 0usize;
+    let start = Instant::now();
+    if let Some(encoder) = ByteLevelBpe::from_json(&json) {
+        for text in &texts {
+            encoder.pattern().split(text, |_| pieces += 1);
+        }
+    } else if let Some(encoder) = SentencePieceBpe::from_json(&json) {
+        for text in &texts {
+            encoder.split(text, |_| pieces += 1);
+        }
+    } else {
+        anyhow::bail!("{}: no fast encoder for this tokenizer", path.display());
+    }
+    let scan = start.elapsed().as_secs_f64();
+
+    let encoder = TextEncoder::load(path, BosPolicy::Never, false, false)?;
+    let mut ids: Vec<Vec<u32>> = Vec::with_capacity(texts.len());
+    let start = Instant::now();
+    for text in &texts {
+        let mut out = Vec::new();
+        encoder.encode(text, &mut out)?;
+        ids.push(out);
+    }
+    let encode = start.elapsed().as_secs_f64();
+    let tokens: usize = ids.iter().map(Vec::len).sum();
+
+    let dir = tempfile::tempdir()?;
+    let start = Instant::now();
+    let mut builder = IndexedDatasetBuilder::create(
+        dir.path().join("out"),
+        TokenDtype::for_vocab_size(encoder.info().vocab_size),
+    )?;
+    for document in &ids {
+        builder.add_item(document)?;
+        builder.end_document()?;
+    }
+    builder.finalize()?;
+    let write = start.elapsed().as_secs_f64();
+    println!(
+        r#"{{"text_bytes": {text_bytes}, "tokens": {tokens}, "pieces": {pieces}, "read": {read}, "scan": {scan}, "encode": {encode}, "write": {write}}}"#
+    );
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! A fast, exact encoder for byte-level BPE `tokenizer.json`s (GPT-2, cl100k / Llama-3, Qwen-2,
+//! tekken): no normalizer, a split regex that [`crate::pretok`] scans by hand, then BPE over each
+//! piece's bytes.
+//!
+//! The `tokenizers` crate maps each byte to a printable character (GPT-2's table) before BPE; here the
+//! vocabulary is mapped back to bytes once, and BPE runs on byte ids directly. Pieces → ids are cached.
+//!
+//! [`ByteLevelBpe::from_json`] returns `None` for any `tokenizer.json` of another shape (the caller
+//! then uses the `tokenizers` encoder).
+
+use rustc_hash::FxHashMap as HashMap;
+
+use crate::bpe::{Cache, Merges};
+use crate::pretok::Pattern;
+
+/// The encoder (immutable, shared by threads); each thread keeps its own [`Cache`].
+#[derive(Debug)]
+pub struct ByteLevelBpe {
+    pattern: Pattern,
+    byte_ids: [u32; 256],
+    merges: Merges,
+    /// With `ignore_merges`: every token's bytes, looked up whole before BPE.
+    whole: Option<HashMap<Box<[u8]>, u32>>,
+}
+
+/// GPT-2's byte → character table: printable bytes stand for themselves, the others are shifted
+/// past U+0100 in byte order.
+fn byte_chars() -> [char; 256] {
+    let mut table = ['\0'; 256];
+    let mut shifted = 0u32;
+    for b in 0..=255u8 {
+        let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+        table[usize::from(b)] = if printable {
+            char::from(b)
+        } else {
+            shifted += 1;
+            char::from_u32(0xFF + shifted).expect("below U+0200")
+        };
+    }
+    table
+}
+
+impl ByteLevelBpe {
+    /// The encoder of `json` (a parsed `tokenizer.json`) if it has the shape this module implements;
+    /// `None` otherwise.
+    pub fn from_json(json: &serde_json::Value) -> Option<Self> {
+        let model = &json["model"];
+        let plain = |key: &str| model.get(key).is_none_or(serde_json::Value::is_null);
+        if model["type"] != "BPE"
+            || model.get("byte_fallback").is_some_and(|v| v != false)
+            || !plain("dropout")
+            || !plain("continuing_subword_prefix")
+            || !plain("end_of_word_suffix")
+            || !json["normalizer"].is_null()
+            // Added tokens must all be special (the caller encodes them as text, as flame-prep does).
+            || json["added_tokens"]
+                .as_array()
+                .is_some_and(|added| added.iter().any(|t| t["special"] != true))
+        {
+            return None;
+        }
+        let pattern = Self::split_pattern(&json["pre_tokenizer"])?;
+        let mut to_byte: HashMap<char, u8> = HashMap::default();
+        for (b, c) in (0..=255u8).zip(byte_chars()) {
+            to_byte.insert(c, b);
+        }
+        let mut vocab: HashMap<Box<[u8]>, u32> = HashMap::default();
+        let mut ids: HashMap<&str, u32> = HashMap::default();
+        for (token, id) in model["vocab"].as_object()? {
+            let id = u32::try_from(id.as_u64()?).ok()?;
+            ids.insert(token, id);
+            // Tokens with characters outside the byte table can never come out of BPE over bytes.
+            if let Some(bytes) = token
+                .chars()
+                .map(|c| to_byte.get(&c).copied())
+                .collect::<Option<Box<[u8]>>>()
+            {
+                vocab.insert(bytes, id);
+            }
+        }
+        let mut byte_ids = [0u32; 256];
+        for b in 0..=255u8 {
+            byte_ids[usize::from(b)] = *vocab.get(&[b][..])?;
+        }
+        let merges = Merges::from_json(&model["merges"], |t| ids.get(t).copied())?;
+        let whole = (model["ignore_merges"] == true).then_some(vocab);
+        Some(Self {
+            pattern,
+            byte_ids,
+            merges,
+            whole,
+        })
+    }
+
+    /// The split pattern of a `ByteLevel` pre-tokenizer with GPT-2's regex, or of a `Split` (isolated)
+    /// followed by a `ByteLevel` without one; no prefix space in either.
+    fn split_pattern(pre: &serde_json::Value) -> Option<Pattern> {
+        let byte_level = |p: &serde_json::Value, regex: bool| {
+            p["type"] == "ByteLevel" && p["add_prefix_space"] == false && p["use_regex"] == regex
+        };
+        if byte_level(pre, true) {
+            return Some(Pattern::Gpt2);
+        }
+        match pre["pretokenizers"].as_array()?.as_slice() {
+            [split, last]
+                if pre["type"] == "Sequence"
+                    && split["type"] == "Split"
+                    && split["behavior"] == "Isolated"
+                    && split["invert"] == false
+                    && byte_level(last, false) =>
+            {
+                Pattern::from_regex(split["pattern"]["Regex"].as_str()?)
+            }
+            _ => None,
+        }
+    }
+
+    /// The split pattern.
+    pub fn pattern(&self) -> Pattern {
+        self.pattern
+    }
+
+    /// Appends the ids of `text` (no special tokens) to `out`.
+    pub fn encode(&self, text: &str, cache: &mut Cache, out: &mut Vec<u32>) {
+        self.pattern.split(text, |piece| {
+            cache.encode(piece, out, |out| self.bpe(piece.as_bytes(), out));
+        });
+    }
+
+    fn bpe(&self, piece: &[u8], out: &mut Vec<u32>) {
+        if let Some(id) = self.whole.as_ref().and_then(|whole| whole.get(piece)) {
+            out.push(*id);
+            return;
+        }
+        let symbols = piece
+            .iter()
+            .map(|&b| self.byte_ids[usize::from(b)])
+            .collect();
+        self.merges.merge_all(symbols, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_byte_table_is_gpt2s() {
+        let table = byte_chars();
+        assert_eq!(table[usize::from(b' ')], 'Ġ');
+        assert_eq!(table[usize::from(b'\n')], 'Ċ');
+        assert_eq!(table[usize::from(b'a')], 'a');
+        assert_eq!(table[0], 'Ā');
+        let mut sorted = table.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 256);
+    }
+}

@@ -1,0 +1,459 @@
+//! Hand-written scanners for the split regexes of byte-level BPE tokenizers, giving exactly the pieces
+//! that Oniguruma (the `tokenizers` crate's regex engine) finds with the pattern.
+//!
+//! Three families are implemented, recognised by their exact pattern text ([`Pattern::from_regex`]):
+//! GPT-2's (also the `ByteLevel` pre-tokenizer's own), cl100k / Llama-3's (`\p{N}{1,3}`) with its
+//! Qwen-2 variant (`\p{N}`), and tekken's (o200k style, with cased letter classes). Each alternative
+//! of the pattern is a branch below, tried in the pattern's order; the comments give the alternative.
+//! The backtracking of a regex engine reduces to a few closed forms, derived at each branch.
+//!
+//! The Unicode classes (`\p{L}`, `\p{N}`, `\s`, the cased classes, and which characters `(?i)` folds
+//! onto the letters of `'s 't 're 've 'm 'll 'd`) are not taken from a Unicode table of their own: they
+//! are read once per process out of the same Oniguruma build, by running each class over every code
+//! point ([`Classes::get`]), so that the scanner and the reference can never disagree on a character.
+
+use std::sync::OnceLock;
+
+use rustc_hash::FxHashMap as HashMap;
+use tokenizers::utils::SysRegex;
+
+const LETTER: u8 = 1;
+const NUMBER: u8 = 2;
+const SPACE: u8 = 4;
+/// tekken's `[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]`.
+const UPPER: u8 = 8;
+/// tekken's `[\p{Ll}\p{Lm}\p{Lo}\p{M}]`.
+const LOWER: u8 = 16;
+/// `\r` or `\n`.
+const NEWLINE: u8 = 32;
+
+/// The GPT-2 pattern, which `ByteLevel { use_regex: true }` applies.
+pub const GPT2: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+/// cl100k_base's and Llama-3's pattern.
+pub const CL100K: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen-2's pattern: cl100k's with single digits.
+pub const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// tekken's pattern.
+pub const TEKKEN: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// A split pattern this module scans by hand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pattern {
+    /// [`GPT2`].
+    Gpt2,
+    /// [`CL100K`] (`max_digits` 3) or [`QWEN2`] (`max_digits` 1).
+    Cl100k {
+        /// Digits per piece at most.
+        max_digits: usize,
+    },
+    /// [`TEKKEN`].
+    Tekken,
+}
+
+impl Pattern {
+    /// The scanner for `regex`, if it is one of the patterns above, character for character.
+    pub fn from_regex(regex: &str) -> Option<Self> {
+        match regex {
+            GPT2 => Some(Self::Gpt2),
+            CL100K => Some(Self::Cl100k { max_digits: 3 }),
+            QWEN2 => Some(Self::Cl100k { max_digits: 1 }),
+            TEKKEN => Some(Self::Tekken),
+            _ => None,
+        }
+    }
+
+    /// Calls `piece` with each piece of `text`, in order; the pieces cover `text`.
+    pub fn split<'t>(self, text: &'t str, mut piece: impl FnMut(&'t str)) {
+        let scan = Scan {
+            text,
+            bytes: text.as_bytes(),
+            classes: Classes::get(),
+        };
+        let mut at = 0;
+        while at < text.len() {
+            let end = match self {
+                Self::Gpt2 => scan.gpt2(at),
+                Self::Cl100k { max_digits } => scan.cl100k(at, max_digits),
+                Self::Tekken => scan.tekken(at),
+            };
+            debug_assert!(end > at, "every character starts a match");
+            piece(&text[at..end]);
+            at = end;
+        }
+    }
+}
+
+/// Character classes and case folds, as Oniguruma has them.
+#[derive(Debug)]
+pub struct Classes {
+    /// Class bits per code point.
+    table: Box<[u8]>,
+    /// Characters other than the ASCII letters that `(?i)` matches to one of `s t r e v m l d`.
+    folds: HashMap<char, u8>,
+}
+
+impl Classes {
+    /// The classes, computed on first use (about a tenth of a second) and shared.
+    pub fn get() -> &'static Self {
+        static CLASSES: OnceLock<Classes> = OnceLock::new();
+        CLASSES.get_or_init(Self::from_oniguruma)
+    }
+
+    fn from_oniguruma() -> Self {
+        Self::over(&Self::ASSIGNED)
+    }
+
+    /// The planes that hold characters of the classes above: 0 to 3, and 14's variation selectors
+    /// (marks). Planes 4 to 13 are unassigned and 15 and 16 private use; a test checks them all.
+    const ASSIGNED: [std::ops::Range<u32>; 2] = [0..0x4_0000, 0xE_0000..0xE_1000];
+
+    fn over(ranges: &[std::ops::Range<u32>]) -> Self {
+        let every: String = ranges
+            .iter()
+            .flat_map(Clone::clone)
+            .filter_map(char::from_u32)
+            .collect();
+        let mut table = vec![0u8; 0x11_0000].into_boxed_slice();
+        let classes = [
+            (r"\p{L}+", LETTER),
+            (r"\p{N}+", NUMBER),
+            (r"\s+", SPACE),
+            (r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+", UPPER),
+            (r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]+", LOWER),
+            (r"[\r\n]+", NEWLINE),
+        ];
+        for (pattern, bit) in classes {
+            let regex = SysRegex::new(pattern).expect("a valid class");
+            for (start, end) in regex.find_iter(&every) {
+                for c in every[start..end].chars() {
+                    table[c as usize] |= bit;
+                }
+            }
+        }
+        let mut folds = HashMap::default();
+        let any = SysRegex::new("(?i:[strevmld])").expect("a valid class");
+        let letters: Vec<(u8, SysRegex)> = b"strevmld"
+            .iter()
+            .map(|&l| {
+                (
+                    l,
+                    SysRegex::new(&format!("^(?i:{})$", char::from(l))).expect("valid"),
+                )
+            })
+            .collect();
+        for (start, end) in any.find_iter(&every) {
+            let c = &every[start..end];
+            if !c.is_ascii()
+                && let Some((letter, _)) = letters
+                    .iter()
+                    .find(|(_, r)| r.find_iter(c).next().is_some())
+            {
+                folds.insert(c.chars().next().expect("one character"), *letter);
+            }
+        }
+        Self { table, folds }
+    }
+
+    /// The ASCII lowercase letter that `(?i)` matches `c` to, or `c` itself if it is ASCII.
+    fn fold(&self, c: char) -> Option<u8> {
+        if c.is_ascii() {
+            u8::try_from(c).ok().map(|b| b.to_ascii_lowercase())
+        } else {
+            self.folds.get(&c).copied()
+        }
+    }
+}
+
+/// One text being scanned. Positions are byte offsets at character boundaries.
+struct Scan<'t> {
+    text: &'t str,
+    bytes: &'t [u8],
+    classes: &'static Classes,
+}
+
+impl Scan<'_> {
+    /// The class bits and the UTF-8 length of the character at `at` (`(0, 0)` at the end).
+    #[inline]
+    fn at(&self, at: usize) -> (u8, usize) {
+        match self.bytes.get(at) {
+            None => (0, 0),
+            Some(&b) if b < 0x80 => (self.classes.table[usize::from(b)], 1),
+            Some(_) => {
+                let c = self.text[at..]
+                    .chars()
+                    .next()
+                    .expect("a character boundary");
+                (self.classes.table[c as usize], c.len_utf8())
+            }
+        }
+    }
+
+    /// The end of the run of characters from `at` whose class satisfies `keep`.
+    #[inline]
+    fn run(&self, mut at: usize, keep: impl Fn(u8) -> bool) -> usize {
+        loop {
+            let (class, len) = self.at(at);
+            if len == 0 || !keep(class) {
+                return at;
+            }
+            at += len;
+        }
+    }
+
+    fn other(class: u8) -> bool {
+        class & (LETTER | NUMBER | SPACE) == 0
+    }
+
+    /// `'s|'t|'re|'ve|'m|'ll|'d` after the apostrophe at `at`, case-sensitive or as `(?i)` folds.
+    fn contraction(&self, at: usize, fold: bool) -> Option<usize> {
+        let mut chars = self.text[at + 1..].chars();
+        let letter = |c: Option<char>| -> Option<(u8, usize)> {
+            let c = c?;
+            let folded = if fold {
+                self.classes.fold(c)?
+            } else {
+                u8::try_from(c).ok()?
+            };
+            Some((folded, c.len_utf8()))
+        };
+        let (first, first_len) = letter(chars.next())?;
+        let single = |n: usize| Some(at + 1 + n);
+        match first {
+            b's' | b't' | b'm' | b'd' => single(first_len),
+            b'r' | b'v' | b'l' => {
+                let (second, second_len) = letter(chars.next())?;
+                let wanted = if first == b'l' { b'l' } else { b'e' };
+                (second == wanted).then_some(at + 1 + first_len + second_len)
+            }
+            _ => None,
+        }
+    }
+
+    /// `\s+(?!\S)|\s+` at the whitespace at `at`: the run, less its last character when a non-space
+    /// follows and the run has more than one.
+    fn spaces(&self, at: usize) -> usize {
+        let mut end = at;
+        let mut last = at;
+        loop {
+            let (class, len) = self.at(end);
+            if len == 0 || class & SPACE == 0 {
+                break;
+            }
+            last = end;
+            end += len;
+        }
+        if end == self.bytes.len() || last == at {
+            end
+        } else {
+            last
+        }
+    }
+
+    /// `\s*[\r\n]+` at the whitespace at `at`: up to and including the run's last `\r` or `\n`.
+    fn spaces_to_newline(&self, at: usize) -> Option<usize> {
+        let mut end = at;
+        let mut newline_end = None;
+        loop {
+            let (class, len) = self.at(end);
+            if len == 0 || class & SPACE == 0 {
+                return newline_end;
+            }
+            end += len;
+            if class & NEWLINE != 0 {
+                newline_end = Some(end);
+            }
+        }
+    }
+
+    fn gpt2(&self, at: usize) -> usize {
+        let first = self.bytes[at];
+        // 's|'t|'re|'ve|'m|'ll|'d
+        if first == b'\''
+            && let Some(end) = self.contraction(at, false)
+        {
+            return end;
+        }
+        // ` ?\p{L}+`, ` ?\p{N}+`, ` ?[^\s\p{L}\p{N}]+`: with the space if one leads (a space is in none of
+        // the three classes, so without it they cannot match there).
+        let from = if first == b' ' { at + 1 } else { at };
+        let (class, len) = self.at(from);
+        if len > 0 {
+            if class & LETTER != 0 {
+                return self.run(from, |c| c & LETTER != 0);
+            }
+            if class & NUMBER != 0 {
+                return self.run(from, |c| c & NUMBER != 0);
+            }
+            if Self::other(class) {
+                return self.run(from, Self::other);
+            }
+        }
+        self.spaces(at)
+    }
+
+    fn cl100k(&self, at: usize, max_digits: usize) -> usize {
+        let (class, len) = self.at(at);
+        // (?i:'s|'t|'re|'ve|'m|'ll|'d)
+        if self.bytes[at] == b'\''
+            && let Some(end) = self.contraction(at, true)
+        {
+            return end;
+        }
+        // [^\r\n\p{L}\p{N}]?\p{L}+
+        if class & LETTER != 0 {
+            return self.run(at, |c| c & LETTER != 0);
+        }
+        if class & (NEWLINE | NUMBER) == 0 && self.at(at + len).0 & LETTER != 0 {
+            return self.run(at + len, |c| c & LETTER != 0);
+        }
+        // \p{N}{1,max}
+        if class & NUMBER != 0 {
+            let mut end = at;
+            for _ in 0..max_digits {
+                let (class, len) = self.at(end);
+                if len == 0 || class & NUMBER == 0 {
+                    break;
+                }
+                end += len;
+            }
+            return end;
+        }
+        // ` ?[^\s\p{L}\p{N}]+[\r\n]*`
+        if let Some(end) = self.punctuation(at, |c| c == b'\r' || c == b'\n') {
+            return end;
+        }
+        // \s*[\r\n]+, then \s+(?!\S)|\s+
+        self.spaces_to_newline(at)
+            .unwrap_or_else(|| self.spaces(at))
+    }
+
+    /// ` ?[^\s\p{L}\p{N}]+` followed by the bytes `tail` accepts, repeated.
+    fn punctuation(&self, at: usize, tail: impl Fn(u8) -> bool) -> Option<usize> {
+        let from = if self.bytes[at] == b' ' { at + 1 } else { at };
+        let (class, len) = self.at(from);
+        if len == 0 || !Self::other(class) {
+            return None;
+        }
+        let mut end = self.run(from, Self::other);
+        while self.bytes.get(end).is_some_and(|&b| tail(b)) {
+            end += 1;
+        }
+        Some(end)
+    }
+
+    /// `[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+` from `at`. The upper run is taken
+    /// whole; if a lower character follows, the lower run from there ends the match; otherwise the
+    /// engine gives back upper characters until the last one that is also lower, which ends it.
+    fn cased_lower(&self, at: usize) -> Option<usize> {
+        let mut end = at;
+        let mut last_lower_end = None;
+        loop {
+            let (class, len) = self.at(end);
+            if len == 0 || class & UPPER == 0 {
+                if len > 0 && class & LOWER != 0 {
+                    return Some(self.run(end, |c| c & LOWER != 0));
+                }
+                return last_lower_end;
+            }
+            end += len;
+            if class & LOWER != 0 {
+                last_lower_end = Some(end);
+            }
+        }
+    }
+
+    /// `[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*` from `at`.
+    fn cased_upper(&self, at: usize) -> Option<usize> {
+        if self.at(at).0 & UPPER == 0 {
+            return None;
+        }
+        let end = self.run(at, |c| c & UPPER != 0);
+        Some(self.run(end, |c| c & LOWER != 0))
+    }
+
+    fn tekken(&self, at: usize) -> usize {
+        let (class, len) = self.at(at);
+        // The optional `[^\r\n\p{L}\p{N}]` leading the first two alternatives: tried with it, then without.
+        let lead = class & (NEWLINE | LETTER | NUMBER) == 0;
+        for cased in [Self::cased_lower, Self::cased_upper] {
+            if lead && let Some(end) = cased(self, at + len) {
+                return end;
+            }
+            if let Some(end) = cased(self, at) {
+                return end;
+            }
+        }
+        // \p{N}
+        if class & NUMBER != 0 {
+            return at + len;
+        }
+        // ` ?[^\s\p{L}\p{N}]+[\r\n/]*`
+        if let Some(end) = self.punctuation(at, |c| matches!(c, b'\r' | b'\n' | b'/')) {
+            return end;
+        }
+        self.spaces_to_newline(at)
+            .unwrap_or_else(|| self.spaces(at))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pieces(pattern: Pattern, text: &str) -> Vec<&str> {
+        let mut out = Vec::new();
+        pattern.split(text, |p| out.push(p));
+        out
+    }
+
+    fn oniguruma<'t>(regex: &str, text: &'t str) -> Vec<&'t str> {
+        let regex = SysRegex::new(regex).unwrap();
+        regex.find_iter(text).map(|(s, e)| &text[s..e]).collect()
+    }
+
+    #[test]
+    fn the_patterns_split_as_oniguruma_does_on_edge_cases() {
+        let texts = [
+            "Hello world's  end\n\n  x",
+            "I'LL 'Re 'ſ 'Ve don't 12345 x\r\n\r\n \t y  ",
+            "ÉCOLE École eCOLE ǅungla 𝐀𝐛 a\u{301}b \u{301}x !/\n/ a/b",
+            "   ",
+            "\n",
+            " ",
+            "'",
+            "x  \n  y",
+            "١٢٣٤ 一二三 ⅫⅢ",
+        ];
+        for (regex, pattern) in [
+            (GPT2, Pattern::Gpt2),
+            (CL100K, Pattern::Cl100k { max_digits: 3 }),
+            (QWEN2, Pattern::Cl100k { max_digits: 1 }),
+            (TEKKEN, Pattern::Tekken),
+        ] {
+            assert_eq!(Pattern::from_regex(regex), Some(pattern));
+            for text in texts {
+                assert_eq!(
+                    pieces(pattern, text),
+                    oniguruma(regex, text),
+                    "{pattern:?} on {text:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_planes_left_out_hold_no_character_of_a_class() {
+        let everything = Classes::over(&[0..0x8_0000, 0x8_0000..0x11_0000]);
+        let assigned = Classes::get();
+        assert_eq!(everything.table, assigned.table);
+        assert_eq!(everything.folds, assigned.folds);
+        assert!(assigned.table[0x4_0000..0xE_0000].iter().all(|&c| c == 0));
+    }
+
+    #[test]
+    fn the_long_s_folds_to_s() {
+        assert_eq!(Classes::get().fold('ſ'), Some(b's'));
+        assert_eq!(Classes::get().fold('x'), Some(b'x'));
+    }
+}
