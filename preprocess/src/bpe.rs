@@ -44,17 +44,18 @@ impl Merges {
 
     /// BPE over `symbols` as `tokenizers`' `Word::merge_all`: the pair of lowest rank, leftmost first,
     /// until none is left. Appends the result to `out`.
-    pub fn merge_all(&self, mut symbols: Vec<u32>, out: &mut Vec<u32>) {
+    pub fn merge_all(&self, symbols: impl ExactSizeIterator<Item = u32>, out: &mut Vec<u32>) {
         let n = symbols.len();
-        if n < 2 {
-            out.extend_from_slice(&symbols);
-            return;
-        }
         if n <= SHORT {
-            self.merge_short(&mut symbols);
-            out.extend_from_slice(&symbols);
+            let mut short = [0u32; SHORT];
+            for (slot, symbol) in short.iter_mut().zip(symbols) {
+                *slot = symbol;
+            }
+            let n = self.merge_short(&mut short[..n]);
+            out.extend_from_slice(&short[..n]);
             return;
         }
+        let mut symbols: Vec<u32> = symbols.collect();
         let mut next: Vec<usize> = (1..=n).collect();
         let mut prev: Vec<usize> = (0..n).map(|i| i.wrapping_sub(1)).collect();
         let mut alive = vec![true; n];
@@ -96,47 +97,56 @@ impl Merges {
 
 /// Pieces of up to this many symbols are merged by scanning an array of pair ranks, longer ones with a
 /// heap.
-const SHORT: usize = 48;
+const SHORT: usize = 64;
 
 impl Merges {
-    /// [`Merges::merge_all`] for a short piece: the ranks of adjacent pairs in an array, the lowest
-    /// (leftmost on a tie) merged, and the two pairs around it looked up again.
-    fn merge_short(&self, symbols: &mut Vec<u32>) {
-        let none = (u32::MAX, 0);
-        let mut ranks: Vec<(u32, u32)> = symbols
-            .windows(2)
-            .map(|pair| self.get(pair[0], pair[1]).unwrap_or(none))
-            .collect();
-        loop {
-            let Some((i, &(rank, merged))) = ranks
-                .iter()
-                .enumerate()
-                .min_by_key(|&(i, &(rank, _))| (rank, i))
-            else {
-                return;
-            };
+    /// [`Merges::merge_all`] for a short piece, in place: the ranks of adjacent pairs in an array, the
+    /// lowest (leftmost on a tie) merged, and the two pairs around it looked up again. Returns how many
+    /// symbols are left at the front of `symbols`.
+    fn merge_short(&self, symbols: &mut [u32]) -> usize {
+        const NONE: (u32, u32) = (u32::MAX, 0);
+        let mut n = symbols.len();
+        let mut ranks = [NONE; SHORT];
+        for i in 1..n {
+            ranks[i - 1] = self.get(symbols[i - 1], symbols[i]).unwrap_or(NONE);
+        }
+        while n > 1 {
+            let mut best = 0;
+            for i in 1..n - 1 {
+                if ranks[i].0 < ranks[best].0 {
+                    best = i;
+                }
+            }
+            let (rank, merged) = ranks[best];
             if rank == u32::MAX {
-                return;
+                break;
             }
-            symbols[i] = merged;
-            symbols.remove(i + 1);
-            ranks.remove(i);
-            if i < ranks.len() {
-                ranks[i] = self.get(symbols[i], symbols[i + 1]).unwrap_or(none);
+            symbols[best] = merged;
+            symbols.copy_within(best + 2..n, best + 1);
+            ranks.copy_within(best + 1..n - 1, best);
+            n -= 1;
+            if best + 1 < n {
+                ranks[best] = self.get(symbols[best], symbols[best + 1]).unwrap_or(NONE);
             }
-            if i > 0 {
-                ranks[i - 1] = self.get(symbols[i - 1], symbols[i]).unwrap_or(none);
+            if best > 0 {
+                ranks[best - 1] = self.get(symbols[best - 1], symbols[best]).unwrap_or(NONE);
             }
         }
+        n
     }
 }
 
-/// Piece → ids, per thread, bounded. Pieces of up to 15 bytes (nearly all) are keyed by their bytes
-/// packed in a `u128`, and their ids are kept inline or in an arena, so a lookup hashes and compares
-/// integers and the cache allocates nothing per entry.
+/// Piece → ids, per thread, bounded.
+///
+/// Pieces of up to 15 bytes (nearly all) are packed with their length into a `u128` key and kept in a
+/// two-way set-associative table: one 64-byte line per set, ids inline (or in an arena when a piece
+/// has more than [`INLINE`]), so a lookup touches one line and nothing is allocated per entry. Pieces
+/// are looked up a few behind the scanner ([`Cache::encode_pieces`]): each one's line is prefetched
+/// when it is scanned, so the misses of the long tail of rare words overlap instead of queueing.
+/// Longer pieces (up to 64 bytes) go to a hash map; longer still are not cached.
 #[derive(Debug, Default)]
 pub struct Cache {
-    short: HashMap<u128, Ids>,
+    sets: Vec<Set>,
     long: HashMap<Box<str>, Ids>,
     /// Ids of entries with more than [`INLINE`].
     arena: Vec<u32>,
@@ -146,16 +156,35 @@ pub struct Cache {
 const INLINE: usize = 3;
 
 /// A cached piece's ids: inline, or `len` ids from `ids[0]` in the arena.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 struct Ids {
     len: u32,
     ids: [u32; INLINE],
 }
 
+/// Two entries, most recently used first; a key of 0 is empty (no piece packs to 0).
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(align(64))]
+struct Set([(u128, Ids); 2]);
+
+/// Sets per cache (2^19: 32 MiB, 1,048,576 short pieces).
+const SET_BITS: u32 = 19;
 /// Pieces longer than this (bytes) are not cached.
 const CACHED_PIECE_BYTES: usize = 64;
-/// Entries kept per cache; it is emptied when full.
-const CACHE_ENTRIES: usize = 1 << 20;
+/// Long pieces kept; the cache is emptied when there are more.
+const LONG_ENTRIES: usize = 1 << 18;
+/// Arena ids kept; the cache is emptied when there are more.
+const ARENA_IDS: usize = 1 << 22;
+/// Pieces scanned ahead of their lookup.
+const LOOKAHEAD: usize = 8;
+
+/// A piece's key and set, computed (and its line prefetched) when it is scanned.
+#[derive(Clone, Copy, Debug, Default)]
+struct Probe {
+    /// 0 for a piece of 16 bytes or more.
+    key: u128,
+    set: usize,
+}
 
 impl Cache {
     /// Empties the cache if it was filled for another encoder than `owner` (a number unique to each).
@@ -167,29 +196,94 @@ impl Cache {
     }
 
     fn clear(&mut self) {
-        self.short.clear();
+        self.sets.fill(Set::default());
         self.long.clear();
         self.arena.clear();
     }
 
-    /// Appends the ids of `piece` to `out`: from the cache, or from `encode` (which appends them), then
-    /// kept.
+    /// Appends the ids of every piece that `split` produces to `out`, in order: from the cache, or
+    /// from `encode` (which appends a piece's ids), then kept.
     #[inline]
-    pub fn encode(&mut self, piece: &str, out: &mut Vec<u32>, encode: impl FnOnce(&mut Vec<u32>)) {
-        let bytes = piece.as_bytes();
-        if bytes.len() > CACHED_PIECE_BYTES {
-            encode(out);
-            return;
+    pub fn encode_pieces<'t>(
+        &mut self,
+        out: &mut Vec<u32>,
+        encode: impl Fn(&str, &mut Vec<u32>),
+        split: impl FnOnce(&mut dyn FnMut(&'t str)),
+    ) {
+        if self.sets.is_empty() {
+            self.sets = vec![Set::default(); 1 << SET_BITS];
         }
-        let key = (bytes.len() < 16).then(|| pack(bytes));
-        let found = match key {
-            Some(key) => self.short.get(&key),
-            None => self.long.get(piece),
+        let mut ring = [("", Probe::default()); LOOKAHEAD];
+        let mut scanned = 0usize;
+        split(&mut |piece| {
+            let slot = scanned % LOOKAHEAD;
+            if scanned >= LOOKAHEAD {
+                let (old, probe) = ring[slot];
+                self.resolve(old, probe, out, &encode);
+            }
+            ring[slot] = (piece, self.probe(piece));
+            scanned += 1;
+        });
+        for n in scanned.saturating_sub(LOOKAHEAD)..scanned {
+            let (piece, probe) = ring[n % LOOKAHEAD];
+            self.resolve(piece, probe, out, &encode);
+        }
+    }
+
+    /// Appends the ids of one `piece` to `out` (see [`Cache::encode_pieces`]).
+    pub fn encode(
+        &mut self,
+        piece: &str,
+        out: &mut Vec<u32>,
+        encode: impl Fn(&str, &mut Vec<u32>),
+    ) {
+        self.encode_pieces(out, encode, |f| f(piece));
+    }
+
+    #[inline]
+    fn probe(&self, piece: &str) -> Probe {
+        let bytes = piece.as_bytes();
+        if bytes.is_empty() || bytes.len() >= 16 {
+            return Probe::default();
+        }
+        let key = pack(bytes);
+        #[allow(clippy::cast_possible_truncation)] // the top SET_BITS bits of a u64
+        let set = (mix(key) >> (64 - SET_BITS)) as usize;
+        prefetch(&self.sets[set]);
+        Probe { key, set }
+    }
+
+    #[inline]
+    fn resolve(
+        &mut self,
+        piece: &str,
+        probe: Probe,
+        out: &mut Vec<u32>,
+        encode: &impl Fn(&str, &mut Vec<u32>),
+    ) {
+        let found = if probe.key != 0 {
+            let set = &mut self.sets[probe.set].0;
+            if set[0].0 == probe.key {
+                Some(set[0].1)
+            } else if set[1].0 == probe.key {
+                set.swap(0, 1);
+                Some(set[0].1)
+            } else {
+                None
+            }
+        } else if piece.len() <= CACHED_PIECE_BYTES {
+            self.long.get(piece).copied()
+        } else {
+            encode(piece, out);
+            return;
         };
         if let Some(ids) = found {
             let len = ids.len as usize;
             if len <= INLINE {
-                out.extend_from_slice(&ids.ids[..len]);
+                // A fixed-size copy (no call to memcpy), then the surplus cut off.
+                let end = out.len() + len;
+                out.extend_from_slice(&ids.ids);
+                out.truncate(end);
             } else {
                 let from = ids.ids[0] as usize;
                 out.extend_from_slice(&self.arena[from..from + len]);
@@ -197,11 +291,11 @@ impl Cache {
             return;
         }
         let from = out.len();
-        encode(out);
-        if self.short.len() + self.long.len() >= CACHE_ENTRIES {
+        encode(piece, out);
+        let new = &out[from..];
+        if self.arena.len() + new.len() > ARENA_IDS || self.long.len() >= LONG_ENTRIES {
             self.clear();
         }
-        let new = &out[from..];
         let mut ids = Ids {
             len: u32::try_from(new.len()).expect("a piece of at most 64 bytes"),
             ids: [0; INLINE],
@@ -209,15 +303,40 @@ impl Cache {
         if new.len() <= INLINE {
             ids.ids[..new.len()].copy_from_slice(new);
         } else {
-            ids.ids[0] =
-                u32::try_from(self.arena.len()).expect("the arena is bounded by the entries");
+            ids.ids[0] = u32::try_from(self.arena.len()).expect("the arena is bounded");
             self.arena.extend_from_slice(new);
         }
-        match key {
-            Some(key) => self.short.insert(key, ids),
-            None => self.long.insert(piece.into(), ids),
-        };
+        if probe.key != 0 {
+            let set = &mut self.sets[probe.set].0;
+            set[1] = set[0];
+            set[0] = (probe.key, ids);
+        } else {
+            self.long.insert(piece.into(), ids);
+        }
     }
+}
+
+/// A 64-bit hash of a packed piece (the multiply of FxHash, over both halves).
+#[inline]
+fn mix(key: u128) -> u64 {
+    const K: u64 = 0xf135_7aea_2e62_a9c5;
+    #[allow(clippy::cast_possible_truncation)] // the two halves
+    let (lo, hi) = (key as u64, (key >> 64) as u64);
+    (lo.wrapping_mul(K).rotate_left(26) ^ hi).wrapping_mul(K)
+}
+
+/// Asks the CPU to bring `set`'s line into cache (a hint; no effect on what the program computes).
+#[inline]
+fn prefetch(set: &Set) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `_mm_prefetch` reads nothing and cannot fault; the pointer comes from a live reference.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            std::ptr::from_ref(set).cast::<i8>(),
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = set;
 }
 
 /// Up to 15 bytes and their count in a `u128` (built in registers: bytes copied to the stack and read

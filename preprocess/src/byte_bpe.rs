@@ -122,9 +122,11 @@ impl ByteLevelBpe {
 
     /// Appends the ids of `text` (no special tokens) to `out`.
     pub fn encode(&self, text: &str, cache: &mut Cache, out: &mut Vec<u32>) {
-        self.pattern.split(text, |piece| {
-            cache.encode(piece, out, |out| self.bpe(piece.as_bytes(), out));
-        });
+        cache.encode_pieces(
+            out,
+            |piece, out| self.bpe(piece.as_bytes(), out),
+            |piece| self.pattern.split(text, piece),
+        );
     }
 
     fn bpe(&self, piece: &[u8], out: &mut Vec<u32>) {
@@ -132,10 +134,7 @@ impl ByteLevelBpe {
             out.push(*id);
             return;
         }
-        let symbols = piece
-            .iter()
-            .map(|&b| self.byte_ids[usize::from(b)])
-            .collect();
+        let symbols = piece.iter().map(|&b| self.byte_ids[usize::from(b)]);
         self.merges.merge_all(symbols, out);
     }
 }

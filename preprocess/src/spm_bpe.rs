@@ -23,9 +23,34 @@ pub struct SentencePieceBpe {
     byte_ids: Vec<u32>,
     /// Adjacent characters found together in some token: the only places a merge can join.
     joinable: HashSet<(char, char)>,
+    /// The same for pairs of ASCII characters and `▁` (most of any text), as a bit matrix.
+    joinable_small: Box<[u64]>,
 }
 
 const SPACE: char = '\u{2581}';
+
+/// Characters with a place in the bit matrix of joinable pairs: ASCII, then `▁`.
+const SMALL: usize = 129;
+
+#[inline]
+fn small(c: char) -> Option<usize> {
+    match c {
+        '\0'..='\x7f' => Some(c as usize),
+        SPACE => Some(128),
+        _ => None,
+    }
+}
+
+fn joinable_small(joinable: &HashSet<(char, char)>) -> Box<[u64]> {
+    let mut bits = vec![0u64; (SMALL * SMALL).div_ceil(64)].into_boxed_slice();
+    for &(a, b) in joinable {
+        if let (Some(a), Some(b)) = (small(a), small(b)) {
+            let bit = a * SMALL + b;
+            bits[bit / 64] |= 1 << (bit % 64);
+        }
+    }
+    bits
+}
 
 impl SentencePieceBpe {
     /// The encoder of `json` (a parsed `tokenizer.json`) if it has the shape this module implements;
@@ -94,30 +119,67 @@ impl SentencePieceBpe {
             char_ids,
             merges,
             byte_ids,
+            joinable_small: joinable_small(&joinable),
             joinable,
         })
     }
 
     /// Appends the ids of `text` (no special tokens) to `out`.
     pub fn encode(&self, text: &str, cache: &mut Cache, out: &mut Vec<u32>) {
-        self.split(text, |piece| self.piece(piece, cache, out));
+        let normalized = Self::normalize(text);
+        cache.encode_pieces(
+            out,
+            |piece, out| self.bpe(piece, out),
+            |piece| self.cut(&normalized, piece),
+        );
     }
 
     /// Calls `piece` with each piece of the normalized `text`, in order.
-    pub fn split(&self, text: &str, mut piece: impl FnMut(&str)) {
+    pub fn split(&self, text: &str, piece: impl FnMut(&str)) {
+        self.cut(&Self::normalize(text), piece);
+    }
+
+    /// `▁` before the text and for every space (nothing for an empty text).
+    fn normalize(text: &str) -> String {
         if text.is_empty() {
-            return;
+            return String::new();
         }
-        let mut normalized = String::with_capacity(text.len() + 3);
+        let mut normalized = String::with_capacity(text.len() + text.len() / 4 + 3);
         normalized.push(SPACE);
-        for c in text.chars() {
-            normalized.push(if c == ' ' { SPACE } else { c });
+        let mut start = 0;
+        for (at, &b) in text.as_bytes().iter().enumerate() {
+            if b == b' ' {
+                normalized.push_str(&text[start..at]);
+                normalized.push(SPACE);
+                start = at + 1;
+            }
+        }
+        normalized.push_str(&text[start..]);
+        normalized
+    }
+
+    #[inline]
+    fn joinable(&self, a: char, b: char) -> bool {
+        match (small(a), small(b)) {
+            (Some(a), Some(b)) => {
+                let bit = a * SMALL + b;
+                self.joinable_small[bit / 64] >> (bit % 64) & 1 != 0
+            }
+            _ => self.joinable.contains(&(a, b)),
+        }
+    }
+
+    /// Calls `piece` with each piece of `normalized`: cut between characters no token holds side by
+    /// side.
+    fn cut<'s>(&self, normalized: &'s str, mut piece: impl FnMut(&'s str)) {
+        if normalized.is_empty() {
+            return;
         }
         let mut start = 0;
         let mut previous: Option<char> = None;
         for (at, c) in normalized.char_indices() {
             if let Some(p) = previous
-                && !self.joinable.contains(&(p, c))
+                && !self.joinable(p, c)
             {
                 piece(&normalized[start..at]);
                 start = at;
@@ -127,19 +189,18 @@ impl SentencePieceBpe {
         piece(&normalized[start..]);
     }
 
-    fn piece(&self, piece: &str, cache: &mut Cache, out: &mut Vec<u32>) {
-        cache.encode(piece, out, |out| {
-            let mut symbols: Vec<u32> = Vec::with_capacity(piece.len());
-            for c in piece.chars() {
-                if let Some(&id) = self.char_ids.get(&c) {
-                    symbols.push(id);
-                } else {
-                    let mut utf8 = [0u8; 4];
-                    let bytes = c.encode_utf8(&mut utf8).as_bytes();
-                    symbols.extend(bytes.iter().map(|&b| self.byte_ids[usize::from(b)]));
-                }
+    /// BPE over one piece: its characters, or their UTF-8 bytes' fallback tokens, merged.
+    fn bpe(&self, piece: &str, out: &mut Vec<u32>) {
+        let mut symbols: Vec<u32> = Vec::with_capacity(piece.len());
+        for c in piece.chars() {
+            if let Some(&id) = self.char_ids.get(&c) {
+                symbols.push(id);
+            } else {
+                let mut utf8 = [0u8; 4];
+                let bytes = c.encode_utf8(&mut utf8).as_bytes();
+                symbols.extend(bytes.iter().map(|&b| self.byte_ids[usize::from(b)]));
             }
-            self.merges.merge_all(symbols, out);
-        });
+        }
+        self.merges.merge_all(symbols.into_iter(), out);
     }
 }

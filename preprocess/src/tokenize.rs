@@ -97,6 +97,24 @@ thread_local! {
     static FAST_CACHE: std::cell::RefCell<Cache> = std::cell::RefCell::new(Cache::default());
 }
 
+/// The parsed `tokenizer.json` and, unless special tokens are parsed (which the fast encoders leave to
+/// the `tokenizers` crate), its fast encoder, with the tables the encoder will need built.
+fn load_fast(
+    bytes: &[u8],
+    parse_special_tokens: bool,
+) -> serde_json::Result<(serde_json::Value, Option<Fast>)> {
+    let json: serde_json::Value = serde_json::from_slice(bytes)?;
+    let fast = if parse_special_tokens {
+        None
+    } else {
+        Fast::from_json(&json)
+    };
+    if let Some(Fast::ByteLevel(_)) = fast {
+        crate::pretok::Classes::get();
+    }
+    Ok((json, fast))
+}
+
 /// Pieces of one long document encoded at once.
 const PARALLEL_PIECES: usize = 2;
 
@@ -136,8 +154,17 @@ impl TextEncoder {
         };
         let bytes =
             std::fs::read(&file).with_context(|| format!("{}: read tokenizer", file.display()))?;
-        let mut tokenizer = Tokenizer::from_bytes(&bytes)
+        // The `tokenizers` crate's load and flame's own (the JSON tree, the fast encoder and its tables)
+        // run side by side: together they are most of a short run's start-up.
+        let (tokenizer, ours) = std::thread::scope(|scope| {
+            let ours = scope.spawn(|| load_fast(&bytes, parse_special_tokens));
+            (Tokenizer::from_bytes(&bytes), ours.join())
+        });
+        let mut tokenizer = tokenizer
             .map_err(|e| anyhow::anyhow!("{}: not a tokenizer.json: {e}", file.display()))?;
+        let (json, fast) = ours
+            .map_err(|_| anyhow::anyhow!("{}: loading the fast encoder panicked", file.display()))?
+            .with_context(|| format!("{}: not JSON", file.display()))?;
         tokenizer.set_encode_special_tokens(!parse_special_tokens);
         let config = file.with_file_name("tokenizer_config.json");
         let (bos_id, eos_id) =
@@ -161,14 +188,14 @@ impl TextEncoder {
                 file.display()
             );
         }
-        let json: serde_json::Value = serde_json::from_slice(&bytes)
-            .with_context(|| format!("{}: not JSON", file.display()))?;
         let long = Chunker::for_tokenizer(&json)
             .map(|chunker| LongDocuments::new(&tokenizer, chunker))
             .transpose()
             .with_context(|| format!("{}: probe the tokenizer", file.display()))?;
         // The fast path encodes special-token strings as text, as flame-prep does by default.
-        let fast = if let (false, Some(encoder)) = (parse_special_tokens, Fast::from_json(&json)) {
+        // Freeing a large tree takes a while; nothing waits for it.
+        std::thread::spawn(move || drop(json));
+        let fast = if let Some(encoder) = fast {
             let (special_prefix, special_suffix) = special_affixes(&tokenizer)
                 .with_context(|| format!("{}: probe the tokenizer", file.display()))?;
             Some(FastPath {
