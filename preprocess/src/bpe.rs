@@ -6,9 +6,21 @@ use std::collections::BinaryHeap;
 
 use rustc_hash::FxHashMap as HashMap;
 
-/// Pair of ids → (rank, merged id).
+/// Pair of ids → (rank, merged id), in an open-addressed table of `(pair, merge)` words probed
+/// linearly from the pair's hash: a lookup mostly reads one cache line.
 #[derive(Debug)]
-pub struct Merges(HashMap<(u32, u32), (u32, u32)>);
+pub struct Merges {
+    slots: Box<[(u64, u64)]>,
+    shift: u32,
+}
+
+/// A slot no pair occupies (ids are below 2^32 - 1).
+const EMPTY: u64 = u64::MAX;
+
+#[inline]
+fn pair(a: u32, b: u32) -> u64 {
+    u64::from(a) << 32 | u64::from(b)
+}
 
 impl Merges {
     /// Reads `model.merges` (`"a b"` strings or `[a, b]` pairs). `id` maps a token to its id; `None`
@@ -29,17 +41,56 @@ impl Merges {
             let merged = id(&joined)?;
             map.insert((id(a)?, id(b)?), (u32::try_from(rank).ok()?, merged));
         }
-        Some(Self(map))
+        // At most half full, so probes are short.
+        let bits = (map.len().max(1) * 2).next_power_of_two().trailing_zeros();
+        let mut merges = Self {
+            slots: vec![(EMPTY, 0); 1 << bits].into_boxed_slice(),
+            shift: 64 - bits,
+        };
+        let mask = merges.slots.len() - 1;
+        for ((a, b), (rank, merged)) in map {
+            let key = pair(a, b);
+            let mut at = merges.home(key);
+            while merges.slots[at].0 != EMPTY {
+                at = (at + 1) & mask;
+            }
+            merges.slots[at] = (key, u64::from(rank) << 32 | u64::from(merged));
+        }
+        Some(merges)
     }
 
     /// The pairs merged.
     pub fn pairs(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
-        self.0.keys().copied()
+        #[allow(clippy::cast_possible_truncation)] // the two halves
+        self.slots
+            .iter()
+            .filter(|(key, _)| *key != EMPTY)
+            .map(|(key, _)| ((key >> 32) as u32, *key as u32))
+    }
+
+    #[inline]
+    fn home(&self, key: u64) -> usize {
+        #[allow(clippy::cast_possible_truncation)] // the top bits, fewer than usize's
+        let home = (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> self.shift) as usize;
+        home
     }
 
     #[inline]
     fn get(&self, a: u32, b: u32) -> Option<(u32, u32)> {
-        self.0.get(&(a, b)).copied()
+        let key = pair(a, b);
+        let mask = self.slots.len() - 1;
+        let mut at = self.home(key);
+        loop {
+            let (k, merge) = self.slots[at];
+            if k == key {
+                #[allow(clippy::cast_possible_truncation)] // the two halves
+                return Some(((merge >> 32) as u32, merge as u32));
+            }
+            if k == EMPTY {
+                return None;
+            }
+            at = (at + 1) & mask;
+        }
     }
 
     /// BPE over `symbols` as `tokenizers`' `Word::merge_all`: the pair of lowest rank, leftmost first,
@@ -141,7 +192,7 @@ impl Merges {
 /// Pieces of up to 15 bytes (nearly all) are packed with their length into a `u128` key and kept in a
 /// two-way set-associative table: one 64-byte line per set, ids inline (or in an arena when a piece
 /// has more than [`INLINE`]), so a lookup touches one line and nothing is allocated per entry. Pieces
-/// are looked up a few behind the scanner ([`Cache::encode_pieces`]): each one's line is prefetched
+/// are looked up a few behind the scanner ([`Cache::lookup`]): each one's line is prefetched
 /// when it is scanned, so the misses of the long tail of rare words overlap instead of queueing.
 /// Longer pieces (up to 64 bytes) go to a hash map; longer still are not cached.
 #[derive(Debug, Default)]
@@ -167,8 +218,9 @@ struct Ids {
 #[repr(align(64))]
 struct Set([(u128, Ids); 2]);
 
-/// Sets per cache (2^19: 32 MiB, 1,048,576 short pieces).
-const SET_BITS: u32 = 19;
+/// Sets per cache (2^17: 8 MiB, 262,144 short pieces; two workers' tables stay within a 32 MiB L3, and 2^18 or
+/// 2^19 sets ran slower end to end for their TLB and cache misses).
+const SET_BITS: u32 = 17;
 /// Pieces longer than this (bytes) are not cached.
 const CACHED_PIECE_BYTES: usize = 64;
 /// Long pieces kept; the cache is emptied when there are more.
@@ -201,43 +253,37 @@ impl Cache {
         self.arena.clear();
     }
 
-    /// Appends the ids of every piece that `split` produces to `out`, in order: from the cache, or
-    /// from `encode` (which appends a piece's ids), then kept.
+    /// A lookup of pieces, in order, appending their ids to `out`: from the cache, or from `encode`
+    /// (which appends a piece's ids), then kept. Give it the pieces with [`Lookup::push`], then call
+    /// [`Lookup::finish`].
     #[inline]
-    pub fn encode_pieces<'t>(
-        &mut self,
-        out: &mut Vec<u32>,
-        encode: impl Fn(&str, &mut Vec<u32>),
-        split: impl FnOnce(&mut dyn FnMut(&'t str)),
-    ) {
+    pub fn lookup<'c, 'o, 't, E: Fn(&str, &mut Vec<u32>)>(
+        &'c mut self,
+        out: &'o mut Vec<u32>,
+        encode: E,
+    ) -> Lookup<'c, 'o, 't, E> {
         if self.sets.is_empty() {
             self.sets = vec![Set::default(); 1 << SET_BITS];
         }
-        let mut ring = [("", Probe::default()); LOOKAHEAD];
-        let mut scanned = 0usize;
-        split(&mut |piece| {
-            let slot = scanned % LOOKAHEAD;
-            if scanned >= LOOKAHEAD {
-                let (old, probe) = ring[slot];
-                self.resolve(old, probe, out, &encode);
-            }
-            ring[slot] = (piece, self.probe(piece));
-            scanned += 1;
-        });
-        for n in scanned.saturating_sub(LOOKAHEAD)..scanned {
-            let (piece, probe) = ring[n % LOOKAHEAD];
-            self.resolve(piece, probe, out, &encode);
+        Lookup {
+            cache: self,
+            out,
+            encode,
+            ring: [("", Probe::default()); LOOKAHEAD],
+            scanned: 0,
         }
     }
 
-    /// Appends the ids of one `piece` to `out` (see [`Cache::encode_pieces`]).
+    /// Appends the ids of one `piece` to `out` (see [`Cache::lookup`]).
     pub fn encode(
         &mut self,
         piece: &str,
         out: &mut Vec<u32>,
         encode: impl Fn(&str, &mut Vec<u32>),
     ) {
-        self.encode_pieces(out, encode, |f| f(piece));
+        let mut lookup = self.lookup(out, encode);
+        lookup.push(piece);
+        lookup.finish();
     }
 
     #[inline]
@@ -312,6 +358,40 @@ impl Cache {
             set[0] = (probe.key, ids);
         } else {
             self.long.insert(piece.into(), ids);
+        }
+    }
+}
+
+/// Pieces being looked up: each is probed (its set prefetched) when pushed, and resolved
+/// [`LOOKAHEAD`] pieces later.
+#[derive(Debug)]
+pub struct Lookup<'c, 'o, 't, E> {
+    cache: &'c mut Cache,
+    out: &'o mut Vec<u32>,
+    encode: E,
+    ring: [(&'t str, Probe); LOOKAHEAD],
+    scanned: usize,
+}
+
+impl<'t, E: Fn(&str, &mut Vec<u32>)> Lookup<'_, '_, 't, E> {
+    /// The next piece.
+    #[inline]
+    pub fn push(&mut self, piece: &'t str) {
+        let slot = self.scanned % LOOKAHEAD;
+        if self.scanned >= LOOKAHEAD {
+            let (old, probe) = self.ring[slot];
+            self.cache.resolve(old, probe, self.out, &self.encode);
+        }
+        self.ring[slot] = (piece, self.cache.probe(piece));
+        self.scanned += 1;
+    }
+
+    /// Resolves the pieces still waiting.
+    #[inline]
+    pub fn finish(self) {
+        for n in self.scanned.saturating_sub(LOOKAHEAD)..self.scanned {
+            let (piece, probe) = self.ring[n % LOOKAHEAD];
+            self.cache.resolve(piece, probe, self.out, &self.encode);
         }
     }
 }

@@ -122,11 +122,9 @@ impl ByteLevelBpe {
 
     /// Appends the ids of `text` (no special tokens) to `out`.
     pub fn encode(&self, text: &str, cache: &mut Cache, out: &mut Vec<u32>) {
-        cache.encode_pieces(
-            out,
-            |piece, out| self.bpe(piece.as_bytes(), out),
-            |piece| self.pattern.split(text, piece),
-        );
+        let mut lookup = cache.lookup(out, |piece, out| self.bpe(piece.as_bytes(), out));
+        self.pattern.split(text, |piece| lookup.push(piece));
+        lookup.finish();
     }
 
     fn bpe(&self, piece: &[u8], out: &mut Vec<u32>) {

@@ -127,11 +127,9 @@ impl SentencePieceBpe {
     /// Appends the ids of `text` (no special tokens) to `out`.
     pub fn encode(&self, text: &str, cache: &mut Cache, out: &mut Vec<u32>) {
         let normalized = Self::normalize(text);
-        cache.encode_pieces(
-            out,
-            |piece, out| self.bpe(piece, out),
-            |piece| self.cut(&normalized, piece),
-        );
+        let mut lookup = cache.lookup(out, |piece, out| self.bpe(piece, out));
+        self.cut(&normalized, |piece| lookup.push(piece));
+        lookup.finish();
     }
 
     /// Calls `piece` with each piece of the normalized `text`, in order.
