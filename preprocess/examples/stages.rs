@@ -51,6 +51,8 @@ fn main() -> anyhow::Result<()> {
     }
     let scan = start.elapsed().as_secs_f64();
 
+    // The cache of one of a two-worker flame-prep's threads.
+    flame_preprocess::bpe::size_caches(64 << 20, 1);
     let encoder = TextEncoder::load(path, BosPolicy::Never, false, false)?;
     let mut ids: Vec<Vec<u32>> = Vec::with_capacity(texts.len());
     let start = Instant::now();

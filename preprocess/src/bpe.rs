@@ -4,6 +4,8 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use rustc_hash::FxHashMap as HashMap;
 
 /// Pair of ids → (rank, merged id), in an open-addressed table of `(pair, merge)` words probed
@@ -190,7 +192,7 @@ impl Merges {
 /// Piece → ids, per thread, bounded.
 ///
 /// Pieces of up to 15 bytes (nearly all) are packed with their length into a `u128` key and kept in a
-/// two-way set-associative table: one 64-byte line per set, ids inline (or in an arena when a piece
+/// two-way set-associative table ([`size_caches`] sizes it): one 64-byte line per set, ids inline (or in an arena when a piece
 /// has more than [`INLINE`]), so a lookup touches one line and nothing is allocated per entry. Pieces
 /// are looked up a few behind the scanner ([`Cache::lookup`]): each one's line is prefetched
 /// when it is scanned, so the misses of the long tail of rare words overlap instead of queueing.
@@ -198,6 +200,7 @@ impl Merges {
 #[derive(Debug, Default)]
 pub struct Cache {
     sets: Vec<Set>,
+    set_bits: u32,
     long: HashMap<Box<str>, Ids>,
     /// Ids of entries with more than [`INLINE`].
     arena: Vec<u32>,
@@ -218,9 +221,24 @@ struct Ids {
 #[repr(align(64))]
 struct Set([(u128, Ids); 2]);
 
-/// Sets per cache (2^17: 8 MiB, 262,144 short pieces; two workers' tables stay within a 32 MiB L3, and 2^18 or
-/// 2^19 sets ran slower end to end for their TLB and cache misses).
-const SET_BITS: u32 = 17;
+/// Sets per cache, as a power of two, for caches created from now on ([`size_caches`]; 4 MiB until
+/// then).
+static SET_BITS: AtomicU32 = AtomicU32::new(16);
+/// At most 2^20 sets (64 MiB, 2 Mi short pieces) per thread.
+const MAX_SET_BITS: u32 = 20;
+const MIN_SET_BITS: u32 = 12;
+
+/// Sizes the piece caches that threads create from now on so that `threads` of them take about
+/// `bytes` together (each between 256 KiB and 64 MiB). A larger cache misses less: on the GPT-2
+/// benchmark two workers ran fastest with 64 MiB each (L3 and TLB misses did not outweigh that).
+pub fn size_caches(bytes: usize, threads: usize) {
+    SET_BITS.store(set_bits(bytes, threads), Ordering::Relaxed);
+}
+
+fn set_bits(bytes: usize, threads: usize) -> u32 {
+    let per_thread = bytes / threads.max(1) / std::mem::size_of::<Set>();
+    per_thread.max(1).ilog2().clamp(MIN_SET_BITS, MAX_SET_BITS)
+}
 /// Pieces longer than this (bytes) are not cached.
 const CACHED_PIECE_BYTES: usize = 64;
 /// Long pieces kept; the cache is emptied when there are more.
@@ -263,7 +281,8 @@ impl Cache {
         encode: E,
     ) -> Lookup<'c, 'o, 't, E> {
         if self.sets.is_empty() {
-            self.sets = vec![Set::default(); 1 << SET_BITS];
+            self.set_bits = SET_BITS.load(Ordering::Relaxed);
+            self.sets = vec![Set::default(); 1 << self.set_bits];
         }
         Lookup {
             cache: self,
@@ -294,7 +313,7 @@ impl Cache {
         }
         let key = pack(bytes);
         #[allow(clippy::cast_possible_truncation)] // the top SET_BITS bits of a u64
-        let set = (mix(key) >> (64 - SET_BITS)) as usize;
+        let set = (mix(key) >> (64 - self.set_bits)) as usize;
         prefetch(&self.sets[set]);
         Probe { key, set }
     }
@@ -450,6 +469,16 @@ fn pack(bytes: &[u8]) -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn caches_share_the_budget_within_bounds() {
+        assert_eq!(std::mem::size_of::<Set>(), 64);
+        assert_eq!(set_bits(128 << 20, 2), 20);
+        assert_eq!(set_bits(128 << 20, 1), 20);
+        assert_eq!(set_bits(128 << 20, 64), 15);
+        assert_eq!(set_bits(128 << 20, 100_000), 12);
+        assert_eq!(set_bits(0, 0), 12);
+    }
 
     #[test]
     fn packed_pieces_differ_where_the_pieces_do() {

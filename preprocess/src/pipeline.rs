@@ -23,6 +23,9 @@ use crate::tokenize::TextEncoder;
 const BATCH_RECORDS: usize = 256;
 const BATCH_BYTES: usize = 256 << 10;
 
+/// What the workers' piece caches take together (a 2-worker run: 64 MiB each).
+const CACHE_BYTES: usize = 128 << 20;
+
 /// A record's place in the input: the file and how many records of that file come before it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
@@ -75,6 +78,7 @@ pub fn run(
     mut sink: impl FnMut(Position, Item, u64) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let workers = workers.max(1);
+    crate::bpe::size_caches(CACHE_BYTES, workers);
     let (batch_tx, batch_rx) = bounded::<Batch>(2 * workers);
     let (encoded_tx, encoded_rx) = bounded::<anyhow::Result<Encoded>>(2 * workers);
     let stop = Arc::new(AtomicBool::new(false));
