@@ -12,19 +12,9 @@
 # check 2 alone.)
 set -euo pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-bin="${BIN:-$root/target/release}"
-data="$(cd "${DATA:-$root/tests/data/golden-mistral}" && pwd)"
-python="${PYTHON:-/opt/torch/.venv/bin/python}"
+source "$(dirname "${BASH_SOURCE[0]}")/gpu-env.sh"
 steps="${STEPS:-50}"
 config="$root/configs/transformer_340M.json"
-torchlib="$("$python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
-export LD_LIBRARY_PATH="$torchlib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-work="$(mktemp -d)"
-trap 'kill "${server:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
-coproc SERVER { exec "$bin/flame-stream" serve --listen "unix://$work/s.sock"; }
-server=$SERVER_PID
-read -r _ <&"${SERVER[0]}"
 for global in 8 16; do
     cat > "$work/job$global.toml" <<TOML
 seed = 1

@@ -9,18 +9,9 @@
 # ratios.
 # Usage: BIN=dir-with-flame-stream,flame-train [DATA=dir] [VARLEN_SEQ=65536] bash tools/bench/train.sh [STEPS]
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-bin="${BIN:-$root/target/release}"
-data="$(cd "${DATA:-$root/tests/data/golden-mistral}" && pwd)"
-python="${PYTHON:-/opt/torch/.venv/bin/python}"
+source "$(dirname "${BASH_SOURCE[0]}")/gpu-env.sh"
 steps="${1:-40}"
 config="$root/configs/transformer_340M.json"
-torchlib="$("$python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
-work="$(mktemp -d)"
-trap 'kill "${server:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
-coproc SERVER { exec "$bin/flame-stream" serve --listen "unix://$work/s.sock"; }
-server=$SERVER_PID
-read -r _ <&"${SERVER[0]}"
 
 # flame_train NAME SEQ_LEN BATCH CONTEXT VARLEN [FLAG...]: one run; its rate is the mean of the log windows after
 # the first two (start-up).
