@@ -24,7 +24,19 @@ impl ParquetReader {
     pub fn open(path: &Path, file_index: usize, text_key: Option<&str>) -> anyhow::Result<Self> {
         let file = File::open(path).with_context(|| format!("{}: open", path.display()))?;
         let num_bytes = file.metadata().map_or(0, |m| m.len());
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        // Read through a memory map: the column chunks are decoded where they lie, with no copy into
+        // buffers first (that copy was 7% of flame-prep's time on the GPT-2 benchmark).
+        let bytes = if num_bytes == 0 {
+            bytes::Bytes::new()
+        } else {
+            // SAFETY: the map is read-only and lives as long as the `Bytes` that owns it. Inputs are not
+            // written while flame-prep reads them; a file truncated underneath would fault, as it does
+            // for every reader that maps its inputs (Megatron's included).
+            let map = unsafe { memmap2::Mmap::map(&file) }
+                .with_context(|| format!("{}: map", path.display()))?;
+            bytes::Bytes::from_owner(map)
+        };
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
             .with_context(|| format!("{}: not a readable parquet file", path.display()))?;
         let (column, index) = text_column(builder.schema(), text_key, path)?;
         let leaf = builder
