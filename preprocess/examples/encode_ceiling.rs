@@ -28,7 +28,11 @@ fn main() -> anyhow::Result<()> {
         let mut reader = open_reader(input, i, None)?;
         let mut records = Vec::new();
         while reader.read_batch(&mut records, 4096, usize::MAX)? {}
-        texts.extend(records.into_iter().filter_map(|r| r.ok().map(|d| d.text)));
+        texts.extend(
+            records
+                .into_iter()
+                .filter_map(|r| r.ok().map(|d| String::from(d.text))),
+        );
     }
     let text_bytes: usize = texts.iter().map(String::len).sum();
     let tokenizer = Tokenizer::from_file(&args[2]).map_err(|e| anyhow::anyhow!("{e}"))?;

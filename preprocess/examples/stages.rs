@@ -32,7 +32,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let read = start.elapsed().as_secs_f64();
-    let text_bytes: usize = texts.iter().map(String::len).sum();
+    let text_bytes: usize = texts.iter().map(|text| text.len()).sum();
 
     let path = std::path::Path::new(&args[2]);
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(path)?)?;

@@ -75,7 +75,7 @@ pub fn corpus_texts() -> Vec<String> {
         let mut reader = open_reader(input, i, None).unwrap();
         let mut records = Vec::new();
         while reader.read_batch(&mut records, 1024, usize::MAX).unwrap() {}
-        texts.extend(records.into_iter().map(|r| r.unwrap().text));
+        texts.extend(records.into_iter().map(|r| String::from(r.unwrap().text)));
     }
     texts
 }

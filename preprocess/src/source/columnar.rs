@@ -1,13 +1,14 @@
 //! Reading a string column out of a stream of Arrow record batches: shared by the Parquet and Arrow IPC readers.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Schema};
 
-use super::{BadRecord, Document, Origin, Record, pick_text_column};
+use super::{BadRecord, Document, Origin, Record, Text, pick_text_column};
 
 /// Where a reader stands in a stream of record batches.
 #[derive(Debug)]
@@ -110,7 +111,7 @@ impl ColumnCursor {
                     Some(text) => {
                         num_bytes += text.len();
                         Ok(Document {
-                            text: text.to_owned(),
+                            text: Text::in_column(Arc::clone(column), row),
                             origin: Origin {
                                 file_index: self.file_index,
                                 position,

@@ -82,7 +82,7 @@ impl JsonlReader {
             return Err(self.bad("empty document".into()));
         }
         Ok(Document {
-            text,
+            text: text.into(),
             origin: Origin {
                 file_index: self.file_index,
                 position: self.line_number,

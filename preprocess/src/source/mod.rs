@@ -25,9 +25,61 @@ pub use resolve::{InputFile, resolve_inputs};
 #[derive(Debug)]
 pub struct Document {
     /// The text; may be empty.
-    pub text: String,
+    pub text: Text,
     /// Where it came from.
     pub origin: Origin,
+}
+
+/// A document's text: owned, or read in place from a column of Arrow strings (parquet, Arrow IPC), whose
+/// buffers it keeps alive, so that no text is copied between the file and the encoder.
+#[derive(Clone, Debug)]
+pub struct Text(TextKind);
+
+#[derive(Clone, Debug)]
+enum TextKind {
+    Owned(String),
+    Column {
+        column: arrow_array::ArrayRef,
+        row: usize,
+    },
+}
+
+impl Text {
+    /// The string at `row` of `column` (a `Utf8`, `LargeUtf8` or `Utf8View` array, not null there).
+    pub fn in_column(column: arrow_array::ArrayRef, row: usize) -> Self {
+        Self(TextKind::Column { column, row })
+    }
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        use arrow_array::cast::AsArray;
+        match &self.0 {
+            TextKind::Owned(text) => text,
+            TextKind::Column { column, row } => match column.data_type() {
+                arrow_schema::DataType::Utf8 => column.as_string::<i32>().value(*row),
+                arrow_schema::DataType::LargeUtf8 => column.as_string::<i64>().value(*row),
+                _ => column.as_string_view().value(*row),
+            },
+        }
+    }
+}
+
+impl From<String> for Text {
+    fn from(text: String) -> Self {
+        Self(TextKind::Owned(text))
+    }
+}
+
+impl From<Text> for String {
+    fn from(text: Text) -> Self {
+        match text.0 {
+            TextKind::Owned(text) => text,
+            TextKind::Column { .. } => (*text).to_owned(),
+        }
+    }
 }
 
 /// A position in an input: the file and the 1-based line (jsonl, text) or 0-based row (parquet, arrow).
@@ -215,6 +267,25 @@ pub(crate) fn pick_text_column<'a>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn text_read_in_place_from_every_kind_of_string_column() {
+        use arrow_array::{ArrayRef, LargeStringArray, StringArray, StringViewArray};
+        let columns: [ArrayRef; 3] = [
+            Arc::new(StringArray::from(vec!["a", "Grüße"])),
+            Arc::new(LargeStringArray::from(vec!["a", "Grüße"])),
+            Arc::new(StringViewArray::from(vec![
+                "a",
+                "a string longer than twelve bytes",
+            ])),
+        ];
+        for column in columns {
+            let text = Text::in_column(Arc::clone(&column), 1);
+            assert!(text.len() > 5);
+            assert_eq!(String::from(text.clone()), &*text);
+        }
+        assert_eq!(&*Text::from("owned".to_owned()), "owned");
+    }
+
     use super::*;
 
     #[test]

@@ -40,7 +40,7 @@ impl DocumentReader for TextReader {
                 reason: "empty document".into(),
             }),
             Ok(text) => Ok(Document {
-                text,
+                text: text.into(),
                 origin: Origin {
                     file_index: self.file_index,
                     position: 1,
