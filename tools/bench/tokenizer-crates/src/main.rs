@@ -73,19 +73,23 @@ fn candidates(name: &str, file: &Path) -> Vec<(&'static str, Result<Encode, Stri
             }))
         }),
     ];
-    // flame-prep's own fast path, where it applies (SentencePiece-style BPE).
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(file).expect("read")).expect("json");
-    if let Some(encoder) = flame_preprocess::spm_bpe::SentencePieceBpe::from_json(&json) {
-        let cache = std::cell::RefCell::new(flame_preprocess::spm_bpe::Cache::default());
-        out.push((
-            "flame spm_bpe",
+    // flame-prep's own fast encoders (every tokenizer here has one), as flame-prep runs them.
+    match flame_preprocess::tokenize::TextEncoder::load(
+        file,
+        flame_preprocess::tokenize::BosPolicy::Never,
+        false,
+        false,
+    ) {
+        Ok(encoder) if encoder.fast_path().is_some() => out.push((
+            "flame-prep",
             Ok(Box::new(move |s: &str| {
                 let mut ids = Vec::new();
-                encoder.encode(s, &mut cache.borrow_mut(), &mut ids);
+                encoder.encode(s, &mut ids).map_err(|e| e.to_string())?;
                 Ok(ids)
             }) as Encode),
-        ));
+        )),
+        Ok(_) => {}
+        Err(e) => out.push(("flame-prep", Err(e.to_string()))),
     }
     // GitHub's bpe ships prebuilt OpenAI encodings only (cl100k, o200k); it cannot load a tokenizer.json.
     if name == "cl100k_base" {
