@@ -193,7 +193,7 @@ impl Merges {
 ///
 /// Pieces of up to 15 bytes (nearly all) are packed with their length into a `u128` key and kept in a
 /// two-way set-associative table ([`size_caches`] sizes it): one 64-byte line per set, ids inline (or in an arena when a piece
-/// has more than [`INLINE`]), so a lookup touches one line and nothing is allocated per entry. Pieces
+/// has more than three), so a lookup touches one line and nothing is allocated per entry. Pieces
 /// are looked up a few behind the scanner ([`Cache::lookup`]): each one's line is prefetched
 /// when it is scanned, so the misses of the long tail of rare words overlap instead of queueing.
 /// Longer pieces (up to 64 bytes) go to a hash map; longer still are not cached.
@@ -382,7 +382,7 @@ impl Cache {
 }
 
 /// Pieces being looked up: each is probed (its set prefetched) when pushed, and resolved
-/// [`LOOKAHEAD`] pieces later.
+/// eight pieces later.
 #[derive(Debug)]
 pub struct Lookup<'c, 'o, 't, E> {
     cache: &'c mut Cache,

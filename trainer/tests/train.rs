@@ -351,13 +351,7 @@ fn two_ranks_train_as_one_with_accumulation_and_checkpoints_resume_across_world_
         "--nproc-per-node",
         "2",
     ]);
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_flame-train"))
-        .args(&argv(&endpoint, &job, &config, &two, &two_flags)[1..])
-        .env_remove("RANK")
-        .env_remove("SLURM_PROCID")
-        .status()
-        .unwrap();
-    assert!(status.success());
+    launch(&argv(&endpoint, &job, &config, &two, &two_flags));
     // One process, accumulating the same 4 samples over 2 micro-batches.
     let one = run(&args(
         &endpoint,
@@ -394,18 +388,24 @@ fn two_ranks_train_as_one_with_accumulation_and_checkpoints_resume_across_world_
     );
     let mut widen_flags = two_flags.clone();
     widen_flags.extend(["--checkpoint.load_step", "5"]);
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_flame-train"))
-        .args(&argv(&endpoint, &job, &config, &widened, &widen_flags)[1..])
-        .env_remove("RANK")
-        .env_remove("SLURM_PROCID")
-        .status()
-        .unwrap();
-    assert!(status.success());
+    launch(&argv(&endpoint, &job, &config, &widened, &widen_flags));
     assert_close(
         &logged_losses(&widened),
         &one.losses[5..],
         "resumed on 2 ranks",
     );
+}
+
+/// Runs the flame-train binary with `argv` (whose first element is the program name), outside any
+/// launcher's environment, and checks that it succeeds.
+fn launch(argv: &[String]) {
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_flame-train"))
+        .args(&argv[1..])
+        .env_remove("RANK")
+        .env_remove("SLURM_PROCID")
+        .status()
+        .unwrap();
+    assert!(status.success(), "flame-train {:?}: {status}", &argv[1..]);
 }
 
 fn copy_dir(from: &Path, to: &Path) {
