@@ -19,6 +19,21 @@ pub struct Merges {
 /// A slot no pair occupies (ids are below 2^32 - 1).
 const EMPTY: u64 = u64::MAX;
 
+/// Whether `json` (a parsed `tokenizer.json`) has a BPE model with none of the options the fast
+/// encoders leave out (dropout, a subword prefix or suffix), and only special added tokens (the fast
+/// encoders encode their strings as text, as flame-prep does by default).
+pub fn plain_bpe(json: &serde_json::Value) -> bool {
+    let model = &json["model"];
+    let unset = |key: &str| model.get(key).is_none_or(serde_json::Value::is_null);
+    model["type"] == "BPE"
+        && unset("dropout")
+        && unset("continuing_subword_prefix")
+        && unset("end_of_word_suffix")
+        && !json["added_tokens"]
+            .as_array()
+            .is_some_and(|added| added.iter().any(|t| t["special"] != true))
+}
+
 #[inline]
 fn pair(a: u32, b: u32) -> u64 {
     u64::from(a) << 32 | u64::from(b)

@@ -10,7 +10,7 @@
 
 use rustc_hash::FxHashMap as HashMap;
 
-use crate::bpe::{Cache, Merges};
+use crate::bpe::{Cache, Merges, plain_bpe};
 use crate::pretok::Pattern;
 
 /// The encoder (immutable, shared by threads); each thread keeps its own [`Cache`].
@@ -45,17 +45,9 @@ impl ByteLevelBpe {
     /// `None` otherwise.
     pub fn from_json(json: &serde_json::Value) -> Option<Self> {
         let model = &json["model"];
-        let plain = |key: &str| model.get(key).is_none_or(serde_json::Value::is_null);
-        if model["type"] != "BPE"
+        if !plain_bpe(json)
             || model.get("byte_fallback").is_some_and(|v| v != false)
-            || !plain("dropout")
-            || !plain("continuing_subword_prefix")
-            || !plain("end_of_word_suffix")
             || !json["normalizer"].is_null()
-            // Added tokens must all be special (the caller encodes them as text, as flame-prep does).
-            || json["added_tokens"]
-                .as_array()
-                .is_some_and(|added| added.iter().any(|t| t["special"] != true))
         {
             return None;
         }

@@ -13,7 +13,7 @@
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 pub use crate::bpe::Cache;
-use crate::bpe::Merges;
+use crate::bpe::{Merges, plain_bpe};
 
 /// The encoder (immutable, shared by threads); each thread keeps its own [`Cache`].
 #[derive(Debug)]
@@ -57,13 +57,9 @@ impl SentencePieceBpe {
     /// `None` otherwise.
     pub fn from_json(json: &serde_json::Value) -> Option<Self> {
         let model = &json["model"];
-        let plain = |key: &str| model.get(key).is_none_or(serde_json::Value::is_null);
-        if model["type"] != "BPE"
+        if !plain_bpe(json)
             || model["byte_fallback"] != true
             || model.get("ignore_merges").is_some_and(|v| v != false)
-            || !plain("dropout")
-            || !plain("continuing_subword_prefix")
-            || !plain("end_of_word_suffix")
             || !json["pre_tokenizer"].is_null()
         {
             return None;
@@ -75,13 +71,6 @@ impl SentencePieceBpe {
         ]);
         if json["normalizer"]["type"] != "Sequence"
             || serde_json::Value::Array(normalizers.clone()) != expected
-        {
-            return None;
-        }
-        // Added tokens must all be special (the caller encodes them as text, as flame-prep does).
-        if json["added_tokens"]
-            .as_array()
-            .is_some_and(|added| added.iter().any(|t| t["special"] != true))
         {
             return None;
         }
