@@ -289,9 +289,13 @@ impl Cache {
     /// A lookup of pieces, in order, appending their ids to `out`: from the cache, or from `encode`
     /// (which appends a piece's ids), then kept. Give it the pieces with [`Lookup::push`], then call
     /// [`Lookup::finish`].
+    ///
+    /// The pieces are slices of `text` (what lies after a piece in `text` lets its key be read in one
+    /// load).
     #[inline]
     pub fn lookup<'c, 'o, 't, E: Fn(&str, &mut Vec<u32>)>(
         &'c mut self,
+        text: &'t str,
         out: &'o mut Vec<u32>,
         encode: E,
     ) -> Lookup<'c, 'o, 't, E> {
@@ -301,6 +305,7 @@ impl Cache {
         }
         Lookup {
             cache: self,
+            text,
             out,
             encode,
             ring: [("", Probe::default()); LOOKAHEAD],
@@ -308,25 +313,18 @@ impl Cache {
         }
     }
 
-    /// Appends the ids of one `piece` to `out` (see [`Cache::lookup`]).
-    pub fn encode(
-        &mut self,
-        piece: &str,
-        out: &mut Vec<u32>,
-        encode: impl Fn(&str, &mut Vec<u32>),
-    ) {
-        let mut lookup = self.lookup(out, encode);
-        lookup.push(piece);
-        lookup.finish();
-    }
-
+    /// `piece`'s key and set (its line prefetched); `text` holds `piece`.
     #[inline]
-    fn probe(&self, piece: &str) -> Probe {
+    fn probe(&self, text: &str, piece: &str) -> Probe {
         let bytes = piece.as_bytes();
         if bytes.is_empty() || bytes.len() >= 16 {
             return Probe::default();
         }
-        let key = pack(bytes);
+        let start = (piece.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
+        let key = match text.as_bytes().get(start..start + 16) {
+            Some(window) => pack_window(window, bytes.len()),
+            None => pack(bytes),
+        };
         #[allow(clippy::cast_possible_truncation)] // the top SET_BITS bits of a u64
         let set = (mix(key) >> (64 - self.set_bits)) as usize;
         prefetch(&self.sets[set]);
@@ -401,6 +399,7 @@ impl Cache {
 #[derive(Debug)]
 pub struct Lookup<'c, 'o, 't, E> {
     cache: &'c mut Cache,
+    text: &'t str,
     out: &'o mut Vec<u32>,
     encode: E,
     ring: [(&'t str, Probe); LOOKAHEAD],
@@ -408,15 +407,22 @@ pub struct Lookup<'c, 'o, 't, E> {
 }
 
 impl<'t, E: Fn(&str, &mut Vec<u32>)> Lookup<'_, '_, 't, E> {
-    /// The next piece.
+    /// The next piece (a slice of the lookup's text).
     #[inline]
     pub fn push(&mut self, piece: &'t str) {
+        debug_assert!(
+            self.text
+                .as_bytes()
+                .as_ptr_range()
+                .contains(&piece.as_ptr())
+                || piece.is_empty()
+        );
         let slot = self.scanned % LOOKAHEAD;
         if self.scanned >= LOOKAHEAD {
             let (old, probe) = self.ring[slot];
             self.cache.resolve(old, probe, self.out, &self.encode);
         }
-        self.ring[slot] = (piece, self.cache.probe(piece));
+        self.ring[slot] = (piece, self.cache.probe(self.text, piece));
         self.scanned += 1;
     }
 
@@ -451,6 +457,15 @@ fn prefetch(set: &Set) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = set;
+}
+
+/// [`pack`] of the first `len` (below 16) bytes of a 16-byte `window`: one load and a mask.
+#[inline]
+fn pack_window(window: &[u8], len: usize) -> u128 {
+    let mut word = [0u8; 16];
+    word.copy_from_slice(window);
+    let mask = (1u128 << (8 * len)) - 1;
+    u128::from_le_bytes(word) & mask | (len as u128) << 120
 }
 
 /// Up to 15 bytes and their count in a `u128` (built in registers: bytes copied to the stack and read
@@ -518,5 +533,19 @@ mod tests {
             pack(&bytes[..11]),
             u128::from_le_bytes(*b"hello world\0\0\0\0\x0b")
         );
+    }
+
+    #[test]
+    fn a_piece_packs_the_same_from_a_window_of_the_text_around_it() {
+        let text: Vec<u8> = (1..=40u8).collect();
+        for start in 0..=24 {
+            for len in 1..16 {
+                assert_eq!(
+                    pack_window(&text[start..start + 16], len),
+                    pack(&text[start..start + len]),
+                    "{start} {len}"
+                );
+            }
+        }
     }
 }

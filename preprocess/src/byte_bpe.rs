@@ -114,7 +114,7 @@ impl ByteLevelBpe {
 
     /// Appends the ids of `text` (no special tokens) to `out`.
     pub fn encode(&self, text: &str, cache: &mut Cache, out: &mut Vec<u32>) {
-        let mut lookup = cache.lookup(out, |piece, out| self.bpe(piece.as_bytes(), out));
+        let mut lookup = cache.lookup(text, out, |piece, out| self.bpe(piece.as_bytes(), out));
         self.pattern.split(text, |piece| lookup.push(piece));
         lookup.finish();
     }

@@ -173,6 +173,19 @@ impl Classes {
     }
 }
 
+/// The top bit of each byte of `word` (little-endian) that is not an ASCII letter, with no branch.
+#[inline(always)]
+fn not_ascii_letters(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const TOPS: u64 = ONES * 0x80;
+    // Lower-cased with the top bits cleared, so adding below can carry into no other byte.
+    let folded = (word | ONES * 0x20) & !TOPS;
+    let from_a = folded + ONES * u64::from(0x80 - b'a');
+    let past_z = folded + ONES * u64::from(0x80 - b'z' - 1);
+    let letters = from_a & !past_z & !word & TOPS;
+    !letters & TOPS
+}
+
 /// One text being scanned. Positions are byte offsets at character boundaries.
 struct Scan<'t> {
     text: &'t str,
@@ -213,6 +226,23 @@ impl Scan<'_> {
             }
             at += len;
         }
+    }
+
+    /// The end of the run of letters from `at` (which starts one): ASCII letters eight bytes at a time,
+    /// then character by character past any other letter.
+    #[inline(always)]
+    fn letters(&self, mut at: usize) -> usize {
+        while let Some(chunk) = self.bytes.get(at..at + 8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            let others = not_ascii_letters(u64::from_le_bytes(word));
+            if others != 0 {
+                at += (others.trailing_zeros() / 8) as usize;
+                break;
+            }
+            at += 8;
+        }
+        self.run(at, |c| c & LETTER != 0)
     }
 
     fn other(class: u8) -> bool {
@@ -296,7 +326,7 @@ impl Scan<'_> {
         let (class, len) = self.at(from);
         if len > 0 {
             if class & LETTER != 0 {
-                return self.run(from, |c| c & LETTER != 0);
+                return self.letters(from);
             }
             if class & NUMBER != 0 {
                 return self.run(from, |c| c & NUMBER != 0);
@@ -319,10 +349,10 @@ impl Scan<'_> {
         }
         // [^\r\n\p{L}\p{N}]?\p{L}+
         if class & LETTER != 0 {
-            return self.run(at, |c| c & LETTER != 0);
+            return self.letters(at);
         }
         if class & (NEWLINE | NUMBER) == 0 && self.at(at + len).0 & LETTER != 0 {
-            return self.run(at + len, |c| c & LETTER != 0);
+            return self.letters(at + len);
         }
         // \p{N}{1,max}
         if class & NUMBER != 0 {
@@ -419,6 +449,28 @@ impl Scan<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_word_test_finds_exactly_the_ascii_letters_at_every_byte() {
+        for b in 0..=255u8 {
+            for lane in 0..8 {
+                let mut word = [b'a'; 8];
+                word[lane] = b;
+                let others = not_ascii_letters(u64::from_le_bytes(word));
+                let expected = if b.is_ascii_alphabetic() {
+                    0
+                } else {
+                    0x80 << (8 * lane)
+                };
+                assert_eq!(others, expected, "byte {b:#x} in lane {lane}");
+                // Neighbours that are not letters (or not ASCII) do not change the verdict.
+                let mut noisy = [0xFFu8; 8];
+                noisy[lane] = b;
+                let others = not_ascii_letters(u64::from_le_bytes(noisy));
+                assert_eq!(others & (0xFF << (8 * lane)), expected, "{b:#x} {lane}");
+            }
+        }
+    }
 
     fn pieces(pattern: Pattern, text: &str) -> Vec<&str> {
         let mut out = Vec::new();

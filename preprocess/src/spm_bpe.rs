@@ -116,7 +116,7 @@ impl SentencePieceBpe {
     /// Appends the ids of `text` (no special tokens) to `out`.
     pub fn encode(&self, text: &str, cache: &mut Cache, out: &mut Vec<u32>) {
         let normalized = Self::normalize(text);
-        let mut lookup = cache.lookup(out, |piece, out| self.bpe(piece, out));
+        let mut lookup = cache.lookup(&normalized, out, |piece, out| self.bpe(piece, out));
         self.cut(&normalized, |piece| lookup.push(piece));
         lookup.finish();
     }
