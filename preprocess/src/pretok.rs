@@ -179,7 +179,7 @@ fn not_ascii_letters(word: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const TOPS: u64 = ONES * 0x80;
     // Lower-cased with the top bits cleared, so adding below can carry into no other byte.
-    let folded = (word | ONES * 0x20) & !TOPS;
+    let folded = (word | (ONES * 0x20)) & !TOPS;
     let from_a = folded + ONES * u64::from(0x80 - b'a');
     let past_z = folded + ONES * u64::from(0x80 - b'z' - 1);
     let letters = from_a & !past_z & !word & TOPS;
