@@ -1,5 +1,5 @@
-//! The tokenization pipeline: one reader thread, `workers` tokenizer threads, and the caller's thread
-//! writing documents in input order.
+//! The tokenization pipeline: one reader thread ([`Reader`], which may be started before the encoder
+//! is loaded), `workers` tokenizer threads, and the caller's thread writing documents in input order.
 //!
 //! ```text
 //! reader ──Batch(seq)──► [bounded] ──► worker × N ──Encoded(seq)──► [bounded] ──► reorder ──► sink
@@ -72,40 +72,75 @@ struct Encoded {
     file_bytes_read: u64,
 }
 
-/// Reads `inputs` from `start` on, tokenizes with `workers` threads and calls `sink` for every record in
-/// input order, with its position and the bytes of its file read by then (for progress).
+/// The reader thread: decodes `inputs` from a position on into batches, ahead of the workers.
+///
+/// It is a thread of its own, so it can start before the encoder is loaded (`flame-prep` starts it
+/// first when there is nothing to resume) and have the first batches decoded by the time the workers
+/// start. Dropping it stops the thread.
+#[derive(Debug)]
+pub struct Reader {
+    start: Position,
+    batches: Receiver<anyhow::Result<Batch>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Reader {
+    /// Starts reading `inputs` at `start`.
+    pub fn spawn(inputs: Vec<InputFile>, text_key: Option<String>, start: Position) -> Self {
+        let (tx, batches) = bounded(READ_AHEAD_BYTES / BATCH_BYTES);
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader_stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            if let Err(e) = read_all(&inputs, text_key.as_deref(), start, &tx, &reader_stop) {
+                let _ = tx.send(Err(e));
+            }
+        });
+        Self {
+            start,
+            batches,
+            stop,
+        }
+    }
+
+    /// Where it started.
+    pub fn start(&self) -> Position {
+        self.start
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Tokenizes what `reader` reads with `workers` threads and calls `sink` for every record in input
+/// order, with its position and the bytes of its file read by then (for progress).
 ///
 /// `sink` returning an error stops the pipeline; so does a whole-file failure in the reader.
 pub fn run(
-    inputs: &[InputFile],
-    text_key: Option<&str>,
+    reader: Reader,
     encoder: &Arc<TextEncoder>,
     workers: usize,
-    start: Position,
     mut sink: impl FnMut(Position, Item, u64) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let workers = workers.max(1);
     crate::bpe::size_caches(CACHE_BYTES, workers);
-    let (batch_tx, batch_rx) = bounded::<Batch>((2 * workers).max(READ_AHEAD_BYTES / BATCH_BYTES));
     let (encoded_tx, encoded_rx) = bounded::<anyhow::Result<Encoded>>(2 * workers);
-    let stop = Arc::new(AtomicBool::new(false));
     std::thread::scope(|scope| {
-        let reader_errors = encoded_tx.clone();
-        let reader_stop = Arc::clone(&stop);
-        scope.spawn(move || {
-            if let Err(e) = read_all(inputs, text_key, start, &batch_tx, &reader_stop) {
-                let _ = reader_errors.send(Err(e));
-            }
-        });
         for _ in 0..workers {
-            let (rx, tx, encoder) = (batch_rx.clone(), encoded_tx.clone(), Arc::clone(encoder));
+            let (rx, tx, encoder) = (
+                reader.batches.clone(),
+                encoded_tx.clone(),
+                Arc::clone(encoder),
+            );
             scope.spawn(move || encode_all(&rx, &tx, &encoder));
         }
-        drop((batch_rx, encoded_tx));
+        drop(encoded_tx);
         let result = write_in_order(&encoded_rx, &mut sink);
         if result.is_err() {
-            stop.store(true, Ordering::Relaxed);
-            // Drain so that blocked senders wake up and every thread ends.
+            reader.stop.store(true, Ordering::Relaxed);
+            // Drain so that blocked workers wake up and end.
             for _ in &encoded_rx {}
         }
         result
@@ -116,7 +151,7 @@ fn read_all(
     inputs: &[InputFile],
     text_key: Option<&str>,
     start: Position,
-    tx: &Sender<Batch>,
+    tx: &Sender<anyhow::Result<Batch>>,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     let mut seq = 0;
@@ -150,12 +185,12 @@ fn read_all(
             if !records.is_empty() {
                 let num_records = records.len() as u64;
                 if tx
-                    .send(Batch {
+                    .send(Ok(Batch {
                         seq,
                         start: Position { file_index, record },
                         records,
                         file_bytes_read: reader.bytes_read(),
-                    })
+                    }))
                     .is_err()
                 {
                     return Ok(());
@@ -171,8 +206,19 @@ fn read_all(
     Ok(())
 }
 
-fn encode_all(rx: &Receiver<Batch>, tx: &Sender<anyhow::Result<Encoded>>, encoder: &TextEncoder) {
+fn encode_all(
+    rx: &Receiver<anyhow::Result<Batch>>,
+    tx: &Sender<anyhow::Result<Encoded>>,
+    encoder: &TextEncoder,
+) {
     for batch in rx {
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
         let mut items = Vec::with_capacity(batch.records.len());
         for record in batch.records {
             items.push(match record {

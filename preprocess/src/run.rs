@@ -95,6 +95,15 @@ pub fn run(config: &Config, quiet: bool) -> anyhow::Result<RunSummary> {
     if let (Some(seed), None) = (config.shuffle_seed, config.partial) {
         return run_shuffled(config, seed, quiet);
     }
+    // With nothing to resume, reading starts at the beginning: the reader decodes the first batches
+    // while the tokenizer loads.
+    let early_reader = (!config.output_dir.join(JOURNAL).is_file()).then(|| {
+        pipeline::Reader::spawn(
+            config.inputs.clone(),
+            config.text_key.clone(),
+            Position::default(),
+        )
+    });
     let encoder = Arc::new(TextEncoder::load(
         &config.tokenizer,
         config.bos,
@@ -153,7 +162,15 @@ pub fn run(config: &Config, quiet: bool) -> anyhow::Result<RunSummary> {
     }
     std::fs::create_dir(&staging).with_context(|| format!("{}: create", staging.display()))?;
 
-    let result = tokenize_into(config, &encoder, dtype, journal, input_bytes, quiet);
+    let reader = match early_reader {
+        Some(reader) if reader.start() == journal.position => reader,
+        _ => pipeline::Reader::spawn(
+            config.inputs.clone(),
+            config.text_key.clone(),
+            journal.position,
+        ),
+    };
+    let result = tokenize_into(config, reader, &encoder, dtype, journal, input_bytes, quiet);
     let _ = std::fs::remove_dir_all(&staging);
     let (sink, counters, seconds) = match result {
         Ok(done) => done,
@@ -405,6 +422,7 @@ struct Counters {
 
 fn tokenize_into(
     config: &Config,
+    reader: pipeline::Reader,
     encoder: &Arc<TextEncoder>,
     dtype: TokenDtype,
     mut journal: Journal,
@@ -442,11 +460,9 @@ fn tokenize_into(
         .scan(0, |acc, f| Some(std::mem::replace(acc, *acc + f.num_bytes)))
         .collect();
     pipeline::run(
-        &config.inputs,
-        config.text_key.as_deref(),
+        reader,
         encoder,
         config.workers,
-        journal.position,
         |position, item, file_bytes_read| {
             match item {
                 Item::Document {
