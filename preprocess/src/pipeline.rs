@@ -119,7 +119,7 @@ impl Drop for Reader {
 ///
 /// `sink` returning an error stops the pipeline; so does a whole-file failure in the reader.
 pub fn run(
-    reader: Reader,
+    reader: &Reader,
     encoder: &Arc<TextEncoder>,
     workers: usize,
     mut sink: impl FnMut(Position, Item, u64) -> anyhow::Result<()>,

@@ -126,35 +126,7 @@ pub fn run(config: &Config, quiet: bool) -> anyhow::Result<RunSummary> {
     }
     std::fs::create_dir_all(dir)
         .with_context(|| format!("{}: create output directory", dir.display()))?;
-    let fingerprint = fingerprint(config, &info, dtype);
-    let journal = load_journal(dir, &fingerprint);
-    let resumed = journal.is_some();
-    let journal = journal.unwrap_or(Journal {
-        version: JOURNAL_VERSION,
-        fingerprint,
-        position: Position::default(),
-        bad_records: 0,
-        text_bytes: 0,
-        sink: SinkState::default(),
-    });
-    remove_journal_and_shards(
-        dir,
-        &journal
-            .sink
-            .shards
-            .iter()
-            .map(|s| s.prefix.clone())
-            .collect::<Vec<_>>(),
-    )?;
-    if resumed {
-        tracing::info!(
-            shards = journal.sink.shards.len(),
-            documents = journal.sink.num_documents,
-            file = journal.position.file_index,
-            record = journal.position.record,
-            "Resuming an interrupted run."
-        );
-    }
+    let (journal, resumed) = start_journal(dir, fingerprint(config, &info, dtype))?;
     let staging = dir.join(STAGING);
     if staging.exists() {
         std::fs::remove_dir_all(&staging)
@@ -162,15 +134,15 @@ pub fn run(config: &Config, quiet: bool) -> anyhow::Result<RunSummary> {
     }
     std::fs::create_dir(&staging).with_context(|| format!("{}: create", staging.display()))?;
 
-    let reader = match early_reader {
-        Some(reader) if reader.start() == journal.position => reader,
-        _ => pipeline::Reader::spawn(
-            config.inputs.clone(),
-            config.text_key.clone(),
-            journal.position,
-        ),
-    };
-    let result = tokenize_into(config, reader, &encoder, dtype, journal, input_bytes, quiet);
+    let result = tokenize_into(
+        config,
+        early_reader,
+        &encoder,
+        dtype,
+        journal,
+        input_bytes,
+        quiet,
+    );
     let _ = std::fs::remove_dir_all(&staging);
     let (sink, counters, seconds) = match result {
         Ok(done) => done,
@@ -211,6 +183,40 @@ pub fn run(config: &Config, quiet: bool) -> anyhow::Result<RunSummary> {
         text_mb_per_s: rate(counters.text_bytes_here) / 1e6,
         tokens_per_s: rate(counters.tokens_here),
     })
+}
+
+/// The journal to go on from (`true`: a run to resume) or a fresh one, with the shards of any other
+/// run removed.
+fn start_journal(dir: &Path, fingerprint: String) -> anyhow::Result<(Journal, bool)> {
+    let journal = load_journal(dir, &fingerprint);
+    let resumed = journal.is_some();
+    let journal = journal.unwrap_or(Journal {
+        version: JOURNAL_VERSION,
+        fingerprint,
+        position: Position::default(),
+        bad_records: 0,
+        text_bytes: 0,
+        sink: SinkState::default(),
+    });
+    remove_journal_and_shards(
+        dir,
+        &journal
+            .sink
+            .shards
+            .iter()
+            .map(|s| s.prefix.clone())
+            .collect::<Vec<_>>(),
+    )?;
+    if resumed {
+        tracing::info!(
+            shards = journal.sink.shards.len(),
+            documents = journal.sink.num_documents,
+            file = journal.position.file_index,
+            record = journal.position.record,
+            "Resuming an interrupted run."
+        );
+    }
+    Ok((journal, resumed))
 }
 
 /// The manifest of a finished run.
@@ -420,9 +426,11 @@ struct Counters {
     tokens_here: u64,
 }
 
+/// Tokenizes into `config.output_dir` from where `journal` says, with `early_reader` if it started
+/// there.
 fn tokenize_into(
     config: &Config,
-    reader: pipeline::Reader,
+    early_reader: Option<pipeline::Reader>,
     encoder: &Arc<TextEncoder>,
     dtype: TokenDtype,
     mut journal: Journal,
@@ -459,8 +467,16 @@ fn tokenize_into(
         .iter()
         .scan(0, |acc, f| Some(std::mem::replace(acc, *acc + f.num_bytes)))
         .collect();
+    let reader = match early_reader {
+        Some(reader) if reader.start() == journal.position => reader,
+        _ => pipeline::Reader::spawn(
+            config.inputs.clone(),
+            config.text_key.clone(),
+            journal.position,
+        ),
+    };
     pipeline::run(
-        reader,
+        &reader,
         encoder,
         config.workers,
         |position, item, file_bytes_read| {
