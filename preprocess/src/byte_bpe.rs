@@ -84,6 +84,12 @@ impl ByteLevelBpe {
         })
     }
 
+    /// Whether `json`'s pre-tokenizer is one whose split this module scans (the rest of the tokenizer
+    /// may still not fit [`ByteLevelBpe::from_json`]).
+    pub fn has_split_pattern(json: &serde_json::Value) -> bool {
+        Self::split_pattern(&json["pre_tokenizer"]).is_some()
+    }
+
     /// The split pattern of a `ByteLevel` pre-tokenizer with GPT-2's regex, or of a `Split` (isolated)
     /// followed by a `ByteLevel` without one; no prefix space in either.
     fn split_pattern(pre: &serde_json::Value) -> Option<Pattern> {

@@ -104,14 +104,16 @@ fn load_fast(
     parse_special_tokens: bool,
 ) -> serde_json::Result<(serde_json::Value, Option<Fast>)> {
     let json: serde_json::Value = serde_json::from_slice(bytes)?;
-    let fast = if parse_special_tokens {
-        None
-    } else {
-        Fast::from_json(&json)
-    };
-    if let Some(Fast::ByteLevel(_)) = fast {
-        crate::pretok::Classes::get();
+    if parse_special_tokens {
+        return Ok((json, None));
     }
+    // The split scanner's character classes take about as long as building the encoder: side by side.
+    let fast = std::thread::scope(|scope| {
+        if ByteLevelBpe::has_split_pattern(&json) {
+            scope.spawn(crate::pretok::Classes::get);
+        }
+        Fast::from_json(&json)
+    });
     Ok((json, fast))
 }
 
