@@ -238,6 +238,10 @@ impl Scan<'_> {
             let others = not_ascii_letters(u64::from_le_bytes(word));
             if others != 0 {
                 at += (others.trailing_zeros() / 8) as usize;
+                // An ASCII byte that is no letter ends the run; another character is looked up.
+                if self.bytes[at] < 0x80 {
+                    return at;
+                }
                 break;
             }
             at += 8;
