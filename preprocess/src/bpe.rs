@@ -315,7 +315,7 @@ const LONG_ENTRIES: usize = 1 << 18;
 /// Arena ids kept; the cache is emptied when there are more.
 const ARENA_IDS: usize = 1 << 22;
 /// Pieces scanned ahead of their lookup.
-const LOOKAHEAD: usize = 8;
+const LOOKAHEAD: usize = 16;
 
 /// A piece's key and set, computed (and its line prefetched) when it is scanned.
 #[derive(Clone, Copy, Debug, Default)]
@@ -475,7 +475,7 @@ impl Cache {
 }
 
 /// Pieces being looked up: each is probed (its set prefetched) when pushed, and resolved
-/// eight pieces later.
+/// sixteen pieces later.
 #[derive(Debug)]
 pub struct Lookup<'c, 'o, 't, E> {
     cache: &'c mut Cache,
