@@ -409,17 +409,23 @@ impl Cache {
             None
         };
         match found {
-            Some(ids) if ids.len as usize <= INLINE => {
-                // A fixed-size copy (no call to memcpy), then the surplus cut off.
-                let end = out.len() + ids.len as usize;
-                out.extend_from_slice(&ids.ids);
-                out.truncate(end);
-            }
-            Some(ids) => {
-                let from = ids.ids[0] as usize;
-                out.extend_from_slice(&self.arena[from..from + ids.len as usize]);
-            }
+            Some(ids) => self.append(ids, out),
             None => self.insert(piece, probe, out, encode),
+        }
+    }
+
+    /// Appends a cached piece's `ids` to `out`.
+    #[inline]
+    fn append(&self, ids: Ids, out: &mut Vec<u32>) {
+        let len = ids.len as usize;
+        if len <= INLINE {
+            // A fixed-size copy (no call to memcpy), then the surplus cut off.
+            let end = out.len() + len;
+            out.extend_from_slice(&ids.ids);
+            out.truncate(end);
+        } else {
+            let from = ids.ids[0] as usize;
+            out.extend_from_slice(&self.arena[from..from + len]);
         }
     }
 
@@ -438,13 +444,8 @@ impl Cache {
                 encode(piece, out);
                 return;
             }
-            if let Some(ids) = self.long.get(piece) {
-                if ids.len as usize <= INLINE {
-                    out.extend_from_slice(&ids.ids[..ids.len as usize]);
-                } else {
-                    let from = ids.ids[0] as usize;
-                    out.extend_from_slice(&self.arena[from..from + ids.len as usize]);
-                }
+            if let Some(&ids) = self.long.get(piece) {
+                self.append(ids, out);
                 return;
             }
         }

@@ -95,9 +95,11 @@ pub fn run(config: &Config, quiet: bool) -> anyhow::Result<RunSummary> {
     if let (Some(seed), None) = (config.shuffle_seed, config.partial) {
         return run_shuffled(config, seed, quiet);
     }
-    // With nothing to resume, reading starts at the beginning: the reader decodes the first batches
-    // while the tokenizer loads.
-    let early_reader = (!config.output_dir.join(JOURNAL).is_file()).then(|| {
+    // With nothing to resume (and something to do), reading starts at the beginning: the reader
+    // decodes the first batches while the tokenizer loads.
+    let complete = config.output_dir.join(MANIFEST_FILE_NAME).is_file() && !config.overwrite;
+    let resuming = config.output_dir.join(JOURNAL).is_file();
+    let early_reader = (!complete && !resuming).then(|| {
         pipeline::Reader::spawn(
             config.inputs.clone(),
             config.text_key.clone(),
