@@ -3,8 +3,9 @@
 # .libtorch in the repository (where .cargo/config.toml sends cargo) and prints the LIBTORCH directory to
 # build flame-train against (../shared/notes/libtorch.md has the why of each step).
 #
-# Cached under ${FLAME_CACHE:-~/.cache/flame}/libtorch-2.11.0 (about 1.2 GB):
-#   torch/{include,lib}     the wheel's libtorch (libtorch_cuda.so too, unused on CPU)
+# Cached under ${FLAME_CACHE:-~/.cache/flame}/libtorch-2.11.0 (about 560 MB; only these files of the wheels
+# are unpacked, so nothing CUDA-only or Python-only takes disk):
+#   torch/include, torch/lib/{libtorch_cpu.so,libc10.so,libgomp.so.1}
 #   nvidia/cu13/lib         libcudart.so.13 and libcupti.so.13, which libtorch_cpu.so needs even on CPU
 #   torch-cpu/              LIBTORCH: include/, and lib/ with libtorch_cpu.so, libc10.so, libgomp.so.1 and a
 #                           stub libtorch.so, so a build here never links CUDA; on a GPU machine the real
@@ -24,18 +25,26 @@ if [[ -f "$dest/.complete" ]]; then
     link
     exit 0
 fi
-echo "setup-libtorch: fetching torch 2.11.0 from PyPI into $dest (about 550 MB)" >&2
+echo "setup-libtorch: fetching torch 2.11.0 from PyPI into $dest (about 550 MB downloaded)" >&2
 rm -rf "$dest.partial"
 mkdir -p "$dest.partial/wheels"
 cd "$dest.partial"
-python3 -m pip download --quiet --disable-pip-version-check --no-deps -d wheels --only-binary=:all: \
+python3 -m pip download --quiet --disable-pip-version-check --no-cache-dir --no-deps -d wheels --only-binary=:all: \
     --python-version 3.11 --platform manylinux_2_28_x86_64 torch==2.11.0 >&2
-python3 -m pip download --quiet --disable-pip-version-check --no-deps -d wheels --only-binary=:all: \
+python3 -m pip download --quiet --disable-pip-version-check --no-cache-dir --no-deps -d wheels --only-binary=:all: \
     'nvidia-cuda-runtime==13.0.96' 'nvidia-cuda-cupti==13.0.85' >&2
-for wheel in wheels/*.whl; do
-    python3 -m zipfile -e "$wheel" .
-done
-rm -rf wheels torch/bin torch/share/cmake/Caffe2/Modules_CUDA_fix
+python3 - wheels/*.whl <<'EOF'
+import sys
+import zipfile
+
+keep_dirs = ("torch/include/", "nvidia/cu13/lib/")
+keep_files = {f"torch/lib/{lib}" for lib in ("libtorch_cpu.so", "libc10.so", "libgomp.so.1")}
+for wheel in sys.argv[1:]:
+    with zipfile.ZipFile(wheel) as archive:
+        names = [n for n in archive.namelist() if n.startswith(keep_dirs) or n in keep_files]
+        archive.extractall(".", names)
+EOF
+rm -rf wheels
 # The CPU view sits beside torch/ so that libtorch_cpu.so's RPATH ($ORIGIN/../../nvidia/cu13/lib, with
 # $ORIGIN the symlink's directory) finds cudart and cupti.
 mkdir -p torch-cpu/lib

@@ -24,10 +24,10 @@ if [[ ! -x "$venv/bin/python" || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]
     rm -rf "$venv"
     mkdir -p "$cache"
     python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir --upgrade pip >&2
     # megatron-core without its torch dependency (see above); everything else as pinned.
-    grep -v '^megatron-core' "$requirements" | "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r /dev/stdin >&2
-    grep '^megatron-core' "$requirements" | "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r /dev/stdin >&2
+    grep -v '^megatron-core' "$requirements" | "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir -r /dev/stdin >&2
+    grep '^megatron-core' "$requirements" | "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir --no-deps -r /dev/stdin >&2
     echo "$want" > "$stamp"
 fi
 echo "$venv/bin/python"
