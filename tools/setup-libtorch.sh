@@ -3,7 +3,7 @@
 # .libtorch in the repository (where .cargo/config.toml sends cargo) and prints the LIBTORCH directory to
 # build flame-train against (../shared/notes/libtorch.md has the why of each step).
 #
-# Cached under ${FLAME_CACHE:-~/.cache/flame}/libtorch-2.11.0 (about 560 MB; only these files of the wheels
+# Cached under ${FLAME_CACHE:-~/.cache/flame}/libtorch-2.11.0 (about 540 MB; only these files of the wheels
 # are unpacked, so nothing CUDA-only or Python-only takes disk):
 #   torch/include, torch/lib/{libtorch_cpu.so,libc10.so,libgomp.so.1}
 #   nvidia/cu13/lib         libcudart.so.13 and libcupti.so.13, which libtorch_cpu.so needs even on CPU
