@@ -24,10 +24,12 @@ if [[ ! -x "$venv/bin/python" || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]
     rm -rf "$venv"
     mkdir -p "$cache"
     python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir --upgrade pip >&2
+    # No pip cache: it would keep a second copy of the 2.6 GB of wheels.
+    install() { "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir "$@" >&2; }
+    install --upgrade pip
     # megatron-core without its torch dependency (see above); everything else as pinned.
-    grep -v '^megatron-core' "$requirements" | "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir -r /dev/stdin >&2
-    grep '^megatron-core' "$requirements" | "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir --no-deps -r /dev/stdin >&2
+    grep -v '^megatron-core' "$requirements" | install -r /dev/stdin
+    grep '^megatron-core' "$requirements" | install --no-deps -r /dev/stdin
     echo "$want" > "$stamp"
 fi
 echo "$venv/bin/python"

@@ -95,11 +95,20 @@ pub fn run(config: &Config, quiet: bool) -> anyhow::Result<RunSummary> {
     if let (Some(seed), None) = (config.shuffle_seed, config.partial) {
         return run_shuffled(config, seed, quiet);
     }
-    // With nothing to resume (and something to do), reading starts at the beginning: the reader
-    // decodes the first batches while the tokenizer loads.
-    let complete = config.output_dir.join(MANIFEST_FILE_NAME).is_file() && !config.overwrite;
-    let resuming = config.output_dir.join(JOURNAL).is_file();
-    let early_reader = (!complete && !resuming).then(|| {
+    let dir = &config.output_dir;
+    let input_bytes: u64 = config.inputs.iter().map(|f| f.num_bytes).sum();
+    if dir.join(MANIFEST_FILE_NAME).is_file() {
+        if !config.overwrite {
+            tracing::info!(output = %dir.display(), "Output is already complete; nothing to do (--overwrite to redo it).");
+            return already_complete(config, input_bytes);
+        }
+        std::fs::remove_file(dir.join(MANIFEST_FILE_NAME))
+            .with_context(|| format!("{}: remove old manifest", dir.display()))?;
+        remove_journal_and_shards(dir, &[])?;
+    }
+    // With nothing to resume, reading starts at the beginning: the reader decodes the first batches
+    // while the tokenizer loads.
+    let early_reader = (!dir.join(JOURNAL).is_file()).then(|| {
         pipeline::Reader::spawn(
             config.inputs.clone(),
             config.text_key.clone(),
@@ -114,18 +123,6 @@ pub fn run(config: &Config, quiet: bool) -> anyhow::Result<RunSummary> {
     )?);
     let info = encoder.info().clone();
     let dtype = TokenDtype::for_vocab_size(info.vocab_size);
-    let dir = &config.output_dir;
-    let input_bytes: u64 = config.inputs.iter().map(|f| f.num_bytes).sum();
-
-    if dir.join(MANIFEST_FILE_NAME).is_file() {
-        if !config.overwrite {
-            tracing::info!(output = %dir.display(), "Output is already complete; nothing to do (--overwrite to redo it).");
-            return already_complete(config, input_bytes);
-        }
-        std::fs::remove_file(dir.join(MANIFEST_FILE_NAME))
-            .with_context(|| format!("{}: remove old manifest", dir.display()))?;
-        remove_journal_and_shards(dir, &[])?;
-    }
     std::fs::create_dir_all(dir)
         .with_context(|| format!("{}: create output directory", dir.display()))?;
     let (journal, resumed) = start_journal(dir, fingerprint(config, &info, dtype))?;
