@@ -5,7 +5,7 @@
 //! Usage: `parity OUT_DIR` → `OUT_DIR/{gqa,tied}/` with `hf/` and `logits.safetensors`.
 
 use flame_trainer::config::ModelConfig;
-use flame_trainer::model::Transformer;
+use flame_trainer::models::Transformer;
 use flame_trainer::parity::write_logits;
 use flame_trainer::train::export_hf;
 use tch::{Device, Tensor, nn};
@@ -35,7 +35,7 @@ fn main() -> anyhow::Result<()> {
             }
         });
         let dir = out.join(name);
-        export_hf(&dir.join("hf"), &vs, &config, None)?;
+        export_hf(&dir.join("hf"), &vs, &model, None)?;
         write_logits(&model, &dir.join("logits.safetensors"))?;
     }
     println!("{}", out.display());

@@ -1,15 +1,22 @@
-//! flame-train: a tch (libtorch) trainer for flame's transformer configs, fed by flame-stream.
+//! flame-train: a tch (libtorch) trainer for flame's model configs, fed by flame-stream.
 //!
-//! [`config`] reads flame's model configs, [`schedule`] is torchtitan's warmup-stable-decay learning
-//! rate, [`model`] the transformer (RMSNorm, RoPE, SwiGLU, MHA/GQA, varlen attention from `cu_seqlens`),
-//! [`optim`] AdamW with checkpointable state, and [`train`] the run: flags, data, step, logs,
-//! checkpoints and the Hugging Face export; [`parity`] writes what the comparison with `transformers`
-//! reads.
+//! [`config`] reads flame's model configs; [`models`] builds them behind one trait (the transformer:
+//! RMSNorm, RoPE, SwiGLU, MHA/GQA, varlen attention from `cu_seqlens`); [`optim`] is AdamW with
+//! checkpointable state and [`schedule`] torchtitan's warmup-stable-decay learning rate. [`train`] is the
+//! loop, from the flags of [`cli`]; around it sit [`data`] (batches from flame-stream), [`checkpoint`],
+//! [`metrics`] (the log line, `metrics.jsonl`, [`tensorboard`] events), [`export`] (the Hugging Face
+//! checkpoint) and [`dist`] (the ranks). [`shim`] binds what tch lacks; [`parity`] writes what the
+//! comparison with `transformers` reads.
 #![warn(missing_docs)]
 
+pub mod checkpoint;
+pub mod cli;
 pub mod config;
+pub mod data;
 pub mod dist;
-pub mod model;
+pub mod export;
+pub mod metrics;
+pub mod models;
 pub mod optim;
 pub mod parity;
 pub mod schedule;

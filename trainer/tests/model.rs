@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use flame_trainer::config::ModelConfig;
-use flame_trainer::model::{Checkpointing, IGNORE, Inputs, Transformer};
+use flame_trainer::models::{Checkpointing, IGNORE, Inputs, Transformer};
 use tch::nn::OptimizerConfig;
 use tch::{Device, Kind, nn};
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use flame_streamer::server::{Endpoint, ServerConfig, serve};
 use flame_trainer::config::ModelConfig;
-use flame_trainer::model::Transformer;
+use flame_trainer::models::Transformer;
 use flame_trainer::parity::write_logits;
 use flame_trainer::train::{Args, run};
 

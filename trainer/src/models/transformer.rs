@@ -1,19 +1,15 @@
-//! The transformer: Hugging Face `LlamaForCausalLM`'s computation (RMSNorm in fp32, rotate-half RoPE,
-//! SwiGLU, multi-head or grouped-query attention) with its parameter names, so that a checkpoint
+//! flame's `transformer`: Hugging Face `LlamaForCausalLM`'s computation (RMSNorm in fp32, rotate-half
+//! RoPE, SwiGLU, multi-head or grouped-query attention) with its parameter names, so that a checkpoint
 //! exports as `model.safetensors` as it is.
-//!
-//! Varlen: each sample's `cu_seqlens` (from flame-stream) restart the positions at every document and
-//! make attention block-diagonal (here a boolean mask for `scaled_dot_product_attention`); the label of
-//! the last token of a document (the next document's first token) is ignored, so nothing is learnt
-//! across a boundary. flame itself lets that token predict the next document's BOS; we do not.
 
 use tch::nn::{self, Init};
-use tch::{Device, Kind, Reduction, Tensor};
+use tch::{Kind, Tensor};
 
+use super::layers::{
+    Rotary, apply_rotary, chunked_head_backward, next_token_loss, rms_norm, swiglu,
+};
+use super::{Checkpointing, Inputs, Model};
 use crate::config::ModelConfig;
-
-/// Label id that the loss ignores.
-pub const IGNORE: i64 = -100;
 
 struct Block {
     input_norm: Tensor,
@@ -37,19 +33,9 @@ pub struct Transformer {
     blocks: Vec<Block>,
     norm: Tensor,
     lm_head: Option<Tensor>,
-    inv_freq: Tensor,
+    rotary: Rotary,
     /// Label positions per chunk of the output layer and loss.
     loss_chunk: i64,
-}
-
-/// How the backward pass gets the forward pass's activations (torchtitan's
-/// `--activation_checkpoint.mode`; its `selective` mode is not implemented).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Checkpointing {
-    /// Every activation is kept.
-    None,
-    /// Only each layer's input is kept; the layer is recomputed in the backward pass.
-    Full,
 }
 
 impl std::fmt::Debug for Transformer {
@@ -58,113 +44,6 @@ impl std::fmt::Debug for Transformer {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
-}
-
-/// A batch as the model takes it: tokens `[B, T]` and, per sample, its `cu_seqlens`.
-#[derive(Debug)]
-pub struct Inputs {
-    /// Token ids, int64 `[B, T]`.
-    pub tokens: Tensor,
-    /// Position of each token in its document, int64 `[B, T]`.
-    pub positions: Tensor,
-    /// `[B, 1, T, T]`, true where a query may attend to a key (causal and within its document), on the
-    /// CPU; `None` for plain causal attention over the whole window, or on CUDA.
-    pub mask: Option<Tensor>,
-    /// On CUDA, for varlen batches: every document of the batch as one packed sequence list
-    /// (`cu_seqlens` int32 over `B × T` tokens) and the longest, for flash attention.
-    pub packed: Option<(Tensor, i64)>,
-    /// Next-token labels `[B, T - 1]`, [`IGNORE`] across document boundaries.
-    pub labels: Tensor,
-}
-
-impl Inputs {
-    /// Builds the inputs of samples of `seq_len` tokens each (`tokens` row-major) with their boundaries.
-    ///
-    /// # Panics
-    /// If the shapes disagree.
-    pub fn new(tokens: &[u32], seq_len: usize, cu_seqlens: &[Vec<u32>], device: Device) -> Self {
-        let batch = cu_seqlens.len();
-        assert_eq!(tokens.len(), batch * seq_len, "tokens are [B, seq_len]");
-        let mut positions = Vec::with_capacity(tokens.len());
-        let mut documents = Vec::with_capacity(tokens.len());
-        let mut labels = Vec::with_capacity(batch * (seq_len - 1));
-        let varlen = cu_seqlens.iter().any(|cu| cu.len() > 2);
-        let as_i64 = |n: usize| i64::try_from(n).expect("sizes fit i64");
-        for (sample, cu) in cu_seqlens.iter().enumerate() {
-            let row = &tokens[sample * seq_len..(sample + 1) * seq_len];
-            let mut doc = 0usize;
-            let mut start = 0usize;
-            for at in 0..seq_len {
-                if cu.get(doc + 1).is_some_and(|&c| c as usize == at) {
-                    doc += 1;
-                    start = at;
-                }
-                positions.push(as_i64(at - start));
-                documents.push(as_i64(doc));
-                if at + 1 < seq_len {
-                    let starts_document = cu.iter().any(|&c| c as usize == at + 1);
-                    labels.push(if starts_document {
-                        IGNORE
-                    } else {
-                        i64::from(row[at + 1])
-                    });
-                }
-            }
-        }
-        let (b, t) = (as_i64(batch), as_i64(seq_len));
-        let ids: Vec<i64> = tokens.iter().map(|&x| i64::from(x)).collect();
-        let packed = (varlen && device.is_cuda()).then(|| {
-            let mut flat = vec![0i32];
-            let mut longest = 0u32;
-            for (sample, cu) in cu_seqlens.iter().enumerate() {
-                let base = u32::try_from(sample * seq_len).expect("batch tokens fit u32");
-                for pair in cu.windows(2) {
-                    longest = longest.max(pair[1] - pair[0]);
-                    flat.push(i32::try_from(base + pair[1]).expect("batch tokens fit i32"));
-                }
-            }
-            (
-                upload(Tensor::from_slice(&flat), device),
-                i64::from(longest),
-            )
-        });
-        let mask = (varlen && !device.is_cuda()).then(|| {
-            let documents = upload(Tensor::from_slice(&documents).view([b, t]), device);
-            let same = documents.unsqueeze(2).eq_tensor(&documents.unsqueeze(1));
-            let causal = Tensor::ones([t, t], (Kind::Bool, device)).tril(0);
-            same.logical_and(&causal).unsqueeze(1)
-        });
-        Self {
-            tokens: upload(Tensor::from_slice(&ids).view([b, t]), device),
-            positions: upload(Tensor::from_slice(&positions).view([b, t]), device),
-            mask,
-            packed,
-            labels: upload(Tensor::from_slice(&labels).view([b, t - 1]), device),
-        }
-    }
-}
-
-/// Moves a host tensor to `device`: on CUDA through pinned memory without waiting, so that the copy
-/// queues behind the GPU's work instead of blocking the host until it is done.
-fn upload(t: Tensor, device: Device) -> Tensor {
-    if device.is_cuda() {
-        crate::shim::pin_memory(&t)
-            .expect("pinned host memory")
-            .to_device_(device, t.kind(), true, false)
-    } else {
-        t
-    }
-}
-
-fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
-    let xf = x.to_kind(Kind::Float);
-    let variance = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
-    (xf * (variance + eps).rsqrt()).to_kind(x.kind()) * weight
-}
-
-fn rotate_half(x: &Tensor) -> Tensor {
-    let half = x.size()[x.dim() - 1] / 2;
-    Tensor::cat(&[-x.narrow(-1, half, half), x.narrow(-1, 0, half)], -1)
 }
 
 impl Transformer {
@@ -216,22 +95,14 @@ impl Transformer {
         let norm = (&model / "norm").var("weight", &[h], Init::Const(1.0));
         let lm_head =
             (!c.tie_word_embeddings).then(|| (vs / "lm_head").var("weight", &[v, h], std));
-        let d = i64::from(c.head_dim());
-        // As Hugging Face: 1 / theta^(2i/d) in float32.
-        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
-        let (d_float, theta) = (d as f64, c.rope_theta as f32);
-        let exponents = Tensor::arange_start_step(0, d, 2, (Kind::Float, vs.device())) / d_float;
-        let inv_freq = Tensor::from(theta)
-            .to_device(vs.device())
-            .pow(&exponents)
-            .reciprocal();
+        let rotary = Rotary::new(i64::from(c.head_dim()), c.rope_theta, vs.device());
         Self {
             config: c.clone(),
             embed,
             blocks,
             norm,
             lm_head,
-            inv_freq,
+            rotary,
             // About 2^28 logits (half a gigabyte in bfloat16) per chunk: 8192 rows of a 32k vocabulary.
             loss_chunk: (1i64 << 28) / v.max(1),
         }
@@ -258,9 +129,7 @@ impl Transformer {
 
     /// RoPE's cosines and sines `[B, 1, T, head_dim]` at the inputs' positions.
     fn rope(&self, inputs: &Inputs) -> (Tensor, Tensor) {
-        let freqs = inputs.positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
-        let angles = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1); // [B, 1, T, D]
-        (angles.cos(), angles.sin())
+        self.rotary.tables(&inputs.positions)
     }
 
     fn embed(&self, inputs: &Inputs) -> Tensor {
@@ -291,9 +160,6 @@ impl Transformer {
         );
         let size = inputs.tokens.size();
         let (b, t) = (size[0], size[1]);
-        let (cos, sin) = rope;
-        let rope =
-            |x: &Tensor| x * &cos.to_kind(x.kind()) + rotate_half(x) * &sin.to_kind(x.kind());
         let hx = rms_norm(x, &block.input_norm, c.norm_eps);
         let q = hx
             .linear(&block.q, block.q_bias.as_ref())
@@ -307,7 +173,7 @@ impl Transformer {
             .linear(&block.v, block.v_bias.as_ref())
             .view([b, t, nkv, d])
             .transpose(1, 2);
-        let (q, k) = (rope(&q), rope(&k));
+        let (q, k) = (apply_rotary(&q, rope), apply_rotary(&k, rope));
         let y = if let Some((cu, longest)) = &inputs.packed {
             // Flash attention over the documents: [B·T, heads, d], kv heads as they are (GQA).
             let flat = |x: &Tensor, heads: i64| x.transpose(1, 2).reshape([b * t, heads, d]);
@@ -338,10 +204,7 @@ impl Transformer {
         };
         let x = x + y.linear(&block.o, None::<Tensor>);
         let hx = rms_norm(&x, &block.post_norm, c.norm_eps);
-        let m = (hx.linear(&block.gate, None::<Tensor>).silu()
-            * hx.linear(&block.up, None::<Tensor>))
-        .linear(&block.down, None::<Tensor>);
-        x + m
+        x + swiglu(&hx, &block.gate, &block.up, &block.down)
     }
 
     /// Sets how many label positions the loss takes at a time (see [`Self::forward_backward`]).
@@ -389,7 +252,8 @@ impl Transformer {
             layers.push((std::mem::replace(&mut x, next), out));
         }
         let hidden = rms_norm(&x, &self.norm, self.config.norm_eps);
-        let loss = self.head_backward(&hidden, &inputs.labels, scale)?;
+        let loss =
+            chunked_head_backward(&hidden, self.head(), &inputs.labels, scale, self.loss_chunk)?;
         on_segment(0)?;
         let mut grad = x.grad();
         for (done, (block, (input, out))) in self.blocks.iter().zip(layers).rev().enumerate() {
@@ -429,66 +293,57 @@ impl Transformer {
         }
     }
 
-    /// The chunked output layer and loss over `hidden` (see [`Self::forward_backward`]), then the
-    /// backward pass on from `hidden`.
-    fn head_backward(
+    /// Mean next-token cross-entropy over the labels that are not [`super::IGNORE`].
+    pub fn loss(&self, inputs: &Inputs) -> Tensor {
+        next_token_loss(&self.logits(inputs), &inputs.labels)
+    }
+}
+
+impl Model for Transformer {
+    fn forward_backward(
         &self,
-        hidden: &Tensor,
-        labels: &Tensor,
+        inputs: &Inputs,
         scale: f64,
+        checkpointing: Checkpointing,
+        on_segment: &mut dyn FnMut(usize) -> Result<(), String>,
     ) -> Result<Tensor, String> {
-        let size = hidden.size();
-        let (b, t, h) = (size[0], size[1], size[2]);
-        let before_last = hidden.narrow(1, 0, t - 1);
-        let flat = before_last
-            .reshape([-1, h])
-            .detach()
-            .set_requires_grad(true);
-        let labels = labels.reshape([-1]);
-        let count = labels
-            .ne(IGNORE)
-            .sum(Kind::Float)
-            .clamp_min(1.0)
-            .reciprocal();
-        let rows = flat.size()[0];
-        let mut total = Tensor::zeros([], (Kind::Float, hidden.device()));
-        let mut start = 0;
-        while start < rows {
-            let n = self.loss_chunk.min(rows - start);
-            let loss = flat
-                .narrow(0, start, n)
-                .linear(self.head(), None::<Tensor>)
-                .cross_entropy_loss::<Tensor>(
-                    &labels.narrow(0, start, n),
-                    None,
-                    Reduction::Sum,
-                    IGNORE,
-                    0.0,
-                )
-                * &count;
-            (&loss * scale).backward();
-            total += loss.detach();
-            start += n;
-        }
-        crate::shim::backward(&before_last, &flat.grad().view([b, t - 1, h]))?;
-        Ok(total)
+        Transformer::forward_backward(self, inputs, scale, checkpointing, on_segment)
     }
 
-    /// Mean next-token cross-entropy over the labels that are not [`IGNORE`].
-    pub fn loss(&self, inputs: &Inputs) -> Tensor {
-        // Cross-entropy runs in float32 under autocast; the logits need not be cast first.
-        let logits = self.logits(inputs);
-        let t = logits.size()[1];
-        let vocab = i64::from(self.config.vocab_size);
-        logits
-            .narrow(1, 0, t - 1)
-            .reshape([-1, vocab])
-            .cross_entropy_loss::<Tensor>(
-                &inputs.labels.reshape([-1]),
-                None,
-                Reduction::Mean,
-                IGNORE,
-                0.0,
-            )
+    fn segment_of(&self, name: &str) -> Option<usize> {
+        Transformer::segment_of(self, name)
+    }
+
+    fn forward(&self, inputs: &Inputs) -> Tensor {
+        Transformer::forward(self, inputs)
+    }
+
+    fn flops_per_token(&self, context_len: u32) -> u64 {
+        self.config.flops_per_token(context_len)
+    }
+
+    fn hf_config(&self) -> serde_json::Value {
+        let c = &self.config;
+        serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": c.hidden_size,
+            "intermediate_size": c.intermediate_size,
+            "num_hidden_layers": c.num_hidden_layers,
+            "num_attention_heads": c.num_heads,
+            "num_key_value_heads": c.num_kv_heads,
+            "vocab_size": c.vocab_size,
+            "rms_norm_eps": c.norm_eps,
+            "rope_theta": c.rope_theta,
+            "max_position_embeddings": c.max_position_embeddings,
+            "tie_word_embeddings": c.tie_word_embeddings,
+            "attention_bias": c.attention_bias,
+            "mlp_bias": false,
+            "hidden_act": "silu",
+            "initializer_range": c.initializer_range,
+            "bos_token_id": c.bos_token_id,
+            "eos_token_id": c.eos_token_id,
+            "torch_dtype": "float32",
+        })
     }
 }

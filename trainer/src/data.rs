@@ -1,0 +1,138 @@
+//! Data input: the job spec `--data-job` names, checked against the flags and the model, and the
+//! micro-batches of this rank from flame-stream (through shared memory on the server's host), turned into
+//! the models' [`Inputs`].
+
+use anyhow::{Context, bail};
+use flame_streamer::client::Client;
+use flame_streamer::server::Endpoint;
+use flame_streamer::spec::JobSpec;
+use tch::Device;
+
+use crate::cli::Args;
+use crate::config::ModelConfig;
+use crate::models::Inputs;
+
+/// Reads and parses the job spec of `--data-job`.
+///
+/// # Errors
+/// When it cannot be read or is not a valid job.
+pub fn load_job(args: &Args) -> anyhow::Result<JobSpec> {
+    let text = std::fs::read_to_string(&args.data_job)
+        .with_context(|| format!("--data-job {}", args.data_job.display()))?;
+    JobSpec::from_toml(&text).with_context(|| format!("--data-job {}", args.data_job.display()))
+}
+
+/// Checks the data job against the flags and the model before any step runs.
+///
+/// # Errors
+/// When the job's batches or sequences are not the ones the flags train.
+pub fn check_job(
+    args: &Args,
+    job: &JobSpec,
+    config: &ModelConfig,
+    world: u32,
+) -> anyhow::Result<()> {
+    let want_global = args.batch_size * args.gradient_accumulation_steps * world;
+    if job.seq_len != args.seq_len {
+        bail!(
+            "the data job serves seq_len {}, the run trains --training.seq_len {}",
+            job.seq_len,
+            args.seq_len
+        );
+    }
+    if job.micro_batch_size != args.batch_size || job.global_batch_size != want_global {
+        bail!(
+            "the data job's batches (micro {}, global {}) are not --training.batch_size {} × gradient_accumulation_steps {} × {world} ranks",
+            job.micro_batch_size,
+            job.global_batch_size,
+            args.batch_size,
+            args.gradient_accumulation_steps
+        );
+    }
+    if job.varlen != args.varlen {
+        bail!(
+            "the data job has varlen = {}, the run --training.varlen {}",
+            job.varlen,
+            args.varlen
+        );
+    }
+    if config.vocab_size == 0 {
+        bail!("the model has no vocabulary");
+    }
+    Ok(())
+}
+
+/// This rank's micro-batches of the job, from flame-stream.
+#[derive(Debug)]
+pub struct DataInput {
+    client: Client,
+    /// Whether batches come through a shared-memory ring (a Unix socket on the server's host).
+    shared_memory: bool,
+    seq_len: usize,
+    vocab_size: u32,
+    device: Device,
+}
+
+impl DataInput {
+    /// Connects rank `rank` of `world` to `--data-endpoint` for `job`; on a Unix socket, with a ring of
+    /// four slots.
+    ///
+    /// # Errors
+    /// When the server cannot be reached or refuses the job.
+    pub fn connect(
+        args: &Args,
+        job: &JobSpec,
+        (rank, world): (u32, u32),
+        vocab_size: u32,
+        device: Device,
+    ) -> anyhow::Result<Self> {
+        let mut client = Client::connect(args.data_endpoint.clone(), job, rank, world, None, 8)
+            .with_context(|| format!("--data-endpoint {}", args.data_endpoint))?;
+        // On the server's host, batches come through shared memory.
+        let shared_memory = matches!(args.data_endpoint, Endpoint::Unix(_));
+        if shared_memory {
+            client.open_shared_memory(4)?;
+        }
+        Ok(Self {
+            client,
+            shared_memory,
+            seq_len: args.seq_len as usize,
+            vocab_size,
+            device,
+        })
+    }
+
+    /// The job's fingerprint, as the server computed it.
+    pub fn fingerprint(&self) -> &str {
+        &self.client.fingerprint
+    }
+
+    /// The micro-batch (`step`, `micro_step`) of this rank, on the device.
+    ///
+    /// # Errors
+    /// When the server cannot serve it, or it holds a token outside the model's vocabulary.
+    pub fn micro_batch(&mut self, step: u64, micro_step: u64) -> anyhow::Result<Inputs> {
+        let (seq_len, device) = (self.seq_len, self.device);
+        Ok(if self.shared_memory {
+            let b = self.client.micro_batch_in_place(step, micro_step)?;
+            check_vocabulary(step, b.tokens(), self.vocab_size)?;
+            let cu: Vec<Vec<u32>> = (0..b.len()).map(|i| b.cu_seqlens(i).to_vec()).collect();
+            Inputs::new(b.tokens(), seq_len, &cu, device)
+        } else {
+            let samples = self.client.micro_batch(step, micro_step)?;
+            let tokens: Vec<u32> = samples.iter().flat_map(|x| x.tokens.clone()).collect();
+            check_vocabulary(step, &tokens, self.vocab_size)?;
+            let cu: Vec<Vec<u32>> = samples.iter().map(|x| x.cu_seqlens.clone()).collect();
+            Inputs::new(&tokens, seq_len, &cu, device)
+        })
+    }
+}
+
+fn check_vocabulary(step: u64, tokens: &[u32], vocab_size: u32) -> anyhow::Result<()> {
+    if let Some(&bad) = tokens.iter().find(|&&t| t >= vocab_size) {
+        bail!(
+            "step {step}: the stream holds token id {bad}, outside the model's vocabulary of {vocab_size}"
+        );
+    }
+    Ok(())
+}

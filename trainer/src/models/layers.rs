@@ -1,0 +1,124 @@
+//! Layers the architectures share: RMSNorm, rotary embeddings, the SwiGLU MLP, and the chunked output
+//! layer with its cross-entropy.
+
+use tch::{Kind, Reduction, Tensor};
+
+use super::inputs::IGNORE;
+
+/// RMSNorm computed in float32 and returned in `x`'s dtype, times `weight` (Hugging Face Llama's).
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
+    let xf = x.to_kind(Kind::Float);
+    let variance = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+    (xf * (variance + eps).rsqrt()).to_kind(x.kind()) * weight
+}
+
+/// Rotary position embedding, rotate-half form: the inverse frequencies of one head's pairs.
+pub struct Rotary {
+    inv_freq: Tensor,
+}
+
+impl std::fmt::Debug for Rotary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rotary").finish_non_exhaustive()
+    }
+}
+
+impl Rotary {
+    /// `1 / theta^(2i/d)` in float32, as Hugging Face computes it, for heads of width `head_dim`.
+    pub fn new(head_dim: i64, theta: f64, device: tch::Device) -> Self {
+        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+        let (d_float, theta) = (head_dim as f64, theta as f32);
+        let exponents = Tensor::arange_start_step(0, head_dim, 2, (Kind::Float, device)) / d_float;
+        let inv_freq = Tensor::from(theta)
+            .to_device(device)
+            .pow(&exponents)
+            .reciprocal();
+        Self { inv_freq }
+    }
+
+    /// Cosines and sines `[B, 1, T, head_dim]` at `positions` (`[B, T]`).
+    pub fn tables(&self, positions: &Tensor) -> (Tensor, Tensor) {
+        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
+        let angles = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
+        (angles.cos(), angles.sin())
+    }
+}
+
+/// `x` (`[B, heads, T, d]`) rotated by the tables of [`Rotary::tables`].
+pub fn apply_rotary(x: &Tensor, (cos, sin): &(Tensor, Tensor)) -> Tensor {
+    x * &cos.to_kind(x.kind()) + rotate_half(x) * &sin.to_kind(x.kind())
+}
+
+fn rotate_half(x: &Tensor) -> Tensor {
+    let half = x.size()[x.dim() - 1] / 2;
+    Tensor::cat(&[-x.narrow(-1, half, half), x.narrow(-1, 0, half)], -1)
+}
+
+/// The SwiGLU MLP: `down(silu(gate(x)) · up(x))`.
+pub fn swiglu(x: &Tensor, gate: &Tensor, up: &Tensor, down: &Tensor) -> Tensor {
+    (x.linear(gate, None::<Tensor>).silu() * x.linear(up, None::<Tensor>))
+        .linear(down, None::<Tensor>)
+}
+
+/// The output layer and next-token cross-entropy over `hidden` (`[B, T, h]`, the final normalised
+/// states), `rows` label positions at a time, each chunk's logits freed after its backward (a fused
+/// linear cross-entropy), so that `[tokens, vocab]` logits never exist whole; then the backward pass on
+/// from `hidden`. Accumulates the gradients of `scale ×` the mean loss over the labels that are not
+/// [`IGNORE`] and returns that loss (unscaled, detached).
+///
+/// # Errors
+/// When the backward pass from `hidden` fails.
+pub fn chunked_head_backward(
+    hidden: &Tensor,
+    head: &Tensor,
+    labels: &Tensor,
+    scale: f64,
+    rows_per_chunk: i64,
+) -> Result<Tensor, String> {
+    let size = hidden.size();
+    let (b, t, h) = (size[0], size[1], size[2]);
+    let before_last = hidden.narrow(1, 0, t - 1);
+    let flat = before_last
+        .reshape([-1, h])
+        .detach()
+        .set_requires_grad(true);
+    let labels = labels.reshape([-1]);
+    let count = labels
+        .ne(IGNORE)
+        .sum(Kind::Float)
+        .clamp_min(1.0)
+        .reciprocal();
+    let rows = flat.size()[0];
+    let mut total = Tensor::zeros([], (Kind::Float, hidden.device()));
+    let mut start = 0;
+    while start < rows {
+        let n = rows_per_chunk.min(rows - start);
+        let loss = flat
+            .narrow(0, start, n)
+            .linear(head, None::<Tensor>)
+            .cross_entropy_loss::<Tensor>(
+                &labels.narrow(0, start, n),
+                None,
+                Reduction::Sum,
+                IGNORE,
+                0.0,
+            )
+            * &count;
+        (&loss * scale).backward();
+        total += loss.detach();
+        start += n;
+    }
+    crate::shim::backward(&before_last, &flat.grad().view([b, t - 1, h]))?;
+    Ok(total)
+}
+
+/// Mean next-token cross-entropy of `logits` (`[B, T, vocab]`) over the labels that are not [`IGNORE`].
+pub fn next_token_loss(logits: &Tensor, labels: &Tensor) -> Tensor {
+    // Cross-entropy runs in float32 under autocast; the logits need not be cast first.
+    let size = logits.size();
+    let (t, vocab) = (size[1], size[2]);
+    logits
+        .narrow(1, 0, t - 1)
+        .reshape([-1, vocab])
+        .cross_entropy_loss::<Tensor>(&labels.reshape([-1]), None, Reduction::Mean, IGNORE, 0.0)
+}
