@@ -5,8 +5,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-/// The config file as written (unknown fields such as `fuse_norm` or `use_cache` are accepted: they
-/// select kernels in fla, not the model).
+/// The config file's fields that flame-train builds (fla's `TransformerConfig` names). Every other key
+/// is checked by [`check_keys`] first.
 #[derive(Debug, Deserialize)]
 struct RawConfig {
     model_type: String,
@@ -21,7 +21,7 @@ struct RawConfig {
     hidden_ratio: Option<u32>,
     #[serde(default)]
     intermediate_size: Option<u32>,
-    #[serde(default)]
+    #[serde(default = "default_rope_theta")]
     rope_theta: Option<f64>,
     #[serde(default)]
     norm_eps: Option<f64>,
@@ -30,15 +30,118 @@ struct RawConfig {
     #[serde(default)]
     initializer_range: Option<f64>,
     #[serde(default)]
-    attention_bias: Option<bool>,
+    qkv_bias: Option<bool>,
     #[serde(default)]
     hidden_act: Option<String>,
     #[serde(default)]
     max_position_embeddings: Option<u32>,
     #[serde(default)]
+    pad_token_id: Option<u32>,
+    #[serde(default)]
     bos_token_id: Option<u32>,
     #[serde(default)]
     eos_token_id: Option<u32>,
+}
+
+#[allow(clippy::unnecessary_wraps)] // serde's default for an `Option` field
+fn default_rope_theta() -> Option<f64> {
+    Some(10000.0)
+}
+
+/// Keys that choose how fla computes, not what: any value is accepted.
+const IMPLEMENTATION_SWITCHES: &[&str] = &[
+    "use_cache",
+    "fuse_norm",
+    "fuse_swiglu",
+    "fuse_cross_entropy",
+    "fuse_linear_cross_entropy",
+    "attn_mode",
+];
+
+/// Bookkeeping keys of a Hugging Face `config.json`: they describe the file, not the model.
+const BOOKKEEPING: &[&str] = &[
+    "architectures",
+    "auto_map",
+    "torch_dtype",
+    "dtype",
+    "transformers_version",
+    "_name_or_path",
+];
+
+/// Keys of fla's `TransformerConfig` that flame-train does not implement, with the one value at which
+/// fla builds the model flame-train builds, and what another value would do.
+const ONLY_AT: &[(&str, &str, &str)] = &[
+    (
+        "qk_norm",
+        "false",
+        "RMSNorm on each head's queries and keys",
+    ),
+    ("window_size", "null", "sliding-window attention"),
+    ("use_l2warp", "false", "fla's L2-warp term in the loss"),
+    (
+        "attnres_block_size",
+        "null",
+        "attention-residual aggregation",
+    ),
+    (
+        "elementwise_affine",
+        "true",
+        "norms without weights in fla's other models; its transformer ignores the key, so flame-train refuses to guess",
+    ),
+    (
+        "attention_bias",
+        "false",
+        "nothing in fla (its transformer ignores the key; biases come from qkv_bias), so flame-train refuses to guess",
+    ),
+];
+
+/// Refuses a key that would make fla build another model than flame-train does: one flame-train does
+/// not implement away from its no-op value, or one that is not fla's at all (a typo trains silently
+/// as something else).
+fn check_keys(table: &serde_json::Map<String, serde_json::Value>) -> Result<(), String> {
+    const BUILT: &[&str] = &[
+        "model_type",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_heads",
+        "num_kv_heads",
+        "vocab_size",
+        "hidden_ratio",
+        "intermediate_size",
+        "rope_theta",
+        "norm_eps",
+        "tie_word_embeddings",
+        "initializer_range",
+        "qkv_bias",
+        "hidden_act",
+        "max_position_embeddings",
+        "pad_token_id",
+        "bos_token_id",
+        "eos_token_id",
+    ];
+    for (key, value) in table {
+        let key = key.as_str();
+        if BUILT.contains(&key)
+            || IMPLEMENTATION_SWITCHES.contains(&key)
+            || BOOKKEEPING.contains(&key)
+        {
+            continue;
+        }
+        match ONLY_AT.iter().find(|(k, _, _)| *k == key) {
+            Some((_, no_op, _)) if value.to_string().as_str() == *no_op => {}
+            Some((_, no_op, what)) => {
+                return Err(format!(
+                    "{key}: {value} would make fla build {what}; flame-train builds only {key}: {no_op}"
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "{key}: not a key of fla's TransformerConfig; refused rather than ignored (fla would ignore it too, which hides typos)"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A transformer's shape, every default applied.
@@ -64,10 +167,12 @@ pub struct ModelConfig {
     pub tie_word_embeddings: bool,
     /// Standard deviation of the initial weights.
     pub initializer_range: f64,
-    /// Biases on the attention projections.
-    pub attention_bias: bool,
+    /// Biases on the query, key and value projections (fla's `qkv_bias`; none on the output one).
+    pub qkv_bias: bool,
     /// Longest position the model is meant for.
     pub max_position_embeddings: u32,
+    /// fla's `pad_token_id`: the embedding's `padding_idx`, a row the embedding lookup never trains.
+    pub pad_token_id: Option<u32>,
     /// Beginning-of-sequence id.
     pub bos_token_id: u32,
     /// End-of-sequence id.
@@ -117,16 +222,23 @@ impl ModelConfig {
 
     /// Parses a config, applying fla's defaults.
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = serde_json::from_str(text).map_err(|e| ConfigError::Read {
+        let read = |e: serde_json::Error| ConfigError::Read {
             path: String::new(),
             reason: e.to_string(),
-        })?;
+        };
+        let table: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(text).map_err(read)?;
         let unsupported = |reason: String| {
             Err(ConfigError::Unsupported {
                 path: String::new(),
                 reason,
             })
         };
+        if let Err(reason) = check_keys(&table) {
+            return unsupported(reason);
+        }
+        let raw: RawConfig =
+            serde_json::from_value(serde_json::Value::Object(table)).map_err(read)?;
         if raw.model_type != "transformer" {
             return unsupported(format!(
                 "model_type {:?}: flame-train builds \"transformer\" models",
@@ -138,6 +250,17 @@ impl ModelConfig {
             && act != "silu"
         {
             return unsupported(format!("hidden_act {act:?}: only swish (SiLU) is built"));
+        }
+        let Some(rope_theta) = raw.rope_theta else {
+            return unsupported("rope_theta: null: fla's attention needs a rotary base".into());
+        };
+        let vocab_size = raw.vocab_size.unwrap_or(32000);
+        if let Some(pad) = raw.pad_token_id
+            && pad >= vocab_size
+        {
+            return unsupported(format!(
+                "pad_token_id {pad} is outside the vocabulary of {vocab_size}"
+            ));
         }
         let num_kv_heads = raw.num_kv_heads.unwrap_or(raw.num_heads);
         if raw.num_heads == 0
@@ -161,14 +284,15 @@ impl ModelConfig {
             num_hidden_layers: raw.num_hidden_layers,
             num_heads: raw.num_heads,
             num_kv_heads,
-            vocab_size: raw.vocab_size.unwrap_or(32000),
+            vocab_size,
             intermediate_size,
-            rope_theta: raw.rope_theta.unwrap_or(10000.0),
+            rope_theta,
             norm_eps: raw.norm_eps.unwrap_or(1e-6),
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
             initializer_range: raw.initializer_range.unwrap_or(0.02),
-            attention_bias: raw.attention_bias.unwrap_or(false),
+            qkv_bias: raw.qkv_bias.unwrap_or(false),
             max_position_embeddings: raw.max_position_embeddings.unwrap_or(2048),
+            pad_token_id: raw.pad_token_id,
             bos_token_id: raw.bos_token_id.unwrap_or(1),
             eos_token_id: raw.eos_token_id.unwrap_or(2),
         })
@@ -187,7 +311,8 @@ impl ModelConfig {
             u64::from(self.vocab_size),
         );
         let kv = u64::from(self.num_kv_heads * self.head_dim());
-        let attention = h * h * 2 + 2 * h * kv;
+        let biases = if self.qkv_bias { h + 2 * kv } else { 0 };
+        let attention = h * h * 2 + 2 * h * kv + biases;
         let mlp = 3 * h * i;
         let norms = 2 * h;
         let per_layer = attention + mlp + norms;
@@ -262,5 +387,60 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("gla"), "{err}");
         assert!(ModelConfig::from_json("{").is_err());
+    }
+
+    /// Issue 16: a key that would make fla build another model is refused with its name, never trained
+    /// as something else; the same keys at their no-op values, and fla's implementation switches, load.
+    #[test]
+    fn keys_that_would_change_flas_model_are_refused_by_name() {
+        let base = r#"{"model_type": "transformer", "hidden_size": 64, "num_hidden_layers": 2, "num_heads": 4"#;
+        let load = |extra: &str| ModelConfig::from_json(&format!("{base}, {extra}}}"));
+        for refused in [
+            r#""qk_norm": true"#,
+            r#""window_size": 2048"#,
+            r#""use_l2warp": true"#,
+            r#""elementwise_affine": false"#,
+            r#""attention_bias": true"#,
+            r#""attnres_block_size": 4"#,
+            r#""rope_theta": null"#,
+            r#""pad_token_id": 40000"#,
+            r#""num_experts": 8"#,
+        ] {
+            let key = refused.split('"').nth(1).unwrap();
+            let err = load(refused).expect_err(refused).to_string();
+            assert!(err.contains(key), "{refused}: {err}");
+        }
+        for accepted in [
+            r#""qk_norm": false, "window_size": null, "use_l2warp": false, "elementwise_affine": true"#,
+            r#""attention_bias": false, "attnres_block_size": null"#,
+            r#""fuse_norm": false, "fuse_swiglu": true, "fuse_cross_entropy": false, "fuse_linear_cross_entropy": true"#,
+            r#""use_cache": true, "attn_mode": "chunk", "architectures": ["TransformerForCausalLM"], "torch_dtype": "bfloat16""#,
+        ] {
+            load(accepted).expect(accepted);
+        }
+        // Implemented: biases on q, k and v (fla's qkv_bias), and the embedding's padding row.
+        let c = load(r#""qkv_bias": true, "pad_token_id": 2"#).unwrap();
+        assert!(c.qkv_bias);
+        assert_eq!(c.pad_token_id, Some(2));
+    }
+
+    /// Every transformer config flame ships loads as it is (`../shared/reference/flame-configs`, the
+    /// copies in `configs/`).
+    #[test]
+    fn flames_own_transformer_configs_load_unchanged() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for dir in ["configs", "../shared/reference/flame-configs"] {
+            for name in [
+                "transformer_340M.json",
+                "transformer_1B.json",
+                "transformer_7B.json",
+            ] {
+                let path = root.join(dir).join(name);
+                ModelConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+        // flame's 1B config sets pad_token_id 2: fla never trains that embedding row.
+        let one_b = config("transformer_1B.json");
+        assert_eq!(one_b.pad_token_id, Some(2));
     }
 }

@@ -69,7 +69,7 @@ impl Transformer {
                 let attn = &p / "self_attn";
                 let mlp = &p / "mlp";
                 let bias = |name: &str, n: i64| {
-                    c.attention_bias
+                    c.qkv_bias
                         .then(|| (&attn / name).var("bias", &[n], Init::Const(0.0)))
                 };
                 Block {
@@ -133,7 +133,9 @@ impl Transformer {
     }
 
     fn embed(&self, inputs: &Inputs) -> Tensor {
-        Tensor::embedding(&self.embed, &inputs.tokens, -1, false, false)
+        // fla's `nn.Embedding(..., padding_idx=pad_token_id)`: the lookup never trains that row.
+        let padding_idx = self.config.pad_token_id.map_or(-1, i64::from);
+        Tensor::embedding(&self.embed, &inputs.tokens, padding_idx, false, false)
     }
 
     /// The final hidden states `[B, T, hidden]`, normalised.
@@ -322,28 +324,42 @@ impl Model for Transformer {
         self.config.flops_per_token(context_len)
     }
 
+    /// Llama's config, or Qwen2's with `qkv_bias` (Qwen2 is Llama with biases on the query, key and
+    /// value projections and none on the output one: fla's `qkv_bias`).
     fn hf_config(&self) -> serde_json::Value {
         let c = &self.config;
-        serde_json::json!({
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
+        let (architecture, model_type) = if c.qkv_bias {
+            ("Qwen2ForCausalLM", "qwen2")
+        } else {
+            ("LlamaForCausalLM", "llama")
+        };
+        let mut config = serde_json::json!({
+            "architectures": [architecture],
+            "model_type": model_type,
             "hidden_size": c.hidden_size,
             "intermediate_size": c.intermediate_size,
             "num_hidden_layers": c.num_hidden_layers,
             "num_attention_heads": c.num_heads,
             "num_key_value_heads": c.num_kv_heads,
+            "head_dim": c.head_dim(),
             "vocab_size": c.vocab_size,
             "rms_norm_eps": c.norm_eps,
             "rope_theta": c.rope_theta,
             "max_position_embeddings": c.max_position_embeddings,
             "tie_word_embeddings": c.tie_word_embeddings,
-            "attention_bias": c.attention_bias,
-            "mlp_bias": false,
             "hidden_act": "silu",
             "initializer_range": c.initializer_range,
+            "pad_token_id": c.pad_token_id,
             "bos_token_id": c.bos_token_id,
             "eos_token_id": c.eos_token_id,
             "torch_dtype": "float32",
-        })
+        });
+        if c.qkv_bias {
+            config["use_sliding_window"] = false.into();
+        } else {
+            config["attention_bias"] = false.into();
+            config["mlp_bias"] = false.into();
+        }
+        config
     }
 }
