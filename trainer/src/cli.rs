@@ -22,7 +22,8 @@ pub struct Args {
     /// The model config (flame's `configs/*.json`).
     #[arg(long = "model.config")]
     pub model_config: PathBuf,
-    /// Tokenizer files copied into the Hugging Face export (a directory or a `tokenizer.json`).
+    /// Tokenizer files copied into the Hugging Face export: a directory, a `tokenizer.json`, or a hub
+    /// model id (downloaded into the hub cache). Checked before the first step.
     #[arg(long = "model.tokenizer_path")]
     pub tokenizer_path: Option<PathBuf>,
     /// Peak learning rate.
@@ -105,7 +106,15 @@ pub struct Args {
     /// The job spec (TOML) to ask flame-stream for.
     #[arg(long = "data-job")]
     pub data_job: PathBuf,
-    /// Device: `cpu` or `cuda` (`cuda:N`); default: CUDA when present.
+    /// The token of a flame-stream server started with `--token` (the same variable as the server's).
+    #[arg(
+        long = "data-token",
+        env = "FLAME_STREAM_TOKEN",
+        hide_env_values = true
+    )]
+    pub data_token: Option<String>,
+    /// Device: `cpu`, `cuda` (this process's local rank's GPU, as torchrun assigns them) or `cuda:N`;
+    /// default: CUDA when present.
     #[arg(long = "training.device")]
     pub device: Option<String>,
     /// Dtype of the gradient all-reduce across ranks: `float32` or `bfloat16`.

@@ -5,7 +5,7 @@
 use anyhow::{Context, bail};
 use flame_streamer::client::Client;
 use flame_streamer::server::Endpoint;
-use flame_streamer::spec::JobSpec;
+use flame_streamer::spec::{JobSpec, Order};
 use tch::Device;
 
 use crate::cli::Args;
@@ -69,6 +69,9 @@ pub struct DataInput {
     /// Whether batches come through a shared-memory ring (a Unix socket on the server's host).
     shared_memory: bool,
     seq_len: usize,
+    /// Whether samples carry one token more than the inputs (megatron-core's order: `seq_len + 1`
+    /// tokens, inputs `[:-1]`, labels `[1:]`).
+    next_token: bool,
     vocab_size: u32,
     device: Device,
 }
@@ -86,7 +89,8 @@ impl DataInput {
         vocab_size: u32,
         device: Device,
     ) -> anyhow::Result<Self> {
-        let mut client = Client::connect(args.data_endpoint.clone(), job, rank, world, None, 8)
+        let token = args.data_token.as_deref();
+        let mut client = Client::connect(args.data_endpoint.clone(), job, rank, world, token, 8)
             .with_context(|| format!("--data-endpoint {}", args.data_endpoint))?;
         // On the server's host, batches come through shared memory.
         let shared_memory = matches!(args.data_endpoint, Endpoint::Unix(_));
@@ -97,6 +101,7 @@ impl DataInput {
             client,
             shared_memory,
             seq_len: args.seq_len as usize,
+            next_token: job.order == Order::Megatron,
             vocab_size,
             device,
         })
@@ -112,18 +117,36 @@ impl DataInput {
     /// # Errors
     /// When the server cannot serve it, or it holds a token outside the model's vocabulary.
     pub fn micro_batch(&mut self, step: u64, micro_step: u64) -> anyhow::Result<Inputs> {
-        let (seq_len, device) = (self.seq_len, self.device);
+        let sample_len = self.seq_len + usize::from(self.next_token);
+        let shape = |tokens: usize, samples: usize| {
+            if tokens == samples * sample_len {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!(
+                    "step {step}: the server sent {samples} samples of {tokens} tokens in all; this job's samples have {sample_len}"
+                ))
+            }
+        };
+        let build = |tokens: &[u32], cu: &[Vec<u32>]| {
+            if self.next_token {
+                Inputs::with_next_token(tokens, self.seq_len, cu, self.device)
+            } else {
+                Inputs::new(tokens, self.seq_len, cu, self.device)
+            }
+        };
         Ok(if self.shared_memory {
             let b = self.client.micro_batch_in_place(step, micro_step)?;
+            shape(b.tokens().len(), b.len())?;
             check_vocabulary(step, b.tokens(), self.vocab_size)?;
             let cu: Vec<Vec<u32>> = (0..b.len()).map(|i| b.cu_seqlens(i).to_vec()).collect();
-            Inputs::new(b.tokens(), seq_len, &cu, device)
+            build(b.tokens(), &cu)
         } else {
             let samples = self.client.micro_batch(step, micro_step)?;
             let tokens: Vec<u32> = samples.iter().flat_map(|x| x.tokens.clone()).collect();
+            shape(tokens.len(), samples.len())?;
             check_vocabulary(step, &tokens, self.vocab_size)?;
             let cu: Vec<Vec<u32>> = samples.iter().map(|x| x.cu_seqlens.clone()).collect();
-            Inputs::new(&tokens, seq_len, &cu, device)
+            build(&tokens, &cu)
         })
     }
 }

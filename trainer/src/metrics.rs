@@ -38,8 +38,8 @@ pub struct Metrics {
     world: u32,
     flops_per_token: u64,
     peak_flops: Option<f64>,
-    /// When this process started training, and the steps it will take.
-    start: Instant,
+    /// When this process started training, and the step it started from (a resumed checkpoint's).
+    start: (Instant, u64),
     /// Tokens, start and seconds spent waiting for data since the last log line.
     window: (u64, Instant, f64),
 }
@@ -60,6 +60,7 @@ impl Metrics {
         device: Device,
         world: u32,
         flops_per_token: u64,
+        first_step: u64,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dump_folder)?;
         let jsonl = std::fs::OpenOptions::new()
@@ -81,7 +82,7 @@ impl Metrics {
             world,
             flops_per_token,
             peak_flops,
-            start: Instant::now(),
+            start: (Instant::now(), first_step),
             window: (0, Instant::now(), 0.0),
         })
     }
@@ -105,8 +106,8 @@ impl Metrics {
         let tps = window_tokens as f64 / elapsed / f64::from(self.world);
         let tflops = tps * self.flops_per_token as f64 / 1e12;
         let waiting = 100.0 * window_wait / elapsed;
-        let total = self.start.elapsed().as_secs_f64();
-        let eta = total / report.step as f64 * (steps - report.step) as f64;
+        let total = self.start.0.elapsed().as_secs_f64();
+        let eta = eta_seconds(total, report.step - self.start.1, steps - report.step);
         let memory = device_memory(self.device);
         let mfu = self.peak_flops.map(|peak| 100.0 * tflops * 1e12 / peak);
         let (loss, gnorm) = (report.loss, report.grad_norm);
@@ -189,6 +190,13 @@ pub fn peak_bf16_flops(name: &str) -> Option<f64> {
     Some(tflops * 1e12)
 }
 
+/// Seconds left for `steps_left` steps at the pace of the `steps_done` this process took in `elapsed`
+/// seconds (not counting the steps of the checkpoint it resumed from).
+#[allow(clippy::cast_precision_loss)]
+fn eta_seconds(elapsed: f64, steps_done: u64, steps_left: u64) -> f64 {
+    elapsed / steps_done.max(1) as f64 * steps_left as f64
+}
+
 /// `24,723`, as flame prints tokens per second.
 fn thousands(x: f64) -> String {
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
@@ -223,5 +231,13 @@ mod tests {
         assert_eq!(peak_bf16_flops("NVIDIA H200"), Some(989e12));
         assert_eq!(peak_bf16_flops("NVIDIA A100-SXM4-80GB"), Some(312e12));
         assert_eq!(peak_bf16_flops("NVIDIA GeForce RTX 4090"), None);
+    }
+
+    /// Issue 16: after resuming at step 900 of 1000, 10 steps in 10 s leave 90 steps: 90 s, not the
+    /// 1 s that counting the resumed checkpoint's 900 steps as this run's would give.
+    #[test]
+    fn the_eta_counts_only_the_steps_this_run_took() {
+        assert!((eta_seconds(10.0, 10, 90) - 90.0).abs() < 1e-9);
+        assert!((eta_seconds(10.0, 0, 90) - 900.0).abs() < 1e-9);
     }
 }

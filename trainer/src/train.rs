@@ -37,11 +37,14 @@ pub struct Summary {
     pub exported: bool,
 }
 
-fn device(args: &Args, launch: &Launch) -> anyhow::Result<Device> {
+/// The device `--training.device` names for this process: `cuda` (and the default, where CUDA is
+/// present) is the local rank's GPU, as torchrun and Slurm assign them.
+fn device(args: &Args, launch: &Launch, cuda_available: bool) -> anyhow::Result<Device> {
+    let local = launch.local_rank as usize;
     Ok(match args.device.as_deref() {
-        None if tch::Cuda::is_available() => Device::Cuda(launch.local_rank as usize),
+        None if cuda_available => Device::Cuda(local),
         None | Some("cpu") => Device::Cpu,
-        Some("cuda") => Device::Cuda(0),
+        Some("cuda") => Device::Cuda(local),
         Some(d) => match d.strip_prefix("cuda:").map(str::parse) {
             Some(Ok(i)) => Device::Cuda(i),
             _ => bail!("--training.device {d:?}: expected cpu, cuda or cuda:N"),
@@ -91,7 +94,7 @@ pub fn run_as(args: &Args, launch: &Launch) -> anyhow::Result<Summary> {
     let job = load_job(args)?;
     let (rank, world) = (launch.rank, launch.world_size);
     check_job(args, &job, &config, world)?;
-    let device = device(args, launch)?;
+    let device = device(args, launch, tch::Cuda::is_available())?;
     if let Device::Cuda(i) = device {
         crate::shim::cuda_set_device(i).map_err(|e| anyhow::anyhow!("cuda:{i}: {e}"))?;
     }
@@ -111,7 +114,15 @@ pub fn run_as(args: &Args, launch: &Launch) -> anyhow::Result<Summary> {
     // Rank 0 writes the logs, metrics, checkpoints and the export.
     let flops_per_token = model.flops_per_token(args.context_len.unwrap_or(args.seq_len));
     let mut metrics = (rank == 0)
-        .then(|| Metrics::open(&args.dump_folder, device, world, flops_per_token))
+        .then(|| {
+            Metrics::open(
+                &args.dump_folder,
+                device,
+                world,
+                flops_per_token,
+                state.step,
+            )
+        })
         .transpose()?;
     let mut run = Run {
         args,
@@ -285,5 +296,46 @@ impl Run<'_> {
             tokens: state.tokens,
         };
         Ok((report, stats.double_value(&[1])))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// Issue 16: `--training.device cuda` is the local rank's GPU, as when no device is named.
+    #[test]
+    fn cuda_means_the_local_ranks_gpu() {
+        let args = |device: &[&str]| {
+            let mut argv = vec![
+                "flame-train",
+                "--model.config",
+                "c.json",
+                "--data-endpoint",
+                "unix:///s",
+                "--data-job",
+                "j.toml",
+                "--training.steps",
+                "1",
+            ];
+            argv.extend(device);
+            Args::try_parse_from(argv).unwrap()
+        };
+        let launch = Launch {
+            rank: 5,
+            world_size: 8,
+            local_rank: 1,
+            master: "h:1".into(),
+        };
+        let on = |a: &[&str], cuda: bool| device(&args(a), &launch, cuda).unwrap();
+        assert_eq!(on(&["--training.device", "cuda"], true), Device::Cuda(1));
+        assert_eq!(on(&[], true), Device::Cuda(1));
+        assert_eq!(on(&["--training.device", "cuda:3"], true), Device::Cuda(3));
+        assert_eq!(on(&[], false), Device::Cpu);
+        assert_eq!(on(&["--training.device", "cpu"], true), Device::Cpu);
+        assert!(device(&args(&["--training.device", "tpu"]), &launch, true).is_err());
     }
 }

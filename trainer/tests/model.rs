@@ -145,3 +145,58 @@ fn the_chunked_loss_and_full_checkpointing_give_the_plain_backward_gradients() {
         }
     }
 }
+
+/// Issue 16: megatron-core's samples are `seq_len + 1` tokens; the model trains on `[:-1]` with labels
+/// `[1:]`, the last label included, document boundaries inside the inputs masked as for flame's order.
+#[test]
+fn megatron_samples_give_inputs_without_the_last_token_and_labels_without_the_first() {
+    let tokens: Vec<u32> = (0..18).collect();
+    let inputs = Inputs::with_next_token(&tokens, 8, &[vec![0, 3, 8], vec![0, 8]], Device::Cpu);
+    assert_eq!(inputs.tokens.size(), [2, 8]);
+    let ids: Vec<i64> = inputs.tokens.reshape([-1]).try_into().unwrap();
+    assert_eq!(ids, [0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16]);
+    let labels: Vec<i64> = inputs.labels.reshape([-1]).try_into().unwrap();
+    assert_eq!(
+        labels,
+        [1, 2, IGNORE, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17]
+    );
+    let positions: Vec<i64> = inputs.positions.reshape([-1]).try_into().unwrap();
+    assert_eq!(positions, [0, 1, 2, 0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 6, 7]);
+    // The loss covers every label: the chunked path agrees with the plain one.
+    tch::manual_seed(3);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let config = ModelConfig::from_json(
+        r#"{"model_type": "transformer", "hidden_size": 32, "num_hidden_layers": 1, "num_heads": 4,
+            "vocab_size": 32, "intermediate_size": 48}"#,
+    )
+    .unwrap();
+    let model = Transformer::new(&vs.root(), &config);
+    let plain = model.loss(&inputs).double_value(&[]);
+    let chunked = model
+        .forward_backward(&inputs, 1.0, Checkpointing::None, &mut |_| Ok(()))
+        .unwrap()
+        .double_value(&[]);
+    assert!((plain - chunked).abs() < 1e-5, "{plain} vs {chunked}");
+}
+
+/// Issue 16: fla builds `nn.Embedding(..., padding_idx=pad_token_id)` (flame's transformer_1B.json sets
+/// 2): the lookup never trains that row. Untied, its gradient stays zero; the other rows learn.
+#[test]
+fn the_padding_row_of_the_embedding_gets_no_gradient_from_the_lookup() {
+    tch::manual_seed(4);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = Transformer::new(&vs.root(), &tiny(r#", "pad_token_id": 2"#));
+    let tokens: Vec<u32> = (0..32).map(|i| [2, 5, 7, 2, 9][i % 5]).collect();
+    let inputs = Inputs::new(&tokens, 16, &[vec![0, 16], vec![0, 16]], Device::Cpu);
+    let _loss = model
+        .forward_backward(&inputs, 1.0, Checkpointing::None, &mut |_| Ok(()))
+        .unwrap();
+    let grad = vs
+        .variables()
+        .remove("model.embed_tokens.weight")
+        .unwrap()
+        .grad();
+    let row = |i: i64| grad.get(i).abs().sum(Kind::Float).double_value(&[]);
+    assert!(row(2) == 0.0, "the padding row has a gradient");
+    assert!(row(5) > 0.0 && row(7) > 0.0);
+}

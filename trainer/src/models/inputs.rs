@@ -25,7 +25,8 @@ pub struct Inputs {
     /// On CUDA, for varlen batches: every document of the batch as one packed sequence list
     /// (`cu_seqlens` int32 over `B × T` tokens) and the longest, for flash attention.
     pub packed: Option<(Tensor, i64)>,
-    /// Next-token labels `[B, T - 1]`, [`IGNORE`] across document boundaries.
+    /// Next-token labels, [`IGNORE`] across document boundaries: `[B, T - 1]` for samples of `T`
+    /// tokens (the last position has no label), `[B, T]` for Megatron's samples of `T + 1`.
     pub labels: Tensor,
 }
 
@@ -35,15 +36,47 @@ impl Inputs {
     /// # Panics
     /// If the shapes disagree.
     pub fn new(tokens: &[u32], seq_len: usize, cu_seqlens: &[Vec<u32>], device: Device) -> Self {
+        Self::build(tokens, seq_len, 0, cu_seqlens, device)
+    }
+
+    /// Builds the inputs of Megatron's samples, `seq_len + 1` tokens each (`order = "megatron"`):
+    /// inputs are each sample's first `seq_len` tokens, labels its last `seq_len` (`[:-1]` and `[1:]`,
+    /// as megatron-core's `GPTDataset` gives them), `cu_seqlens` over the inputs.
+    ///
+    /// # Panics
+    /// If the shapes disagree.
+    pub fn with_next_token(
+        tokens: &[u32],
+        seq_len: usize,
+        cu_seqlens: &[Vec<u32>],
+        device: Device,
+    ) -> Self {
+        Self::build(tokens, seq_len, 1, cu_seqlens, device)
+    }
+
+    /// Samples of `seq_len + extra` tokens, of which the first `seq_len` are inputs.
+    fn build(
+        tokens: &[u32],
+        seq_len: usize,
+        extra: usize,
+        cu_seqlens: &[Vec<u32>],
+        device: Device,
+    ) -> Self {
         let batch = cu_seqlens.len();
-        assert_eq!(tokens.len(), batch * seq_len, "tokens are [B, seq_len]");
-        let mut positions = Vec::with_capacity(tokens.len());
-        let mut documents = Vec::with_capacity(tokens.len());
-        let mut labels = Vec::with_capacity(batch * (seq_len - 1));
+        let sample_len = seq_len + extra;
+        assert_eq!(
+            tokens.len(),
+            batch * sample_len,
+            "tokens are [B, sample_len]"
+        );
+        let mut ids = Vec::with_capacity(batch * seq_len);
+        let mut positions = Vec::with_capacity(batch * seq_len);
+        let mut documents = Vec::with_capacity(batch * seq_len);
+        let mut labels = Vec::with_capacity(batch * (sample_len - 1));
         let varlen = cu_seqlens.iter().any(|cu| cu.len() > 2);
         let as_i64 = |n: usize| i64::try_from(n).expect("sizes fit i64");
         for (sample, cu) in cu_seqlens.iter().enumerate() {
-            let row = &tokens[sample * seq_len..(sample + 1) * seq_len];
+            let row = &tokens[sample * sample_len..(sample + 1) * sample_len];
             let mut doc = 0usize;
             let mut start = 0usize;
             for at in 0..seq_len {
@@ -51,10 +84,13 @@ impl Inputs {
                     doc += 1;
                     start = at;
                 }
+                ids.push(i64::from(row[at]));
                 positions.push(as_i64(at - start));
                 documents.push(as_i64(doc));
-                if at + 1 < seq_len {
-                    let starts_document = cu.iter().any(|&c| c as usize == at + 1);
+                if at + 1 < sample_len {
+                    // `cu_seqlens` end at `seq_len`: Megatron's extra label token starts nothing.
+                    let starts_document =
+                        at + 1 < seq_len && cu.iter().any(|&c| c as usize == at + 1);
                     labels.push(if starts_document {
                         IGNORE
                     } else {
@@ -64,7 +100,6 @@ impl Inputs {
             }
         }
         let (b, t) = (as_i64(batch), as_i64(seq_len));
-        let ids: Vec<i64> = tokens.iter().map(|&x| i64::from(x)).collect();
         let packed = (varlen && device.is_cuda()).then(|| {
             let mut flat = vec![0i32];
             let mut longest = 0u32;
@@ -91,7 +126,7 @@ impl Inputs {
             positions: upload(Tensor::from_slice(&positions).view([b, t]), device),
             mask,
             packed,
-            labels: upload(Tensor::from_slice(&labels).view([b, t - 1]), device),
+            labels: upload(Tensor::from_slice(&labels).view([b, -1]), device),
         }
     }
 }

@@ -61,7 +61,7 @@ pub fn swiglu(x: &Tensor, gate: &Tensor, up: &Tensor, down: &Tensor) -> Tensor {
 }
 
 /// The output layer and next-token cross-entropy over `hidden` (`[B, T, h]`, the final normalised
-/// states), `rows` label positions at a time, each chunk's logits freed after its backward (a fused
+/// states; the positions that have a label, as many as `labels` has columns), `rows` label positions at a time, each chunk's logits freed after its backward (a fused
 /// linear cross-entropy), so that `[tokens, vocab]` logits never exist whole; then the backward pass on
 /// from `hidden`. Accumulates the gradients of `scale ×` the mean loss over the labels that are not
 /// [`IGNORE`] and returns that loss (unscaled, detached).
@@ -76,8 +76,10 @@ pub fn chunked_head_backward(
     rows_per_chunk: i64,
 ) -> Result<Tensor, String> {
     let size = hidden.size();
-    let (b, t, h) = (size[0], size[1], size[2]);
-    let before_last = hidden.narrow(1, 0, t - 1);
+    let (b, h) = (size[0], size[2]);
+    // Positions with a label: all but the last, or all of them for Megatron's samples.
+    let labelled = labels.size()[1];
+    let before_last = hidden.narrow(1, 0, labelled);
     let flat = before_last
         .reshape([-1, h])
         .detach()
@@ -108,17 +110,16 @@ pub fn chunked_head_backward(
         total += loss.detach();
         start += n;
     }
-    crate::shim::backward(&before_last, &flat.grad().view([b, t - 1, h]))?;
+    crate::shim::backward(&before_last, &flat.grad().view([b, labelled, h]))?;
     Ok(total)
 }
 
 /// Mean next-token cross-entropy of `logits` (`[B, T, vocab]`) over the labels that are not [`IGNORE`].
 pub fn next_token_loss(logits: &Tensor, labels: &Tensor) -> Tensor {
     // Cross-entropy runs in float32 under autocast; the logits need not be cast first.
-    let size = logits.size();
-    let (t, vocab) = (size[1], size[2]);
+    let vocab = logits.size()[2];
     logits
-        .narrow(1, 0, t - 1)
+        .narrow(1, 0, labels.size()[1])
         .reshape([-1, vocab])
         .cross_entropy_loss::<Tensor>(&labels.reshape([-1]), None, Reduction::Mean, IGNORE, 0.0)
 }
