@@ -1,13 +1,15 @@
 //! Checkpoints: `step-N/` under `--job.dump_folder`/checkpoint, holding the model, the optimizer state and
-//! the [`TrainState`] (the data cursor and the job's fingerprint), written to a temporary directory and
-//! renamed into place.
+//! the [`TrainState`] (the data cursor and the job's fingerprint), written to a temporary directory,
+//! fsynced and renamed into place (see [`save`]).
 
+use std::fs::File;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use tch::nn;
 
 use crate::cli::Args;
+use crate::crash::{self, Point};
 use crate::optim::AdamW;
 
 /// The training state a checkpoint holds besides tensors.
@@ -44,7 +46,13 @@ pub fn steps_saved(args: &Args) -> Vec<u64> {
     steps
 }
 
-/// Writes `step-N/` atomically (a temporary directory renamed into place).
+/// Writes `step-N/` durably: its files into `.step-N.partial/`, each fsynced, then the directory,
+/// renamed into place and the checkpoint directory fsynced (`flame_formats::publish`), so that a crash
+/// or power loss at any moment leaves every `step-*` complete. Older checkpoints beyond
+/// `--checkpoint.keep_latest_k` are removed only after.
+///
+/// # Errors
+/// When a file cannot be written, synced or renamed.
 pub fn save(
     args: &Args,
     vs: &nn::VarStore,
@@ -52,20 +60,42 @@ pub fn save(
     state: &TrainState,
 ) -> anyhow::Result<()> {
     let root = checkpoint_dir(args);
-    std::fs::create_dir_all(&root)?;
+    let context = |what: &str| format!("checkpoint {}: {what}", root.display());
+    std::fs::create_dir_all(&root).with_context(|| context("creating it"))?;
     let tmp = root.join(format!(".step-{}.partial", state.step));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
+    std::fs::create_dir_all(&tmp).with_context(|| context("creating the partial directory"))?;
     vs.save(tmp.join("model.safetensors"))?;
+    crash::reached(Point::CheckpointModel, state.step);
     let opt = optimizer.state();
     tch::Tensor::write_safetensors(&opt, tmp.join("optimizer.safetensors"))?;
     std::fs::write(
         tmp.join("train_state.json"),
         serde_json::to_vec_pretty(state)?,
     )?;
+    for file in [
+        "model.safetensors",
+        "optimizer.safetensors",
+        "train_state.json",
+        "",
+    ] {
+        // The files, then the directory that names them.
+        let path = tmp.join(file);
+        File::open(&path)
+            .and_then(|f| f.sync_all())
+            .with_context(|| context(&format!("fsync {}", path.display())))?;
+    }
+    crash::reached(Point::CheckpointWritten, state.step);
     let dest = root.join(format!("step-{}", state.step));
-    let _ = std::fs::remove_dir_all(&dest);
-    std::fs::rename(&tmp, &dest)?;
+    // A checkpoint of the same step from an earlier run is replaced only once this one is complete.
+    let old = root.join(format!(".step-{}.old", state.step));
+    if dest.exists() {
+        let _ = std::fs::remove_dir_all(&old);
+        std::fs::rename(&dest, &old).with_context(|| context("moving the earlier checkpoint"))?;
+    }
+    flame_formats::publish(&tmp, &dest)?;
+    let _ = std::fs::remove_dir_all(&old);
+    crash::reached(Point::CheckpointPublished, state.step);
     if args.keep_latest_k > 0 {
         let steps = steps_saved(args);
         for old in &steps[..steps.len().saturating_sub(args.keep_latest_k)] {

@@ -7,6 +7,35 @@ use tch::{Device, nn};
 
 use crate::models::Model;
 
+/// Where the export's tokenizer files come from, checked before training starts: `path` as it is when
+/// it exists (a directory holding a `tokenizer.json` or `tokenizer.model`, or a file), else a hub model
+/// id whose tokenizer files are downloaded into the hub cache (`HF_HOME`, `HF_ENDPOINT`, `HF_TOKEN`,
+/// `HF_HUB_OFFLINE` honoured, as flame-prep's `--tokenizer`).
+///
+/// # Errors
+/// When `path` is neither an existing tokenizer nor a hub model with tokenizer files.
+pub fn resolve_tokenizer(path: &Path) -> anyhow::Result<PathBuf> {
+    let named = || format!("--model.tokenizer_path {}", path.display());
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    if path.is_dir() {
+        anyhow::ensure!(
+            ["tokenizer.json", "tokenizer.model"]
+                .iter()
+                .any(|f| path.join(f).is_file()),
+            "{}: the directory has no tokenizer.json or tokenizer.model",
+            named()
+        );
+        return Ok(path.to_path_buf());
+    }
+    let text = path.to_str().with_context(named)?;
+    match flame_preprocess::source::hub::hub_id(text).with_context(named)? {
+        Some(id) => flame_preprocess::source::hub::tokenizer_dir(&id).with_context(named),
+        None => anyhow::bail!("{}: no such file or directory", named()),
+    }
+}
+
 /// Writes `model.safetensors`, the model's `config.json` and the tokenizer files (from `tokenizer`, a
 /// directory or a `tokenizer.json`) into `dir`, for `transformers.AutoModelForCausalLM`.
 pub fn export_hf(
@@ -26,16 +55,11 @@ pub fn export_hf(
     std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&hf)?)?;
     if let Some(tokenizer) = tokenizer {
         let files: Vec<PathBuf> = if tokenizer.is_dir() {
-            [
-                "tokenizer.json",
-                "tokenizer_config.json",
-                "special_tokens_map.json",
-                "tokenizer.model",
-            ]
-            .iter()
-            .map(|f| tokenizer.join(f))
-            .filter(|p| p.exists())
-            .collect()
+            flame_preprocess::source::hub::TOKENIZER_FILES
+                .iter()
+                .map(|f| tokenizer.join(f))
+                .filter(|p| p.exists())
+                .collect()
         } else {
             vec![tokenizer.to_path_buf()]
         };

@@ -51,10 +51,12 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// Opens `metrics.jsonl` (appending) and `tb/` under `dump_folder`.
+    /// Opens `metrics.jsonl` (appending) and `tb/` under `dump_folder`, first dropping what they hold
+    /// of the steps after `first_step` (the checkpoint this run resumes from, or 0): a resumed run
+    /// logs each step once, however the run before it ended.
     ///
     /// # Errors
-    /// When they cannot be created.
+    /// When they cannot be read, rewritten or created.
     pub fn open(
         dump_folder: &Path,
         device: Device,
@@ -63,6 +65,11 @@ impl Metrics {
         first_step: u64,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dump_folder)?;
+        let jsonl_path = dump_folder.join("metrics.jsonl");
+        truncate_jsonl(&jsonl_path, first_step)
+            .with_context(|| format!("{}", jsonl_path.display()))?;
+        crate::tensorboard::truncate_after(&dump_folder.join("tb"), first_step)
+            .with_context(|| format!("{}/tb", dump_folder.display()))?;
         let jsonl = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -128,14 +135,12 @@ impl Metrics {
             clock(total),
             clock(eta)
         );
-        writeln!(
-            self.jsonl,
-            "{}",
-            serde_json::json!({"step": report.step, "loss": loss, "tps": tps, "tflops": tflops,
-                "mfu_pct": mfu, "memory_gib": memory.map(|m| m.0 as f64 / GIB),
-                "lr": report.lr, "grad_norm": gnorm, "data_loading_pct": waiting,
-                "skipped_steps": report.skipped_steps, "tokens": report.tokens})
-        )?;
+        let line = serde_json::json!({"step": report.step, "loss": loss, "tps": tps,
+            "tflops": tflops, "mfu_pct": mfu, "memory_gib": memory.map(|m| m.0 as f64 / GIB),
+            "lr": report.lr, "grad_norm": gnorm, "data_loading_pct": waiting,
+            "skipped_steps": report.skipped_steps, "tokens": report.tokens});
+        // One write per line, so that a kill leaves at most one torn line for the next run to drop.
+        self.jsonl.write_all(format!("{line}\n").as_bytes())?;
         self.tensorboard.scalars(
             report.step,
             &[
@@ -188,6 +193,31 @@ pub fn peak_bf16_flops(name: &str) -> Option<f64> {
         return None;
     };
     Some(tflops * 1e12)
+}
+
+/// Keeps only the whole lines of `path` (if it exists) whose `step` is at most `step`, rewriting it
+/// atomically when anything is dropped.
+fn truncate_jsonl(path: &Path, step: u64) -> anyhow::Result<()> {
+    let text = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut kept = Vec::with_capacity(text.len());
+    for line in text.split_inclusive(|&b| b == b'\n') {
+        let logged = line.ends_with(b"\n")
+            && serde_json::from_slice::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step);
+        if logged {
+            kept.extend_from_slice(line);
+        }
+    }
+    if kept.len() != text.len() {
+        flame_formats::write_atomic(path, &kept)?;
+    }
+    Ok(())
 }
 
 /// Seconds left for `steps_left` steps at the pace of the `steps_done` this process took in `elapsed`

@@ -20,7 +20,7 @@ pub use crate::cli::{Args, ReduceDtype};
 use crate::config::ModelConfig;
 use crate::data::{DataInput, check_job, load_job};
 use crate::dist::{Backend, Launch, Reducer, rendezvous};
-pub use crate::export::export_hf;
+pub use crate::export::{export_hf, resolve_tokenizer};
 use crate::metrics::{Metrics, StepReport};
 use crate::models::{self, Model};
 use crate::optim::{AdamW, AdamWConfig};
@@ -91,6 +91,11 @@ fn backend(args: &Args, launch: &Launch, device: Device) -> anyhow::Result<Backe
 /// As [`run`].
 pub fn run_as(args: &Args, launch: &Launch) -> anyhow::Result<Summary> {
     let config = ModelConfig::load(&args.model_config)?;
+    let tokenizer = args
+        .tokenizer_path
+        .as_deref()
+        .map(resolve_tokenizer)
+        .transpose()?;
     let job = load_job(args)?;
     let (rank, world) = (launch.rank, launch.world_size);
     check_job(args, &job, &config, world)?;
@@ -153,6 +158,7 @@ pub fn run_as(args: &Args, launch: &Launch) -> anyhow::Result<Summary> {
                 metrics.log(&report, args.steps)?;
             }
         }
+        crate::crash::reached(crate::crash::Point::Logged, state.step);
         let interval_due =
             args.checkpoint_interval > 0 && state.step.is_multiple_of(args.checkpoint_interval);
         if rank == 0 && args.enable_checkpoint && (interval_due || state.step == args.steps) {
@@ -161,12 +167,7 @@ pub fn run_as(args: &Args, launch: &Launch) -> anyhow::Result<Summary> {
     }
     let export = args.dump_folder.join("hf");
     if rank == 0 && args.enable_checkpoint {
-        export_hf(
-            &export,
-            &vs,
-            run.model.as_ref(),
-            args.tokenizer_path.as_deref(),
-        )?;
+        export_hf(&export, &vs, run.model.as_ref(), tokenizer.as_deref())?;
     }
     Ok(Summary {
         losses,

@@ -415,3 +415,304 @@ fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
 }
+
+/// The flame-train binary with `argv`, outside any launcher's environment, plus `env`.
+fn command(argv: &[String], env: &[(&str, &str)]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_flame-train"));
+    command
+        .args(&argv[1..])
+        .env_remove("RANK")
+        .env_remove("SLURM_PROCID")
+        .envs(env.iter().copied());
+    command
+}
+
+/// Issue 16: a run that checkpoints every step, killed with SIGKILL at each stage of a step (its
+/// metrics written, the checkpoint's model file written, every file fsynced but not renamed, renamed)
+/// and once from outside at whatever moment the kill lands, resumes each time with
+/// `--checkpoint.load_step -1`: it ends with exactly the losses of an uninterrupted run, every step in
+/// `metrics.jsonl` and in the TensorBoard files once.
+#[test]
+fn a_run_killed_at_any_moment_resumes_with_the_uninterrupted_losses_each_step_logged_once() {
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (endpoint, job, config) = setup(dir.path(), 64);
+    let flags = [
+        "--training.steps",
+        "7",
+        "--checkpoint.interval",
+        "1",
+        "--metrics.log_freq",
+        "1",
+    ];
+    let reference = dir.path().join("reference");
+    launch(&argv(&endpoint, &job, &config, &reference, &flags));
+    let want = logged_losses(&reference);
+    assert_eq!(want.len(), 7);
+
+    let dump = dir.path().join("killed");
+    let resume: Vec<&str> = flags
+        .iter()
+        .copied()
+        .chain(["--checkpoint.load_step", "-1"])
+        .collect();
+    for (i, crash) in [
+        "logged:2",
+        "checkpoint-model:3",
+        "checkpoint-written:3",
+        "checkpoint-published:4",
+        "logged:5",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let run_flags = if i == 0 { &flags[..] } else { &resume[..] };
+        let status = command(
+            &argv(&endpoint, &job, &config, &dump, run_flags),
+            &[("FLAME_TRAIN_CRASH_AT", crash)],
+        )
+        .status()
+        .unwrap();
+        assert_eq!(status.signal(), Some(9), "{crash}: {status}");
+    }
+    // A kill from outside, as soon as the resumed run has logged a step: wherever it lands.
+    let mut child = command(&argv(&endpoint, &job, &config, &dump, &resume), &[])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    for line in stderr.lines() {
+        if line.unwrap().starts_with("step:") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Every checkpoint left behind is whole: it loads.
+    launch(&argv(&endpoint, &job, &config, &dump, &resume));
+
+    assert_eq!(
+        logged_losses(&dump),
+        want,
+        "the losses of an uninterrupted run"
+    );
+    let board = flame_trainer::tensorboard::read_scalars(&dump.join("tb")).unwrap();
+    let mut steps: Vec<(u64, f32)> = board
+        .iter()
+        .map(|(step, values)| {
+            let loss = values
+                .iter()
+                .find(|(tag, _)| tag == "loss_metrics/global_avg_loss")
+                .unwrap()
+                .1;
+            (*step, loss)
+        })
+        .collect();
+    steps.sort_by_key(|s| s.0);
+    #[allow(clippy::cast_possible_truncation)]
+    let want_board: Vec<(u64, f32)> = want.iter().map(|&(s, l)| (s, l as f32)).collect();
+    assert_eq!(steps, want_board, "each step once in tb/");
+    let left: Vec<String> = std::fs::read_dir(dump.join("checkpoint"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    assert!(left.contains(&"step-7".to_owned()), "{left:?}");
+}
+
+/// Issue 16: megatron-core's order serves samples of `seq_len + 1` tokens; flame-train trains on
+/// `[:-1]` with labels `[1:]` (it panicked on the sample length before).
+#[test]
+fn a_megatron_order_job_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    let (endpoint, job, config) = setup(dir.path(), 64);
+    let text = std::fs::read_to_string(&job).unwrap();
+    std::fs::write(
+        &job,
+        text.replace(
+            "seed = 3\n",
+            "seed = 3\norder = \"megatron\"\nnum_samples = 120\n",
+        ),
+    )
+    .unwrap();
+    let summary = run(&args(
+        &endpoint,
+        &job,
+        &config,
+        &dir.path().join("run"),
+        &["--training.steps", "30"],
+    ))
+    .unwrap();
+    let losses: Vec<f64> = summary.losses.iter().map(|l| l.1).collect();
+    assert_eq!(losses.len(), 30);
+    let (first, last) = (
+        losses[..3].iter().sum::<f64>() / 3.0,
+        losses[27..].iter().sum::<f64>() / 3.0,
+    );
+    assert!(last < first - 0.5, "loss {first:.3} -> {last:.3}");
+}
+
+/// Issue 16: `--data-token` (or `FLAME_STREAM_TOKEN`) reaches a server started with `--token`.
+#[test]
+fn a_token_protected_server_is_reached_with_the_data_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, job, config) = setup(dir.path(), 64);
+    let endpoint = serve(&ServerConfig {
+        listen: vec![Endpoint::Unix(dir.path().join("guarded.sock"))],
+        token: Some("s3cret".into()),
+        max_connections: 16,
+        prefetch_depth: 2,
+        metrics: None,
+    })
+    .unwrap()
+    .endpoints
+    .remove(0);
+    let steps = ["--training.steps", "2"];
+    let err = format!(
+        "{:#}",
+        run(&args(
+            &endpoint,
+            &job,
+            &config,
+            &dir.path().join("a"),
+            &steps
+        ))
+        .unwrap_err()
+    );
+    assert!(err.contains("wrong token"), "{err}");
+    let mut with_token = steps.to_vec();
+    with_token.extend(["--data-token", "s3cret"]);
+    let summary = run(&args(
+        &endpoint,
+        &job,
+        &config,
+        &dir.path().join("b"),
+        &with_token,
+    ))
+    .unwrap();
+    assert_eq!(summary.losses.len(), 2);
+    // The server's own variable works too.
+    let status = command(
+        &argv(&endpoint, &job, &config, &dir.path().join("c"), &steps),
+        &[("FLAME_STREAM_TOKEN", "s3cret")],
+    )
+    .status()
+    .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+/// Issue 16: `--model.tokenizer_path` is resolved before the first step (it was read only by the
+/// export, after the last): a missing path fails at once; a hub id comes from the hub cache.
+#[test]
+fn the_tokenizer_path_is_resolved_before_the_first_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let (endpoint, job, config) = setup(dir.path(), 64);
+    let dump = dir.path().join("run");
+    let err = format!(
+        "{:#}",
+        run(&args(
+            &endpoint,
+            &job,
+            &config,
+            &dump,
+            &[
+                "--training.steps",
+                "2",
+                "--model.tokenizer_path",
+                "./no/such/tokenizer"
+            ],
+        ))
+        .unwrap_err()
+    );
+    assert!(
+        err.contains("--model.tokenizer_path ./no/such/tokenizer"),
+        "{err}"
+    );
+    assert!(!dump.exists(), "nothing ran");
+    // A hub model id, offline from a prepared hub cache (HF_HOME/hub/models--ORG--NAME).
+    let home = dir.path().join("hf");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let repo = home.join("hub/models--flame-test--tokenizer");
+    let snapshot = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    let source = repo_root_shared().join("data/tokenizers/mistral-7b-v0.1");
+    for file in ["tokenizer.json", "tokenizer.model"] {
+        std::fs::copy(source.join(file), snapshot.join(file)).unwrap();
+    }
+    let out = command(
+        &argv(
+            &endpoint,
+            &job,
+            &config,
+            &dump,
+            &[
+                "--training.steps",
+                "2",
+                "--model.tokenizer_path",
+                "flame-test/tokenizer",
+            ],
+        ),
+        &[("HF_HOME", home.to_str().unwrap()), ("HF_HUB_OFFLINE", "1")],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for file in ["tokenizer.json", "tokenizer.model"] {
+        assert_eq!(
+            std::fs::read(dump.join("hf").join(file)).unwrap(),
+            std::fs::read(source.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+}
+
+fn repo_root_shared() -> PathBuf {
+    repo().join("../shared")
+}
+
+/// Issue 16: fla's `qkv_bias` (biases on q, k and v, none on o) is built, and exported as
+/// `Qwen2ForCausalLM`, which `transformers` loads with flame-train's logits.
+#[test]
+fn qkv_biases_export_as_qwen2_with_equal_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ModelConfig::from_json(
+        r#"{"model_type": "transformer", "hidden_size": 32, "num_hidden_layers": 2, "num_heads": 4,
+            "num_kv_heads": 2, "vocab_size": 1000, "intermediate_size": 64, "qkv_bias": true}"#,
+    )
+    .unwrap();
+    tch::manual_seed(11);
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let model = Transformer::new(&vs.root(), &config);
+    // Biases start at zero; make them count.
+    tch::no_grad(|| {
+        for (name, mut t) in vs.variables() {
+            if name.rsplit('.').next() == Some("bias") {
+                t.copy_(&(tch::Tensor::randn_like(&t) * 0.5));
+            }
+        }
+    });
+    let case = dir.path().join("qkv");
+    flame_trainer::train::export_hf(&case.join("hf"), &vs, &model, None).unwrap();
+    let hf: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(case.join("hf/config.json")).unwrap()).unwrap();
+    assert_eq!(hf["architectures"][0], "Qwen2ForCausalLM");
+    write_logits(&model, &case.join("logits.safetensors")).unwrap();
+    let output = std::process::Command::new(python())
+        .arg(repo().join("tools/interop/hf_parity.py"))
+        .arg(&case)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("ok"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

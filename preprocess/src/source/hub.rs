@@ -203,6 +203,36 @@ pub fn resolve_tokenizer(model_id: &str) -> anyhow::Result<PathBuf> {
     (listing.local)("tokenizer.json")
 }
 
+/// The tokenizer files a Hugging Face export carries: `tokenizer.json` first, then those a repo may have.
+pub const TOKENIZER_FILES: [&str; 4] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+];
+
+/// Downloads (or finds in the cache) every file of [`TOKENIZER_FILES`] that hub model `model_id` has,
+/// and returns the directory that holds them (the cached snapshot).
+///
+/// # Errors
+/// When neither the hub nor the cache has the repo, or the repo has none of those files.
+pub fn tokenizer_dir(model_id: &str) -> anyhow::Result<PathBuf> {
+    let listing = list(model_id, RepoType::Model)?;
+    let mut dir = None;
+    for file in TOKENIZER_FILES {
+        if listing.files.iter().any(|f| f == file) {
+            let path = (listing.local)(file)?;
+            dir.get_or_insert_with(|| path.parent().map(Path::to_path_buf).unwrap_or_default());
+        }
+    }
+    dir.with_context(|| {
+        format!(
+            "{model_id}: the repo has none of the tokenizer files ({})",
+            TOKENIZER_FILES.join(", ")
+        )
+    })
+}
+
 /// Chooses the files of config `name` and `split` among `files` (repo-relative paths), in natural order.
 pub fn select_files(
     files: &[String],
