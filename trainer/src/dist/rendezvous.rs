@@ -9,6 +9,9 @@ use super::Launch;
 
 const MAGIC: &[u8; 8] = b"FLAMERDV";
 
+/// The most bootstrap bytes a rank accepts from rank 0 (NCCL's unique id is 128).
+const MAX_BOOTSTRAP_BYTES: usize = 1024;
+
 /// The processes of a run, every rank connected to rank 0.
 #[derive(Debug)]
 pub struct Group {
@@ -71,7 +74,7 @@ pub fn rendezvous(
             ))
         })
         .map_err(|e| io_error("rendezvous", &e))?;
-    let payload = read_frame(&mut link).map_err(|e| {
+    let payload = read_frame(&mut link, MAX_BOOTSTRAP_BYTES).map_err(|e| {
         format!(
             "rendezvous: no bootstrap from rank 0 at {} within {:.1} s ({e}): did every rank arrive?",
             launch.master,
@@ -141,6 +144,12 @@ fn host(
         }
     }
     let payload = bootstrap()?;
+    if payload.len() > MAX_BOOTSTRAP_BYTES {
+        return Err(format!(
+            "rendezvous: a bootstrap of {} bytes (at most {MAX_BOOTSTRAP_BYTES})",
+            payload.len()
+        ));
+    }
     let mut links: Vec<TcpStream> = links.into_iter().flatten().collect();
     for link in &mut links {
         link.set_read_timeout(None)
@@ -189,13 +198,38 @@ fn write_frame(link: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
     link.write_all(bytes)
 }
 
-fn read_frame(link: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+/// Reads a frame (its length, `u64` little-endian, then its bytes) of at most `max_bytes`, the most the
+/// caller expects: a longer length is an error before anything is allocated.
+fn read_frame(link: &mut TcpStream, max_bytes: usize) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 8];
     link.read_exact(&mut len)?;
-    let len = usize::try_from(u64::from_le_bytes(len))
-        .map_err(|_| std::io::Error::other("frame too long"))?;
+    let len = u64::from_le_bytes(len);
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|&len| len <= max_bytes)
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the peer announced a frame of {len} bytes, at most {max_bytes} expected"),
+            )
+        })?;
     let mut bytes = vec![0u8; len];
     link.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Reads a frame of exactly `num_bytes` (the ranks disagree on the size otherwise).
+fn read_exact_frame(link: &mut TcpStream, num_bytes: usize) -> std::io::Result<Vec<u8>> {
+    let bytes = read_frame(link, num_bytes)?;
+    if bytes.len() != num_bytes {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "ranks disagree on the size: {} bytes, {num_bytes} expected",
+                bytes.len()
+            ),
+        ));
+    }
     Ok(bytes)
 }
 
@@ -211,18 +245,17 @@ impl Group {
     }
 
     /// Averages `values` element-wise over the ranks, in place: rank 0 adds the ranks' values in rank
-    /// order and sends the mean back, so every rank gets the same bits.
+    /// order and sends the mean back, so every rank gets the same bits. Each side reads frames of
+    /// exactly `values`' size.
     pub fn all_reduce_avg(&mut self, values: &mut [f32]) -> Result<(), String> {
         let as_bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
-        let lost = |e: std::io::Error| format!("all-reduce: a rank's connection failed ({e})");
+        let num_bytes = values.len() * 4;
         #[allow(clippy::cast_precision_loss)]
         let world = self.world_size as f32;
         if self.rank == 0 {
-            for link in &mut self.links {
-                let theirs = read_frame(link).map_err(lost)?;
-                if theirs.len() != values.len() * 4 {
-                    return Err("all-reduce: ranks disagree on the size".into());
-                }
+            for (link, rank) in self.links.iter_mut().zip(1..) {
+                let theirs = read_exact_frame(link, num_bytes)
+                    .map_err(|e| format!("all-reduce: rank {rank}: {e}"))?;
                 for (v, b) in values.iter_mut().zip(theirs.chunks_exact(4)) {
                     *v += f32::from_le_bytes(b.try_into().expect("4 bytes"));
                 }
@@ -231,13 +264,14 @@ impl Group {
                 *v /= world;
             }
             let bytes = as_bytes(values);
-            for link in &mut self.links {
-                write_frame(link, &bytes).map_err(lost)?;
+            for (link, rank) in self.links.iter_mut().zip(1..) {
+                write_frame(link, &bytes).map_err(|e| format!("all-reduce: rank {rank}: {e}"))?;
             }
         } else {
+            let lost = |e: std::io::Error| format!("all-reduce: rank 0: {e}");
             let link = &mut self.links[0];
             write_frame(link, &as_bytes(values)).map_err(lost)?;
-            let mean = read_frame(link).map_err(lost)?;
+            let mean = read_exact_frame(link, num_bytes).map_err(lost)?;
             for (v, b) in values.iter_mut().zip(mean.chunks_exact(4)) {
                 *v = f32::from_le_bytes(b.try_into().expect("4 bytes"));
             }
@@ -321,5 +355,55 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.contains("rank 0 did not answer"), "{error}");
+    }
+
+    /// Issue 16: frame lengths come from the peer, so each is checked against what the reader expects
+    /// (the values it reduces, at most 1024 bootstrap bytes) before anything is allocated.
+    #[test]
+    fn frames_longer_than_the_reader_expects_are_refused_before_allocating() {
+        const HUGE: u64 = u64::MAX;
+        let timeout = Duration::from_secs(30);
+        let port = free_port();
+        let joiners: Vec<_> = (1..3)
+            .map(|rank| {
+                std::thread::spawn(move || {
+                    let (mut group, _) =
+                        rendezvous(&launch(rank, 3, port), timeout, || unreachable!()).unwrap();
+                    if rank == 1 {
+                        group.links[0].write_all(&HUGE.to_le_bytes()).unwrap();
+                    } else {
+                        // Fails once rank 0 gives up.
+                        let _ = group.all_reduce_avg(&mut [0.0, 0.0]);
+                    }
+                })
+            })
+            .collect();
+        let (mut group, _) = rendezvous(&launch(0, 3, port), timeout, || Ok(Vec::new())).unwrap();
+        let error = group.all_reduce_avg(&mut [0.0, 0.0]).unwrap_err();
+        assert!(
+            error.contains(&format!(
+                "rank 1: the peer announced a frame of {HUGE} bytes, at most 8 expected"
+            )),
+            "{error}"
+        );
+        drop(group);
+        for joiner in joiners {
+            joiner.join().unwrap();
+        }
+
+        // A rank 0 that announces a huge bootstrap.
+        let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let fake = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            stream.read_exact(&mut [0u8; 16]).unwrap();
+            stream.write_all(&HUGE.to_le_bytes()).unwrap();
+        });
+        let error = rendezvous(&launch(1, 2, port), timeout, || unreachable!()).unwrap_err();
+        assert!(
+            error.contains(&format!("a frame of {HUGE} bytes, at most 1024 expected")),
+            "{error}"
+        );
+        fake.join().unwrap();
     }
 }
