@@ -4,22 +4,26 @@
 //! - [`Launch`] reads where this process sits from `torchrun`'s environment (`RANK`, `WORLD_SIZE`,
 //!   `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`) or Slurm's (`SLURM_PROCID`, `SLURM_NTASKS`,
 //!   `SLURM_LOCALID`, the first host of `SLURM_JOB_NODELIST`).
-//! - [`rendezvous`] connects every rank to rank 0 at `MASTER_ADDR:MASTER_PORT` over TCP, with a deadline,
-//!   and hands rank 0's bootstrap bytes (the NCCL unique id) to all of them. The connections stay up as a
-//!   [`Group`], whose collectives (through rank 0, in rank order) serve CPU runs and small values.
+//! - [`rendezvous`] connects every rank to rank 0 at `MASTER_ADDR:MASTER_PORT` over TCP, with a deadline;
+//!   each rank and rank 0 prove to each other that they hold the job's [`Secret`] (`FLAME_RDZV_SECRET`;
+//!   the handshake's bytes are in `dist/handshake.rs`), and rank 0 hands its bootstrap bytes (the NCCL
+//!   unique id) to all of them. The connections stay up as a [`Group`], whose collectives (through rank
+//!   0, in rank order) serve CPU runs and small values.
 //! - [`plan`] groups the parameters into buckets in the order the backward pass finishes their gradients
 //!   (the model's segments: output layer, layers from the last, embedding); [`Reducer`] all-reduces each
 //!   bucket as soon as its last segment is done, on NCCL's own stream, while the backward pass goes on.
 
-use std::net::TcpListener;
+use std::net::{IpAddr, TcpListener};
 use std::time::Duration;
 
 use tch::{Kind, Tensor};
 
 use crate::shim::Nccl;
 
+mod handshake;
 mod rendezvous;
 
+pub use handshake::{SECRET_VAR, Secret, SecretSource};
 pub use rendezvous::{Group, rendezvous};
 
 /// Where this process sits in a data-parallel run.
@@ -33,6 +37,8 @@ pub struct Launch {
     pub local_rank: u32,
     /// `host:port` of rank 0's rendezvous.
     pub master: String,
+    /// What the ranks prove they hold at the rendezvous.
+    pub secret: Secret,
 }
 
 /// Default rendezvous port, as torchrun's.
@@ -46,10 +52,16 @@ impl Launch {
             world_size: 1,
             local_rank: 0,
             master: String::new(),
+            secret: Secret::absent(),
         }
     }
 
     /// From torchrun's variables, else Slurm's, else a single process. `var` reads the environment.
+    ///
+    /// The rendezvous secret is [`SECRET_VAR`], else the launcher's job id (torchrun's
+    /// `TORCHELASTIC_RUN_ID`, Slurm's `SLURM_JOB_ID`: accepted with a warning at the rendezvous, as
+    /// others may read them). Several processes with neither are an error unless rank 0's address is
+    /// loopback.
     pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         let number = |name: &str| -> Result<Option<u32>, String> {
             var(name)
@@ -92,13 +104,32 @@ impl Launch {
             None if world_size == 1 => "127.0.0.1".into(),
             None => return Err("MASTER_ADDR is not set (nor a Slurm node list)".into()),
         };
+        let secret = Secret::from_env(&var)?;
+        if world_size > 1 && secret.source() == SecretSource::Absent && !is_loopback(&host) {
+            return Err(format!(
+                "{SECRET_VAR} is not set (nor torchrun's --rdzv-id, nor a Slurm job id): set it to \
+                 the same random value for every rank, e.g. `export {SECRET_VAR}=$(openssl rand -hex \
+                 32)` where the job starts, so that no one else who reaches {host}:{port} joins"
+            ));
+        }
         Ok(Self {
             rank,
             world_size,
             local_rank,
             master: format!("{host}:{port}"),
+            secret,
         })
     }
+}
+
+/// Whether `host` (a name or an address) is this host's loopback interface.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The first host of a Slurm node list: `node[01-04,07],gpu5` → `node01`.
@@ -368,8 +399,9 @@ impl Reducer {
 }
 
 /// Starts `n` local ranks of this program with `args` (its arguments, without the program), each with
-/// torchrun's variables (rank `i` on GPU `i`, rank 0's rendezvous on `MASTER_PORT` or a free port), and
-/// waits for them: the first to fail stops the others. Returns whether all succeeded.
+/// torchrun's variables (rank `i` on GPU `i`, rank 0's rendezvous on `MASTER_PORT` or a free port) and a
+/// fresh random [`SECRET_VAR`], and waits for them: the first to fail stops the others. Returns whether
+/// all succeeded.
 pub fn launch_local(n: u32, args: &[String]) -> Result<bool, String> {
     let program = std::env::current_exe().map_err(|e| format!("the program's path: {e}"))?;
     let port = match std::env::var("MASTER_PORT") {
@@ -380,16 +412,15 @@ pub fn launch_local(n: u32, args: &[String]) -> Result<bool, String> {
             .port()
             .to_string(),
     };
+    let secret: String = handshake::random_bytes::<32>()
+        .map_err(|e| format!("a secret for the rendezvous: {e}"))?
+        .iter()
+        .fold(String::new(), |hex, b| hex + &format!("{b:02x}"));
     let mut children = Vec::new();
     for rank in 0..n {
         let child = std::process::Command::new(&program)
             .args(args)
-            .env("RANK", rank.to_string())
-            .env("LOCAL_RANK", rank.to_string())
-            .env("WORLD_SIZE", n.to_string())
-            .env("LOCAL_WORLD_SIZE", n.to_string())
-            .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", &port)
+            .envs(local_env(rank, n, &port, &secret))
             .spawn()
             .map_err(|e| format!("starting rank {rank}: {e}"))?;
         children.push(Some(child));
@@ -425,6 +456,19 @@ pub fn launch_local(n: u32, args: &[String]) -> Result<bool, String> {
     Ok(ok)
 }
 
+/// The variables [`launch_local`] gives rank `rank` of `n`.
+fn local_env(rank: u32, n: u32, port: &str, secret: &str) -> [(&'static str, String); 7] {
+    [
+        ("RANK", rank.to_string()),
+        ("LOCAL_RANK", rank.to_string()),
+        ("WORLD_SIZE", n.to_string()),
+        ("LOCAL_WORLD_SIZE", n.to_string()),
+        ("MASTER_ADDR", "127.0.0.1".into()),
+        ("MASTER_PORT", port.into()),
+        (SECRET_VAR, secret.into()),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,6 +490,7 @@ mod tests {
             ("LOCAL_RANK", "1"),
             ("MASTER_ADDR", "10.0.0.2"),
             ("MASTER_PORT", "29400"),
+            (SECRET_VAR, "s3cret"),
         ]);
         assert_eq!(
             Launch::from_env(torchrun).unwrap(),
@@ -453,7 +498,8 @@ mod tests {
                 rank: 3,
                 world_size: 8,
                 local_rank: 1,
-                master: "10.0.0.2:29400".into()
+                master: "10.0.0.2:29400".into(),
+                secret: Secret::chosen("s3cret"),
             }
         );
         let slurm = env(&[
@@ -461,16 +507,15 @@ mod tests {
             ("SLURM_NTASKS", "16"),
             ("SLURM_LOCALID", "5"),
             ("SLURM_JOB_NODELIST", "gpu-a[07-08,11],gpu-b3"),
+            ("SLURM_JOB_ID", "4242"),
         ]);
+        let launch = Launch::from_env(slurm).unwrap();
         assert_eq!(
-            Launch::from_env(slurm).unwrap(),
-            Launch {
-                rank: 5,
-                world_size: 16,
-                local_rank: 5,
-                master: format!("gpu-a07:{DEFAULT_PORT}")
-            }
+            (launch.rank, launch.world_size, launch.local_rank),
+            (5, 16, 5)
         );
+        assert_eq!(launch.master, format!("gpu-a07:{DEFAULT_PORT}"));
+        assert_eq!(launch.secret.source(), SecretSource::JobId("SLURM_JOB_ID"));
         for (bad, says) in [
             (
                 vec![("RANK", "2"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "h")],
@@ -493,9 +538,48 @@ mod tests {
                 ],
                 "not a port",
             ),
+            (
+                vec![
+                    ("RANK", "0"),
+                    ("WORLD_SIZE", "2"),
+                    ("MASTER_ADDR", "10.0.0.2"),
+                ],
+                "FLAME_RDZV_SECRET is not set",
+            ),
         ] {
             let error = Launch::from_env(env(&bad)).unwrap_err();
             assert!(error.contains(says), "{error}");
+        }
+        // Without a secret, a rendezvous on loopback still runs (with a warning).
+        for host in ["127.0.0.1", "localhost", "::1"] {
+            let vars = [("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", host)];
+            assert_eq!(
+                Launch::from_env(env(&vars)).unwrap().secret.source(),
+                SecretSource::Absent
+            );
+        }
+    }
+
+    #[test]
+    fn launch_local_gives_each_rank_the_same_secret() {
+        for rank in 0..2 {
+            let vars = local_env(rank, 2, "29555", "c0ffee");
+            let launch = Launch::from_env(|name| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.clone())
+            })
+            .unwrap();
+            assert_eq!(
+                launch,
+                Launch {
+                    rank,
+                    world_size: 2,
+                    local_rank: rank,
+                    master: "127.0.0.1:29555".into(),
+                    secret: Secret::chosen("c0ffee"),
+                }
+            );
         }
     }
 
