@@ -4,20 +4,27 @@
 //! - [`Launch`] reads where this process sits from `torchrun`'s environment (`RANK`, `WORLD_SIZE`,
 //!   `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`) or Slurm's (`SLURM_PROCID`, `SLURM_NTASKS`,
 //!   `SLURM_LOCALID`, the first host of `SLURM_JOB_NODELIST`).
-//! - [`rendezvous`] connects every rank to rank 0 at `MASTER_ADDR:MASTER_PORT` over TCP, with a deadline,
-//!   and hands rank 0's bootstrap bytes (the NCCL unique id) to all of them. The connections stay up as a
-//!   [`Group`], whose collectives (through rank 0, in rank order) serve CPU runs and small values.
+//! - [`rendezvous`] connects every rank to rank 0 at `MASTER_ADDR:MASTER_PORT` over TCP, with a deadline;
+//!   each rank and rank 0 prove to each other that they hold the job's [`Secret`] (`FLAME_RDZV_SECRET`;
+//!   the handshake's bytes are in `dist/handshake.rs`), and rank 0 hands its bootstrap bytes (the NCCL
+//!   unique id) to all of them. The connections stay up as a [`Group`], whose collectives (through rank
+//!   0, in rank order) serve CPU runs and small values.
 //! - [`plan`] groups the parameters into buckets in the order the backward pass finishes their gradients
 //!   (the model's segments: output layer, layers from the last, embedding); [`Reducer`] all-reduces each
 //!   bucket as soon as its last segment is done, on NCCL's own stream, while the backward pass goes on.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream, ToSocketAddrs};
-use std::time::{Duration, Instant};
+use std::net::{IpAddr, TcpListener};
+use std::time::Duration;
 
 use tch::{Kind, Tensor};
 
 use crate::shim::Nccl;
+
+mod handshake;
+mod rendezvous;
+
+pub use handshake::{SECRET_VAR, Secret, SecretSource};
+pub use rendezvous::{Group, rendezvous};
 
 /// Where this process sits in a data-parallel run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +37,8 @@ pub struct Launch {
     pub local_rank: u32,
     /// `host:port` of rank 0's rendezvous.
     pub master: String,
+    /// What the ranks prove they hold at the rendezvous.
+    pub secret: Secret,
 }
 
 /// Default rendezvous port, as torchrun's.
@@ -43,10 +52,16 @@ impl Launch {
             world_size: 1,
             local_rank: 0,
             master: String::new(),
+            secret: Secret::absent(),
         }
     }
 
     /// From torchrun's variables, else Slurm's, else a single process. `var` reads the environment.
+    ///
+    /// The rendezvous secret is [`SECRET_VAR`], else the launcher's job id (torchrun's
+    /// `TORCHELASTIC_RUN_ID`, Slurm's `SLURM_JOB_ID`: accepted with a warning at the rendezvous, as
+    /// others may read them). Several processes with neither are an error unless rank 0's address is
+    /// loopback.
     pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         let number = |name: &str| -> Result<Option<u32>, String> {
             var(name)
@@ -89,13 +104,32 @@ impl Launch {
             None if world_size == 1 => "127.0.0.1".into(),
             None => return Err("MASTER_ADDR is not set (nor a Slurm node list)".into()),
         };
+        let secret = Secret::from_env(&var)?;
+        if world_size > 1 && secret.source() == SecretSource::Absent && !is_loopback(&host) {
+            return Err(format!(
+                "{SECRET_VAR} is not set (nor torchrun's --rdzv-id, nor a Slurm job id): set it to \
+                 the same random value for every rank, e.g. `export {SECRET_VAR}=$(openssl rand -hex \
+                 32)` where the job starts, so that no one else who reaches {host}:{port} joins"
+            ));
+        }
         Ok(Self {
             rank,
             world_size,
             local_rank,
             master: format!("{host}:{port}"),
+            secret,
         })
     }
+}
+
+/// Whether `host` (a name or an address) is this host's loopback interface.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The first host of a Slurm node list: `node[01-04,07],gpu5` → `node01`.
@@ -122,250 +156,6 @@ pub fn first_host(list: &str) -> String {
             format!("{}{first}{}", &entry[..open], &entry[close + 1..])
         }
         _ => entry.to_string(),
-    }
-}
-
-const MAGIC: &[u8; 8] = b"FLAMERDV";
-
-/// The processes of a run, every rank connected to rank 0.
-#[derive(Debug)]
-pub struct Group {
-    rank: u32,
-    world_size: u32,
-    /// Rank 0: the connection of rank `r` at `r - 1`; the others: their connection to rank 0.
-    links: Vec<TcpStream>,
-}
-
-fn io_error(what: &str, e: &std::io::Error) -> String {
-    format!("{what}: {e}")
-}
-
-/// Connects the ranks of `launch` (rank 0 listens at the master's port, the others connect to it, all
-/// within `timeout`) and returns the group with rank 0's `bootstrap` bytes, which only rank 0 computes.
-pub fn rendezvous(
-    launch: &Launch,
-    timeout: Duration,
-    bootstrap: impl FnOnce() -> Result<Vec<u8>, String>,
-) -> Result<(Group, Vec<u8>), String> {
-    let deadline = Instant::now() + timeout;
-    if launch.rank == 0 {
-        return host(launch, timeout, deadline, bootstrap);
-    }
-    let world = launch.world_size;
-    let addresses: Vec<_> = launch
-        .master
-        .to_socket_addrs()
-        .map_err(|e| io_error(&format!("rendezvous: resolving {}", launch.master), &e))?
-        .collect();
-    let mut link = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(format!(
-                "rendezvous: rank 0 did not answer at {} within {:.1} s (is it running?)",
-                launch.master,
-                timeout.as_secs_f64()
-            ));
-        }
-        match addresses
-            .iter()
-            .find_map(|a| TcpStream::connect_timeout(a, left.min(Duration::from_secs(5))).ok())
-        {
-            Some(stream) => break stream,
-            // Rank 0 is not listening yet: retry after a short back-off.
-            None => std::thread::sleep(Duration::from_millis(100).min(left)),
-        }
-    };
-    let mut hello = Vec::with_capacity(16);
-    hello.extend_from_slice(MAGIC);
-    hello.extend_from_slice(&launch.rank.to_le_bytes());
-    hello.extend_from_slice(&world.to_le_bytes());
-    link.set_nodelay(true)
-        .and_then(|()| link.write_all(&hello))
-        .and_then(|()| {
-            link.set_read_timeout(Some(
-                deadline
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(1)),
-            ))
-        })
-        .map_err(|e| io_error("rendezvous", &e))?;
-    let payload = read_frame(&mut link).map_err(|e| {
-        format!(
-            "rendezvous: no bootstrap from rank 0 at {} within {:.1} s ({e}): did every rank arrive?",
-            launch.master,
-            timeout.as_secs_f64()
-        )
-    })?;
-    link.set_read_timeout(None)
-        .map_err(|e| io_error("rendezvous", &e))?;
-    Ok((
-        Group {
-            rank: launch.rank,
-            world_size: world,
-            links: vec![link],
-        },
-        payload,
-    ))
-}
-
-/// Rank 0's side of [`rendezvous`]: waits for every other rank, then sends them the bootstrap.
-fn host(
-    launch: &Launch,
-    timeout: Duration,
-    deadline: Instant,
-    bootstrap: impl FnOnce() -> Result<Vec<u8>, String>,
-) -> Result<(Group, Vec<u8>), String> {
-    let world = launch.world_size;
-    let port = launch
-        .master
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse::<u16>().ok())
-        .ok_or_else(|| format!("rendezvous address {:?} has no port", launch.master))?;
-    let listener = TcpListener::bind(("0.0.0.0", port))
-        .map_err(|e| io_error(&format!("rendezvous: listening on port {port}"), &e))?;
-    let mut links: Vec<Option<TcpStream>> = (1..world).map(|_| None).collect();
-    while links.iter().any(Option::is_none) {
-        let missing: Vec<String> = (1..world)
-            .filter(|r| links[*r as usize - 1].is_none())
-            .map(|r| r.to_string())
-            .collect();
-        let (mut stream, _) = accept_until(&listener, deadline).map_err(|_| {
-            format!(
-                "rendezvous on port {port}: rank(s) {} of {world} did not arrive within {:.1} s",
-                missing.join(", "),
-                timeout.as_secs_f64()
-            )
-        })?;
-        stream
-            .set_read_timeout(Some(
-                deadline
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(1)),
-            ))
-            .map_err(|e| io_error("rendezvous", &e))?;
-        let mut hello = [0u8; 16];
-        if stream.read_exact(&mut hello).is_err() || &hello[..8] != MAGIC {
-            continue; // not one of ours (a port scan, a stale client): ignore it
-        }
-        let rank = u32::from_le_bytes(hello[8..12].try_into().expect("4 bytes"));
-        let their_world = u32::from_le_bytes(hello[12..16].try_into().expect("4 bytes"));
-        if their_world != world || rank == 0 || rank >= world {
-            return Err(format!(
-                "rendezvous: a process says it is rank {rank} of {their_world}; this run has {world}"
-            ));
-        }
-        if links[rank as usize - 1].replace(stream).is_some() {
-            return Err(format!("rendezvous: rank {rank} arrived twice"));
-        }
-    }
-    let payload = bootstrap()?;
-    let mut links: Vec<TcpStream> = links.into_iter().flatten().collect();
-    for link in &mut links {
-        link.set_read_timeout(None)
-            .and_then(|()| link.set_nodelay(true))
-            .and_then(|()| write_frame(link, &payload))
-            .map_err(|e| io_error("rendezvous: sending the bootstrap", &e))?;
-    }
-    Ok((
-        Group {
-            rank: 0,
-            world_size: world,
-            links,
-        },
-        payload,
-    ))
-}
-
-/// Accepts one connection, waiting at most until `deadline`.
-fn accept_until(
-    listener: &TcpListener,
-    deadline: Instant,
-) -> std::io::Result<(TcpStream, std::net::SocketAddr)> {
-    use rustix::event::{PollFd, PollFlags, Timespec, poll};
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(std::io::ErrorKind::TimedOut.into());
-        }
-        let mut fds = [PollFd::new(listener, PollFlags::IN)];
-        let timeout = Timespec {
-            tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
-            tv_nsec: i64::from(left.subsec_nanos()),
-        };
-        poll(&mut fds, Some(&timeout))?;
-        if !fds[0].revents().is_empty() {
-            let (stream, address) = listener.accept()?;
-            stream.set_nonblocking(false)?;
-            return Ok((stream, address));
-        }
-    }
-}
-
-fn write_frame(link: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
-    let len = u64::try_from(bytes.len()).expect("lengths fit u64");
-    link.write_all(&len.to_le_bytes())?;
-    link.write_all(bytes)
-}
-
-fn read_frame(link: &mut TcpStream) -> std::io::Result<Vec<u8>> {
-    let mut len = [0u8; 8];
-    link.read_exact(&mut len)?;
-    let len = usize::try_from(u64::from_le_bytes(len))
-        .map_err(|_| std::io::Error::other("frame too long"))?;
-    let mut bytes = vec![0u8; len];
-    link.read_exact(&mut bytes)?;
-    Ok(bytes)
-}
-
-impl Group {
-    /// This process's rank.
-    pub fn rank(&self) -> u32 {
-        self.rank
-    }
-
-    /// Number of processes.
-    pub fn world_size(&self) -> u32 {
-        self.world_size
-    }
-
-    /// Averages `values` element-wise over the ranks, in place: rank 0 adds the ranks' values in rank
-    /// order and sends the mean back, so every rank gets the same bits.
-    pub fn all_reduce_avg(&mut self, values: &mut [f32]) -> Result<(), String> {
-        let as_bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
-        let lost = |e: std::io::Error| format!("all-reduce: a rank's connection failed ({e})");
-        #[allow(clippy::cast_precision_loss)]
-        let world = self.world_size as f32;
-        if self.rank == 0 {
-            for link in &mut self.links {
-                let theirs = read_frame(link).map_err(lost)?;
-                if theirs.len() != values.len() * 4 {
-                    return Err("all-reduce: ranks disagree on the size".into());
-                }
-                for (v, b) in values.iter_mut().zip(theirs.chunks_exact(4)) {
-                    *v += f32::from_le_bytes(b.try_into().expect("4 bytes"));
-                }
-            }
-            for v in values.iter_mut() {
-                *v /= world;
-            }
-            let bytes = as_bytes(values);
-            for link in &mut self.links {
-                write_frame(link, &bytes).map_err(lost)?;
-            }
-        } else {
-            let link = &mut self.links[0];
-            write_frame(link, &as_bytes(values)).map_err(lost)?;
-            let mean = read_frame(link).map_err(lost)?;
-            for (v, b) in values.iter_mut().zip(mean.chunks_exact(4)) {
-                *v = f32::from_le_bytes(b.try_into().expect("4 bytes"));
-            }
-        }
-        Ok(())
-    }
-
-    /// Waits until every rank has reached this point.
-    pub fn barrier(&mut self) -> Result<(), String> {
-        self.all_reduce_avg(&mut [0.0])
     }
 }
 
@@ -609,8 +399,9 @@ impl Reducer {
 }
 
 /// Starts `n` local ranks of this program with `args` (its arguments, without the program), each with
-/// torchrun's variables (rank `i` on GPU `i`, rank 0's rendezvous on `MASTER_PORT` or a free port), and
-/// waits for them: the first to fail stops the others. Returns whether all succeeded.
+/// torchrun's variables (rank `i` on GPU `i`, rank 0's rendezvous on `MASTER_PORT` or a free port) and a
+/// fresh random [`SECRET_VAR`], and waits for them: the first to fail stops the others. Returns whether
+/// all succeeded.
 pub fn launch_local(n: u32, args: &[String]) -> Result<bool, String> {
     let program = std::env::current_exe().map_err(|e| format!("the program's path: {e}"))?;
     let port = match std::env::var("MASTER_PORT") {
@@ -621,16 +412,15 @@ pub fn launch_local(n: u32, args: &[String]) -> Result<bool, String> {
             .port()
             .to_string(),
     };
+    let secret: String = handshake::random_bytes::<32>()
+        .map_err(|e| format!("a secret for the rendezvous: {e}"))?
+        .iter()
+        .fold(String::new(), |hex, b| hex + &format!("{b:02x}"));
     let mut children = Vec::new();
     for rank in 0..n {
         let child = std::process::Command::new(&program)
             .args(args)
-            .env("RANK", rank.to_string())
-            .env("LOCAL_RANK", rank.to_string())
-            .env("WORLD_SIZE", n.to_string())
-            .env("LOCAL_WORLD_SIZE", n.to_string())
-            .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", &port)
+            .envs(local_env(rank, n, &port, &secret))
             .spawn()
             .map_err(|e| format!("starting rank {rank}: {e}"))?;
         children.push(Some(child));
@@ -666,6 +456,19 @@ pub fn launch_local(n: u32, args: &[String]) -> Result<bool, String> {
     Ok(ok)
 }
 
+/// The variables [`launch_local`] gives rank `rank` of `n`.
+fn local_env(rank: u32, n: u32, port: &str, secret: &str) -> [(&'static str, String); 7] {
+    [
+        ("RANK", rank.to_string()),
+        ("LOCAL_RANK", rank.to_string()),
+        ("WORLD_SIZE", n.to_string()),
+        ("LOCAL_WORLD_SIZE", n.to_string()),
+        ("MASTER_ADDR", "127.0.0.1".into()),
+        ("MASTER_PORT", port.into()),
+        (SECRET_VAR, secret.into()),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -687,6 +490,7 @@ mod tests {
             ("LOCAL_RANK", "1"),
             ("MASTER_ADDR", "10.0.0.2"),
             ("MASTER_PORT", "29400"),
+            (SECRET_VAR, "s3cret"),
         ]);
         assert_eq!(
             Launch::from_env(torchrun).unwrap(),
@@ -694,7 +498,8 @@ mod tests {
                 rank: 3,
                 world_size: 8,
                 local_rank: 1,
-                master: "10.0.0.2:29400".into()
+                master: "10.0.0.2:29400".into(),
+                secret: Secret::chosen("s3cret"),
             }
         );
         let slurm = env(&[
@@ -702,16 +507,15 @@ mod tests {
             ("SLURM_NTASKS", "16"),
             ("SLURM_LOCALID", "5"),
             ("SLURM_JOB_NODELIST", "gpu-a[07-08,11],gpu-b3"),
+            ("SLURM_JOB_ID", "4242"),
         ]);
+        let launch = Launch::from_env(slurm).unwrap();
         assert_eq!(
-            Launch::from_env(slurm).unwrap(),
-            Launch {
-                rank: 5,
-                world_size: 16,
-                local_rank: 5,
-                master: format!("gpu-a07:{DEFAULT_PORT}")
-            }
+            (launch.rank, launch.world_size, launch.local_rank),
+            (5, 16, 5)
         );
+        assert_eq!(launch.master, format!("gpu-a07:{DEFAULT_PORT}"));
+        assert_eq!(launch.secret.source(), SecretSource::JobId("SLURM_JOB_ID"));
         for (bad, says) in [
             (
                 vec![("RANK", "2"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "h")],
@@ -734,9 +538,48 @@ mod tests {
                 ],
                 "not a port",
             ),
+            (
+                vec![
+                    ("RANK", "0"),
+                    ("WORLD_SIZE", "2"),
+                    ("MASTER_ADDR", "10.0.0.2"),
+                ],
+                "FLAME_RDZV_SECRET is not set",
+            ),
         ] {
             let error = Launch::from_env(env(&bad)).unwrap_err();
             assert!(error.contains(says), "{error}");
+        }
+        // Without a secret, a rendezvous on loopback still runs (with a warning).
+        for host in ["127.0.0.1", "localhost", "::1"] {
+            let vars = [("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", host)];
+            assert_eq!(
+                Launch::from_env(env(&vars)).unwrap().secret.source(),
+                SecretSource::Absent
+            );
+        }
+    }
+
+    #[test]
+    fn launch_local_gives_each_rank_the_same_secret() {
+        for rank in 0..2 {
+            let vars = local_env(rank, 2, "29555", "c0ffee");
+            let launch = Launch::from_env(|name| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.clone())
+            })
+            .unwrap();
+            assert_eq!(
+                launch,
+                Launch {
+                    rank,
+                    world_size: 2,
+                    local_rank: rank,
+                    master: "127.0.0.1:29555".into(),
+                    secret: Secret::chosen("c0ffee"),
+                }
+            );
         }
     }
 
@@ -769,73 +612,5 @@ mod tests {
         // A cap of 0 gives one bucket per segment; a huge cap one bucket.
         assert_eq!(plan(&segments, &bytes, 0).len(), 4);
         assert_eq!(plan(&segments, &bytes, u64::MAX).len(), 1);
-    }
-
-    fn free_port() -> u16 {
-        TcpListener::bind(("127.0.0.1", 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
-
-    fn launch(rank: u32, world_size: u32, port: u16) -> Launch {
-        Launch {
-            rank,
-            world_size,
-            local_rank: rank,
-            master: format!("127.0.0.1:{port}"),
-        }
-    }
-
-    #[test]
-    #[allow(clippy::float_cmp)] // small integers and their means are exact in f32
-    fn the_rendezvous_hands_out_the_bootstrap_and_averages_values() {
-        let port = free_port();
-        let timeout = Duration::from_secs(30);
-        let joiners: Vec<_> = (1..3)
-            .map(|rank| {
-                std::thread::spawn(move || {
-                    let (mut group, id) =
-                        rendezvous(&launch(rank, 3, port), timeout, || unreachable!()).unwrap();
-                    #[allow(clippy::cast_precision_loss)]
-                    let mut values = [rank as f32, 10.0];
-                    group.all_reduce_avg(&mut values).unwrap();
-                    group.barrier().unwrap();
-                    (id, values)
-                })
-            })
-            .collect();
-        let (mut group, id) =
-            rendezvous(&launch(0, 3, port), timeout, || Ok(b"nccl-id".to_vec())).unwrap();
-        assert_eq!((group.world_size(), id.as_slice()), (3, &b"nccl-id"[..]));
-        let mut values = [0.0, 1.0];
-        group.all_reduce_avg(&mut values).unwrap();
-        group.barrier().unwrap();
-        assert_eq!(values, [1.0, 7.0]);
-        for joiner in joiners {
-            assert_eq!(joiner.join().unwrap(), (b"nccl-id".to_vec(), [1.0, 7.0]));
-        }
-    }
-
-    #[test]
-    fn a_rank_that_never_arrives_is_named_after_the_timeout() {
-        let port = free_port();
-        let error = rendezvous(&launch(0, 3, port), Duration::from_millis(300), || {
-            Ok(Vec::new())
-        })
-        .unwrap_err();
-        assert!(
-            error.contains("rank(s) 1, 2 of 3 did not arrive within"),
-            "{error}"
-        );
-        // And a rank whose rank 0 never listens.
-        let error = rendezvous(
-            &launch(1, 2, free_port()),
-            Duration::from_millis(300),
-            || Ok(Vec::new()),
-        )
-        .unwrap_err();
-        assert!(error.contains("rank 0 did not answer"), "{error}");
     }
 }
