@@ -129,7 +129,8 @@ pub struct Args {
     /// 1.88× (each collective's kernels hold SMs while they wait for the other ranks).
     #[arg(long = "training.bucket_cap_mb", default_value_t = 250)]
     pub bucket_cap_mb: u64,
-    /// Seconds the ranks wait for each other at the rendezvous.
+    /// Seconds the ranks wait for each other at the rendezvous (where each proves it holds the job's
+    /// secret, `FLAME_RDZV_SECRET`, else torchrun's `TORCHELASTIC_RUN_ID` or Slurm's `SLURM_JOB_ID`).
     #[arg(long = "comm.init_timeout_seconds", default_value_t = 300)]
     pub init_timeout_seconds: u64,
     /// Start this many local ranks (one per GPU) and wait for them, as `torchrun --nproc-per-node`.

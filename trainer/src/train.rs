@@ -329,7 +329,7 @@ mod tests {
             rank: 5,
             world_size: 8,
             local_rank: 1,
-            master: "h:1".into(),
+            ..Launch::single()
         };
         let on = |a: &[&str], cuda: bool| device(&args(a), &launch, cuda).unwrap();
         assert_eq!(on(&["--training.device", "cuda"], true), Device::Cuda(1));
