@@ -114,7 +114,7 @@ impl Proxy {
     /// The trace of every connection made so far, in the order they were accepted, once each has ended
     /// (its client hung up). A last connection of the proxy's own marks the end: the listener accepts in
     /// order, so every connection made before it has been accepted by then.
-    pub fn traces(self) -> Vec<Trace> {
+    pub fn traces(&self) -> Vec<Trace> {
         let Endpoint::Unix(path) = &self.endpoint else {
             unreachable!()
         };
