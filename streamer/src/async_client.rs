@@ -1,15 +1,18 @@
 //! The async Rust client (tokio): the protocol and behaviour of [`crate::client::Client`] for input
 //! pipelines that run on an async runtime. It reconnects with backoff and asks again for the batch it
-//! was waiting for, and on a Unix socket reads batches in place from a shared-memory ring. The frames
-//! are parsed by the same sans-IO [`decode`] as everywhere else; only the reads and writes differ.
+//! was waiting for, reads ahead, checks every answer's position, and on a Unix socket reads batches in
+//! place from a shared-memory ring. What to send and what the answers mean is the same sans-IO
+//! [`ClientCore`] the blocking client drives; only the reads and writes differ.
 
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::client::{ClientError, hello_frame};
-use crate::protocol::{Limits, Message, WireSample, decode, encode};
+use crate::client::{ClientError, Exchange, unexpected};
+use crate::client_core::{ClientCore, Event, Failure, Position};
+use crate::protocol::{Limits, Message, WireSample, decode};
 use crate::server::Endpoint;
 use crate::shm::{RingMap, SlotBatch, recv_with_fd};
 use crate::spec::JobSpec;
@@ -40,74 +43,60 @@ impl Conn {
         }
     }
 
-    /// Appends what arrives to `buf`; 0 at the end of the stream.
-    async fn read_more(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    /// Appends what arrives to `buf`, keeping a descriptor that comes with it in `fd` when `with_fd`
+    /// (Unix sockets only); 0 at the end of the stream.
+    async fn read_more(
+        &mut self,
+        buf: &mut Vec<u8>,
+        fd: &mut Option<OwnedFd>,
+        with_fd: bool,
+    ) -> Result<usize, Exchange> {
+        let io = |e: std::io::Error| Exchange::Io(format!("read: {e}"));
         buf.reserve(64 << 10);
         match self {
-            Self::Tcp(s) => s.read_buf(buf).await,
-            Self::Unix(s) => s.read_buf(buf).await,
-        }
-    }
-
-    /// Reads one message; `Ok(None)` at a clean end of stream.
-    async fn read_message(&mut self, buf: &mut Vec<u8>) -> Result<Option<Message>, String> {
-        loop {
-            if let Some((message, used)) =
-                decode(buf, Limits::SERVER_FRAMES).map_err(|e| e.to_string())?
-            {
-                buf.drain(..used);
-                return Ok(Some(message));
-            }
-            if self
-                .read_more(buf)
-                .await
-                .map_err(|e| format!("read: {e}"))?
-                == 0
-            {
-                return if buf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err("connection closed inside a frame".into())
-                };
-            }
-        }
-    }
-
-    /// `ShmOpen`, then `ShmReady` and the ring's descriptor, mapped read-only.
-    async fn open_ring(&mut self, buf: &mut Vec<u8>, slots: u32) -> Result<RingMap, String> {
-        let mut frame = Vec::new();
-        encode(&Message::ShmOpen { slots }, &mut frame);
-        self.write_all(&frame)
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        let Self::Unix(socket) = self else {
-            return Err("shared memory needs a Unix socket".into());
-        };
-        let mut fd = None;
-        loop {
-            if let Some((message, used)) =
-                decode(buf, Limits::SERVER_FRAMES).map_err(|e| e.to_string())?
-            {
-                buf.drain(..used);
-                return match (message, fd) {
-                    (Message::ShmReady { slots, slot_bytes }, Some(fd)) => {
-                        RingMap::open(fd, slots, slot_bytes).map_err(|e| e.to_string())
+            Self::Tcp(_) if with_fd => Err(Exchange::Failed(Failure::Refused(
+                "shared memory needs a Unix socket".into(),
+            ))),
+            Self::Tcp(s) => s.read_buf(buf).await.map_err(io),
+            Self::Unix(s) if !with_fd => s.read_buf(buf).await.map_err(io),
+            Self::Unix(socket) => loop {
+                socket.readable().await.map_err(io)?;
+                match socket.try_io(Interest::READABLE, || recv_with_fd(&*socket, buf)) {
+                    Ok((n, received)) => {
+                        if received.is_some() {
+                            *fd = received;
+                        }
+                        return Ok(n);
                     }
-                    (Message::Error { message }, _) => Err(message),
-                    (other, _) => Err(format!(
-                        "expected ShmReady with the ring's descriptor, got {}",
-                        other.kind()
-                    )),
-                };
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(io(e)),
+                }
+            },
+        }
+    }
+
+    /// Reads one message.
+    async fn read_message(
+        &mut self,
+        buf: &mut Vec<u8>,
+        fd: &mut Option<OwnedFd>,
+        with_fd: bool,
+    ) -> Result<Message, Exchange> {
+        loop {
+            match decode(buf, Limits::SERVER_FRAMES) {
+                Ok(Some((message, used))) => {
+                    buf.drain(..used);
+                    return Ok(message);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(Exchange::Failed(Failure::Refused(e.to_string()))),
             }
-            socket.readable().await.map_err(|e| e.to_string())?;
-            let received = socket.try_io(Interest::READABLE, || recv_with_fd(&*socket, buf));
-            match received {
-                Ok((0, _)) => return Err("connection closed before ShmReady".into()),
-                Ok((_, Some(received))) => fd = Some(received),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.to_string()),
+            if self.read_more(buf, fd, with_fd).await? == 0 {
+                return Err(Exchange::Io(if buf.is_empty() {
+                    "the server closed the connection".into()
+                } else {
+                    "connection closed inside a frame".into()
+                }));
             }
         }
     }
@@ -117,12 +106,12 @@ impl Conn {
 #[derive(Debug)]
 pub struct AsyncClient {
     endpoint: Endpoint,
-    hello: Vec<u8>,
+    core: ClientCore,
     conn: Option<(Conn, Vec<u8>)>,
     retries: u32,
-    shm_slots: Option<u32>,
     ring: Option<RingMap>,
-    held: Option<u32>,
+    /// A descriptor received with the bytes read so far: the ring's, with `ShmReady`.
+    fd: Option<OwnedFd>,
     /// The job's fingerprint, from the server.
     pub fingerprint: String,
     /// Micro-steps per step for this world size.
@@ -140,15 +129,13 @@ impl AsyncClient {
         token: Option<&str>,
         retries: u32,
     ) -> Result<Self, ClientError> {
-        let hello = hello_frame(job, rank, world_size, token);
         let mut client = Self {
             endpoint,
-            hello,
+            core: ClientCore::new(job, rank, world_size, token),
             conn: None,
             retries,
-            shm_slots: None,
             ring: None,
-            held: None,
+            fd: None,
             fingerprint: String::new(),
             micro_steps: 0,
         };
@@ -166,8 +153,12 @@ impl AsyncClient {
             }
             match self.handshake().await {
                 Ok(()) => return Ok(()),
-                Err(Err(refused)) => return Err(ClientError::Refused(refused)),
-                Err(Ok(io)) => last = io,
+                Err(Exchange::Failed(Failure::Refused(message))) => {
+                    return Err(ClientError::Refused(message));
+                }
+                Err(Exchange::Failed(Failure::Dropped(reason)) | Exchange::Io(reason)) => {
+                    last = reason;
+                }
             }
         }
         Err(ClientError::Unreachable {
@@ -176,41 +167,45 @@ impl AsyncClient {
         })
     }
 
-    /// `Err(Ok(_))`: worth retrying; `Err(Err(_))`: refused.
-    async fn handshake(&mut self) -> Result<(), Result<String, String>> {
-        let mut conn = Conn::open(&self.endpoint)
+    /// Opens a connection, says `Hello` and, with shared memory on, maps the new ring.
+    async fn handshake(&mut self) -> Result<(), Exchange> {
+        self.conn = None;
+        self.ring = None;
+        self.fd = None;
+        let conn = Conn::open(&self.endpoint)
             .await
-            .map_err(|e| Ok(e.to_string()))?;
-        conn.write_all(&self.hello)
-            .await
-            .map_err(|e| Ok(e.to_string()))?;
-        let mut buf = Vec::new();
-        match conn.read_message(&mut buf).await {
-            Ok(Some(Message::Welcome {
-                fingerprint,
-                micro_steps,
-                ..
-            })) => {
-                self.fingerprint = fingerprint;
-                self.micro_steps = micro_steps;
-                self.ring = None;
-                self.held = None;
-                if let Some(slots) = self.shm_slots {
-                    self.ring = Some(conn.open_ring(&mut buf, slots).await.map_err(Err)?);
-                }
-                self.conn = Some((conn, buf));
+            .map_err(|e| Exchange::Io(e.to_string()))?;
+        self.conn = Some((conn, Vec::new()));
+        let mut out = Vec::new();
+        self.core.connect(&mut out);
+        match self.run(&mut out).await {
+            Ok(Event::Welcomed | Event::RingReady { .. }) => {
+                self.core.fingerprint().clone_into(&mut self.fingerprint);
+                self.micro_steps = self.core.micro_steps();
                 Ok(())
             }
-            Ok(Some(Message::Error { message })) => Err(Err(message)),
-            Ok(other) => Err(Err(format!("expected Welcome, got {other:?}"))),
-            Err(reason) => Err(Ok(reason)),
+            Ok(other) => {
+                self.conn = None;
+                Err(Exchange::Failed(unexpected(&other)))
+            }
+            Err(e) => {
+                self.conn = None;
+                Err(e)
+            }
         }
+    }
+
+    /// Whether to ask for the following micro-batch with each request (on by default), so that it is on
+    /// its way while the caller works; the server then counts it as sent before the caller asks.
+    pub fn set_read_ahead(&mut self, on: bool) {
+        self.core.set_read_ahead(on);
     }
 
     /// Switches this connection (and every reconnection) to a shared-memory ring of `slots` slots.
     ///
     /// # Errors
-    /// Over TCP, or when the server refuses.
+    /// Over TCP, when the server refuses, and when the connection is lost and cannot be made again (then
+    /// the next call tries again).
     pub async fn open_shared_memory(&mut self, slots: u32) -> Result<(), ClientError> {
         if !matches!(self.endpoint, Endpoint::Unix(_)) {
             return Err(ClientError::Refused(format!(
@@ -218,14 +213,24 @@ impl AsyncClient {
                 self.endpoint
             )));
         }
-        self.shm_slots = Some(slots);
-        let (conn, buf) = self.conn.as_mut().expect("connected");
-        self.ring = Some(
-            conn.open_ring(buf, slots)
-                .await
-                .map_err(ClientError::Refused)?,
-        );
-        Ok(())
+        let mut out = Vec::new();
+        self.core.open_shared_memory(slots, &mut out);
+        if self.conn.is_none() {
+            // Lost earlier: a new connection opens the ring.
+            return self.reconnect().await;
+        }
+        match self.run(&mut out).await {
+            Ok(Event::RingReady { .. }) => Ok(()),
+            Ok(other) => {
+                self.conn = None;
+                Err(unexpected(&other).into())
+            }
+            Err(Exchange::Failed(Failure::Refused(message))) => {
+                self.conn = None;
+                Err(ClientError::Refused(message))
+            }
+            Err(Exchange::Failed(Failure::Dropped(_)) | Exchange::Io(_)) => self.reconnect().await,
+        }
     }
 
     /// This rank's samples at (`step`, `micro_step`); reconnects and asks again if the connection drops.
@@ -234,16 +239,13 @@ impl AsyncClient {
         step: u64,
         micro_step: u64,
     ) -> Result<Vec<WireSample>, ClientError> {
-        if self.shm_slots.is_some() {
+        if self.core.shm_slots().is_some() {
             let batch = self.micro_batch_in_place(step, micro_step).await?;
             return Ok(batch.to_samples());
         }
-        match self.exchange(step, micro_step).await? {
-            Message::Batch { samples, .. } => Ok(samples),
-            other => Err(ClientError::Refused(format!(
-                "expected Batch, got {}",
-                other.kind()
-            ))),
+        match self.exchange((step, micro_step)).await? {
+            Event::Batch(samples) => Ok(samples),
+            other => Err(unexpected(&other).into()),
         }
     }
 
@@ -257,47 +259,42 @@ impl AsyncClient {
         step: u64,
         micro_step: u64,
     ) -> Result<SlotBatch<'_>, ClientError> {
-        if self.shm_slots.is_none() {
+        if self.core.shm_slots().is_none() {
             return Err(ClientError::Refused(
                 "no shared-memory ring: call open_shared_memory first".into(),
             ));
         }
-        match self.exchange(step, micro_step).await? {
-            Message::Slot { slot, bytes, .. } => {
-                self.held = Some(slot);
-                let ring = self
-                    .ring
-                    .as_ref()
-                    .expect("a ring comes with every connection");
+        match self.exchange((step, micro_step)).await? {
+            Event::Slot { slot, bytes } => {
+                let ring = self.ring.as_ref().ok_or_else(|| {
+                    ClientError::Refused("a Slot came before the ring was mapped".into())
+                })?;
                 ring.slot(slot, bytes).map_err(ClientError::Refused)
             }
-            other => Err(ClientError::Refused(format!(
-                "expected Slot, got {}",
-                other.kind()
-            ))),
+            other => Err(unexpected(&other).into()),
         }
     }
 
-    async fn exchange(&mut self, step: u64, micro_step: u64) -> Result<Message, ClientError> {
+    /// Asks for the micro-batch at `at` (with the request for the following one) and returns the answer;
+    /// reconnects and asks again when the connection drops.
+    async fn exchange(&mut self, at: Position) -> Result<Event, ClientError> {
         for _ in 0..=self.retries {
             if self.conn.is_none() {
                 self.reconnect().await?;
             }
-            let mut request = Vec::new();
-            if let Some(slot) = self.held.take() {
-                encode(&Message::Release { slot }, &mut request);
-            }
-            encode(&Message::Request { step, micro_step }, &mut request);
-            let (conn, buf) = self.conn.as_mut().expect("connected");
-            let answer = match conn.write_all(&request).await {
-                Ok(()) => conn.read_message(buf).await,
-                Err(e) => Err(e.to_string()),
+            let mut out = Vec::new();
+            let answer = match self.core.ask(at, &mut out) {
+                Ok(()) => self.run(&mut out).await,
+                Err(failure) => Err(Exchange::Failed(failure)),
             };
             match answer {
-                Ok(Some(Message::Error { message })) => return Err(ClientError::Refused(message)),
-                Ok(Some(message)) => return Ok(message),
+                Ok(event) => return Ok(event),
+                Err(Exchange::Failed(Failure::Refused(message))) => {
+                    self.conn = None;
+                    return Err(ClientError::Refused(message));
+                }
                 // The connection dropped: reconnect and ask again.
-                Ok(None) | Err(_) => self.conn = None,
+                Err(Exchange::Failed(Failure::Dropped(_)) | Exchange::Io(_)) => self.conn = None,
             }
         }
         Err(ClientError::Unreachable {
@@ -307,5 +304,43 @@ impl AsyncClient {
                 self.retries + 1
             ),
         })
+    }
+
+    /// Sends `out`, then reads and hands messages to the core (sending what it adds) until it has an
+    /// event for the caller; maps the ring on [`Event::RingReady`].
+    async fn run(&mut self, out: &mut Vec<u8>) -> Result<Event, Exchange> {
+        let Self {
+            core,
+            conn,
+            ring,
+            fd,
+            ..
+        } = self;
+        let (conn, buf) = conn
+            .as_mut()
+            .ok_or_else(|| Exchange::Io("not connected".into()))?;
+        loop {
+            conn.write_all(out)
+                .await
+                .map_err(|e| Exchange::Io(format!("write: {e}")))?;
+            out.clear();
+            let message = conn.read_message(buf, fd, core.awaits_ring()).await?;
+            match core.receive(message, out).map_err(Exchange::Failed)? {
+                Event::Continue => {}
+                Event::RingReady { slots, slot_bytes } => {
+                    let fd = fd.take().ok_or_else(|| {
+                        Exchange::Failed(Failure::Refused(
+                            "ShmReady came without the ring's descriptor".into(),
+                        ))
+                    })?;
+                    *ring = Some(
+                        RingMap::open(fd, slots, slot_bytes)
+                            .map_err(|e| Exchange::Io(format!("map the ring: {e}")))?,
+                    );
+                    return Ok(Event::RingReady { slots, slot_bytes });
+                }
+                event => return Ok(event),
+            }
+        }
     }
 }

@@ -5,13 +5,19 @@
 //! On a Unix socket, [`Client::open_shared_memory`] switches the connection to a shared-memory ring
 //! ([`crate::shm`]): [`Client::micro_batch_in_place`] then returns the batch where the server wrote it,
 //! without a copy, valid until the next call (which gives the slot back).
+//!
+//! What to send and what the answers mean is [`ClientCore`]'s, shared with the async client: it asks for
+//! the following micro-batch with each request (read-ahead), releases the slot held, and checks that
+//! each answer is the micro-batch asked for. This file only moves the bytes.
 
 use std::io::Write;
 use std::net::TcpStream;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use crate::protocol::{Limits, Message, VERSION, WireSample, encode};
+use crate::client_core::{ClientCore, Event, Failure, Position};
+use crate::protocol::{Limits, Message, WireSample, decode};
 use crate::server::{Connection, Endpoint, read_message};
 use crate::shm::{RingMap, SlotBatch, recv_with_fd};
 use crate::spec::JobSpec;
@@ -35,18 +41,12 @@ pub enum ClientError {
 /// A connection to `flame-stream` for one rank of one job.
 pub struct Client {
     endpoint: Endpoint,
-    hello: Vec<u8>,
+    core: ClientCore,
     conn: Option<(Box<dyn Connection>, Vec<u8>)>,
     retries: u32,
-    shm_slots: Option<u32>,
     ring: Option<RingMap>,
-    held: Option<u32>,
-    /// The micro-batch asked for ahead, whose answer is still to be read.
-    ahead: Option<(u64, u64)>,
-    read_ahead: bool,
-    /// (global batch, samples per micro-step) of the job for this world size.
-    shape: (u64, u64),
-    num_samples: Option<u64>,
+    /// A descriptor received with the bytes read so far: the ring's, with `ShmReady`.
+    fd: Option<OwnedFd>,
     /// The job's fingerprint, from the server.
     pub fingerprint: String,
     /// Micro-steps per step for this world size.
@@ -73,22 +73,13 @@ impl Client {
         token: Option<&str>,
         retries: u32,
     ) -> Result<Self, ClientError> {
-        let hello = hello_frame(job, rank, world_size, token);
         let mut client = Self {
             endpoint,
-            hello,
+            core: ClientCore::new(job, rank, world_size, token),
             conn: None,
             retries,
-            shm_slots: None,
             ring: None,
-            held: None,
-            ahead: None,
-            read_ahead: true,
-            shape: (
-                u64::from(job.global_batch_size),
-                u64::from(job.micro_batch_size) * u64::from(world_size),
-            ),
-            num_samples: job.num_samples,
+            fd: None,
             fingerprint: String::new(),
             micro_steps: 0,
         };
@@ -106,8 +97,12 @@ impl Client {
             }
             match self.handshake() {
                 Ok(()) => return Ok(()),
-                Err(Handshake::Refused(message)) => return Err(ClientError::Refused(message)),
-                Err(Handshake::Io(reason)) => last = reason,
+                Err(Exchange::Failed(Failure::Refused(message))) => {
+                    return Err(ClientError::Refused(message));
+                }
+                Err(Exchange::Failed(Failure::Dropped(reason)) | Exchange::Io(reason)) => {
+                    last = reason;
+                }
             }
         }
         Err(ClientError::Unreachable {
@@ -116,55 +111,52 @@ impl Client {
         })
     }
 
-    fn handshake(&mut self) -> Result<(), Handshake> {
-        let mut conn: Box<dyn Connection> = match &self.endpoint {
+    /// Opens a connection, says `Hello` and, with shared memory on, maps the new ring.
+    fn handshake(&mut self) -> Result<(), Exchange> {
+        self.conn = None;
+        self.ring = None;
+        self.fd = None;
+        let io = |e: std::io::Error| Exchange::Io(e.to_string());
+        let conn: Box<dyn Connection> = match &self.endpoint {
             Endpoint::Tcp(addr) => {
-                let stream = TcpStream::connect(addr).map_err(|e| Handshake::Io(e.to_string()))?;
+                let stream = TcpStream::connect(addr).map_err(io)?;
                 let _ = stream.set_nodelay(true);
                 Box::new(stream)
             }
-            Endpoint::Unix(path) => {
-                Box::new(UnixStream::connect(path).map_err(|e| Handshake::Io(e.to_string()))?)
-            }
+            Endpoint::Unix(path) => Box::new(UnixStream::connect(path).map_err(io)?),
         };
-        conn.write_all(&self.hello)
-            .map_err(|e| Handshake::Io(e.to_string()))?;
-        let mut buf = Vec::new();
-        match read_message(conn.as_mut(), &mut buf, Limits::SERVER_FRAMES) {
-            Ok(Some(Message::Welcome {
-                fingerprint,
-                micro_steps,
-                ..
-            })) => {
-                self.fingerprint = fingerprint;
-                self.micro_steps = micro_steps;
-                self.ring = None;
-                self.held = None;
-                self.ahead = None;
-                if let Some(slots) = self.shm_slots {
-                    self.ring = Some(open_ring(conn.as_mut(), &mut buf, slots)?);
-                }
-                self.conn = Some((conn, buf));
+        self.conn = Some((conn, Vec::new()));
+        let mut out = Vec::new();
+        self.core.connect(&mut out);
+        let result = self.run(&mut out);
+        match result {
+            Ok(Event::Welcomed | Event::RingReady { .. }) => {
+                self.core.fingerprint().clone_into(&mut self.fingerprint);
+                self.micro_steps = self.core.micro_steps();
                 Ok(())
             }
-            Ok(Some(Message::Error { message })) => Err(Handshake::Refused(message)),
-            Ok(other) => Err(Handshake::Refused(format!(
-                "expected Welcome, got {other:?}"
-            ))),
-            Err(reason) => Err(Handshake::Io(reason)),
+            Ok(other) => {
+                self.conn = None;
+                Err(Exchange::Failed(unexpected(&other)))
+            }
+            Err(e) => {
+                self.conn = None;
+                Err(e)
+            }
         }
     }
 
     /// Whether to ask for the following micro-batch with each request (on by default), so that it is on
     /// its way while the caller works; the server then counts it as sent before the caller asks.
     pub fn set_read_ahead(&mut self, on: bool) {
-        self.read_ahead = on;
+        self.core.set_read_ahead(on);
     }
 
     /// Switches this connection (and every reconnection) to a shared-memory ring of `slots` slots.
     ///
     /// # Errors
-    /// Over TCP (shared memory is for the server's host), or when the server refuses.
+    /// Over TCP (shared memory is for the server's host), when the server refuses, and when the
+    /// connection is lost and cannot be made again (then the next call tries again).
     pub fn open_shared_memory(&mut self, slots: u32) -> Result<(), ClientError> {
         if !matches!(self.endpoint, Endpoint::Unix(_)) {
             return Err(ClientError::Refused(format!(
@@ -172,19 +164,23 @@ impl Client {
                 self.endpoint
             )));
         }
-        self.shm_slots = Some(slots);
-        let (conn, buf) = self.conn.as_mut().expect("connected");
-        if self.ahead.take().is_some() {
-            // The answer to a request made ahead comes first.
-            read_message(conn.as_mut(), buf, Limits::SERVER_FRAMES)
-                .map_err(ClientError::Refused)?;
+        let mut out = Vec::new();
+        self.core.open_shared_memory(slots, &mut out);
+        if self.conn.is_none() {
+            // Lost earlier: a new connection opens the ring.
+            return self.reconnect();
         }
-        match open_ring(conn.as_mut(), buf, slots) {
-            Ok(ring) => {
-                self.ring = Some(ring);
-                Ok(())
+        match self.run(&mut out) {
+            Ok(Event::RingReady { .. }) => Ok(()),
+            Ok(other) => {
+                self.conn = None;
+                Err(unexpected(&other).into())
             }
-            Err(Handshake::Refused(m) | Handshake::Io(m)) => Err(ClientError::Refused(m)),
+            Err(Exchange::Failed(Failure::Refused(message))) => {
+                self.conn = None;
+                Err(ClientError::Refused(message))
+            }
+            Err(Exchange::Failed(Failure::Dropped(_)) | Exchange::Io(_)) => self.reconnect(),
         }
     }
 
@@ -194,16 +190,13 @@ impl Client {
         step: u64,
         micro_step: u64,
     ) -> Result<Vec<WireSample>, ClientError> {
-        if self.shm_slots.is_some() {
+        if self.core.shm_slots().is_some() {
             let batch = self.micro_batch_in_place(step, micro_step)?;
             return Ok(batch.to_samples());
         }
-        match self.exchange(step, micro_step)? {
-            Message::Batch { samples, .. } => Ok(samples),
-            other => Err(ClientError::Refused(format!(
-                "expected Batch, got {}",
-                other.kind()
-            ))),
+        match self.exchange((step, micro_step))? {
+            Event::Batch(samples) => Ok(samples),
+            other => Err(unexpected(&other).into()),
         }
     }
 
@@ -217,60 +210,44 @@ impl Client {
         step: u64,
         micro_step: u64,
     ) -> Result<SlotBatch<'_>, ClientError> {
-        if self.shm_slots.is_none() {
+        if self.core.shm_slots().is_none() {
             return Err(ClientError::Refused(
                 "no shared-memory ring: call open_shared_memory first".into(),
             ));
         }
-        match self.exchange(step, micro_step)? {
-            Message::Slot {
-                step: s,
-                micro_step: m,
-                slot,
-                bytes,
-            } if (s, m) == (step, micro_step) => {
-                self.held = Some(slot);
-                let ring = self
-                    .ring
-                    .as_ref()
-                    .expect("a ring comes with every connection");
+        match self.exchange((step, micro_step))? {
+            Event::Slot { slot, bytes } => {
+                let ring = self.ring.as_ref().ok_or_else(|| {
+                    ClientError::Refused("a Slot came before the ring was mapped".into())
+                })?;
                 ring.slot(slot, bytes).map_err(ClientError::Refused)
             }
-            other => Err(ClientError::Refused(format!(
-                "expected the Slot of ({step}, {micro_step}), got {other:?}"
-            ))),
+            other => Err(unexpected(&other).into()),
         }
     }
 
-    /// The micro-batch after `at`, if the job has it (so asking for it ahead cannot fail).
-    fn following(&self, (step, micro_step): (u64, u64)) -> Option<(u64, u64)> {
-        let next = if micro_step + 1 >= u64::from(self.micro_steps) {
-            (step + 1, 0)
-        } else {
-            (step, micro_step + 1)
-        };
-        let (g, per_micro_step) = self.shape;
-        let end = next.0 * g + (next.1 + 1) * per_micro_step;
-        self.num_samples.is_none_or(|n| end <= n).then_some(next)
-    }
-
-    /// Sends a request (after giving back the slot held, if any) and returns the answer. It also asks
-    /// for the following micro-batch, so that the server prepares it while the caller works on this one
-    /// (a trainer asks in order); a request that turns out different throws that answer away.
-    fn exchange(&mut self, step: u64, micro_step: u64) -> Result<Message, ClientError> {
-        let at = (step, micro_step);
+    /// Asks for the micro-batch at `at` (see [`ClientCore::ask`]: with the request for the following
+    /// one) and returns the answer; reconnects and asks again when the connection drops.
+    fn exchange(&mut self, at: Position) -> Result<Event, ClientError> {
         // A server that accepts, then drops the connection before answering, gets as many tries as a
         // server that cannot be reached; then the last failure is returned.
         for _ in 0..=self.retries {
             if self.conn.is_none() {
                 self.reconnect()?;
             }
-            let answer = self.try_exchange(at);
+            let mut out = Vec::new();
+            let answer = match self.core.ask(at, &mut out) {
+                Ok(()) => self.run(&mut out),
+                Err(failure) => Err(Exchange::Failed(failure)),
+            };
             match answer {
-                Ok(Some(Message::Error { message })) => return Err(ClientError::Refused(message)),
-                Ok(Some(message)) => return Ok(message),
+                Ok(event) => return Ok(event),
+                Err(Exchange::Failed(Failure::Refused(message))) => {
+                    self.conn = None;
+                    return Err(ClientError::Refused(message));
+                }
                 // The connection dropped: reconnect and ask again.
-                Ok(None) | Err(_) => self.conn = None,
+                Err(Exchange::Failed(Failure::Dropped(_)) | Exchange::Io(_)) => self.conn = None,
             }
         }
         Err(ClientError::Unreachable {
@@ -282,118 +259,93 @@ impl Client {
         })
     }
 
-    fn try_exchange(&mut self, at: (u64, u64)) -> Result<Option<Message>, String> {
-        // With one slot, the one the caller holds, nothing can be prepared ahead.
-        let read_ahead = self.read_ahead && self.shm_slots.is_none_or(|slots| slots >= 2);
-        let next = self.following(at).filter(|_| read_ahead);
-        let (conn, buf) = self.conn.as_mut().expect("connected");
-        let mut request = Vec::new();
-        if let Some(slot) = self.held.take() {
-            encode(&Message::Release { slot }, &mut request);
-        }
-        match self.ahead.take() {
-            Some(asked) if asked == at => {}
-            asked => {
-                if asked.is_some() {
-                    // Asked ahead for something else: read that answer and give its slot back.
-                    conn.write_all(&request).map_err(|e| e.to_string())?;
-                    request.clear();
-                    match read_message(conn.as_mut(), buf, Limits::SERVER_FRAMES)? {
-                        Some(Message::Slot { slot, .. }) => {
-                            encode(&Message::Release { slot }, &mut request);
-                        }
-                        Some(Message::Batch { .. }) => {}
-                        // A refusal of what was asked ahead (past the job's end): the server has closed
-                        // the connection; reconnect and ask for what is wanted now.
-                        _ => return Err("the request made ahead was refused".into()),
-                    }
+    /// Sends `out`, then reads and hands messages to the core (sending what it adds) until it has an
+    /// event for the caller; maps the ring on [`Event::RingReady`].
+    fn run(&mut self, out: &mut Vec<u8>) -> Result<Event, Exchange> {
+        let Self {
+            core,
+            conn,
+            ring,
+            fd,
+            ..
+        } = self;
+        let (conn, buf) = conn
+            .as_mut()
+            .ok_or_else(|| Exchange::Io("not connected".into()))?;
+        loop {
+            conn.write_all(out)
+                .map_err(|e| Exchange::Io(format!("write: {e}")))?;
+            out.clear();
+            let message = if core.awaits_ring() {
+                read_with_fd(conn.as_mut(), buf, fd)?
+            } else {
+                read_message(conn.as_mut(), buf, Limits::SERVER_FRAMES)
+                    .map_err(Exchange::Io)?
+                    .ok_or_else(|| Exchange::Io("the server closed the connection".into()))?
+            };
+            match core.receive(message, out).map_err(Exchange::Failed)? {
+                Event::Continue => {}
+                Event::RingReady { slots, slot_bytes } => {
+                    let fd = fd.take().ok_or_else(|| {
+                        Exchange::Failed(Failure::Refused(
+                            "ShmReady came without the ring's descriptor".into(),
+                        ))
+                    })?;
+                    *ring = Some(
+                        RingMap::open(fd, slots, slot_bytes)
+                            .map_err(|e| Exchange::Io(format!("map the ring: {e}")))?,
+                    );
+                    return Ok(Event::RingReady { slots, slot_bytes });
                 }
-                encode(
-                    &Message::Request {
-                        step: at.0,
-                        micro_step: at.1,
-                    },
-                    &mut request,
-                );
+                event => return Ok(event),
             }
         }
-        if let Some((step, micro_step)) = next {
-            encode(&Message::Request { step, micro_step }, &mut request);
-        }
-        conn.write_all(&request).map_err(|e| e.to_string())?;
-        let answer = read_message(conn.as_mut(), buf, Limits::SERVER_FRAMES)?;
-        self.ahead = next;
-        Ok(answer)
     }
 }
 
-/// The `Hello` frame of rank `rank` of `world_size` for `job`.
-pub(crate) fn hello_frame(
-    job: &JobSpec,
-    rank: u32,
-    world_size: u32,
-    token: Option<&str>,
-) -> Vec<u8> {
-    let mut hello = Vec::new();
-    encode(
-        &Message::Hello {
-            version: VERSION,
-            token: token.unwrap_or("").as_bytes().to_vec(),
-            job: job.to_toml(),
-            rank,
-            world_size,
-        },
-        &mut hello,
-    );
-    hello
-}
-
-/// Asks for a ring on `conn` and maps it: `ShmOpen`, then `ShmReady` with the descriptor.
-fn open_ring(
+/// Reads one message on a Unix socket, keeping the descriptor that comes with it (the ring's, with
+/// `ShmReady`) in `fd`.
+fn read_with_fd(
     conn: &mut dyn Connection,
     buf: &mut Vec<u8>,
-    slots: u32,
-) -> Result<RingMap, Handshake> {
-    let io = |e: std::io::Error| Handshake::Io(e.to_string());
-    let mut frame = Vec::new();
-    encode(&Message::ShmOpen { slots }, &mut frame);
-    conn.write_all(&frame).map_err(io)?;
-    let socket = conn
-        .as_unix()
-        .ok_or_else(|| Handshake::Refused("shared memory needs a Unix socket".into()))?;
-    let mut fd = None;
+    fd: &mut Option<OwnedFd>,
+) -> Result<Message, Exchange> {
+    let socket = conn.as_unix().ok_or_else(|| {
+        Exchange::Failed(Failure::Refused("shared memory needs a Unix socket".into()))
+    })?;
     loop {
-        match crate::protocol::decode(buf, Limits::SERVER_FRAMES) {
+        match decode(buf, Limits::SERVER_FRAMES) {
             Ok(Some((message, used))) => {
                 buf.drain(..used);
-                return match (message, fd) {
-                    (Message::ShmReady { slots, slot_bytes }, Some(fd)) => {
-                        RingMap::open(fd, slots, slot_bytes).map_err(io)
-                    }
-                    (Message::ShmReady { .. }, None) => Err(Handshake::Refused(
-                        "ShmReady came without the ring's descriptor".into(),
-                    )),
-                    (Message::Error { message }, _) => Err(Handshake::Refused(message)),
-                    (other, _) => Err(Handshake::Refused(format!(
-                        "expected ShmReady, got {}",
-                        other.kind()
-                    ))),
-                };
+                return Ok(message);
             }
             Ok(None) => {}
-            Err(e) => return Err(Handshake::Refused(e.to_string())),
+            Err(e) => return Err(Exchange::Failed(Failure::Refused(e.to_string()))),
         }
-        let (n, received) = recv_with_fd(socket, buf).map_err(io)?;
+        let (n, received) =
+            recv_with_fd(socket, buf).map_err(|e| Exchange::Io(format!("read: {e}")))?;
         if n == 0 {
-            return Err(Handshake::Io("connection closed before ShmReady".into()));
+            return Err(Exchange::Io("the server closed the connection".into()));
         }
         if received.is_some() {
-            fd = received;
+            *fd = received;
         }
     }
 }
 
-enum Handshake {
-    Refused(String),
+/// An event the core does not give for what was asked: a bug in the core, reported rather than panicked on.
+pub(crate) fn unexpected(event: &Event) -> Failure {
+    Failure::Refused(format!("unexpected {event:?}"))
+}
+
+impl From<Failure> for ClientError {
+    fn from(failure: Failure) -> Self {
+        Self::Refused(failure.to_string())
+    }
+}
+
+/// How an exchange failed: the connection (reconnect and ask again) or the core's verdict.
+pub(crate) enum Exchange {
     Io(String),
+    Failed(Failure),
 }

@@ -1,7 +1,9 @@
 //! Integration tests of flame-stream: the stream's invariants and the server seen by clients.
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)] // a failed unwrap is a failed test
 
+mod client;
 mod megatron;
 mod python;
 mod server;
 mod stream;
+mod util;

@@ -1,0 +1,787 @@
+//! The client's side of the protocol without I/O: what to send and what an answer means, for both Rust
+//! clients ([`crate::client::Client`], [`crate::async_client::AsyncClient`]), which only move the bytes.
+//!
+//! A driver calls [`ClientCore::connect`] on a new connection (it appends `Hello`),
+//! [`ClientCore::open_shared_memory`] to switch to a ring, and [`ClientCore::ask`] for each micro-batch;
+//! each appends the frames to send to `out`. The driver sends them, reads one message (with the
+//! descriptor that may come with it while [`ClientCore::awaits_ring`]), and passes it to
+//! [`ClientCore::receive`], which may append more frames and says what happened ([`Event`]): nothing for
+//! the caller yet ([`Event::Continue`]: send and read on), or the welcome, the ring, or the micro-batch.
+//!
+//! The core reads ahead: with each `Request` it also sends the one for the following micro-batch when
+//! the job has it ([`ClientCore::following`]), so the server prepares it while the trainer works; the
+//! next [`ClientCore::ask`] for that micro-batch sends no request of its own, and one for anything else
+//! first reads the answer made ahead and gives its slot back. It releases the slot it holds with the next
+//! request, and checks that every answer is the micro-batch asked for (`Batch` or `Slot` of that step and
+//! micro-step). On a failure ([`Failure`]) the driver drops the connection; a new one starts afresh with
+//! [`ClientCore::connect`].
+
+use crate::protocol::{Message, VERSION, WireSample, encode};
+use crate::spec::JobSpec;
+
+/// A micro-batch's place in the job: (step, micro-step).
+pub type Position = (u64, u64);
+
+/// What a message from the server means for the driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Nothing for the caller yet: send what `out` holds (if anything), then read the next message.
+    Continue,
+    /// The server serves this job: [`ClientCore::fingerprint`] and [`ClientCore::micro_steps`] are set.
+    Welcomed,
+    /// The ring is ready: map it from the descriptor that came with this frame.
+    RingReady {
+        /// Slots in the ring.
+        slots: u32,
+        /// Bytes per slot.
+        slot_bytes: u64,
+    },
+    /// The micro-batch asked for, over the socket.
+    Batch(Vec<WireSample>),
+    /// The micro-batch asked for is in this slot of the ring; the client holds it until its next request.
+    Slot {
+        /// Which slot.
+        slot: u32,
+        /// Bytes of the slot in use.
+        bytes: u64,
+    },
+}
+
+/// Why an exchange failed; either way the connection is of no further use.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// The server refused (its `Error` frame, after which it closes the connection) or broke the
+    /// protocol: give up.
+    #[error("{0}")]
+    Refused(String),
+    /// Not the caller's doing (the server refused a request made ahead, or the connection is mid-way
+    /// through another exchange): reconnect and ask again.
+    #[error("{0}")]
+    Dropped(String),
+}
+
+/// What the core waits for on the current connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Awaiting {
+    /// Not connected.
+    Welcome,
+    /// Connected, no exchange under way.
+    Nothing,
+    /// `ShmReady`.
+    Ring,
+    /// The answer to a request made ahead, which nobody wants any more; then `ShmReady`.
+    StaleThenRing,
+    /// The answer to a request made ahead, which nobody wants any more; then ask for `at` (and `next`).
+    StaleThenAsk {
+        at: Position,
+        next: Option<Position>,
+    },
+    /// The answer for `at`; `next` was asked for ahead.
+    Answer {
+        at: Position,
+        next: Option<Position>,
+    },
+}
+
+/// One rank's side of the protocol for one job: the state both Rust clients share.
+#[derive(Debug)]
+pub struct ClientCore {
+    hello: Vec<u8>,
+    global_batch: u64,
+    /// Samples per micro-step over all ranks.
+    per_micro_step: u64,
+    num_samples: Option<u64>,
+    read_ahead: bool,
+    shm_slots: Option<u32>,
+    fingerprint: String,
+    micro_steps: u32,
+    awaiting: Awaiting,
+    /// Whether the current connection has its ring.
+    has_ring: bool,
+    /// The slot the caller holds (its last micro-batch).
+    held: Option<u32>,
+    /// The micro-batch asked for ahead, whose answer is still to be read.
+    ahead: Option<Position>,
+}
+
+impl ClientCore {
+    /// Rank `rank` of `world_size` of `job`, presenting `token`; reads ahead unless told otherwise.
+    pub fn new(job: &JobSpec, rank: u32, world_size: u32, token: Option<&str>) -> Self {
+        let mut hello = Vec::new();
+        encode(
+            &Message::Hello {
+                version: VERSION,
+                token: token.unwrap_or("").as_bytes().to_vec(),
+                job: job.to_toml(),
+                rank,
+                world_size,
+            },
+            &mut hello,
+        );
+        Self {
+            hello,
+            global_batch: u64::from(job.global_batch_size),
+            per_micro_step: u64::from(job.micro_batch_size) * u64::from(world_size),
+            num_samples: job.num_samples,
+            read_ahead: true,
+            shm_slots: None,
+            fingerprint: String::new(),
+            micro_steps: 0,
+            awaiting: Awaiting::Welcome,
+            has_ring: false,
+            held: None,
+            ahead: None,
+        }
+    }
+
+    /// The job's fingerprint, from the last `Welcome`.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Micro-steps per step for this world size, from the last `Welcome`.
+    pub fn micro_steps(&self) -> u32 {
+        self.micro_steps
+    }
+
+    /// The ring's slots, once shared memory is asked for.
+    pub fn shm_slots(&self) -> Option<u32> {
+        self.shm_slots
+    }
+
+    /// Whether the next message is `ShmReady`, whose descriptor the driver must receive with it.
+    pub fn awaits_ring(&self) -> bool {
+        matches!(self.awaiting, Awaiting::Ring | Awaiting::StaleThenRing)
+    }
+
+    /// Whether to ask for the following micro-batch with each request (on by default).
+    pub fn set_read_ahead(&mut self, on: bool) {
+        self.read_ahead = on;
+    }
+
+    /// A new connection: forgets the last one's state and appends `Hello`. Its answer gives
+    /// [`Event::Welcomed`], or [`Event::RingReady`] when shared memory is on (the core asks for the ring
+    /// right after the welcome).
+    pub fn connect(&mut self, out: &mut Vec<u8>) {
+        self.awaiting = Awaiting::Welcome;
+        self.has_ring = false;
+        self.held = None;
+        self.ahead = None;
+        out.extend_from_slice(&self.hello);
+    }
+
+    /// Switches this connection and every later one to a shared-memory ring of `slots` slots: appends
+    /// `ShmOpen` (the answer gives [`Event::RingReady`]). Call it on a connection with no exchange under
+    /// way; without a connection, call only this and [`ClientCore::connect`] opens the ring.
+    ///
+    /// The slot held and an answer made ahead belong to the ring this one replaces: they are dropped.
+    pub fn open_shared_memory(&mut self, slots: u32, out: &mut Vec<u8>) {
+        self.shm_slots = Some(slots);
+        if self.awaiting != Awaiting::Nothing {
+            return;
+        }
+        self.held = None;
+        self.has_ring = false;
+        self.awaiting = if self.ahead.take().is_some() {
+            Awaiting::StaleThenRing
+        } else {
+            Awaiting::Ring
+        };
+        encode(&Message::ShmOpen { slots }, out);
+    }
+
+    /// The micro-batch after `at` if the job has it for every rank, so asking for it ahead cannot be
+    /// refused; `None` before the first `Welcome`.
+    pub fn following(&self, (step, micro_step): Position) -> Option<Position> {
+        if self.micro_steps == 0 {
+            return None;
+        }
+        let next = if micro_step + 1 >= u64::from(self.micro_steps) {
+            (step + 1, 0)
+        } else {
+            (step, micro_step + 1)
+        };
+        let end = next.0 * self.global_batch + (next.1 + 1) * self.per_micro_step;
+        self.num_samples.is_none_or(|n| end <= n).then_some(next)
+    }
+
+    /// Asks for the micro-batch at `at`: appends the release of the slot held, and the requests for `at`
+    /// and the following micro-batch unless they were made ahead. The answer gives [`Event::Batch`] (or
+    /// [`Event::Slot`] with shared memory).
+    ///
+    /// # Errors
+    /// [`Failure::Dropped`] when the connection is not welcomed or another exchange is under way.
+    pub fn ask(&mut self, at: Position, out: &mut Vec<u8>) -> Result<(), Failure> {
+        if self.awaiting != Awaiting::Nothing {
+            return Err(Failure::Dropped(format!(
+                "cannot ask for {at:?} while waiting for {:?}",
+                self.awaiting
+            )));
+        }
+        if let Some(slot) = self.held.take() {
+            encode(&Message::Release { slot }, out);
+        }
+        // With one slot, the one the caller holds, nothing can be prepared ahead.
+        let next = self
+            .following(at)
+            .filter(|_| self.read_ahead && self.shm_slots.is_none_or(|slots| slots >= 2));
+        self.awaiting = match self.ahead.take() {
+            Some(asked) if asked == at => {
+                request(next, out);
+                Awaiting::Answer { at, next }
+            }
+            // Asked ahead for something else: its answer comes first, to be read and given back.
+            Some(_) => Awaiting::StaleThenAsk { at, next },
+            None => {
+                request(Some(at), out);
+                request(next, out);
+                Awaiting::Answer { at, next }
+            }
+        };
+        Ok(())
+    }
+
+    /// Takes the next message from the server; appends what to send next to `out`.
+    ///
+    /// # Errors
+    /// [`Failure::Refused`] for the server's `Error` frame and for any answer other than the one
+    /// awaited (a `Batch` or `Slot` of another micro-batch included); [`Failure::Dropped`] when the
+    /// server refused a request made ahead.
+    pub fn receive(&mut self, message: Message, out: &mut Vec<u8>) -> Result<Event, Failure> {
+        let awaiting = std::mem::replace(&mut self.awaiting, Awaiting::Nothing);
+        let event = match (awaiting, message) {
+            (
+                Awaiting::Welcome,
+                Message::Welcome {
+                    fingerprint,
+                    micro_steps,
+                    ..
+                },
+            ) => {
+                self.fingerprint = fingerprint;
+                self.micro_steps = micro_steps;
+                if let Some(slots) = self.shm_slots {
+                    self.awaiting = Awaiting::Ring;
+                    encode(&Message::ShmOpen { slots }, out);
+                    Event::Continue
+                } else {
+                    Event::Welcomed
+                }
+            }
+            (Awaiting::Ring, Message::ShmReady { slots, slot_bytes }) => {
+                self.has_ring = true;
+                Event::RingReady { slots, slot_bytes }
+            }
+            (Awaiting::StaleThenRing, Message::Batch { .. } | Message::Slot { .. }) => {
+                self.awaiting = Awaiting::Ring;
+                Event::Continue
+            }
+            (
+                Awaiting::StaleThenAsk { at, next },
+                stale @ (Message::Batch { .. } | Message::Slot { .. }),
+            ) => {
+                if let Message::Slot { slot, .. } = stale {
+                    encode(&Message::Release { slot }, out);
+                }
+                request(Some(at), out);
+                request(next, out);
+                self.awaiting = Awaiting::Answer { at, next };
+                Event::Continue
+            }
+            (
+                Awaiting::StaleThenRing | Awaiting::StaleThenAsk { .. },
+                Message::Error { message },
+            ) => {
+                // Past the job's end, say: the server has closed the connection.
+                return Err(Failure::Dropped(format!(
+                    "the request made ahead was refused: {message}"
+                )));
+            }
+            (Awaiting::Answer { at, next }, answer) => {
+                let event = match answer {
+                    Message::Batch {
+                        step,
+                        micro_step,
+                        samples,
+                    } if self.shm_slots.is_none() && (step, micro_step) == at => {
+                        Event::Batch(samples)
+                    }
+                    Message::Slot {
+                        step,
+                        micro_step,
+                        slot,
+                        bytes,
+                    } if self.has_ring && (step, micro_step) == at => {
+                        self.held = Some(slot);
+                        Event::Slot { slot, bytes }
+                    }
+                    Message::Error { message } => return Err(Failure::Refused(message)),
+                    other => {
+                        let kind = if self.shm_slots.is_some() {
+                            "Slot"
+                        } else {
+                            "Batch"
+                        };
+                        return Err(Failure::Refused(format!(
+                            "expected the {kind} of ({}, {}), got {}",
+                            at.0,
+                            at.1,
+                            describe(&other)
+                        )));
+                    }
+                };
+                self.ahead = next;
+                event
+            }
+            (_, Message::Error { message }) => return Err(Failure::Refused(message)),
+            (awaiting, other) => {
+                return Err(Failure::Refused(format!(
+                    "expected {}, got {}",
+                    match awaiting {
+                        Awaiting::Welcome => "Welcome",
+                        Awaiting::Ring | Awaiting::StaleThenRing => "ShmReady",
+                        _ => "no message",
+                    },
+                    describe(&other)
+                )));
+            }
+        };
+        Ok(event)
+    }
+}
+
+fn request(at: Option<Position>, out: &mut Vec<u8>) {
+    if let Some((step, micro_step)) = at {
+        encode(&Message::Request { step, micro_step }, out);
+    }
+}
+
+/// A message's kind and, for an answer, its position (not its samples).
+fn describe(message: &Message) -> String {
+    match message {
+        Message::Batch {
+            step, micro_step, ..
+        } => format!("the Batch of ({step}, {micro_step})"),
+        Message::Slot {
+            step,
+            micro_step,
+            slot,
+            ..
+        } => format!("the Slot of ({step}, {micro_step}) in slot {slot}"),
+        other => other.kind().to_owned(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use std::collections::VecDeque;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::protocol::{Limits, decode};
+
+    /// Micro-batches of one rank, as the model server hands them out: the position, as a sample index.
+    fn sample_of((step, micro_step): Position) -> WireSample {
+        WireSample {
+            dataset: 0,
+            index: step * 1000 + micro_step,
+            cu_seqlens: vec![0, 1],
+            tokens: vec![7],
+        }
+    }
+
+    /// A job of 2 micro-steps per step for rank 0 of 2 (micro-batches of 1, global batches of 4).
+    fn job(num_samples: Option<u64>) -> JobSpec {
+        let mut spec = JobSpec::from_toml(
+            "seed = 1\nseq_len = 1\nmicro_batch_size = 1\nglobal_batch_size = 4\n[[datasets]]\npath = \"x\"\n",
+        )
+        .unwrap();
+        spec.num_samples = num_samples;
+        spec
+    }
+
+    /// The server of one connection as the protocol describes it: answers requests in order (in a free
+    /// slot once a ring is open), refuses a micro-batch the job does not have for every rank and a
+    /// request with every slot held, and hangs up after a refusal.
+    struct Server {
+        micro_steps: u64,
+        num_samples: Option<u64>,
+        /// Per slot: the micro-batch the client holds in it.
+        ring: Option<Vec<Option<Position>>>,
+        requests: Vec<Position>,
+        answers: VecDeque<Message>,
+        refused: Option<String>,
+    }
+
+    impl Server {
+        fn new(num_samples: Option<u64>) -> Self {
+            Self {
+                micro_steps: 2,
+                num_samples,
+                ring: None,
+                requests: Vec::new(),
+                answers: VecDeque::new(),
+                refused: None,
+            }
+        }
+
+        fn refuse(&mut self, message: String) {
+            self.answers.push_back(Message::Error {
+                message: message.clone(),
+            });
+            self.refused = Some(message);
+        }
+
+        fn feed(&mut self, mut bytes: &[u8]) {
+            while let Some((message, used)) = decode(bytes, Limits::CLIENT_FRAMES).unwrap() {
+                bytes = &bytes[used..];
+                if self.refused.is_some() {
+                    continue;
+                }
+                match message {
+                    Message::Hello { .. } => self.answers.push_back(Message::Welcome {
+                        version: VERSION,
+                        fingerprint: "f".into(),
+                        seq_len: 1,
+                        micro_steps: 2,
+                    }),
+                    Message::ShmOpen { slots } => {
+                        self.ring = Some(vec![None; slots as usize]);
+                        self.answers.push_back(Message::ShmReady {
+                            slots,
+                            slot_bytes: 4096,
+                        });
+                    }
+                    Message::Release { slot } => match &mut self.ring {
+                        Some(ring) if ring.get(slot as usize).is_some_and(Option::is_some) => {
+                            ring[slot as usize] = None;
+                        }
+                        _ => self.refuse(format!("the client does not hold slot {slot}")),
+                    },
+                    Message::Request { step, micro_step } => {
+                        let at = (step, micro_step);
+                        self.requests.push(at);
+                        let end = step * 4 + (micro_step + 1) * 2;
+                        if micro_step >= self.micro_steps
+                            || self.num_samples.is_some_and(|n| end > n)
+                        {
+                            self.refuse(format!("{at:?} is past the job's end"));
+                        } else if let Some(ring) = &mut self.ring {
+                            match ring.iter().position(Option::is_none) {
+                                Some(slot) => {
+                                    ring[slot] = Some(at);
+                                    self.answers.push_back(Message::Slot {
+                                        step,
+                                        micro_step,
+                                        slot: u32::try_from(slot).unwrap(),
+                                        bytes: 64,
+                                    });
+                                }
+                                None => self.refuse("the client holds all slots".into()),
+                            }
+                        } else {
+                            self.answers.push_back(Message::Batch {
+                                step,
+                                micro_step,
+                                samples: vec![sample_of(at)],
+                            });
+                        }
+                    }
+                    other => panic!("a client sent {other:?}"),
+                }
+            }
+            assert!(bytes.is_empty(), "a partial frame");
+        }
+    }
+
+    /// Runs the exchange a driver runs: send, read one answer, hand it to the core, until an event.
+    /// `Err(None)`: the server hung up (a driver reconnects).
+    fn drive(
+        core: &mut ClientCore,
+        server: &mut Server,
+        out: &mut Vec<u8>,
+    ) -> Result<Event, Option<Failure>> {
+        loop {
+            server.feed(out);
+            out.clear();
+            let Some(message) = server.answers.pop_front() else {
+                assert!(
+                    server.refused.is_some(),
+                    "the core waits for an answer that will never come"
+                );
+                return Err(None);
+            };
+            match core.receive(message, out) {
+                Ok(Event::Continue) => {}
+                Ok(event) => return Ok(event),
+                Err(failure) => return Err(Some(failure)),
+            }
+        }
+    }
+
+    fn connected(core: &mut ClientCore, num_samples: Option<u64>) -> Server {
+        let mut server = Server::new(num_samples);
+        let mut out = Vec::new();
+        core.connect(&mut out);
+        let event = drive(core, &mut server, &mut out).unwrap();
+        assert!(
+            matches!(event, Event::Welcomed | Event::RingReady { .. }),
+            "{event:?}"
+        );
+        server
+    }
+
+    #[test]
+    fn the_first_request_carries_the_following_one_and_the_next_sends_only_its_successor() {
+        let mut core = ClientCore::new(&job(None), 0, 2, None);
+        let mut server = connected(&mut core, None);
+        let mut out = Vec::new();
+        core.ask((0, 1), &mut out).unwrap();
+        assert_eq!(
+            drive(&mut core, &mut server, &mut out).unwrap(),
+            Event::Batch(vec![sample_of((0, 1))])
+        );
+        assert_eq!(server.requests, [(0, 1), (1, 0)], "asked ahead");
+        core.ask((1, 0), &mut out).unwrap();
+        drive(&mut core, &mut server, &mut out).unwrap();
+        assert_eq!(server.requests, [(0, 1), (1, 0), (1, 1)], "not asked twice");
+        // Anything else: the answer made ahead is read and thrown away first.
+        core.ask((5, 0), &mut out).unwrap();
+        assert_eq!(
+            drive(&mut core, &mut server, &mut out).unwrap(),
+            Event::Batch(vec![sample_of((5, 0))])
+        );
+        assert_eq!(server.requests[3..], [(5, 0), (5, 1)]);
+        core.set_read_ahead(false);
+        core.ask((5, 1), &mut out).unwrap();
+        drive(&mut core, &mut server, &mut out).unwrap();
+        core.ask((6, 0), &mut out).unwrap();
+        drive(&mut core, &mut server, &mut out).unwrap();
+        assert_eq!(server.requests[5..], [(6, 0)]);
+    }
+
+    #[test]
+    fn nothing_is_asked_ahead_past_the_jobs_end_or_into_a_ring_of_one_slot() {
+        let mut core = ClientCore::new(&job(Some(6)), 0, 2, None);
+        assert_eq!(core.following((0, 0)), None, "before the welcome");
+        let mut server = connected(&mut core, Some(6));
+        assert_eq!(core.following((0, 1)), Some((1, 0)));
+        assert_eq!(
+            core.following((1, 0)),
+            None,
+            "samples 6 and 7 are past the end"
+        );
+        let mut out = Vec::new();
+        core.ask((1, 0), &mut out).unwrap();
+        drive(&mut core, &mut server, &mut out).unwrap();
+        assert_eq!(server.requests, [(1, 0)]);
+
+        let mut core = ClientCore::new(&job(None), 0, 2, None);
+        core.open_shared_memory(1, &mut out);
+        assert!(out.is_empty(), "not connected: the welcome opens the ring");
+        let mut server = connected(&mut core, None);
+        for step in 0..3 {
+            core.ask((step, 0), &mut out).unwrap();
+            assert!(matches!(
+                drive(&mut core, &mut server, &mut out).unwrap(),
+                Event::Slot { slot: 0, .. }
+            ));
+        }
+        assert_eq!(server.requests, [(0, 0), (1, 0), (2, 0)]);
+    }
+
+    #[test]
+    fn an_answer_of_another_micro_batch_or_kind_is_refused() {
+        for (answer, expected) in [
+            (
+                Message::Batch {
+                    step: 3,
+                    micro_step: 0,
+                    samples: Vec::new(),
+                },
+                "expected the Batch of (2, 1), got the Batch of (3, 0)",
+            ),
+            (
+                Message::Slot {
+                    step: 2,
+                    micro_step: 1,
+                    slot: 0,
+                    bytes: 64,
+                },
+                "expected the Batch of (2, 1), got the Slot of (2, 1) in slot 0",
+            ),
+            (
+                Message::ShmOpen { slots: 2 },
+                "expected the Batch of (2, 1), got ShmOpen",
+            ),
+        ] {
+            let mut core = ClientCore::new(&job(None), 0, 2, None);
+            let _server = connected(&mut core, None);
+            let mut out = Vec::new();
+            core.ask((2, 1), &mut out).unwrap();
+            assert_eq!(
+                core.receive(answer, &mut out),
+                Err(Failure::Refused(expected.into()))
+            );
+        }
+        // With a ring, a Slot of another micro-batch.
+        let mut core = ClientCore::new(&job(None), 0, 2, None);
+        let mut out = Vec::new();
+        core.open_shared_memory(2, &mut out);
+        let _server = connected(&mut core, None);
+        core.ask((2, 1), &mut out).unwrap();
+        let wrong = Message::Slot {
+            step: 2,
+            micro_step: 0,
+            slot: 1,
+            bytes: 64,
+        };
+        assert_eq!(
+            core.receive(wrong, &mut out),
+            Err(Failure::Refused(
+                "expected the Slot of (2, 1), got the Slot of (2, 0) in slot 1".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn a_refused_request_made_ahead_means_reconnect_and_asking_mid_exchange_is_refused() {
+        let mut core = ClientCore::new(&job(None), 0, 2, None);
+        let _server = connected(&mut core, None);
+        let mut out = Vec::new();
+        core.ask((0, 0), &mut out).unwrap();
+        assert!(matches!(
+            core.ask((0, 0), &mut out),
+            Err(Failure::Dropped(_))
+        ));
+        core.receive(
+            Message::Batch {
+                step: 0,
+                micro_step: 0,
+                samples: Vec::new(),
+            },
+            &mut out,
+        )
+        .unwrap();
+        core.ask((4, 0), &mut out).unwrap();
+        let refused = core.receive(
+            Message::Error {
+                message: "past the end".into(),
+            },
+            &mut out,
+        );
+        assert!(
+            matches!(&refused, Err(Failure::Dropped(m)) if m.contains("past the end")),
+            "{refused:?}"
+        );
+    }
+
+    /// What a caller does next.
+    #[derive(Clone, Debug)]
+    enum Action {
+        /// The micro-batch after the last one asked for, as a trainer does.
+        Next,
+        /// The last one again.
+        Again,
+        /// Any micro-batch (possibly past the job's end).
+        Jump(u64, u64),
+        ReadAhead(bool),
+        SharedMemory(u32),
+        /// The connection drops.
+        Reconnect,
+    }
+
+    fn action() -> impl Strategy<Value = Action> {
+        prop_oneof![
+            6 => Just(Action::Next),
+            1 => Just(Action::Again),
+            2 => (0..12u64, 0..3u64).prop_map(|(s, m)| Action::Jump(s, m)),
+            1 => any::<bool>().prop_map(Action::ReadAhead),
+            1 => (1..4u32).prop_map(Action::SharedMemory),
+            1 => Just(Action::Reconnect),
+        ]
+    }
+
+    proptest! {
+        /// Random callers against the model server: every answer is the micro-batch asked for, the
+        /// server never has a reason to refuse but a request past the job's end, and each ask sends
+        /// exactly the requests it must: the one asked for unless it was asked ahead, and the following
+        /// one when reading ahead is on (two slots or more with a ring) and the job has it.
+        #[test]
+        fn the_core_against_a_model_server(
+            num_samples in prop_oneof![Just(None), (1..40u64).prop_map(Some)],
+            actions in proptest::collection::vec(action(), 1..80),
+        ) {
+            let mut core = ClientCore::new(&job(num_samples), 0, 2, None);
+            let mut server = connected(&mut core, num_samples);
+            let (mut last, mut ahead, mut read_ahead) = ((0u64, 0u64), None, true);
+            let mut out = Vec::new();
+            for action in actions {
+                let at = match action {
+                    Action::Next => if last.1 == 1 { (last.0 + 1, 0) } else { (last.0, 1) },
+                    Action::Again => last,
+                    Action::Jump(s, m) => (s, m),
+                    Action::ReadAhead(on) => {
+                        core.set_read_ahead(on);
+                        read_ahead = on;
+                        continue;
+                    }
+                    Action::SharedMemory(slots) => {
+                        core.open_shared_memory(slots, &mut out);
+                        let event = drive(&mut core, &mut server, &mut out).unwrap();
+                        prop_assert_eq!(event, Event::RingReady { slots, slot_bytes: 4096 });
+                        ahead = None;
+                        continue;
+                    }
+                    Action::Reconnect => {
+                        server = connected(&mut core, num_samples);
+                        ahead = None;
+                        continue;
+                    }
+                };
+                let before = server.requests.len();
+                core.ask(at, &mut out).unwrap();
+                let in_job = at.1 < 2 && num_samples.is_none_or(|n| at.0 * 4 + (at.1 + 1) * 2 <= n);
+                match drive(&mut core, &mut server, &mut out) {
+                    Ok(Event::Batch(samples)) => {
+                        prop_assert!(in_job);
+                        prop_assert!(server.ring.is_none());
+                        prop_assert_eq!(samples, vec![sample_of(at)]);
+                    }
+                    Ok(Event::Slot { slot, .. }) => {
+                        prop_assert!(in_job);
+                        prop_assert_eq!(server.ring.as_ref().unwrap()[slot as usize], Some(at));
+                    }
+                    Err(Some(Failure::Refused(message))) => {
+                        prop_assert!(!in_job, "{:?} refused: {}", at, message);
+                        prop_assert!(message.contains("past the job's end"), "{}", message);
+                        server = connected(&mut core, num_samples);
+                        ahead = None;
+                        last = at;
+                        continue;
+                    }
+                    other => prop_assert!(false, "{:?}: {:?}", at, other),
+                }
+                prop_assert!(server.refused.is_none(), "{:?}", server.refused);
+                let slots = server.ring.as_ref().map(Vec::len);
+                let following = if at.1 == 1 { (at.0 + 1, 0) } else { (at.0, 1) };
+                let next = (read_ahead
+                    && slots.is_none_or(|s| s >= 2)
+                    && num_samples.is_none_or(|n| following.0 * 4 + (following.1 + 1) * 2 <= n))
+                .then_some(following);
+                let mut expected = Vec::new();
+                if ahead != Some(at) {
+                    expected.push(at);
+                }
+                expected.extend(next);
+                let sent: Vec<Position> = server.requests[before..].to_vec();
+                // A different request first reads the answer made ahead: not a request of its own.
+                prop_assert_eq!(sent, expected);
+                ahead = next;
+                last = at;
+            }
+        }
+    }
+}
