@@ -62,6 +62,20 @@ struct BlockLayout {
 /// windows some way apart); about 16 KB each.
 const BLOCKS_CACHED: usize = 512;
 
+/// Epochs whose block prefix sums are kept.
+const EPOCHS_CACHED: usize = 4;
+
+/// Bytes an [`EpochPlan`] of `documents` documents holds at most: its block totals, the block prefix sums
+/// of [`EPOCHS_CACHED`] epochs, and [`BLOCKS_CACHED`] laid-out blocks (the server's memory budget,
+/// [`crate::budget`]).
+pub fn state_bytes(documents: u64) -> u64 {
+    let blocks = documents.div_ceil(DOCS_PER_BLOCK);
+    let per_block = documents.min(DOCS_PER_BLOCK);
+    // A layout: a document id and a start per document, one more start, and the cache entry around it.
+    let layout = per_block * 8 + (per_block + 1) * 8 + 64;
+    blocks * 8 + EPOCHS_CACHED as u64 * (blocks + 1) * 8 + blocks.min(BLOCKS_CACHED as u64) * layout
+}
+
 /// Laid-out blocks keyed by (epoch, block), the least recently used evicted first.
 #[derive(Default)]
 struct BlockCache {
@@ -178,7 +192,7 @@ impl<D: Documents> EpochPlan<D> {
             starts.push(total);
         }
         let starts = Arc::new(starts);
-        if cache.len() >= 4 {
+        if cache.len() >= EPOCHS_CACHED {
             cache.remove(0);
         }
         cache.push((epoch, Arc::clone(&starts)));

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod async_client;
+pub mod budget;
 pub mod client;
 pub mod epoch;
 pub mod error;

@@ -76,6 +76,19 @@ pub struct Draw {
 }
 
 impl Mixer {
+    /// Bytes a mixer of `datasets` holds at most: per dataset its quota, the carries of one period's
+    /// checkpoints and of the batches remembered (the server's memory budget, [`crate::budget`]).
+    pub fn state_bytes(datasets: usize) -> u64 {
+        // A carry is an i128 and a u64 per dataset; a remembered batch adds two u64 per dataset.
+        let (carry, remembered) = (16 + 8, 16 + 8 + 8 + 8);
+        let per_dataset = 8
+            + 16
+            + 8
+            + (PERIOD / CHECKPOINT_EVERY) * carry
+            + BATCHES_REMEMBERED as u64 * remembered;
+        datasets as u64 * per_dataset
+    }
+
     /// The schedule for `weights` (positive, any scale) and global batches of `batch` windows.
     pub fn new(weights: &[f64], batch: u32, seed: u64) -> Self {
         let total: f64 = weights.iter().sum();

@@ -145,7 +145,7 @@ impl Stream {
         };
         if let Some(epochs) = stream.spec.epochs {
             let windows: u64 = stream.windows_per_epoch().iter().sum();
-            stream.num_samples = Some(u64::from(epochs) * windows);
+            stream.num_samples = Some(u64::from(epochs).saturating_mul(windows));
         }
         Ok(stream)
     }
@@ -397,7 +397,16 @@ impl Stream {
                 g / per_micro_step
             )));
         }
-        let start = step * g + micro_step * per_micro_step + u64::from(rank) * b;
+        // Sample indices are u64; a step whose samples do not fit is refused, not wrapped.
+        let start = step
+            .checked_mul(g)
+            .and_then(|s| s.checked_add(micro_step * per_micro_step + u64::from(rank) * b))
+            .filter(|start| start.checked_add(b).is_some())
+            .ok_or_else(|| {
+                Error::Shape(format!(
+                    "step {step}: its samples lie past the largest sample index, 2^64 - 1"
+                ))
+            })?;
         Ok(start..start + b)
     }
 
