@@ -12,6 +12,7 @@
 pub mod async_client;
 pub mod budget;
 pub mod client;
+pub mod data_root;
 pub mod epoch;
 pub mod error;
 pub mod megatron;
