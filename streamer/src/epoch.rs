@@ -16,7 +16,7 @@
 //! piece, and end at `seq_len` — flame's varlen semantics, taken from the index instead of scanning for BOS.
 
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use flame_formats::permutation::{Permutation, splitmix64};
 
@@ -44,7 +44,9 @@ pub struct EpochPlan<D> {
     /// Tokens of each block of consecutive documents.
     block_tokens: Vec<u64>,
     total_tokens: u64,
-    /// Prefix sums of block tokens in the block order of recent epochs.
+    /// Prefix sums of block tokens in the block order of recent epochs. This cache and the next are
+    /// shared by every session of a job; a lock poisoned by a panicking session is taken over, since the
+    /// caches change only by whole insertions and removals.
     cache: Mutex<Vec<(u64, Arc<Vec<u64>>)>>,
     /// Recently used blocks in their epoch's document order.
     blocks: Mutex<BlockCache>,
@@ -179,7 +181,7 @@ impl<D: Documents> EpochPlan<D> {
 
     /// Prefix sums of block tokens in `epoch`'s block order (one more entry than blocks).
     fn block_starts(&self, epoch: u64) -> Arc<Vec<u64>> {
-        let mut cache = self.cache.lock().expect("not poisoned");
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((_, starts)) = cache.iter().find(|(e, _)| *e == epoch) {
             return Arc::clone(starts);
         }
@@ -204,7 +206,7 @@ impl<D: Documents> EpochPlan<D> {
         if let Some(layout) = self
             .blocks
             .lock()
-            .expect("not poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .get((epoch, block))
         {
             return layout;
@@ -224,7 +226,7 @@ impl<D: Documents> EpochPlan<D> {
         let layout = Arc::new(BlockLayout { documents, starts });
         self.blocks
             .lock()
-            .expect("not poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .insert((epoch, block), Arc::clone(&layout));
         layout
     }
