@@ -4,4 +4,5 @@
 mod megatron;
 mod python;
 mod server;
+mod shared_server;
 mod stream;
