@@ -68,7 +68,7 @@ const BLOCKS_CACHED: usize = 512;
 const EPOCHS_CACHED: usize = 4;
 
 /// Bytes an [`EpochPlan`] of `documents` documents holds at most: its block totals, the block prefix sums
-/// of [`EPOCHS_CACHED`] epochs, and [`BLOCKS_CACHED`] laid-out blocks (the server's memory budget,
+/// of the 4 epochs it keeps, and the 512 laid-out blocks it keeps (the server's memory budget,
 /// [`crate::budget`]).
 pub fn state_bytes(documents: u64) -> u64 {
     let blocks = documents.div_ceil(DOCS_PER_BLOCK);

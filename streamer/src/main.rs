@@ -60,7 +60,8 @@ enum Command {
         /// sessions are dropped to make room.
         #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_JOB_MEMORY)]
         max_job_memory: ByteSize,
-        /// Seconds a job is kept open after its last session leaves (reopening it costs its start-up).
+        /// Seconds a job is kept open after its last session leaves (reopening it costs its start-up); 0
+        /// drops it as soon as that session ends.
         #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_JOB_IDLE.as_secs())]
         job_idle_seconds: u64,
     },
