@@ -16,7 +16,7 @@
 //! piece, and end at `seq_len` — flame's varlen semantics, taken from the index instead of scanning for BOS.
 
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use flame_formats::permutation::{Permutation, splitmix64};
 
@@ -44,7 +44,9 @@ pub struct EpochPlan<D> {
     /// Tokens of each block of consecutive documents.
     block_tokens: Vec<u64>,
     total_tokens: u64,
-    /// Prefix sums of block tokens in the block order of recent epochs.
+    /// Prefix sums of block tokens in the block order of recent epochs. This cache and the next are
+    /// shared by every session of a job; a lock poisoned by a panicking session is taken over, since the
+    /// caches change only by whole insertions and removals.
     cache: Mutex<Vec<(u64, Arc<Vec<u64>>)>>,
     /// Recently used blocks in their epoch's document order.
     blocks: Mutex<BlockCache>,
@@ -61,6 +63,20 @@ struct BlockLayout {
 /// Blocks kept laid out (a window rarely spans more than two, but the ranks and clients of a job read
 /// windows some way apart); about 16 KB each.
 const BLOCKS_CACHED: usize = 512;
+
+/// Epochs whose block prefix sums are kept.
+const EPOCHS_CACHED: usize = 4;
+
+/// Bytes an [`EpochPlan`] of `documents` documents holds at most: its block totals, the block prefix sums
+/// of the 4 epochs it keeps, and the 512 laid-out blocks it keeps (the server's memory budget,
+/// [`crate::budget`]).
+pub fn state_bytes(documents: u64) -> u64 {
+    let blocks = documents.div_ceil(DOCS_PER_BLOCK);
+    let per_block = documents.min(DOCS_PER_BLOCK);
+    // A layout: a document id and a start per document, one more start, and the cache entry around it.
+    let layout = per_block * 8 + (per_block + 1) * 8 + 64;
+    blocks * 8 + EPOCHS_CACHED as u64 * (blocks + 1) * 8 + blocks.min(BLOCKS_CACHED as u64) * layout
+}
 
 /// Laid-out blocks keyed by (epoch, block), the least recently used evicted first.
 #[derive(Default)]
@@ -165,7 +181,7 @@ impl<D: Documents> EpochPlan<D> {
 
     /// Prefix sums of block tokens in `epoch`'s block order (one more entry than blocks).
     fn block_starts(&self, epoch: u64) -> Arc<Vec<u64>> {
-        let mut cache = self.cache.lock().expect("not poisoned");
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((_, starts)) = cache.iter().find(|(e, _)| *e == epoch) {
             return Arc::clone(starts);
         }
@@ -178,7 +194,7 @@ impl<D: Documents> EpochPlan<D> {
             starts.push(total);
         }
         let starts = Arc::new(starts);
-        if cache.len() >= 4 {
+        if cache.len() >= EPOCHS_CACHED {
             cache.remove(0);
         }
         cache.push((epoch, Arc::clone(&starts)));
@@ -190,7 +206,7 @@ impl<D: Documents> EpochPlan<D> {
         if let Some(layout) = self
             .blocks
             .lock()
-            .expect("not poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .get((epoch, block))
         {
             return layout;
@@ -210,7 +226,7 @@ impl<D: Documents> EpochPlan<D> {
         let layout = Arc::new(BlockLayout { documents, starts });
         self.blocks
             .lock()
-            .expect("not poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .insert((epoch, block), Arc::clone(&layout));
         layout
     }

@@ -1,5 +1,8 @@
 //! The stream's errors: each names the dataset, sample or rank it is about.
 
+use std::path::PathBuf;
+
+use crate::budget::ByteSize;
 use crate::spec::SpecError;
 
 /// Why a job cannot be planned or a sample cannot be served.
@@ -54,6 +57,37 @@ pub enum Error {
     /// A rank, world size or micro-step that does not fit the job's batch shape.
     #[error("batch shape: {0}")]
     Shape(String),
+    /// A dataset path that leads outside the server's data root (`serve --data-root`).
+    #[error(
+        "dataset {path:?} resolves to {}, which is not under the server's data root {}",
+        resolved.display(),
+        root.display()
+    )]
+    OutsideDataRoot {
+        /// As given in the spec.
+        path: String,
+        /// Where it leads (as far as it could be resolved).
+        resolved: PathBuf,
+        /// The data root, canonical.
+        root: PathBuf,
+    },
+    /// A job whose state does not fit the server's memory budget (`serve --max-job-memory`).
+    #[error(
+        "the job's state needs an estimated {} ({needed} bytes); the server's budget for job state is {} (serve --max-job-memory), {} of it held by {jobs} other open job(s) in use",
+        ByteSize(*needed),
+        ByteSize(*budget),
+        ByteSize(*held)
+    )]
+    OverBudget {
+        /// The job's estimated state, in bytes.
+        needed: u64,
+        /// The server's budget, in bytes.
+        budget: u64,
+        /// Bytes held by the other open jobs that could not be dropped (they have sessions).
+        held: u64,
+        /// Those jobs.
+        jobs: usize,
+    },
 }
 
 impl Error {

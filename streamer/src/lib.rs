@@ -5,16 +5,20 @@
 //! (per-epoch document shuffle in O(1) memory, packing into windows, `cu_seqlens`), [`mix`] (per-token
 //! mixing, within one window of the weights in every global batch), [`megatron`] (megatron-core's sample
 //! order, bit for bit) and [`stream`] (global sample `k`, and each rank's slice of a step). [`protocol`] is the wire format, [`server`] serves it over TCP and Unix
-//! sockets with per-client prefetch and [`shm`] rings for clients on the same host, [`metrics`] exposes
-//! what was served, and [`client`] (blocking) and [`async_client`] (tokio) are the Rust clients, two drivers
-//! of one sans-IO [`client_core`].
+//! sockets with per-client prefetch and [`shm`] rings for clients on the same host, keeping its open
+//! [`jobs`] within a memory [`budget`] and, optionally, under a [`data_root`]; [`metrics`] exposes
+//! what was served, and [`client`] (blocking) and [`async_client`] (tokio) are the Rust clients, two
+//! drivers of one sans-IO [`client_core`].
 #![warn(missing_docs)]
 
 pub mod async_client;
+pub mod budget;
 pub mod client;
 pub mod client_core;
+pub mod data_root;
 pub mod epoch;
 pub mod error;
+pub mod jobs;
 pub mod megatron;
 pub mod metrics;
 pub mod mix;

@@ -1,11 +1,15 @@
 //! `flame-stream`: serve jobs (`serve`) or print what a rank receives (`dump`).
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use flame_streamer::budget::{ByteSize, DEFAULT_MAX_JOB_MEMORY};
 use flame_streamer::client::Client;
-use flame_streamer::server::{Endpoint, ServerConfig, serve};
+use flame_streamer::server::{
+    DEFAULT_JOB_IDLE, DEFAULT_MAX_CONNECTIONS, DEFAULT_PREFETCH_DEPTH, Endpoint, ServerConfig,
+    serve,
+};
 use flame_streamer::spec::JobSpec;
 use sha2::Digest;
 
@@ -15,6 +19,7 @@ use sha2::Digest;
     version,
     after_help = "Examples:
   flame-stream serve --listen unix:///tmp/flame.sock --listen tcp://127.0.0.1:0
+  flame-stream serve --listen unix:///tmp/flame.sock --data-root /data/tokens --max-job-memory 32GiB
   flame-stream dump --endpoint unix:///tmp/flame.sock --job job.toml --rank 0 --world-size 2 --steps 3 --hash"
 )]
 struct Cli {
@@ -24,7 +29,12 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve jobs until killed. Prints each bound endpoint (TCP port 0 picks one) on stdout.
+    /// Serve jobs until killed. Prints each bound endpoint (TCP port 0 picks one) on stdout; logs go
+    /// to stderr (`RUST_LOG`, default `info`).
+    ///
+    /// Without --data-root, the server opens whatever dataset paths a job names, as the user it runs
+    /// as: every client that can connect (with the token, if set) can read any file of that user's that
+    /// parses as a dataset.
     Serve {
         /// `unix:///PATH` or `tcp://HOST:PORT`; repeat for several. Default: unix:///tmp/flame-stream.sock.
         #[arg(long)]
@@ -33,14 +43,27 @@ enum Command {
         #[arg(long, env = "FLAME_STREAM_TOKEN")]
         token: Option<String>,
         /// Connections served at once.
-        #[arg(long, default_value_t = 1024)]
+        #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
         max_connections: usize,
         /// Micro-batches computed ahead per client.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = DEFAULT_PREFETCH_DEPTH)]
         prefetch: usize,
         /// `HOST:PORT` for Prometheus `/metrics`, `/healthz` and a status page at `/`.
         #[arg(long)]
         metrics: Option<String>,
+        /// Jobs may name only datasets under DIR (symlinks and `..` resolved; relative paths are taken
+        /// from DIR). Without it, every client is trusted with every file the server can read.
+        #[arg(long, value_name = "DIR")]
+        data_root: Option<PathBuf>,
+        /// Memory all open jobs' state may take together (Megatron's indices, flame's caches; mapped
+        /// files not counted), e.g. `8GiB`: a job that would exceed it is refused, after jobs without
+        /// sessions are dropped to make room.
+        #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_JOB_MEMORY)]
+        max_job_memory: ByteSize,
+        /// Seconds a job is kept open after its last session leaves (reopening it costs its start-up); 0
+        /// drops it as soon as that session ends.
+        #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_JOB_IDLE.as_secs())]
+        job_idle_seconds: u64,
     },
     /// Print one JSON line per micro-batch a rank receives.
     Dump {
@@ -76,6 +99,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -93,6 +123,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             max_connections,
             prefetch,
             metrics,
+            data_root,
+            max_job_memory,
+            job_idle_seconds,
         } => {
             if listen.is_empty() {
                 listen.push(Endpoint::Unix("/tmp/flame-stream.sock".into()));
@@ -103,6 +136,9 @@ fn run(command: Command) -> anyhow::Result<()> {
                 max_connections,
                 prefetch_depth: prefetch,
                 metrics,
+                max_job_memory: max_job_memory.0,
+                job_idle: std::time::Duration::from_secs(job_idle_seconds),
+                data_root,
             })?;
             let mut stdout = std::io::stdout().lock();
             for endpoint in &running.endpoints {

@@ -216,10 +216,21 @@ impl GptIndex {
         }
         let documents = u32::try_from(lengths.len())
             .map_err(|_| format!("{} documents exceed int32", lengths.len()))?;
-        let epochs = num_samples.map_or(1, |n| (n * seq_len + EXTRA).div_ceil(tokens).max(1));
+        let too_large =
+            || format!("{num_samples:?} samples of {seq_len} tokens overflow the indices");
+        let epochs = match num_samples {
+            None => 1,
+            Some(n) => n
+                .checked_mul(seq_len)
+                .and_then(|t| t.checked_add(EXTRA))
+                .ok_or_else(too_large)?
+                .div_ceil(tokens)
+                .max(1),
+        };
+        let epoch_tokens = epochs.checked_mul(tokens).ok_or_else(too_large)?;
         let (separate, sans_final) = if epochs > 1 {
             let n = num_samples.expect("epochs > 1 only with num_samples");
-            let sans_final = ((epochs - 1) * tokens - EXTRA) / seq_len;
+            let sans_final = (epoch_tokens - tokens - EXTRA) / seq_len;
             let per_epoch = (tokens - EXTRA) / seq_len;
             let from_final = n - sans_final;
             (from_final < (0.8 * per_epoch as f64) as u64, sans_final)
@@ -227,38 +238,63 @@ impl GptIndex {
             (false, 0)
         };
         let mut rng = Mt19937::new(seed);
-        let copies = |rng: &mut Mt19937, epochs: u64| {
-            let mut index: Vec<u32> = (0..epochs).flat_map(|_| 0..documents).collect();
-            rng.shuffle(&mut index);
-            index
-        };
-        let document_index = if separate {
-            let mut index = copies(&mut rng, epochs - 1);
-            index.extend(copies(&mut rng, 1));
-            index
+        // Allocated once at their final size (what `state_bytes` counts), then shuffled in place: the
+        // epochs before a separate final one first, then that one, as Megatron draws them.
+        let entries = usize::try_from(epochs.saturating_mul(u64::from(documents)))
+            .map_err(|_| too_large())?;
+        let mut document_index: Vec<u32> = Vec::with_capacity(entries);
+        for _ in 0..epochs {
+            document_index.extend(0..documents);
+        }
+        let (head, last) = document_index.split_at_mut(if separate {
+            entries - documents as usize
         } else {
-            copies(&mut rng, epochs)
-        };
-        let samples = (epochs * tokens - EXTRA) / seq_len;
+            entries
+        });
+        rng.shuffle(head);
+        rng.shuffle(last);
+        let samples = (epoch_tokens - EXTRA) / seq_len;
         let sample_index = sample_index(lengths, &document_index, seq_len, samples);
         let total = sample_index.len() as u64 - 1;
-        let shuffled = |rng: &mut Mt19937, range: Range<u64>| {
-            let mut v: Vec<u64> = range.collect();
-            rng.shuffle(&mut v);
-            v
-        };
-        let shuffle_index = if separate {
-            let mut v = shuffled(&mut rng, 0..sans_final);
-            v.extend(shuffled(&mut rng, sans_final..total));
-            v
+        let mut shuffle_index: Vec<u64> = (0..total).collect();
+        let (head, last) = shuffle_index.split_at_mut(if separate {
+            sans_final as usize
         } else {
-            shuffled(&mut rng, 0..total)
-        };
+            total as usize
+        });
+        rng.shuffle(head);
+        rng.shuffle(last);
         Ok(Self {
             document_index,
             sample_index,
             shuffle_index,
         })
+    }
+
+    /// Bytes [`GptIndex::build`] allocates for a dataset of `documents` holding `tokens`, for
+    /// `num_samples` samples of `seq_len` (+1) tokens: a `u32` per document per epoch, a `(u64, u32)` row
+    /// per sample and one more, a `u64` per sample. Saturates; 0 where `build` refuses.
+    pub fn state_bytes(documents: u64, tokens: u64, num_samples: u64, seq_len: u64) -> u64 {
+        if tokens <= EXTRA || seq_len == 0 {
+            return 0;
+        }
+        let (documents, tokens, seq_len) = (
+            u128::from(documents),
+            u128::from(tokens),
+            u128::from(seq_len),
+        );
+        let extra = u128::from(EXTRA);
+        let epochs = (u128::from(num_samples) * seq_len + extra)
+            .div_ceil(tokens)
+            .max(1);
+        let samples = (epochs.saturating_mul(tokens) - extra) / seq_len;
+        let row = std::mem::size_of::<(u64, u32)>() as u128;
+        let bytes = epochs
+            .saturating_mul(documents)
+            .saturating_mul(4)
+            .saturating_add((samples + 1).saturating_mul(row))
+            .saturating_add(samples.saturating_mul(8));
+        u64::try_from(bytes).unwrap_or(u64::MAX)
     }
 
     /// Samples this dataset holds.
@@ -336,7 +372,9 @@ fn sample_index(
 /// `helpers.cpp::build_blending_indices`: for each of `size` samples, its dataset and its index there.
 pub fn blend(weights: &[f64], size: u64) -> (Vec<u16>, Vec<u64>) {
     let mut counts = vec![0u64; weights.len()];
-    let (mut datasets, mut samples) = (Vec::new(), Vec::new());
+    // At their final size, as the server's memory budget counts them.
+    let capacity = usize::try_from(size).expect("sized within the memory budget");
+    let (mut datasets, mut samples) = (Vec::with_capacity(capacity), Vec::with_capacity(capacity));
     for k in 0..size {
         #[allow(clippy::cast_precision_loss)]
         let kd = (k as f64).max(1.0);

@@ -2,13 +2,15 @@
 //! `GET /healthz`, and `GET /` (a small HTML page of jobs and ranks), on their own HTTP listener.
 //!
 //! Per job and rank: micro-batches and tokens served, tokens per dataset, the last step asked for, lag
-//! (the job's furthest step minus this rank's), the prefetch queue depth, and connected clients.
+//! (the job's furthest step minus this rank's), the prefetch queue depth, and connected clients. For the
+//! server: open connections, open jobs and the bytes of job state they hold. A job's rows go when the
+//! job is dropped.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// Counters of one rank of one job.
 #[derive(Clone, Debug, Default)]
@@ -27,12 +29,32 @@ pub struct Metrics {
     ranks: Mutex<BTreeMap<(String, u32), RankStats>>,
     /// Open connections.
     pub connections: AtomicUsize,
+    /// Jobs open (or being opened).
+    jobs: AtomicUsize,
+    /// Bytes of state reserved by the open jobs.
+    job_state_bytes: AtomicU64,
 }
 
 impl Metrics {
+    /// A poisoned lock is taken over: every change to the map is a whole insertion, update or removal.
+    fn ranks(&self) -> MutexGuard<'_, BTreeMap<(String, u32), RankStats>> {
+        self.ranks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The server holds `jobs` jobs with `state_bytes` of state.
+    pub fn set_jobs(&self, jobs: usize, state_bytes: u64) {
+        self.jobs.store(jobs, Ordering::Relaxed);
+        self.job_state_bytes.store(state_bytes, Ordering::Relaxed);
+    }
+
+    /// Forgets the rows of job `fingerprint`, which the server dropped.
+    pub fn forget_job(&self, fingerprint: &str) {
+        self.ranks().retain(|(job, _), _| job != fingerprint);
+    }
+
     /// A client of `rank` in job `fingerprint` connected (`delta` 1) or left (`delta` -1).
     pub fn client(&self, fingerprint: &str, rank: u32, connected: bool) {
-        let mut ranks = self.ranks.lock().expect("not poisoned");
+        let mut ranks = self.ranks();
         let stats = ranks.entry((fingerprint.to_owned(), rank)).or_default();
         if connected {
             stats.clients += 1;
@@ -50,7 +72,7 @@ impl Metrics {
         tokens_per_dataset: &[u64],
         queue_depth: usize,
     ) {
-        let mut ranks = self.ranks.lock().expect("not poisoned");
+        let mut ranks = self.ranks();
         let stats = ranks.entry((fingerprint.to_owned(), rank)).or_default();
         stats.batches += 1;
         stats.last_step = step;
@@ -75,7 +97,7 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn prometheus(&self) -> String {
-        let ranks = self.ranks.lock().expect("not poisoned");
+        let ranks = self.ranks();
         let furthest = Self::furthest_steps(&ranks);
         let mut out = String::new();
         let _ = writeln!(
@@ -87,6 +109,23 @@ impl Metrics {
             out,
             "flame_stream_connections {}",
             self.connections.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "# HELP flame_stream_jobs Jobs open.");
+        let _ = writeln!(out, "# TYPE flame_stream_jobs gauge");
+        let _ = writeln!(
+            out,
+            "flame_stream_jobs {}",
+            self.jobs.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP flame_stream_job_state_bytes Estimated bytes of state the open jobs hold."
+        );
+        let _ = writeln!(out, "# TYPE flame_stream_job_state_bytes gauge");
+        let _ = writeln!(
+            out,
+            "flame_stream_job_state_bytes {}",
+            self.job_state_bytes.load(Ordering::Relaxed)
         );
         for (name, kind, help) in [
             ("batches_total", "counter", "Micro-batches served."),
@@ -148,7 +187,7 @@ impl Metrics {
 
     /// A small HTML page of jobs and ranks.
     pub fn html(&self) -> String {
-        let ranks = self.ranks.lock().expect("not poisoned");
+        let ranks = self.ranks();
         let furthest = Self::furthest_steps(&ranks);
         let mut rows = String::new();
         for ((job, rank), s) in ranks.iter() {
@@ -164,10 +203,11 @@ impl Metrics {
             );
         }
         format!(
-            "<!doctype html><title>flame-stream</title><h1>flame-stream</h1><p>{} connections</p>\
+            "<!doctype html><title>flame-stream</title><h1>flame-stream</h1><p>{} connections, {} jobs</p>\
              <table border=1><tr><th>job</th><th>rank</th><th>clients</th><th>last step</th><th>lag</th>\
              <th>micro-batches</th><th>tokens per dataset</th><th>prefetched</th></tr>{rows}</table>",
-            self.connections.load(Ordering::Relaxed)
+            self.connections.load(Ordering::Relaxed),
+            self.jobs.load(Ordering::Relaxed)
         )
     }
 }

@@ -15,7 +15,7 @@
 //! batch, at any step, costs fewer than 1024 replayed integer steps. Resume is O(1).
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use flame_formats::permutation::{Permutation, splitmix64};
 
@@ -58,6 +58,8 @@ pub struct Mixer {
     base: Vec<u64>,
     fraction: Vec<i128>,
     extra: usize,
+    /// Shared by every session of a job, like `last`; a lock poisoned by a panicking session is taken
+    /// over, since only whole carries are ever pushed.
     checkpoints: Mutex<Vec<Carry>>,
     /// The last batches asked for: number, counts, windows before, and the carry after each, so that
     /// reading a batch again or the next one costs one step.
@@ -76,6 +78,19 @@ pub struct Draw {
 }
 
 impl Mixer {
+    /// Bytes a mixer of `datasets` holds at most: per dataset its quota, the carries of one period's
+    /// checkpoints and of the batches remembered (the server's memory budget, [`crate::budget`]).
+    pub fn state_bytes(datasets: usize) -> u64 {
+        // A carry is an i128 and a u64 per dataset; a remembered batch adds two u64 per dataset.
+        let (carry, remembered) = (16 + 8, 16 + 8 + 8 + 8);
+        let per_dataset = 8
+            + 16
+            + 8
+            + (PERIOD / CHECKPOINT_EVERY) * carry
+            + BATCHES_REMEMBERED as u64 * remembered;
+        datasets as u64 * per_dataset
+    }
+
     /// The schedule for `weights` (positive, any scale) and global batches of `batch` windows.
     pub fn new(weights: &[f64], batch: u32, seed: u64) -> Self {
         let total: f64 = weights.iter().sum();
@@ -144,7 +159,7 @@ impl Mixer {
 
     /// Windows per dataset in batch `b`, and each dataset's windows in all batches before it.
     pub fn batch(&self, b: u64) -> (Vec<u64>, Vec<u64>) {
-        let mut last = self.last.lock().expect("not poisoned");
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((_, counts, before, _)) = last.iter().rev().find(|entry| entry.0 == b) {
             return (counts.clone(), before.clone());
         }
@@ -156,7 +171,10 @@ impl Mixer {
             return (counts, before);
         }
         let (periods, b_in_period) = (b / PERIOD, b % PERIOD);
-        let mut checkpoints = self.checkpoints.lock().expect("not poisoned");
+        let mut checkpoints = self
+            .checkpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let k = usize::try_from(b_in_period / CHECKPOINT_EVERY).expect("fits");
         while checkpoints.len() <= k {
             let mut carry = checkpoints.last().expect("the start").clone();

@@ -6,8 +6,13 @@
 //! `Error` frame and the connection is closed; the server and its other connections carry on. Because a
 //! batch is a pure function of the job and (step, micro-step, rank, world size), a client that
 //! reconnects — to this server or to a restarted one — simply asks for the step it needs next.
+//!
+//! No client can hurt the others: each session runs in a `tracing` span (endpoint, peer, job, rank) and
+//! its errors are logged as well as sent; a panic in one is caught, logged and answered with an `Error`
+//! frame, and the connection count is a guard released on unwind. Jobs are opened without blocking other
+//! jobs, kept within a memory budget and dropped when idle ([`crate::jobs`]); with a data root, jobs may
+//! name only files under it ([`crate::data_root`]).
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
@@ -15,16 +20,20 @@ use std::os::unix::net::{UnixListener, UnixStream};
 
 use rustix::event::{PollFd, PollFlags};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
+use crate::budget::{ByteSize, DEFAULT_MAX_JOB_MEMORY};
+use crate::data_root::DataRoot;
+use crate::jobs::{Jobs, Lease, Opener};
 use crate::metrics::{Metrics, serve_http};
 use crate::protocol::{
     Limits, Message, SampleParts, VERSION, decode, encode, encode_batch as encode_batch_frame,
 };
 use crate::shm::{self, MAX_SLOTS, Ring};
 use crate::spec::JobSpec;
-use crate::stream::{BatchBuffers, Stream};
+use crate::stream::{BatchBuffers, Stream, open_documents};
 
 /// Where to listen or connect: `tcp://HOST:PORT` or `unix:///PATH`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +81,15 @@ impl Connection for UnixStream {
     }
 }
 
+/// Connections served at once by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Micro-batches prepared ahead per connection by default.
+pub const DEFAULT_PREFETCH_DEPTH: usize = 4;
+/// How long a job is kept without a session by default: 10 minutes.
+pub const DEFAULT_JOB_IDLE: Duration = Duration::from_mins(10);
+/// Bytes of shared memory one client's ring may take: 64 slots of 64 MiB, say.
+pub const MAX_RING_BYTES: u64 = 4 << 30;
+
 /// Server settings.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -85,6 +103,29 @@ pub struct ServerConfig {
     pub prefetch_depth: usize,
     /// `HOST:PORT` for `/metrics`, `/healthz` and the status page; none by default.
     pub metrics: Option<String>,
+    /// Bytes of state all open jobs may hold together ([`crate::budget`]).
+    pub max_job_memory: u64,
+    /// How long a job is kept once its last session has left.
+    pub job_idle: Duration,
+    /// The directory jobs' datasets must lie under; `None` trusts every client with every file the
+    /// server can read.
+    pub data_root: Option<PathBuf>,
+}
+
+impl Default for ServerConfig {
+    /// No endpoints, no token, no metrics, no data root, and the default limits.
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            token: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            prefetch_depth: DEFAULT_PREFETCH_DEPTH,
+            metrics: None,
+            max_job_memory: DEFAULT_MAX_JOB_MEMORY.0,
+            job_idle: DEFAULT_JOB_IDLE,
+            data_root: None,
+        }
+    }
 }
 
 /// A running server: its bound endpoints. It serves until the process ends.
@@ -98,7 +139,7 @@ pub struct Running {
 
 struct Shared {
     token: Option<String>,
-    jobs: Mutex<HashMap<String, Arc<Stream>>>,
+    jobs: Jobs,
     metrics: Arc<Metrics>,
     max_connections: usize,
     prefetch_depth: usize,
@@ -106,10 +147,25 @@ struct Shared {
 
 /// Binds every endpoint and serves each on its own accept thread.
 pub fn serve(config: &ServerConfig) -> std::io::Result<Running> {
+    let root = config.data_root.as_deref().map(DataRoot::new).transpose()?;
+    serve_with(
+        config,
+        Box::new(move |spec: &JobSpec| open_documents(spec, root.as_ref())),
+    )
+}
+
+/// [`serve`], opening jobs' datasets with `opener`.
+fn serve_with(config: &ServerConfig, opener: Box<Opener>) -> std::io::Result<Running> {
+    let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared {
         token: config.token.clone(),
-        jobs: Mutex::new(HashMap::new()),
-        metrics: Arc::new(Metrics::default()),
+        jobs: Jobs::new(
+            opener,
+            config.max_job_memory,
+            config.job_idle,
+            Arc::clone(&metrics),
+        ),
+        metrics,
         max_connections: config.max_connections,
         prefetch_depth: config.prefetch_depth,
     });
@@ -124,12 +180,16 @@ pub fn serve(config: &ServerConfig) -> std::io::Result<Running> {
                         "{endpoint}: a non-loopback address needs --token"
                     )));
                 }
-                endpoints.push(Endpoint::Tcp(local.to_string()));
+                let bound = Endpoint::Tcp(local.to_string());
+                endpoints.push(bound.clone());
                 let shared = Arc::clone(&shared);
                 std::thread::spawn(move || {
                     for stream in listener.incoming().flatten() {
                         let _ = stream.set_nodelay(true);
-                        spawn_connection(&shared, Box::new(stream));
+                        let peer = stream
+                            .peer_addr()
+                            .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
+                        spawn_connection(&shared, Box::new(stream), &bound, &peer);
                     }
                 });
             }
@@ -140,14 +200,23 @@ pub fn serve(config: &ServerConfig) -> std::io::Result<Running> {
                 }
                 let listener = UnixListener::bind(path)?;
                 endpoints.push(endpoint.clone());
-                let shared = Arc::clone(&shared);
+                let (shared, bound) = (Arc::clone(&shared), endpoint.clone());
                 std::thread::spawn(move || {
                     for stream in listener.incoming().flatten() {
-                        spawn_connection(&shared, Box::new(stream));
+                        let peer = rustix::net::sockopt::socket_peercred(&stream).map_or_else(
+                            |e| format!("unknown ({e})"),
+                            |c| format!("pid {}", c.pid.as_raw_nonzero()),
+                        );
+                        spawn_connection(&shared, Box::new(stream), &bound, &peer);
                     }
                 });
             }
         }
+    }
+    if !config.job_idle.is_zero() {
+        // An idle period of zero needs no sweeps: the last session to leave drops its job.
+        let (shared, every) = (Arc::downgrade(&shared), sweep_period(config.job_idle));
+        std::thread::spawn(move || sweep_idle_jobs(&shared, every));
     }
     let metrics = config
         .metrics
@@ -157,25 +226,99 @@ pub fn serve(config: &ServerConfig) -> std::io::Result<Running> {
     Ok(Running { endpoints, metrics })
 }
 
-fn spawn_connection(shared: &Arc<Shared>, mut conn: Box<dyn Connection>) {
+/// How often jobs are checked for idleness: a quarter of the idle period, within 1 s to 1 min.
+fn sweep_period(idle: Duration) -> Duration {
+    (idle / 4).clamp(Duration::from_secs(1), Duration::from_mins(1))
+}
+
+/// Drops idle jobs every `every`, for as long as the server is alive.
+fn sweep_idle_jobs(shared: &Weak<Shared>, every: Duration) {
+    loop {
+        std::thread::sleep(every);
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        shared.jobs.evict_expired(Instant::now());
+    }
+}
+
+/// Counts an open connection for as long as it lives, unwinding included.
+struct ConnectionCount<'a>(&'a AtomicUsize);
+
+impl<'a> ConnectionCount<'a> {
+    /// Counts one more; returns the guard and the count with it.
+    fn new(connections: &'a AtomicUsize) -> (Self, usize) {
+        let active = connections.fetch_add(1, Ordering::SeqCst) + 1;
+        (Self(connections), active)
+    }
+}
+
+impl Drop for ConnectionCount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Serves one connection on its own thread. A session's error or panic is logged in the session's span
+/// and sent to the client as an `Error` frame; the count of connections drops before the connection
+/// closes, so a client that sees the end of the stream sees the count without it.
+fn spawn_connection(
+    shared: &Arc<Shared>,
+    mut conn: Box<dyn Connection>,
+    endpoint: &Endpoint,
+    peer: &str,
+) {
     let shared = Arc::clone(shared);
-    std::thread::spawn(move || {
-        let active = shared.metrics.connections.fetch_add(1, Ordering::SeqCst) + 1;
+    let span = tracing::info_span!(
+        "session",
+        endpoint = %endpoint,
+        peer,
+        job = tracing::field::Empty,
+        rank = tracing::field::Empty,
+        world_size = tracing::field::Empty,
+    );
+    let spawned = std::thread::Builder::new().spawn(move || {
+        let _entered = span.enter();
+        let (count, active) = ConnectionCount::new(&shared.metrics.connections);
         let result = if active > shared.max_connections {
             Err(format!(
                 "too many connections (limit {})",
                 shared.max_connections
             ))
         } else {
-            session(&shared, &mut conn)
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session(&shared, &mut conn)))
+                .unwrap_or_else(|panic| {
+                    let what = panic_message(panic.as_ref());
+                    tracing::error!(panic = what, "Session panicked; the server carries on.");
+                    Err(format!(
+                        "internal server error (logged on the server): {what}"
+                    ))
+                })
         };
         if let Err(message) = result {
+            tracing::warn!(error = %message, "Session ended with an error.");
             let mut out = Vec::new();
             encode(&Message::Error { message }, &mut out);
             let _ = conn.write_all(&out);
+        } else {
+            tracing::debug!("Session ended.");
         }
-        shared.metrics.connections.fetch_sub(1, Ordering::SeqCst);
+        drop(count);
+        drop(conn);
     });
+    if let Err(e) = spawned {
+        // The connection was moved into the closure and is dropped with it: the client sees it close.
+        tracing::error!(error = %e, "No thread for a connection; it is closed.");
+    }
+}
+
+/// What a panic said.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
 }
 
 /// Reads one message; `Ok(None)` at a clean end of stream.
@@ -220,17 +363,16 @@ pub(crate) fn read_message(
 /// One client: `Hello`, then requests until it hangs up. An `Err` is sent back as an `Error` frame.
 fn session(shared: &Shared, conn: &mut Box<dyn Connection>) -> Result<(), String> {
     let mut buf = Vec::new();
-    let (stream, rank, world_size) = welcome(shared, conn, &mut buf)?;
-    let g = stream.spec().global_batch_size;
-    let per_micro_step = stream.spec().micro_batch_size * world_size.max(1);
+    let (stream, _lease, rank, world_size, micro_steps) = welcome(shared, conn, &mut buf)?;
     let fingerprint = stream.spec().fingerprint();
     let _client = ClientSeen::new(&shared.metrics, &fingerprint, rank);
-    let micro_steps = u64::from(g / per_micro_step);
+    let micro_steps = u64::from(micro_steps);
+    // The position after `at`; none after the last step there is.
     let advance = |(step, micro_step): (u64, u64)| {
         if micro_step + 1 == micro_steps {
-            (step + 1, 0)
+            step.checked_add(1).map(|step| (step, 0))
         } else {
-            (step, micro_step + 1)
+            Some((step, micro_step + 1))
         }
     };
     let mut ahead = Ahead::default();
@@ -249,7 +391,7 @@ fn session(shared: &Shared, conn: &mut Box<dyn Connection>) -> Result<(), String
                 break;
             };
             ahead.queue.push_back((next, prepared));
-            ahead.next = Some(advance(next));
+            ahead.next = advance(next);
         }
         let Some(message) = read_message(conn.as_mut(), &mut buf, Limits::CLIENT_FRAMES)? else {
             return Ok(());
@@ -282,7 +424,7 @@ fn session(shared: &Shared, conn: &mut Box<dyn Connection>) -> Result<(), String
             Some((position, _)) if *position == at => ahead.queue.pop_front().expect("a front").1,
             _ => {
                 ahead.discard(ring.as_mut());
-                ahead.next = Some(advance(at));
+                ahead.next = advance(at);
                 prepare(&stream, at, shape, ring.as_mut(), &mut batch).ok_or_else(|| {
                     format!(
                         "the client holds all {} slots; release one before asking for more",
@@ -340,12 +482,16 @@ fn request_waiting(conn: &dyn Connection, buf: &[u8]) -> Result<bool, String> {
         .map_err(|e| format!("poll: {e}"))
 }
 
-/// Reads `Hello`, checks it, and answers `Welcome`: the job's stream, the rank and the world size.
-fn welcome(
-    shared: &Shared,
+/// What `welcome` hands the session: the job's stream and the lease that keeps it open, the rank, the
+/// world size, and the micro-steps of a step.
+type Welcomed<'a> = (Arc<Stream>, Lease<'a>, u32, u32, u32);
+
+/// Reads `Hello`, checks it, and answers `Welcome`.
+fn welcome<'a>(
+    shared: &'a Shared,
     conn: &mut Box<dyn Connection>,
     buf: &mut Vec<u8>,
-) -> Result<(Arc<Stream>, u32, u32), String> {
+) -> Result<Welcomed<'a>, String> {
     let Some(Message::Hello {
         version,
         token,
@@ -356,6 +502,9 @@ fn welcome(
     else {
         return Err("expected Hello".into());
     };
+    let span = tracing::Span::current();
+    span.record("rank", rank);
+    span.record("world_size", world_size);
     if version != VERSION {
         return Err(format!(
             "protocol version {version}; this server speaks {VERSION}"
@@ -367,24 +516,27 @@ fn welcome(
         return Err("wrong token".into());
     }
     let spec = JobSpec::from_toml(&job).map_err(|e| e.to_string())?;
-    let stream = job_stream(shared, spec)?;
-    let g = stream.spec().global_batch_size;
-    let per_micro_step = stream.spec().micro_batch_size * world_size.max(1);
+    span.record("job", spec.fingerprint());
+    let (stream, lease) = shared.jobs.join(spec).map_err(|e| e.to_string())?;
+    // Checked first: it proves micro_batch_size × world_size divides global_batch_size.
     stream
         .micro_batch_indices(0, 0, rank, world_size)
         .map_err(|e| e.to_string())?;
+    let g = stream.spec().global_batch_size;
+    let micro_steps = g / (stream.spec().micro_batch_size * world_size);
     let mut out = Vec::new();
     encode(
         &Message::Welcome {
             version: VERSION,
             fingerprint: stream.spec().fingerprint(),
             seq_len: stream.tokens_per_sample(),
-            micro_steps: g / per_micro_step,
+            micro_steps,
         },
         &mut out,
     );
     conn.write_all(&out).map_err(|e| format!("write: {e}"))?;
-    Ok((stream, rank, world_size))
+    tracing::debug!("Welcomed.");
+    Ok((stream, lease, rank, world_size, micro_steps))
 }
 
 /// Creates a client's ring and sends it over the Unix socket with `ShmReady`.
@@ -394,6 +546,15 @@ fn open_ring(conn: &dyn Connection, stream: &Stream, slots: u32) -> Result<Ring,
         return Err(format!("a ring of {slots} slots: ask for 1..={MAX_SLOTS}"));
     }
     let bytes = shm::slot_bytes(stream.spec().micro_batch_size, stream.tokens_per_sample());
+    let ring_bytes = u64::from(slots) * bytes;
+    if ring_bytes > MAX_RING_BYTES {
+        return Err(format!(
+            "a ring of {slots} slots of {} is {}, more than the {} a client may hold: ask for fewer slots",
+            ByteSize(bytes),
+            ByteSize(ring_bytes),
+            ByteSize(MAX_RING_BYTES)
+        ));
+    }
     let ring = Ring::create(slots, bytes).map_err(|e| format!("shared memory: {e}"))?;
     let mut frame = Vec::new();
     encode(
@@ -510,14 +671,137 @@ fn prepare(
     Some(Ok((Ready::Frame(out), tokens_per_dataset)))
 }
 
-/// The job's stream, opened once per fingerprint and shared by all its ranks.
-fn job_stream(shared: &Shared, spec: JobSpec) -> Result<Arc<Stream>, String> {
-    let fingerprint = spec.fingerprint();
-    let mut jobs = shared.jobs.lock().expect("not poisoned");
-    if let Some(stream) = jobs.get(&fingerprint) {
-        return Ok(Arc::clone(stream));
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::Documents;
+    use crate::spec::{DatasetSpec, Order};
+
+    fn spec(seed: u64) -> JobSpec {
+        JobSpec {
+            seed,
+            seq_len: 8,
+            context_len: None,
+            varlen: true,
+            micro_batch_size: 1,
+            global_batch_size: 1,
+            order: Order::Flame,
+            split: None,
+            split_name: "train".into(),
+            num_samples: None,
+            epochs: None,
+            datasets: vec![DatasetSpec {
+                path: "mem".into(),
+                weight: 1.0,
+            }],
+        }
     }
-    let stream = Arc::new(Stream::open(spec).map_err(|e| e.to_string())?);
-    jobs.insert(fingerprint, Arc::clone(&stream));
-    Ok(stream)
+
+    /// `Hello` for `spec` as rank 0 of 1, then a request for the first micro-batch.
+    fn hello_and_request(spec: &JobSpec) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        encode(
+            &Message::Hello {
+                version: VERSION,
+                token: Vec::new(),
+                job: spec.to_toml(),
+                rank: 0,
+                world_size: 1,
+            },
+            &mut bytes,
+        );
+        encode(
+            &Message::Request {
+                step: 0,
+                micro_step: 0,
+            },
+            &mut bytes,
+        );
+        bytes
+    }
+
+    /// Sends `bytes`, ends the write side, and reads every message until the server closes.
+    fn exchange(path: &std::path::Path, bytes: &[u8]) -> Vec<Message> {
+        let mut conn = UnixStream::connect(path).unwrap();
+        conn.write_all(bytes).unwrap();
+        conn.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = Vec::new();
+        conn.read_to_end(&mut answer).unwrap();
+        let mut messages = Vec::new();
+        let mut at = 0;
+        while let Some((m, used)) = decode(&answer[at..], Limits::SERVER_FRAMES).unwrap() {
+            messages.push(m);
+            at += used;
+        }
+        messages
+    }
+
+    fn gauge(metrics: SocketAddr, name: &str) -> u64 {
+        let mut conn = std::net::TcpStream::connect(metrics).unwrap();
+        write!(conn, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_panicking_session_is_answered_and_uncounted_and_the_others_carry_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let running = serve_with(
+            &ServerConfig {
+                listen: vec![Endpoint::Unix(dir.path().join("s.sock"))],
+                metrics: Some("127.0.0.1:0".into()),
+                ..ServerConfig::default()
+            },
+            // Job 13 hits a bug while it is being opened (once under the server-wide lock).
+            Box::new(|spec: &JobSpec| {
+                assert!(spec.seed != 13, "a bug in opening job 13");
+                let docs: Vec<Vec<u32>> = (0..20u32).map(|d| vec![d; 9]).collect();
+                Ok(vec![Box::new(docs) as Box<dyn Documents>])
+            }),
+        )
+        .unwrap();
+        let Endpoint::Unix(socket) = &running.endpoints[0] else {
+            panic!()
+        };
+        let metrics = running.metrics.unwrap();
+        for _ in 0..2 {
+            let answer = exchange(socket, &hello_and_request(&spec(13)));
+            let [Message::Error { message }] = answer.as_slice() else {
+                panic!("{answer:?}")
+            };
+            assert!(
+                message.contains("internal server error")
+                    && message.contains("a bug in opening job 13"),
+                "{message}"
+            );
+            // Counted out before the connection closed; the job that never opened is not kept.
+            assert_eq!(gauge(metrics, "flame_stream_connections"), 0);
+            assert_eq!(gauge(metrics, "flame_stream_jobs"), 0);
+        }
+        // Every other job is served as before: nothing was poisoned.
+        let answer = exchange(socket, &hello_and_request(&spec(1)));
+        assert!(
+            matches!(
+                answer.as_slice(),
+                [Message::Welcome { .. }, Message::Batch { .. }]
+            ),
+            "{answer:?}"
+        );
+        assert_eq!(gauge(metrics, "flame_stream_connections"), 0);
+    }
+
+    #[test]
+    fn jobs_are_swept_every_quarter_idle_period_within_a_second_and_a_minute() {
+        assert_eq!(sweep_period(Duration::from_secs(1)), Duration::from_secs(1));
+        assert_eq!(
+            sweep_period(Duration::from_mins(1)),
+            Duration::from_secs(15)
+        );
+        assert_eq!(sweep_period(DEFAULT_JOB_IDLE), Duration::from_mins(1));
+    }
 }

@@ -25,6 +25,15 @@
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
+use crate::budget::ByteSize;
+use crate::protocol::Limits;
+
+/// Most datasets a job may name: each is opened and mapped, and mixing costs time per dataset.
+pub const MAX_DATASETS: usize = 4096;
+
+/// Largest micro-batch a job may ask for ([`JobSpec::micro_batch_bytes`]): one frame a client accepts.
+pub const MAX_MICRO_BATCH_BYTES: u64 = Limits::SERVER_FRAMES.max_frame as u64;
+
 /// The order samples are served in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -124,6 +133,12 @@ impl JobSpec {
         toml::to_string(self).expect("a spec always serializes")
     }
 
+    /// Bytes one micro-batch takes at most, on the wire or in a shared-memory slot: per sample
+    /// `seq_len + 1` tokens (Megatron's order), as many `cu_seqlens` and one more, and 32 bytes of framing.
+    pub fn micro_batch_bytes(&self) -> u64 {
+        u64::from(self.micro_batch_size) * (8 * (u64::from(self.seq_len) + 2) + 32)
+    }
+
     /// `context_len`, defaulting to `seq_len`.
     pub fn context_len(&self) -> u32 {
         self.context_len.unwrap_or(self.seq_len)
@@ -151,8 +166,23 @@ impl JobSpec {
                 self.global_batch_size, self.micro_batch_size
             ));
         }
+        if self.micro_batch_bytes() > MAX_MICRO_BATCH_BYTES {
+            return invalid(format!(
+                "a micro-batch of {} × {} tokens takes up to {}, more than the {} a batch may take",
+                self.micro_batch_size,
+                self.seq_len,
+                ByteSize(self.micro_batch_bytes()),
+                ByteSize(MAX_MICRO_BATCH_BYTES)
+            ));
+        }
         if self.datasets.is_empty() {
             return invalid("no [[datasets]]".into());
+        }
+        if self.datasets.len() > MAX_DATASETS {
+            return invalid(format!(
+                "{} datasets; a job may name at most {MAX_DATASETS}",
+                self.datasets.len()
+            ));
         }
         for d in &self.datasets {
             if !(d.weight.is_finite() && d.weight > 0.0) {
@@ -287,6 +317,34 @@ mod tests {
             let text = EXAMPLE.replacen(change, reason, 1);
             assert!(JobSpec::from_toml(&text).is_err(), "{reason}");
         }
+    }
+
+    #[test]
+    fn sizes_a_client_controls_are_bounded() {
+        // 65536 samples of 2048 tokens: a micro-batch of over 1 GiB, which no client could receive.
+        let text = EXAMPLE
+            .replacen("micro_batch_size = 4", "micro_batch_size = 65536", 1)
+            .replacen("global_batch_size = 32", "global_batch_size = 65536", 1);
+        let err = JobSpec::from_toml(&text).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "a micro-batch of 65536 × 2048 tokens takes up to 1.0 GiB, more than the 1 GiB"
+            ),
+            "{err}"
+        );
+        let fits = text
+            .replacen("seq_len = 2048", "seq_len = 2000", 1)
+            .replacen("context_len = 2048", "", 1);
+        JobSpec::from_toml(&fits).unwrap();
+        let many = format!(
+            "{EXAMPLE}{}",
+            "[[datasets]]\npath = \"c\"\n".repeat(MAX_DATASETS)
+        );
+        let err = JobSpec::from_toml(&many).unwrap_err().to_string();
+        assert!(
+            err.contains("4098 datasets; a job may name at most 4096"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@
 use flame_formats::Corpus;
 use flame_formats::permutation::splitmix64;
 
+use crate::data_root::DataRoot;
 use crate::epoch::{EpochPlan, Piece, cu_seqlens};
 use crate::error::{Error, Result};
 use crate::megatron::MegatronOrder;
@@ -86,6 +87,27 @@ pub struct Stream {
     num_samples: Option<u64>,
 }
 
+/// Opens every dataset of `spec` (files mapped, nothing planned), each cut to the job's split, in the
+/// spec's order. With `root`, every path must lie under it ([`DataRoot`]).
+pub fn open_documents(spec: &JobSpec, root: Option<&DataRoot>) -> Result<Vec<Box<dyn Documents>>> {
+    spec.validate()?;
+    let mut documents: Vec<Box<dyn Documents>> = Vec::with_capacity(spec.datasets.len());
+    for d in &spec.datasets {
+        let path = match root {
+            Some(root) => root.resolve(&d.path)?,
+            None => d.path.clone().into(),
+        };
+        let corpus = Corpus::open(&path).map_err(|e| Error::dataset(&d.path, e))?;
+        if let Some(root) = root {
+            root.check_corpus(&d.path, &corpus)?;
+        }
+        let view = SplitView::new(corpus, spec.split.as_deref(), spec.split_index())
+            .map_err(|e| Error::Spec(SpecError::Invalid(e)))?;
+        documents.push(Box::new(view));
+    }
+    Ok(documents)
+}
+
 /// The plan of one of the two orders.
 enum Planned {
     Flame {
@@ -111,14 +133,7 @@ impl std::fmt::Debug for Stream {
 impl Stream {
     /// Opens every dataset of `spec` (manifest directories or Megatron prefixes) and plans the stream.
     pub fn open(spec: JobSpec) -> Result<Self> {
-        spec.validate()?;
-        let mut documents: Vec<Box<dyn Documents>> = Vec::new();
-        for d in &spec.datasets {
-            let corpus = Corpus::open(&d.path).map_err(|e| Error::dataset(&d.path, e))?;
-            let view = SplitView::new(corpus, spec.split.as_deref(), spec.split_index())
-                .map_err(|e| Error::Spec(SpecError::Invalid(e)))?;
-            documents.push(Box::new(view));
-        }
+        let documents = open_documents(&spec, None)?;
         Self::from_documents(spec, documents)
     }
 
@@ -145,7 +160,7 @@ impl Stream {
         };
         if let Some(epochs) = stream.spec.epochs {
             let windows: u64 = stream.windows_per_epoch().iter().sum();
-            stream.num_samples = Some(u64::from(epochs) * windows);
+            stream.num_samples = Some(u64::from(epochs).saturating_mul(windows));
         }
         Ok(stream)
     }
@@ -397,7 +412,16 @@ impl Stream {
                 g / per_micro_step
             )));
         }
-        let start = step * g + micro_step * per_micro_step + u64::from(rank) * b;
+        // Sample indices are u64; a step whose samples do not fit is refused, not wrapped.
+        let start = step
+            .checked_mul(g)
+            .and_then(|s| s.checked_add(micro_step * per_micro_step + u64::from(rank) * b))
+            .filter(|start| start.checked_add(b).is_some())
+            .ok_or_else(|| {
+                Error::Shape(format!(
+                    "step {step}: its samples lie past the largest sample index, 2^64 - 1"
+                ))
+            })?;
         Ok(start..start + b)
     }
 

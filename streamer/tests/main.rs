@@ -5,5 +5,6 @@ mod client;
 mod megatron;
 mod python;
 mod server;
+mod shared_server;
 mod stream;
 mod util;

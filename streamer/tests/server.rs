@@ -17,7 +17,7 @@ use flame_streamer::server::{Endpoint, ServerConfig, serve};
 use flame_streamer::spec::JobSpec;
 use flame_streamer::stream::Stream;
 
-fn write_dataset(prefix: &Path, seed: u32) {
+pub fn write_dataset(prefix: &Path, seed: u32) {
     let mut builder = IndexedDatasetBuilder::create(prefix, TokenDtype::Uint16).unwrap();
     for d in 0..400u32 {
         let doc: Vec<u32> = (0..=(d * 37 + seed) % 300)
@@ -61,7 +61,7 @@ pub fn start(dir: &Path, token: Option<&str>) -> Vec<Endpoint> {
         token: token.map(str::to_owned),
         max_connections: 64,
         prefetch_depth: 3,
-        metrics: None,
+        ..ServerConfig::default()
     })
     .unwrap()
     .endpoints
@@ -332,7 +332,7 @@ fn sixty_four_concurrent_clients_each_get_exactly_their_slice() {
     assert_eq!(all, (0..steps * 128).collect::<Vec<_>>());
 }
 
-fn raw_exchange(path: &Path, bytes: &[u8]) -> Vec<Message> {
+pub fn raw_exchange(path: &Path, bytes: &[u8]) -> Vec<Message> {
     let mut conn = UnixStream::connect(path).unwrap();
     conn.write_all(bytes).unwrap();
     conn.shutdown(std::net::Shutdown::Write).unwrap();
@@ -511,7 +511,7 @@ fn kill_9_and_restart(shared_memory: bool) {
     assert_eq!(received.len(), 24);
 }
 
-fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut conn = std::net::TcpStream::connect(addr).unwrap();
     write!(conn, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
     let mut response = String::new();
@@ -519,7 +519,7 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     response
 }
 
-fn metric(text: &str, line_start: &str) -> u64 {
+pub fn metric(text: &str, line_start: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(line_start))
         .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
@@ -538,6 +538,7 @@ fn metrics_count_batches_tokens_per_dataset_lag_and_clients() {
         max_connections: 8,
         prefetch_depth: 2,
         metrics: Some("127.0.0.1:0".into()),
+        ..ServerConfig::default()
     })
     .unwrap();
     let addr = running.metrics.unwrap();

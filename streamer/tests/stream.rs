@@ -338,3 +338,106 @@ fn a_job_of_epochs_ends_after_that_many_passes_over_the_tokens() {
         .is_err()
     );
 }
+
+/// Writes `documents` (each a list of sequences) as one Megatron shard at `prefix`.
+fn write_shard(prefix: &std::path::Path, documents: &[Vec<Vec<u32>>]) {
+    let mut builder = IndexedDatasetBuilder::create(prefix, TokenDtype::Uint16).unwrap();
+    for sequences in documents {
+        for sequence in sequences {
+            builder.add_item(sequence).unwrap();
+        }
+        builder.end_document().unwrap();
+    }
+    builder.finalize().unwrap();
+}
+
+/// Issue 16: flame-prep writes empty texts as empty documents. Shards with zero-length sequences,
+/// documents without sequences, and a shard of nothing else, are served in both orders with every
+/// token once per epoch (but the tail each order drops) and `cu_seqlens` without zero-length entries:
+/// an empty document adds no tokens and no boundary. (Megatron's order over zero-length sequences is
+/// megatron-core's too: `tests/megatron.rs` writes some.)
+#[test]
+fn empty_documents_are_served_in_both_orders_without_losing_or_repeating_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir(&corpus).unwrap();
+    let mut next = 1u32;
+    let mut take = |n: u32| {
+        let tokens: Vec<u32> = (next..next + n).collect();
+        next += n;
+        tokens
+    };
+    let mut shard = |k: u32| -> Vec<Vec<Vec<u32>>> {
+        (0..200u32)
+            .map(|d| match (d + k) % 6 {
+                0 => vec![],                                  // a document without sequences
+                1 => vec![vec![]],                            // a zero-length sequence
+                2 => vec![take(d % 23 + 1), vec![], take(5)], // an empty sequence between two
+                _ => vec![take(d % 31 + 1)],
+            })
+            .collect()
+    };
+    let (first, last) = (shard(0), shard(3));
+    write_shard(&corpus.join("part_0"), &first);
+    write_shard(&corpus.join("part_1"), &[vec![], vec![vec![]], vec![]]);
+    write_shard(&corpus.join("part_2"), &last);
+    let total = u64::from(next - 1);
+    let seq_len = 16u32;
+    for order in [Order::Flame, Order::Megatron] {
+        let mut job = spec(seq_len, seq_len, &[1.0], 1);
+        job.datasets[0].path = corpus.to_string_lossy().into_owned();
+        job.order = order;
+        // One epoch of Megatron's windows of seq_len + 1 tokens, which overlap by one.
+        job.num_samples = (order == Order::Megatron).then_some((total - 1) / u64::from(seq_len));
+        let stream = Stream::open(job).unwrap();
+        let samples = match order {
+            Order::Flame => stream.windows_per_epoch()[0],
+            Order::Megatron => stream.num_samples().unwrap(),
+        };
+        let mut seen = HashSet::new();
+        for k in 0..samples {
+            let sample = stream.sample(k).unwrap();
+            let cu = &sample.cu_seqlens;
+            assert_eq!((cu[0], *cu.last().unwrap()), (0, seq_len), "{order:?} {k}");
+            assert!(cu.windows(2).all(|w| w[0] < w[1]), "{order:?} {k}: {cu:?}");
+            // Megatron's last token is the next sample's first: its label, not an input.
+            for &token in &sample.tokens[..seq_len as usize] {
+                assert!(seen.insert(token), "{order:?}: token {token} served twice");
+            }
+        }
+        assert!(
+            seen.iter().all(|&t| (1..=total).contains(&u64::from(t)))
+                && total - (seen.len() as u64) < u64::from(seq_len),
+            "{order:?}: {} of {total} tokens served",
+            seen.len()
+        );
+    }
+    // The same documents packed ahead of time by flame-prep's packed writer.
+    let packed = dir.path().join("packed");
+    let mut writer =
+        flame_formats::PackedWriter::create(&packed, TokenDtype::Uint16, seq_len).unwrap();
+    let mut tokens = 0;
+    for document in first.iter().chain(&last) {
+        let document: Vec<u32> = document.concat();
+        tokens += document.len() as u64;
+        writer.add_document(&document).unwrap();
+    }
+    writer.finish(flame_formats::TailPolicy::Drop).unwrap();
+    let mut job = spec(seq_len, seq_len, &[1.0], 1);
+    job.datasets[0].path = packed.to_string_lossy().into_owned();
+    let stream = Stream::open(job).unwrap();
+    let mut seen = HashSet::new();
+    for k in 0..stream.windows_per_epoch()[0] {
+        let sample = stream.sample(k).unwrap();
+        assert!(
+            sample.cu_seqlens.windows(2).all(|w| w[0] < w[1]),
+            "{:?}",
+            sample.cu_seqlens
+        );
+        assert!(
+            sample.tokens.iter().all(|&t| seen.insert(t)),
+            "packed window {k}"
+        );
+    }
+    assert!(tokens - (seen.len() as u64) < u64::from(seq_len));
+}

@@ -27,7 +27,7 @@ fn setup(dir: &Path, seq_len: u32) -> (Endpoint, PathBuf, PathBuf) {
         token: None,
         max_connections: 16,
         prefetch_depth: 2,
-        metrics: None,
+        ..ServerConfig::default()
     })
     .unwrap()
     .endpoints;
