@@ -207,6 +207,8 @@ impl ShardSink {
         shards.push(entry);
         let totals = Totals {
             documents: self.num_documents,
+            // The sink sees tokens, not texts: the caller, who read the texts, fills this in.
+            empty_documents: 0,
             sequences: shards.iter().map(|s| s.sequences).sum(),
             tokens: shards.iter().map(|s| s.tokens).sum(),
         };
