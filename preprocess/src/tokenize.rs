@@ -268,7 +268,8 @@ impl TextEncoder {
         &self.info
     }
 
-    /// Encodes one document, replacing the contents of `out`.
+    /// Encodes one document, replacing the contents of `out`. An empty text is a document too: its ids
+    /// are what the BOS policy and the post-processor put around nothing (possibly none).
     pub fn encode(&self, text: &str, out: &mut Vec<u32>) -> anyhow::Result<()> {
         out.clear();
         let add_special_tokens = self.bos == BosPolicy::Tokenizer;
@@ -308,8 +309,9 @@ impl TextEncoder {
     /// `if len(doc_ids) > 0`), so an empty text, whose ids are only what the post-processor adds, gives
     /// what `preprocess_data.py` writes: nothing for GPT-2, and for Mistral nothing with `--bos never`
     /// (megatron-core 0.16's default, ids without special tokens) or `<s></s>` with `--bos tokenizer`
-    /// (0.17's default, `tokenizer(text).input_ids`). Megatron then adds it as a document of zero
-    /// sequences, as [`ShardSink::add_document`](crate::shard::ShardSink::add_document) does.
+    /// (0.17's default, `tokenizer(text).input_ids`). A document left without ids is then a Megatron
+    /// document of zero sequences, as [`ShardSink::add_document`](crate::shard::ShardSink::add_document)
+    /// writes it.
     fn end_document(&self, out: &mut Vec<u32>) {
         if self.append_eod && !out.is_empty() {
             out.push(self.info.eos_id.expect("checked in load"));
