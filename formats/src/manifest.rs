@@ -12,7 +12,8 @@
 //!                                          //               "dropped_tokens", "pad_tokens"}
 //!   "tokenizer": {"name": "gpt2", "sha256": "<of tokenizer.json>", "vocab_size": 50257,
 //!                 "bos_id": null, "eos_id": 50256},
-//!   "totals": {"documents": 2224, "sequences": 2224, "tokens": 13600000},
+//!   "totals": {"documents": 2224, "empty_documents": 0,   // empty_documents: optional, 0 when absent
+//!              "sequences": 2224, "tokens": 13600000},
 //!   "shards": [{"prefix": "shard_00000",   // relative to the manifest's directory
 //!               "sequences": 2224, "documents": 2224, "tokens": 13600000,
 //!               "bin": {"bytes": 27200000, "sha256": "…"}, "idx": {"bytes": 44534, "sha256": "…"},
@@ -24,7 +25,9 @@
 //! ```
 //!
 //! Shard counts are those of the shard's tokens index (for packed shards a window is one sequence and one
-//! document). `totals.documents` counts source documents, which for `megatron` equals the shards' sum.
+//! document). `totals.documents` counts source documents, which for `megatron` equals the shards' sum;
+//! `totals.empty_documents` counts those of them whose text was empty (they are documents all the same:
+//! their tokens are whatever the tokenizer adds to nothing, possibly none).
 //! A newer `version` is refused rather than half-understood.
 
 use std::path::{Path, PathBuf};
@@ -118,6 +121,10 @@ pub struct TokenizerIdentity {
 pub struct Totals {
     /// Source documents.
     pub documents: u64,
+    /// Source documents whose text was empty (part of `documents`). Manifests written before it was
+    /// counted lack the field: it reads as 0.
+    #[serde(default)]
+    pub empty_documents: u64,
     /// Sequences over all shards (windows, for packed).
     pub sequences: u64,
     /// Tokens over all shards (padding included).
@@ -300,6 +307,12 @@ impl Manifest {
             if total != shards {
                 return invalid(format!("{what} is {total}, the shards sum to {shards}"));
             }
+        }
+        if self.totals.empty_documents > self.totals.documents {
+            return invalid(format!(
+                "totals.empty_documents is {}, more than totals.documents ({})",
+                self.totals.empty_documents, self.totals.documents
+            ));
         }
         if self.format == ShardFormat::Megatron && self.totals.documents != sum(|s| s.documents) {
             return invalid(format!(

@@ -33,6 +33,7 @@ fn build(dir: &Path) -> Manifest {
         },
         totals: Totals {
             documents: 3,
+            empty_documents: 0,
             sequences: 3,
             tokens: 6,
         },
@@ -132,6 +133,35 @@ fn bad_manifests_are_refused_with_position() {
     assert!(
         err.to_string()
             .contains("totals.tokens is 7, the shards sum to 6"),
+        "{err}"
+    );
+}
+
+/// Issue 16: `totals.empty_documents` came later; a manifest without it still loads, counting none.
+#[test]
+fn empty_documents_default_to_zero_and_never_exceed_the_documents() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut manifest = build(dir.path());
+    manifest.totals.empty_documents = 2;
+    let path = manifest.write(dir.path()).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("\"empty_documents\": 2"), "{text}");
+    assert_eq!(Manifest::load(&path).unwrap().totals.empty_documents, 2);
+
+    let older = text.replace("\"empty_documents\": 2,", "");
+    assert_ne!(older, text);
+    std::fs::write(&path, older).unwrap();
+    assert_eq!(Manifest::load(&path).unwrap().totals.empty_documents, 0);
+
+    std::fs::write(
+        &path,
+        text.replace("\"empty_documents\": 2", "\"empty_documents\": 4"),
+    )
+    .unwrap();
+    let err = Manifest::load(&path).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("totals.empty_documents is 4, more than totals.documents (3)"),
         "{err}"
     );
 }

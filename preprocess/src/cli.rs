@@ -94,7 +94,7 @@ pub struct TokenizeArgs {
     /// Tokenizer threads (default: all cores). The output is the same for every value.
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
-    /// Count bad records (malformed JSON, null or empty text, invalid UTF-8) in the summary instead of failing.
+    /// Count bad records (malformed JSON, a null or missing text, invalid UTF-8) in the summary instead of failing. An empty text is a document, not a bad record.
     #[arg(long)]
     pub skip_bad_records: bool,
     /// Replace a complete output instead of reporting it.

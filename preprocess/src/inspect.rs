@@ -20,6 +20,12 @@ struct Summary {
     shards: usize,
     sequences: u64,
     documents: u64,
+    /// From the manifest (none without one: shards hold ids, not texts): the source documents, which
+    /// for packed output are not the windows above, and those of them whose text was empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_documents: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    empty_documents: Option<u64>,
     tokens: u64,
     bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -131,6 +137,8 @@ fn summarize(corpus: &Corpus) -> anyhow::Result<Summary> {
         shards: corpus.shards().len(),
         sequences,
         documents: corpus.num_documents(),
+        source_documents: corpus.manifest().map(|m| m.totals.documents),
+        empty_documents: corpus.manifest().map(|m| m.totals.empty_documents),
         tokens: corpus.num_tokens(),
         bytes,
         seq_len,
@@ -169,6 +177,12 @@ fn print_text(s: &Summary, out: &mut impl Write) -> std::io::Result<()> {
     writeln!(out, "shards     {}", s.shards)?;
     writeln!(out, "sequences  {}", s.sequences)?;
     writeln!(out, "documents  {}", s.documents)?;
+    if let (Some(documents), Some(empty)) = (s.source_documents, s.empty_documents) {
+        writeln!(
+            out,
+            "source     {documents} documents, {empty} of them empty"
+        )?;
+    }
     writeln!(out, "tokens     {}", s.tokens)?;
     writeln!(out, "bytes      {}", s.bytes)?;
     let l = &s.sequence_length;

@@ -48,13 +48,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string(&summary)?);
             } else if !cli.quiet {
                 eprintln!(
-                    "flame-prep: {} {} documents, {} tokens in {} shards ({:.1} MB/s of text, {:.0} tokens/s, {} bad records skipped) -> {}",
+                    "flame-prep: {} {} documents ({} empty), {} tokens in {} shards ({:.1} MB/s of text, {:.0} tokens/s, {} bad records skipped) -> {}",
                     if summary.already_complete {
                         "already complete:"
                     } else {
                         "wrote"
                     },
                     summary.documents,
+                    summary.empty_documents,
                     summary.stored_tokens,
                     summary.shards,
                     summary.text_mb_per_s,

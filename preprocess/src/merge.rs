@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use flame_formats::TailPolicy;
-use flame_formats::manifest::{MANIFEST_VERSION, Manifest, ShardFormat};
+use flame_formats::manifest::{MANIFEST_VERSION, Manifest, ShardFormat, Totals};
 use serde::Serialize;
 
 use crate::cli::MergeArgs;
@@ -23,6 +23,7 @@ struct MergeSummary {
     output: String,
     parts: u32,
     documents: u64,
+    empty_documents: u64,
     tokens: u64,
     shards: usize,
 }
@@ -84,7 +85,10 @@ pub fn run(args: &MergeArgs) -> anyhow::Result<ExitCode> {
         dtype: first.dtype,
         packing: summary.packing,
         tokenizer: first.tokenizer.clone(),
-        totals: summary.totals,
+        totals: Totals {
+            empty_documents: manifests.iter().map(|m| m.totals.empty_documents).sum(),
+            ..summary.totals
+        },
         shards: summary.shards,
         sources: manifests
             .iter()
@@ -103,6 +107,7 @@ pub fn run(args: &MergeArgs) -> anyhow::Result<ExitCode> {
         output: dir.display().to_string(),
         parts: u32::try_from(parts.len()).expect("counted by u32"),
         documents: manifest.totals.documents,
+        empty_documents: manifest.totals.empty_documents,
         tokens: manifest.totals.tokens,
         shards: manifest.shards.len(),
     };
@@ -110,8 +115,13 @@ pub fn run(args: &MergeArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(&result)?);
     } else {
         eprintln!(
-            "flame-prep: merged {} parts: {} documents, {} tokens in {} shards -> {}",
-            result.parts, result.documents, result.tokens, result.shards, result.output
+            "flame-prep: merged {} parts: {} documents ({} empty), {} tokens in {} shards -> {}",
+            result.parts,
+            result.documents,
+            result.empty_documents,
+            result.tokens,
+            result.shards,
+            result.output
         );
     }
     Ok(ExitCode::SUCCESS)

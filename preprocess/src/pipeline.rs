@@ -49,12 +49,12 @@ pub enum Item {
     Document {
         /// Its token ids.
         tokens: Vec<u32>,
-        /// Bytes of UTF-8 text it came from.
+        /// Bytes of UTF-8 text it came from (0: an empty text, a document all the same).
         num_text_bytes: usize,
         /// Where it came from.
         origin: Origin,
     },
-    /// A record that could not be read or is empty.
+    /// A record that could not be read (malformed, not UTF-8, a null or missing text).
     Bad(BadRecord),
 }
 

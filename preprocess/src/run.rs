@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use flame_formats::manifest::{
     MANIFEST_FILE_NAME, MANIFEST_VERSION, Manifest, ShardFormat, SourceEntry, TokenizerIdentity,
+    Totals,
 };
 use flame_formats::packed::cu_seqlens_prefix;
 use flame_formats::prefix::{bin_path, idx_path};
@@ -29,7 +30,9 @@ use crate::tokenize::{TextEncoder, TokenizerInfo};
 
 const STAGING: &str = ".staging";
 const JOURNAL: &str = ".flame-prep-journal.json";
-const JOURNAL_VERSION: u32 = 1;
+/// 2: empty texts are documents (issue 16). A version-1 journal may have skipped them as bad records,
+/// so its run cannot be continued into the same bytes.
+const JOURNAL_VERSION: u32 = 2;
 /// Test hook: abort (as a kill -9 would) after adding this many documents in this process.
 const ABORT_HOOK: &str = "FLAME_PREP_ABORT_AFTER_DOCUMENTS";
 
@@ -44,6 +47,8 @@ pub struct RunSummary {
     pub resumed: bool,
     /// Documents written.
     pub documents: u64,
+    /// Those of them whose text was empty.
+    pub empty_documents: u64,
     /// Tokens of those documents.
     pub document_tokens: u64,
     /// Tokens stored (padding included, dropped tail excluded).
@@ -76,6 +81,9 @@ struct Journal {
     fingerprint: String,
     position: Position,
     bad_records: u64,
+    /// Absent from version 1, which is refused by version rather than as unreadable.
+    #[serde(default)]
+    empty_documents: u64,
     text_bytes: u64,
     sink: SinkState,
 }
@@ -158,7 +166,10 @@ pub fn run(config: &Config, quiet: bool) -> anyhow::Result<RunSummary> {
         identity(&info),
         dtype,
         sink.packing,
-        sink.totals,
+        Totals {
+            empty_documents: counters.empty_documents,
+            ..sink.totals
+        },
         sink.shards,
     );
     manifest.write(dir)?;
@@ -170,6 +181,7 @@ pub fn run(config: &Config, quiet: bool) -> anyhow::Result<RunSummary> {
         already_complete: false,
         resumed,
         documents: manifest.totals.documents,
+        empty_documents: manifest.totals.empty_documents,
         document_tokens: sink.num_document_tokens,
         stored_tokens: manifest.totals.tokens,
         sequences: manifest.totals.sequences,
@@ -194,6 +206,7 @@ fn start_journal(dir: &Path, fingerprint: String) -> anyhow::Result<(Journal, bo
         fingerprint,
         position: Position::default(),
         bad_records: 0,
+        empty_documents: 0,
         text_bytes: 0,
         sink: SinkState::default(),
     });
@@ -224,7 +237,7 @@ fn manifest(
     tokenizer: TokenizerIdentity,
     dtype: TokenDtype,
     packing: Option<flame_formats::manifest::Packing>,
-    totals: flame_formats::manifest::Totals,
+    totals: Totals,
     shards: Vec<flame_formats::manifest::ShardEntry>,
 ) -> Manifest {
     let eos_id = tokenizer.eos_id;
@@ -298,7 +311,10 @@ fn run_shuffled(config: &Config, seed: u64, quiet: bool) -> anyhow::Result<RunSu
         unshuffled.tokenizer.clone(),
         unshuffled.dtype,
         sink.packing,
-        sink.totals,
+        Totals {
+            empty_documents: unshuffled.totals.empty_documents,
+            ..sink.totals
+        },
         sink.shards,
     );
     manifest.write(dir)?;
@@ -322,6 +338,7 @@ fn already_complete(config: &Config, input_bytes: u64) -> anyhow::Result<RunSumm
         already_complete: true,
         resumed: false,
         documents: manifest.totals.documents,
+        empty_documents: manifest.totals.empty_documents,
         document_tokens: manifest.totals.tokens - manifest.packing.map_or(0, |p| p.pad_tokens),
         stored_tokens: manifest.totals.tokens,
         sequences: manifest.totals.sequences,
@@ -420,6 +437,7 @@ fn remove_journal_and_shards(dir: &Path, keep: &[String]) -> anyhow::Result<()> 
 #[derive(Default)]
 struct Counters {
     bad_records: u64,
+    empty_documents: u64,
     text_bytes: u64,
     text_bytes_here: u64,
     tokens_here: u64,
@@ -455,6 +473,7 @@ fn tokenize_into(
     let mut progress = Progress::new(input_bytes, quiet);
     let mut counters = Counters {
         bad_records: journal.bad_records,
+        empty_documents: journal.empty_documents,
         text_bytes: journal.text_bytes,
         ..Counters::default()
     };
@@ -489,6 +508,7 @@ fn tokenize_into(
                         journal.sink = sink.rotate()?;
                         journal.position = position;
                         journal.bad_records = counters.bad_records;
+                        journal.empty_documents = counters.empty_documents;
                         journal.text_bytes = counters.text_bytes;
                         let json =
                             serde_json::to_vec(&journal).expect("a journal always serializes");
@@ -498,6 +518,7 @@ fn tokenize_into(
                     num_documents_here += 1;
                     num_documents += 1;
                     counters.tokens_here += tokens.len() as u64;
+                    counters.empty_documents += u64::from(num_text_bytes == 0);
                     counters.text_bytes += num_text_bytes as u64;
                     counters.text_bytes_here += num_text_bytes as u64;
                     if abort_after == Some(num_documents_here) {

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 /// How documents are laid out in shards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
-    /// One document per sequence (Megatron's `_text_document`).
+    /// One document per sequence (Megatron's `_text_document`); a document without tokens has none.
     Megatron,
     /// Windows of exactly `seq_len` tokens with `cu_seqlens`.
     Packed {
@@ -164,10 +164,16 @@ impl ShardSink {
     }
 
     /// Appends one document; call [`is_full`](Self::is_full) / [`rotate`](Self::rotate) first.
+    ///
+    /// A document without tokens (an empty text, unless the tokenizer adds some) is a Megatron document of
+    /// zero sequences, as `preprocess_data.py` writes it (`add_document([], [])`: one more
+    /// `document_indices` entry, no sequence); in packed output it leaves no trace but the count.
     pub fn add_document(&mut self, tokens: &[u32]) -> anyhow::Result<()> {
         match &mut self.writer {
             Writer::Megatron(builder) => {
-                builder.add_item(tokens)?;
+                if !tokens.is_empty() {
+                    builder.add_item(tokens)?;
+                }
                 builder.end_document()?;
             }
             Writer::Packed(writer) => writer.add_document(tokens)?,
@@ -207,6 +213,8 @@ impl ShardSink {
         shards.push(entry);
         let totals = Totals {
             documents: self.num_documents,
+            // The sink sees tokens, not texts: the caller, who read the texts, fills this in.
+            empty_documents: 0,
             sequences: shards.iter().map(|s| s.sequences).sum(),
             tokens: shards.iter().map(|s| s.tokens).sum(),
         };

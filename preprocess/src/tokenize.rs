@@ -268,7 +268,8 @@ impl TextEncoder {
         &self.info
     }
 
-    /// Encodes one document, replacing the contents of `out`.
+    /// Encodes one document, replacing the contents of `out`. An empty text is a document too: its ids
+    /// are what the BOS policy and the post-processor put around nothing (possibly none).
     pub fn encode(&self, text: &str, out: &mut Vec<u32>) -> anyhow::Result<()> {
         out.clear();
         let add_special_tokens = self.bos == BosPolicy::Tokenizer;
@@ -287,9 +288,7 @@ impl TextEncoder {
             if add_special_tokens {
                 out.extend_from_slice(&fast.special_suffix);
             }
-            if self.append_eod {
-                out.push(self.info.eos_id.expect("checked in load"));
-            }
+            self.end_document(out);
             return Ok(());
         }
         match &self.long {
@@ -300,10 +299,23 @@ impl TextEncoder {
                 encode_ids(&self.tokenizer, text, add_special_tokens)?.get_ids(),
             ),
         }
-        if self.append_eod {
+        self.end_document(out);
+        Ok(())
+    }
+
+    /// Appends EOD (with `--append-eod`) to a document's ids, unless it has none.
+    ///
+    /// This is Megatron's rule (`tools/preprocess_data.py`, `Encoder.encode`: EOD only
+    /// `if len(doc_ids) > 0`), so an empty text, whose ids are only what the post-processor adds, gives
+    /// what `preprocess_data.py` writes: nothing for GPT-2, and for Mistral nothing with `--bos never`
+    /// (megatron-core 0.16's default, ids without special tokens) or `<s></s>` with `--bos tokenizer`
+    /// (0.17's default, `tokenizer(text).input_ids`). A document left without ids is then a Megatron
+    /// document of zero sequences, as [`ShardSink::add_document`](crate::shard::ShardSink::add_document)
+    /// writes it.
+    fn end_document(&self, out: &mut Vec<u32>) {
+        if self.append_eod && !out.is_empty() {
             out.push(self.info.eos_id.expect("checked in load"));
         }
-        Ok(())
     }
 }
 

@@ -54,6 +54,64 @@ fn golden_ids_match_for_every_tokenizer() {
     }
 }
 
+/// Issue 16: an empty text is encoded as the tokenizer encodes `""` (only what the post-processor adds,
+/// with `--bos tokenizer`), and `--append-eod` adds EOD only to a document that has ids, as Megatron's
+/// `preprocess_data.py` does (`if len(doc_ids) > 0`). For GPT-2 and Mistral the ids are spelled out: they
+/// are what `preprocess_data.py` writes (see `megatron_peer` for the bytes).
+#[test]
+fn an_empty_text_gets_what_the_tokenizer_adds_and_eod_only_after_ids() {
+    let mut got = Vec::new();
+    for name in TOKENIZERS {
+        let path = tokenizer_path(name);
+        let reference = tokenizers::Tokenizer::from_file(&path).unwrap();
+        for bos in [BosPolicy::Tokenizer, BosPolicy::Never, BosPolicy::Always] {
+            if bos == BosPolicy::Always && name != "mistral-7b-v0.1" {
+                continue;
+            }
+            let post_processed = reference
+                .encode_fast("", bos == BosPolicy::Tokenizer)
+                .unwrap()
+                .get_ids()
+                .to_vec();
+            for append_eod in [false, true] {
+                let encoder = TextEncoder::load(&path, bos, append_eod, false).unwrap();
+                let mut ids = vec![7];
+                encoder.encode("", &mut ids).unwrap();
+                let mut want = post_processed.clone();
+                if bos == BosPolicy::Always {
+                    want.insert(0, encoder.info().bos_id.unwrap());
+                }
+                if append_eod && !want.is_empty() {
+                    want.push(encoder.info().eos_id.unwrap());
+                }
+                assert_eq!(ids, want, "{name} {bos:?} append_eod={append_eod}");
+                got.push(((name, bos, append_eod), ids));
+            }
+        }
+    }
+    let ids = |name: &str, bos: BosPolicy, append_eod: bool| {
+        let (_, ids) = got
+            .iter()
+            .find(|(key, _)| *key == (name, bos, append_eod))
+            .unwrap();
+        ids.as_slice()
+    };
+    for bos in [BosPolicy::Tokenizer, BosPolicy::Never] {
+        for append_eod in [false, true] {
+            assert_eq!(ids("gpt2", bos, append_eod), [0u32; 0]);
+            assert_eq!(
+                ids("mistral-7b-v0.1", BosPolicy::Never, append_eod),
+                [0u32; 0]
+            );
+        }
+    }
+    let mistral = |bos, append_eod| ids("mistral-7b-v0.1", bos, append_eod);
+    assert_eq!(mistral(BosPolicy::Tokenizer, false), [1]);
+    assert_eq!(mistral(BosPolicy::Tokenizer, true), [1, 2]);
+    assert_eq!(mistral(BosPolicy::Always, false), [1]);
+    assert_eq!(mistral(BosPolicy::Always, true), [1, 2]);
+}
+
 /// Every document of the shared corpus: the two fineweb-schema parquet files and the jsonl files.
 pub fn corpus_texts() -> Vec<String> {
     let mut inputs = resolve_inputs(

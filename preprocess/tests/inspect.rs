@@ -32,6 +32,11 @@ fn json_summary_of_a_manifest_directory() {
     assert_eq!(summary["dtype"], "uint16");
     assert_eq!(summary["sequences"], 52);
     assert_eq!(summary["documents"], 52);
+    assert_eq!(
+        (&summary["source_documents"], &summary["empty_documents"]),
+        (&52.into(), &1.into()),
+        "issue 16: the manifest's count of empty texts"
+    );
     assert_eq!(summary["tokens"], 28_999);
     let histogram = summary["histogram"].as_array().unwrap();
     assert_eq!(
@@ -54,6 +59,22 @@ fn text_summary_of_a_packed_prefix() {
         run.stdout
     );
     assert!(run.stdout.contains("sequences  114"), "{}", run.stdout);
+    assert!(
+        !run.stdout.contains("source "),
+        "a prefix has no manifest to count source documents: {}",
+        run.stdout
+    );
+    let run = flame_prep(&[
+        "inspect",
+        fixture("golden-mistral-packed").to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout
+            .contains("documents  114\nsource     52 documents, 1 of them empty\n"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]

@@ -8,6 +8,7 @@ mod exactness;
 mod fast_encoders;
 mod hub;
 mod inspect;
+mod megatron_peer;
 mod multi_machine;
 mod object_store;
 mod progress;

@@ -1,9 +1,27 @@
 //! `--num-shards K --shard-index I` on K machines, then `flame-prep merge`, gives exactly the bytes of a
-//! single-machine run, for document-level and packed output, with more parts than files too.
+//! single-machine run, for document-level and packed output, with more parts than files too, and with
+//! empty texts among the documents (issue 16).
 
 use std::path::Path;
 
 use crate::util::{flame_prep, shared, snapshot};
+
+/// Moby-Dick's chapters again as `en-moby-dick-gaps.jsonl` in `corpus`, with empty texts around and
+/// between them: documents without ids (GPT-2 adds none, and EOD follows only ids). Returns how many.
+fn write_moby_dick_with_gaps(corpus: &Path) -> u64 {
+    let chapters = std::fs::read_to_string(corpus.join("en-moby-dick.jsonl")).unwrap();
+    let mut gaps = String::from("{\"text\": \"\"}\n");
+    for (i, line) in chapters.lines().enumerate() {
+        gaps.push_str(line);
+        gaps.push('\n');
+        for _ in 0..i % 3 {
+            gaps.push_str("{\"text\": \"\"}\n");
+        }
+    }
+    gaps.push_str("{\"text\": \"\"}\n");
+    std::fs::write(corpus.join("en-moby-dick-gaps.jsonl"), &gaps).unwrap();
+    (gaps.lines().count() - chapters.lines().count()) as u64
+}
 
 #[test]
 fn parts_merge_into_the_bytes_of_a_single_run() {
@@ -21,6 +39,7 @@ fn parts_merge_into_the_bytes_of_a_single_run() {
         )
         .unwrap();
     }
+    let num_empty = write_moby_dick_with_gaps(&corpus);
     let tokenizer = shared().join("data/tokenizers/gpt2/tokenizer.json");
     let (corpus, tokenizer) = (corpus.to_str().unwrap(), tokenizer.to_str().unwrap());
     let cases: [(&str, u32, &[&str]); 3] = [
@@ -58,6 +77,10 @@ fn parts_merge_into_the_bytes_of_a_single_run() {
         let args = base(&single);
         let run = flame_prep(&args.iter().map(String::as_str).collect::<Vec<_>>());
         assert_eq!(run.code, 0, "{}", run.stderr);
+        let manifest =
+            flame_formats::Manifest::load(&single.join("corpus").join(layout).join("train"))
+                .unwrap();
+        assert_eq!(manifest.totals.empty_documents, num_empty, "{layout}");
         for index in 0..parts {
             let mut args = base(&multi);
             args.extend([

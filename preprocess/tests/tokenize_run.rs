@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use arrow_array::{ArrayRef, RecordBatch, StringArray};
 use flame_formats::Corpus;
+use flame_preprocess::restream::DocumentSet;
 use flame_preprocess::tokenize::{BosPolicy, TextEncoder};
 
 use crate::util::{flame_prep, shared, snapshot};
@@ -123,7 +124,7 @@ fn output_bytes_do_not_depend_on_the_number_of_workers() {
     }
 }
 
-/// The golden texts as jsonl (one is empty, a bad record), and what the tokenizer library makes of them.
+/// The golden texts as jsonl (one is empty: a document too), and what the tokenizer library makes of them.
 fn golden_jsonl(dir: &Path) -> (PathBuf, Vec<Vec<u32>>, Vec<String>) {
     let texts = std::fs::read_to_string(shared().join("data/golden/texts.jsonl")).unwrap();
     let texts: Vec<String> = texts
@@ -143,7 +144,6 @@ fn golden_jsonl(dir: &Path) -> (PathBuf, Vec<Vec<u32>>, Vec<String>) {
     let encoder = TextEncoder::load(&gpt2(), BosPolicy::Never, true, false).unwrap();
     let expected = texts
         .iter()
-        .filter(|t| !t.is_empty())
         .map(|t| {
             let mut ids = Vec::new();
             encoder.encode(t, &mut ids).unwrap();
@@ -151,6 +151,20 @@ fn golden_jsonl(dir: &Path) -> (PathBuf, Vec<Vec<u32>>, Vec<String>) {
         })
         .collect();
     (path, expected, texts)
+}
+
+/// Every document of a Megatron-layout output, in order (`dump` shows sequences, and a document without
+/// tokens has none).
+fn documents(dir: &Path) -> Vec<Vec<u32>> {
+    let manifest = flame_formats::Manifest::load(dir).unwrap();
+    let set = DocumentSet::open(&manifest.shard_prefixes(dir)).unwrap();
+    (0..set.len())
+        .map(|k| {
+            let mut ids = Vec::new();
+            set.document(k, &mut ids).unwrap();
+            ids
+        })
+        .collect()
 }
 
 fn dump(dir: &Path) -> Vec<Vec<u32>> {
@@ -180,11 +194,49 @@ fn tokenize(input: &Path, out: &Path, name: &str, extra: &[&str]) -> crate::util
     flame_prep(&args)
 }
 
+/// Writes `texts` as a one-column (`content`) parquet file, Arrow IPC stream and Arrow IPC file in `dir`;
+/// `None` is a null.
+fn columnar_inputs(dir: &Path, texts: &[Option<&str>]) -> [PathBuf; 3] {
+    let batch = RecordBatch::try_from_iter([(
+        "content",
+        Arc::new(StringArray::from(texts.to_vec())) as ArrayRef,
+    )])
+    .unwrap();
+    let parquet = dir.join("golden.parquet");
+    let mut writer = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&parquet).unwrap(),
+        batch.schema(),
+        None,
+    )
+    .unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    let stream = dir.join("stream.arrow");
+    let mut writer = arrow_ipc::writer::StreamWriter::try_new(
+        std::fs::File::create(&stream).unwrap(),
+        &batch.schema(),
+    )
+    .unwrap();
+    writer.write(&batch).unwrap();
+    writer.finish().unwrap();
+    let file = dir.join("file.arrow");
+    let mut writer = arrow_ipc::writer::FileWriter::try_new(
+        std::fs::File::create(&file).unwrap(),
+        &batch.schema(),
+    )
+    .unwrap();
+    writer.write(&batch).unwrap();
+    writer.finish().unwrap();
+    [parquet, stream, file]
+}
+
+/// Every format gives the same documents, the empty golden text included: issue 16, an empty text is a
+/// document (here GPT-2 with `--append-eod`: no ids at all, as Megatron writes it), counted as such.
 #[test]
 fn every_input_format_gives_the_same_documents() {
     let dir = tempfile::tempdir().unwrap();
     let (jsonl, expected, texts) = golden_jsonl(dir.path());
-    let non_empty: Vec<&String> = texts.iter().filter(|t| !t.is_empty()).collect();
+    assert_eq!(texts.iter().filter(|t| t.is_empty()).count(), 1);
     let raw = std::fs::read(&jsonl).unwrap();
 
     let gz = dir.path().join("golden.jsonl.gz");
@@ -196,39 +248,8 @@ fn every_input_format_gives_the_same_documents() {
     encoder.finish().unwrap();
     let zst = dir.path().join("golden.jsonl.zst");
     std::fs::write(&zst, zstd::encode_all(&raw[..], 3).unwrap()).unwrap();
-
-    let batch = RecordBatch::try_from_iter([(
-        "content",
-        Arc::new(StringArray::from(
-            non_empty.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-        )) as ArrayRef,
-    )])
-    .unwrap();
-    let parquet = dir.path().join("golden.parquet");
-    let mut writer = parquet::arrow::ArrowWriter::try_new(
-        std::fs::File::create(&parquet).unwrap(),
-        batch.schema(),
-        None,
-    )
-    .unwrap();
-    writer.write(&batch).unwrap();
-    writer.close().unwrap();
-    let stream = dir.path().join("stream.arrow");
-    let mut writer = arrow_ipc::writer::StreamWriter::try_new(
-        std::fs::File::create(&stream).unwrap(),
-        &batch.schema(),
-    )
-    .unwrap();
-    writer.write(&batch).unwrap();
-    writer.finish().unwrap();
-    let file = dir.path().join("file.arrow");
-    let mut writer = arrow_ipc::writer::FileWriter::try_new(
-        std::fs::File::create(&file).unwrap(),
-        &batch.schema(),
-    )
-    .unwrap();
-    writer.write(&batch).unwrap();
-    writer.finish().unwrap();
+    let texts_as_options: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
+    let [parquet, stream, file] = columnar_inputs(dir.path(), &texts_as_options);
 
     let out = dir.path().join("out");
     for (input, name) in [
@@ -239,17 +260,16 @@ fn every_input_format_gives_the_same_documents() {
         (&stream, "stream"),
         (&file, "file"),
     ] {
-        let skip: &[&str] = if name == "jsonl" || name == "gz" || name == "zst" {
-            &["--skip-bad-records"]
-        } else {
-            &[]
-        };
-        let run = tokenize(input, &out, name, skip);
+        let run = tokenize(input, &out, name, &[]);
         assert_eq!(run.code, 0, "{name}: {}", run.stderr);
         let summary = json_summary(&run.stdout);
         assert_eq!(
-            summary["bad_records"],
-            u64::from(!skip.is_empty()),
+            (
+                &summary["documents"],
+                &summary["empty_documents"],
+                &summary["bad_records"]
+            ),
+            (&52.into(), &1.into(), &0.into()),
             "{name}"
         );
         let dataset = input
@@ -260,20 +280,32 @@ fn every_input_format_gives_the_same_documents() {
             .split('.')
             .next()
             .unwrap();
+        let dir = out.join(dataset).join(name).join("train");
+        assert_eq!(documents(&dir), expected, "{name}");
+        let manifest = flame_formats::Manifest::load(&dir).unwrap();
         assert_eq!(
-            dump(&out.join(dataset).join(name).join("train")),
-            expected,
+            (manifest.totals.documents, manifest.totals.empty_documents),
+            (52, 1),
             "{name}"
+        );
+        assert_eq!(
+            manifest.totals.sequences, 51,
+            "{name}: no sequence for the empty text"
         );
     }
 
-    let txt = dir.path().join("book.txt");
-    std::fs::write(&txt, non_empty[40].as_bytes()).unwrap();
-    let run = tokenize(&txt, &out, "txt", &[]);
+    // Plain text: each file is one document, and an empty file is an empty document.
+    let book = dir.path().join("book");
+    std::fs::create_dir(&book).unwrap();
+    assert!(!texts[40].is_empty());
+    std::fs::write(book.join("a.txt"), texts[40].as_bytes()).unwrap();
+    std::fs::write(book.join("b.txt"), b"").unwrap();
+    let run = tokenize(&book, &out, "txt", &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(json_summary(&run.stdout)["empty_documents"], 1);
     assert_eq!(
-        dump(&out.join("book/txt/train")),
-        vec![expected[40].clone()]
+        documents(&out.join("book/txt/train")),
+        vec![expected[40].clone(), Vec::new()]
     );
 }
 
@@ -288,20 +320,16 @@ fn packed_output_keeps_every_token_and_records_the_tail() {
             &jsonl,
             &out,
             name,
-            &[
-                "--skip-bad-records",
-                "--context_length",
-                "512",
-                "--tail",
-                tail,
-                "--pad-id",
-                "7",
-            ],
+            &["--context_length", "512", "--tail", tail, "--pad-id", "7"],
         );
         assert_eq!(run.code, 0, "{}", run.stderr);
         let windows = dump(&out.join("golden").join(name).join("train"));
         let manifest =
             flame_formats::Manifest::load(&out.join("golden").join(name).join("train")).unwrap();
+        assert_eq!(
+            (manifest.totals.documents, manifest.totals.empty_documents),
+            (52, 1)
+        );
         let packing = manifest.packing.unwrap();
         let flat = windows.concat();
         let kept = stream.len() / 512 * 512;
@@ -365,16 +393,67 @@ fn invalid_utf8_names_the_line() {
     );
 }
 
+/// Issue 16: an empty text is a document; a null one is still a bad record.
 #[test]
-fn empty_and_null_documents_are_bad_records() {
-    assert_fails_cleanly(
-        b"{\"text\": \"a\"}\n{\"text\": \"\"}\n",
-        &["bad.jsonl: line 2: empty document"],
-    );
+fn a_null_text_is_a_bad_record_an_empty_one_is_not() {
     assert_fails_cleanly(
         b"{\"text\": null}\n{\"text\": \"a\"}\n",
         &["bad.jsonl: line 1: \"text\" is null, not a string"],
     );
+    assert_fails_cleanly(
+        b"{\"text\": \"\"}\n{\"text\": \"a\"}\n{\"text\": []}\n",
+        &["bad.jsonl: line 3: \"text\" is an array, not a string"],
+    );
+    let (run, _dir) = run_bad_jsonl(b"{\"text\": \"a\"}\n{\"text\": \"\"}\n", &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let summary = json_summary(&run.stdout);
+    assert_eq!(
+        (&summary["documents"], &summary["empty_documents"]),
+        (&2.into(), &1.into())
+    );
+}
+
+/// Null texts in parquet and Arrow, and invalid UTF-8 in plain text, stop the run naming the file and
+/// the row or byte; `--skip-bad-records` counts them. (Empty texts in the same files are documents.)
+#[test]
+fn null_texts_and_invalid_utf8_name_the_file_and_position_in_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let texts = [Some(""), Some("a"), None, Some("")];
+    let [parquet, stream, file] = columnar_inputs(dir.path(), &texts);
+    let text = dir.path().join("latin1.txt");
+    std::fs::write(&text, b"caf\xe9").unwrap();
+    for (input, needle) in [
+        (&parquet, "golden.parquet: row 2: text is null"),
+        (&stream, "stream.arrow: row 2: text is null"),
+        (&file, "file.arrow: row 2: text is null"),
+        (&text, "latin1.txt: byte 3: invalid UTF-8"),
+    ] {
+        let run = tokenize(input, &out, "fails", &[]);
+        assert_eq!(run.code, 1, "{needle}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(needle),
+            "expected {needle:?} in {}",
+            run.stderr
+        );
+        let run = tokenize(input, &out, "skips", &["--skip-bad-records"]);
+        assert_eq!(run.code, 0, "{needle}: {}", run.stderr);
+        let summary = json_summary(&run.stdout);
+        let is_text = input == &text;
+        assert_eq!(
+            (
+                &summary["bad_records"],
+                &summary["documents"],
+                &summary["empty_documents"]
+            ),
+            (
+                &1.into(),
+                &(if is_text { 0 } else { 3 }).into(),
+                &(if is_text { 0 } else { 2 }).into()
+            ),
+            "{needle}"
+        );
+    }
 }
 
 #[test]

@@ -35,6 +35,14 @@ fn documents() -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// Golden texts that are empty: documents all the same (issue 16), counted in the manifests.
+fn num_empty_texts() -> u64 {
+    let text = std::fs::read_to_string(shared_dir().join("data/golden/texts.jsonl")).unwrap();
+    text.lines()
+        .filter(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["text"] == "")
+        .count() as u64
+}
+
 fn manifest(
     format: ShardFormat,
     dtype: TokenDtype,
@@ -88,6 +96,7 @@ fn generate(out: &Path) -> Vec<PathBuf> {
     let summary = builder.finalize().unwrap();
     let totals = Totals {
         documents: summary.num_documents,
+        empty_documents: num_empty_texts(),
         sequences: summary.num_sequences,
         tokens: summary.num_tokens,
     };
@@ -123,6 +132,7 @@ fn generate(out: &Path) -> Vec<PathBuf> {
     };
     let totals = Totals {
         documents: packed.num_documents,
+        empty_documents: num_empty_texts(),
         sequences: packed.num_windows,
         tokens: packed.tokens.num_tokens,
     };

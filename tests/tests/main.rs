@@ -2,4 +2,5 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod fixtures;
+mod prep;
 mod readme;

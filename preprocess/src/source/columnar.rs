@@ -58,12 +58,13 @@ impl ColumnCursor {
         }
     }
 
-    /// Appends records from `batches` to `out` (see `DocumentReader::read_batch`); null and empty texts are bad records.
     /// Rows read so far.
     pub fn rows_read(&self) -> u64 {
         self.next_row
     }
 
+    /// Appends records from `batches` to `out` (see `DocumentReader::read_batch`); a null text is a bad
+    /// record, an empty one a document.
     pub fn read(
         &mut self,
         batches: &mut dyn Iterator<Item = Result<RecordBatch, ArrowError>>,
@@ -107,7 +108,6 @@ impl ColumnCursor {
                 };
                 out.push(match text {
                     None => Err(bad("text is null")),
-                    Some("") => Err(bad("empty document")),
                     Some(text) => {
                         num_bytes += text.len();
                         Ok(Document {

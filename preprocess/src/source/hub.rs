@@ -179,9 +179,10 @@ pub fn resolve_hub(
             let num_bytes = std::fs::metadata(&path)
                 .with_context(|| format!("{}: stat", path.display()))?
                 .len();
-            anyhow::ensure!(num_bytes > 0, "{}: file is empty (0 bytes)", path.display());
+            let format = SourceFormat::of(Path::new(file)).expect("selected by format");
+            format.check_size(&path, num_bytes)?;
             Ok(InputFile {
-                format: SourceFormat::of(Path::new(file)).expect("selected by format"),
+                format,
                 path,
                 num_bytes,
                 uri: format!("hf://datasets/{repo_id}/{file}"),

@@ -78,9 +78,6 @@ impl JsonlReader {
         };
         let text: String = serde_json::from_str(raw.get())
             .map_err(|_| self.bad(format!("{key:?} is {}, not a string", kind_of(raw.get()))))?;
-        if text.is_empty() {
-            return Err(self.bad("empty document".into()));
-        }
         Ok(Document {
             text: text.into(),
             origin: Origin {

@@ -122,6 +122,18 @@ impl SourceFormat {
         })
     }
 
+    /// Refuses an input of 0 bytes where that cannot be data: a parquet, Arrow or JSON-lines file of 0
+    /// bytes holds no record and is most likely a failed download or copy. A plain-text file is one
+    /// document, so an empty one is an empty document.
+    pub fn check_size(self, path: &Path, num_bytes: u64) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            num_bytes > 0 || self == Self::Text,
+            "{}: file is empty (0 bytes)",
+            path.display()
+        );
+        Ok(())
+    }
+
     /// The lower-case name.
     pub fn name(self) -> &'static str {
         match self {

@@ -83,8 +83,8 @@ pub fn resolve_inputs(dataset: &str, split: &str) -> anyhow::Result<Vec<InputFil
             let num_bytes = std::fs::metadata(&path)
                 .with_context(|| format!("{}: stat", path.display()))?
                 .len();
-            anyhow::ensure!(num_bytes > 0, "{}: file is empty (0 bytes)", path.display());
             let format = SourceFormat::of(&path).expect("filtered above");
+            format.check_size(&path, num_bytes)?;
             Ok(InputFile {
                 uri: path.display().to_string(),
                 path,
@@ -191,6 +191,11 @@ mod tests {
             err.to_string().contains("empty.jsonl: file is empty"),
             "{err}"
         );
+        // Issue 16: a plain-text file is one document, and an empty one is an empty document.
+        let empty_text = dir.path().join("empty.txt");
+        std::fs::write(&empty_text, "").unwrap();
+        let files = resolve_inputs(empty_text.to_str().unwrap(), "train").unwrap();
+        assert_eq!(files[0].num_bytes, 0);
         let err =
             resolve_inputs(dir.path().join("nope.jsonl").to_str().unwrap(), "train").unwrap_err();
         assert!(

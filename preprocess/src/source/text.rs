@@ -1,4 +1,5 @@
-//! Plain text: the whole file is one document. Invalid UTF-8 is a bad record naming the byte offset.
+//! Plain text: the whole file is one document (an empty file, an empty one). Invalid UTF-8 is a bad record
+//! naming the byte offset.
 
 use std::path::{Path, PathBuf};
 
@@ -34,11 +35,6 @@ impl DocumentReader for TextReader {
         let bytes = std::fs::read(&self.path)
             .map_err(|e| anyhow::anyhow!("{}: read: {e}", self.path.display()))?;
         out.push(match String::from_utf8(bytes) {
-            Ok(text) if text.is_empty() => Err(BadRecord {
-                path: self.path.clone(),
-                position: "byte 0".into(),
-                reason: "empty document".into(),
-            }),
             Ok(text) => Ok(Document {
                 text: text.into(),
                 origin: Origin {
