@@ -563,7 +563,7 @@ fn a_token_protected_server_is_reached_with_the_data_token() {
         token: Some("s3cret".into()),
         max_connections: 16,
         prefetch_depth: 2,
-        metrics: None,
+        ..ServerConfig::default()
     })
     .unwrap()
     .endpoints
