@@ -5,7 +5,8 @@
 #
 # megatron-core is installed with --no-deps and its data modules are loaded with small stubs
 # (tools/interop/megatron_core_oracle.py): its oracles need neither torch nor a GPU. torch (PyPI's CUDA
-# build, run on the CPU) is here only for transformers, which loads flame-train's export; 5.1 GB in all.
+# build, run on the CPU) is here for transformers, which loads flame-train's export, and for the Python
+# client's torch DataLoader test (streamer/tests/python.rs); 5.1 GB in all.
 # Cached under ${FLAME_CACHE:-~/.cache/flame}/venv; rebuilt when the pinned requirements change.
 set -euo pipefail
 

@@ -115,6 +115,11 @@ pub struct TokenizerIdentity {
     pub eos_id: Option<u32>,
 }
 
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// Totals of a manifest.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -122,8 +127,9 @@ pub struct Totals {
     /// Source documents.
     pub documents: u64,
     /// Source documents whose text was empty (part of `documents`). Manifests written before it was
-    /// counted lack the field: it reads as 0.
-    #[serde(default)]
+    /// counted lack the field: it reads as 0; it is written only when not 0, so that readers from
+    /// before it still read the manifests of corpora without empty texts.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub empty_documents: u64,
     /// Sequences over all shards (windows, for packed).
     pub sequences: u64,

@@ -164,6 +164,15 @@ fn empty_documents_default_to_zero_and_never_exceed_the_documents() {
             .contains("totals.empty_documents is 4, more than totals.documents (3)"),
         "{err}"
     );
+
+    // Without empty texts the field is left out, so readers from before it read the manifest.
+    manifest.totals.empty_documents = 0;
+    let path = manifest.write(dir.path()).unwrap();
+    assert!(
+        !std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("empty_documents")
+    );
 }
 
 #[test]
