@@ -3,7 +3,7 @@
 //! fsynced and renamed into place (see [`save`]).
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use tch::nn;
@@ -62,8 +62,8 @@ pub fn save(
     let root = checkpoint_dir(args);
     let context = |what: &str| format!("checkpoint {}: {what}", root.display());
     std::fs::create_dir_all(&root).with_context(|| context("creating it"))?;
+    remove_partials(&root).with_context(|| context("removing unfinished checkpoints"))?;
     let tmp = root.join(format!(".step-{}.partial", state.step));
-    let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| context("creating the partial directory"))?;
     vs.save(tmp.join("model.safetensors"))?;
     crash::reached(Point::CheckpointModel, state.step);
@@ -86,15 +86,8 @@ pub fn save(
             .with_context(|| context(&format!("fsync {}", path.display())))?;
     }
     crash::reached(Point::CheckpointWritten, state.step);
-    let dest = root.join(format!("step-{}", state.step));
-    // A checkpoint of the same step from an earlier run is replaced only once this one is complete.
-    let old = root.join(format!(".step-{}.old", state.step));
-    if dest.exists() {
-        let _ = std::fs::remove_dir_all(&old);
-        std::fs::rename(&dest, &old).with_context(|| context("moving the earlier checkpoint"))?;
-    }
-    flame_formats::publish(&tmp, &dest)?;
-    let _ = std::fs::remove_dir_all(&old);
+    publish_over(&tmp, &root.join(format!("step-{}", state.step)))
+        .with_context(|| context("publishing"))?;
     crash::reached(Point::CheckpointPublished, state.step);
     if args.keep_latest_k > 0 {
         let steps = steps_saved(args);
@@ -102,6 +95,42 @@ pub fn save(
             std::fs::remove_dir_all(root.join(format!("step-{old}")))?;
         }
     }
+    Ok(())
+}
+
+/// Removes the `.step-*.partial` directories in `root`: checkpoints a killed run left unfinished (one
+/// save runs at a time, so none is in progress).
+fn remove_partials(root: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(root)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(".step-") && name.ends_with(".partial") {
+            std::fs::remove_dir_all(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Puts the complete directory `tmp` at `dest`, durably. Where `dest` exists (the same step saved by
+/// an earlier run), the two are exchanged in one rename (`RENAME_EXCHANGE`), so that a `step-N` exists
+/// at every moment, and the earlier one, now at `tmp`, is removed; on a file system that cannot
+/// exchange, the earlier one is removed first.
+fn publish_over(tmp: &Path, dest: &Path) -> anyhow::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    use rustix::io::Errno;
+    if dest.exists() {
+        match renameat_with(CWD, tmp, CWD, dest, RenameFlags::EXCHANGE) {
+            Ok(()) => {
+                flame_formats::sync_parent(dest)?;
+                std::fs::remove_dir_all(tmp)?;
+                return Ok(());
+            }
+            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => std::fs::remove_dir_all(dest)?,
+            Err(e) => return Err(std::io::Error::from(e).into()),
+        }
+    }
+    flame_formats::publish(tmp, dest)?;
     Ok(())
 }
 
@@ -170,4 +199,38 @@ pub fn resume(
         );
     }
     Ok(state)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    /// Issue 16: re-saving a step replaces the earlier checkpoint in one exchange (no moment without
+    /// a `step-N`), and a killed run's unfinished checkpoints are cleared.
+    #[test]
+    fn a_checkpoint_replaces_an_earlier_one_of_its_step_in_one_exchange() {
+        let root = tempfile::tempdir().unwrap();
+        let (tmp, dest) = (
+            root.path().join(".step-3.partial"),
+            root.path().join("step-3"),
+        );
+        for (dir, text) in [(&dest, "earlier"), (&tmp, "new")] {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join("train_state.json"), text).unwrap();
+        }
+        std::fs::create_dir_all(root.path().join(".step-9.partial")).unwrap();
+        publish_over(&tmp, &dest).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dest.join("train_state.json")).unwrap(),
+            "new"
+        );
+        assert!(!tmp.exists());
+        remove_partials(root.path()).unwrap();
+        let left: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left, ["step-3"]);
+    }
 }

@@ -38,8 +38,8 @@ pub struct Metrics {
     world: u32,
     flops_per_token: u64,
     peak_flops: Option<f64>,
-    /// When this process started training, and the step it started from (a resumed checkpoint's).
-    start: (Instant, u64),
+    /// When this process started training and from which step: the pace of the ETA.
+    pace: Pace,
     /// Tokens, start and seconds spent waiting for data since the last log line.
     window: (u64, Instant, f64),
 }
@@ -89,7 +89,10 @@ impl Metrics {
             world,
             flops_per_token,
             peak_flops,
-            start: (Instant::now(), first_step),
+            pace: Pace {
+                start: Instant::now(),
+                first_step,
+            },
             window: (0, Instant::now(), 0.0),
         })
     }
@@ -113,8 +116,8 @@ impl Metrics {
         let tps = window_tokens as f64 / elapsed / f64::from(self.world);
         let tflops = tps * self.flops_per_token as f64 / 1e12;
         let waiting = 100.0 * window_wait / elapsed;
-        let total = self.start.0.elapsed().as_secs_f64();
-        let eta = eta_seconds(total, report.step - self.start.1, steps - report.step);
+        let total = self.pace.start.elapsed().as_secs_f64();
+        let eta = self.pace.eta_seconds(total, report.step, steps);
         let memory = device_memory(self.device);
         let mfu = self.peak_flops.map(|peak| 100.0 * tflops * 1e12 / peak);
         let (loss, gnorm) = (report.loss, report.grad_norm);
@@ -220,11 +223,21 @@ fn truncate_jsonl(path: &Path, step: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Seconds left for `steps_left` steps at the pace of the `steps_done` this process took in `elapsed`
-/// seconds (not counting the steps of the checkpoint it resumed from).
-#[allow(clippy::cast_precision_loss)]
-fn eta_seconds(elapsed: f64, steps_done: u64, steps_left: u64) -> f64 {
-    elapsed / steps_done.max(1) as f64 * steps_left as f64
+/// When a process started training, and from which step (a resumed checkpoint's, or 0).
+#[derive(Clone, Copy, Debug)]
+struct Pace {
+    start: Instant,
+    first_step: u64,
+}
+
+impl Pace {
+    /// Seconds left until step `steps`, `elapsed` seconds after the start, at `step`: at the pace of
+    /// the steps this process took, not counting those of the checkpoint it resumed from.
+    #[allow(clippy::cast_precision_loss)]
+    fn eta_seconds(&self, elapsed: f64, step: u64, steps: u64) -> f64 {
+        let done = step.saturating_sub(self.first_step).max(1);
+        elapsed / done as f64 * steps.saturating_sub(step) as f64
+    }
 }
 
 /// `24,723`, as flame prints tokens per second.
@@ -267,7 +280,15 @@ mod tests {
     /// 1 s that counting the resumed checkpoint's 900 steps as this run's would give.
     #[test]
     fn the_eta_counts_only_the_steps_this_run_took() {
-        assert!((eta_seconds(10.0, 10, 90) - 90.0).abs() < 1e-9);
-        assert!((eta_seconds(10.0, 0, 90) - 900.0).abs() < 1e-9);
+        let resumed = Pace {
+            start: Instant::now(),
+            first_step: 900,
+        };
+        assert!((resumed.eta_seconds(10.0, 910, 1000) - 90.0).abs() < 1e-9);
+        let fresh = Pace {
+            first_step: 0,
+            ..resumed
+        };
+        assert!((fresh.eta_seconds(10.0, 10, 100) - 90.0).abs() < 1e-9);
     }
 }
