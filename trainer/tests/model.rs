@@ -1,6 +1,5 @@
 //! The transformer on CPU: varlen inputs, GQA and tied embeddings build, a tiny model learns, and the
 //! chunked loss and activation checkpointing give the plain backward pass's gradients.
-#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use flame_trainer::config::ModelConfig;
 use flame_trainer::models::{Checkpointing, IGNORE, Inputs, Transformer};

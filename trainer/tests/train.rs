@@ -1,9 +1,10 @@
 //! flame-train on CPU, fed by a live flame-stream serving real tokenized text (the bundled Mistral
 //! fixture, from ../shared/data): the loss falls, a resumed run reproduces the uninterrupted one bit for
 //! bit, the export loads in `transformers` with flame-train's logits, and bad setups fail before any step.
-#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
+
+use crate::util::{command, copy_dir, launch, python, repo, shared};
 
 use clap::Parser;
 use flame_streamer::server::{Endpoint, ServerConfig, serve};
@@ -11,13 +12,6 @@ use flame_trainer::config::ModelConfig;
 use flame_trainer::models::Transformer;
 use flame_trainer::parity::write_logits;
 use flame_trainer::train::{Args, run};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 /// A served job over the fixture, a tiny model config, and the arguments of a run in `dir`.
 fn setup(dir: &Path, seq_len: u32) -> (Endpoint, PathBuf, PathBuf) {
@@ -150,20 +144,6 @@ fn the_loss_falls_and_the_export_is_a_llama_checkpoint() {
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-}
-
-/// The interop venv's interpreter (tools/setup-python.sh: torch and transformers on the CPU).
-fn python() -> PathBuf {
-    let output = std::process::Command::new("bash")
-        .arg(repo().join("tools/setup-python.sh"))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
 }
 
 #[test]
@@ -396,37 +376,6 @@ fn two_ranks_train_as_one_with_accumulation_and_checkpoints_resume_across_world_
     );
 }
 
-/// Runs the flame-train binary with `argv` (whose first element is the program name), outside any
-/// launcher's environment, and checks that it succeeds.
-fn launch(argv: &[String]) {
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_flame-train"))
-        .args(&argv[1..])
-        .env_remove("RANK")
-        .env_remove("SLURM_PROCID")
-        .status()
-        .unwrap();
-    assert!(status.success(), "flame-train {:?}: {status}", &argv[1..]);
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-    }
-}
-
-/// The flame-train binary with `argv`, outside any launcher's environment, plus `env`.
-fn command(argv: &[String], env: &[(&str, &str)]) -> std::process::Command {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_flame-train"));
-    command
-        .args(&argv[1..])
-        .env_remove("RANK")
-        .env_remove("SLURM_PROCID")
-        .envs(env.iter().copied());
-    command
-}
-
 /// Issue 16: a run that checkpoints every step, killed with SIGKILL at each stage of a step (its
 /// metrics written, the checkpoint's model file written, every file fsynced but not renamed, renamed)
 /// and once from outside at whatever moment the kill lands, resumes each time with
@@ -638,7 +587,7 @@ fn the_tokenizer_path_is_resolved_before_the_first_step() {
     std::fs::create_dir_all(&snapshot).unwrap();
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), commit).unwrap();
-    let source = repo_root_shared().join("data/tokenizers/mistral-7b-v0.1");
+    let source = shared().join("data/tokenizers/mistral-7b-v0.1");
     for file in ["tokenizer.json", "tokenizer.model"] {
         std::fs::copy(source.join(file), snapshot.join(file)).unwrap();
     }
@@ -671,10 +620,6 @@ fn the_tokenizer_path_is_resolved_before_the_first_step() {
             "{file}"
         );
     }
-}
-
-fn repo_root_shared() -> PathBuf {
-    repo().join("../shared")
 }
 
 /// Issue 16: fla's `qkv_bias` (biases on q, k and v, none on o) is built, and exported as

@@ -1,0 +1,7 @@
+//! flame-train's integration tests, on the CPU: the models (`model`) and whole runs fed by a live
+//! flame-stream (`train`).
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod model;
+mod train;
+mod util;

@@ -1,0 +1,55 @@
+//! What the trainer's tests share: the repository's paths, the interop venv, and the flame-train binary.
+
+use std::path::{Path, PathBuf};
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// `../shared` beside the repository: tokenizers, corpora, golden ids.
+pub fn shared() -> PathBuf {
+    repo().join("../shared")
+}
+
+/// The interop venv's interpreter (tools/setup-python.sh: torch and transformers on the CPU).
+pub fn python() -> PathBuf {
+    let output = std::process::Command::new("bash")
+        .arg(repo().join("tools/setup-python.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+}
+
+/// The flame-train binary with `argv` (whose first element is the program name), outside any
+/// launcher's environment, plus `env`.
+pub fn command(argv: &[String], env: &[(&str, &str)]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_flame-train"));
+    command
+        .args(&argv[1..])
+        .env_remove("RANK")
+        .env_remove("SLURM_PROCID")
+        .envs(env.iter().copied());
+    command
+}
+
+/// Runs the flame-train binary with `argv` and checks that it succeeds.
+pub fn launch(argv: &[String]) {
+    let status = command(argv, &[]).status().unwrap();
+    assert!(status.success(), "flame-train {:?}: {status}", &argv[1..]);
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
