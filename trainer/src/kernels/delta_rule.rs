@@ -159,9 +159,10 @@ pub fn recurrent_delta_rule(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{Case, delta_rule_inputs, head_gates};
+    use crate::kernels::testing::{Case, delta_rule_inputs, head_gates, single_threaded};
 
     fn check(gated: bool) -> f64 {
+        single_threaded();
         let mut worst = 0.0f64;
         for case in Case::all() {
             let [q, k, v, beta] = delta_rule_inputs(&case);

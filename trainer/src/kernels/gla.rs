@@ -149,11 +149,12 @@ pub fn recurrent_gla(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{Case, gla_gates, random_inputs};
+    use crate::kernels::testing::{Case, gla_gates, random_inputs, single_threaded};
 
     /// Chunked against token-by-token on every case: outputs and the gradients of q, k, v and g.
     #[test]
     fn chunked_equals_the_recurrence_with_strong_gates_and_documents() {
+        single_threaded();
         let mut worst = 0.0f64;
         for case in Case::all() {
             let [q, k, v] = random_inputs(&case);

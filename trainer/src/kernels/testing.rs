@@ -9,6 +9,13 @@ use super::ChunkLayout;
 /// Largest relative error (max |chunked − reference| / max |reference|, per tensor) the tests accept.
 const TOLERANCE: f64 = 1e-9;
 
+/// Runs libtorch's intra-op work on the calling thread: these tests are thousands of tiny ops, and
+/// fanning each out to MKL's threads made them 5–10× slower on CI's 2 shared cores (other tests in the
+/// binary only change speed).
+pub fn single_threaded() {
+    tch::set_num_threads(1);
+}
+
 /// One comparison: `B = 2` samples of `T = 150` tokens (several chunks, a ragged last one).
 #[derive(Debug)]
 pub struct Case {
