@@ -1,7 +1,8 @@
-//! flame-train's integration tests, on the CPU: the models (`model`) and whole runs fed by a live
-//! flame-stream (`train`).
+//! flame-train's integration tests, on the CPU: the chunked token-mixing ops' layout invariants
+//! (`kernels`), the models (`model`) and whole runs fed by a live flame-stream (`train`).
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
+mod kernels;
 mod model;
 mod train;
 mod util;
