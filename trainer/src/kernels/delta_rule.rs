@@ -159,7 +159,9 @@ pub fn recurrent_delta_rule(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{Case, delta_rule_inputs, head_gates, single_threaded};
+    use crate::kernels::testing::{
+        Case, delta_rule_inputs, float32_error, head_gates, single_threaded,
+    };
 
     fn check(gated: bool) -> f64 {
         single_threaded();
@@ -194,5 +196,28 @@ mod tests {
     #[test]
     fn gated_chunked_equals_the_recurrence_with_strong_decays_and_documents() {
         eprintln!("gated delta rule: worst relative error {:.2e}", check(true));
+    }
+
+    /// In float32, with the same strong decays, the chunked output stays finite and close to
+    /// float64's.
+    #[test]
+    fn float32_stays_close_to_float64() {
+        single_threaded();
+        let case = Case::with_documents();
+        let [q, k, v, beta] = delta_rule_inputs(&case);
+        let inputs = [q, k, v, beta, head_gates(&case)];
+        let layout = case.layout();
+        let run = |x: &[Tensor], g| {
+            chunk_delta_rule(&x[0], &x[1], &x[2], &x[3], g, case.scale(), &layout)
+        };
+        let single = inputs.each_ref().map(|x| x.to_kind(Kind::Float));
+        for gated in [false, true] {
+            let error = float32_error(
+                &run(&single, gated.then_some(&single[4])),
+                &run(&inputs, gated.then_some(&inputs[4])),
+            );
+            eprintln!("delta rule (gated: {gated}): float32 relative error {error:.2e}");
+            assert!(error < 1e-5, "{error:.2e}");
+        }
     }
 }

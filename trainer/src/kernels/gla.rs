@@ -149,7 +149,7 @@ pub fn recurrent_gla(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{Case, gla_gates, random_inputs, single_threaded};
+    use crate::kernels::testing::{Case, float32_error, gla_gates, random_inputs, single_threaded};
 
     /// Chunked against token-by-token on every case: outputs and the gradients of q, k, v and g.
     #[test]
@@ -169,5 +169,20 @@ mod tests {
             worst = worst.max(error);
         }
         eprintln!("gla: worst relative error {worst:.2e}");
+    }
+
+    /// In float32, with the same strong gates, the chunked output stays finite and close to float64's.
+    #[test]
+    fn float32_stays_close_to_float64() {
+        single_threaded();
+        let case = Case::with_documents();
+        let [q, k, v] = random_inputs(&case);
+        let inputs = [q, k, v, gla_gates(&case)];
+        let layout = case.layout();
+        let run = |x: &[Tensor]| chunk_gla(&x[0], &x[1], &x[2], &x[3], case.scale(), &layout);
+        let single = inputs.each_ref().map(|x| x.to_kind(Kind::Float));
+        let error = float32_error(&run(&single), &run(&inputs));
+        eprintln!("gla: float32 relative error {error:.2e}");
+        assert!(error < 1e-5, "{error:.2e}");
     }
 }

@@ -8,7 +8,7 @@
 //! the path every CPU test takes, and a correct fallback on CUDA tensors until the CUDA kernels,
 //! which will live in the same files, exist. Their gradients come from autograd.
 //!
-//! ```no_run
+//! ```
 //! use flame_trainer::kernels::{ChunkLayout, chunk_gla};
 //! use tch::{Device, Kind, Tensor};
 //!

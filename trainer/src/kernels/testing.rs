@@ -59,6 +59,14 @@ impl Case {
         cases
     }
 
+    /// Chunks of 64, two heads, documents of 1, 64, 85 / 128, 1, 21 tokens.
+    pub fn with_documents() -> Self {
+        Self::all()
+            .into_iter()
+            .find(|case| case.chunk_len == 64 && case.heads == 2 && case.cu_seqlens[0].len() == 4)
+            .expect("Case::all has it")
+    }
+
     pub fn layout(&self) -> ChunkLayout {
         ChunkLayout::new(
             &self.cu_seqlens,
@@ -113,6 +121,17 @@ impl Case {
         }
         worst
     }
+}
+
+/// Relative error of a float32 result against its float64 twin: max |difference| / max |float64|.
+pub fn float32_error(single: &Tensor, double: &Tensor) -> f64 {
+    assert_eq!(single.kind(), Kind::Float);
+    let scale = double.abs().max().double_value(&[]);
+    (single.to_kind(Kind::Double) - double)
+        .abs()
+        .max()
+        .double_value(&[])
+        / scale
 }
 
 /// `q, k, v` with `dk, dk, dv` channels, standard normal.
