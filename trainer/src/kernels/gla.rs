@@ -15,7 +15,8 @@
 //! (with `g` down to −20 a step, `e^{−G}` alone would overflow): an off-diagonal block (query sub-chunk
 //! `i` after key sub-chunk `j`) is one matmul of `Q ⊙ e^{G − G_r}` and `K ⊙ e^{G_r − G}`, `G_r` the
 //! cumulative gate at sub-chunk `i`'s first row; the 16×16 diagonal blocks, where no such reference
-//! row exists, are summed elementwise. Gradients come from autograd through these ops.
+//! row exists, are summed elementwise (a `[M, H, C/16, 16, 16, dk]` product, kept for the backward).
+//! Gradients come from autograd through these ops.
 //!
 //! fla's Triton kernels (`fla/ops/gla/chunk.py`) compute the same in fp32 with bf16 operands: gates in
 //! log2 space (`exp2`), the per-chunk states and `Q ⊙ e^G` rounded to bf16 before their matmuls,
@@ -84,7 +85,7 @@ fn intra_chunk(q: &Tensor, k: &Tensor, v: &Tensor, gates: &Tensor) -> Tensor {
     );
     let num_sub = c / sub;
     let device = q.device();
-    let split = |x: &Tensor, d: i64| x.view([m, heads, num_sub, sub, d]);
+    let split = |x: &Tensor, d: i64| x.reshape([m, heads, num_sub, sub, d]);
     let (qs, ks, gs) = (split(q, dk), split(k, dk), split(gates, dk));
 
     // Diagonal blocks: A_ij = Σ_c q_ic k_jc e^{G_ic − G_jc} for j ≤ i, the exponent zeroed above the
