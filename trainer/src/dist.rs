@@ -7,8 +7,10 @@
 //! - [`rendezvous`] connects every rank to rank 0 at `MASTER_ADDR:MASTER_PORT` over TCP, with a deadline;
 //!   each rank and rank 0 prove to each other that they hold the job's [`Secret`] (`FLAME_RDZV_SECRET`;
 //!   the handshake's bytes are in `dist/handshake.rs`), and rank 0 hands its bootstrap bytes (the NCCL
-//!   unique id) to all of them. The connections stay up as a [`Group`], whose collectives (through rank
-//!   0, in rank order) serve CPU runs and small values.
+//!   unique id) to all of them. A rank retries on network failures until the deadline, and rank 0 bounds
+//!   what strangers' connections cost (`dist/rendezvous.rs` says how, and what they can still do). The
+//!   connections stay up as a [`Group`], whose collectives (through rank 0, in rank order) serve CPU runs
+//!   and small values.
 //! - [`plan`] groups the parameters into buckets in the order the backward pass finishes their gradients
 //!   (the model's segments: output layer, layers from the last, embedding); [`Reducer`] all-reduces each
 //!   bucket as soon as its last segment is done, on NCCL's own stream, while the backward pass goes on.

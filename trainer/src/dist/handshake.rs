@@ -233,6 +233,18 @@ impl From<std::io::Error> for HandshakeError {
     }
 }
 
+/// How far a connection has got with its handshake, least first: under a flood, rank 0 gives up on the
+/// least advanced connections first (`dist/rendezvous.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Progress {
+    /// Nothing received.
+    Silent,
+    /// Part of a hello.
+    PartHello,
+    /// The whole hello: rank 0 has sent its challenge and waits for the proof.
+    Challenged,
+}
+
 /// Rank 0's side of one connection's handshake, on a non-blocking socket: [`Admission::advance`] reads
 /// whatever has arrived, so a connection that sends nothing holds up no one.
 #[derive(Debug)]
@@ -240,8 +252,11 @@ pub(super) struct Admission {
     stream: TcpStream,
     /// Who connected, for the log.
     pub peer: SocketAddr,
-    /// When an unfinished handshake is dropped.
-    pub expires: Instant,
+    /// When rank 0 accepted the connection.
+    pub accepted: Instant,
+    progress: Progress,
+    /// When it reached `progress`.
+    since: Instant,
     host_nonce: Nonce,
     /// The hello, then the rank's proof: all that a rank sends before the bootstrap.
     received: [u8; HELLO_BYTES + PROOF_BYTES],
@@ -249,20 +264,27 @@ pub(super) struct Admission {
 }
 
 impl Admission {
-    /// Starts the handshake on `stream`, which must be non-blocking.
+    /// Starts the handshake on `stream`, which must be non-blocking and was accepted at `accepted`.
     pub(super) fn new(
         stream: TcpStream,
         peer: SocketAddr,
-        expires: Instant,
+        accepted: Instant,
     ) -> Result<Self, String> {
         Ok(Self {
             stream,
             peer,
-            expires,
+            accepted,
+            progress: Progress::Silent,
+            since: accepted,
             host_nonce: random_bytes()?,
             received: [0; HELLO_BYTES + PROOF_BYTES],
             num_received: 0,
         })
+    }
+
+    /// How far it has got, and since when.
+    pub(super) fn progress(&self) -> (Progress, Instant) {
+        (self.progress, self.since)
     }
 
     /// The socket, to poll.
@@ -275,9 +297,13 @@ impl Admission {
         self.stream
     }
 
-    /// Takes what the peer has sent: `Ok(Some(hello))` once it has proved its hello, `Ok(None)` while
-    /// it has more to send, `Err(why)` when it is not a rank of this job (or hung up).
-    pub(super) fn advance(&mut self, secret: &Secret) -> Result<Option<Hello>, String> {
+    /// Takes what the peer has sent (by `now`): `Ok(Some(hello))` once it has proved its hello,
+    /// `Ok(None)` while it has more to send, `Err(why)` when it is not a rank of this job (or hung up).
+    pub(super) fn advance(
+        &mut self,
+        secret: &Secret,
+        now: Instant,
+    ) -> Result<Option<Hello>, String> {
         loop {
             let wanted = if self.num_received < HELLO_BYTES {
                 HELLO_BYTES
@@ -289,7 +315,12 @@ impl Admission {
                 .read(&mut self.received[self.num_received..wanted])
             {
                 Ok(0) => return Err("hung up during the handshake".into()),
-                Ok(n) => self.num_received += n,
+                Ok(n) => {
+                    if self.progress == Progress::Silent {
+                        (self.progress, self.since) = (Progress::PartHello, now);
+                    }
+                    self.num_received += n;
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e.to_string()),
@@ -308,6 +339,7 @@ impl Admission {
                 self.stream
                     .write_all(&challenge)
                     .map_err(|e| e.to_string())?;
+                (self.progress, self.since) = (Progress::Challenged, now);
             } else if self.num_received == self.received.len() {
                 let hello = self.hello().expect("its magic was checked");
                 let candidate = &self.received[HELLO_BYTES..];
