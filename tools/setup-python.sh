@@ -20,10 +20,13 @@ esac
 stamp="$venv/.flame-requirements.sha256"
 want="$(sha256sum "$requirements" | cut -d' ' -f1)"
 
+mkdir -p "$cache"
+# One creation at a time: test binaries run in parallel and each asks for the venv.
+exec 9> "$venv.lock"
+flock 9
 if [[ ! -x "$venv/bin/python" || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
     echo "setup-python: creating $venv" >&2
     rm -rf "$venv"
-    mkdir -p "$cache"
     python3 -m venv "$venv"
     # No pip cache: it would keep a second copy of the 2.6 GB of wheels.
     install() { "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir "$@" >&2; }
