@@ -5,7 +5,7 @@
 //! Usage: `parity OUT_DIR` → `OUT_DIR/{gqa,tied}/` with `hf/` and `logits.safetensors`.
 
 use flame_trainer::config::ModelConfig;
-use flame_trainer::models::Transformer;
+use flame_trainer::models::CausalLm;
 use flame_trainer::parity::write_logits;
 use flame_trainer::train::export_hf;
 use tch::{Device, Tensor, nn};
@@ -25,7 +25,7 @@ fn main() -> anyhow::Result<()> {
         ))?;
         tch::manual_seed(11);
         let vs = nn::VarStore::new(Device::Cpu);
-        let model = Transformer::new(&vs.root(), &config);
+        let model = CausalLm::new(&vs.root(), &config);
         // Norm weights away from one, so that they count.
         tch::no_grad(|| {
             for (key, mut t) in vs.variables() {

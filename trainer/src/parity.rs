@@ -5,12 +5,12 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::models::{Inputs, Transformer};
+use crate::models::{CausalLm, Inputs};
 
 /// Writes `tokens` (`[2, 24]`), `whole` (their logits, `[2, 24, vocab]`) and `packed` (the first
 /// window's logits as two documents of 10 and 14 tokens) to `path` as safetensors. The model must be
 /// on the CPU and have a vocabulary of at least 1000.
-pub fn write_logits(model: &Transformer, path: &Path) -> anyhow::Result<()> {
+pub fn write_logits(model: &CausalLm, path: &Path) -> anyhow::Result<()> {
     let tokens: Vec<u32> = (0..48u32).map(|i| (i * 379 + 17) % 1000).collect();
     let (whole, packed) = tch::no_grad(|| {
         (

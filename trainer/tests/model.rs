@@ -2,7 +2,7 @@
 //! chunked loss and activation checkpointing give the plain backward pass's gradients.
 
 use flame_trainer::config::ModelConfig;
-use flame_trainer::models::{Checkpointing, IGNORE, Inputs, Transformer};
+use flame_trainer::models::{CausalLm, Checkpointing, IGNORE, Inputs};
 use tch::nn::OptimizerConfig;
 use tch::{Device, Kind, nn};
 
@@ -42,7 +42,7 @@ fn varlen_inputs_restart_positions_and_mask_labels_at_documents() {
 fn attention_never_crosses_a_document_boundary() {
     tch::manual_seed(1);
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = Transformer::new(&vs.root(), &tiny(""));
+    let model = CausalLm::new(&vs.root(), &tiny(""));
     // Two documents packed in one window give the logits of each document alone.
     let (a, b): (Vec<u32>, Vec<u32>) = ((1..6).collect(), (20..23).collect());
     let packed: Vec<u32> = a.iter().chain(&b).copied().collect();
@@ -65,7 +65,7 @@ fn a_tiny_model_learns_and_gqa_and_tied_variants_run() {
         tch::manual_seed(7);
         let vs = nn::VarStore::new(Device::Cpu);
         let config = tiny(extra);
-        let model = Transformer::new(&vs.root(), &config);
+        let model = CausalLm::new(&vs.root(), &config);
         let mut opt = nn::AdamW::default()
             .beta1(0.9)
             .beta2(0.95)
@@ -100,7 +100,7 @@ fn the_chunked_loss_and_full_checkpointing_give_the_plain_backward_gradients() {
     for extra in [r#", "num_kv_heads": 2"#, r#", "tie_word_embeddings": true"#] {
         tch::manual_seed(5);
         let vs = nn::VarStore::new(Device::Cpu);
-        let mut model = Transformer::new(&vs.root(), &tiny(extra));
+        let mut model = CausalLm::new(&vs.root(), &tiny(extra));
         let tokens: Vec<u32> = (0..64).map(|i| (i * 11 + 5) % 64).collect();
         let inputs = Inputs::new(
             &tokens,
@@ -169,7 +169,7 @@ fn megatron_samples_give_inputs_without_the_last_token_and_labels_without_the_fi
             "vocab_size": 32, "intermediate_size": 48}"#,
     )
     .unwrap();
-    let model = Transformer::new(&vs.root(), &config);
+    let model = CausalLm::new(&vs.root(), &config);
     let plain = model.loss(&inputs).double_value(&[]);
     let chunked = model
         .forward_backward(&inputs, 1.0, Checkpointing::None, &mut |_| Ok(()))
@@ -184,7 +184,7 @@ fn megatron_samples_give_inputs_without_the_last_token_and_labels_without_the_fi
 fn the_padding_row_of_the_embedding_gets_no_gradient_from_the_lookup() {
     tch::manual_seed(4);
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = Transformer::new(&vs.root(), &tiny(r#", "pad_token_id": 2"#));
+    let model = CausalLm::new(&vs.root(), &tiny(r#", "pad_token_id": 2"#));
     let tokens: Vec<u32> = (0..32).map(|i| [2, 5, 7, 2, 9][i % 5]).collect();
     let inputs = Inputs::new(&tokens, 16, &[vec![0, 16], vec![0, 16]], Device::Cpu);
     let _loss = model

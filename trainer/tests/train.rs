@@ -9,12 +9,12 @@ use crate::util::{command, copy_dir, launch, python, repo, shared};
 use clap::Parser;
 use flame_streamer::server::{Endpoint, ServerConfig, serve};
 use flame_trainer::config::ModelConfig;
-use flame_trainer::models::Transformer;
+use flame_trainer::models::CausalLm;
 use flame_trainer::parity::write_logits;
 use flame_trainer::train::{Args, run};
 
 /// A served job over the fixture, a tiny model config, and the arguments of a run in `dir`.
-fn setup(dir: &Path, seq_len: u32) -> (Endpoint, PathBuf, PathBuf) {
+pub fn setup(dir: &Path, seq_len: u32) -> (Endpoint, PathBuf, PathBuf) {
     let socket = dir.join("stream.sock");
     let endpoints = serve(&ServerConfig {
         listen: vec![Endpoint::Unix(socket)],
@@ -44,11 +44,11 @@ fn setup(dir: &Path, seq_len: u32) -> (Endpoint, PathBuf, PathBuf) {
     (endpoints[0].clone(), job, config)
 }
 
-fn args(endpoint: &Endpoint, job: &Path, config: &Path, dump: &Path, extra: &[&str]) -> Args {
+pub fn args(endpoint: &Endpoint, job: &Path, config: &Path, dump: &Path, extra: &[&str]) -> Args {
     Args::try_parse_from(argv(endpoint, job, config, dump, extra)).unwrap()
 }
 
-fn argv(
+pub fn argv(
     endpoint: &Endpoint,
     job: &Path,
     config: &Path,
@@ -127,7 +127,7 @@ fn the_loss_falls_and_the_export_is_a_llama_checkpoint() {
     assert!(metrics.contains("data_loading_pct"));
     // transformers loads the export and computes flame-train's logits from it.
     let trained = tch::nn::VarStore::new(tch::Device::Cpu);
-    let model = Transformer::new(&trained.root(), &ModelConfig::load(&config).unwrap());
+    let model = CausalLm::new(&trained.root(), &ModelConfig::load(&config).unwrap());
     let mut trained = trained;
     trained
         .load(summary.export.join("model.safetensors"))
@@ -287,7 +287,7 @@ fn a_config_file_supplies_the_flags_and_the_command_line_overrides_it() {
 }
 
 /// The losses flame-train logged in `dump/metrics.jsonl`, by step.
-fn logged_losses(dump: &Path) -> Vec<(u64, f64)> {
+pub fn logged_losses(dump: &Path) -> Vec<(u64, f64)> {
     std::fs::read_to_string(dump.join("metrics.jsonl"))
         .unwrap()
         .lines()
@@ -634,7 +634,7 @@ fn qkv_biases_export_as_qwen2_with_equal_logits() {
     .unwrap();
     tch::manual_seed(11);
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let model = Transformer::new(&vs.root(), &config);
+    let model = CausalLm::new(&vs.root(), &config);
     // Biases start at zero; make them count.
     tch::no_grad(|| {
         for (name, mut t) in vs.variables() {

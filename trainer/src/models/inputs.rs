@@ -25,12 +25,20 @@ pub struct Inputs {
     /// On CUDA, for varlen batches: every document of the batch as one packed sequence list
     /// (`cu_seqlens` int32 over `B × T` tokens) and the longest, for flash attention.
     pub packed: Option<(Tensor, i64)>,
+    /// Each sample's `cu_seqlens` over its inputs, as given (the linear mixers cut documents into
+    /// chunks from them).
+    pub documents: Vec<Vec<u32>>,
     /// Next-token labels, [`IGNORE`] across document boundaries: `[B, T - 1]` for samples of `T`
     /// tokens (the last position has no label), `[B, T]` for Megatron's samples of `T + 1`.
     pub labels: Tensor,
 }
 
 impl Inputs {
+    /// Tokens per sample's inputs.
+    pub fn seq_len(&self) -> usize {
+        usize::try_from(self.tokens.size()[1]).expect("a length")
+    }
+
     /// Builds the inputs of samples of `seq_len` tokens each (`tokens` row-major) with their boundaries.
     ///
     /// # Panics
@@ -122,6 +130,7 @@ impl Inputs {
             same.logical_and(&causal).unsqueeze(1)
         });
         Self {
+            documents: cu_seqlens.to_vec(),
             tokens: upload(Tensor::from_slice(&ids).view([b, t]), device),
             positions: upload(Tensor::from_slice(&positions).view([b, t]), device),
             mask,

@@ -4,11 +4,23 @@
 use tch::{Kind, Reduction, Tensor};
 
 use super::inputs::IGNORE;
+use crate::config::GateActivation;
+
+/// The dtype norms and gates compute in: float32 for inputs of less precision (bf16 under autocast),
+/// float64 for float64.
+pub fn compute_kind(x: &Tensor) -> Kind {
+    if x.kind() == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    }
+}
 
 /// RMSNorm computed in float32 and returned in `x`'s dtype, times `weight` (Hugging Face Llama's).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
-    let xf = x.to_kind(Kind::Float);
-    let variance = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+    let kind = compute_kind(x);
+    let xf = x.to_kind(kind);
+    let variance = xf.pow_tensor_scalar(2).mean_dim(-1, true, kind);
     (xf * (variance + eps).rsqrt()).to_kind(x.kind()) * weight
 }
 
@@ -122,4 +134,55 @@ pub fn next_token_loss(logits: &Tensor, labels: &Tensor) -> Tensor {
         .narrow(1, 0, labels.size()[1])
         .reshape([-1, vocab])
         .cross_entropy_loss::<Tensor>(&labels.reshape([-1]), None, Reduction::Mean, IGNORE, 0.0)
+}
+
+/// fla's `ShortConvolution` on `x` `[B, T, C]`: a depthwise causal convolution with `weight` `[C, 1, W]`
+/// (`nn.Conv1d` cross-correlation, no bias), restarted at every document (a tap before the document's
+/// first token reads zero: `positions` `[B, T]` are the tokens' positions in their documents), then
+/// SiLU.
+// `y = y + tap`, not `y += tap`: an in-place add would overwrite a tensor autograd still needs.
+#[allow(clippy::assign_op_pattern)]
+pub fn short_conv(x: &Tensor, weight: &Tensor, positions: &Tensor) -> Tensor {
+    let size = x.size();
+    let (t, taps) = (size[1], weight.size()[2]);
+    let padded = x.constant_pad_nd([0, 0, taps - 1, 0]);
+    let mut y = Tensor::zeros_like(x);
+    for j in 0..taps {
+        // Tap j reads x[t − (W − 1) + j]: inside the document when the position is at least W − 1 − j.
+        let back = taps - 1 - j;
+        let inside = positions.ge(back).unsqueeze(-1).to_kind(x.kind());
+        let tap = weight.select(1, 0).select(1, j);
+        y = y + padded.narrow(1, j, t) * inside * tap;
+    }
+    y.silu()
+}
+
+/// `x / sqrt(Σ x² + 1e-6)` over the last dimension, in float32 (fla's `l2norm`, as DeltaNet and Gated
+/// DeltaNet normalise q and k inside their kernels), returned in `x`'s dtype.
+pub fn l2_norm(x: &Tensor) -> Tensor {
+    let kind = compute_kind(x);
+    let xf = x.to_kind(kind);
+    let norm = (xf.pow_tensor_scalar(2).sum_dim_intlist(-1, true, kind) + 1e-6).rsqrt();
+    (xf * norm).to_kind(x.kind())
+}
+
+/// fla's per-head output norm: RMSNorm of `o` `[B, T, H, dv]` over `dv` with one `weight` `[dv]` for
+/// every head, times the gate's activation when there is a gate (`FusedRMSNormGated`: one float32 pass,
+/// one rounding).
+pub fn head_norm(
+    o: &Tensor,
+    weight: &Tensor,
+    eps: f64,
+    gate: Option<(&Tensor, GateActivation)>,
+) -> Tensor {
+    let kind = compute_kind(o);
+    let of = o.to_kind(kind);
+    let variance = of.pow_tensor_scalar(2).mean_dim(-1, true, kind);
+    let normed = of * (variance + eps).rsqrt() * weight.to_kind(kind);
+    let out = match gate {
+        None => normed,
+        Some((g, GateActivation::Swish)) => normed * g.to_kind(kind).silu(),
+        Some((g, GateActivation::Sigmoid)) => normed * g.to_kind(kind).sigmoid(),
+    };
+    out.to_kind(o.kind())
 }

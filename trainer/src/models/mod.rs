@@ -4,20 +4,61 @@
 //! `config.json` of the export. The parameters themselves live in the [`tch::nn::VarStore`] the model
 //! was built in, under the names of the export.
 //!
-//! [`inputs`] turns a batch into tensors, [`layers`] holds what the architectures share, and each
-//! architecture is a file of its own ([`transformer`]).
+//! [`inputs`] turns a batch into tensors; [`lm`] is the language model every architecture shares
+//! (embedding, blocks, norm, output layer and loss), [`layers`] the layers they share; each architecture
+//! is a file of its own with its token mixer: [`transformer`] (softmax attention), [`gla`] and
+//! [`delta_rule`] (DeltaNet and Gated DeltaNet).
 
+pub mod delta_rule;
+pub mod gla;
 pub mod inputs;
 pub mod layers;
+pub mod lm;
 pub mod transformer;
 
 use tch::Tensor;
 use tch::nn;
 
 pub use inputs::{IGNORE, Inputs};
-pub use transformer::Transformer;
+pub use lm::CausalLm;
 
-use crate::config::ModelConfig;
+use crate::config::{Mixer as MixerConfig, ModelConfig};
+use lm::{Mixer, Names};
+
+/// Tokens per chunk of the linear mixers (fla's chunk size).
+pub const CHUNK: usize = 64;
+
+/// fla's names (`model.embeddings`, `model.layers.N.attn`, `attn_norm`, `mlp_norm`).
+pub const FLA_NAMES: Names = Names {
+    embed: "embeddings",
+    mixer: "attn",
+    mixer_norm: "attn_norm",
+    mlp_norm: "mlp_norm",
+};
+
+/// The token mixer `config` describes, its parameters under `p`.
+fn build_mixer(p: &nn::Path<'_>, config: &ModelConfig) -> Box<dyn Mixer> {
+    match &config.mixer {
+        MixerConfig::Attention(_) => Box::new(transformer::Attention::new(p, config)),
+        MixerConfig::Gla(gla) => Box::new(gla::Gla::new(p, config, gla)),
+        MixerConfig::DeltaRule(delta) => Box::new(delta_rule::DeltaRule::new(p, config, delta)),
+    }
+}
+
+/// The `config.json` of fla's own models: the config's keys as written, with the architecture fla
+/// registers for its `model_type` (`GLAForCausalLM`, …), for `AutoModelForCausalLM` after `import fla`.
+fn fla_config(config: &ModelConfig) -> serde_json::Value {
+    let architecture = match config.model_type.as_str() {
+        "gla" => "GLAForCausalLM",
+        "delta_net" => "DeltaNetForCausalLM",
+        "gated_deltanet" => "GatedDeltaNetForCausalLM",
+        other => unreachable!("{other} is not one of fla's linear models"),
+    };
+    let mut keys = config.keys.clone();
+    keys.insert("architectures".into(), serde_json::json!([architecture]));
+    keys.insert("torch_dtype".into(), "float32".into());
+    serde_json::Value::Object(keys)
+}
 
 /// How the backward pass gets the forward pass's activations (torchtitan's
 /// `--activation_checkpoint.mode`; its `selective` mode is not implemented).
@@ -62,5 +103,5 @@ pub trait Model: std::fmt::Debug {
 
 /// The model `config` describes, with fresh weights in `vs`.
 pub fn build(vs: &nn::Path<'_>, config: &ModelConfig) -> Box<dyn Model> {
-    Box::new(Transformer::new(vs, config))
+    Box::new(CausalLm::new(vs, config))
 }

@@ -1,0 +1,183 @@
+//! fla's `delta_net` (`fla/layers/delta_net.py`, `DeltaNet`) and `gated_deltanet`
+//! (`fla/layers/gated_deltanet.py`, `GatedDeltaNet`), with fla's parameter names: one mixer, the decay
+//! the only difference.
+//!
+//! q, k, v go through short convolutions with SiLU (or SiLU alone without them); q and k are
+//! L2-normalised; β = sigmoid(b_proj(x)) (doubled with `allow_neg_eigval`); Gated DeltaNet's decay is
+//! Mamba2's, `g = −exp(A_log) · softplus(a_proj(x) + dt_bias)`. The heads mix tokens by
+//! `S_t = exp(g_t)(I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ`, `o_t = S_tᵀ q_t / √dk` (chunked with the WY
+//! representation: [`crate::kernels::delta_rule`]); the output is RMS-normalised per head, gated when
+//! the config has an output gate, and projected back.
+
+use tch::Tensor;
+use tch::nn::{self, Init};
+
+use super::layers::{compute_kind, head_norm, l2_norm, short_conv};
+use super::lm::{Context, Mixer};
+use crate::config::{DeltaRuleConfig, ModelConfig};
+
+/// The decay's parameters (Gated DeltaNet).
+#[derive(Debug)]
+struct Decay {
+    a: Tensor,
+    a_log: Tensor,
+    dt_bias: Tensor,
+}
+
+/// One DeltaNet or Gated DeltaNet layer's parameters.
+#[derive(Debug)]
+pub struct DeltaRule {
+    config: DeltaRuleConfig,
+    eps: f64,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    b: Option<Tensor>,
+    decay: Option<Decay>,
+    gate: Option<Tensor>,
+    o: Tensor,
+    norm: Tensor,
+    convs: Option<[Tensor; 3]>,
+}
+
+impl DeltaRule {
+    /// The layer of `model` under `p` (fla's names), initialised as fla does: matrices and convolution
+    /// taps normal with `initializer_range`, the norm one; Gated DeltaNet's `A = exp(A_log)` uniform in
+    /// [0, 16] and `softplus(dt_bias)` log-uniform in [1e-3, 0.1] (floored at 1e-4).
+    pub fn new(p: &nn::Path<'_>, model: &ModelConfig, config: &DeltaRuleConfig) -> Self {
+        let std = Init::Randn {
+            mean: 0.0,
+            stdev: model.initializer_range,
+        };
+        let h = i64::from(model.hidden_size);
+        let heads = i64::from(config.num_heads);
+        let (k, v) = (
+            heads * i64::from(config.head_k_dim),
+            heads * i64::from(config.head_v_dim),
+        );
+        // fla's GatedDeltaNet creates A_log and dt_bias first: they come first in its state dict.
+        let decay = config.decay.then(|| Decay {
+            a_log: a_log(p, heads),
+            dt_bias: dt_bias(p, heads),
+            a: (p / "a_proj").var("weight", &[heads, h], std),
+        });
+        let convs = config.short_conv.map(|taps| {
+            let taps = i64::from(taps);
+            ["q_conv1d", "k_conv1d", "v_conv1d"]
+                .iter()
+                .zip([k, k, v])
+                .map(|(name, channels)| (p / *name).var("weight", &[channels, 1, taps], std))
+                .collect::<Vec<_>>()
+                .try_into()
+                .expect("three convolutions")
+        });
+        Self {
+            q: (p / "q_proj").var("weight", &[k, h], std),
+            k: (p / "k_proj").var("weight", &[k, h], std),
+            v: (p / "v_proj").var("weight", &[v, h], std),
+            b: config
+                .use_beta
+                .then(|| (p / "b_proj").var("weight", &[heads, h], std)),
+            decay,
+            gate: config
+                .output_gate
+                .map(|_| (p / "g_proj").var("weight", &[v, h], std)),
+            o: (p / "o_proj").var("weight", &[h, v], std),
+            norm: (p / "o_norm").var("weight", &[i64::from(config.head_v_dim)], Init::Const(1.0)),
+            convs,
+            eps: model.norm_eps,
+            config: config.clone(),
+        }
+    }
+}
+
+/// `A_log = log(A)`, `A` uniform in [0, 16].
+fn a_log(p: &nn::Path<'_>, heads: i64) -> Tensor {
+    let mut a_log = p.var("A_log", &[heads], Init::Uniform { lo: 0.0, up: 16.0 });
+    tch::no_grad(|| {
+        let log = a_log.log();
+        a_log.copy_(&log);
+    });
+    a_log
+}
+
+/// `dt_bias = softplus⁻¹(dt)`, `dt` log-uniform in [1e-3, 0.1], floored at 1e-4.
+fn dt_bias(p: &nn::Path<'_>, heads: i64) -> Tensor {
+    let (low, high) = (1e-3f64.ln(), 0.1f64.ln());
+    let mut dt_bias = p.var("dt_bias", &[heads], Init::Uniform { lo: 0.0, up: 1.0 });
+    tch::no_grad(|| {
+        let dt = (&dt_bias * (high - low) + low).exp().clamp_min(1e-4);
+        // softplus⁻¹(dt) = dt + log(−expm1(−dt)).
+        let inverse = &dt + (-(-&dt).expm1()).log();
+        dt_bias.copy_(&inverse);
+    });
+    dt_bias
+}
+
+impl Mixer for DeltaRule {
+    #[allow(clippy::many_single_char_names)] // the usual names of the dimensions
+    fn forward(&self, x: &Tensor, context: &Context<'_>) -> Tensor {
+        let size = x.size();
+        let (b, t) = (size[0], size[1]);
+        let heads = i64::from(self.config.num_heads);
+        let (dk, dv) = (
+            i64::from(self.config.head_k_dim),
+            i64::from(self.config.head_v_dim),
+        );
+        let project = |w: &Tensor, conv: usize| {
+            let y = x.linear(w, None::<Tensor>);
+            match &self.convs {
+                Some(convs) => short_conv(&y, &convs[conv], &context.inputs.positions),
+                None => y.silu(),
+            }
+        };
+        let q = l2_norm(&project(&self.q, 0).view([b, t, heads, dk]));
+        let k = l2_norm(&project(&self.k, 1).view([b, t, heads, dk]));
+        let v = project(&self.v, 2).view([b, t, heads, dv]);
+        let beta = match &self.b {
+            Some(w) => {
+                let beta = x
+                    .linear(w, None::<Tensor>)
+                    .to_kind(compute_kind(x))
+                    .sigmoid();
+                if self.config.allow_neg_eigval {
+                    beta * 2.0
+                } else {
+                    beta
+                }
+            }
+            None => Tensor::ones([b, t, heads], (compute_kind(x), x.device())),
+        };
+        let g = self.decay.as_ref().map(|d| {
+            let a = x.linear(&d.a, None::<Tensor>).to_kind(compute_kind(x));
+            -d.a_log.exp() * (a + &d.dt_bias).softplus()
+        });
+        #[allow(clippy::cast_precision_loss)]
+        let scale = (dk as f64).powf(-0.5);
+        let layout = context
+            .layout
+            .as_ref()
+            .expect("linear mixers get a chunk layout");
+        let o = crate::kernels::delta_rule::chunk_delta_rule(
+            &q,
+            &k,
+            &v,
+            &beta.to_kind(v.kind()),
+            g.as_ref().map(|g| g.to_kind(v.kind())).as_ref(),
+            scale,
+            layout,
+        );
+        let gate = self
+            .gate
+            .as_ref()
+            .map(|w| x.linear(w, None::<Tensor>).view([b, t, heads, dv]));
+        let o = head_norm(
+            &o,
+            &self.norm,
+            self.eps,
+            gate.as_ref().zip(self.config.output_gate),
+        );
+        o.reshape([b, t, heads * dv])
+            .linear(&self.o, None::<Tensor>)
+    }
+}

@@ -1,0 +1,132 @@
+//! fla's `gla`: gated linear attention (`fla/layers/gla.py`, `GatedLinearAttention`), with fla's
+//! parameter names.
+//!
+//! q, k, v are projections (each through a short convolution with SiLU when `use_short_conv`); the
+//! forget gate is low-rank, `gk = logsigmoid(W₂(W₁ x) + b) / 16` (rank 16, fla's fixed
+//! `gate_low_rank_dim` and `gate_logit_normalizer`), floored at `clamp_min` if set; the heads mix tokens
+//! by `S_t = diag(exp(gk_t)) S_{t−1} + k_t v_tᵀ`, `o_t = S_tᵀ q_t / √dk` (chunked:
+//! [`crate::kernels::gla`]); the output is RMS-normalised per head (one weight over a head's values) and
+//! gated by `swish(g_proj(x))`, then projected back.
+
+use tch::Tensor;
+use tch::nn::{self, Init};
+
+use super::layers::{head_norm, short_conv};
+use super::lm::{Context, Mixer};
+use crate::config::{GateActivation, GlaConfig, ModelConfig};
+
+/// fla's fixed rank of the forget gate's projection.
+const GATE_RANK: i64 = 16;
+/// fla's fixed divisor of the log gate.
+const GATE_LOGIT_NORMALIZER: f64 = 16.0;
+
+/// One GLA layer's parameters.
+#[derive(Debug)]
+pub struct Gla {
+    config: GlaConfig,
+    eps: f64,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    gate: Option<Tensor>,
+    gk_down: Tensor,
+    gk_up: Tensor,
+    gk_bias: Tensor,
+    o: Tensor,
+    norm: Tensor,
+    convs: Option<[Tensor; 3]>,
+}
+
+impl Gla {
+    /// The layer of `model` under `p` (fla's `GatedLinearAttention` names), initialised as fla does:
+    /// matrices and convolution taps normal with `initializer_range`, the gate's bias zero, the norm one.
+    pub fn new(p: &nn::Path<'_>, model: &ModelConfig, config: &GlaConfig) -> Self {
+        let std = Init::Randn {
+            mean: 0.0,
+            stdev: model.initializer_range,
+        };
+        let h = i64::from(model.hidden_size);
+        let (k, v) = (i64::from(config.key_dim), i64::from(config.value_dim));
+        let dv = v / i64::from(config.num_heads);
+        let convs = config.short_conv.map(|taps| {
+            let taps = i64::from(taps);
+            ["q_conv1d", "k_conv1d", "v_conv1d"]
+                .iter()
+                .zip([k, k, v])
+                .map(|(name, channels)| (p / *name).var("weight", &[channels, 1, taps], std))
+                .collect::<Vec<_>>()
+                .try_into()
+                .expect("three convolutions")
+        });
+        let norm_name = if config.fused_gate_norm {
+            "g_norm_swish_gate"
+        } else {
+            "g_norm"
+        };
+        Self {
+            q: (p / "q_proj").var("weight", &[k, h], std),
+            k: (p / "k_proj").var("weight", &[k, h], std),
+            v: (p / "v_proj").var("weight", &[v, h], std),
+            gate: config
+                .use_output_gate
+                .then(|| (p / "g_proj").var("weight", &[v, h], std)),
+            gk_down: (p / "gk_proj" / 0).var("weight", &[GATE_RANK, h], std),
+            gk_up: (p / "gk_proj" / 1).var("weight", &[k, GATE_RANK], std),
+            gk_bias: (p / "gk_proj" / 1).var("bias", &[k], Init::Const(0.0)),
+            o: (p / "o_proj").var("weight", &[h, v], std),
+            norm: (p / norm_name).var("weight", &[dv], Init::Const(1.0)),
+            convs,
+            eps: model.norm_eps,
+            config: config.clone(),
+        }
+    }
+}
+
+impl Mixer for Gla {
+    #[allow(clippy::many_single_char_names)] // the usual names of the dimensions
+    fn forward(&self, x: &Tensor, context: &Context<'_>) -> Tensor {
+        let size = x.size();
+        let (b, t) = (size[0], size[1]);
+        let heads = i64::from(self.config.num_heads);
+        let dk = i64::from(self.config.key_dim) / heads;
+        let dv = i64::from(self.config.value_dim) / heads;
+        let project = |w: &Tensor, conv: usize| {
+            let y = x.linear(w, None::<Tensor>);
+            match &self.convs {
+                Some(convs) => short_conv(&y, &convs[conv], &context.inputs.positions),
+                None => y,
+            }
+        };
+        let q = project(&self.q, 0).view([b, t, heads, dk]);
+        let k = project(&self.k, 1).view([b, t, heads, dk]);
+        let v = project(&self.v, 2).view([b, t, heads, dv]);
+        let mut gk = x
+            .linear(&self.gk_down, None::<Tensor>)
+            .linear(&self.gk_up, Some(&self.gk_bias))
+            .log_sigmoid()
+            / GATE_LOGIT_NORMALIZER;
+        if let Some(floor) = self.config.clamp_min {
+            gk = gk.clamp_min(floor);
+        }
+        let gk = gk.view([b, t, heads, dk]);
+        #[allow(clippy::cast_precision_loss)]
+        let scale = (dk as f64).powf(-0.5);
+        let layout = context
+            .layout
+            .as_ref()
+            .expect("linear mixers get a chunk layout");
+        let o = crate::kernels::gla::chunk_gla(&q, &k, &v, &gk, scale, layout);
+        let gate = self
+            .gate
+            .as_ref()
+            .map(|w| x.linear(w, None::<Tensor>).view([b, t, heads, dv]));
+        let o = head_norm(
+            &o,
+            &self.norm,
+            self.eps,
+            gate.as_ref().map(|g| (g, GateActivation::Swish)),
+        );
+        o.reshape([b, t, heads * dv])
+            .linear(&self.o, None::<Tensor>)
+    }
+}

@@ -1,0 +1,215 @@
+//! Issue 17: flame's linear-attention models (GLA, DeltaNet, Gated DeltaNet) on the CPU: shrunk
+//! versions of flame's own configs build fla 0.6.0's parameters (the export loads strictly into fla's
+//! classes, and fla's own checkpoint into flame-train), documents never see each other, and they train
+//! from flame-stream with a falling loss and an exact resume.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use flame_trainer::config::ModelConfig;
+use flame_trainer::models::{CausalLm, Checkpointing, Inputs};
+use flame_trainer::train::{export_hf, run};
+use tch::{Device, Kind, nn};
+
+use crate::train::{args, setup};
+use crate::util::{python, repo};
+
+/// flame's config `name` (`configs/`), shrunk: the same keys, small widths, two layers.
+fn shrunk(name: &str) -> String {
+    let text = std::fs::read_to_string(repo().join("configs").join(name)).unwrap();
+    let mut keys: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap();
+    let small = serde_json::json!({
+        "hidden_size": 32, "num_hidden_layers": 2, "num_heads": 2, "intermediate_size": 64,
+        "vocab_size": 32000,
+    });
+    for (key, value) in small.as_object().unwrap() {
+        keys.insert(key.clone(), value.clone());
+    }
+    if keys.contains_key("head_dim") {
+        keys.insert("head_dim".into(), 8.into());
+    }
+    serde_json::to_string(&keys).unwrap()
+}
+
+/// The three architectures, as flame ships them.
+const MODELS: [&str; 3] = [
+    "gla_340M.json",
+    "delta_net_340M.json",
+    "gated_deltanet_340M.json",
+];
+
+/// Every parameter's name and shape.
+fn shapes(vs: &nn::VarStore) -> BTreeMap<String, Vec<i64>> {
+    vs.variables()
+        .into_iter()
+        .map(|(name, t)| (name, t.size()))
+        .collect()
+}
+
+#[test]
+fn the_export_loads_strictly_into_fla_and_flas_checkpoint_into_flame_train() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cases = Vec::new();
+    for name in MODELS {
+        let config = ModelConfig::from_json(&shrunk(name)).unwrap();
+        tch::manual_seed(1);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = CausalLm::new(&vs.root(), &config);
+        let case = dir.path().join(name.trim_end_matches(".json"));
+        export_hf(&case, &vs, &model, None).unwrap();
+        cases.push((case, vs, config));
+    }
+    let paths: Vec<&Path> = cases.iter().map(|(case, _, _)| case.as_path()).collect();
+    for verb in ["check", "write"] {
+        let out = std::process::Command::new(python())
+            .arg(repo().join("tools/interop/fla_load.py"))
+            .arg(verb)
+            .args(&paths)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "fla_load.py {verb}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // fla's own initialisation, loaded by flame-train: the same names and shapes, nothing left over.
+    for (case, vs, config) in &mut cases {
+        let theirs: BTreeMap<String, Vec<i64>> =
+            tch::Tensor::read_safetensors(case.join("fla.safetensors"))
+                .unwrap()
+                .into_iter()
+                .map(|(name, t)| (name, t.size()))
+                .collect();
+        assert_eq!(theirs, shapes(vs), "{}", config.model_type);
+        vs.load(case.join("fla.safetensors")).unwrap();
+    }
+}
+
+/// fla's initialisation, in distribution: matrices and convolution taps N(0, 0.02), norms one, GLA's
+/// gate bias zero, Gated DeltaNet's `exp(A_log)` in [0, 16] and `softplus(dt_bias)` in [1e-4, 0.1].
+#[test]
+fn the_weights_start_as_flas() {
+    let config = ModelConfig::from_json(&shrunk("gated_deltanet_340M.json")).unwrap();
+    tch::manual_seed(2);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _model = CausalLm::new(&vs.root(), &config);
+    let vars = vs.variables();
+    let get = |name: &str| vars.get(name).unwrap_or_else(|| panic!("{name}"));
+    let a = get("model.layers.0.attn.A_log").exp();
+    assert!(a.min().double_value(&[]) >= 0.0 && a.max().double_value(&[]) <= 16.0);
+    let dt = get("model.layers.0.attn.dt_bias").softplus();
+    assert!(dt.min().double_value(&[]) >= 0.99e-4 && dt.max().double_value(&[]) <= 0.1001);
+    let std = get("model.layers.1.attn.v_proj.weight")
+        .std(true)
+        .double_value(&[]);
+    assert!((0.015..0.025).contains(&std), "{std}");
+    let conv = get("model.layers.1.attn.q_conv1d.weight")
+        .std(true)
+        .double_value(&[]);
+    assert!((0.01..0.03).contains(&conv), "{conv}");
+    let norm = get("model.layers.0.attn.o_norm.weight");
+    assert!(norm.eq(1.0).all().int64_value(&[]) == 1, "norms start at one");
+    let config = ModelConfig::from_json(&shrunk("gla_340M.json")).unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _model = CausalLm::new(&vs.root(), &config);
+    let bias = vs.variables()["model.layers.0.attn.gk_proj.1.bias"]
+        .abs()
+        .sum(Kind::Float);
+    assert!(bias.double_value(&[]) == 0.0, "GLA's gate bias starts at zero");
+}
+
+/// Varlen: states and short convolutions restart at every document, as fla's kernels do with
+/// `cu_seqlens`: two documents packed in one window give the logits of each alone.
+#[test]
+fn no_document_sees_another() {
+    for name in MODELS {
+        let config = ModelConfig::from_json(&shrunk(name)).unwrap();
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = CausalLm::new(&vs.root(), &config);
+        let (a, b): (Vec<u32>, Vec<u32>) = ((1..71).collect(), (300..390).collect());
+        let packed: Vec<u32> = a.iter().chain(&b).copied().collect();
+        let together = model.forward(&Inputs::new(&packed, 160, &[vec![0, 70, 160]], Device::Cpu));
+        let alone = model.forward(&Inputs::new(&b, 90, &[vec![0, 90]], Device::Cpu));
+        let diff = (together.narrow(1, 70, 90) - alone)
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(diff < 1e-5, "{name}: {diff}");
+    }
+}
+
+/// The chunked loss and full activation checkpointing give the plain backward's gradients for the
+/// linear models too.
+#[test]
+fn checkpointing_gives_the_plain_gradients() {
+    for name in MODELS {
+        let config = ModelConfig::from_json(&shrunk(name)).unwrap();
+        tch::manual_seed(5);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = CausalLm::new(&vs.root(), &config);
+        let tokens: Vec<u32> = (0..200).map(|i| (i * 11 + 5) % 1000).collect();
+        let inputs = Inputs::new(&tokens, 100, &[vec![0, 30, 100], vec![0, 100]], Device::Cpu);
+        let grads = |mode| {
+            for (_, mut t) in vs.variables() {
+                t.zero_grad();
+            }
+            let loss = model
+                .forward_backward(&inputs, 1.0, mode, &mut |_| Ok(()))
+                .unwrap()
+                .double_value(&[]);
+            let mut g: Vec<(String, tch::Tensor)> = vs
+                .variables()
+                .into_iter()
+                .map(|(n, t)| (n, t.grad().copy()))
+                .collect();
+            g.sort_by(|a, b| a.0.cmp(&b.0));
+            (loss, g)
+        };
+        let (plain_loss, plain) = grads(Checkpointing::None);
+        let (full_loss, full) = grads(Checkpointing::Full);
+        assert!((plain_loss - full_loss).abs() < 1e-6, "{name}");
+        for ((n, a), (_, b)) in plain.iter().zip(&full) {
+            let diff = (a - b).abs().max().double_value(&[]);
+            assert!(diff < 1e-6, "{name} {n}: {diff}");
+        }
+    }
+}
+
+/// A shrunk config of `name` in `dir`.
+fn write_config(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, shrunk(name)).unwrap();
+    path
+}
+
+#[test]
+fn each_model_trains_from_flame_stream_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (endpoint, job, _) = setup(dir.path(), 128);
+    for name in MODELS {
+        let config = write_config(dir.path(), name);
+        let dump = dir.path().join(name.trim_end_matches(".json"));
+        let flags = [
+            "--training.steps",
+            "24",
+            "--training.seq_len",
+            "128",
+            "--checkpoint.interval",
+            "12",
+        ];
+        let whole = run(&args(&endpoint, &job, &config, &dump, &flags)).unwrap();
+        let losses: Vec<f64> = whole.losses.iter().map(|l| l.1).collect();
+        let (first, last) = (
+            losses[..3].iter().sum::<f64>() / 3.0,
+            losses[21..].iter().sum::<f64>() / 3.0,
+        );
+        assert!(last < first - 0.5, "{name}: loss {first:.3} -> {last:.3}");
+        let mut resume = flags.to_vec();
+        resume.extend(["--checkpoint.load_step", "12"]);
+        let resumed = run(&args(&endpoint, &job, &config, &dump, &resume)).unwrap();
+        assert_eq!(resumed.losses, whole.losses[12..], "{name}: resumed at 12");
+    }
+}
