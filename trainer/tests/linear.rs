@@ -110,14 +110,20 @@ fn the_weights_start_as_flas() {
         .double_value(&[]);
     assert!((0.01..0.03).contains(&conv), "{conv}");
     let norm = get("model.layers.0.attn.o_norm.weight");
-    assert!(norm.eq(1.0).all().int64_value(&[]) == 1, "norms start at one");
+    assert!(
+        norm.eq(1.0).all().int64_value(&[]) == 1,
+        "norms start at one"
+    );
     let config = ModelConfig::from_json(&shrunk("gla_340M.json")).unwrap();
     let vs = nn::VarStore::new(Device::Cpu);
     let _model = CausalLm::new(&vs.root(), &config);
     let bias = vs.variables()["model.layers.0.attn.gk_proj.1.bias"]
         .abs()
         .sum(Kind::Float);
-    assert!(bias.double_value(&[]) == 0.0, "GLA's gate bias starts at zero");
+    assert!(
+        bias.double_value(&[]) == 0.0,
+        "GLA's gate bias starts at zero"
+    );
 }
 
 /// Varlen: states and short convolutions restart at every document, as fla's kernels do with
@@ -211,5 +217,126 @@ fn each_model_trains_from_flame_stream_and_resumes_exactly() {
         resume.extend(["--checkpoint.load_step", "12"]);
         let resumed = run(&args(&endpoint, &job, &config, &dump, &resume)).unwrap();
         assert_eq!(resumed.losses, whole.losses[12..], "{name}: resumed at 12");
+    }
+}
+
+/// Each op's random inputs in float64, `[1, t, h, ·]`: q, k, v, the output's gradient `do` and the
+/// gates (GLA's log decay `g`; the delta rules' β, and Gated DeltaNet's log decay `g`), q and k
+/// L2-normalised for the delta rules as their layers do.
+fn op_inputs(
+    t: i64,
+    h: i64,
+    dk: i64,
+    dv: i64,
+) -> Vec<(&'static str, Vec<(&'static str, tch::Tensor)>)> {
+    let f64_ = (Kind::Double, Device::Cpu);
+    let l2 = |x: tch::Tensor| &x / x.norm_scalaropt_dim(2, [-1], true);
+    ["gla", "delta_rule", "gated_delta_rule"]
+        .into_iter()
+        .map(|op| {
+            let mut x = vec![
+                ("q", tch::Tensor::randn([1, t, h, dk], f64_)),
+                ("k", tch::Tensor::randn([1, t, h, dk], f64_)),
+                ("v", tch::Tensor::randn([1, t, h, dv], f64_)),
+                ("do", tch::Tensor::randn([1, t, h, dv], f64_)),
+            ];
+            if op == "gla" {
+                let g = tch::Tensor::randn([1, t, h, dk], f64_).log_sigmoid() / 4.0;
+                x.push(("g", g));
+            } else {
+                x[0].1 = l2(x[0].1.shallow_clone());
+                x[1].1 = l2(x[1].1.shallow_clone());
+                x.push(("beta", tch::Tensor::rand([1, t, h], f64_)));
+                if op == "gated_delta_rule" {
+                    x.push(("g", -tch::Tensor::randn([1, t, h], f64_).softplus()));
+                }
+            }
+            (op, x)
+        })
+        .collect()
+}
+
+/// fla's references (`tools/interop/fla_naive.py`) on `inputs` with documents `cu`: each op's output
+/// (`OP.o`) and its inputs' gradients (`OP.dq`, …).
+fn fla_naive(
+    dir: &Path,
+    inputs: &[(&str, Vec<(&str, tch::Tensor)>)],
+    cu: &[u32],
+) -> std::collections::HashMap<String, tch::Tensor> {
+    let cu = tch::Tensor::from_slice(&cu.iter().map(|&c| i64::from(c)).collect::<Vec<_>>());
+    let mut named: Vec<(String, tch::Tensor)> = Vec::new();
+    for (op, x) in inputs {
+        for (name, tensor) in x {
+            named.push((format!("{op}.{name}"), tensor.shallow_clone()));
+        }
+        named.push((format!("{op}.cu_seqlens"), cu.copy()));
+    }
+    let (path_in, path_out) = (dir.join("in.safetensors"), dir.join("out.safetensors"));
+    tch::Tensor::write_safetensors(&named, &path_in).unwrap();
+    let out = std::process::Command::new(python())
+        .arg(repo().join("tools/interop/fla_naive.py"))
+        .args([&path_in, &path_out])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tch::Tensor::read_safetensors(&path_out)
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// Issue 17: the chunked ops equal fla 0.6.0's own pure-PyTorch references (`naive_recurrent_gla`,
+/// `delta_rule_recurrence`, `naive_recurrent_gated_delta_rule`, run by `tools/interop/fla_naive.py`
+/// one document at a time), outputs and gradients, at fla's widths (dk 64, dv 128) on documents of
+/// awkward lengths (1, a whole chunk, several chunks and a ragged end). Ours run in float64; fla's
+/// references cast to float32 inside, so they agree to float32's precision (1e-5 relative; the
+/// float64 comparison with the recurrence is `kernels`' tests, 1e-9).
+#[test]
+#[allow(clippy::many_single_char_names)] // the math's names
+fn the_chunked_ops_equal_flas_own_references() {
+    use flame_trainer::kernels::{ChunkLayout, chunk_delta_rule, chunk_gla};
+    let dir = tempfile::tempdir().unwrap();
+    tch::manual_seed(23);
+    let cu: Vec<u32> = vec![0, 1, 65, 230, 237];
+    let t = i64::from(cu[cu.len() - 1]);
+    let (h, dk, dv) = (2, 64, 128);
+    let inputs = op_inputs(t, h, dk, dv);
+    let theirs = fla_naive(dir.path(), &inputs, &cu);
+    let layout = ChunkLayout::new(
+        std::slice::from_ref(&cu),
+        usize::try_from(t).unwrap(),
+        64,
+        Device::Cpu,
+    );
+    #[allow(clippy::cast_precision_loss)]
+    let scale = (dk as f64).powf(-0.5);
+    for (op, x) in inputs {
+        let leaves: Vec<(&str, tch::Tensor)> = x
+            .iter()
+            .filter(|(name, _)| *name != "do")
+            .map(|(name, t)| (*name, t.copy().set_requires_grad(true)))
+            .collect();
+        let get = |name: &str| &leaves.iter().find(|(n, _)| *n == name).unwrap().1;
+        let (q, k, v) = (get("q"), get("k"), get("v"));
+        let o = match op {
+            "gla" => chunk_gla(q, k, v, get("g"), scale, &layout),
+            "delta_rule" => chunk_delta_rule(q, k, v, get("beta"), None, scale, &layout),
+            _ => chunk_delta_rule(q, k, v, get("beta"), Some(get("g")), scale, &layout),
+        };
+        let d_o = &x.iter().find(|(n, _)| *n == "do").unwrap().1;
+        (&o * d_o).sum(Kind::Double).backward();
+        let mut pairs = vec![("o".to_owned(), o.detach())];
+        pairs.extend(leaves.iter().map(|(n, t)| (format!("d{n}"), t.grad())));
+        for (name, ours) in pairs {
+            let reference = &theirs[&format!("{op}.{name}")];
+            let err =
+                (&ours - reference).norm().double_value(&[]) / reference.norm().double_value(&[]);
+            assert!(err < 1e-5, "{op} {name}: relative error {err:e}");
+        }
     }
 }
