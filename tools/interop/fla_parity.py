@@ -1,0 +1,130 @@
+"""flame-train's linear-attention models and chunked ops against fla 0.6.0's Triton kernels, on the GPU
+machine (tools/gpu/linear.sh). Errors are ‖ours − fla's‖ / ‖fla's‖ over a whole tensor.
+
+    fla_parity.py models DIR     each DIR/<model>/ (written by `linear_parity models`): fla builds the
+                                 model from hf/ and computes the logits of the same tokens (two whole
+                                 windows; one window of three documents through cu_seqlens) in float32
+                                 where fla's kernels allow it and in bfloat16; compared with ours
+    fla_parity.py ops-gen DIR    random inputs of GLA, DeltaNet and Gated DeltaNet (B = 1, documents of
+                                 uneven length through cu_seqlens) -> DIR/ops_in.safetensors
+    fla_parity.py ops-check DIR  fla's outputs and gradients on those inputs, against ours
+                                 (DIR/ops_out.safetensors, from `linear_parity ops`). Gated DeltaNet's
+                                 backward cannot run in fla on Hopper with Triton 3.6 (fla#640), so it is
+                                 checked against fla's pure-PyTorch naive_chunk_gated_delta_rule in float32
+"""
+
+import pathlib
+import sys
+import warnings
+
+import torch
+from safetensors.torch import load_file, save_file
+
+warnings.simplefilter("ignore")
+import fla  # noqa: E402,F401  (registers fla's models with the Auto classes)
+from transformers import AutoModelForCausalLM  # noqa: E402
+
+DEVICE = "cuda"
+
+
+def rel(ours, theirs):
+    ours, theirs = ours.double().cpu(), theirs.double().cpu()
+    return ((ours - theirs).norm() / theirs.norm().clamp_min(1e-30)).item()
+
+
+def models(root):
+    worst = {}
+    for case in sorted(p for p in root.iterdir() if (p / "hf").is_dir()):
+        ours = load_file(str(case / "logits.safetensors"))
+        tokens = ours["tokens"].to(DEVICE)
+        cu = ours["cu_seqlens"].to(DEVICE, torch.int32)
+        for dtype in (torch.float32, torch.bfloat16):
+            model = AutoModelForCausalLM.from_pretrained(str(case / "hf"), torch_dtype=dtype).to(DEVICE).eval()
+            try:
+                with torch.no_grad():
+                    whole = model(tokens).logits.float()
+                    packed = model(tokens[:1], cu_seqlens=cu).logits.float()
+            except (AssertionError, RuntimeError) as e:  # fla refuses some float32 kernels
+                print(f"{case.name} {dtype}: fla refuses ({str(e).splitlines()[0][:90]})")
+                continue
+            for name, theirs in (("whole", whole), ("packed", packed)):
+                for where in ("", "_cuda"):
+                    if name + where in ours:
+                        err = rel(ours[name + where], theirs)
+                        key = f"{case.name} {str(dtype)[6:]} {name}{where or '_cpu'}"
+                        worst[key] = err
+                        print(f"{key:<42} rel err {err:.2e}")
+    return worst
+
+
+def ops_gen(root):
+    torch.manual_seed(0)
+    lengths = [1, 64, 200, 7, 129, 599]  # one document of each awkward kind; 1000 tokens
+    cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int64)
+    t, h = int(cu[-1]), 4
+    out = {}
+
+    def normal(*shape):
+        return torch.randn(*shape, dtype=torch.float32)
+
+    for op, dk, dv in (("gla", 128, 256), ("delta_rule", 128, 128), ("gated_delta_rule", 128, 256)):
+        q, k, v = normal(1, t, h, dk), normal(1, t, h, dk), normal(1, t, h, dv)
+        if op != "gla":
+            q, k = (torch.nn.functional.normalize(x, dim=-1) for x in (q, k))
+            out[f"{op}.beta"] = torch.rand(1, t, h).bfloat16()
+        if op == "gla":
+            out[f"{op}.g"] = (torch.nn.functional.logsigmoid(normal(1, t, h, dk)) / 16).bfloat16()
+        if op == "gated_delta_rule":
+            out[f"{op}.g"] = (-torch.nn.functional.softplus(normal(1, t, h)) * 0.5).bfloat16()
+        out[f"{op}.q"], out[f"{op}.k"], out[f"{op}.v"] = q.bfloat16(), k.bfloat16(), v.bfloat16()
+        out[f"{op}.do"] = normal(1, t, h, dv).bfloat16()
+        out[f"{op}.cu_seqlens"] = cu.clone()
+    save_file(out, str(root / "ops_in.safetensors"))
+    print(f"wrote {len(out)} tensors")
+
+
+def ops_check(root):
+    from fla.ops.delta_rule import chunk_delta_rule
+    from fla.ops.gated_delta_rule.naive import naive_chunk_gated_delta_rule
+    from fla.ops.gla import chunk_gla
+
+    inputs = load_file(str(root / "ops_in.safetensors"))
+    ours = load_file(str(root / "ops_out.safetensors"))
+    worst = {}
+    for op in ("gla", "delta_rule", "gated_delta_rule"):
+        x = {k.split(".", 1)[1]: v for k, v in inputs.items() if k.startswith(op + ".")}
+        cu = x.pop("cu_seqlens").to(DEVICE, torch.int32)
+        d_o = x.pop("do").to(DEVICE)
+        if op == "gated_delta_rule":
+            # fla's float32 reference, one document at a time (it has no cu_seqlens).
+            leaves = {n: t.to(DEVICE).float().requires_grad_() for n, t in x.items()}
+            pieces = []
+            for i in range(len(cu) - 1):
+                a, b = int(cu[i]), int(cu[i + 1])
+                s = {n: t[:, a:b] for n, t in leaves.items()}
+                o_i, _ = naive_chunk_gated_delta_rule(s["q"], s["k"], s["v"], s["g"], s["beta"], chunk_size=64)
+                pieces.append(o_i)
+            o = torch.cat(pieces, dim=1)
+            (o * d_o.float()).sum().backward()
+            precision = "fp32 naive"
+        else:
+            leaves = {n: t.to(DEVICE).requires_grad_() for n, t in x.items()}
+            if op == "gla":
+                o, _ = chunk_gla(leaves["q"], leaves["k"], leaves["v"], leaves["g"], cu_seqlens=cu)
+            else:
+                o, _ = chunk_delta_rule(leaves["q"], leaves["k"], leaves["v"], leaves["beta"], cu_seqlens=cu)
+            (o.float() * d_o.float()).sum().backward()
+            precision = "bf16 Triton"
+        pairs = [("o", o)] + [(f"d{n}", t.grad) for n, t in leaves.items()]
+        for name, theirs in pairs:
+            err = rel(ours[f"{op}.{name}"], theirs)
+            worst[f"{op}.{name}"] = err
+            print(f"{op:<17} {name:<5} vs fla {precision:<11} rel err {err:.2e}")
+    return worst
+
+
+if __name__ == "__main__":
+    verb, root = sys.argv[1], pathlib.Path(sys.argv[2])
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    print("fla", fla.__version__, "torch", torch.__version__, gpu)
+    {"models": models, "ops-gen": ops_gen, "ops-check": ops_check}[verb](root)

@@ -1,0 +1,162 @@
+//! What `tools/interop/fla_parity.py` compares with fla 0.6.0 on the GPU machine (`tools/gpu/linear.sh`).
+//!
+//! `linear_parity models OUT_DIR`: for a small random model of each of flame's linear architectures
+//! (`gla`, `delta_net`, `gated_deltanet`: flame's configs at width 512 and two layers), the Hugging
+//! Face export and this crate's float32 logits on fixed tokens (two whole windows, and one window of
+//! three packed documents), computed on the CPU and, where CUDA is present, again on CUDA.
+//!
+//! `linear_parity ops IN OUT`: the chunked token-mixing ops on the inputs `fla_parity.py ops-gen`
+//! wrote (`IN`, safetensors: per op its q, k, v, gates, the output's gradient and `cu_seqlens`), on
+//! CUDA in float32: each op's output and its inputs' gradients, to `OUT`.
+
+use std::path::{Path, PathBuf};
+
+use flame_trainer::config::ModelConfig;
+use flame_trainer::kernels::{ChunkLayout, chunk_delta_rule, chunk_gla};
+use flame_trainer::models::{CHUNK, CausalLm, Inputs};
+use flame_trainer::train::export_hf;
+use tch::{Device, Kind, Tensor, nn};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("models") => models(Path::new(args.get(2).map_or("parity", String::as_str))),
+        Some("ops") if args.len() == 4 => ops(Path::new(&args[2]), Path::new(&args[3])),
+        _ => anyhow::bail!("usage: linear_parity models OUT_DIR | linear_parity ops IN OUT"),
+    }
+}
+
+/// flame's config `name`, at width 512 with two layers.
+fn config(name: &str) -> anyhow::Result<ModelConfig> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    let text = std::fs::read_to_string(root.join(name))?;
+    let mut keys: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)?;
+    keys.insert("hidden_size".into(), 512.into());
+    keys.insert("num_hidden_layers".into(), 2.into());
+    if keys.contains_key("head_dim") {
+        keys.insert("num_heads".into(), 2.into());
+        keys.insert("head_dim".into(), 128.into());
+    }
+    Ok(ModelConfig::from_json(&serde_json::to_string(&keys)?)?)
+}
+
+fn models(out: &Path) -> anyhow::Result<()> {
+    for name in [
+        "gla_340M.json",
+        "delta_net_340M.json",
+        "gated_deltanet_340M.json",
+    ] {
+        let config = config(name)?;
+        tch::manual_seed(17);
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let model = CausalLm::new(&vs.root(), &config);
+        // Norm weights away from one, so that they count.
+        tch::no_grad(|| {
+            for (key, mut t) in vs.variables() {
+                if key.ends_with("norm.weight") || key.ends_with("norm_swish_gate.weight") {
+                    let _ = t.g_add_(&(Tensor::randn_like(&t) * 0.1));
+                }
+            }
+        });
+        let dir = out.join(&config.model_type);
+        export_hf(&dir.join("hf"), &vs, &model, None)?;
+        let tokens: Vec<u32> = (0..400u32).map(|i| (i * 7919 + 13) % 32000).collect();
+        let documents = [0u32, 70, 141, 200];
+        let logits = |model: &CausalLm, device: Device| {
+            tch::no_grad(|| {
+                let whole = model.forward(&Inputs::new(
+                    &tokens,
+                    200,
+                    &[vec![0, 200], vec![0, 200]],
+                    device,
+                ));
+                let packed = model.forward(&Inputs::new(
+                    &tokens[..200],
+                    200,
+                    &[documents.to_vec()],
+                    device,
+                ));
+                (whole.to_device(Device::Cpu), packed.to_device(Device::Cpu))
+            })
+        };
+        let (whole, packed) = logits(&model, Device::Cpu);
+        let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
+        let cu: Vec<i32> = documents
+            .iter()
+            .map(|&c| i32::try_from(c).unwrap_or(0))
+            .collect();
+        let mut named = vec![
+            ("tokens".to_owned(), Tensor::from_slice(&ids).view([2, 200])),
+            ("cu_seqlens".to_owned(), Tensor::from_slice(&cu)),
+            ("whole".to_owned(), whole),
+            ("packed".to_owned(), packed),
+        ];
+        if tch::Cuda::is_available() {
+            vs.set_device(Device::Cuda(0));
+            let (whole, packed) = logits(&model, Device::Cuda(0));
+            named.push(("whole_cuda".to_owned(), whole));
+            named.push(("packed_cuda".to_owned(), packed));
+        }
+        Tensor::write_safetensors(&named, dir.join("logits.safetensors"))?;
+    }
+    println!("{}", out.display());
+    Ok(())
+}
+
+fn ops(input: &Path, output: &Path) -> anyhow::Result<()> {
+    let device = if tch::Cuda::is_available() {
+        Device::Cuda(0)
+    } else {
+        Device::Cpu
+    };
+    let tensors: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(input)?.into_iter().collect();
+    let get = |name: &str| -> anyhow::Result<Tensor> {
+        let t = tensors
+            .get(name)
+            .ok_or_else(|| anyhow::anyhow!("{}: no {name}", input.display()))?;
+        Ok(t.to_device(device))
+    };
+    let mut out = Vec::new();
+    for op in ["gla", "delta_rule", "gated_delta_rule"] {
+        let leaf = |name: &str| -> anyhow::Result<Tensor> {
+            Ok(get(&format!("{op}.{name}"))?
+                .to_kind(Kind::Float)
+                .set_requires_grad(true))
+        };
+        let (q, k, v) = (leaf("q")?, leaf("k")?, leaf("v")?);
+        let cu: Vec<i64> = Vec::try_from(get(&format!("{op}.cu_seqlens"))?.to_device(Device::Cpu))?;
+        let cu: Vec<u32> = cu.iter().map(|&c| u32::try_from(c).unwrap_or(0)).collect();
+        let seq_len = usize::try_from(q.size()[1])?;
+        let layout = ChunkLayout::new(&[cu], seq_len, CHUNK, device);
+        #[allow(clippy::cast_precision_loss)]
+        let scale = (q.size()[3] as f64).powf(-0.5);
+        let mut leaves = vec![
+            ("q", q.shallow_clone()),
+            ("k", k.shallow_clone()),
+            ("v", v.shallow_clone()),
+        ];
+        let o = if op == "gla" {
+            let g = leaf("g")?;
+            leaves.push(("g", g.shallow_clone()));
+            chunk_gla(&q, &k, &v, &g, scale, &layout)
+        } else {
+            let beta = leaf("beta")?;
+            leaves.push(("beta", beta.shallow_clone()));
+            let g = (op == "gated_delta_rule").then(|| leaf("g")).transpose()?;
+            if let Some(g) = &g {
+                leaves.push(("g", g.shallow_clone()));
+            }
+            chunk_delta_rule(&q, &k, &v, &beta, g.as_ref(), scale, &layout)
+        };
+        let d_o = get(&format!("{op}.do"))?.to_kind(Kind::Float);
+        (&o * &d_o).sum(Kind::Float).backward();
+        out.push((format!("{op}.o"), o.detach().to_device(Device::Cpu)));
+        for (name, t) in leaves {
+            out.push((format!("{op}.d{name}"), t.grad().to_device(Device::Cpu)));
+        }
+    }
+    Tensor::write_safetensors(&out, output)?;
+    println!("{}", output.display());
+    Ok(())
+}
