@@ -1,5 +1,6 @@
-//! The client's side of the protocol without I/O: what to send and what an answer means, for both Rust
-//! clients ([`crate::client::Client`], [`crate::async_client::AsyncClient`]), which only move the bytes.
+//! The client's side of the protocol without I/O: what to send, what an answer means, and what to do when
+//! an exchange fails, for both Rust clients ([`crate::client::Client`],
+//! [`crate::async_client::AsyncClient`]), which only move the bytes.
 //!
 //! A driver calls [`ClientCore::connect`] on a new connection (it appends `Hello`),
 //! [`ClientCore::open_shared_memory`] to switch to a ring, and [`ClientCore::ask`] for each micro-batch;
@@ -13,11 +14,18 @@
 //! next [`ClientCore::ask`] for that micro-batch sends no request of its own, and one for anything else
 //! first reads the answer made ahead and gives its slot back. It releases the slot it holds with the next
 //! request, and checks that every answer is the micro-batch asked for (`Batch` or `Slot` of that step and
-//! micro-step). On a failure ([`Failure`]) the driver drops the connection; a new one starts afresh with
-//! [`ClientCore::connect`].
+//! micro-step).
+//!
+//! Failures ([`Exchange`]) are judged here too: [`Exchange::retry`] says which are worth a new connection
+//! (the connection dropped, a request made ahead was refused) and which give up (the server refused), and
+//! [`Attempts`] counts the tries of one operation and spaces connection attempts by [`Backoff`]. After a
+//! failure the driver drops the connection; a new one starts afresh with [`ClientCore::connect`].
+
+use std::time::Duration;
 
 use crate::protocol::{Message, VERSION, WireSample, encode};
 use crate::spec::JobSpec;
+use crate::transport::{Endpoint, ReadError};
 
 /// A micro-batch's place in the job: (step, micro-step).
 pub type Position = (u64, u64);
@@ -58,6 +66,242 @@ pub enum Failure {
     /// through another exchange): reconnect and ask again.
     #[error("{0}")]
     Dropped(String),
+}
+
+/// How one try of an operation failed: the connection, or the core's verdict on what came over it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exchange {
+    /// The connection could not be made, or failed, or ended.
+    Io(String),
+    /// The core's verdict.
+    Failed(Failure),
+}
+
+impl Exchange {
+    /// The server hung up between frames.
+    pub fn closed() -> Self {
+        Self::Io("the server closed the connection".into())
+    }
+
+    /// An I/O error while doing `what` (`connect`, `write`, ...).
+    pub fn io(what: &str) -> impl FnOnce(std::io::Error) -> Self + '_ {
+        move |e| Self::Io(format!("{what}: {e}"))
+    }
+
+    /// Whether a new connection may succeed where this one failed: `Ok` with the reason it failed (the
+    /// connection dropped or could not be made, a request made ahead was refused), `Err` to give up (the
+    /// server refused or broke the protocol: asking again gets the same answer).
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] when giving up.
+    pub fn retry(self) -> Result<String, ClientError> {
+        match self {
+            Self::Io(reason) | Self::Failed(Failure::Dropped(reason)) => Ok(reason),
+            Self::Failed(Failure::Refused(message)) => Err(ClientError::Refused(message)),
+        }
+    }
+}
+
+impl From<Failure> for Exchange {
+    fn from(failure: Failure) -> Self {
+        Self::Failed(failure)
+    }
+}
+
+impl From<ReadError> for Exchange {
+    /// A frame that breaks the protocol is the server's doing: refused. The rest is the connection's.
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Protocol(e) => Self::Failed(Failure::Refused(e.to_string())),
+            ReadError::Io(_) | ReadError::Truncated => Self::Io(e.to_string()),
+        }
+    }
+}
+
+/// A client error.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server refused (its `Error` frame), or broke the protocol.
+    #[error("server: {0}")]
+    Refused(String),
+    /// The server could not be reached within the retries.
+    #[error("{endpoint}: {reason}")]
+    Unreachable {
+        /// The endpoint.
+        endpoint: String,
+        /// The last failure.
+        reason: String,
+    },
+}
+
+impl From<Failure> for ClientError {
+    fn from(failure: Failure) -> Self {
+        Self::Refused(failure.to_string())
+    }
+}
+
+/// Checks that `endpoint` can carry a shared-memory ring: only a Unix socket, on the server's host.
+///
+/// # Errors
+/// [`ClientError::Refused`] for TCP.
+pub fn check_shared_memory_endpoint(endpoint: &Endpoint) -> Result<(), ClientError> {
+    match endpoint {
+        Endpoint::Unix(_) => Ok(()),
+        Endpoint::Tcp(_) => Err(ClientError::Refused(format!(
+            "{endpoint}: shared memory needs a unix:// endpoint"
+        ))),
+    }
+}
+
+/// The pauses between connection attempts: from 50 ms, doubling, at most 2 s apart.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    /// The first pause.
+    pub const FIRST: Duration = Duration::from_millis(50);
+    /// The longest pause.
+    pub const MAX: Duration = Duration::from_secs(2);
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Iterator for Backoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let pause = self.next;
+        self.next = (pause * 2).min(Self::MAX);
+        Some(pause)
+    }
+}
+
+/// The tries of one operation: how many are left, how long to wait before each, and what to report
+/// when they are all spent.
+#[derive(Debug)]
+pub struct Attempts {
+    /// Tries left.
+    left: u32,
+    /// The pauses between tries; `None` to try again at once.
+    backoff: Option<Backoff>,
+    tried: u32,
+    last: String,
+}
+
+impl Attempts {
+    /// Connecting: `1 + retries` tries, the first at once, the others after the [`Backoff`].
+    pub fn connecting(retries: u32) -> Self {
+        Self {
+            left: retries.saturating_add(1),
+            backoff: Some(Backoff::default()),
+            tried: 0,
+            last: String::new(),
+        }
+    }
+
+    /// Asking for a micro-batch: a server that accepts, then drops the connection before answering,
+    /// gets `1 + retries` tries, each at once (each reconnection has its own backoff).
+    pub fn asking(retries: u32) -> Self {
+        Self {
+            backoff: None,
+            ..Self::connecting(retries)
+        }
+    }
+
+    /// The pause before the next try (zero before the first and when asking); `None` once every try
+    /// is spent.
+    pub fn next_try(&mut self) -> Option<Duration> {
+        self.left = self.left.checked_sub(1)?;
+        let pause = match &mut self.backoff {
+            Some(backoff) if self.tried > 0 => backoff.next().expect("endless"),
+            _ => Duration::ZERO,
+        };
+        self.tried += 1;
+        Some(pause)
+    }
+
+    /// The verdict on a failed try ([`Exchange::retry`]): `Ok` to try again, `Err` to give up now.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] when the server refused.
+    pub fn failed(&mut self, failure: Exchange) -> Result<(), ClientError> {
+        self.last = failure.retry()?;
+        Ok(())
+    }
+
+    /// The error once every try has failed.
+    pub fn exhausted(self, endpoint: &Endpoint) -> ClientError {
+        let reason = if self.backoff.is_some() {
+            self.last
+        } else {
+            format!(
+                "the connection dropped {} times before a batch arrived",
+                self.tried
+            )
+        };
+        ClientError::Unreachable {
+            endpoint: endpoint.to_string(),
+            reason,
+        }
+    }
+}
+
+impl Event {
+    /// The welcome of a new connection ([`Event::Welcomed`], or [`Event::RingReady`] when shared memory
+    /// is on).
+    ///
+    /// # Errors
+    /// Any other event: a bug in the core, reported rather than panicked on.
+    pub fn into_welcome(self) -> Result<(), Failure> {
+        match self {
+            Self::Welcomed | Self::RingReady { .. } => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// [`Event::RingReady`].
+    ///
+    /// # Errors
+    /// As [`Event::into_welcome`].
+    pub fn into_ring(self) -> Result<(), Failure> {
+        match self {
+            Self::RingReady { .. } => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The samples of [`Event::Batch`].
+    ///
+    /// # Errors
+    /// As [`Event::into_welcome`].
+    pub fn into_batch(self) -> Result<Vec<WireSample>, Failure> {
+        match self {
+            Self::Batch(samples) => Ok(samples),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// (slot, bytes) of [`Event::Slot`].
+    ///
+    /// # Errors
+    /// As [`Event::into_welcome`].
+    pub fn into_slot(self) -> Result<(u32, u64), Failure> {
+        match self {
+            Self::Slot { slot, bytes } => Ok((slot, bytes)),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+/// An event the core does not give for what was asked: a bug in the core, reported rather than panicked on.
+fn unexpected(event: &Event) -> Failure {
+    Failure::Refused(format!("unexpected {event:?}"))
 }
 
 /// What the core waits for on the current connection.
@@ -147,6 +391,19 @@ impl ClientCore {
     /// The ring's slots, once shared memory is asked for.
     pub fn shm_slots(&self) -> Option<u32> {
         self.shm_slots
+    }
+
+    /// Checks that shared memory is on, for a call that reads a batch in place.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] before [`ClientCore::open_shared_memory`].
+    pub fn check_ring(&self) -> Result<(), ClientError> {
+        match self.shm_slots {
+            Some(_) => Ok(()),
+            None => Err(ClientError::Refused(
+                "no shared-memory ring: call open_shared_memory first".into(),
+            )),
+        }
     }
 
     /// Whether the next message is `ShmReady`, whose descriptor the driver must receive with it.
@@ -676,6 +933,52 @@ mod tests {
             matches!(&refused, Err(Failure::Dropped(m)) if m.contains("past the end")),
             "{refused:?}"
         );
+    }
+
+    #[test]
+    fn connections_are_retried_with_backoff_and_refusals_give_up_at_once() {
+        let millis: Vec<u128> = Backoff::default().take(8).map(|d| d.as_millis()).collect();
+        assert_eq!(millis, [50, 100, 200, 400, 800, 1600, 2000, 2000]);
+        let endpoint: Endpoint = "unix:///nowhere".parse().unwrap();
+        let mut connecting = Attempts::connecting(2);
+        let mut pauses = Vec::new();
+        while let Some(pause) = connecting.next_try() {
+            pauses.push(pause.as_millis());
+            connecting.failed(Exchange::Io("refused".into())).unwrap();
+        }
+        assert_eq!(pauses, [0, 50, 100], "the first try at once");
+        assert_eq!(
+            connecting.exhausted(&endpoint).to_string(),
+            "unix:///nowhere: refused"
+        );
+        // A request made ahead that was refused, or a dropped connection: ask again at once.
+        let mut asking = Attempts::asking(1);
+        for failure in [
+            Exchange::Failed(Failure::Dropped("the request made ahead was refused".into())),
+            Exchange::closed(),
+        ] {
+            assert_eq!(asking.next_try(), Some(Duration::ZERO));
+            asking.failed(failure).unwrap();
+        }
+        assert_eq!(asking.next_try(), None);
+        assert_eq!(
+            asking.exhausted(&endpoint).to_string(),
+            "unix:///nowhere: the connection dropped 2 times before a batch arrived"
+        );
+        // The server refused, or broke the protocol: asking again gets the same answer.
+        let mut asking = Attempts::asking(5);
+        asking.next_try();
+        let refused = asking.failed(Exchange::from(ReadError::Protocol(
+            crate::protocol::ProtocolError::TooLarge { len: 9, max: 1 },
+        )));
+        assert!(
+            matches!(&refused, Err(ClientError::Refused(m)) if m.contains("exceeds the limit")),
+            "{refused:?}"
+        );
+        assert!(matches!(
+            Exchange::Failed(Failure::Refused("no".into())).retry(),
+            Err(ClientError::Refused(_))
+        ));
     }
 
     /// What a caller does next.

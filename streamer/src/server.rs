@@ -13,16 +13,15 @@
 //! jobs, kept within a memory budget and dropped when idle ([`crate::jobs`]); with a data root, jobs may
 //! name only files under it ([`crate::data_root`]).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::{UnixListener, UnixStream};
-
-use rustix::event::{PollFd, PollFlags};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
 
 use crate::budget::{ByteSize, DEFAULT_MAX_JOB_MEMORY};
 use crate::data_root::DataRoot;
@@ -34,52 +33,8 @@ use crate::protocol::{
 use crate::shm::{self, MAX_SLOTS, Ring};
 use crate::spec::JobSpec;
 use crate::stream::{BatchBuffers, Stream, open_documents};
-
-/// Where to listen or connect: `tcp://HOST:PORT` or `unix:///PATH`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Endpoint {
-    /// A TCP address.
-    Tcp(String),
-    /// A Unix socket path.
-    Unix(PathBuf),
-}
-
-impl std::str::FromStr for Endpoint {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if let Some(addr) = s.strip_prefix("tcp://") {
-            Ok(Self::Tcp(addr.to_owned()))
-        } else if let Some(path) = s.strip_prefix("unix://") {
-            Ok(Self::Unix(PathBuf::from(path)))
-        } else {
-            Err(format!("{s:?}: expected tcp://HOST:PORT or unix:///PATH"))
-        }
-    }
-}
-
-impl std::fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Tcp(addr) => write!(f, "tcp://{addr}"),
-            Self::Unix(path) => write!(f, "unix://{}", path.display()),
-        }
-    }
-}
-
-/// A byte stream to a peer.
-pub trait Connection: Read + Write + Send + AsFd {
-    /// The Unix socket underneath, which can carry file descriptors (shared memory).
-    fn as_unix(&self) -> Option<&UnixStream> {
-        None
-    }
-}
-impl Connection for TcpStream {}
-impl Connection for UnixStream {
-    fn as_unix(&self) -> Option<&UnixStream> {
-        Some(self)
-    }
-}
+pub use crate::transport::Endpoint;
+use crate::transport::{Connection, read_message, send_with_fd};
 
 /// Connections served at once by default.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
@@ -321,45 +276,6 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("a panic without a message")
 }
 
-/// Reads one message; `Ok(None)` at a clean end of stream.
-pub(crate) fn read_message(
-    conn: &mut dyn Connection,
-    buf: &mut Vec<u8>,
-    limits: Limits,
-) -> Result<Option<Message>, String> {
-    loop {
-        match decode(buf, limits) {
-            Ok(Some((message, used))) => {
-                buf.drain(..used);
-                return Ok(Some(message));
-            }
-            Ok(None) => {}
-            Err(e) => return Err(e.to_string()),
-        }
-        // Read what the frame still needs (at least a page, at most 4 MiB), so small messages do not pay
-        // for zeroing a large buffer.
-        let filled = buf.len();
-        let want = match buf.get(..4) {
-            Some(h) => (4 + u32::from_le_bytes(h.try_into().expect("4 bytes")) as usize)
-                .saturating_sub(filled),
-            None => 0,
-        };
-        buf.resize(filled + want.clamp(4096, 4 << 20), 0);
-        let n = conn
-            .read(&mut buf[filled..])
-            .map_err(|e| format!("read: {e}"));
-        buf.truncate(filled + *n.as_ref().unwrap_or(&0));
-        let n = n?;
-        if n == 0 {
-            return if buf.is_empty() {
-                Ok(None)
-            } else {
-                Err("connection closed inside a frame".into())
-            };
-        }
-    }
-}
-
 /// One client: `Hello`, then requests until it hangs up. An `Err` is sent back as an `Error` frame.
 fn session(shared: &Shared, conn: &mut Box<dyn Connection>) -> Result<(), String> {
     let mut buf = Vec::new();
@@ -393,7 +309,9 @@ fn session(shared: &Shared, conn: &mut Box<dyn Connection>) -> Result<(), String
             ahead.queue.push_back((next, prepared));
             ahead.next = advance(next);
         }
-        let Some(message) = read_message(conn.as_mut(), &mut buf, Limits::CLIENT_FRAMES)? else {
+        let Some(message) = read_message(conn.as_mut(), &mut buf, Limits::CLIENT_FRAMES)
+            .map_err(|e| e.to_string())?
+        else {
             return Ok(());
         };
         let at = match message {
@@ -498,7 +416,7 @@ fn welcome<'a>(
         job,
         rank,
         world_size,
-    }) = read_message(conn.as_mut(), buf, Limits::CLIENT_FRAMES)?
+    }) = read_message(conn.as_mut(), buf, Limits::CLIENT_FRAMES).map_err(|e| e.to_string())?
     else {
         return Err("expected Hello".into());
     };
@@ -564,7 +482,7 @@ fn open_ring(conn: &dyn Connection, stream: &Stream, slots: u32) -> Result<Ring,
         },
         &mut frame,
     );
-    shm::send_with_fd(socket, &frame, ring.fd()).map_err(|e| format!("write: {e}"))?;
+    send_with_fd(socket, &frame, ring.fd()).map_err(|e| format!("write: {e}"))?;
     Ok(ring)
 }
 
@@ -673,6 +591,8 @@ fn prepare(
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
     use super::*;
     use crate::source::Documents;
     use crate::spec::{DatasetSpec, Order};

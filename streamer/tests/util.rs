@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 
 use flame_streamer::protocol::{Limits, Message, decode, encode};
 use flame_streamer::server::Endpoint;
-use flame_streamer::shm::{recv_with_fd, send_with_fd};
+use flame_streamer::transport::{recv_with_fd, send_with_fd};
 
 /// What one connection carried.
 #[derive(Clone, Debug, Default)]
