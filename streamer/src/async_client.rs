@@ -12,7 +12,8 @@ use tokio::net::{TcpStream, UnixStream};
 
 use crate::client::{map_ring, map_slot, not_unix};
 use crate::client_core::{
-    Attempts, ClientCore, ClientError, Event, Exchange, Position, check_shared_memory_endpoint,
+    Attempts, ClientCore, ClientError, Event, Exchange, Opening, Position,
+    check_shared_memory_endpoint,
 };
 use crate::protocol::{Limits, Message, WireSample};
 use crate::shm::{RingMap, SlotBatch};
@@ -177,8 +178,7 @@ impl AsyncClient {
     pub async fn open_shared_memory(&mut self, slots: u32) -> Result<(), ClientError> {
         check_shared_memory_endpoint(&self.endpoint)?;
         let mut out = Vec::new();
-        self.core.open_shared_memory(slots, &mut out);
-        if self.conn.is_some() {
+        if self.core.open_shared_memory(slots, &mut out) == Opening::Send {
             match self
                 .run(&mut out)
                 .await
@@ -188,7 +188,7 @@ impl AsyncClient {
                 Err(failure) => failure.retry().map(drop)?,
             }
         }
-        // No connection, or it was lost: a new one opens the ring.
+        // No connection of use, or it was lost: a new one opens the ring.
         self.reconnect().await
     }
 
@@ -225,16 +225,13 @@ impl AsyncClient {
     async fn exchange(&mut self, at: Position) -> Result<Event, ClientError> {
         let mut attempts = Attempts::asking(self.retries);
         while attempts.next_try().is_some() {
-            if self.conn.is_none() {
+            if !self.core.is_ready() {
                 self.reconnect().await?;
             }
             let mut out = Vec::new();
             let answer = match self.core.ask(at, &mut out) {
                 Ok(()) => self.run(&mut out).await,
-                Err(failure) => {
-                    self.conn = None;
-                    Err(failure.into())
-                }
+                Err(failure) => Err(failure.into()),
             };
             match answer {
                 Ok(event) => return Ok(event),
@@ -245,11 +242,12 @@ impl AsyncClient {
     }
 
     /// Sends `out`, then reads and hands messages to the core (sending what it adds) until it has an
-    /// event for the caller; maps the ring on [`Event::RingReady`]. Drops the connection on a failure.
+    /// event for the caller; maps the ring on [`Event::RingReady`]. Gives the connection up on a failure.
     async fn run(&mut self, out: &mut Vec<u8>) -> Result<Event, Exchange> {
         let result = self.run_on_connection(out).await;
         if result.is_err() {
             self.conn = None;
+            self.core.disconnect();
         }
         result
     }

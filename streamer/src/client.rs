@@ -15,7 +15,7 @@ use std::os::fd::OwnedFd;
 
 pub use crate::client_core::ClientError;
 use crate::client_core::{
-    Attempts, ClientCore, Event, Exchange, Failure, Position, check_shared_memory_endpoint,
+    Attempts, ClientCore, Event, Exchange, Failure, Opening, Position, check_shared_memory_endpoint,
 };
 use crate::protocol::{Limits, WireSample};
 use crate::shm::{RingMap, SlotBatch};
@@ -110,14 +110,13 @@ impl Client {
     pub fn open_shared_memory(&mut self, slots: u32) -> Result<(), ClientError> {
         check_shared_memory_endpoint(&self.endpoint)?;
         let mut out = Vec::new();
-        self.core.open_shared_memory(slots, &mut out);
-        if self.conn.is_some() {
+        if self.core.open_shared_memory(slots, &mut out) == Opening::Send {
             match self.run(&mut out).and_then(|event| Ok(event.into_ring()?)) {
                 Ok(()) => return Ok(()),
                 Err(failure) => failure.retry().map(drop)?,
             }
         }
-        // No connection, or it was lost: a new one opens the ring.
+        // No connection of use, or it was lost: a new one opens the ring.
         self.reconnect()
     }
 
@@ -153,16 +152,13 @@ impl Client {
     fn exchange(&mut self, at: Position) -> Result<Event, ClientError> {
         let mut attempts = Attempts::asking(self.retries);
         while attempts.next_try().is_some() {
-            if self.conn.is_none() {
+            if !self.core.is_ready() {
                 self.reconnect()?;
             }
             let mut out = Vec::new();
             let answer = match self.core.ask(at, &mut out) {
                 Ok(()) => self.run(&mut out),
-                Err(failure) => {
-                    self.conn = None;
-                    Err(failure.into())
-                }
+                Err(failure) => Err(failure.into()),
             };
             match answer {
                 Ok(event) => return Ok(event),
@@ -173,11 +169,12 @@ impl Client {
     }
 
     /// Sends `out`, then reads and hands messages to the core (sending what it adds) until it has an
-    /// event for the caller; maps the ring on [`Event::RingReady`]. Drops the connection on a failure.
+    /// event for the caller; maps the ring on [`Event::RingReady`]. Gives the connection up on a failure.
     fn run(&mut self, out: &mut Vec<u8>) -> Result<Event, Exchange> {
         let result = self.run_on_connection(out);
         if result.is_err() {
             self.conn = None;
+            self.core.disconnect();
         }
         result
     }

@@ -18,8 +18,10 @@
 //!
 //! Failures ([`Exchange`]) are judged here too: [`Exchange::retry`] says which are worth a new connection
 //! (the connection dropped, a request made ahead was refused) and which give up (the server refused), and
-//! [`Attempts`] counts the tries of one operation and spaces connection attempts by [`Backoff`]. After a
-//! failure the driver drops the connection; a new one starts afresh with [`ClientCore::connect`].
+//! [`Attempts`] counts the tries of one operation and spaces connection attempts by [`Backoff`]. A
+//! connection is of use only while [`ClientCore::is_ready`]: after a failure, and while an exchange is
+//! under way (an async call dropped mid-flight leaves one), the driver opens a new one and starts afresh
+//! with [`ClientCore::connect`].
 
 use std::time::Duration;
 
@@ -252,6 +254,17 @@ impl Attempts {
     }
 }
 
+/// What the driver does after [`ClientCore::open_shared_memory`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Opening {
+    /// Send `out` on this connection and run the exchange to [`Event::RingReady`].
+    Send,
+    /// This connection is of no use (none, or one mid-way through an exchange): open a new one, whose
+    /// welcome opens the ring.
+    Reconnect,
+}
+
 impl Event {
     /// The welcome of a new connection ([`Event::Welcomed`], or [`Event::RingReady`] when shared memory
     /// is on).
@@ -307,7 +320,9 @@ fn unexpected(event: &Event) -> Failure {
 /// What the core waits for on the current connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Awaiting {
-    /// Not connected.
+    /// No connection of use: none yet, or one that failed. A new one starts with `connect`.
+    Connection,
+    /// `Welcome`, on a new connection.
     Welcome,
     /// Connected, no exchange under way.
     Nothing,
@@ -371,7 +386,7 @@ impl ClientCore {
             shm_slots: None,
             fingerprint: String::new(),
             micro_steps: 0,
-            awaiting: Awaiting::Welcome,
+            awaiting: Awaiting::Connection,
             has_ring: false,
             held: None,
             ahead: None,
@@ -406,6 +421,19 @@ impl ClientCore {
         }
     }
 
+    /// Whether the current connection is of use for a new operation: welcomed, with no exchange under
+    /// way. Not before the first [`ClientCore::connect`], after a failure, nor while an exchange is under
+    /// way (an async call dropped mid-flight leaves its answer, or half a frame, on the connection): the
+    /// driver then opens a new connection.
+    pub fn is_ready(&self) -> bool {
+        self.awaiting == Awaiting::Nothing
+    }
+
+    /// The driver lost the connection, or gave it up: the next operation needs a new one.
+    pub fn disconnect(&mut self) {
+        self.awaiting = Awaiting::Connection;
+    }
+
     /// Whether the next message is `ShmReady`, whose descriptor the driver must receive with it.
     pub fn awaits_ring(&self) -> bool {
         matches!(self.awaiting, Awaiting::Ring | Awaiting::StaleThenRing)
@@ -427,15 +455,16 @@ impl ClientCore {
         out.extend_from_slice(&self.hello);
     }
 
-    /// Switches this connection and every later one to a shared-memory ring of `slots` slots: appends
-    /// `ShmOpen` (the answer gives [`Event::RingReady`]). Call it on a connection with no exchange under
-    /// way; without a connection, call only this and [`ClientCore::connect`] opens the ring.
+    /// Switches this connection and every later one to a shared-memory ring of `slots` slots. On a
+    /// connection that [`ClientCore::is_ready`], appends `ShmOpen` (the answer gives
+    /// [`Event::RingReady`]); otherwise appends nothing and says to reconnect: the welcome of the new
+    /// connection opens the ring.
     ///
     /// The slot held and an answer made ahead belong to the ring this one replaces: they are dropped.
-    pub fn open_shared_memory(&mut self, slots: u32, out: &mut Vec<u8>) {
+    pub fn open_shared_memory(&mut self, slots: u32, out: &mut Vec<u8>) -> Opening {
         self.shm_slots = Some(slots);
-        if self.awaiting != Awaiting::Nothing {
-            return;
+        if !self.is_ready() {
+            return Opening::Reconnect;
         }
         self.held = None;
         self.has_ring = false;
@@ -445,6 +474,7 @@ impl ClientCore {
             Awaiting::Ring
         };
         encode(&Message::ShmOpen { slots }, out);
+        Opening::Send
     }
 
     /// The micro-batch after `at` if the job has it for every rank, so asking for it ahead cannot be
@@ -467,9 +497,9 @@ impl ClientCore {
     /// [`Event::Slot`] with shared memory).
     ///
     /// # Errors
-    /// [`Failure::Dropped`] when the connection is not welcomed or another exchange is under way.
+    /// [`Failure::Dropped`] when the connection is not [`ClientCore::is_ready`].
     pub fn ask(&mut self, at: Position, out: &mut Vec<u8>) -> Result<(), Failure> {
-        if self.awaiting != Awaiting::Nothing {
+        if !self.is_ready() {
             return Err(Failure::Dropped(format!(
                 "cannot ask for {at:?} while waiting for {:?}",
                 self.awaiting
@@ -498,13 +528,23 @@ impl ClientCore {
         Ok(())
     }
 
-    /// Takes the next message from the server; appends what to send next to `out`.
+    /// Takes the next message from the server; appends what to send next to `out`. After a failure the
+    /// connection is of no further use ([`ClientCore::is_ready`] is false until the next
+    /// [`ClientCore::connect`]).
     ///
     /// # Errors
     /// [`Failure::Refused`] for the server's `Error` frame and for any answer other than the one
     /// awaited (a `Batch` or `Slot` of another micro-batch included); [`Failure::Dropped`] when the
     /// server refused a request made ahead.
     pub fn receive(&mut self, message: Message, out: &mut Vec<u8>) -> Result<Event, Failure> {
+        let received = self.take(message, out);
+        if received.is_err() {
+            self.disconnect();
+        }
+        received
+    }
+
+    fn take(&mut self, message: Message, out: &mut Vec<u8>) -> Result<Event, Failure> {
         let awaiting = std::mem::replace(&mut self.awaiting, Awaiting::Nothing);
         let event = match (awaiting, message) {
             (
@@ -596,6 +636,7 @@ impl ClientCore {
                     "expected {}, got {}",
                     match awaiting {
                         Awaiting::Welcome => "Welcome",
+                        Awaiting::Connection => "no message (not connected)",
                         Awaiting::Ring | Awaiting::StaleThenRing => "ShmReady",
                         _ => "no message",
                     },
@@ -836,7 +877,7 @@ mod tests {
         assert_eq!(server.requests, [(1, 0)]);
 
         let mut core = ClientCore::new(&job(None), 0, 2, None);
-        core.open_shared_memory(1, &mut out);
+        assert_eq!(core.open_shared_memory(1, &mut out), Opening::Reconnect);
         assert!(out.is_empty(), "not connected: the welcome opens the ring");
         let mut server = connected(&mut core, None);
         for step in 0..3 {
@@ -886,7 +927,7 @@ mod tests {
         // With a ring, a Slot of another micro-batch.
         let mut core = ClientCore::new(&job(None), 0, 2, None);
         let mut out = Vec::new();
-        core.open_shared_memory(2, &mut out);
+        assert_eq!(core.open_shared_memory(2, &mut out), Opening::Reconnect);
         let _server = connected(&mut core, None);
         core.ask((2, 1), &mut out).unwrap();
         let wrong = Message::Slot {
@@ -936,6 +977,43 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_mid_exchange_or_after_a_failure_is_of_no_use_for_the_next_call() {
+        let mut core = ClientCore::new(&job(None), 0, 2, None);
+        assert!(!core.is_ready(), "not connected");
+        let _server = connected(&mut core, None);
+        assert!(core.is_ready());
+        // The request is out and its answer not read (an async call dropped mid-flight): the answer
+        // would come first on this connection, so the next call needs a new one.
+        let mut out = Vec::new();
+        core.ask((0, 0), &mut out).unwrap();
+        out.clear();
+        assert!(!core.is_ready());
+        let mut shm = Vec::new();
+        assert_eq!(core.open_shared_memory(2, &mut shm), Opening::Reconnect);
+        assert!(shm.is_empty());
+        assert!(matches!(
+            core.ask((0, 1), &mut shm),
+            Err(Failure::Dropped(_))
+        ));
+        // The new connection's welcome opens the ring, and the core asks afresh.
+        let mut server2 = connected(&mut core, None);
+        assert!(core.is_ready());
+        core.ask((0, 0), &mut out).unwrap();
+        assert!(matches!(
+            drive(&mut core, &mut server2, &mut out).unwrap(),
+            Event::Slot { .. }
+        ));
+        assert_eq!(server2.requests, [(0, 0), (0, 1)]);
+        // A refusal leaves the connection of no use too.
+        core.ask((0, 1), &mut out).unwrap();
+        assert!(
+            core.receive(Message::ShmOpen { slots: 1 }, &mut out)
+                .is_err()
+        );
+        assert!(!core.is_ready());
+    }
+
+    #[test]
     fn connections_are_retried_with_backoff_and_refusals_give_up_at_once() {
         let millis: Vec<u128> = Backoff::default().take(8).map(|d| d.as_millis()).collect();
         assert_eq!(millis, [50, 100, 200, 400, 800, 1600, 2000, 2000]);
@@ -954,7 +1032,9 @@ mod tests {
         // A request made ahead that was refused, or a dropped connection: ask again at once.
         let mut asking = Attempts::asking(1);
         for failure in [
-            Exchange::Failed(Failure::Dropped("the request made ahead was refused".into())),
+            Exchange::Failed(Failure::Dropped(
+                "the request made ahead was refused".into(),
+            )),
             Exchange::closed(),
         ] {
             assert_eq!(asking.next_try(), Some(Duration::ZERO));
@@ -1032,7 +1112,7 @@ mod tests {
                         continue;
                     }
                     Action::SharedMemory(slots) => {
-                        core.open_shared_memory(slots, &mut out);
+                        prop_assert_eq!(core.open_shared_memory(slots, &mut out), Opening::Send);
                         let event = drive(&mut core, &mut server, &mut out).unwrap();
                         prop_assert_eq!(event, Event::RingReady { slots, slot_bytes: 4096 });
                         ahead = None;
