@@ -110,6 +110,9 @@ pub struct AsyncClient {
     pub fingerprint: String,
     /// Micro-steps per step for this world size.
     pub micro_steps: u32,
+    /// Tokens in every sample the server sends: the job's `seq_len`, or `seq_len + 1` in Megatron's
+    /// order (inputs `[:-1]`, labels `[1:]`), so a trainer can check its sample length before step 1.
+    pub tokens_per_sample: u32,
 }
 
 impl AsyncClient {
@@ -132,6 +135,7 @@ impl AsyncClient {
             fd: None,
             fingerprint: String::new(),
             micro_steps: 0,
+            tokens_per_sample: 0,
         };
         client.reconnect().await?;
         Ok(client)
@@ -161,6 +165,7 @@ impl AsyncClient {
         self.run(&mut out).await?.into_welcome()?;
         self.core.fingerprint().clone_into(&mut self.fingerprint);
         self.micro_steps = self.core.micro_steps();
+        self.tokens_per_sample = self.core.tokens_per_sample();
         Ok(())
     }
 

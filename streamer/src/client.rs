@@ -35,6 +35,9 @@ pub struct Client {
     pub fingerprint: String,
     /// Micro-steps per step for this world size.
     pub micro_steps: u32,
+    /// Tokens in every sample the server sends: the job's `seq_len`, or `seq_len + 1` in Megatron's
+    /// order (inputs `[:-1]`, labels `[1:]`), so a trainer can check its sample length before step 1.
+    pub tokens_per_sample: u32,
 }
 
 impl std::fmt::Debug for Client {
@@ -66,6 +69,7 @@ impl Client {
             fd: None,
             fingerprint: String::new(),
             micro_steps: 0,
+            tokens_per_sample: 0,
         };
         client.reconnect()?;
         Ok(client)
@@ -93,6 +97,7 @@ impl Client {
         self.run(&mut out)?.into_welcome()?;
         self.core.fingerprint().clone_into(&mut self.fingerprint);
         self.micro_steps = self.core.micro_steps();
+        self.tokens_per_sample = self.core.tokens_per_sample();
         Ok(())
     }
 

@@ -37,7 +37,8 @@ pub type Position = (u64, u64);
 pub enum Event {
     /// Nothing for the caller yet: send what `out` holds (if anything), then read the next message.
     Continue,
-    /// The server serves this job: [`ClientCore::fingerprint`] and [`ClientCore::micro_steps`] are set.
+    /// The server serves this job: [`ClientCore::fingerprint`], [`ClientCore::micro_steps`] and
+    /// [`ClientCore::tokens_per_sample`] are set.
     Welcomed,
     /// The ring is ready: map it from the descriptor that came with this frame.
     RingReady {
@@ -354,6 +355,7 @@ pub struct ClientCore {
     shm_slots: Option<u32>,
     fingerprint: String,
     micro_steps: u32,
+    tokens_per_sample: u32,
     awaiting: Awaiting,
     /// Whether the current connection has its ring.
     has_ring: bool,
@@ -386,6 +388,7 @@ impl ClientCore {
             shm_slots: None,
             fingerprint: String::new(),
             micro_steps: 0,
+            tokens_per_sample: 0,
             awaiting: Awaiting::Connection,
             has_ring: false,
             held: None,
@@ -401,6 +404,12 @@ impl ClientCore {
     /// Micro-steps per step for this world size, from the last `Welcome`.
     pub fn micro_steps(&self) -> u32 {
         self.micro_steps
+    }
+
+    /// Tokens in every sample the server sends, from the last `Welcome`: the job's `seq_len`, or
+    /// `seq_len + 1` in Megatron's order (inputs `[:-1]`, labels `[1:]`).
+    pub fn tokens_per_sample(&self) -> u32 {
+        self.tokens_per_sample
     }
 
     /// The ring's slots, once shared memory is asked for.
@@ -551,12 +560,14 @@ impl ClientCore {
                 Awaiting::Welcome,
                 Message::Welcome {
                     fingerprint,
+                    seq_len,
                     micro_steps,
                     ..
                 },
             ) => {
                 self.fingerprint = fingerprint;
                 self.micro_steps = micro_steps;
+                self.tokens_per_sample = seq_len;
                 if let Some(slots) = self.shm_slots {
                     self.awaiting = Awaiting::Ring;
                     encode(&Message::ShmOpen { slots }, out);

@@ -311,3 +311,24 @@ fn an_async_call_dropped_mid_exchange_leaves_the_next_call_a_new_connection() {
     );
     assert_eq!(traces[1].sent()[..3], ["Hello", "ShmOpen", "Request(0,0)"]);
 }
+
+#[test]
+fn both_clients_report_the_servers_tokens_per_sample_before_the_first_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let flame = job(dir.path());
+    let mut megatron = flame.clone();
+    megatron.order = flame_streamer::spec::Order::Megatron;
+    megatron.num_samples = Some(64);
+    let endpoints = start(dir.path(), None);
+    // Megatron's samples carry one token more than the inputs: its labels' last.
+    for (spec, tokens_per_sample) in [(flame, 64), (megatron, 65)] {
+        for endpoint in &endpoints {
+            let client = Client::connect(endpoint.clone(), &spec, 0, 2, None, 0).unwrap();
+            assert_eq!(client.tokens_per_sample, tokens_per_sample, "{endpoint}");
+            let client = runtime()
+                .block_on(AsyncClient::connect(endpoint.clone(), &spec, 0, 2, None, 0))
+                .unwrap();
+            assert_eq!(client.tokens_per_sample, tokens_per_sample, "{endpoint}");
+        }
+    }
+}
