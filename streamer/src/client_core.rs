@@ -319,7 +319,7 @@ fn unexpected(event: &Event) -> Failure {
 }
 
 /// What the core waits for on the current connection.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Awaiting {
     /// No connection of use: none yet, or one that failed. A new one starts with `connect`.
     Connection,
@@ -553,9 +553,12 @@ impl ClientCore {
         received
     }
 
+    /// [`ClientCore::receive`]: what `message` means given what the connection awaited.
     fn take(&mut self, message: Message, out: &mut Vec<u8>) -> Result<Event, Failure> {
-        let awaiting = std::mem::replace(&mut self.awaiting, Awaiting::Nothing);
-        let event = match (awaiting, message) {
+        match (
+            std::mem::replace(&mut self.awaiting, Awaiting::Nothing),
+            message,
+        ) {
             (
                 Awaiting::Welcome,
                 Message::Welcome {
@@ -564,98 +567,126 @@ impl ClientCore {
                     micro_steps,
                     ..
                 },
-            ) => {
-                self.fingerprint = fingerprint;
-                self.micro_steps = micro_steps;
-                self.tokens_per_sample = seq_len;
-                if let Some(slots) = self.shm_slots {
-                    self.awaiting = Awaiting::Ring;
-                    encode(&Message::ShmOpen { slots }, out);
-                    Event::Continue
-                } else {
-                    Event::Welcomed
-                }
-            }
+            ) => Ok(self.welcomed(fingerprint, seq_len, micro_steps, out)),
             (Awaiting::Ring, Message::ShmReady { slots, slot_bytes }) => {
                 self.has_ring = true;
-                Event::RingReady { slots, slot_bytes }
-            }
-            (Awaiting::StaleThenRing, Message::Batch { .. } | Message::Slot { .. }) => {
-                self.awaiting = Awaiting::Ring;
-                Event::Continue
+                Ok(Event::RingReady { slots, slot_bytes })
             }
             (
-                Awaiting::StaleThenAsk { at, next },
+                then @ (Awaiting::StaleThenRing | Awaiting::StaleThenAsk { .. }),
                 stale @ (Message::Batch { .. } | Message::Slot { .. }),
             ) => {
-                if let Message::Slot { slot, .. } = stale {
-                    encode(&Message::Release { slot }, out);
-                }
-                request(Some(at), out);
-                request(next, out);
-                self.awaiting = Awaiting::Answer { at, next };
-                Event::Continue
+                self.drop_stale(then, &stale, out);
+                Ok(Event::Continue)
             }
+            // Past the job's end, say: the server has closed the connection.
             (
                 Awaiting::StaleThenRing | Awaiting::StaleThenAsk { .. },
                 Message::Error { message },
-            ) => {
-                // Past the job's end, say: the server has closed the connection.
-                return Err(Failure::Dropped(format!(
-                    "the request made ahead was refused: {message}"
-                )));
+            ) => Err(Failure::Dropped(format!(
+                "the request made ahead was refused: {message}"
+            ))),
+            (Awaiting::Answer { at, next }, answer) => self.answer(at, next, answer),
+            (_, Message::Error { message }) => Err(Failure::Refused(message)),
+            (awaiting, other) => Err(Failure::Refused(format!(
+                "expected {}, got {}",
+                awaiting.expected(),
+                describe(&other)
+            ))),
+        }
+    }
+
+    /// Keeps what the `Welcome` says; asks for the ring when shared memory is on.
+    fn welcomed(
+        &mut self,
+        fingerprint: String,
+        tokens_per_sample: u32,
+        micro_steps: u32,
+        out: &mut Vec<u8>,
+    ) -> Event {
+        self.fingerprint = fingerprint;
+        self.micro_steps = micro_steps;
+        self.tokens_per_sample = tokens_per_sample;
+        match self.shm_slots {
+            Some(slots) => {
+                self.awaiting = Awaiting::Ring;
+                encode(&Message::ShmOpen { slots }, out);
+                Event::Continue
             }
-            (Awaiting::Answer { at, next }, answer) => {
-                let event = match answer {
-                    Message::Batch {
-                        step,
-                        micro_step,
-                        samples,
-                    } if self.shm_slots.is_none() && (step, micro_step) == at => {
-                        Event::Batch(samples)
-                    }
-                    Message::Slot {
-                        step,
-                        micro_step,
-                        slot,
-                        bytes,
-                    } if self.has_ring && (step, micro_step) == at => {
-                        self.held = Some(slot);
-                        Event::Slot { slot, bytes }
-                    }
-                    Message::Error { message } => return Err(Failure::Refused(message)),
-                    other => {
-                        let kind = if self.shm_slots.is_some() {
-                            "Slot"
-                        } else {
-                            "Batch"
-                        };
-                        return Err(Failure::Refused(format!(
-                            "expected the {kind} of ({}, {}), got {}",
-                            at.0,
-                            at.1,
-                            describe(&other)
-                        )));
-                    }
+            None => Event::Welcomed,
+        }
+    }
+
+    /// Throws away the answer to a request made ahead that nobody wants any more (giving its slot
+    /// back), then goes on as `then` says: waits for the ring, or asks.
+    fn drop_stale(&mut self, then: Awaiting, stale: &Message, out: &mut Vec<u8>) {
+        if let Message::Slot { slot, .. } = stale
+            && matches!(then, Awaiting::StaleThenAsk { .. })
+        {
+            encode(&Message::Release { slot: *slot }, out);
+        }
+        self.awaiting = match then {
+            Awaiting::StaleThenAsk { at, next } => {
+                request(Some(at), out);
+                request(next, out);
+                Awaiting::Answer { at, next }
+            }
+            _ => Awaiting::Ring,
+        };
+    }
+
+    /// The answer for `at`: its `Batch` (its `Slot` once the ring is open), or a refusal.
+    fn answer(
+        &mut self,
+        at: Position,
+        next: Option<Position>,
+        answer: Message,
+    ) -> Result<Event, Failure> {
+        let event = match answer {
+            Message::Batch {
+                step,
+                micro_step,
+                samples,
+            } if self.shm_slots.is_none() && (step, micro_step) == at => Event::Batch(samples),
+            Message::Slot {
+                step,
+                micro_step,
+                slot,
+                bytes,
+            } if self.has_ring && (step, micro_step) == at => {
+                self.held = Some(slot);
+                Event::Slot { slot, bytes }
+            }
+            Message::Error { message } => return Err(Failure::Refused(message)),
+            other => {
+                let kind = if self.shm_slots.is_some() {
+                    "Slot"
+                } else {
+                    "Batch"
                 };
-                self.ahead = next;
-                event
-            }
-            (_, Message::Error { message }) => return Err(Failure::Refused(message)),
-            (awaiting, other) => {
                 return Err(Failure::Refused(format!(
-                    "expected {}, got {}",
-                    match awaiting {
-                        Awaiting::Welcome => "Welcome",
-                        Awaiting::Connection => "no message (not connected)",
-                        Awaiting::Ring | Awaiting::StaleThenRing => "ShmReady",
-                        _ => "no message",
-                    },
+                    "expected the {kind} of ({}, {}), got {}",
+                    at.0,
+                    at.1,
                     describe(&other)
                 )));
             }
         };
+        self.ahead = next;
         Ok(event)
+    }
+}
+
+impl Awaiting {
+    /// The message awaited, for an error that names what came instead.
+    fn expected(&self) -> &'static str {
+        match self {
+            Self::Welcome => "Welcome",
+            Self::Connection => "no message (not connected)",
+            Self::Ring | Self::StaleThenRing => "ShmReady",
+            Self::Nothing => "no message",
+            Self::StaleThenAsk { .. } | Self::Answer { .. } => "an answer",
+        }
     }
 }
 
