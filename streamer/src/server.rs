@@ -282,95 +282,132 @@ fn session(shared: &Shared, conn: &mut Box<dyn Connection>) -> Result<(), String
     let (stream, _lease, rank, world_size, micro_steps) = welcome(shared, conn, &mut buf)?;
     let fingerprint = stream.spec().fingerprint();
     let _client = ClientSeen::new(&shared.metrics, &fingerprint, rank);
-    let micro_steps = u64::from(micro_steps);
-    // The position after `at`; none after the last step there is.
-    let advance = |(step, micro_step): (u64, u64)| {
-        if micro_step + 1 == micro_steps {
-            step.checked_add(1).map(|step| (step, 0))
-        } else {
-            Some((step, micro_step + 1))
-        }
+    let mut session = Session {
+        shared,
+        stream: &stream,
+        fingerprint: &fingerprint,
+        shape: (rank, world_size),
+        micro_steps: u64::from(micro_steps),
+        ring: None,
+        ahead: Ahead::default(),
+        batch: BatchBuffers::default(),
     };
-    let mut ahead = Ahead::default();
-    let mut ring: Option<Ring> = None;
-    let mut batch = BatchBuffers::default();
-    let shape = (rank, world_size);
     loop {
-        // Prepare the next micro-batches while the client has nothing waiting, up to the depth (and the
-        // free slots of a ring); stop ahead of an error (past the job's end), sent only if asked for.
-        while let Some(next) = ahead.next
-            && ahead.queue.len() < shared.prefetch_depth
-            && ahead.queue.back().is_none_or(|(_, b)| b.is_ok())
-            && !request_waiting(conn.as_ref(), &buf)?
-        {
-            let Some(prepared) = prepare(&stream, next, shape, ring.as_mut(), &mut batch) else {
-                break;
-            };
-            ahead.queue.push_back((next, prepared));
-            ahead.next = advance(next);
-        }
+        session.prefetch(conn.as_ref(), &buf)?;
         let Some(message) = read_message(conn.as_mut(), &mut buf, Limits::CLIENT_FRAMES)
             .map_err(|e| e.to_string())?
         else {
             return Ok(());
         };
-        let at = match message {
-            Message::Request { step, micro_step } => (step, micro_step),
+        if let Some(answer) = session.handle(conn.as_ref(), message)? {
+            conn.write_all(&answer).map_err(|e| format!("write: {e}"))?;
+        }
+    }
+}
+
+/// A welcomed client's state: its job and place in it, its ring, and what is prepared ahead for it.
+struct Session<'a> {
+    shared: &'a Shared,
+    stream: &'a Stream,
+    fingerprint: &'a str,
+    /// (rank, world size).
+    shape: (u32, u32),
+    micro_steps: u64,
+    ring: Option<Ring>,
+    ahead: Ahead,
+    /// Where micro-batches are computed, reused.
+    batch: BatchBuffers,
+}
+
+impl Session<'_> {
+    /// Prepares the next micro-batches while the client has nothing waiting, up to the depth (and the
+    /// free slots of a ring); stops ahead of an error (past the job's end), sent only if asked for.
+    fn prefetch(&mut self, conn: &dyn Connection, buf: &[u8]) -> Result<(), String> {
+        while let Some(next) = self.ahead.next
+            && self.ahead.queue.len() < self.shared.prefetch_depth
+            && self.ahead.queue.back().is_none_or(|(_, b)| b.is_ok())
+            && !request_waiting(conn, buf)?
+        {
+            let Some(prepared) = self.prepare(next) else {
+                break;
+            };
+            self.ahead.queue.push_back((next, prepared));
+            self.ahead.next = self.advance(next);
+        }
+        Ok(())
+    }
+
+    /// Handles one message from the client: the answer to send for a `Request`, nothing for the others.
+    fn handle(
+        &mut self,
+        conn: &dyn Connection,
+        message: Message,
+    ) -> Result<Option<Vec<u8>>, String> {
+        match message {
+            Message::Request { step, micro_step } => self.serve((step, micro_step)).map(Some),
             Message::ShmOpen { slots } => {
-                ring = Some(open_ring(conn.as_ref(), &stream, slots)?);
+                self.ring = Some(open_ring(conn, self.stream, slots)?);
                 // Batches prepared ahead are frames; slots want slot images.
-                ahead = Ahead::default();
-                continue;
+                self.ahead = Ahead::default();
+                Ok(None)
             }
             Message::Release { slot } => {
-                ring.as_mut()
+                self.ring
+                    .as_mut()
                     .ok_or("Release without a shared-memory ring")?
                     .release(slot)?;
-                continue;
+                Ok(None)
             }
-            other => return Err(format!("expected Request, got {}", other.kind())),
-        };
-        if at.1 >= micro_steps {
+            other => Err(format!("expected Request, got {}", other.kind())),
+        }
+    }
+
+    /// The answer for the micro-batch at `at`: from what was prepared ahead when the client asks for
+    /// the next micro-batch, as it does in training; any other request starts over from there.
+    fn serve(&mut self, at: (u64, u64)) -> Result<Vec<u8>, String> {
+        if at.1 >= self.micro_steps {
             return Err(format!(
-                "batch shape: micro-step {} is past the {micro_steps} micro-steps of a step",
-                at.1
+                "batch shape: micro-step {} is past the {} micro-steps of a step",
+                at.1, self.micro_steps
             ));
         }
-        // Served from what was prepared ahead when the client asks for the next micro-batch, as it
-        // does in training; any other request starts over from there.
-        let prepared = match ahead.queue.front() {
-            Some((position, _)) if *position == at => ahead.queue.pop_front().expect("a front").1,
+        let prepared = match self.ahead.queue.front() {
+            Some((position, _)) if *position == at => {
+                self.ahead.queue.pop_front().expect("a front").1
+            }
             _ => {
-                ahead.discard(ring.as_mut());
-                ahead.next = advance(at);
-                prepare(&stream, at, shape, ring.as_mut(), &mut batch).ok_or_else(|| {
+                self.ahead.discard(self.ring.as_mut());
+                self.ahead.next = self.advance(at);
+                self.prepare(at).ok_or_else(|| {
                     format!(
                         "the client holds all {} slots; release one before asking for more",
-                        ring.as_ref().map_or(0, Ring::slots)
+                        self.ring.as_ref().map_or(0, Ring::slots)
                     )
                 })?
             }
         };
         let (ready, tokens_per_dataset) = prepared?;
         // Counted before the write, so a client that has its batch sees it in the metrics.
-        shared.metrics.served(
-            &fingerprint,
-            rank,
+        self.shared.metrics.served(
+            self.fingerprint,
+            self.shape.0,
             at.0,
             &tokens_per_dataset,
-            ahead.queue.len(),
+            self.ahead.queue.len(),
         );
-        let frame = match ready {
+        Ok(match ready {
             Ready::Frame(frame) => frame,
             Ready::Slot(slot, bytes) => {
-                ring.as_mut()
+                self.ring
+                    .as_mut()
                     .expect("slots come from a ring")
                     .hand_over(slot);
                 let mut frame = Vec::new();
+                let (step, micro_step) = at;
                 encode(
                     &Message::Slot {
-                        step: at.0,
-                        micro_step: at.1,
+                        step,
+                        micro_step,
                         slot,
                         bytes,
                     },
@@ -378,8 +415,27 @@ fn session(shared: &Shared, conn: &mut Box<dyn Connection>) -> Result<(), String
                 );
                 frame
             }
-        };
-        conn.write_all(&frame).map_err(|e| format!("write: {e}"))?;
+        })
+    }
+
+    /// [`prepare`] for this client.
+    fn prepare(&mut self, at: (u64, u64)) -> Option<Prepared> {
+        prepare(
+            self.stream,
+            at,
+            self.shape,
+            self.ring.as_mut(),
+            &mut self.batch,
+        )
+    }
+
+    /// The position after `at`; none after the last step there is.
+    fn advance(&self, (step, micro_step): (u64, u64)) -> Option<(u64, u64)> {
+        if micro_step + 1 == self.micro_steps {
+            step.checked_add(1).map(|step| (step, 0))
+        } else {
+            Some((step, micro_step + 1))
+        }
     }
 }
 
