@@ -333,6 +333,9 @@ impl Session<'_> {
             };
             self.ahead.queue.push_back((next, prepared));
             self.ahead.next = self.advance(next);
+            self.shared
+                .metrics
+                .prefetched(self.fingerprint, self.shape.0, 1, 0);
         }
         Ok(())
     }
@@ -371,12 +374,18 @@ impl Session<'_> {
                 at.1, self.micro_steps
             ));
         }
+        self.ahead.asked(at, self.micro_steps);
         let prepared = match self.ahead.queue.front() {
             Some((position, _)) if *position == at => {
                 self.ahead.queue.pop_front().expect("a front").1
             }
             _ => {
-                self.ahead.discard(self.ring.as_mut());
+                let discarded = self.ahead.discard(self.ring.as_mut());
+                if discarded > 0 {
+                    self.shared
+                        .metrics
+                        .prefetched(self.fingerprint, self.shape.0, 0, discarded);
+                }
                 self.ahead.next = self.advance(at);
                 self.prepare(at).ok_or_else(|| {
                     format!(
@@ -429,13 +438,16 @@ impl Session<'_> {
         )
     }
 
-    /// The position after `at`; none after the last step there is.
-    fn advance(&self, (step, micro_step): (u64, u64)) -> Option<(u64, u64)> {
-        if micro_step + 1 == self.micro_steps {
-            step.checked_add(1).map(|step| (step, 0))
-        } else {
-            Some((step, micro_step + 1))
-        }
+    /// The position the client will ask for after `at`: [`Ahead::stride`] micro-batches on; none past
+    /// the last step there is.
+    fn advance(&self, at: (u64, u64)) -> Option<(u64, u64)> {
+        let position = linear(at, self.micro_steps) + u128::from(self.ahead.stride);
+        let micro_steps = u128::from(self.micro_steps);
+        let step = u64::try_from(position / micro_steps).ok()?;
+        Some((
+            step,
+            u64::try_from(position % micro_steps).expect("below micro_steps"),
+        ))
     }
 }
 
@@ -577,24 +589,62 @@ type Prepared = Result<(Ready, Vec<u64>), String>;
 
 /// Micro-batches of one connection prepared ahead, in order, by the connection's own thread while
 /// the client is busy with the last one (no thread hand-off per batch).
-#[derive(Default)]
+///
+/// They are the ones the client will ask for next if it goes on as its last two requests went: a
+/// trainer asks for every micro-batch in turn (a stride of 1), a `DataLoader` worker of `W` for every
+/// `W`-th (a stride of `W`, its own read-ahead included).
 struct Ahead {
     /// (step, micro-step) and its batch.
     queue: std::collections::VecDeque<((u64, u64), Prepared)>,
     /// The next position to prepare; `None` until the first request.
     next: Option<(u64, u64)>,
+    /// The last request, as a micro-batch position ([`linear`]).
+    last_asked: Option<u128>,
+    /// Micro-batches between the last two requests; 1 without two requests in increasing order.
+    stride: u64,
+}
+
+impl Default for Ahead {
+    fn default() -> Self {
+        Self {
+            queue: std::collections::VecDeque::new(),
+            next: None,
+            last_asked: None,
+            stride: 1,
+        }
+    }
 }
 
 impl Ahead {
-    /// Throws away what was prepared, freeing its slots.
-    fn discard(&mut self, ring: Option<&mut Ring>) {
+    /// The client asked for `at`: the stride is the distance from its last request, when it went
+    /// forward (by at most `u64::MAX` micro-batches), else 1.
+    fn asked(&mut self, at: (u64, u64), micro_steps: u64) {
+        let position = linear(at, micro_steps);
+        self.stride = self
+            .last_asked
+            .and_then(|last| position.checked_sub(last))
+            .and_then(|gap| u64::try_from(gap).ok())
+            .filter(|&gap| gap > 0)
+            .unwrap_or(1);
+        self.last_asked = Some(position);
+    }
+
+    /// Throws away what was prepared, freeing its slots; returns how many micro-batches were.
+    fn discard(&mut self, ring: Option<&mut Ring>) -> u64 {
         let mut ring = ring;
+        let discarded = self.queue.len() as u64;
         for (_, prepared) in self.queue.drain(..) {
             if let (Ok((Ready::Slot(slot, _), _)), Some(ring)) = (prepared, ring.as_deref_mut()) {
                 ring.discard(slot);
             }
         }
+        discarded
     }
+}
+
+/// Micro-batch `(step, micro_step)`'s place in the job's sequence of micro-batches.
+fn linear((step, micro_step): (u64, u64), micro_steps: u64) -> u128 {
+    u128::from(step) * u128::from(micro_steps) + u128::from(micro_step)
 }
 
 /// Computes rank `rank`'s micro-batch at `at` into `batch` and packages it: into a free slot of `ring`
@@ -769,6 +819,23 @@ mod tests {
             "{answer:?}"
         );
         assert_eq!(gauge(metrics, "flame_stream_connections"), 0);
+    }
+
+    #[test]
+    fn the_prefetch_stride_is_the_gap_between_the_last_two_requests_forward_else_one() {
+        let mut ahead = Ahead::default();
+        let micro_steps = 4;
+        let mut strides = Vec::new();
+        // First; 3 on (across a step); 3 on; back; the same again; u64::MAX steps on.
+        for at in [(0, 1), (1, 0), (1, 3), (0, 0), (0, 0), (u64::MAX, 3)] {
+            ahead.asked(at, micro_steps);
+            strides.push(ahead.stride);
+        }
+        assert_eq!(
+            strides,
+            [1, 3, 3, 1, 1, 1],
+            "a gap past u64::MAX falls back to 1"
+        );
     }
 
     #[test]

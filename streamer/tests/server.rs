@@ -632,3 +632,104 @@ fn a_server_that_keeps_dropping_the_connection_is_given_up_on() {
     assert!(matches!(err, ClientError::Unreachable { .. }), "{err}");
     assert!(err.to_string().contains("dropped 3 times"), "{err}");
 }
+
+/// Waits until `/metrics` at `addr` shows `want` on the line starting with `line_start`: the server
+/// prepares ahead on the session's own thread, and says so in its counters.
+fn wait_for_metric(addr: std::net::SocketAddr, line_start: &str, want: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_mins(1);
+    loop {
+        let text = http_get(addr, "/metrics");
+        let got = metric(&text, line_start);
+        if got == want {
+            return;
+        }
+        assert!(
+            got < want && std::time::Instant::now() < deadline,
+            "{line_start}: {got}, waiting for {want}\n{text}"
+        );
+        std::thread::yield_now();
+    }
+}
+
+/// A `DataLoader` worker of `W` asks for every `W`-th micro-batch, the next one along with each request;
+/// the server prepares ahead at the stride of the client's last two requests, so each request after the
+/// second is served from what was prepared and nothing prepared is thrown away. A client that asks for
+/// every micro-batch in turn is served as before.
+#[test]
+fn the_server_prefetches_at_the_stride_the_client_asks_at() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = job(dir.path());
+    let running = serve(&ServerConfig {
+        listen: vec![Endpoint::Unix(dir.path().join("stride.sock"))],
+        prefetch_depth: 1,
+        metrics: Some("127.0.0.1:0".into()),
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    let (Endpoint::Unix(socket), Some(addr)) = (&running.endpoints[0], running.metrics) else {
+        panic!()
+    };
+    let fp = spec.fingerprint();
+    // Rank 0 as worker 1 of 3 (micro-batches 1, 4, 7, ... of 2 a step), rank 1 in turn.
+    for (rank, first, stride) in [(0u32, 1u64, 3u64), (1, 0, 1)] {
+        let counter = |name: &str| format!("flame_stream_{name}{{job=\"{fp}\",rank=\"{rank}\"}} ");
+        let at = |k: u64| {
+            let position = first + k * stride;
+            (position / 2, position % 2)
+        };
+        let request = |k: u64| {
+            let (step, micro_step) = at(k);
+            Message::Request { step, micro_step }
+        };
+        let mut conn = UnixStream::connect(socket).unwrap();
+        let mut hello = Vec::new();
+        encode(
+            &Message::Hello {
+                version: VERSION,
+                token: Vec::new(),
+                job: spec.to_toml(),
+                rank,
+                world_size: 2,
+            },
+            &mut hello,
+        );
+        conn.write_all(&hello).unwrap();
+        let mut buf = Vec::new();
+        let mut read = |conn: &mut UnixStream| {
+            flame_streamer::transport::read_message(conn, &mut buf, Limits::SERVER_FRAMES)
+                .unwrap()
+                .unwrap()
+        };
+        assert!(matches!(read(&mut conn), Message::Welcome { .. }));
+        // The first request and, in the same write, the one made ahead.
+        let mut frames = Vec::new();
+        encode(&request(0), &mut frames);
+        encode(&request(1), &mut frames);
+        conn.write_all(&frames).unwrap();
+        let batches = 8;
+        for k in 0..batches {
+            if k >= 2 {
+                // The server has prepared one ahead (the depth) since it answered the last request.
+                wait_for_metric(addr, &counter("prefetched_total"), k - 1);
+                let mut frame = Vec::new();
+                encode(&request(k), &mut frame);
+                conn.write_all(&frame).unwrap();
+            }
+            let Message::Batch {
+                step, micro_step, ..
+            } = read(&mut conn)
+            else {
+                panic!("rank {rank}: no batch for {:?}", at(k))
+            };
+            assert_eq!((step, micro_step), at(k));
+        }
+        wait_for_metric(addr, &counter("prefetched_total"), batches - 1);
+        let text = http_get(addr, "/metrics");
+        assert_eq!(metric(&text, &counter("batches_total")), batches);
+        assert_eq!(
+            metric(&text, &counter("prefetch_discarded_total")),
+            0,
+            "rank {rank}, stride {stride}: prepared for nothing\n{text}"
+        );
+    }
+}
