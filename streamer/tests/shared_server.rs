@@ -3,14 +3,14 @@
 //! client controls crashes the server or makes it allocate without bound; jobs without sessions are
 //! dropped; session errors are logged on the server.
 
-use std::io::{BufRead, Read};
+use std::io::{BufRead, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use flame_formats::TokenDtype;
 use flame_formats::megatron::IndexedDatasetBuilder;
-use flame_streamer::protocol::{Message, VERSION, encode};
+use flame_streamer::protocol::{Limits, Message, VERSION, decode, encode};
 use flame_streamer::server::{Endpoint, ServerConfig, serve};
 
 use crate::server::{http_get, metric, raw_exchange, write_dataset};
@@ -123,12 +123,90 @@ fn a_job_may_name_only_datasets_under_the_data_root() {
             assert!(
                 message.contains(&format!("{escape:?}"))
                     && message.contains(&format!(
-                        "not under the server's data root {}",
+                        "leads outside the server's data root {}",
                         canonical_root.display()
                     )),
                 "{escape}: {message}"
             );
         }
+    }
+}
+
+/// Sends `bytes` and reads the answer until the server closes, failing (not hanging) if it does not
+/// within a minute: a session stuck opening a FIFO never answers.
+fn exchange_or_fail(socket: &Path, bytes: &[u8]) -> Vec<Message> {
+    let mut conn = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    conn.set_read_timeout(Some(Duration::from_mins(1))).unwrap();
+    conn.write_all(bytes).unwrap();
+    conn.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = Vec::new();
+    conn.read_to_end(&mut answer)
+        .unwrap_or_else(|e| panic!("no answer ({e}): the server is stuck opening a file"));
+    let mut messages = Vec::new();
+    let mut at = 0;
+    while let Some((m, used)) = decode(&answer[at..], Limits::SERVER_FRAMES).unwrap() {
+        messages.push(m);
+        at += used;
+    }
+    messages
+}
+
+/// Review of issue 16: every file of a dataset under the data root is checked before it is opened (a
+/// link out of the root to a FIFO would hang the session that opened it; a manifest outside would be
+/// read and parsed), and the refusal names only what the client named, not where the link leads.
+#[test]
+fn links_out_of_the_data_root_are_refused_before_anything_is_opened_or_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, outside) = (dir.path().join("root"), dir.path().join("outside"));
+    std::fs::create_dir_all(root.join("dir")).unwrap();
+    std::fs::create_dir_all(root.join("manifest")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    write_dataset(&outside.join("b"), 2);
+    let fifo = outside.join("fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    std::fs::write(
+        outside.join("manifest.json"),
+        "not json: the server must not read it",
+    )
+    .unwrap();
+    let link =
+        |target: &Path, name: &str| std::os::unix::fs::symlink(target, root.join(name)).unwrap();
+    // A prefix and a directory of prefixes whose .idx is a FIFO outside; a manifest outside.
+    link(&fifo, "evil.idx");
+    link(&outside.join("b.bin"), "evil.bin");
+    link(&fifo, "dir/x.idx");
+    link(&outside.join("b.bin"), "dir/x.bin");
+    link(&outside.join("manifest.json"), "manifest/manifest.json");
+    let (socket, _) = start(
+        dir.path(),
+        ServerConfig {
+            data_root: Some(root.clone()),
+            ..ServerConfig::default()
+        },
+    );
+    let outside = outside.canonicalize().unwrap();
+    // Named through the directory, a file of the dataset leads out; named itself, the path does.
+    for (path, through) in [
+        ("evil", " (through its file evil.idx)"),
+        ("dir", " (through its file dir/x.idx)"),
+        ("manifest", " (through its file manifest/manifest.json)"),
+        ("evil.idx", ""),
+        ("manifest/manifest.json", ""),
+    ] {
+        let answer = exchange_or_fail(&socket, &frames(&job_toml(&[path], ""), 0, 1, &[]));
+        let message = refusal(&answer);
+        assert_eq!(
+            message,
+            format!(
+                "dataset {path:?} leads outside the server's data root {}{through}",
+                root.canonicalize().unwrap().display()
+            ),
+        );
+        assert!(
+            !message.contains(outside.to_str().unwrap()),
+            "{path}: the link's target told to the client: {message}"
+        );
     }
 }
 
