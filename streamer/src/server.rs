@@ -28,7 +28,8 @@ use crate::data_root::DataRoot;
 use crate::jobs::{Jobs, Lease, Opener};
 use crate::metrics::{Metrics, serve_http};
 use crate::protocol::{
-    Limits, Message, SampleParts, VERSION, decode, encode, encode_batch as encode_batch_frame,
+    END_OF_JOB, Limits, Message, SampleParts, VERSION, decode, encode,
+    encode_batch as encode_batch_frame,
 };
 use crate::shm::{self, MAX_SLOTS, Ring};
 use crate::spec::JobSpec;
@@ -647,6 +648,21 @@ fn linear((step, micro_step): (u64, u64), micro_steps: u64) -> u128 {
     u128::from(step) * u128::from(micro_steps) + u128::from(micro_step)
 }
 
+/// The refusal of micro-batch `(step, micro_step)` when the job does not have it for every rank (the
+/// last rank's samples lie past the job's end): [`END_OF_JOB`] and why.
+fn end_of_job(stream: &Stream, (step, micro_step): (u64, u64), world_size: u32) -> Option<String> {
+    let num_samples = stream.num_samples()?;
+    let last_rank = stream
+        .micro_batch_indices(step, micro_step, world_size.checked_sub(1)?, world_size)
+        .ok()?;
+    (last_rank.end > num_samples).then(|| {
+        format!(
+            "{END_OF_JOB}micro-batch ({step}, {micro_step}) of {world_size} ranks ends at sample {}, past the job's {num_samples} samples",
+            last_rank.end
+        )
+    })
+}
+
 /// Computes rank `rank`'s micro-batch at `at` into `batch` and packages it: into a free slot of `ring`
 /// (`None` when none is free), or as a `Batch` frame.
 fn prepare(
@@ -656,6 +672,9 @@ fn prepare(
     ring: Option<&mut Ring>,
     batch: &mut BatchBuffers,
 ) -> Option<Prepared> {
+    if let Some(end) = end_of_job(stream, (step, micro_step), world_size) {
+        return Some(Err(end));
+    }
     if ring.as_ref().is_some_and(|r| r.all_held()) {
         return None;
     }

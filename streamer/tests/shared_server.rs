@@ -422,3 +422,51 @@ fn session_errors_are_logged_on_the_server_with_the_peer_job_and_rank() {
         "{message} / {line}"
     );
 }
+
+/// The job's end is the last micro-batch every rank has, and a request past it, of any rank, is refused
+/// with an `Error` that says so (`protocol::END_OF_JOB`), for a job of `num_samples` as for one of
+/// `epochs`: clients that do not know the job's length (the Python client of an `epochs` job) stop there.
+#[test]
+fn a_request_past_the_jobs_end_is_refused_as_the_end_for_every_rank_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    write_dataset(&dir.path().join("a"), 1);
+    let a = dir.path().join("a");
+    let (socket, _) = start(dir.path(), ServerConfig::default());
+    let epochs_spec =
+        flame_streamer::spec::JobSpec::from_toml(&job_toml(&[a.to_str().unwrap()], "epochs = 1"))
+            .unwrap();
+    let epoch_samples = flame_streamer::stream::Stream::open(epochs_spec)
+        .unwrap()
+        .num_samples()
+        .unwrap();
+    // 10 samples: micro-step (1, 0) of 2 ranks holds samples 8..12, rank 0's 8..10 and rank 1's 10..12:
+    // it is past the end for both.
+    for (extra, num_samples) in [("num_samples = 10", 10), ("epochs = 1", epoch_samples)] {
+        let job = job_toml(&[a.to_str().unwrap()], extra);
+        // Micro-batches of 2 samples, 2 ranks: 4 samples a micro-step, 2 micro-steps a step.
+        let complete = num_samples / 4;
+        let last = ((complete - 1) / 2, (complete - 1) % 2);
+        let past = (complete / 2, complete % 2);
+        for rank in 0..2 {
+            let answer = raw_exchange(
+                &socket,
+                &frames(
+                    &job,
+                    rank,
+                    2,
+                    &[request(last.0, last.1), request(past.0, past.1)],
+                ),
+            );
+            assert!(
+                matches!(answer[1], Message::Batch { step, micro_step, .. } if (step, micro_step) == last),
+                "{extra}, rank {rank}: {answer:?}"
+            );
+            let message = refusal(&answer);
+            assert!(
+                message.starts_with(flame_streamer::protocol::END_OF_JOB)
+                    && message.contains(&format!("past the job's {num_samples} samples")),
+                "{extra}, rank {rank}: {message}"
+            );
+        }
+    }
+}
