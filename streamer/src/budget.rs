@@ -1,4 +1,5 @@
-//! The server's memory budget for job state: what a job will hold, estimated before anything is built.
+//! The server's memory budgets: for job state, what a job will hold, estimated before anything is built;
+//! for sessions, the buffers they keep between requests ([`SessionMemory`]).
 //!
 //! A job's state is what [`Stream`](crate::stream::Stream) keeps besides the mapped files (which are the
 //! page cache's, shared, and not counted): in flame's order each dataset's block totals and bounded caches
@@ -8,14 +9,98 @@
 //! `num_samples`, so [`state_bytes`] is computed from the datasets' sizes alone and the server refuses a
 //! job that does not fit ([`crate::jobs`]) before allocating any of it. [`ByteSize`] is a byte count as
 //! people write it (`8GiB`).
+//!
+//! A session keeps, besides the micro-batch it is computing or sending (at most 1 GiB, checked), its
+//! client's shared-memory ring (at most 4 GiB) and the micro-batches it prepared ahead (`--prefetch` of
+//! them). Those are reserved against one [`SessionMemory`] for all sessions before they are allocated:
+//! a ring that does not fit is refused with the figures, and prefetching waits for room.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use crate::epoch;
 use crate::megatron::{GptIndex, normalize, samples_per_dataset};
+use crate::metrics::Metrics;
 use crate::mix::Mixer;
 use crate::spec::{JobSpec, Order};
 
 /// The budget when the server is not told one: 8 GiB.
 pub const DEFAULT_MAX_JOB_MEMORY: ByteSize = ByteSize(8 << 30);
+/// The budget for sessions' rings and prefetched micro-batches when the server is not told one: 8 GiB.
+pub const DEFAULT_MAX_SESSION_MEMORY: ByteSize = ByteSize(8 << 30);
+
+/// The bytes all sessions' rings and prefetched micro-batches may take together
+/// (`serve --max-session-memory`); what they hold is published as `flame_stream_session_bytes`.
+#[derive(Debug)]
+pub struct SessionMemory {
+    budget_bytes: u64,
+    metrics: Arc<Metrics>,
+}
+
+impl SessionMemory {
+    /// A budget of `budget_bytes`, its use counted in `metrics`.
+    pub fn new(budget_bytes: u64, metrics: Arc<Metrics>) -> Self {
+        Self {
+            budget_bytes,
+            metrics,
+        }
+    }
+
+    /// The budget.
+    pub fn budget_bytes(&self) -> u64 {
+        self.budget_bytes
+    }
+
+    /// Bytes reserved now.
+    pub fn held_bytes(&self) -> u64 {
+        self.metrics.session_bytes.load(Ordering::SeqCst)
+    }
+
+    /// Reserves `bytes` until the reservation is dropped; `None` when they do not fit beside what is
+    /// held.
+    pub fn reserve(&self, bytes: u64) -> Option<Reservation<'_>> {
+        self.metrics
+            .session_bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
+                held.checked_add(bytes)
+                    .filter(|&total| total <= self.budget_bytes)
+            })
+            .ok()?;
+        Some(Reservation {
+            memory: self,
+            bytes,
+        })
+    }
+}
+
+/// Bytes of [`SessionMemory`] held until dropped.
+#[derive(Debug)]
+#[must_use = "the bytes are given back when the reservation is dropped"]
+pub struct Reservation<'a> {
+    memory: &'a SessionMemory,
+    bytes: u64,
+}
+
+impl Reservation<'_> {
+    /// Gives back what is reserved beyond `bytes` (a micro-batch smaller than its bound).
+    pub fn shrink_to(&mut self, bytes: u64) {
+        let excess = self.bytes.saturating_sub(bytes);
+        self.memory
+            .metrics
+            .session_bytes
+            .fetch_sub(excess, Ordering::SeqCst);
+        self.bytes -= excess;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.memory
+            .metrics
+            .session_bytes
+            .fetch_sub(self.bytes, Ordering::SeqCst);
+    }
+}
 
 /// Bytes of state the job `spec` will hold once planned, over datasets of `documents[i]` documents each
 /// (in the job's split). `tokens(i)`, the tokens of dataset `i`'s split, is asked for only in Megatron's
@@ -209,6 +294,22 @@ mod tests {
             unreachable!("flame's order needs no token counts")
         });
         assert!(flame < 64 << 20, "{flame}");
+    }
+
+    #[test]
+    fn session_memory_is_reserved_within_its_budget_and_given_back_when_dropped() {
+        let memory = SessionMemory::new(100, Arc::default());
+        let mut frame = memory.reserve(60).unwrap();
+        assert!(memory.reserve(41).is_none(), "60 + 41 > 100");
+        frame.shrink_to(20);
+        let ring = memory.reserve(80).unwrap();
+        assert_eq!(memory.held_bytes(), 100);
+        assert!(memory.reserve(1).is_none());
+        drop(frame);
+        assert_eq!(memory.held_bytes(), 80);
+        drop(ring);
+        assert_eq!(memory.held_bytes(), 0);
+        assert!(memory.reserve(u64::MAX).is_none(), "no overflow");
     }
 
     #[test]

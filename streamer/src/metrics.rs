@@ -4,7 +4,8 @@
 //! Per job and rank: micro-batches and tokens served, tokens per dataset, the last step asked for, lag
 //! (the job's furthest step minus this rank's), the prefetch queue depth, micro-batches prefetched and
 //! those thrown away unasked, and connected clients. For the
-//! server: open connections, open jobs and the bytes of job state they hold. A job's rows go when the
+//! server: open connections, open jobs and the bytes of job state they hold, and the bytes of rings and
+//! prefetched micro-batches the sessions hold. A job's rows go when the
 //! job is dropped.
 
 use std::collections::BTreeMap;
@@ -39,6 +40,8 @@ pub struct Metrics {
     jobs: AtomicUsize,
     /// Bytes of state reserved by the open jobs.
     job_state_bytes: AtomicU64,
+    /// Bytes of rings and prefetched micro-batches the sessions hold ([`crate::budget::SessionMemory`]).
+    pub(crate) session_bytes: AtomicU64,
 }
 
 impl Metrics {
@@ -141,6 +144,16 @@ impl Metrics {
             out,
             "flame_stream_job_state_bytes {}",
             self.job_state_bytes.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP flame_stream_session_bytes Bytes of rings and prefetched micro-batches the sessions hold."
+        );
+        let _ = writeln!(out, "# TYPE flame_stream_session_bytes gauge");
+        let _ = writeln!(
+            out,
+            "flame_stream_session_bytes {}",
+            self.session_bytes.load(Ordering::Relaxed)
         );
         // Per rank: one value each, from its counters and the job's furthest step.
         let per_rank: [(&str, &str, &str, RankValue); 7] = [

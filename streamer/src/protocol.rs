@@ -370,6 +370,13 @@ pub fn encode(message: &Message, out: &mut Vec<u8>) {
 /// One sample of a `Batch` as borrowed parts: dataset, global index, `cu_seqlens`, tokens.
 pub type SampleParts<'a> = (u32, u64, &'a [u32], &'a [u32]);
 
+/// The largest `Batch` frame of `samples` samples of `tokens_per_sample` tokens: each with the most
+/// `cu_seqlens` a sample can have (one per token, plus one).
+pub fn batch_frame_bound(samples: u32, tokens_per_sample: u32) -> u64 {
+    let t = u64::from(tokens_per_sample);
+    25 + u64::from(samples) * (20 + 4 * (2 * t + 1))
+}
+
 /// Appends a `Batch` frame of `samples` to `out`, copying the arrays as they are.
 pub fn encode_batch(step: u64, micro_step: u64, samples: &[SampleParts<'_>], out: &mut Vec<u8>) {
     let start = out.len();

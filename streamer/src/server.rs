@@ -7,11 +7,13 @@
 //! batch is a pure function of the job and (step, micro-step, rank, world size), a client that
 //! reconnects — to this server or to a restarted one — simply asks for the step it needs next.
 //!
-//! No client can hurt the others: each session runs in a `tracing` span (endpoint, peer, job, rank) and
-//! its errors are logged as well as sent; a panic in one is caught, logged and answered with an `Error`
-//! frame, and the connection count is a guard released on unwind. Jobs are opened without blocking other
-//! jobs, kept within a memory budget and dropped when idle ([`crate::jobs`]); with a data root, jobs may
-//! name only files under it ([`crate::data_root`]).
+//! No client can crash the server or make it allocate without bound: each session runs in a `tracing`
+//! span (endpoint, peer, job, rank) and its errors are logged as well as sent; a panic in one is caught,
+//! logged and answered with an `Error` frame, and the connection count is a guard released on unwind.
+//! Jobs are opened without blocking other jobs, kept within a memory budget and dropped when idle
+//! ([`crate::jobs`]); sessions' rings and prefetched micro-batches are kept within another
+//! ([`crate::budget::SessionMemory`]), which clients share; with a data root, jobs may name only files
+//! under it ([`crate::data_root`]).
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
@@ -23,12 +25,14 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
 
-use crate::budget::{ByteSize, DEFAULT_MAX_JOB_MEMORY};
+use crate::budget::{
+    ByteSize, DEFAULT_MAX_JOB_MEMORY, DEFAULT_MAX_SESSION_MEMORY, Reservation, SessionMemory,
+};
 use crate::data_root::DataRoot;
 use crate::jobs::{Jobs, Lease, Opener};
 use crate::metrics::{Metrics, serve_http};
 use crate::protocol::{
-    END_OF_JOB, Limits, Message, SampleParts, VERSION, decode, encode,
+    END_OF_JOB, Limits, Message, SampleParts, VERSION, batch_frame_bound, decode, encode,
     encode_batch as encode_batch_frame,
 };
 use crate::shm::{self, MAX_SLOTS, Ring};
@@ -61,6 +65,9 @@ pub struct ServerConfig {
     pub metrics: Option<String>,
     /// Bytes of state all open jobs may hold together ([`crate::budget`]).
     pub max_job_memory: u64,
+    /// Bytes all sessions' rings and prefetched micro-batches may take together
+    /// ([`crate::budget::SessionMemory`]).
+    pub max_session_memory: u64,
     /// How long a job is kept once its last session has left.
     pub job_idle: Duration,
     /// The directory jobs' datasets must lie under; `None` trusts every client with every file the
@@ -78,6 +85,7 @@ impl Default for ServerConfig {
             prefetch_depth: DEFAULT_PREFETCH_DEPTH,
             metrics: None,
             max_job_memory: DEFAULT_MAX_JOB_MEMORY.0,
+            max_session_memory: DEFAULT_MAX_SESSION_MEMORY.0,
             job_idle: DEFAULT_JOB_IDLE,
             data_root: None,
         }
@@ -97,6 +105,7 @@ struct Shared {
     token: Option<String>,
     jobs: Jobs,
     metrics: Arc<Metrics>,
+    session_memory: SessionMemory,
     max_connections: usize,
     prefetch_depth: usize,
 }
@@ -121,6 +130,7 @@ fn serve_with(config: &ServerConfig, opener: Box<Opener>) -> std::io::Result<Run
             config.job_idle,
             Arc::clone(&metrics),
         ),
+        session_memory: SessionMemory::new(config.max_session_memory, Arc::clone(&metrics)),
         metrics,
         max_connections: config.max_connections,
         prefetch_depth: config.prefetch_depth,
@@ -290,6 +300,7 @@ fn session(shared: &Shared, conn: &mut Box<dyn Connection>) -> Result<(), String
         shape: (rank, world_size),
         micro_steps: u64::from(micro_steps),
         ring: None,
+        ring_reserved: None,
         ahead: Ahead::default(),
         batch: BatchBuffers::default(),
     };
@@ -315,24 +326,42 @@ struct Session<'a> {
     shape: (u32, u32),
     micro_steps: u64,
     ring: Option<Ring>,
-    ahead: Ahead,
+    /// The ring's bytes, of the sessions' budget.
+    ring_reserved: Option<Reservation<'a>>,
+    ahead: Ahead<'a>,
     /// Where micro-batches are computed, reused.
     batch: BatchBuffers,
 }
 
 impl Session<'_> {
     /// Prepares the next micro-batches while the client has nothing waiting, up to the depth (and the
-    /// free slots of a ring); stops ahead of an error (past the job's end), sent only if asked for.
+    /// free slots of a ring, and the sessions' memory budget); stops ahead of an error (past the job's
+    /// end), sent only if asked for.
     fn prefetch(&mut self, conn: &dyn Connection, buf: &[u8]) -> Result<(), String> {
         while let Some(next) = self.ahead.next
             && self.ahead.queue.len() < self.shared.prefetch_depth
-            && self.ahead.queue.back().is_none_or(|(_, b)| b.is_ok())
+            && self.ahead.queue.back().is_none_or(|(_, b, _)| b.is_ok())
             && !request_waiting(conn, buf)?
         {
+            // A slot is the ring's, reserved with it; a frame is reserved at its bound, then its size.
+            let mut reserved = None;
+            if self.ring.is_none() {
+                let bound = batch_frame_bound(
+                    self.stream.spec().micro_batch_size,
+                    self.stream.tokens_per_sample(),
+                );
+                let Some(reservation) = self.shared.session_memory.reserve(bound) else {
+                    break;
+                };
+                reserved = Some(reservation);
+            }
             let Some(prepared) = self.prepare(next) else {
                 break;
             };
-            self.ahead.queue.push_back((next, prepared));
+            if let (Some(reserved), Ok((Ready::Frame(frame), _))) = (&mut reserved, &prepared) {
+                reserved.shrink_to(frame.len() as u64);
+            }
+            self.ahead.queue.push_back((next, prepared, reserved));
             self.ahead.next = self.advance(next);
             self.shared
                 .metrics
@@ -350,9 +379,13 @@ impl Session<'_> {
         match message {
             Message::Request { step, micro_step } => self.serve((step, micro_step)).map(Some),
             Message::ShmOpen { slots } => {
-                self.ring = Some(open_ring(conn, self.stream, slots)?);
-                // Batches prepared ahead are frames; slots want slot images.
+                // Batches prepared ahead are frames; slots want slot images. What the old ring and
+                // they held goes back to the budget first.
                 self.ahead = Ahead::default();
+                (self.ring, self.ring_reserved) = (None, None);
+                let (ring, reserved) =
+                    open_ring(conn, self.stream, slots, &self.shared.session_memory)?;
+                (self.ring, self.ring_reserved) = (Some(ring), Some(reserved));
                 Ok(None)
             }
             Message::Release { slot } => {
@@ -377,7 +410,7 @@ impl Session<'_> {
         }
         self.ahead.asked(at, self.micro_steps);
         let prepared = match self.ahead.queue.front() {
-            Some((position, _)) if *position == at => {
+            Some((position, _, _)) if *position == at => {
                 self.ahead.queue.pop_front().expect("a front").1
             }
             _ => {
@@ -526,8 +559,14 @@ fn welcome<'a>(
     Ok((stream, lease, rank, world_size, micro_steps))
 }
 
-/// Creates a client's ring and sends it over the Unix socket with `ShmReady`.
-fn open_ring(conn: &dyn Connection, stream: &Stream, slots: u32) -> Result<Ring, String> {
+/// Creates a client's ring, its bytes reserved of the sessions' `memory`, and sends it over the Unix
+/// socket with `ShmReady`.
+fn open_ring<'a>(
+    conn: &dyn Connection,
+    stream: &Stream,
+    slots: u32,
+    memory: &'a SessionMemory,
+) -> Result<(Ring, Reservation<'a>), String> {
     let socket = conn.as_unix().ok_or("shared memory needs a Unix socket")?;
     if slots == 0 || slots > MAX_SLOTS {
         return Err(format!("a ring of {slots} slots: ask for 1..={MAX_SLOTS}"));
@@ -542,6 +581,15 @@ fn open_ring(conn: &dyn Connection, stream: &Stream, slots: u32) -> Result<Ring,
             ByteSize(MAX_RING_BYTES)
         ));
     }
+    let reserved = memory.reserve(ring_bytes).ok_or_else(|| {
+        format!(
+            "a ring of {slots} slots of {} is {}, more than the sessions' buffers have left: {} of {} (serve --max-session-memory) are held; ask for fewer slots, or read batches over the socket",
+            ByteSize(bytes),
+            ByteSize(ring_bytes),
+            ByteSize(memory.held_bytes()),
+            ByteSize(memory.budget_bytes())
+        )
+    })?;
     let ring = Ring::create(slots, bytes).map_err(|e| format!("shared memory: {e}"))?;
     let mut frame = Vec::new();
     encode(
@@ -552,7 +600,7 @@ fn open_ring(conn: &dyn Connection, stream: &Stream, slots: u32) -> Result<Ring,
         &mut frame,
     );
     send_with_fd(socket, &frame, ring.fd()).map_err(|e| format!("write: {e}"))?;
-    Ok(ring)
+    Ok((ring, reserved))
 }
 
 /// Counts a connected client of a rank for as long as it lives.
@@ -594,9 +642,9 @@ type Prepared = Result<(Ready, Vec<u64>), String>;
 /// They are the ones the client will ask for next if it goes on as its last two requests went: a
 /// trainer asks for every micro-batch in turn (a stride of 1), a `DataLoader` worker of `W` for every
 /// `W`-th (a stride of `W`, its own read-ahead included).
-struct Ahead {
-    /// (step, micro-step) and its batch.
-    queue: std::collections::VecDeque<((u64, u64), Prepared)>,
+struct Ahead<'a> {
+    /// (step, micro-step), its batch, and the bytes its frame holds of the sessions' budget.
+    queue: std::collections::VecDeque<((u64, u64), Prepared, Option<Reservation<'a>>)>,
     /// The next position to prepare; `None` until the first request.
     next: Option<(u64, u64)>,
     /// The last request, as a micro-batch position ([`linear`]).
@@ -605,7 +653,7 @@ struct Ahead {
     stride: u64,
 }
 
-impl Default for Ahead {
+impl Default for Ahead<'_> {
     fn default() -> Self {
         Self {
             queue: std::collections::VecDeque::new(),
@@ -616,7 +664,7 @@ impl Default for Ahead {
     }
 }
 
-impl Ahead {
+impl Ahead<'_> {
     /// The client asked for `at`: the stride is the distance from its last request, when it went
     /// forward (by at most `u64::MAX` micro-batches), else 1.
     fn asked(&mut self, at: (u64, u64), micro_steps: u64) {
@@ -634,7 +682,7 @@ impl Ahead {
     fn discard(&mut self, ring: Option<&mut Ring>) -> u64 {
         let mut ring = ring;
         let discarded = self.queue.len() as u64;
-        for (_, prepared) in self.queue.drain(..) {
+        for (_, prepared, _) in self.queue.drain(..) {
             if let (Ok((Ready::Slot(slot, _), _)), Some(ring)) = (prepared, ring.as_deref_mut()) {
                 ring.discard(slot);
             }

@@ -635,7 +635,7 @@ fn a_server_that_keeps_dropping_the_connection_is_given_up_on() {
 
 /// Waits until `/metrics` at `addr` shows `want` on the line starting with `line_start`: the server
 /// prepares ahead on the session's own thread, and says so in its counters.
-fn wait_for_metric(addr: std::net::SocketAddr, line_start: &str, want: u64) {
+pub fn wait_for_metric(addr: std::net::SocketAddr, line_start: &str, want: u64) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_mins(1);
     loop {
         let text = http_get(addr, "/metrics");

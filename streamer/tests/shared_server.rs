@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use flame_formats::TokenDtype;
 use flame_formats::megatron::IndexedDatasetBuilder;
+use flame_streamer::client::Client;
 use flame_streamer::protocol::{Limits, Message, VERSION, decode, encode};
 use flame_streamer::server::{Endpoint, ServerConfig, serve};
 
@@ -469,4 +470,58 @@ fn a_request_past_the_jobs_end_is_refused_as_the_end_for_every_rank_alike() {
             );
         }
     }
+}
+
+/// Review of issue 16: the sessions' rings and prefetched micro-batches stay within
+/// `--max-session-memory` together. A ring that does not fit beside the others is refused with the
+/// figures and opens once they are given back; a socket client whose prefetching finds no room is
+/// served all the same, on demand.
+#[test]
+fn the_sessions_rings_and_prefetched_batches_stay_within_their_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = crate::server::job(dir.path());
+    // Rings of 2 slots of 2 samples of 64 tokens: room for one, and less than a micro-batch beside it.
+    let ring = 2 * flame_streamer::shm::slot_bytes(2, 64);
+    let frame = flame_streamer::protocol::batch_frame_bound(2, 64);
+    let (socket, metrics) = start(
+        dir.path(),
+        ServerConfig {
+            max_session_memory: ring + frame - 1,
+            metrics: Some("127.0.0.1:0".into()),
+            ..ServerConfig::default()
+        },
+    );
+    let (endpoint, metrics) = (Endpoint::Unix(socket), metrics.unwrap());
+    let mut first = Client::connect(endpoint.clone(), &spec, 0, 2, None, 0).unwrap();
+    first.open_shared_memory(2).unwrap();
+    first.micro_batch_in_place(0, 0).unwrap();
+    let mut second = Client::connect(endpoint.clone(), &spec, 1, 2, None, 0).unwrap();
+    let refused = second.open_shared_memory(2).unwrap_err().to_string();
+    assert!(
+        refused.contains("more than the sessions' buffers have left: 8 KiB of")
+            && refused.contains("(serve --max-session-memory) are held"),
+        "{refused}"
+    );
+    // Nor can a socket client prepare anything ahead beside the ring: it is served on demand.
+    let mut third = Client::connect(endpoint.clone(), &spec, 1, 2, None, 0).unwrap();
+    third.set_read_ahead(false);
+    for (step, micro_step) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+        assert_eq!(third.micro_batch(step, micro_step).unwrap().len(), 2);
+    }
+    let text = http_get(metrics, "/metrics");
+    let fp = spec.fingerprint();
+    assert_eq!(
+        metric(
+            &text,
+            &format!("flame_stream_prefetched_total{{job=\"{fp}\",rank=\"1\"}}")
+        ),
+        0,
+        "{text}"
+    );
+    assert_eq!(metric(&text, "flame_stream_session_bytes "), ring);
+    // Once the first client has gone, its ring is given back and the second one's fits.
+    drop((first, third));
+    crate::server::wait_for_metric(metrics, "flame_stream_session_bytes ", 0);
+    second.open_shared_memory(2).unwrap();
+    assert_eq!(second.micro_batch_in_place(0, 0).unwrap().len(), 2);
 }
