@@ -217,30 +217,6 @@ impl std::fmt::Display for ByteSize {
 mod tests {
     use super::*;
     use crate::megatron::MegatronOrder;
-    use crate::spec::DatasetSpec;
-
-    fn spec(order: Order, weights: &[f64], num_samples: u64) -> JobSpec {
-        JobSpec {
-            seed: 1,
-            seq_len: 16,
-            context_len: None,
-            varlen: true,
-            micro_batch_size: 1,
-            global_batch_size: 1,
-            order,
-            split: None,
-            split_name: "train".into(),
-            num_samples: Some(num_samples),
-            epochs: None,
-            datasets: weights
-                .iter()
-                .map(|&weight| DatasetSpec {
-                    path: "x".into(),
-                    weight,
-                })
-                .collect(),
-        }
-    }
 
     /// Bytes the vectors of `index` hold.
     fn held(index: &GptIndex) -> u128 {
@@ -265,15 +241,13 @@ mod tests {
         // A blend adds each dataset's lengths and indices and the blend's 10 bytes per sample.
         let lengths = [lengths.clone(), lengths[..300].to_vec()];
         let tokens = |i: usize| lengths[i].iter().map(|&l| u64::from(l)).sum::<u64>();
-        let estimate = state_bytes(
-            &spec(Order::Megatron, &[0.7, 0.3], 400),
-            &[500, 300],
-            tokens,
-        );
-        MegatronOrder::build(&lengths, &[0.7, 0.3], 400, 16, 1).unwrap();
+        let blended = JobSpec::for_test(1, Order::Megatron, &[0.7, 0.3], Some(400));
+        let estimate = state_bytes(&blended, &[500, 300], tokens);
+        let seq_len = u64::from(blended.seq_len);
+        MegatronOrder::build(&lengths, &[0.7, 0.3], 400, seq_len, 1).unwrap();
         let sizes = samples_per_dataset(&normalize(&[0.7, 0.3]), 400);
         let indices: u128 = (0..2)
-            .map(|i| held(&GptIndex::build(&lengths[i], Some(sizes[i].1), 16, 1).unwrap()))
+            .map(|i| held(&GptIndex::build(&lengths[i], Some(sizes[i].1), seq_len, 1).unwrap()))
             .sum();
         let blend: u128 = sizes.iter().map(|s| u128::from(s.0)).sum::<u128>() * 10;
         assert_eq!(u128::from(estimate), 800 * 4 + indices + blend);
@@ -281,18 +255,28 @@ mod tests {
 
     #[test]
     fn the_estimate_grows_with_num_samples_and_saturates_instead_of_overflowing() {
-        let small = state_bytes(&spec(Order::Megatron, &[1.0], 1_000), &[100], |_| 5_000);
-        let large = state_bytes(&spec(Order::Megatron, &[1.0], 1_000_000), &[100], |_| 5_000);
+        let small = state_bytes(
+            &JobSpec::for_test(1, Order::Megatron, &[1.0], Some(1_000)),
+            &[100],
+            |_| 5_000,
+        );
+        let large = state_bytes(
+            &JobSpec::for_test(1, Order::Megatron, &[1.0], Some(1_000_000)),
+            &[100],
+            |_| 5_000,
+        );
         assert!(
             large > 1000 * small / 2 && large > 24_000_000,
             "{small} {large}"
         );
-        let huge = spec(Order::Megatron, &[1.0, 2.0], u64::MAX);
+        let huge = JobSpec::for_test(1, Order::Megatron, &[1.0, 2.0], Some(u64::MAX));
         assert_eq!(state_bytes(&huge, &[u64::MAX, 1], |_| 2), u64::MAX);
         // Flame's order does not depend on the samples, only on the documents.
-        let flame = state_bytes(&spec(Order::Flame, &[1.0], u64::MAX), &[10_000_000], |_| {
-            unreachable!("flame's order needs no token counts")
-        });
+        let flame = state_bytes(
+            &JobSpec::for_test(1, Order::Flame, &[1.0], Some(u64::MAX)),
+            &[10_000_000],
+            |_| unreachable!("flame's order needs no token counts"),
+        );
         assert!(flame < 64 << 20, "{flame}");
     }
 

@@ -12,6 +12,13 @@
 //! drivers of one sans-IO [`client_core`].
 #![warn(missing_docs)]
 
+// The unit tests share `tests/raw.rs` with the integration tests, which name this crate.
+#[cfg(test)]
+extern crate self as flame_streamer;
+#[cfg(test)]
+#[path = "../tests/raw.rs"]
+mod raw;
+
 pub mod async_client;
 pub mod budget;
 pub mod client;

@@ -764,31 +764,10 @@ fn prepare(
 
 #[cfg(test)]
 mod tests {
-    use std::io::Read;
-
     use super::*;
+    use crate::raw::{http_get, metric, raw_exchange};
     use crate::source::Documents;
-    use crate::spec::{DatasetSpec, Order};
-
-    fn spec(seed: u64) -> JobSpec {
-        JobSpec {
-            seed,
-            seq_len: 8,
-            context_len: None,
-            varlen: true,
-            micro_batch_size: 1,
-            global_batch_size: 1,
-            order: Order::Flame,
-            split: None,
-            split_name: "train".into(),
-            num_samples: None,
-            epochs: None,
-            datasets: vec![DatasetSpec {
-                path: "mem".into(),
-                weight: 1.0,
-            }],
-        }
-    }
+    use crate::spec::Order;
 
     /// `Hello` for `spec` as rank 0 of 1, then a request for the first micro-batch.
     fn hello_and_request(spec: &JobSpec) -> Vec<u8> {
@@ -813,34 +792,6 @@ mod tests {
         bytes
     }
 
-    /// Sends `bytes`, ends the write side, and reads every message until the server closes.
-    fn exchange(path: &std::path::Path, bytes: &[u8]) -> Vec<Message> {
-        let mut conn = UnixStream::connect(path).unwrap();
-        conn.write_all(bytes).unwrap();
-        conn.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut answer = Vec::new();
-        conn.read_to_end(&mut answer).unwrap();
-        let mut messages = Vec::new();
-        let mut at = 0;
-        while let Some((m, used)) = decode(&answer[at..], Limits::SERVER_FRAMES).unwrap() {
-            messages.push(m);
-            at += used;
-        }
-        messages
-    }
-
-    fn gauge(metrics: SocketAddr, name: &str) -> u64 {
-        let mut conn = std::net::TcpStream::connect(metrics).unwrap();
-        write!(conn, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-        let mut text = String::new();
-        conn.read_to_string(&mut text).unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-            .parse()
-            .unwrap()
-    }
-
     #[test]
     fn a_panicking_session_is_answered_and_uncounted_and_the_others_carry_on() {
         let dir = tempfile::tempdir().unwrap();
@@ -863,7 +814,10 @@ mod tests {
         };
         let metrics = running.metrics.unwrap();
         for _ in 0..2 {
-            let answer = exchange(socket, &hello_and_request(&spec(13)));
+            let answer = raw_exchange(
+                socket,
+                &hello_and_request(&JobSpec::for_test(13, Order::Flame, &[1.0], None)),
+            );
             let [Message::Error { message }] = answer.as_slice() else {
                 panic!("{answer:?}")
             };
@@ -873,11 +827,20 @@ mod tests {
                 "{message}"
             );
             // Counted out before the connection closed; the job that never opened is not kept.
-            assert_eq!(gauge(metrics, "flame_stream_connections"), 0);
-            assert_eq!(gauge(metrics, "flame_stream_jobs"), 0);
+            assert_eq!(
+                metric(&http_get(metrics, "/metrics"), "flame_stream_connections "),
+                0
+            );
+            assert_eq!(
+                metric(&http_get(metrics, "/metrics"), "flame_stream_jobs "),
+                0
+            );
         }
         // Every other job is served as before: nothing was poisoned.
-        let answer = exchange(socket, &hello_and_request(&spec(1)));
+        let answer = raw_exchange(
+            socket,
+            &hello_and_request(&JobSpec::for_test(1, Order::Flame, &[1.0], None)),
+        );
         assert!(
             matches!(
                 answer.as_slice(),
@@ -885,7 +848,10 @@ mod tests {
             ),
             "{answer:?}"
         );
-        assert_eq!(gauge(metrics, "flame_stream_connections"), 0);
+        assert_eq!(
+            metric(&http_get(metrics, "/metrics"), "flame_stream_connections "),
+            0
+        );
     }
 
     #[test]

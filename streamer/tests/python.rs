@@ -10,27 +10,7 @@ use flame_streamer::spec::JobSpec;
 use flame_streamer::stream::Stream;
 
 use crate::server::{job, start};
-use crate::util::Proxy;
-
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-pub fn python() -> PathBuf {
-    let output = Command::new("bash")
-        .arg(repo_root().join("tools/setup-python.sh"))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
-}
+use crate::util::{Proxy, python, repo_root};
 
 #[test]
 fn the_python_client_receives_exactly_the_streams_micro_batches() {

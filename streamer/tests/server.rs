@@ -12,10 +12,12 @@ use flame_formats::TokenDtype;
 use flame_formats::megatron::IndexedDatasetBuilder;
 use flame_streamer::async_client::AsyncClient;
 use flame_streamer::client::{Client, ClientError};
-use flame_streamer::protocol::{Limits, Message, VERSION, decode, encode};
+use flame_streamer::protocol::{Limits, Message, VERSION, encode};
 use flame_streamer::server::{Endpoint, ServerConfig, serve};
 use flame_streamer::spec::JobSpec;
 use flame_streamer::stream::Stream;
+
+use crate::raw::{http_get, metric, raw_exchange, wait_for_metric};
 
 pub fn write_dataset(prefix: &Path, seed: u32) {
     let mut builder = IndexedDatasetBuilder::create(prefix, TokenDtype::Uint16).unwrap();
@@ -332,21 +334,6 @@ fn sixty_four_concurrent_clients_each_get_exactly_their_slice() {
     assert_eq!(all, (0..steps * 128).collect::<Vec<_>>());
 }
 
-pub fn raw_exchange(path: &Path, bytes: &[u8]) -> Vec<Message> {
-    let mut conn = UnixStream::connect(path).unwrap();
-    conn.write_all(bytes).unwrap();
-    conn.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut answer = Vec::new();
-    conn.read_to_end(&mut answer).unwrap();
-    let mut messages = Vec::new();
-    let mut at = 0;
-    while let Some((m, used)) = decode(&answer[at..], Limits::SERVER_FRAMES).unwrap() {
-        messages.push(m);
-        at += used;
-    }
-    messages
-}
-
 #[test]
 fn bad_clients_get_an_error_and_the_server_carries_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -511,23 +498,6 @@ fn kill_9_and_restart(shared_memory: bool) {
     assert_eq!(received.len(), 24);
 }
 
-pub fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut conn = std::net::TcpStream::connect(addr).unwrap();
-    write!(conn, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut response = String::new();
-    conn.read_to_string(&mut response).unwrap();
-    response
-}
-
-pub fn metric(text: &str, line_start: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_start))
-        .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn metrics_count_batches_tokens_per_dataset_lag_and_clients() {
     let dir = tempfile::tempdir().unwrap();
@@ -631,24 +601,6 @@ fn a_server_that_keeps_dropping_the_connection_is_given_up_on() {
     let err = client.micro_batch(0, 0).unwrap_err();
     assert!(matches!(err, ClientError::Unreachable { .. }), "{err}");
     assert!(err.to_string().contains("dropped 3 times"), "{err}");
-}
-
-/// Waits until `/metrics` at `addr` shows `want` on the line starting with `line_start`: the server
-/// prepares ahead on the session's own thread, and says so in its counters.
-pub fn wait_for_metric(addr: std::net::SocketAddr, line_start: &str, want: u64) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_mins(1);
-    loop {
-        let text = http_get(addr, "/metrics");
-        let got = metric(&text, line_start);
-        if got == want {
-            return;
-        }
-        assert!(
-            got < want && std::time::Instant::now() < deadline,
-            "{line_start}: {got}, waiting for {want}\n{text}"
-        );
-        std::thread::yield_now();
-    }
 }
 
 /// A `DataLoader` worker of `W` asks for every `W`-th micro-batch, the next one along with each request;

@@ -3,7 +3,7 @@
 //! client controls crashes the server or makes it allocate without bound; jobs without sessions are
 //! dropped; session errors are logged on the server.
 
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Read};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -11,10 +11,11 @@ use std::time::Duration;
 use flame_formats::TokenDtype;
 use flame_formats::megatron::IndexedDatasetBuilder;
 use flame_streamer::client::Client;
-use flame_streamer::protocol::{Limits, Message, VERSION, decode, encode};
+use flame_streamer::protocol::{Message, VERSION, encode};
 use flame_streamer::server::{Endpoint, ServerConfig, serve};
 
-use crate::server::{http_get, metric, raw_exchange, write_dataset};
+use crate::raw::{http_get, metric, raw_exchange, wait_for_metric};
+use crate::server::write_dataset;
 
 /// A job over `paths` (flame's order unless `extra` says otherwise).
 fn job_toml(paths: &[&str], extra: &str) -> String {
@@ -133,25 +134,6 @@ fn a_job_may_name_only_datasets_under_the_data_root() {
     }
 }
 
-/// Sends `bytes` and reads the answer until the server closes, failing (not hanging) if it does not
-/// within a minute: a session stuck opening a FIFO never answers.
-fn exchange_or_fail(socket: &Path, bytes: &[u8]) -> Vec<Message> {
-    let mut conn = std::os::unix::net::UnixStream::connect(socket).unwrap();
-    conn.set_read_timeout(Some(Duration::from_mins(1))).unwrap();
-    conn.write_all(bytes).unwrap();
-    conn.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut answer = Vec::new();
-    conn.read_to_end(&mut answer)
-        .unwrap_or_else(|e| panic!("no answer ({e}): the server is stuck opening a file"));
-    let mut messages = Vec::new();
-    let mut at = 0;
-    while let Some((m, used)) = decode(&answer[at..], Limits::SERVER_FRAMES).unwrap() {
-        messages.push(m);
-        at += used;
-    }
-    messages
-}
-
 /// Review of issue 16: every file of a dataset under the data root is checked before it is opened (a
 /// link out of the root to a FIFO would hang the session that opened it; a manifest outside would be
 /// read and parsed), and the refusal names only what the client named, not where the link leads.
@@ -195,7 +177,7 @@ fn links_out_of_the_data_root_are_refused_before_anything_is_opened_or_read() {
         ("evil.idx", ""),
         ("manifest/manifest.json", ""),
     ] {
-        let answer = exchange_or_fail(&socket, &frames(&job_toml(&[path], ""), 0, 1, &[]));
+        let answer = raw_exchange(&socket, &frames(&job_toml(&[path], ""), 0, 1, &[]));
         let message = refusal(&answer);
         assert_eq!(
             message,
@@ -521,7 +503,7 @@ fn the_sessions_rings_and_prefetched_batches_stay_within_their_budget() {
     assert_eq!(metric(&text, "flame_stream_session_bytes "), ring);
     // Once the first client has gone, its ring is given back and the second one's fits.
     drop((first, third));
-    crate::server::wait_for_metric(metrics, "flame_stream_session_bytes ", 0);
+    wait_for_metric(metrics, "flame_stream_session_bytes ", 0);
     second.open_shared_memory(2).unwrap();
     assert_eq!(second.micro_batch_in_place(0, 0).unwrap().len(), 2);
 }
