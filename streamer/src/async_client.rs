@@ -1,21 +1,24 @@
 //! The async Rust client (tokio): the protocol and behaviour of [`crate::client::Client`] for input
 //! pipelines that run on an async runtime. It reconnects with backoff and asks again for the batch it
 //! was waiting for, reads ahead, checks every answer's position, and on a Unix socket reads batches in
-//! place from a shared-memory ring. What to send and what the answers mean is the same sans-IO
-//! [`ClientCore`] the blocking client drives; only the reads and writes differ.
+//! place from a shared-memory ring. What to send, what the answers mean and which failures are worth
+//! another try is the same sans-IO [`ClientCore`] the blocking client drives; only the reads and writes
+//! differ.
 
 use std::os::fd::OwnedFd;
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::client::{ClientError, Exchange, unexpected};
-use crate::client_core::{ClientCore, Event, Failure, Position};
-use crate::protocol::{Limits, Message, WireSample, decode};
-use crate::server::Endpoint;
-use crate::shm::{RingMap, SlotBatch, recv_with_fd};
+use crate::client::{map_ring, map_slot, not_unix};
+use crate::client_core::{
+    Attempts, ClientCore, ClientError, Event, Exchange, Opening, Position,
+    check_shared_memory_endpoint,
+};
+use crate::protocol::{Limits, Message, WireSample};
+use crate::shm::{RingMap, SlotBatch};
 use crate::spec::JobSpec;
+use crate::transport::{Endpoint, ReadError, end_of_stream, recv_with_fd, take_message};
 
 /// A connection of either kind.
 #[derive(Debug)]
@@ -51,12 +54,10 @@ impl Conn {
         fd: &mut Option<OwnedFd>,
         with_fd: bool,
     ) -> Result<usize, Exchange> {
-        let io = |e: std::io::Error| Exchange::Io(format!("read: {e}"));
+        let io = |e: std::io::Error| Exchange::from(ReadError::Io(e));
         buf.reserve(64 << 10);
         match self {
-            Self::Tcp(_) if with_fd => Err(Exchange::Failed(Failure::Refused(
-                "shared memory needs a Unix socket".into(),
-            ))),
+            Self::Tcp(_) if with_fd => Err(not_unix()),
             Self::Tcp(s) => s.read_buf(buf).await.map_err(io),
             Self::Unix(s) if !with_fd => s.read_buf(buf).await.map_err(io),
             Self::Unix(socket) => loop {
@@ -75,28 +76,21 @@ impl Conn {
         }
     }
 
-    /// Reads one message.
+    /// Reads one message; `Ok(None)` at a clean end of the stream.
     async fn read_message(
         &mut self,
         buf: &mut Vec<u8>,
         fd: &mut Option<OwnedFd>,
         with_fd: bool,
-    ) -> Result<Message, Exchange> {
+    ) -> Result<Option<Message>, Exchange> {
         loop {
-            match decode(buf, Limits::SERVER_FRAMES) {
-                Ok(Some((message, used))) => {
-                    buf.drain(..used);
-                    return Ok(message);
-                }
-                Ok(None) => {}
-                Err(e) => return Err(Exchange::Failed(Failure::Refused(e.to_string()))),
+            if let Some(message) =
+                take_message(buf, Limits::SERVER_FRAMES).map_err(ReadError::from)?
+            {
+                return Ok(Some(message));
             }
             if self.read_more(buf, fd, with_fd).await? == 0 {
-                return Err(Exchange::Io(if buf.is_empty() {
-                    "the server closed the connection".into()
-                } else {
-                    "connection closed inside a frame".into()
-                }));
+                return Ok(end_of_stream(buf)?);
             }
         }
     }
@@ -116,11 +110,14 @@ pub struct AsyncClient {
     pub fingerprint: String,
     /// Micro-steps per step for this world size.
     pub micro_steps: u32,
+    /// Tokens in every sample the server sends: the job's `seq_len`, or `seq_len + 1` in Megatron's
+    /// order (inputs `[:-1]`, labels `[1:]`), so a trainer can check its sample length before step 1.
+    pub tokens_per_sample: u32,
 }
 
 impl AsyncClient {
     /// Connects and introduces rank `rank` of `world_size` for `job`; retries `retries` times with
-    /// exponential backoff (from 50 ms, at most 2 s apart).
+    /// exponential backoff ([`crate::client_core::Backoff`]).
     pub async fn connect(
         endpoint: Endpoint,
         job: &JobSpec,
@@ -138,61 +135,38 @@ impl AsyncClient {
             fd: None,
             fingerprint: String::new(),
             micro_steps: 0,
+            tokens_per_sample: 0,
         };
         client.reconnect().await?;
         Ok(client)
     }
 
     async fn reconnect(&mut self) -> Result<(), ClientError> {
-        let mut delay = Duration::from_millis(50);
-        let mut last = String::new();
-        for attempt in 0..=self.retries {
-            if attempt > 0 {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
+        let mut attempts = Attempts::connecting(self.retries);
+        while let Some(pause) = attempts.next_try() {
+            tokio::time::sleep(pause).await;
             match self.handshake().await {
                 Ok(()) => return Ok(()),
-                Err(Exchange::Failed(Failure::Refused(message))) => {
-                    return Err(ClientError::Refused(message));
-                }
-                Err(Exchange::Failed(Failure::Dropped(reason)) | Exchange::Io(reason)) => {
-                    last = reason;
-                }
+                Err(failure) => attempts.failed(failure)?,
             }
         }
-        Err(ClientError::Unreachable {
-            endpoint: self.endpoint.to_string(),
-            reason: last,
-        })
+        Err(attempts.exhausted(&self.endpoint))
     }
 
     /// Opens a connection, says `Hello` and, with shared memory on, maps the new ring.
     async fn handshake(&mut self) -> Result<(), Exchange> {
-        self.conn = None;
-        self.ring = None;
-        self.fd = None;
+        (self.conn, self.ring, self.fd) = (None, None, None);
         let conn = Conn::open(&self.endpoint)
             .await
-            .map_err(|e| Exchange::Io(e.to_string()))?;
+            .map_err(Exchange::io("connect"))?;
         self.conn = Some((conn, Vec::new()));
         let mut out = Vec::new();
         self.core.connect(&mut out);
-        match self.run(&mut out).await {
-            Ok(Event::Welcomed | Event::RingReady { .. }) => {
-                self.core.fingerprint().clone_into(&mut self.fingerprint);
-                self.micro_steps = self.core.micro_steps();
-                Ok(())
-            }
-            Ok(other) => {
-                self.conn = None;
-                Err(Exchange::Failed(unexpected(&other)))
-            }
-            Err(e) => {
-                self.conn = None;
-                Err(e)
-            }
-        }
+        self.run(&mut out).await?.into_welcome()?;
+        self.core.fingerprint().clone_into(&mut self.fingerprint);
+        self.micro_steps = self.core.micro_steps();
+        self.tokens_per_sample = self.core.tokens_per_sample();
+        Ok(())
     }
 
     /// Whether to ask for the following micro-batch with each request (on by default), so that it is on
@@ -207,30 +181,20 @@ impl AsyncClient {
     /// Over TCP, when the server refuses, and when the connection is lost and cannot be made again (then
     /// the next call tries again).
     pub async fn open_shared_memory(&mut self, slots: u32) -> Result<(), ClientError> {
-        if !matches!(self.endpoint, Endpoint::Unix(_)) {
-            return Err(ClientError::Refused(format!(
-                "{}: shared memory needs a unix:// endpoint",
-                self.endpoint
-            )));
-        }
+        check_shared_memory_endpoint(&self.endpoint)?;
         let mut out = Vec::new();
-        self.core.open_shared_memory(slots, &mut out);
-        if self.conn.is_none() {
-            // Lost earlier: a new connection opens the ring.
-            return self.reconnect().await;
-        }
-        match self.run(&mut out).await {
-            Ok(Event::RingReady { .. }) => Ok(()),
-            Ok(other) => {
-                self.conn = None;
-                Err(unexpected(&other).into())
+        if self.core.open_shared_memory(slots, &mut out) == Opening::Send {
+            match self
+                .run(&mut out)
+                .await
+                .and_then(|event| Ok(event.into_ring()?))
+            {
+                Ok(()) => return Ok(()),
+                Err(failure) => failure.retry().map(drop)?,
             }
-            Err(Exchange::Failed(Failure::Refused(message))) => {
-                self.conn = None;
-                Err(ClientError::Refused(message))
-            }
-            Err(Exchange::Failed(Failure::Dropped(_)) | Exchange::Io(_)) => self.reconnect().await,
         }
+        // No connection of use, or it was lost: a new one opens the ring.
+        self.reconnect().await
     }
 
     /// This rank's samples at (`step`, `micro_step`); reconnects and asks again if the connection drops.
@@ -243,10 +207,7 @@ impl AsyncClient {
             let batch = self.micro_batch_in_place(step, micro_step).await?;
             return Ok(batch.to_samples());
         }
-        match self.exchange((step, micro_step)).await? {
-            Event::Batch(samples) => Ok(samples),
-            other => Err(unexpected(&other).into()),
-        }
+        Ok(self.exchange((step, micro_step)).await?.into_batch()?)
     }
 
     /// This rank's samples at (`step`, `micro_step`) in the shared-memory ring, read in place; valid until
@@ -259,56 +220,44 @@ impl AsyncClient {
         step: u64,
         micro_step: u64,
     ) -> Result<SlotBatch<'_>, ClientError> {
-        if self.core.shm_slots().is_none() {
-            return Err(ClientError::Refused(
-                "no shared-memory ring: call open_shared_memory first".into(),
-            ));
-        }
-        match self.exchange((step, micro_step)).await? {
-            Event::Slot { slot, bytes } => {
-                let ring = self.ring.as_ref().ok_or_else(|| {
-                    ClientError::Refused("a Slot came before the ring was mapped".into())
-                })?;
-                ring.slot(slot, bytes).map_err(ClientError::Refused)
-            }
-            other => Err(unexpected(&other).into()),
-        }
+        self.core.check_ring()?;
+        let (slot, bytes) = self.exchange((step, micro_step)).await?.into_slot()?;
+        map_slot(self.ring.as_ref(), slot, bytes)
     }
 
     /// Asks for the micro-batch at `at` (with the request for the following one) and returns the answer;
     /// reconnects and asks again when the connection drops.
     async fn exchange(&mut self, at: Position) -> Result<Event, ClientError> {
-        for _ in 0..=self.retries {
-            if self.conn.is_none() {
+        let mut attempts = Attempts::asking(self.retries);
+        while attempts.next_try().is_some() {
+            if !self.core.is_ready() {
                 self.reconnect().await?;
             }
             let mut out = Vec::new();
             let answer = match self.core.ask(at, &mut out) {
                 Ok(()) => self.run(&mut out).await,
-                Err(failure) => Err(Exchange::Failed(failure)),
+                Err(failure) => Err(failure.into()),
             };
             match answer {
                 Ok(event) => return Ok(event),
-                Err(Exchange::Failed(Failure::Refused(message))) => {
-                    self.conn = None;
-                    return Err(ClientError::Refused(message));
-                }
-                // The connection dropped: reconnect and ask again.
-                Err(Exchange::Failed(Failure::Dropped(_)) | Exchange::Io(_)) => self.conn = None,
+                Err(failure) => attempts.failed(failure)?,
             }
         }
-        Err(ClientError::Unreachable {
-            endpoint: self.endpoint.to_string(),
-            reason: format!(
-                "the connection dropped {} times before a batch arrived",
-                self.retries + 1
-            ),
-        })
+        Err(attempts.exhausted(&self.endpoint))
     }
 
     /// Sends `out`, then reads and hands messages to the core (sending what it adds) until it has an
-    /// event for the caller; maps the ring on [`Event::RingReady`].
+    /// event for the caller; maps the ring on [`Event::RingReady`]. Gives the connection up on a failure.
     async fn run(&mut self, out: &mut Vec<u8>) -> Result<Event, Exchange> {
+        let result = self.run_on_connection(out).await;
+        if result.is_err() {
+            self.conn = None;
+            self.core.disconnect();
+        }
+        result
+    }
+
+    async fn run_on_connection(&mut self, out: &mut Vec<u8>) -> Result<Event, Exchange> {
         let Self {
             core,
             conn,
@@ -320,23 +269,13 @@ impl AsyncClient {
             .as_mut()
             .ok_or_else(|| Exchange::Io("not connected".into()))?;
         loop {
-            conn.write_all(out)
-                .await
-                .map_err(|e| Exchange::Io(format!("write: {e}")))?;
+            conn.write_all(out).await.map_err(Exchange::io("write"))?;
             out.clear();
             let message = conn.read_message(buf, fd, core.awaits_ring()).await?;
-            match core.receive(message, out).map_err(Exchange::Failed)? {
+            match core.receive(message.ok_or_else(Exchange::closed)?, out)? {
                 Event::Continue => {}
                 Event::RingReady { slots, slot_bytes } => {
-                    let fd = fd.take().ok_or_else(|| {
-                        Exchange::Failed(Failure::Refused(
-                            "ShmReady came without the ring's descriptor".into(),
-                        ))
-                    })?;
-                    *ring = Some(
-                        RingMap::open(fd, slots, slot_bytes)
-                            .map_err(|e| Exchange::Io(format!("map the ring: {e}")))?,
-                    );
+                    *ring = Some(map_ring(fd.take(), slots, slot_bytes)?);
                     return Ok(Event::RingReady { slots, slot_bytes });
                 }
                 event => return Ok(event),

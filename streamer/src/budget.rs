@@ -1,4 +1,5 @@
-//! The server's memory budget for job state: what a job will hold, estimated before anything is built.
+//! The server's memory budgets: for job state, what a job will hold, estimated before anything is built;
+//! for sessions, the buffers they keep between requests ([`SessionMemory`]).
 //!
 //! A job's state is what [`Stream`](crate::stream::Stream) keeps besides the mapped files (which are the
 //! page cache's, shared, and not counted): in flame's order each dataset's block totals and bounded caches
@@ -8,14 +9,98 @@
 //! `num_samples`, so [`state_bytes`] is computed from the datasets' sizes alone and the server refuses a
 //! job that does not fit ([`crate::jobs`]) before allocating any of it. [`ByteSize`] is a byte count as
 //! people write it (`8GiB`).
+//!
+//! A session keeps, besides the micro-batch it is computing or sending (at most 1 GiB, checked), its
+//! client's shared-memory ring (at most 4 GiB) and the micro-batches it prepared ahead (`--prefetch` of
+//! them). Those are reserved against one [`SessionMemory`] for all sessions before they are allocated:
+//! a ring that does not fit is refused with the figures, and prefetching waits for room.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use crate::epoch;
 use crate::megatron::{GptIndex, normalize, samples_per_dataset};
+use crate::metrics::Metrics;
 use crate::mix::Mixer;
 use crate::spec::{JobSpec, Order};
 
 /// The budget when the server is not told one: 8 GiB.
 pub const DEFAULT_MAX_JOB_MEMORY: ByteSize = ByteSize(8 << 30);
+/// The budget for sessions' rings and prefetched micro-batches when the server is not told one: 8 GiB.
+pub const DEFAULT_MAX_SESSION_MEMORY: ByteSize = ByteSize(8 << 30);
+
+/// The bytes all sessions' rings and prefetched micro-batches may take together
+/// (`serve --max-session-memory`); what they hold is published as `flame_stream_session_bytes`.
+#[derive(Debug)]
+pub struct SessionMemory {
+    budget_bytes: u64,
+    metrics: Arc<Metrics>,
+}
+
+impl SessionMemory {
+    /// A budget of `budget_bytes`, its use counted in `metrics`.
+    pub fn new(budget_bytes: u64, metrics: Arc<Metrics>) -> Self {
+        Self {
+            budget_bytes,
+            metrics,
+        }
+    }
+
+    /// The budget.
+    pub fn budget_bytes(&self) -> u64 {
+        self.budget_bytes
+    }
+
+    /// Bytes reserved now.
+    pub fn held_bytes(&self) -> u64 {
+        self.metrics.session_bytes.load(Ordering::SeqCst)
+    }
+
+    /// Reserves `bytes` until the reservation is dropped; `None` when they do not fit beside what is
+    /// held.
+    pub fn reserve(&self, bytes: u64) -> Option<Reservation<'_>> {
+        self.metrics
+            .session_bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
+                held.checked_add(bytes)
+                    .filter(|&total| total <= self.budget_bytes)
+            })
+            .ok()?;
+        Some(Reservation {
+            memory: self,
+            bytes,
+        })
+    }
+}
+
+/// Bytes of [`SessionMemory`] held until dropped.
+#[derive(Debug)]
+#[must_use = "the bytes are given back when the reservation is dropped"]
+pub struct Reservation<'a> {
+    memory: &'a SessionMemory,
+    bytes: u64,
+}
+
+impl Reservation<'_> {
+    /// Gives back what is reserved beyond `bytes` (a micro-batch smaller than its bound).
+    pub fn shrink_to(&mut self, bytes: u64) {
+        let excess = self.bytes.saturating_sub(bytes);
+        self.memory
+            .metrics
+            .session_bytes
+            .fetch_sub(excess, Ordering::SeqCst);
+        self.bytes -= excess;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.memory
+            .metrics
+            .session_bytes
+            .fetch_sub(self.bytes, Ordering::SeqCst);
+    }
+}
 
 /// Bytes of state the job `spec` will hold once planned, over datasets of `documents[i]` documents each
 /// (in the job's split). `tokens(i)`, the tokens of dataset `i`'s split, is asked for only in Megatron's
@@ -132,30 +217,6 @@ impl std::fmt::Display for ByteSize {
 mod tests {
     use super::*;
     use crate::megatron::MegatronOrder;
-    use crate::spec::DatasetSpec;
-
-    fn spec(order: Order, weights: &[f64], num_samples: u64) -> JobSpec {
-        JobSpec {
-            seed: 1,
-            seq_len: 16,
-            context_len: None,
-            varlen: true,
-            micro_batch_size: 1,
-            global_batch_size: 1,
-            order,
-            split: None,
-            split_name: "train".into(),
-            num_samples: Some(num_samples),
-            epochs: None,
-            datasets: weights
-                .iter()
-                .map(|&weight| DatasetSpec {
-                    path: "x".into(),
-                    weight,
-                })
-                .collect(),
-        }
-    }
 
     /// Bytes the vectors of `index` hold.
     fn held(index: &GptIndex) -> u128 {
@@ -180,15 +241,13 @@ mod tests {
         // A blend adds each dataset's lengths and indices and the blend's 10 bytes per sample.
         let lengths = [lengths.clone(), lengths[..300].to_vec()];
         let tokens = |i: usize| lengths[i].iter().map(|&l| u64::from(l)).sum::<u64>();
-        let estimate = state_bytes(
-            &spec(Order::Megatron, &[0.7, 0.3], 400),
-            &[500, 300],
-            tokens,
-        );
-        MegatronOrder::build(&lengths, &[0.7, 0.3], 400, 16, 1).unwrap();
+        let blended = JobSpec::for_test(1, Order::Megatron, &[0.7, 0.3], Some(400));
+        let estimate = state_bytes(&blended, &[500, 300], tokens);
+        let seq_len = u64::from(blended.seq_len);
+        MegatronOrder::build(&lengths, &[0.7, 0.3], 400, seq_len, 1).unwrap();
         let sizes = samples_per_dataset(&normalize(&[0.7, 0.3]), 400);
         let indices: u128 = (0..2)
-            .map(|i| held(&GptIndex::build(&lengths[i], Some(sizes[i].1), 16, 1).unwrap()))
+            .map(|i| held(&GptIndex::build(&lengths[i], Some(sizes[i].1), seq_len, 1).unwrap()))
             .sum();
         let blend: u128 = sizes.iter().map(|s| u128::from(s.0)).sum::<u128>() * 10;
         assert_eq!(u128::from(estimate), 800 * 4 + indices + blend);
@@ -196,19 +255,45 @@ mod tests {
 
     #[test]
     fn the_estimate_grows_with_num_samples_and_saturates_instead_of_overflowing() {
-        let small = state_bytes(&spec(Order::Megatron, &[1.0], 1_000), &[100], |_| 5_000);
-        let large = state_bytes(&spec(Order::Megatron, &[1.0], 1_000_000), &[100], |_| 5_000);
+        let small = state_bytes(
+            &JobSpec::for_test(1, Order::Megatron, &[1.0], Some(1_000)),
+            &[100],
+            |_| 5_000,
+        );
+        let large = state_bytes(
+            &JobSpec::for_test(1, Order::Megatron, &[1.0], Some(1_000_000)),
+            &[100],
+            |_| 5_000,
+        );
         assert!(
             large > 1000 * small / 2 && large > 24_000_000,
             "{small} {large}"
         );
-        let huge = spec(Order::Megatron, &[1.0, 2.0], u64::MAX);
+        let huge = JobSpec::for_test(1, Order::Megatron, &[1.0, 2.0], Some(u64::MAX));
         assert_eq!(state_bytes(&huge, &[u64::MAX, 1], |_| 2), u64::MAX);
         // Flame's order does not depend on the samples, only on the documents.
-        let flame = state_bytes(&spec(Order::Flame, &[1.0], u64::MAX), &[10_000_000], |_| {
-            unreachable!("flame's order needs no token counts")
-        });
+        let flame = state_bytes(
+            &JobSpec::for_test(1, Order::Flame, &[1.0], Some(u64::MAX)),
+            &[10_000_000],
+            |_| unreachable!("flame's order needs no token counts"),
+        );
         assert!(flame < 64 << 20, "{flame}");
+    }
+
+    #[test]
+    fn session_memory_is_reserved_within_its_budget_and_given_back_when_dropped() {
+        let memory = SessionMemory::new(100, Arc::default());
+        let mut frame = memory.reserve(60).unwrap();
+        assert!(memory.reserve(41).is_none(), "60 + 41 > 100");
+        frame.shrink_to(20);
+        let ring = memory.reserve(80).unwrap();
+        assert_eq!(memory.held_bytes(), 100);
+        assert!(memory.reserve(1).is_none());
+        drop(frame);
+        assert_eq!(memory.held_bytes(), 80);
+        drop(ring);
+        assert_eq!(memory.held_bytes(), 0);
+        assert!(memory.reserve(u64::MAX).is_none(), "no overflow");
     }
 
     #[test]

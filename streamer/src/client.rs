@@ -6,37 +6,21 @@
 //! ([`crate::shm`]): [`Client::micro_batch_in_place`] then returns the batch where the server wrote it,
 //! without a copy, valid until the next call (which gives the slot back).
 //!
-//! What to send and what the answers mean is [`ClientCore`]'s, shared with the async client: it asks for
-//! the following micro-batch with each request (read-ahead), releases the slot held, and checks that
-//! each answer is the micro-batch asked for. This file only moves the bytes.
+//! What to send, what the answers mean, and which failures are worth another try is [`ClientCore`]'s,
+//! shared with the async client: it asks for the following micro-batch with each request (read-ahead),
+//! releases the slot held, and checks that each answer is the micro-batch asked for. This file only
+//! moves the bytes.
 
-use std::io::Write;
-use std::net::TcpStream;
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
-use std::time::Duration;
 
-use crate::client_core::{ClientCore, Event, Failure, Position};
-use crate::protocol::{Limits, Message, WireSample, decode};
-use crate::server::{Connection, Endpoint, read_message};
-use crate::shm::{RingMap, SlotBatch, recv_with_fd};
+pub use crate::client_core::ClientError;
+use crate::client_core::{
+    Attempts, ClientCore, Event, Exchange, Failure, Opening, Position, check_shared_memory_endpoint,
+};
+use crate::protocol::{Limits, WireSample};
+use crate::shm::{RingMap, SlotBatch};
 use crate::spec::JobSpec;
-
-/// A client error.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The server refused (its `Error` frame), or broke the protocol.
-    #[error("server: {0}")]
-    Refused(String),
-    /// The server could not be reached within the retries.
-    #[error("{endpoint}: {reason}")]
-    Unreachable {
-        /// The endpoint.
-        endpoint: String,
-        /// The last failure.
-        reason: String,
-    },
-}
+use crate::transport::{Connection, Endpoint, read_message, read_message_and_fd};
 
 /// A connection to `flame-stream` for one rank of one job.
 pub struct Client {
@@ -51,6 +35,9 @@ pub struct Client {
     pub fingerprint: String,
     /// Micro-steps per step for this world size.
     pub micro_steps: u32,
+    /// Tokens in every sample the server sends: the job's `seq_len`, or `seq_len + 1` in Megatron's
+    /// order (inputs `[:-1]`, labels `[1:]`), so a trainer can check its sample length before step 1.
+    pub tokens_per_sample: u32,
 }
 
 impl std::fmt::Debug for Client {
@@ -64,7 +51,7 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// Connects and introduces rank `rank` of `world_size` for `job`; retries `retries` times with
-    /// exponential backoff (from 50 ms, at most 2 s apart).
+    /// exponential backoff ([`crate::client_core::Backoff`]).
     pub fn connect(
         endpoint: Endpoint,
         job: &JobSpec,
@@ -82,68 +69,36 @@ impl Client {
             fd: None,
             fingerprint: String::new(),
             micro_steps: 0,
+            tokens_per_sample: 0,
         };
         client.reconnect()?;
         Ok(client)
     }
 
     fn reconnect(&mut self) -> Result<(), ClientError> {
-        let mut delay = Duration::from_millis(50);
-        let mut last = String::new();
-        for attempt in 0..=self.retries {
-            if attempt > 0 {
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
+        let mut attempts = Attempts::connecting(self.retries);
+        while let Some(pause) = attempts.next_try() {
+            std::thread::sleep(pause);
             match self.handshake() {
                 Ok(()) => return Ok(()),
-                Err(Exchange::Failed(Failure::Refused(message))) => {
-                    return Err(ClientError::Refused(message));
-                }
-                Err(Exchange::Failed(Failure::Dropped(reason)) | Exchange::Io(reason)) => {
-                    last = reason;
-                }
+                Err(failure) => attempts.failed(failure)?,
             }
         }
-        Err(ClientError::Unreachable {
-            endpoint: self.endpoint.to_string(),
-            reason: last,
-        })
+        Err(attempts.exhausted(&self.endpoint))
     }
 
     /// Opens a connection, says `Hello` and, with shared memory on, maps the new ring.
     fn handshake(&mut self) -> Result<(), Exchange> {
-        self.conn = None;
-        self.ring = None;
-        self.fd = None;
-        let io = |e: std::io::Error| Exchange::Io(e.to_string());
-        let conn: Box<dyn Connection> = match &self.endpoint {
-            Endpoint::Tcp(addr) => {
-                let stream = TcpStream::connect(addr).map_err(io)?;
-                let _ = stream.set_nodelay(true);
-                Box::new(stream)
-            }
-            Endpoint::Unix(path) => Box::new(UnixStream::connect(path).map_err(io)?),
-        };
+        (self.conn, self.ring, self.fd) = (None, None, None);
+        let conn = self.endpoint.connect().map_err(Exchange::io("connect"))?;
         self.conn = Some((conn, Vec::new()));
         let mut out = Vec::new();
         self.core.connect(&mut out);
-        let result = self.run(&mut out);
-        match result {
-            Ok(Event::Welcomed | Event::RingReady { .. }) => {
-                self.core.fingerprint().clone_into(&mut self.fingerprint);
-                self.micro_steps = self.core.micro_steps();
-                Ok(())
-            }
-            Ok(other) => {
-                self.conn = None;
-                Err(Exchange::Failed(unexpected(&other)))
-            }
-            Err(e) => {
-                self.conn = None;
-                Err(e)
-            }
-        }
+        self.run(&mut out)?.into_welcome()?;
+        self.core.fingerprint().clone_into(&mut self.fingerprint);
+        self.micro_steps = self.core.micro_steps();
+        self.tokens_per_sample = self.core.tokens_per_sample();
+        Ok(())
     }
 
     /// Whether to ask for the following micro-batch with each request (on by default), so that it is on
@@ -158,30 +113,16 @@ impl Client {
     /// Over TCP (shared memory is for the server's host), when the server refuses, and when the
     /// connection is lost and cannot be made again (then the next call tries again).
     pub fn open_shared_memory(&mut self, slots: u32) -> Result<(), ClientError> {
-        if !matches!(self.endpoint, Endpoint::Unix(_)) {
-            return Err(ClientError::Refused(format!(
-                "{}: shared memory needs a unix:// endpoint",
-                self.endpoint
-            )));
-        }
+        check_shared_memory_endpoint(&self.endpoint)?;
         let mut out = Vec::new();
-        self.core.open_shared_memory(slots, &mut out);
-        if self.conn.is_none() {
-            // Lost earlier: a new connection opens the ring.
-            return self.reconnect();
-        }
-        match self.run(&mut out) {
-            Ok(Event::RingReady { .. }) => Ok(()),
-            Ok(other) => {
-                self.conn = None;
-                Err(unexpected(&other).into())
+        if self.core.open_shared_memory(slots, &mut out) == Opening::Send {
+            match self.run(&mut out).and_then(|event| Ok(event.into_ring()?)) {
+                Ok(()) => return Ok(()),
+                Err(failure) => failure.retry().map(drop)?,
             }
-            Err(Exchange::Failed(Failure::Refused(message))) => {
-                self.conn = None;
-                Err(ClientError::Refused(message))
-            }
-            Err(Exchange::Failed(Failure::Dropped(_)) | Exchange::Io(_)) => self.reconnect(),
         }
+        // No connection of use, or it was lost: a new one opens the ring.
+        self.reconnect()
     }
 
     /// This rank's samples at (`step`, `micro_step`); reconnects and asks again if the connection drops.
@@ -191,13 +132,9 @@ impl Client {
         micro_step: u64,
     ) -> Result<Vec<WireSample>, ClientError> {
         if self.core.shm_slots().is_some() {
-            let batch = self.micro_batch_in_place(step, micro_step)?;
-            return Ok(batch.to_samples());
+            return Ok(self.micro_batch_in_place(step, micro_step)?.to_samples());
         }
-        match self.exchange((step, micro_step))? {
-            Event::Batch(samples) => Ok(samples),
-            other => Err(unexpected(&other).into()),
-        }
+        Ok(self.exchange((step, micro_step))?.into_batch()?)
     }
 
     /// This rank's samples at (`step`, `micro_step`) in the shared-memory ring, read in place; valid until
@@ -210,58 +147,44 @@ impl Client {
         step: u64,
         micro_step: u64,
     ) -> Result<SlotBatch<'_>, ClientError> {
-        if self.core.shm_slots().is_none() {
-            return Err(ClientError::Refused(
-                "no shared-memory ring: call open_shared_memory first".into(),
-            ));
-        }
-        match self.exchange((step, micro_step))? {
-            Event::Slot { slot, bytes } => {
-                let ring = self.ring.as_ref().ok_or_else(|| {
-                    ClientError::Refused("a Slot came before the ring was mapped".into())
-                })?;
-                ring.slot(slot, bytes).map_err(ClientError::Refused)
-            }
-            other => Err(unexpected(&other).into()),
-        }
+        self.core.check_ring()?;
+        let (slot, bytes) = self.exchange((step, micro_step))?.into_slot()?;
+        map_slot(self.ring.as_ref(), slot, bytes)
     }
 
     /// Asks for the micro-batch at `at` (see [`ClientCore::ask`]: with the request for the following
     /// one) and returns the answer; reconnects and asks again when the connection drops.
     fn exchange(&mut self, at: Position) -> Result<Event, ClientError> {
-        // A server that accepts, then drops the connection before answering, gets as many tries as a
-        // server that cannot be reached; then the last failure is returned.
-        for _ in 0..=self.retries {
-            if self.conn.is_none() {
+        let mut attempts = Attempts::asking(self.retries);
+        while attempts.next_try().is_some() {
+            if !self.core.is_ready() {
                 self.reconnect()?;
             }
             let mut out = Vec::new();
             let answer = match self.core.ask(at, &mut out) {
                 Ok(()) => self.run(&mut out),
-                Err(failure) => Err(Exchange::Failed(failure)),
+                Err(failure) => Err(failure.into()),
             };
             match answer {
                 Ok(event) => return Ok(event),
-                Err(Exchange::Failed(Failure::Refused(message))) => {
-                    self.conn = None;
-                    return Err(ClientError::Refused(message));
-                }
-                // The connection dropped: reconnect and ask again.
-                Err(Exchange::Failed(Failure::Dropped(_)) | Exchange::Io(_)) => self.conn = None,
+                Err(failure) => attempts.failed(failure)?,
             }
         }
-        Err(ClientError::Unreachable {
-            endpoint: self.endpoint.to_string(),
-            reason: format!(
-                "the connection dropped {} times before a batch arrived",
-                self.retries + 1
-            ),
-        })
+        Err(attempts.exhausted(&self.endpoint))
     }
 
     /// Sends `out`, then reads and hands messages to the core (sending what it adds) until it has an
-    /// event for the caller; maps the ring on [`Event::RingReady`].
+    /// event for the caller; maps the ring on [`Event::RingReady`]. Gives the connection up on a failure.
     fn run(&mut self, out: &mut Vec<u8>) -> Result<Event, Exchange> {
+        let result = self.run_on_connection(out);
+        if result.is_err() {
+            self.conn = None;
+            self.core.disconnect();
+        }
+        result
+    }
+
+    fn run_on_connection(&mut self, out: &mut Vec<u8>) -> Result<Event, Exchange> {
         let Self {
             core,
             conn,
@@ -273,28 +196,18 @@ impl Client {
             .as_mut()
             .ok_or_else(|| Exchange::Io("not connected".into()))?;
         loop {
-            conn.write_all(out)
-                .map_err(|e| Exchange::Io(format!("write: {e}")))?;
+            conn.write_all(out).map_err(Exchange::io("write"))?;
             out.clear();
             let message = if core.awaits_ring() {
-                read_with_fd(conn.as_mut(), buf, fd)?
+                let socket = conn.as_unix().ok_or_else(not_unix)?;
+                read_message_and_fd(socket, buf, fd, Limits::SERVER_FRAMES)?
             } else {
-                read_message(conn.as_mut(), buf, Limits::SERVER_FRAMES)
-                    .map_err(Exchange::Io)?
-                    .ok_or_else(|| Exchange::Io("the server closed the connection".into()))?
+                read_message(conn.as_mut(), buf, Limits::SERVER_FRAMES)?
             };
-            match core.receive(message, out).map_err(Exchange::Failed)? {
+            match core.receive(message.ok_or_else(Exchange::closed)?, out)? {
                 Event::Continue => {}
                 Event::RingReady { slots, slot_bytes } => {
-                    let fd = fd.take().ok_or_else(|| {
-                        Exchange::Failed(Failure::Refused(
-                            "ShmReady came without the ring's descriptor".into(),
-                        ))
-                    })?;
-                    *ring = Some(
-                        RingMap::open(fd, slots, slot_bytes)
-                            .map_err(|e| Exchange::Io(format!("map the ring: {e}")))?,
-                    );
+                    *ring = Some(map_ring(fd.take(), slots, slot_bytes)?);
                     return Ok(Event::RingReady { slots, slot_bytes });
                 }
                 event => return Ok(event),
@@ -303,49 +216,32 @@ impl Client {
     }
 }
 
-/// Reads one message on a Unix socket, keeping the descriptor that comes with it (the ring's, with
-/// `ShmReady`) in `fd`.
-fn read_with_fd(
-    conn: &mut dyn Connection,
-    buf: &mut Vec<u8>,
-    fd: &mut Option<OwnedFd>,
-) -> Result<Message, Exchange> {
-    let socket = conn.as_unix().ok_or_else(|| {
-        Exchange::Failed(Failure::Refused("shared memory needs a Unix socket".into()))
+/// A ring asked for over a socket that cannot carry its descriptor.
+pub(crate) fn not_unix() -> Exchange {
+    Exchange::Failed(Failure::Refused("shared memory needs a Unix socket".into()))
+}
+
+/// Maps the ring whose descriptor came with `ShmReady`.
+pub(crate) fn map_ring(
+    fd: Option<OwnedFd>,
+    slots: u32,
+    slot_bytes: u64,
+) -> Result<RingMap, Exchange> {
+    let fd = fd.ok_or_else(|| {
+        Exchange::Failed(Failure::Refused(
+            "ShmReady came without the ring's descriptor".into(),
+        ))
     })?;
-    loop {
-        match decode(buf, Limits::SERVER_FRAMES) {
-            Ok(Some((message, used))) => {
-                buf.drain(..used);
-                return Ok(message);
-            }
-            Ok(None) => {}
-            Err(e) => return Err(Exchange::Failed(Failure::Refused(e.to_string()))),
-        }
-        let (n, received) =
-            recv_with_fd(socket, buf).map_err(|e| Exchange::Io(format!("read: {e}")))?;
-        if n == 0 {
-            return Err(Exchange::Io("the server closed the connection".into()));
-        }
-        if received.is_some() {
-            *fd = received;
-        }
-    }
+    RingMap::open(fd, slots, slot_bytes).map_err(Exchange::io("map the ring"))
 }
 
-/// An event the core does not give for what was asked: a bug in the core, reported rather than panicked on.
-pub(crate) fn unexpected(event: &Event) -> Failure {
-    Failure::Refused(format!("unexpected {event:?}"))
-}
-
-impl From<Failure> for ClientError {
-    fn from(failure: Failure) -> Self {
-        Self::Refused(failure.to_string())
-    }
-}
-
-/// How an exchange failed: the connection (reconnect and ask again) or the core's verdict.
-pub(crate) enum Exchange {
-    Io(String),
-    Failed(Failure),
+/// The micro-batch in `slot` of the mapped ring.
+pub(crate) fn map_slot(
+    ring: Option<&RingMap>,
+    slot: u32,
+    bytes: u64,
+) -> Result<SlotBatch<'_>, ClientError> {
+    ring.ok_or_else(|| ClientError::Refused("a Slot came before the ring was mapped".into()))?
+        .slot(slot, bytes)
+        .map_err(ClientError::Refused)
 }

@@ -1,5 +1,6 @@
-//! The client's side of the protocol without I/O: what to send and what an answer means, for both Rust
-//! clients ([`crate::client::Client`], [`crate::async_client::AsyncClient`]), which only move the bytes.
+//! The client's side of the protocol without I/O: what to send, what an answer means, and what to do when
+//! an exchange fails, for both Rust clients ([`crate::client::Client`],
+//! [`crate::async_client::AsyncClient`]), which only move the bytes.
 //!
 //! A driver calls [`ClientCore::connect`] on a new connection (it appends `Hello`),
 //! [`ClientCore::open_shared_memory`] to switch to a ring, and [`ClientCore::ask`] for each micro-batch;
@@ -13,11 +14,20 @@
 //! next [`ClientCore::ask`] for that micro-batch sends no request of its own, and one for anything else
 //! first reads the answer made ahead and gives its slot back. It releases the slot it holds with the next
 //! request, and checks that every answer is the micro-batch asked for (`Batch` or `Slot` of that step and
-//! micro-step). On a failure ([`Failure`]) the driver drops the connection; a new one starts afresh with
-//! [`ClientCore::connect`].
+//! micro-step).
+//!
+//! Failures ([`Exchange`]) are judged here too: [`Exchange::retry`] says which are worth a new connection
+//! (the connection dropped, a request made ahead was refused) and which give up (the server refused), and
+//! [`Attempts`] counts the tries of one operation and spaces connection attempts by [`Backoff`]. A
+//! connection is of use only while [`ClientCore::is_ready`]: after a failure, and while an exchange is
+//! under way (an async call dropped mid-flight leaves one), the driver opens a new one and starts afresh
+//! with [`ClientCore::connect`].
+
+use std::time::Duration;
 
 use crate::protocol::{Message, VERSION, WireSample, encode};
 use crate::spec::JobSpec;
+use crate::transport::{Endpoint, ReadError};
 
 /// A micro-batch's place in the job: (step, micro-step).
 pub type Position = (u64, u64);
@@ -27,7 +37,8 @@ pub type Position = (u64, u64);
 pub enum Event {
     /// Nothing for the caller yet: send what `out` holds (if anything), then read the next message.
     Continue,
-    /// The server serves this job: [`ClientCore::fingerprint`] and [`ClientCore::micro_steps`] are set.
+    /// The server serves this job: [`ClientCore::fingerprint`], [`ClientCore::micro_steps`] and
+    /// [`ClientCore::tokens_per_sample`] are set.
     Welcomed,
     /// The ring is ready: map it from the descriptor that came with this frame.
     RingReady {
@@ -60,10 +71,259 @@ pub enum Failure {
     Dropped(String),
 }
 
-/// What the core waits for on the current connection.
+/// How one try of an operation failed: the connection, or the core's verdict on what came over it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exchange {
+    /// The connection could not be made, or failed, or ended.
+    Io(String),
+    /// The core's verdict.
+    Failed(Failure),
+}
+
+impl Exchange {
+    /// The server hung up between frames.
+    pub fn closed() -> Self {
+        Self::Io("the server closed the connection".into())
+    }
+
+    /// An I/O error while doing `what` (`connect`, `write`, ...).
+    pub fn io(what: &str) -> impl FnOnce(std::io::Error) -> Self + '_ {
+        move |e| Self::Io(format!("{what}: {e}"))
+    }
+
+    /// Whether a new connection may succeed where this one failed: `Ok` with the reason it failed (the
+    /// connection dropped or could not be made, a request made ahead was refused), `Err` to give up (the
+    /// server refused or broke the protocol: asking again gets the same answer).
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] when giving up.
+    pub fn retry(self) -> Result<String, ClientError> {
+        match self {
+            Self::Io(reason) | Self::Failed(Failure::Dropped(reason)) => Ok(reason),
+            Self::Failed(Failure::Refused(message)) => Err(ClientError::Refused(message)),
+        }
+    }
+}
+
+impl From<Failure> for Exchange {
+    fn from(failure: Failure) -> Self {
+        Self::Failed(failure)
+    }
+}
+
+impl From<ReadError> for Exchange {
+    /// A frame that breaks the protocol is the server's doing: refused. The rest is the connection's.
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Protocol(e) => Self::Failed(Failure::Refused(e.to_string())),
+            ReadError::Io(_) | ReadError::Truncated => Self::Io(e.to_string()),
+        }
+    }
+}
+
+/// A client error.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server refused (its `Error` frame), or broke the protocol.
+    #[error("server: {0}")]
+    Refused(String),
+    /// The server could not be reached within the retries.
+    #[error("{endpoint}: {reason}")]
+    Unreachable {
+        /// The endpoint.
+        endpoint: String,
+        /// The last failure.
+        reason: String,
+    },
+}
+
+impl From<Failure> for ClientError {
+    fn from(failure: Failure) -> Self {
+        Self::Refused(failure.to_string())
+    }
+}
+
+/// Checks that `endpoint` can carry a shared-memory ring: only a Unix socket, on the server's host.
+///
+/// # Errors
+/// [`ClientError::Refused`] for TCP.
+pub fn check_shared_memory_endpoint(endpoint: &Endpoint) -> Result<(), ClientError> {
+    match endpoint {
+        Endpoint::Unix(_) => Ok(()),
+        Endpoint::Tcp(_) => Err(ClientError::Refused(format!(
+            "{endpoint}: shared memory needs a unix:// endpoint"
+        ))),
+    }
+}
+
+/// The pauses between connection attempts: from 50 ms, doubling, at most 2 s apart.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    /// The first pause.
+    pub const FIRST: Duration = Duration::from_millis(50);
+    /// The longest pause.
+    pub const MAX: Duration = Duration::from_secs(2);
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Iterator for Backoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let pause = self.next;
+        self.next = (pause * 2).min(Self::MAX);
+        Some(pause)
+    }
+}
+
+/// The tries of one operation: how many are left, how long to wait before each, and what to report
+/// when they are all spent.
+#[derive(Debug)]
+pub struct Attempts {
+    /// Tries left.
+    left: u32,
+    /// The pauses between tries; `None` to try again at once.
+    backoff: Option<Backoff>,
+    tried: u32,
+    last: String,
+}
+
+impl Attempts {
+    /// Connecting: `1 + retries` tries, the first at once, the others after the [`Backoff`].
+    pub fn connecting(retries: u32) -> Self {
+        Self {
+            left: retries.saturating_add(1),
+            backoff: Some(Backoff::default()),
+            tried: 0,
+            last: String::new(),
+        }
+    }
+
+    /// Asking for a micro-batch: a server that accepts, then drops the connection before answering,
+    /// gets `1 + retries` tries, each at once (each reconnection has its own backoff).
+    pub fn asking(retries: u32) -> Self {
+        Self {
+            backoff: None,
+            ..Self::connecting(retries)
+        }
+    }
+
+    /// The pause before the next try (zero before the first and when asking); `None` once every try
+    /// is spent.
+    pub fn next_try(&mut self) -> Option<Duration> {
+        self.left = self.left.checked_sub(1)?;
+        let pause = match &mut self.backoff {
+            Some(backoff) if self.tried > 0 => backoff.next().expect("endless"),
+            _ => Duration::ZERO,
+        };
+        self.tried += 1;
+        Some(pause)
+    }
+
+    /// The verdict on a failed try ([`Exchange::retry`]): `Ok` to try again, `Err` to give up now.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] when the server refused.
+    pub fn failed(&mut self, failure: Exchange) -> Result<(), ClientError> {
+        self.last = failure.retry()?;
+        Ok(())
+    }
+
+    /// The error once every try has failed.
+    pub fn exhausted(self, endpoint: &Endpoint) -> ClientError {
+        let reason = if self.backoff.is_some() {
+            self.last
+        } else {
+            format!(
+                "the connection dropped {} times before a batch arrived",
+                self.tried
+            )
+        };
+        ClientError::Unreachable {
+            endpoint: endpoint.to_string(),
+            reason,
+        }
+    }
+}
+
+/// What the driver does after [`ClientCore::open_shared_memory`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Opening {
+    /// Send `out` on this connection and run the exchange to [`Event::RingReady`].
+    Send,
+    /// This connection is of no use (none, or one mid-way through an exchange): open a new one, whose
+    /// welcome opens the ring.
+    Reconnect,
+}
+
+impl Event {
+    /// The welcome of a new connection ([`Event::Welcomed`], or [`Event::RingReady`] when shared memory
+    /// is on).
+    ///
+    /// # Errors
+    /// Any other event: a bug in the core, reported rather than panicked on.
+    pub fn into_welcome(self) -> Result<(), Failure> {
+        match self {
+            Self::Welcomed | Self::RingReady { .. } => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// [`Event::RingReady`].
+    ///
+    /// # Errors
+    /// As [`Event::into_welcome`].
+    pub fn into_ring(self) -> Result<(), Failure> {
+        match self {
+            Self::RingReady { .. } => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The samples of [`Event::Batch`].
+    ///
+    /// # Errors
+    /// As [`Event::into_welcome`].
+    pub fn into_batch(self) -> Result<Vec<WireSample>, Failure> {
+        match self {
+            Self::Batch(samples) => Ok(samples),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// (slot, bytes) of [`Event::Slot`].
+    ///
+    /// # Errors
+    /// As [`Event::into_welcome`].
+    pub fn into_slot(self) -> Result<(u32, u64), Failure> {
+        match self {
+            Self::Slot { slot, bytes } => Ok((slot, bytes)),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+/// An event the core does not give for what was asked: a bug in the core, reported rather than panicked on.
+fn unexpected(event: &Event) -> Failure {
+    Failure::Refused(format!("unexpected {event:?}"))
+}
+
+/// What the core waits for on the current connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Awaiting {
-    /// Not connected.
+    /// No connection of use: none yet, or one that failed. A new one starts with `connect`.
+    Connection,
+    /// `Welcome`, on a new connection.
     Welcome,
     /// Connected, no exchange under way.
     Nothing,
@@ -95,6 +355,7 @@ pub struct ClientCore {
     shm_slots: Option<u32>,
     fingerprint: String,
     micro_steps: u32,
+    tokens_per_sample: u32,
     awaiting: Awaiting,
     /// Whether the current connection has its ring.
     has_ring: bool,
@@ -127,7 +388,8 @@ impl ClientCore {
             shm_slots: None,
             fingerprint: String::new(),
             micro_steps: 0,
-            awaiting: Awaiting::Welcome,
+            tokens_per_sample: 0,
+            awaiting: Awaiting::Connection,
             has_ring: false,
             held: None,
             ahead: None,
@@ -144,9 +406,41 @@ impl ClientCore {
         self.micro_steps
     }
 
+    /// Tokens in every sample the server sends, from the last `Welcome`: the job's `seq_len`, or
+    /// `seq_len + 1` in Megatron's order (inputs `[:-1]`, labels `[1:]`).
+    pub fn tokens_per_sample(&self) -> u32 {
+        self.tokens_per_sample
+    }
+
     /// The ring's slots, once shared memory is asked for.
     pub fn shm_slots(&self) -> Option<u32> {
         self.shm_slots
+    }
+
+    /// Checks that shared memory is on, for a call that reads a batch in place.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] before [`ClientCore::open_shared_memory`].
+    pub fn check_ring(&self) -> Result<(), ClientError> {
+        match self.shm_slots {
+            Some(_) => Ok(()),
+            None => Err(ClientError::Refused(
+                "no shared-memory ring: call open_shared_memory first".into(),
+            )),
+        }
+    }
+
+    /// Whether the current connection is of use for a new operation: welcomed, with no exchange under
+    /// way. Not before the first [`ClientCore::connect`], after a failure, nor while an exchange is under
+    /// way (an async call dropped mid-flight leaves its answer, or half a frame, on the connection): the
+    /// driver then opens a new connection.
+    pub fn is_ready(&self) -> bool {
+        self.awaiting == Awaiting::Nothing
+    }
+
+    /// The driver lost the connection, or gave it up: the next operation needs a new one.
+    pub fn disconnect(&mut self) {
+        self.awaiting = Awaiting::Connection;
     }
 
     /// Whether the next message is `ShmReady`, whose descriptor the driver must receive with it.
@@ -170,15 +464,16 @@ impl ClientCore {
         out.extend_from_slice(&self.hello);
     }
 
-    /// Switches this connection and every later one to a shared-memory ring of `slots` slots: appends
-    /// `ShmOpen` (the answer gives [`Event::RingReady`]). Call it on a connection with no exchange under
-    /// way; without a connection, call only this and [`ClientCore::connect`] opens the ring.
+    /// Switches this connection and every later one to a shared-memory ring of `slots` slots. On a
+    /// connection that [`ClientCore::is_ready`], appends `ShmOpen` (the answer gives
+    /// [`Event::RingReady`]); otherwise appends nothing and says to reconnect: the welcome of the new
+    /// connection opens the ring.
     ///
     /// The slot held and an answer made ahead belong to the ring this one replaces: they are dropped.
-    pub fn open_shared_memory(&mut self, slots: u32, out: &mut Vec<u8>) {
+    pub fn open_shared_memory(&mut self, slots: u32, out: &mut Vec<u8>) -> Opening {
         self.shm_slots = Some(slots);
-        if self.awaiting != Awaiting::Nothing {
-            return;
+        if !self.is_ready() {
+            return Opening::Reconnect;
         }
         self.held = None;
         self.has_ring = false;
@@ -188,6 +483,7 @@ impl ClientCore {
             Awaiting::Ring
         };
         encode(&Message::ShmOpen { slots }, out);
+        Opening::Send
     }
 
     /// The micro-batch after `at` if the job has it for every rank, so asking for it ahead cannot be
@@ -210,9 +506,9 @@ impl ClientCore {
     /// [`Event::Slot`] with shared memory).
     ///
     /// # Errors
-    /// [`Failure::Dropped`] when the connection is not welcomed or another exchange is under way.
+    /// [`Failure::Dropped`] when the connection is not [`ClientCore::is_ready`].
     pub fn ask(&mut self, at: Position, out: &mut Vec<u8>) -> Result<(), Failure> {
-        if self.awaiting != Awaiting::Nothing {
+        if !self.is_ready() {
             return Err(Failure::Dropped(format!(
                 "cannot ask for {at:?} while waiting for {:?}",
                 self.awaiting
@@ -241,112 +537,156 @@ impl ClientCore {
         Ok(())
     }
 
-    /// Takes the next message from the server; appends what to send next to `out`.
+    /// Takes the next message from the server; appends what to send next to `out`. After a failure the
+    /// connection is of no further use ([`ClientCore::is_ready`] is false until the next
+    /// [`ClientCore::connect`]).
     ///
     /// # Errors
     /// [`Failure::Refused`] for the server's `Error` frame and for any answer other than the one
     /// awaited (a `Batch` or `Slot` of another micro-batch included); [`Failure::Dropped`] when the
     /// server refused a request made ahead.
     pub fn receive(&mut self, message: Message, out: &mut Vec<u8>) -> Result<Event, Failure> {
-        let awaiting = std::mem::replace(&mut self.awaiting, Awaiting::Nothing);
-        let event = match (awaiting, message) {
+        let received = self.take(message, out);
+        if received.is_err() {
+            self.disconnect();
+        }
+        received
+    }
+
+    /// [`ClientCore::receive`]: what `message` means given what the connection awaited.
+    fn take(&mut self, message: Message, out: &mut Vec<u8>) -> Result<Event, Failure> {
+        match (
+            std::mem::replace(&mut self.awaiting, Awaiting::Nothing),
+            message,
+        ) {
             (
                 Awaiting::Welcome,
                 Message::Welcome {
                     fingerprint,
+                    seq_len,
                     micro_steps,
                     ..
                 },
-            ) => {
-                self.fingerprint = fingerprint;
-                self.micro_steps = micro_steps;
-                if let Some(slots) = self.shm_slots {
-                    self.awaiting = Awaiting::Ring;
-                    encode(&Message::ShmOpen { slots }, out);
-                    Event::Continue
-                } else {
-                    Event::Welcomed
-                }
-            }
+            ) => Ok(self.welcomed(fingerprint, seq_len, micro_steps, out)),
             (Awaiting::Ring, Message::ShmReady { slots, slot_bytes }) => {
                 self.has_ring = true;
-                Event::RingReady { slots, slot_bytes }
-            }
-            (Awaiting::StaleThenRing, Message::Batch { .. } | Message::Slot { .. }) => {
-                self.awaiting = Awaiting::Ring;
-                Event::Continue
+                Ok(Event::RingReady { slots, slot_bytes })
             }
             (
-                Awaiting::StaleThenAsk { at, next },
+                then @ (Awaiting::StaleThenRing | Awaiting::StaleThenAsk { .. }),
                 stale @ (Message::Batch { .. } | Message::Slot { .. }),
             ) => {
-                if let Message::Slot { slot, .. } = stale {
-                    encode(&Message::Release { slot }, out);
-                }
-                request(Some(at), out);
-                request(next, out);
-                self.awaiting = Awaiting::Answer { at, next };
-                Event::Continue
+                self.drop_stale(then, &stale, out);
+                Ok(Event::Continue)
             }
+            // Past the job's end, say: the server has closed the connection.
             (
                 Awaiting::StaleThenRing | Awaiting::StaleThenAsk { .. },
                 Message::Error { message },
-            ) => {
-                // Past the job's end, say: the server has closed the connection.
-                return Err(Failure::Dropped(format!(
-                    "the request made ahead was refused: {message}"
-                )));
+            ) => Err(Failure::Dropped(format!(
+                "the request made ahead was refused: {message}"
+            ))),
+            (Awaiting::Answer { at, next }, answer) => self.answer(at, next, answer),
+            (_, Message::Error { message }) => Err(Failure::Refused(message)),
+            (awaiting, other) => Err(Failure::Refused(format!(
+                "expected {}, got {}",
+                awaiting.expected(),
+                describe(&other)
+            ))),
+        }
+    }
+
+    /// Keeps what the `Welcome` says; asks for the ring when shared memory is on.
+    fn welcomed(
+        &mut self,
+        fingerprint: String,
+        tokens_per_sample: u32,
+        micro_steps: u32,
+        out: &mut Vec<u8>,
+    ) -> Event {
+        self.fingerprint = fingerprint;
+        self.micro_steps = micro_steps;
+        self.tokens_per_sample = tokens_per_sample;
+        match self.shm_slots {
+            Some(slots) => {
+                self.awaiting = Awaiting::Ring;
+                encode(&Message::ShmOpen { slots }, out);
+                Event::Continue
             }
-            (Awaiting::Answer { at, next }, answer) => {
-                let event = match answer {
-                    Message::Batch {
-                        step,
-                        micro_step,
-                        samples,
-                    } if self.shm_slots.is_none() && (step, micro_step) == at => {
-                        Event::Batch(samples)
-                    }
-                    Message::Slot {
-                        step,
-                        micro_step,
-                        slot,
-                        bytes,
-                    } if self.has_ring && (step, micro_step) == at => {
-                        self.held = Some(slot);
-                        Event::Slot { slot, bytes }
-                    }
-                    Message::Error { message } => return Err(Failure::Refused(message)),
-                    other => {
-                        let kind = if self.shm_slots.is_some() {
-                            "Slot"
-                        } else {
-                            "Batch"
-                        };
-                        return Err(Failure::Refused(format!(
-                            "expected the {kind} of ({}, {}), got {}",
-                            at.0,
-                            at.1,
-                            describe(&other)
-                        )));
-                    }
+            None => Event::Welcomed,
+        }
+    }
+
+    /// Throws away the answer to a request made ahead that nobody wants any more (giving its slot
+    /// back), then goes on as `then` says: waits for the ring, or asks.
+    fn drop_stale(&mut self, then: Awaiting, stale: &Message, out: &mut Vec<u8>) {
+        if let Message::Slot { slot, .. } = stale
+            && matches!(then, Awaiting::StaleThenAsk { .. })
+        {
+            encode(&Message::Release { slot: *slot }, out);
+        }
+        self.awaiting = match then {
+            Awaiting::StaleThenAsk { at, next } => {
+                request(Some(at), out);
+                request(next, out);
+                Awaiting::Answer { at, next }
+            }
+            _ => Awaiting::Ring,
+        };
+    }
+
+    /// The answer for `at`: its `Batch` (its `Slot` once the ring is open), or a refusal.
+    fn answer(
+        &mut self,
+        at: Position,
+        next: Option<Position>,
+        answer: Message,
+    ) -> Result<Event, Failure> {
+        let event = match answer {
+            Message::Batch {
+                step,
+                micro_step,
+                samples,
+            } if self.shm_slots.is_none() && (step, micro_step) == at => Event::Batch(samples),
+            Message::Slot {
+                step,
+                micro_step,
+                slot,
+                bytes,
+            } if self.has_ring && (step, micro_step) == at => {
+                self.held = Some(slot);
+                Event::Slot { slot, bytes }
+            }
+            Message::Error { message } => return Err(Failure::Refused(message)),
+            other => {
+                let kind = if self.shm_slots.is_some() {
+                    "Slot"
+                } else {
+                    "Batch"
                 };
-                self.ahead = next;
-                event
-            }
-            (_, Message::Error { message }) => return Err(Failure::Refused(message)),
-            (awaiting, other) => {
                 return Err(Failure::Refused(format!(
-                    "expected {}, got {}",
-                    match awaiting {
-                        Awaiting::Welcome => "Welcome",
-                        Awaiting::Ring | Awaiting::StaleThenRing => "ShmReady",
-                        _ => "no message",
-                    },
+                    "expected the {kind} of ({}, {}), got {}",
+                    at.0,
+                    at.1,
                     describe(&other)
                 )));
             }
         };
+        self.ahead = next;
         Ok(event)
+    }
+}
+
+impl Awaiting {
+    /// The message awaited, for an error that names what came instead.
+    fn expected(&self) -> &'static str {
+        match self {
+            Self::Welcome => "Welcome",
+            Self::Connection => "no message (not connected)",
+            Self::Ring | Self::StaleThenRing => "ShmReady",
+            Self::Nothing => "no message",
+            Self::StaleThenAsk { .. } | Self::Answer { .. } => "an answer",
+        }
     }
 }
 
@@ -579,7 +919,7 @@ mod tests {
         assert_eq!(server.requests, [(1, 0)]);
 
         let mut core = ClientCore::new(&job(None), 0, 2, None);
-        core.open_shared_memory(1, &mut out);
+        assert_eq!(core.open_shared_memory(1, &mut out), Opening::Reconnect);
         assert!(out.is_empty(), "not connected: the welcome opens the ring");
         let mut server = connected(&mut core, None);
         for step in 0..3 {
@@ -629,7 +969,7 @@ mod tests {
         // With a ring, a Slot of another micro-batch.
         let mut core = ClientCore::new(&job(None), 0, 2, None);
         let mut out = Vec::new();
-        core.open_shared_memory(2, &mut out);
+        assert_eq!(core.open_shared_memory(2, &mut out), Opening::Reconnect);
         let _server = connected(&mut core, None);
         core.ask((2, 1), &mut out).unwrap();
         let wrong = Message::Slot {
@@ -676,6 +1016,91 @@ mod tests {
             matches!(&refused, Err(Failure::Dropped(m)) if m.contains("past the end")),
             "{refused:?}"
         );
+    }
+
+    #[test]
+    fn a_connection_mid_exchange_or_after_a_failure_is_of_no_use_for_the_next_call() {
+        let mut core = ClientCore::new(&job(None), 0, 2, None);
+        assert!(!core.is_ready(), "not connected");
+        let _server = connected(&mut core, None);
+        assert!(core.is_ready());
+        // The request is out and its answer not read (an async call dropped mid-flight): the answer
+        // would come first on this connection, so the next call needs a new one.
+        let mut out = Vec::new();
+        core.ask((0, 0), &mut out).unwrap();
+        out.clear();
+        assert!(!core.is_ready());
+        let mut shm = Vec::new();
+        assert_eq!(core.open_shared_memory(2, &mut shm), Opening::Reconnect);
+        assert!(shm.is_empty());
+        assert!(matches!(
+            core.ask((0, 1), &mut shm),
+            Err(Failure::Dropped(_))
+        ));
+        // The new connection's welcome opens the ring, and the core asks afresh.
+        let mut server2 = connected(&mut core, None);
+        assert!(core.is_ready());
+        core.ask((0, 0), &mut out).unwrap();
+        assert!(matches!(
+            drive(&mut core, &mut server2, &mut out).unwrap(),
+            Event::Slot { .. }
+        ));
+        assert_eq!(server2.requests, [(0, 0), (0, 1)]);
+        // A refusal leaves the connection of no use too.
+        core.ask((0, 1), &mut out).unwrap();
+        assert!(
+            core.receive(Message::ShmOpen { slots: 1 }, &mut out)
+                .is_err()
+        );
+        assert!(!core.is_ready());
+    }
+
+    #[test]
+    fn connections_are_retried_with_backoff_and_refusals_give_up_at_once() {
+        let millis: Vec<u128> = Backoff::default().take(8).map(|d| d.as_millis()).collect();
+        assert_eq!(millis, [50, 100, 200, 400, 800, 1600, 2000, 2000]);
+        let endpoint: Endpoint = "unix:///nowhere".parse().unwrap();
+        let mut connecting = Attempts::connecting(2);
+        let mut pauses = Vec::new();
+        while let Some(pause) = connecting.next_try() {
+            pauses.push(pause.as_millis());
+            connecting.failed(Exchange::Io("refused".into())).unwrap();
+        }
+        assert_eq!(pauses, [0, 50, 100], "the first try at once");
+        assert_eq!(
+            connecting.exhausted(&endpoint).to_string(),
+            "unix:///nowhere: refused"
+        );
+        // A request made ahead that was refused, or a dropped connection: ask again at once.
+        let mut asking = Attempts::asking(1);
+        for failure in [
+            Exchange::Failed(Failure::Dropped(
+                "the request made ahead was refused".into(),
+            )),
+            Exchange::closed(),
+        ] {
+            assert_eq!(asking.next_try(), Some(Duration::ZERO));
+            asking.failed(failure).unwrap();
+        }
+        assert_eq!(asking.next_try(), None);
+        assert_eq!(
+            asking.exhausted(&endpoint).to_string(),
+            "unix:///nowhere: the connection dropped 2 times before a batch arrived"
+        );
+        // The server refused, or broke the protocol: asking again gets the same answer.
+        let mut asking = Attempts::asking(5);
+        asking.next_try();
+        let refused = asking.failed(Exchange::from(ReadError::Protocol(
+            crate::protocol::ProtocolError::TooLarge { len: 9, max: 1 },
+        )));
+        assert!(
+            matches!(&refused, Err(ClientError::Refused(m)) if m.contains("exceeds the limit")),
+            "{refused:?}"
+        );
+        assert!(matches!(
+            Exchange::Failed(Failure::Refused("no".into())).retry(),
+            Err(ClientError::Refused(_))
+        ));
     }
 
     /// What a caller does next.
@@ -729,7 +1154,7 @@ mod tests {
                         continue;
                     }
                     Action::SharedMemory(slots) => {
-                        core.open_shared_memory(slots, &mut out);
+                        prop_assert_eq!(core.open_shared_memory(slots, &mut out), Opening::Send);
                         let event = drive(&mut core, &mut server, &mut out).unwrap();
                         prop_assert_eq!(event, Event::RingReady { slots, slot_bytes: 4096 });
                         ahead = None;

@@ -57,17 +57,19 @@ pub enum Error {
     /// A rank, world size or micro-step that does not fit the job's batch shape.
     #[error("batch shape: {0}")]
     Shape(String),
-    /// A dataset path that leads outside the server's data root (`serve --data-root`).
+    /// A dataset path that leads outside the server's data root (`serve --data-root`). Where it leads is
+    /// logged on the server, not told to the client.
     #[error(
-        "dataset {path:?} resolves to {}, which is not under the server's data root {}",
-        resolved.display(),
-        root.display()
+        "dataset {path:?} leads outside the server's data root {}{}",
+        root.display(),
+        file.as_ref().map_or(String::new(), |f| format!(" (through its file {})", f.display()))
     )]
     OutsideDataRoot {
         /// As given in the spec.
         path: String,
-        /// Where it leads (as far as it could be resolved).
-        resolved: PathBuf,
+        /// The file of the dataset that leads out (relative to the root), when the dataset's own path
+        /// does not.
+        file: Option<PathBuf>,
         /// The data root, canonical.
         root: PathBuf,
     },

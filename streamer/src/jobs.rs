@@ -310,26 +310,8 @@ mod tests {
     use super::*;
     use std::sync::mpsc;
 
-    use crate::spec::DatasetSpec;
-
     fn spec(seed: u64, order: Order) -> JobSpec {
-        JobSpec {
-            seed,
-            seq_len: 8,
-            context_len: None,
-            varlen: true,
-            micro_batch_size: 1,
-            global_batch_size: 1,
-            order,
-            split: None,
-            split_name: "train".into(),
-            num_samples: Some(100),
-            epochs: None,
-            datasets: vec![DatasetSpec {
-                path: "mem".into(),
-                weight: 1.0,
-            }],
-        }
+        JobSpec::for_test(seed, order, &[1.0], Some(100))
     }
 
     fn documents() -> Vec<Box<dyn Documents>> {

@@ -4,12 +4,20 @@
 //! fingerprint), [`source`] (datasets as documents, Megatron's train/valid/test split), [`epoch`]
 //! (per-epoch document shuffle in O(1) memory, packing into windows, `cu_seqlens`), [`mix`] (per-token
 //! mixing, within one window of the weights in every global batch), [`megatron`] (megatron-core's sample
-//! order, bit for bit) and [`stream`] (global sample `k`, and each rank's slice of a step). [`protocol`] is the wire format, [`server`] serves it over TCP and Unix
-//! sockets with per-client prefetch and [`shm`] rings for clients on the same host, keeping its open
+//! order, bit for bit) and [`stream`] (global sample `k`, and each rank's slice of a step). [`protocol`]
+//! is the wire format and [`transport`] moves its frames; [`server`] serves it over TCP and Unix sockets
+//! with per-client prefetch and [`shm`] rings for clients on the same host, keeping its open
 //! [`jobs`] within a memory [`budget`] and, optionally, under a [`data_root`]; [`metrics`] exposes
 //! what was served, and [`client`] (blocking) and [`async_client`] (tokio) are the Rust clients, two
 //! drivers of one sans-IO [`client_core`].
 #![warn(missing_docs)]
+
+// The unit tests share `tests/raw.rs` with the integration tests, which name this crate.
+#[cfg(test)]
+extern crate self as flame_streamer;
+#[cfg(test)]
+#[path = "../tests/raw.rs"]
+mod raw;
 
 pub mod async_client;
 pub mod budget;
@@ -28,3 +36,4 @@ pub mod shm;
 pub mod source;
 pub mod spec;
 pub mod stream;
+pub mod transport;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use flame_streamer::budget::{ByteSize, DEFAULT_MAX_JOB_MEMORY};
+use flame_streamer::budget::{ByteSize, DEFAULT_MAX_JOB_MEMORY, DEFAULT_MAX_SESSION_MEMORY};
 use flame_streamer::client::Client;
 use flame_streamer::server::{
     DEFAULT_JOB_IDLE, DEFAULT_MAX_CONNECTIONS, DEFAULT_PREFETCH_DEPTH, Endpoint, ServerConfig,
@@ -60,6 +60,11 @@ enum Command {
         /// sessions are dropped to make room.
         #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_JOB_MEMORY)]
         max_job_memory: ByteSize,
+        /// Memory all sessions' shared-memory rings and prefetched micro-batches may take together: a
+        /// ring that would exceed it is refused, and prefetching waits for room. Each connection also
+        /// holds the micro-batch it is serving (at most 1 GiB).
+        #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_SESSION_MEMORY)]
+        max_session_memory: ByteSize,
         /// Seconds a job is kept open after its last session leaves (reopening it costs its start-up); 0
         /// drops it as soon as that session ends.
         #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_JOB_IDLE.as_secs())]
@@ -125,6 +130,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             metrics,
             data_root,
             max_job_memory,
+            max_session_memory,
             job_idle_seconds,
         } => {
             if listen.is_empty() {
@@ -137,6 +143,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 prefetch_depth: prefetch,
                 metrics,
                 max_job_memory: max_job_memory.0,
+                max_session_memory: max_session_memory.0,
                 job_idle: std::time::Duration::from_secs(job_idle_seconds),
                 data_root,
             })?;

@@ -2,8 +2,10 @@
 //! `GET /healthz`, and `GET /` (a small HTML page of jobs and ranks), on their own HTTP listener.
 //!
 //! Per job and rank: micro-batches and tokens served, tokens per dataset, the last step asked for, lag
-//! (the job's furthest step minus this rank's), the prefetch queue depth, and connected clients. For the
-//! server: open connections, open jobs and the bytes of job state they hold. A job's rows go when the
+//! (the job's furthest step minus this rank's), the prefetch queue depth, micro-batches prefetched and
+//! those thrown away unasked, and connected clients. For the
+//! server: open connections, open jobs and the bytes of job state they hold, and the bytes of rings and
+//! prefetched micro-batches the sessions hold. A job's rows go when the
 //! job is dropped.
 
 use std::collections::BTreeMap;
@@ -20,8 +22,13 @@ struct RankStats {
     tokens_per_dataset: Vec<u64>,
     last_step: u64,
     queue_depth: usize,
+    prefetched: u64,
+    discarded: u64,
     clients: u64,
 }
+
+/// A per-rank metric's value, from the rank's counters and its job's furthest step.
+type RankValue = fn(&RankStats, u64) -> u64;
 
 /// The server's counters.
 #[derive(Debug, Default)]
@@ -33,6 +40,8 @@ pub struct Metrics {
     jobs: AtomicUsize,
     /// Bytes of state reserved by the open jobs.
     job_state_bytes: AtomicU64,
+    /// Bytes of rings and prefetched micro-batches the sessions hold ([`crate::budget::SessionMemory`]).
+    pub(crate) session_bytes: AtomicU64,
 }
 
 impl Metrics {
@@ -86,6 +95,15 @@ impl Metrics {
         }
     }
 
+    /// `prefetched` micro-batches were prepared ahead for the client, and `discarded` of those prepared
+    /// before were thrown away (the client asked for something else).
+    pub fn prefetched(&self, fingerprint: &str, rank: u32, prefetched: u64, discarded: u64) {
+        let mut ranks = self.ranks();
+        let stats = ranks.entry((fingerprint.to_owned(), rank)).or_default();
+        stats.prefetched += prefetched;
+        stats.discarded += discarded;
+    }
+
     fn furthest_steps(ranks: &BTreeMap<(String, u32), RankStats>) -> BTreeMap<&str, u64> {
         let mut furthest = BTreeMap::new();
         for ((job, _), s) in ranks {
@@ -127,59 +145,71 @@ impl Metrics {
             "flame_stream_job_state_bytes {}",
             self.job_state_bytes.load(Ordering::Relaxed)
         );
-        for (name, kind, help) in [
-            ("batches_total", "counter", "Micro-batches served."),
-            ("tokens_total", "counter", "Tokens served."),
+        let _ = writeln!(
+            out,
+            "# HELP flame_stream_session_bytes Bytes of rings and prefetched micro-batches the sessions hold."
+        );
+        let _ = writeln!(out, "# TYPE flame_stream_session_bytes gauge");
+        let _ = writeln!(
+            out,
+            "flame_stream_session_bytes {}",
+            self.session_bytes.load(Ordering::Relaxed)
+        );
+        // Per rank: one value each, from its counters and the job's furthest step.
+        let per_rank: [(&str, &str, &str, RankValue); 7] = [
             (
-                "dataset_tokens_total",
+                "batches_total",
                 "counter",
-                "Tokens served per dataset.",
+                "Micro-batches served.",
+                |s, _| s.batches,
             ),
+            ("tokens_total", "counter", "Tokens served.", |s, _| s.tokens),
             (
                 "lag_steps",
                 "gauge",
                 "The job's furthest step minus this rank's last step.",
+                |s, furthest| furthest - s.last_step,
             ),
             (
                 "queue_depth",
                 "gauge",
                 "Micro-batches prefetched and waiting.",
+                |s, _| s.queue_depth as u64,
             ),
-            ("clients", "gauge", "Connected clients."),
-        ] {
+            (
+                "prefetched_total",
+                "counter",
+                "Micro-batches prepared ahead of the client's request.",
+                |s, _| s.prefetched,
+            ),
+            (
+                "prefetch_discarded_total",
+                "counter",
+                "Micro-batches prepared ahead and thrown away: the client asked for others.",
+                |s, _| s.discarded,
+            ),
+            ("clients", "gauge", "Connected clients.", |s, _| s.clients),
+        ];
+        for (name, kind, help, value) in per_rank {
             let _ = writeln!(out, "# HELP flame_stream_{name} {help}");
             let _ = writeln!(out, "# TYPE flame_stream_{name} {kind}");
             for ((job, rank), s) in ranks.iter() {
-                let labels = format!("job=\"{job}\",rank=\"{rank}\"");
-                match name {
-                    "batches_total" => {
-                        let _ = writeln!(out, "flame_stream_{name}{{{labels}}} {}", s.batches);
-                    }
-                    "tokens_total" => {
-                        let _ = writeln!(out, "flame_stream_{name}{{{labels}}} {}", s.tokens);
-                    }
-                    "dataset_tokens_total" => {
-                        for (d, t) in s.tokens_per_dataset.iter().enumerate() {
-                            let _ = writeln!(
-                                out,
-                                "flame_stream_{name}{{{labels},dataset=\"{d}\"}} {t}"
-                            );
-                        }
-                    }
-                    "lag_steps" => {
-                        let _ = writeln!(
-                            out,
-                            "flame_stream_{name}{{{labels}}} {}",
-                            furthest[job.as_str()] - s.last_step
-                        );
-                    }
-                    "queue_depth" => {
-                        let _ = writeln!(out, "flame_stream_{name}{{{labels}}} {}", s.queue_depth);
-                    }
-                    _ => {
-                        let _ = writeln!(out, "flame_stream_{name}{{{labels}}} {}", s.clients);
-                    }
-                }
+                let value = value(s, furthest[job.as_str()]);
+                let _ = writeln!(
+                    out,
+                    "flame_stream_{name}{{job=\"{job}\",rank=\"{rank}\"}} {value}"
+                );
+            }
+        }
+        let name = "dataset_tokens_total";
+        let _ = writeln!(out, "# HELP flame_stream_{name} Tokens served per dataset.");
+        let _ = writeln!(out, "# TYPE flame_stream_{name} counter");
+        for ((job, rank), s) in ranks.iter() {
+            for (d, t) in s.tokens_per_dataset.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "flame_stream_{name}{{job=\"{job}\",rank=\"{rank}\",dataset=\"{d}\"}} {t}"
+                );
             }
         }
         out

@@ -9,11 +9,17 @@
 //! | 2 | `Welcome` (server) | version `u16`, fingerprint string, seq_len `u32`, micro-steps per step `u32` |
 //! | 3 | `Request` (client) | step `u64`, micro-step `u64` |
 //! | 4 | `Batch` (server) | step `u64`, micro-step `u64`, samples `u32`, then per sample: dataset `u32`, index `u64`, `cu_seqlens` count `u32` and values `u32`, tokens count `u32` and values `u32` |
-//! | 5 | `Error` (server) | message string; the server closes the connection after it |
+//! | 5 | `Error` (server) | message string; the server closes the connection after it. One that starts with [`END_OF_JOB`] answers a `Request` past the job's end |
 //! | 6 | `ShmOpen` (client, Unix socket only) | slots `u32`: asks for a shared-memory ring of that many slots |
 //! | 7 | `ShmReady` (server) | slots `u32`, slot bytes `u64`; the ring's file descriptor travels with this frame (`SCM_RIGHTS`) |
 //! | 8 | `Slot` (server) | step `u64`, micro-step `u64`, slot `u32`, bytes `u64`: the answer to a `Request` once a ring is open; the batch is in that slot ([`crate::shm`] has its layout) |
 //! | 9 | `Release` (client) | slot `u32`: the client no longer reads that slot; the server may write it again |
+//!
+//! The job's end (its `num_samples`, or `epochs` passes over its datasets) is the last micro-batch every
+//! rank has: a `Request` for any later one, of any rank, is answered by an `Error` whose message starts
+//! with [`END_OF_JOB`], so a client that does not know the job's length stops there cleanly. (Servers
+//! before this convention answered such requests with an `Error` of another wording, and served a
+//! rank's micro-batch that lay before the end while another rank's did not.)
 //!
 //! [`decode`] is sans-IO: it takes the bytes received so far and returns a message and how many bytes
 //! it used, `None` when more are needed, or an error. Every length is checked against [`Limits`] before
@@ -25,6 +31,8 @@ use thiserror::Error;
 pub const VERSION: u16 = 1;
 /// The first bytes of a `Hello`.
 pub const MAGIC: [u8; 4] = *b"FLMS";
+/// How the message of an `Error` past the job's end starts.
+pub const END_OF_JOB: &str = "end of job: ";
 
 /// Upper bounds on what a peer may send.
 #[derive(Clone, Copy, Debug)]
@@ -361,6 +369,13 @@ pub fn encode(message: &Message, out: &mut Vec<u8>) {
 
 /// One sample of a `Batch` as borrowed parts: dataset, global index, `cu_seqlens`, tokens.
 pub type SampleParts<'a> = (u32, u64, &'a [u32], &'a [u32]);
+
+/// The largest `Batch` frame of `samples` samples of `tokens_per_sample` tokens: each with the most
+/// `cu_seqlens` a sample can have (one per token, plus one).
+pub fn batch_frame_bound(samples: u32, tokens_per_sample: u32) -> u64 {
+    let t = u64::from(tokens_per_sample);
+    25 + u64::from(samples) * (20 + 4 * (2 * t + 1))
+}
 
 /// Appends a `Batch` frame of `samples` to `out`, copying the arrays as they are.
 pub fn encode_batch(step: u64, micro_step: u64, samples: &[SampleParts<'_>], out: &mut Vec<u8>) {

@@ -7,79 +7,39 @@
 //! batch is a pure function of the job and (step, micro-step, rank, world size), a client that
 //! reconnects — to this server or to a restarted one — simply asks for the step it needs next.
 //!
-//! No client can hurt the others: each session runs in a `tracing` span (endpoint, peer, job, rank) and
-//! its errors are logged as well as sent; a panic in one is caught, logged and answered with an `Error`
-//! frame, and the connection count is a guard released on unwind. Jobs are opened without blocking other
-//! jobs, kept within a memory budget and dropped when idle ([`crate::jobs`]); with a data root, jobs may
-//! name only files under it ([`crate::data_root`]).
+//! No client can crash the server or make it allocate without bound: each session runs in a `tracing`
+//! span (endpoint, peer, job, rank) and its errors are logged as well as sent; a panic in one is caught,
+//! logged and answered with an `Error` frame, and the connection count is a guard released on unwind.
+//! Jobs are opened without blocking other jobs, kept within a memory budget and dropped when idle
+//! ([`crate::jobs`]); sessions' rings and prefetched micro-batches are kept within another
+//! ([`crate::budget::SessionMemory`]), which clients share; with a data root, jobs may name only files
+//! under it ([`crate::data_root`]).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::{UnixListener, UnixStream};
-
-use rustix::event::{PollFd, PollFlags};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use crate::budget::{ByteSize, DEFAULT_MAX_JOB_MEMORY};
+use rustix::event::{PollFd, PollFlags};
+
+use crate::budget::{
+    ByteSize, DEFAULT_MAX_JOB_MEMORY, DEFAULT_MAX_SESSION_MEMORY, Reservation, SessionMemory,
+};
 use crate::data_root::DataRoot;
 use crate::jobs::{Jobs, Lease, Opener};
 use crate::metrics::{Metrics, serve_http};
 use crate::protocol::{
-    Limits, Message, SampleParts, VERSION, decode, encode, encode_batch as encode_batch_frame,
+    END_OF_JOB, Limits, Message, SampleParts, VERSION, batch_frame_bound, decode, encode,
+    encode_batch as encode_batch_frame,
 };
 use crate::shm::{self, MAX_SLOTS, Ring};
 use crate::spec::JobSpec;
 use crate::stream::{BatchBuffers, Stream, open_documents};
-
-/// Where to listen or connect: `tcp://HOST:PORT` or `unix:///PATH`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Endpoint {
-    /// A TCP address.
-    Tcp(String),
-    /// A Unix socket path.
-    Unix(PathBuf),
-}
-
-impl std::str::FromStr for Endpoint {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if let Some(addr) = s.strip_prefix("tcp://") {
-            Ok(Self::Tcp(addr.to_owned()))
-        } else if let Some(path) = s.strip_prefix("unix://") {
-            Ok(Self::Unix(PathBuf::from(path)))
-        } else {
-            Err(format!("{s:?}: expected tcp://HOST:PORT or unix:///PATH"))
-        }
-    }
-}
-
-impl std::fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Tcp(addr) => write!(f, "tcp://{addr}"),
-            Self::Unix(path) => write!(f, "unix://{}", path.display()),
-        }
-    }
-}
-
-/// A byte stream to a peer.
-pub trait Connection: Read + Write + Send + AsFd {
-    /// The Unix socket underneath, which can carry file descriptors (shared memory).
-    fn as_unix(&self) -> Option<&UnixStream> {
-        None
-    }
-}
-impl Connection for TcpStream {}
-impl Connection for UnixStream {
-    fn as_unix(&self) -> Option<&UnixStream> {
-        Some(self)
-    }
-}
+pub use crate::transport::Endpoint;
+use crate::transport::{Connection, read_message, send_with_fd};
 
 /// Connections served at once by default.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
@@ -105,6 +65,9 @@ pub struct ServerConfig {
     pub metrics: Option<String>,
     /// Bytes of state all open jobs may hold together ([`crate::budget`]).
     pub max_job_memory: u64,
+    /// Bytes all sessions' rings and prefetched micro-batches may take together
+    /// ([`crate::budget::SessionMemory`]).
+    pub max_session_memory: u64,
     /// How long a job is kept once its last session has left.
     pub job_idle: Duration,
     /// The directory jobs' datasets must lie under; `None` trusts every client with every file the
@@ -122,6 +85,7 @@ impl Default for ServerConfig {
             prefetch_depth: DEFAULT_PREFETCH_DEPTH,
             metrics: None,
             max_job_memory: DEFAULT_MAX_JOB_MEMORY.0,
+            max_session_memory: DEFAULT_MAX_SESSION_MEMORY.0,
             job_idle: DEFAULT_JOB_IDLE,
             data_root: None,
         }
@@ -141,6 +105,7 @@ struct Shared {
     token: Option<String>,
     jobs: Jobs,
     metrics: Arc<Metrics>,
+    session_memory: SessionMemory,
     max_connections: usize,
     prefetch_depth: usize,
 }
@@ -165,6 +130,7 @@ fn serve_with(config: &ServerConfig, opener: Box<Opener>) -> std::io::Result<Run
             config.job_idle,
             Arc::clone(&metrics),
         ),
+        session_memory: SessionMemory::new(config.max_session_memory, Arc::clone(&metrics)),
         metrics,
         max_connections: config.max_connections,
         prefetch_depth: config.prefetch_depth,
@@ -321,138 +287,170 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("a panic without a message")
 }
 
-/// Reads one message; `Ok(None)` at a clean end of stream.
-pub(crate) fn read_message(
-    conn: &mut dyn Connection,
-    buf: &mut Vec<u8>,
-    limits: Limits,
-) -> Result<Option<Message>, String> {
-    loop {
-        match decode(buf, limits) {
-            Ok(Some((message, used))) => {
-                buf.drain(..used);
-                return Ok(Some(message));
-            }
-            Ok(None) => {}
-            Err(e) => return Err(e.to_string()),
-        }
-        // Read what the frame still needs (at least a page, at most 4 MiB), so small messages do not pay
-        // for zeroing a large buffer.
-        let filled = buf.len();
-        let want = match buf.get(..4) {
-            Some(h) => (4 + u32::from_le_bytes(h.try_into().expect("4 bytes")) as usize)
-                .saturating_sub(filled),
-            None => 0,
-        };
-        buf.resize(filled + want.clamp(4096, 4 << 20), 0);
-        let n = conn
-            .read(&mut buf[filled..])
-            .map_err(|e| format!("read: {e}"));
-        buf.truncate(filled + *n.as_ref().unwrap_or(&0));
-        let n = n?;
-        if n == 0 {
-            return if buf.is_empty() {
-                Ok(None)
-            } else {
-                Err("connection closed inside a frame".into())
-            };
-        }
-    }
-}
-
 /// One client: `Hello`, then requests until it hangs up. An `Err` is sent back as an `Error` frame.
 fn session(shared: &Shared, conn: &mut Box<dyn Connection>) -> Result<(), String> {
     let mut buf = Vec::new();
     let (stream, _lease, rank, world_size, micro_steps) = welcome(shared, conn, &mut buf)?;
     let fingerprint = stream.spec().fingerprint();
     let _client = ClientSeen::new(&shared.metrics, &fingerprint, rank);
-    let micro_steps = u64::from(micro_steps);
-    // The position after `at`; none after the last step there is.
-    let advance = |(step, micro_step): (u64, u64)| {
-        if micro_step + 1 == micro_steps {
-            step.checked_add(1).map(|step| (step, 0))
-        } else {
-            Some((step, micro_step + 1))
-        }
+    let mut session = Session {
+        shared,
+        stream: &stream,
+        fingerprint: &fingerprint,
+        shape: (rank, world_size),
+        micro_steps: u64::from(micro_steps),
+        ring: None,
+        ring_reserved: None,
+        ahead: Ahead::default(),
+        batch: BatchBuffers::default(),
     };
-    let mut ahead = Ahead::default();
-    let mut ring: Option<Ring> = None;
-    let mut batch = BatchBuffers::default();
-    let shape = (rank, world_size);
     loop {
-        // Prepare the next micro-batches while the client has nothing waiting, up to the depth (and the
-        // free slots of a ring); stop ahead of an error (past the job's end), sent only if asked for.
-        while let Some(next) = ahead.next
-            && ahead.queue.len() < shared.prefetch_depth
-            && ahead.queue.back().is_none_or(|(_, b)| b.is_ok())
-            && !request_waiting(conn.as_ref(), &buf)?
-        {
-            let Some(prepared) = prepare(&stream, next, shape, ring.as_mut(), &mut batch) else {
-                break;
-            };
-            ahead.queue.push_back((next, prepared));
-            ahead.next = advance(next);
-        }
-        let Some(message) = read_message(conn.as_mut(), &mut buf, Limits::CLIENT_FRAMES)? else {
+        session.prefetch(conn.as_ref(), &buf)?;
+        let Some(message) = read_message(conn.as_mut(), &mut buf, Limits::CLIENT_FRAMES)
+            .map_err(|e| e.to_string())?
+        else {
             return Ok(());
         };
-        let at = match message {
-            Message::Request { step, micro_step } => (step, micro_step),
+        if let Some(answer) = session.handle(conn.as_ref(), message)? {
+            conn.write_all(&answer).map_err(|e| format!("write: {e}"))?;
+        }
+    }
+}
+
+/// A welcomed client's state: its job and place in it, its ring, and what is prepared ahead for it.
+struct Session<'a> {
+    shared: &'a Shared,
+    stream: &'a Stream,
+    fingerprint: &'a str,
+    /// (rank, world size).
+    shape: (u32, u32),
+    micro_steps: u64,
+    ring: Option<Ring>,
+    /// The ring's bytes, of the sessions' budget.
+    ring_reserved: Option<Reservation<'a>>,
+    ahead: Ahead<'a>,
+    /// Where micro-batches are computed, reused.
+    batch: BatchBuffers,
+}
+
+impl Session<'_> {
+    /// Prepares the next micro-batches while the client has nothing waiting, up to the depth (and the
+    /// free slots of a ring, and the sessions' memory budget); stops ahead of an error (past the job's
+    /// end), sent only if asked for.
+    fn prefetch(&mut self, conn: &dyn Connection, buf: &[u8]) -> Result<(), String> {
+        while let Some(next) = self.ahead.next
+            && self.ahead.queue.len() < self.shared.prefetch_depth
+            && self.ahead.queue.back().is_none_or(|(_, b, _)| b.is_ok())
+            && !request_waiting(conn, buf)?
+        {
+            // A slot is the ring's, reserved with it; a frame is reserved at its bound, then its size.
+            let mut reserved = None;
+            if self.ring.is_none() {
+                let bound = batch_frame_bound(
+                    self.stream.spec().micro_batch_size,
+                    self.stream.tokens_per_sample(),
+                );
+                let Some(reservation) = self.shared.session_memory.reserve(bound) else {
+                    break;
+                };
+                reserved = Some(reservation);
+            }
+            let Some(prepared) = self.prepare(next) else {
+                break;
+            };
+            if let (Some(reserved), Ok((Ready::Frame(frame), _))) = (&mut reserved, &prepared) {
+                reserved.shrink_to(frame.len() as u64);
+            }
+            self.ahead.queue.push_back((next, prepared, reserved));
+            self.ahead.next = self.advance(next);
+            self.shared
+                .metrics
+                .prefetched(self.fingerprint, self.shape.0, 1, 0);
+        }
+        Ok(())
+    }
+
+    /// Handles one message from the client: the answer to send for a `Request`, nothing for the others.
+    fn handle(
+        &mut self,
+        conn: &dyn Connection,
+        message: Message,
+    ) -> Result<Option<Vec<u8>>, String> {
+        match message {
+            Message::Request { step, micro_step } => self.serve((step, micro_step)).map(Some),
             Message::ShmOpen { slots } => {
-                ring = Some(open_ring(conn.as_ref(), &stream, slots)?);
-                // Batches prepared ahead are frames; slots want slot images.
-                ahead = Ahead::default();
-                continue;
+                // Batches prepared ahead are frames; slots want slot images. What the old ring and
+                // they held goes back to the budget first.
+                self.ahead = Ahead::default();
+                (self.ring, self.ring_reserved) = (None, None);
+                let (ring, reserved) =
+                    open_ring(conn, self.stream, slots, &self.shared.session_memory)?;
+                (self.ring, self.ring_reserved) = (Some(ring), Some(reserved));
+                Ok(None)
             }
             Message::Release { slot } => {
-                ring.as_mut()
+                self.ring
+                    .as_mut()
                     .ok_or("Release without a shared-memory ring")?
                     .release(slot)?;
-                continue;
+                Ok(None)
             }
-            other => return Err(format!("expected Request, got {}", other.kind())),
-        };
-        if at.1 >= micro_steps {
+            other => Err(format!("expected Request, got {}", other.kind())),
+        }
+    }
+
+    /// The answer for the micro-batch at `at`: from what was prepared ahead when the client asks for
+    /// the next micro-batch, as it does in training; any other request starts over from there.
+    fn serve(&mut self, at: (u64, u64)) -> Result<Vec<u8>, String> {
+        if at.1 >= self.micro_steps {
             return Err(format!(
-                "batch shape: micro-step {} is past the {micro_steps} micro-steps of a step",
-                at.1
+                "batch shape: micro-step {} is past the {} micro-steps of a step",
+                at.1, self.micro_steps
             ));
         }
-        // Served from what was prepared ahead when the client asks for the next micro-batch, as it
-        // does in training; any other request starts over from there.
-        let prepared = match ahead.queue.front() {
-            Some((position, _)) if *position == at => ahead.queue.pop_front().expect("a front").1,
+        self.ahead.asked(at, self.micro_steps);
+        let prepared = match self.ahead.queue.front() {
+            Some((position, _, _)) if *position == at => {
+                self.ahead.queue.pop_front().expect("a front").1
+            }
             _ => {
-                ahead.discard(ring.as_mut());
-                ahead.next = advance(at);
-                prepare(&stream, at, shape, ring.as_mut(), &mut batch).ok_or_else(|| {
+                let discarded = self.ahead.discard(self.ring.as_mut());
+                if discarded > 0 {
+                    self.shared
+                        .metrics
+                        .prefetched(self.fingerprint, self.shape.0, 0, discarded);
+                }
+                self.ahead.next = self.advance(at);
+                self.prepare(at).ok_or_else(|| {
                     format!(
                         "the client holds all {} slots; release one before asking for more",
-                        ring.as_ref().map_or(0, Ring::slots)
+                        self.ring.as_ref().map_or(0, Ring::slots)
                     )
                 })?
             }
         };
         let (ready, tokens_per_dataset) = prepared?;
         // Counted before the write, so a client that has its batch sees it in the metrics.
-        shared.metrics.served(
-            &fingerprint,
-            rank,
+        self.shared.metrics.served(
+            self.fingerprint,
+            self.shape.0,
             at.0,
             &tokens_per_dataset,
-            ahead.queue.len(),
+            self.ahead.queue.len(),
         );
-        let frame = match ready {
+        Ok(match ready {
             Ready::Frame(frame) => frame,
             Ready::Slot(slot, bytes) => {
-                ring.as_mut()
+                self.ring
+                    .as_mut()
                     .expect("slots come from a ring")
                     .hand_over(slot);
                 let mut frame = Vec::new();
+                let (step, micro_step) = at;
                 encode(
                     &Message::Slot {
-                        step: at.0,
-                        micro_step: at.1,
+                        step,
+                        micro_step,
                         slot,
                         bytes,
                     },
@@ -460,8 +458,30 @@ fn session(shared: &Shared, conn: &mut Box<dyn Connection>) -> Result<(), String
                 );
                 frame
             }
-        };
-        conn.write_all(&frame).map_err(|e| format!("write: {e}"))?;
+        })
+    }
+
+    /// [`prepare`] for this client.
+    fn prepare(&mut self, at: (u64, u64)) -> Option<Prepared> {
+        prepare(
+            self.stream,
+            at,
+            self.shape,
+            self.ring.as_mut(),
+            &mut self.batch,
+        )
+    }
+
+    /// The position the client will ask for after `at`: [`Ahead::stride`] micro-batches on; none past
+    /// the last step there is.
+    fn advance(&self, at: (u64, u64)) -> Option<(u64, u64)> {
+        let position = linear(at, self.micro_steps) + u128::from(self.ahead.stride);
+        let micro_steps = u128::from(self.micro_steps);
+        let step = u64::try_from(position / micro_steps).ok()?;
+        Some((
+            step,
+            u64::try_from(position % micro_steps).expect("below micro_steps"),
+        ))
     }
 }
 
@@ -498,7 +518,7 @@ fn welcome<'a>(
         job,
         rank,
         world_size,
-    }) = read_message(conn.as_mut(), buf, Limits::CLIENT_FRAMES)?
+    }) = read_message(conn.as_mut(), buf, Limits::CLIENT_FRAMES).map_err(|e| e.to_string())?
     else {
         return Err("expected Hello".into());
     };
@@ -539,8 +559,14 @@ fn welcome<'a>(
     Ok((stream, lease, rank, world_size, micro_steps))
 }
 
-/// Creates a client's ring and sends it over the Unix socket with `ShmReady`.
-fn open_ring(conn: &dyn Connection, stream: &Stream, slots: u32) -> Result<Ring, String> {
+/// Creates a client's ring, its bytes reserved of the sessions' `memory`, and sends it over the Unix
+/// socket with `ShmReady`.
+fn open_ring<'a>(
+    conn: &dyn Connection,
+    stream: &Stream,
+    slots: u32,
+    memory: &'a SessionMemory,
+) -> Result<(Ring, Reservation<'a>), String> {
     let socket = conn.as_unix().ok_or("shared memory needs a Unix socket")?;
     if slots == 0 || slots > MAX_SLOTS {
         return Err(format!("a ring of {slots} slots: ask for 1..={MAX_SLOTS}"));
@@ -555,6 +581,15 @@ fn open_ring(conn: &dyn Connection, stream: &Stream, slots: u32) -> Result<Ring,
             ByteSize(MAX_RING_BYTES)
         ));
     }
+    let reserved = memory.reserve(ring_bytes).ok_or_else(|| {
+        format!(
+            "a ring of {slots} slots of {} is {}, more than the sessions' buffers have left: {} of {} (serve --max-session-memory) are held; ask for fewer slots, or read batches over the socket",
+            ByteSize(bytes),
+            ByteSize(ring_bytes),
+            ByteSize(memory.held_bytes()),
+            ByteSize(memory.budget_bytes())
+        )
+    })?;
     let ring = Ring::create(slots, bytes).map_err(|e| format!("shared memory: {e}"))?;
     let mut frame = Vec::new();
     encode(
@@ -564,8 +599,8 @@ fn open_ring(conn: &dyn Connection, stream: &Stream, slots: u32) -> Result<Ring,
         },
         &mut frame,
     );
-    shm::send_with_fd(socket, &frame, ring.fd()).map_err(|e| format!("write: {e}"))?;
-    Ok(ring)
+    send_with_fd(socket, &frame, ring.fd()).map_err(|e| format!("write: {e}"))?;
+    Ok((ring, reserved))
 }
 
 /// Counts a connected client of a rank for as long as it lives.
@@ -603,24 +638,77 @@ type Prepared = Result<(Ready, Vec<u64>), String>;
 
 /// Micro-batches of one connection prepared ahead, in order, by the connection's own thread while
 /// the client is busy with the last one (no thread hand-off per batch).
-#[derive(Default)]
-struct Ahead {
-    /// (step, micro-step) and its batch.
-    queue: std::collections::VecDeque<((u64, u64), Prepared)>,
+///
+/// They are the ones the client will ask for next if it goes on as its last two requests went: a
+/// trainer asks for every micro-batch in turn (a stride of 1), a `DataLoader` worker of `W` for every
+/// `W`-th (a stride of `W`, its own read-ahead included).
+struct Ahead<'a> {
+    /// (step, micro-step), its batch, and the bytes its frame holds of the sessions' budget.
+    queue: std::collections::VecDeque<((u64, u64), Prepared, Option<Reservation<'a>>)>,
     /// The next position to prepare; `None` until the first request.
     next: Option<(u64, u64)>,
+    /// The last request, as a micro-batch position ([`linear`]).
+    last_asked: Option<u128>,
+    /// Micro-batches between the last two requests; 1 without two requests in increasing order.
+    stride: u64,
 }
 
-impl Ahead {
-    /// Throws away what was prepared, freeing its slots.
-    fn discard(&mut self, ring: Option<&mut Ring>) {
+impl Default for Ahead<'_> {
+    fn default() -> Self {
+        Self {
+            queue: std::collections::VecDeque::new(),
+            next: None,
+            last_asked: None,
+            stride: 1,
+        }
+    }
+}
+
+impl Ahead<'_> {
+    /// The client asked for `at`: the stride is the distance from its last request, when it went
+    /// forward (by at most `u64::MAX` micro-batches), else 1.
+    fn asked(&mut self, at: (u64, u64), micro_steps: u64) {
+        let position = linear(at, micro_steps);
+        self.stride = self
+            .last_asked
+            .and_then(|last| position.checked_sub(last))
+            .and_then(|gap| u64::try_from(gap).ok())
+            .filter(|&gap| gap > 0)
+            .unwrap_or(1);
+        self.last_asked = Some(position);
+    }
+
+    /// Throws away what was prepared, freeing its slots; returns how many micro-batches were.
+    fn discard(&mut self, ring: Option<&mut Ring>) -> u64 {
         let mut ring = ring;
-        for (_, prepared) in self.queue.drain(..) {
+        let discarded = self.queue.len() as u64;
+        for (_, prepared, _) in self.queue.drain(..) {
             if let (Ok((Ready::Slot(slot, _), _)), Some(ring)) = (prepared, ring.as_deref_mut()) {
                 ring.discard(slot);
             }
         }
+        discarded
     }
+}
+
+/// Micro-batch `(step, micro_step)`'s place in the job's sequence of micro-batches.
+fn linear((step, micro_step): (u64, u64), micro_steps: u64) -> u128 {
+    u128::from(step) * u128::from(micro_steps) + u128::from(micro_step)
+}
+
+/// The refusal of micro-batch `(step, micro_step)` when the job does not have it for every rank (the
+/// last rank's samples lie past the job's end): [`END_OF_JOB`] and why.
+fn end_of_job(stream: &Stream, (step, micro_step): (u64, u64), world_size: u32) -> Option<String> {
+    let num_samples = stream.num_samples()?;
+    let last_rank = stream
+        .micro_batch_indices(step, micro_step, world_size.checked_sub(1)?, world_size)
+        .ok()?;
+    (last_rank.end > num_samples).then(|| {
+        format!(
+            "{END_OF_JOB}micro-batch ({step}, {micro_step}) of {world_size} ranks ends at sample {}, past the job's {num_samples} samples",
+            last_rank.end
+        )
+    })
 }
 
 /// Computes rank `rank`'s micro-batch at `at` into `batch` and packages it: into a free slot of `ring`
@@ -632,6 +720,9 @@ fn prepare(
     ring: Option<&mut Ring>,
     batch: &mut BatchBuffers,
 ) -> Option<Prepared> {
+    if let Some(end) = end_of_job(stream, (step, micro_step), world_size) {
+        return Some(Err(end));
+    }
     if ring.as_ref().is_some_and(|r| r.all_held()) {
         return None;
     }
@@ -674,28 +765,9 @@ fn prepare(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::raw::{http_get, metric, raw_exchange};
     use crate::source::Documents;
-    use crate::spec::{DatasetSpec, Order};
-
-    fn spec(seed: u64) -> JobSpec {
-        JobSpec {
-            seed,
-            seq_len: 8,
-            context_len: None,
-            varlen: true,
-            micro_batch_size: 1,
-            global_batch_size: 1,
-            order: Order::Flame,
-            split: None,
-            split_name: "train".into(),
-            num_samples: None,
-            epochs: None,
-            datasets: vec![DatasetSpec {
-                path: "mem".into(),
-                weight: 1.0,
-            }],
-        }
-    }
+    use crate::spec::Order;
 
     /// `Hello` for `spec` as rank 0 of 1, then a request for the first micro-batch.
     fn hello_and_request(spec: &JobSpec) -> Vec<u8> {
@@ -720,34 +792,6 @@ mod tests {
         bytes
     }
 
-    /// Sends `bytes`, ends the write side, and reads every message until the server closes.
-    fn exchange(path: &std::path::Path, bytes: &[u8]) -> Vec<Message> {
-        let mut conn = UnixStream::connect(path).unwrap();
-        conn.write_all(bytes).unwrap();
-        conn.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut answer = Vec::new();
-        conn.read_to_end(&mut answer).unwrap();
-        let mut messages = Vec::new();
-        let mut at = 0;
-        while let Some((m, used)) = decode(&answer[at..], Limits::SERVER_FRAMES).unwrap() {
-            messages.push(m);
-            at += used;
-        }
-        messages
-    }
-
-    fn gauge(metrics: SocketAddr, name: &str) -> u64 {
-        let mut conn = std::net::TcpStream::connect(metrics).unwrap();
-        write!(conn, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-        let mut text = String::new();
-        conn.read_to_string(&mut text).unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-            .parse()
-            .unwrap()
-    }
-
     #[test]
     fn a_panicking_session_is_answered_and_uncounted_and_the_others_carry_on() {
         let dir = tempfile::tempdir().unwrap();
@@ -770,7 +814,10 @@ mod tests {
         };
         let metrics = running.metrics.unwrap();
         for _ in 0..2 {
-            let answer = exchange(socket, &hello_and_request(&spec(13)));
+            let answer = raw_exchange(
+                socket,
+                &hello_and_request(&JobSpec::for_test(13, Order::Flame, &[1.0], None)),
+            );
             let [Message::Error { message }] = answer.as_slice() else {
                 panic!("{answer:?}")
             };
@@ -780,11 +827,20 @@ mod tests {
                 "{message}"
             );
             // Counted out before the connection closed; the job that never opened is not kept.
-            assert_eq!(gauge(metrics, "flame_stream_connections"), 0);
-            assert_eq!(gauge(metrics, "flame_stream_jobs"), 0);
+            assert_eq!(
+                metric(&http_get(metrics, "/metrics"), "flame_stream_connections "),
+                0
+            );
+            assert_eq!(
+                metric(&http_get(metrics, "/metrics"), "flame_stream_jobs "),
+                0
+            );
         }
         // Every other job is served as before: nothing was poisoned.
-        let answer = exchange(socket, &hello_and_request(&spec(1)));
+        let answer = raw_exchange(
+            socket,
+            &hello_and_request(&JobSpec::for_test(1, Order::Flame, &[1.0], None)),
+        );
         assert!(
             matches!(
                 answer.as_slice(),
@@ -792,7 +848,27 @@ mod tests {
             ),
             "{answer:?}"
         );
-        assert_eq!(gauge(metrics, "flame_stream_connections"), 0);
+        assert_eq!(
+            metric(&http_get(metrics, "/metrics"), "flame_stream_connections "),
+            0
+        );
+    }
+
+    #[test]
+    fn the_prefetch_stride_is_the_gap_between_the_last_two_requests_forward_else_one() {
+        let mut ahead = Ahead::default();
+        let micro_steps = 4;
+        let mut strides = Vec::new();
+        // First; 3 on (across a step); 3 on; back; the same again; u64::MAX steps on.
+        for at in [(0, 1), (1, 0), (1, 3), (0, 0), (0, 0), (u64::MAX, 3)] {
+            ahead.asked(at, micro_steps);
+            strides.push(ahead.stride);
+        }
+        assert_eq!(
+            strides,
+            [1, 3, 3, 1, 1, 1],
+            "a gap past u64::MAX falls back to 1"
+        );
     }
 
     #[test]

@@ -23,16 +23,9 @@
 //! | then | every sample's `cu_seqlens` (`u32`), one after the other |
 
 use std::fs::File;
-use std::io::{IoSlice, IoSliceMut};
-use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
-use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags,
-};
 
 use crate::stream::BatchBuffers;
 
@@ -392,54 +385,6 @@ impl RingMap {
         #[allow(clippy::cast_possible_truncation)]
         SlotBatch::parse(&self.map[start..start + bytes as usize])
     }
-}
-
-/// Sends `bytes` with `fd` attached (`SCM_RIGHTS`).
-///
-/// # Errors
-/// When the socket fails.
-pub fn send_with_fd(socket: &UnixStream, bytes: &[u8], fd: BorrowedFd<'_>) -> std::io::Result<()> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    let fds = [fd];
-    control.push(SendAncillaryMessage::ScmRights(&fds));
-    let sent = rustix::net::sendmsg(
-        socket,
-        &[IoSlice::new(bytes)],
-        &mut control,
-        SendFlags::empty(),
-    )?;
-    std::io::Write::write_all(&mut &*socket, &bytes[sent..])
-}
-
-/// Receives some bytes into `buf` and the descriptor that came with them, if any (`None` for the
-/// descriptor when none came; `Ok(0)` bytes at the end of the stream).
-///
-/// # Errors
-/// When the socket fails.
-pub fn recv_with_fd(
-    socket: impl AsFd,
-    buf: &mut Vec<u8>,
-) -> std::io::Result<(usize, Option<OwnedFd>)> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let mut chunk = vec![0u8; 64 << 10];
-    let received = rustix::net::recvmsg(
-        socket,
-        &mut [IoSliceMut::new(&mut chunk)],
-        &mut control,
-        RecvFlags::CMSG_CLOEXEC,
-    )?;
-    buf.extend_from_slice(&chunk[..received.bytes]);
-    let mut fd = None;
-    for message in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(fds) = message {
-            for received in fds {
-                fd.get_or_insert(received);
-            }
-        }
-    }
-    Ok((received.bytes, fd))
 }
 
 #[cfg(test)]

@@ -269,6 +269,41 @@ fn parse_split(text: &str) -> Result<[f64; 3], SpecError> {
 }
 
 #[cfg(test)]
+impl JobSpec {
+    /// A job for the unit tests: seed `seed`, `order` over one dataset per weight of `weights` (paths
+    /// `mem0`, `mem1`, ...: the tests' openers make them up), windows of 8 tokens, micro- and global
+    /// batches of 1, varlen, and `num_samples` (`None`: no end).
+    pub(crate) fn for_test(
+        seed: u64,
+        order: Order,
+        weights: &[f64],
+        num_samples: Option<u64>,
+    ) -> Self {
+        Self {
+            seed,
+            seq_len: 8,
+            context_len: None,
+            varlen: true,
+            micro_batch_size: 1,
+            global_batch_size: 1,
+            order,
+            split: None,
+            split_name: "train".into(),
+            num_samples,
+            epochs: None,
+            datasets: weights
+                .iter()
+                .enumerate()
+                .map(|(i, &weight)| DatasetSpec {
+                    path: format!("mem{i}"),
+                    weight,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

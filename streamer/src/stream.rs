@@ -94,7 +94,11 @@ pub fn open_documents(spec: &JobSpec, root: Option<&DataRoot>) -> Result<Vec<Box
     let mut documents: Vec<Box<dyn Documents>> = Vec::with_capacity(spec.datasets.len());
     for d in &spec.datasets {
         let path = match root {
-            Some(root) => root.resolve(&d.path)?,
+            Some(root) => {
+                let resolved = root.resolve(&d.path)?;
+                root.check_files(&d.path, &resolved)?;
+                resolved
+            }
             None => d.path.clone().into(),
         };
         let corpus = Corpus::open(&path).map_err(|e| Error::dataset(&d.path, e))?;

@@ -1,9 +1,12 @@
 //! The Rust clients seen from outside, through a recording proxy: both read ahead and release slots
-//! alike (one sans-IO core drives them), both refuse an answer for another micro-batch, and neither
-//! panics when it has lost its connection.
+//! alike (one sans-IO core drives them), both refuse an answer for another micro-batch, neither panics
+//! when it has lost its connection, and an async call dropped mid-exchange costs only its connection.
 
+use std::future::Future;
 use std::io::{Read, Write};
 use std::path::Path;
+use std::sync::{Mutex, mpsc};
+use std::task::Poll;
 
 use flame_streamer::async_client::AsyncClient;
 use flame_streamer::client::{Client, ClientError};
@@ -260,4 +263,72 @@ fn a_client_that_could_not_reconnect_returns_errors_instead_of_panicking() {
             assert!(client.micro_batch_in_place(0, 0).await.is_err());
         }
     });
+}
+
+/// An async call dropped mid-exchange (its request out, its answer not read) leaves that answer on the
+/// connection; the next call is served on a new connection instead of reading it: opening shared memory
+/// (which read the stale `Batch` and failed with "expected the Slot") and asking again.
+#[test]
+fn an_async_call_dropped_mid_exchange_leaves_the_next_call_a_new_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = job(dir.path());
+    let reference = Stream::open(spec.clone()).unwrap();
+    let endpoints = start(dir.path(), None);
+    // The first answer is held back until the test lets it through.
+    let (let_through, held) = mpsc::channel::<()>();
+    let held = Mutex::new(Some(held));
+    let proxy = Proxy::rewriting(&dir.path().join("held.sock"), &endpoints[0], move |m| {
+        if matches!(m, Message::Batch { .. })
+            && let Some(held) = held.lock().unwrap().take()
+        {
+            held.recv().unwrap();
+        }
+        m
+    });
+    runtime().block_on(async {
+        let mut client = AsyncClient::connect(proxy.endpoint.clone(), &spec, 1, 2, None, 0)
+            .await
+            .unwrap();
+        {
+            let mut call = std::pin::pin!(client.micro_batch(0, 0));
+            let polled = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+            assert!(polled.is_pending(), "its answer is held back");
+        }
+        let_through.send(()).unwrap();
+        client.open_shared_memory(2).await.unwrap();
+        for (step, micro_step) in [(0, 0), (0, 1)] {
+            let batch = client.micro_batch_in_place(step, micro_step).await.unwrap();
+            let want = reference.micro_batch(step, micro_step, 1, 2).unwrap();
+            assert_eq!(batch.sample_tokens(0), want[0].tokens.as_slice());
+        }
+    });
+    let traces = proxy.traces();
+    assert_eq!(traces.len(), 2, "{traces:?}");
+    assert_eq!(
+        traces[0].sent(),
+        ["Hello", "Request(0,0)", "Request(0,1)"],
+        "the dropped call's connection is given up"
+    );
+    assert_eq!(traces[1].sent()[..3], ["Hello", "ShmOpen", "Request(0,0)"]);
+}
+
+#[test]
+fn both_clients_report_the_servers_tokens_per_sample_before_the_first_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let flame = job(dir.path());
+    let mut megatron = flame.clone();
+    megatron.order = flame_streamer::spec::Order::Megatron;
+    megatron.num_samples = Some(64);
+    let endpoints = start(dir.path(), None);
+    // Megatron's samples carry one token more than the inputs: its labels' last.
+    for (spec, tokens_per_sample) in [(flame, 64), (megatron, 65)] {
+        for endpoint in &endpoints {
+            let client = Client::connect(endpoint.clone(), &spec, 0, 2, None, 0).unwrap();
+            assert_eq!(client.tokens_per_sample, tokens_per_sample, "{endpoint}");
+            let client = runtime()
+                .block_on(AsyncClient::connect(endpoint.clone(), &spec, 0, 2, None, 0))
+                .unwrap();
+            assert_eq!(client.tokens_per_sample, tokens_per_sample, "{endpoint}");
+        }
+    }
 }

@@ -4,6 +4,7 @@
 mod client;
 mod megatron;
 mod python;
+mod raw;
 mod server;
 mod shared_server;
 mod stream;

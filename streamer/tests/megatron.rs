@@ -14,7 +14,7 @@ use flame_streamer::stream::Stream;
 use serde_json::{Value, json};
 use sha2::Digest;
 
-use crate::python::{python, repo_root};
+use crate::util::{python, repo_root};
 
 /// Three datasets shaped like `../shared/reference/megatron_check.py`'s: one that needs a second,
 /// separately shuffled epoch, one of tiny documents that needs dozens of epochs, one of long documents;

@@ -10,27 +10,7 @@ use flame_streamer::spec::JobSpec;
 use flame_streamer::stream::Stream;
 
 use crate::server::{job, start};
-use crate::util::Proxy;
-
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-pub fn python() -> PathBuf {
-    let output = Command::new("bash")
-        .arg(repo_root().join("tools/setup-python.sh"))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
-}
+use crate::util::{Proxy, python, repo_root};
 
 #[test]
 fn the_python_client_receives_exactly_the_streams_micro_batches() {
@@ -172,6 +152,36 @@ fn job_of_11_micro_batches(
     (job_file, expected_file)
 }
 
+/// `base` with micro-batches of 1 for 2 ranks and windows of 4096 tokens, as a job of one epoch: nothing
+/// in its TOML says where it ends (the server does: `protocol::END_OF_JOB`). Its TOML file, rank 1's
+/// micro-batches to the job's end as the Rust stream computes them, and how many there are.
+fn job_of_one_epoch(base: &JobSpec, dir: &Path) -> (PathBuf, PathBuf, u64) {
+    let mut spec = base.clone();
+    (spec.seq_len, spec.micro_batch_size, spec.global_batch_size) = (4096, 1, 4);
+    (spec.num_samples, spec.epochs) = (None, Some(1));
+    let job_file = dir.join("epoch.toml");
+    std::fs::write(&job_file, spec.to_toml()).unwrap();
+    let reference = Stream::open(spec).unwrap();
+    let mut expected = String::new();
+    // Rank 1 is the last rank: its micro-batch is past the end exactly where the micro-step is.
+    let mut count = 0;
+    while let Ok(samples) = reference.micro_batch(count / 2, count % 2, 1, 2) {
+        let line = serde_json::json!({
+            "step": count / 2,
+            "micro_step": count % 2,
+            "tokens": samples.iter().map(|s| s.tokens.clone()).collect::<Vec<_>>(),
+            "cu_seqlens": samples.iter().map(|s| s.cu_seqlens.clone()).collect::<Vec<_>>(),
+        });
+        expected.push_str(&line.to_string());
+        expected.push('\n');
+        count += 1;
+    }
+    assert!(count > 4, "a job of a few micro-batches, not {count}");
+    let expected_file = dir.join("epoch.jsonl");
+    std::fs::write(&expected_file, expected).unwrap();
+    (job_file, expected_file, count)
+}
+
 #[test]
 fn torch_data_loader_workers_yield_the_one_process_sequence_and_read_ahead() {
     let dir = tempfile::tempdir().unwrap();
@@ -214,6 +224,24 @@ fn torch_data_loader_workers_yield_the_one_process_sequence_and_read_ahead() {
             }
         }
     }
+    // A job of epochs ends where the server says so: the DataLoader stops there, cleanly.
+    let (epoch_job, epoch_expected, epoch_batches) = job_of_one_epoch(&base, dir.path());
+    for workers in [0, 2, 3] {
+        for shared_memory in [None, Some(4)] {
+            plan.push(serde_json::json!({
+                "endpoint": endpoints[0].to_string(),
+                "job": epoch_job,
+                "rank": 1,
+                "world_size": 2,
+                "workers": workers,
+                "shared_memory": shared_memory,
+                "start_step": 0,
+                "steps": null,
+                "layout": "flat",
+                "expected": epoch_expected,
+            }));
+        }
+    }
     let plan_file = dir.path().join("plan.json");
     std::fs::write(&plan_file, serde_json::json!({ "cases": plan }).to_string()).unwrap();
     let out = Command::new(python())
@@ -227,8 +255,12 @@ fn torch_data_loader_workers_yield_the_one_process_sequence_and_read_ahead() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    // 2 micro-batch sizes × 3 worker counts × 2 transports × (11 to the end + 6 in 3 steps).
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok 204");
+    // 2 micro-batch sizes × 3 worker counts × 2 transports × (11 to the end + 6 in 3 steps), and the
+    // job of one epoch to its end with 3 worker counts × 2 transports.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("ok {}", 204 + 6 * epoch_batches)
+    );
     // The Python process has exited: every connection is over, and its trace complete.
     for case in cases {
         let mut traces = case.proxy.traces();

@@ -12,10 +12,12 @@ use flame_formats::TokenDtype;
 use flame_formats::megatron::IndexedDatasetBuilder;
 use flame_streamer::async_client::AsyncClient;
 use flame_streamer::client::{Client, ClientError};
-use flame_streamer::protocol::{Limits, Message, VERSION, decode, encode};
+use flame_streamer::protocol::{Limits, Message, VERSION, encode};
 use flame_streamer::server::{Endpoint, ServerConfig, serve};
 use flame_streamer::spec::JobSpec;
 use flame_streamer::stream::Stream;
+
+use crate::raw::{http_get, metric, raw_exchange, wait_for_metric};
 
 pub fn write_dataset(prefix: &Path, seed: u32) {
     let mut builder = IndexedDatasetBuilder::create(prefix, TokenDtype::Uint16).unwrap();
@@ -332,21 +334,6 @@ fn sixty_four_concurrent_clients_each_get_exactly_their_slice() {
     assert_eq!(all, (0..steps * 128).collect::<Vec<_>>());
 }
 
-pub fn raw_exchange(path: &Path, bytes: &[u8]) -> Vec<Message> {
-    let mut conn = UnixStream::connect(path).unwrap();
-    conn.write_all(bytes).unwrap();
-    conn.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut answer = Vec::new();
-    conn.read_to_end(&mut answer).unwrap();
-    let mut messages = Vec::new();
-    let mut at = 0;
-    while let Some((m, used)) = decode(&answer[at..], Limits::SERVER_FRAMES).unwrap() {
-        messages.push(m);
-        at += used;
-    }
-    messages
-}
-
 #[test]
 fn bad_clients_get_an_error_and_the_server_carries_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -511,23 +498,6 @@ fn kill_9_and_restart(shared_memory: bool) {
     assert_eq!(received.len(), 24);
 }
 
-pub fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut conn = std::net::TcpStream::connect(addr).unwrap();
-    write!(conn, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut response = String::new();
-    conn.read_to_string(&mut response).unwrap();
-    response
-}
-
-pub fn metric(text: &str, line_start: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_start))
-        .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn metrics_count_batches_tokens_per_dataset_lag_and_clients() {
     let dir = tempfile::tempdir().unwrap();
@@ -631,4 +601,87 @@ fn a_server_that_keeps_dropping_the_connection_is_given_up_on() {
     let err = client.micro_batch(0, 0).unwrap_err();
     assert!(matches!(err, ClientError::Unreachable { .. }), "{err}");
     assert!(err.to_string().contains("dropped 3 times"), "{err}");
+}
+
+/// A `DataLoader` worker of `W` asks for every `W`-th micro-batch, the next one along with each request;
+/// the server prepares ahead at the stride of the client's last two requests, so each request after the
+/// second is served from what was prepared and nothing prepared is thrown away. A client that asks for
+/// every micro-batch in turn is served as before.
+#[test]
+fn the_server_prefetches_at_the_stride_the_client_asks_at() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = job(dir.path());
+    let running = serve(&ServerConfig {
+        listen: vec![Endpoint::Unix(dir.path().join("stride.sock"))],
+        prefetch_depth: 1,
+        metrics: Some("127.0.0.1:0".into()),
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    let (Endpoint::Unix(socket), Some(addr)) = (&running.endpoints[0], running.metrics) else {
+        panic!()
+    };
+    let fp = spec.fingerprint();
+    // Rank 0 as worker 1 of 3 (micro-batches 1, 4, 7, ... of 2 a step), rank 1 in turn.
+    for (rank, first, stride) in [(0u32, 1u64, 3u64), (1, 0, 1)] {
+        let counter = |name: &str| format!("flame_stream_{name}{{job=\"{fp}\",rank=\"{rank}\"}} ");
+        let at = |k: u64| {
+            let position = first + k * stride;
+            (position / 2, position % 2)
+        };
+        let request = |k: u64| {
+            let (step, micro_step) = at(k);
+            Message::Request { step, micro_step }
+        };
+        let mut conn = UnixStream::connect(socket).unwrap();
+        let mut hello = Vec::new();
+        encode(
+            &Message::Hello {
+                version: VERSION,
+                token: Vec::new(),
+                job: spec.to_toml(),
+                rank,
+                world_size: 2,
+            },
+            &mut hello,
+        );
+        conn.write_all(&hello).unwrap();
+        let mut buf = Vec::new();
+        let mut read = |conn: &mut UnixStream| {
+            flame_streamer::transport::read_message(conn, &mut buf, Limits::SERVER_FRAMES)
+                .unwrap()
+                .unwrap()
+        };
+        assert!(matches!(read(&mut conn), Message::Welcome { .. }));
+        // The first request and, in the same write, the one made ahead.
+        let mut frames = Vec::new();
+        encode(&request(0), &mut frames);
+        encode(&request(1), &mut frames);
+        conn.write_all(&frames).unwrap();
+        let batches = 8;
+        for k in 0..batches {
+            if k >= 2 {
+                // The server has prepared one ahead (the depth) since it answered the last request.
+                wait_for_metric(addr, &counter("prefetched_total"), k - 1);
+                let mut frame = Vec::new();
+                encode(&request(k), &mut frame);
+                conn.write_all(&frame).unwrap();
+            }
+            let Message::Batch {
+                step, micro_step, ..
+            } = read(&mut conn)
+            else {
+                panic!("rank {rank}: no batch for {:?}", at(k))
+            };
+            assert_eq!((step, micro_step), at(k));
+        }
+        wait_for_metric(addr, &counter("prefetched_total"), batches - 1);
+        let text = http_get(addr, "/metrics");
+        assert_eq!(metric(&text, &counter("batches_total")), batches);
+        assert_eq!(
+            metric(&text, &counter("prefetch_discarded_total")),
+            0,
+            "rank {rank}, stride {stride}: prepared for nothing\n{text}"
+        );
+    }
 }

@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use flame_formats::TokenDtype;
 use flame_formats::megatron::IndexedDatasetBuilder;
+use flame_streamer::client::Client;
 use flame_streamer::protocol::{Message, VERSION, encode};
 use flame_streamer::server::{Endpoint, ServerConfig, serve};
 
-use crate::server::{http_get, metric, raw_exchange, write_dataset};
+use crate::raw::{http_get, metric, raw_exchange, wait_for_metric};
+use crate::server::write_dataset;
 
 /// A job over `paths` (flame's order unless `extra` says otherwise).
 fn job_toml(paths: &[&str], extra: &str) -> String {
@@ -123,12 +125,71 @@ fn a_job_may_name_only_datasets_under_the_data_root() {
             assert!(
                 message.contains(&format!("{escape:?}"))
                     && message.contains(&format!(
-                        "not under the server's data root {}",
+                        "leads outside the server's data root {}",
                         canonical_root.display()
                     )),
                 "{escape}: {message}"
             );
         }
+    }
+}
+
+/// Review of issue 16: every file of a dataset under the data root is checked before it is opened (a
+/// link out of the root to a FIFO would hang the session that opened it; a manifest outside would be
+/// read and parsed), and the refusal names only what the client named, not where the link leads.
+#[test]
+fn links_out_of_the_data_root_are_refused_before_anything_is_opened_or_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, outside) = (dir.path().join("root"), dir.path().join("outside"));
+    std::fs::create_dir_all(root.join("dir")).unwrap();
+    std::fs::create_dir_all(root.join("manifest")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    write_dataset(&outside.join("b"), 2);
+    let fifo = outside.join("fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    std::fs::write(
+        outside.join("manifest.json"),
+        "not json: the server must not read it",
+    )
+    .unwrap();
+    let link =
+        |target: &Path, name: &str| std::os::unix::fs::symlink(target, root.join(name)).unwrap();
+    // A prefix and a directory of prefixes whose .idx is a FIFO outside; a manifest outside.
+    link(&fifo, "evil.idx");
+    link(&outside.join("b.bin"), "evil.bin");
+    link(&fifo, "dir/x.idx");
+    link(&outside.join("b.bin"), "dir/x.bin");
+    link(&outside.join("manifest.json"), "manifest/manifest.json");
+    let (socket, _) = start(
+        dir.path(),
+        ServerConfig {
+            data_root: Some(root.clone()),
+            ..ServerConfig::default()
+        },
+    );
+    let outside = outside.canonicalize().unwrap();
+    // Named through the directory, a file of the dataset leads out; named itself, the path does.
+    for (path, through) in [
+        ("evil", " (through its file evil.idx)"),
+        ("dir", " (through its file dir/x.idx)"),
+        ("manifest", " (through its file manifest/manifest.json)"),
+        ("evil.idx", ""),
+        ("manifest/manifest.json", ""),
+    ] {
+        let answer = raw_exchange(&socket, &frames(&job_toml(&[path], ""), 0, 1, &[]));
+        let message = refusal(&answer);
+        assert_eq!(
+            message,
+            format!(
+                "dataset {path:?} leads outside the server's data root {}{through}",
+                root.canonicalize().unwrap().display()
+            ),
+        );
+        assert!(
+            !message.contains(outside.to_str().unwrap()),
+            "{path}: the link's target told to the client: {message}"
+        );
     }
 }
 
@@ -343,4 +404,106 @@ fn session_errors_are_logged_on_the_server_with_the_peer_job_and_rank() {
         line.contains(message.split(':').next().unwrap()),
         "{message} / {line}"
     );
+}
+
+/// The job's end is the last micro-batch every rank has, and a request past it, of any rank, is refused
+/// with an `Error` that says so (`protocol::END_OF_JOB`), for a job of `num_samples` as for one of
+/// `epochs`: clients that do not know the job's length (the Python client of an `epochs` job) stop there.
+#[test]
+fn a_request_past_the_jobs_end_is_refused_as_the_end_for_every_rank_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    write_dataset(&dir.path().join("a"), 1);
+    let a = dir.path().join("a");
+    let (socket, _) = start(dir.path(), ServerConfig::default());
+    let epochs_spec =
+        flame_streamer::spec::JobSpec::from_toml(&job_toml(&[a.to_str().unwrap()], "epochs = 1"))
+            .unwrap();
+    let epoch_samples = flame_streamer::stream::Stream::open(epochs_spec)
+        .unwrap()
+        .num_samples()
+        .unwrap();
+    // 10 samples: micro-step (1, 0) of 2 ranks holds samples 8..12, rank 0's 8..10 and rank 1's 10..12:
+    // it is past the end for both.
+    for (extra, num_samples) in [("num_samples = 10", 10), ("epochs = 1", epoch_samples)] {
+        let job = job_toml(&[a.to_str().unwrap()], extra);
+        // Micro-batches of 2 samples, 2 ranks: 4 samples a micro-step, 2 micro-steps a step.
+        let complete = num_samples / 4;
+        let last = ((complete - 1) / 2, (complete - 1) % 2);
+        let past = (complete / 2, complete % 2);
+        for rank in 0..2 {
+            let answer = raw_exchange(
+                &socket,
+                &frames(
+                    &job,
+                    rank,
+                    2,
+                    &[request(last.0, last.1), request(past.0, past.1)],
+                ),
+            );
+            assert!(
+                matches!(answer[1], Message::Batch { step, micro_step, .. } if (step, micro_step) == last),
+                "{extra}, rank {rank}: {answer:?}"
+            );
+            let message = refusal(&answer);
+            assert!(
+                message.starts_with(flame_streamer::protocol::END_OF_JOB)
+                    && message.contains(&format!("past the job's {num_samples} samples")),
+                "{extra}, rank {rank}: {message}"
+            );
+        }
+    }
+}
+
+/// Review of issue 16: the sessions' rings and prefetched micro-batches stay within
+/// `--max-session-memory` together. A ring that does not fit beside the others is refused with the
+/// figures and opens once they are given back; a socket client whose prefetching finds no room is
+/// served all the same, on demand.
+#[test]
+fn the_sessions_rings_and_prefetched_batches_stay_within_their_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = crate::server::job(dir.path());
+    // Rings of 2 slots of 2 samples of 64 tokens: room for one, and less than a micro-batch beside it.
+    let ring = 2 * flame_streamer::shm::slot_bytes(2, 64);
+    let frame = flame_streamer::protocol::batch_frame_bound(2, 64);
+    let (socket, metrics) = start(
+        dir.path(),
+        ServerConfig {
+            max_session_memory: ring + frame - 1,
+            metrics: Some("127.0.0.1:0".into()),
+            ..ServerConfig::default()
+        },
+    );
+    let (endpoint, metrics) = (Endpoint::Unix(socket), metrics.unwrap());
+    let mut first = Client::connect(endpoint.clone(), &spec, 0, 2, None, 0).unwrap();
+    first.open_shared_memory(2).unwrap();
+    first.micro_batch_in_place(0, 0).unwrap();
+    let mut second = Client::connect(endpoint.clone(), &spec, 1, 2, None, 0).unwrap();
+    let refused = second.open_shared_memory(2).unwrap_err().to_string();
+    assert!(
+        refused.contains("more than the sessions' buffers have left: 8 KiB of")
+            && refused.contains("(serve --max-session-memory) are held"),
+        "{refused}"
+    );
+    // Nor can a socket client prepare anything ahead beside the ring: it is served on demand.
+    let mut third = Client::connect(endpoint.clone(), &spec, 1, 2, None, 0).unwrap();
+    third.set_read_ahead(false);
+    for (step, micro_step) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+        assert_eq!(third.micro_batch(step, micro_step).unwrap().len(), 2);
+    }
+    let text = http_get(metrics, "/metrics");
+    let fp = spec.fingerprint();
+    assert_eq!(
+        metric(
+            &text,
+            &format!("flame_stream_prefetched_total{{job=\"{fp}\",rank=\"1\"}}")
+        ),
+        0,
+        "{text}"
+    );
+    assert_eq!(metric(&text, "flame_stream_session_bytes "), ring);
+    // Once the first client has gone, its ring is given back and the second one's fits.
+    drop((first, third));
+    wait_for_metric(metrics, "flame_stream_session_bytes ", 0);
+    second.open_shared_memory(2).unwrap();
+    assert_eq!(second.micro_batch_in_place(0, 0).unwrap().len(), 2);
 }

@@ -1,18 +1,42 @@
-//! A recording proxy between clients and a server on Unix sockets: the protocol trace of every
+//! What the tests share besides the wire (`raw.rs`): where the repository is, the test venv's Python,
+//! and a recording proxy between clients and a server on Unix sockets: the protocol trace of every
 //! connection, each direction in order, as an observer outside the client sees it. It passes the ring's
 //! descriptor on, and can rewrite the server's answers to play a server that breaks the protocol.
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use flame_streamer::protocol::{Limits, Message, decode, encode};
 use flame_streamer::server::Endpoint;
-use flame_streamer::shm::{recv_with_fd, send_with_fd};
+use flame_streamer::transport::{recv_with_fd, send_with_fd};
+
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The test venv's Python (`tools/setup-python.sh` makes it once and prints its path).
+pub fn python() -> PathBuf {
+    let output = Command::new("bash")
+        .arg(repo_root().join("tools/setup-python.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+}
 
 /// What one connection carried.
 #[derive(Clone, Debug, Default)]

@@ -13,16 +13,18 @@ slots instead of the socket (the ring's descriptor comes over the Unix socket; t
 mapping). With each request the client also sends the request for the micro-batch the caller will ask
 for next (the following one in order, or `micro_batch(..., following=(step, micro_step))`; `None` or
 `read_ahead=False` for none), when the job has it for every rank, so the server prepares it while the
-trainer works; asking for anything else reads that answer and gives its slot back. The job's end is its
-`num_samples` (read from the job's TOML with `tomllib`, Python 3.11 or later).
+trainer works; asking for anything else reads that answer and gives its slot back. The job's end is the
+last micro-batch every rank has: asking past it raises `EndOfJob` (a `ServerError`), for every job (with
+`num_samples` or `epochs`). With Python 3.11 or later the client also reads `num_samples` from the job's
+TOML (`tomllib`) and then asks nothing ahead past the end.
 The client reconnects with backoff when the connection drops and asks again for the same batch; a
 batch is a pure function of (job, step, micro-step, rank, world size), so nothing is lost or repeated.
 Only numpy is required.
 
 With torch installed, `FlameStreamDataset` is an `IterableDataset` of flame's batch dicts, one per
 micro-batch, in order from `start_step` (each step's `micro_steps` micro-batches), for `steps` steps or to
-the job's end (its last micro-batch that every rank has), where iteration stops; with neither, it never
-ends. Under `DataLoader(dataset, batch_size=None, num_workers=W)` worker `w` reads the micro-batches at
+the job's end (its last micro-batch that every rank has: the server's `EndOfJob`, for a job of `epochs` as
+for one of `num_samples`), where iteration stops cleanly; a job with neither never ends. Under `DataLoader(dataset, batch_size=None, num_workers=W)` worker `w` reads the micro-batches at
 positions `w, w + W, w + 2W, ...` over its own connection (and ring), reading ahead its own next one, and
 the DataLoader, which takes items from its workers in turn, yields exactly the sequence one process
 reads, for any W. Each dict has `input_ids` and `labels` (int64, equal: the model shifts) and
@@ -55,10 +57,16 @@ MAX_FRAME = 1 << 30
 _HELLO, _WELCOME, _REQUEST, _BATCH, _ERROR = 1, 2, 3, 4, 5
 _SHM_OPEN, _SHM_READY, _SLOT, _RELEASE = 6, 7, 8, 9
 _SLOT_MAGIC = b"FLSB"
+END_OF_JOB = "end of job: "  # how the server's Error past the job's end starts (streamer/src/protocol.rs)
 
 
 class ServerError(RuntimeError):
     """The server refused: its Error frame, or a protocol violation."""
+
+
+class EndOfJob(ServerError):
+    """The micro-batch asked for lies past the job's end (some rank's samples are past its `num_samples`, or
+    its `epochs`): there is nothing more to read."""
 
 
 class _Dropped(Exception):
@@ -147,8 +155,8 @@ class Client:
             self._ring, self._held = None, None
 
     def in_job(self, step, micro_step):
-        """Whether the job has the micro-batch at (step, micro_step) for every rank (always, when the job
-        has no `num_samples` or it is not known here)."""
+        """Whether the job has the micro-batch at (step, micro_step) for every rank, as far as is known here:
+        always when the job has no `num_samples` or it cannot be read (then the server says `EndOfJob`)."""
         if micro_step >= self.micro_steps:
             return False
         if self.num_samples is None or self._global_batch is None:
@@ -302,7 +310,7 @@ class Client:
 
     def _refuse(self, message):
         self.close()
-        raise ServerError(message)
+        raise (EndOfJob if message.startswith(END_OF_JOB) else ServerError)(message)
 
     def _answer(self, at, kind, r):
         """The micro-batch `at` from its answer; ServerError for a refusal or any other answer."""
@@ -370,7 +378,10 @@ if torch is not None:
                 while (count is None or position < count) and client.in_job(*at(position)):
                     # This worker's next micro-batch is asked for ahead (when the job has it, past `steps`
                     # too: the caller may carry on where this dataset stops).
-                    batch = client.micro_batch(*at(position), following=at(position + workers))
+                    try:
+                        batch = client.micro_batch(*at(position), following=at(position + workers))
+                    except EndOfJob:
+                        return  # the job's end, where `num_samples` could not say it ahead
                     yield self._item(batch)
                     position += workers
             finally:
