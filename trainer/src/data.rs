@@ -81,7 +81,8 @@ impl DataInput {
     /// four slots.
     ///
     /// # Errors
-    /// When the server cannot be reached or refuses the job.
+    /// When the server cannot be reached, refuses the job, or serves samples of another length than
+    /// the job's (`seq_len`, or `seq_len + 1` in megatron-core's order).
     pub fn connect(
         args: &Args,
         job: &JobSpec,
@@ -97,11 +98,27 @@ impl DataInput {
         if shared_memory {
             client.open_shared_memory(4)?;
         }
+        // Checked before the first step: megatron-core's samples carry the next token of the last input.
+        let next_token = job.order == Order::Megatron;
+        let want = args.seq_len + u32::from(next_token);
+        if client.tokens_per_sample != want {
+            bail!(
+                "--data-endpoint {}: the server serves samples of {} tokens; this job's are {want} (seq_len {}{})",
+                args.data_endpoint,
+                client.tokens_per_sample,
+                args.seq_len,
+                if next_token {
+                    " + 1, megatron-core's order"
+                } else {
+                    ""
+                }
+            );
+        }
         Ok(Self {
             client,
             shared_memory,
             seq_len: args.seq_len as usize,
-            next_token: job.order == Order::Megatron,
+            next_token,
             vocab_size,
             device,
         })
