@@ -6,7 +6,8 @@
 # 2. flame-train on flame's gla_340M, delta_net_340M and gated_deltanet_340M at batch 8 × 2048, fed by
 #    flame-stream over shared memory: the log lines (tokens/s, memory, MFU by each model's own FLOPs).
 # Usage: BIN=dir-with-flame-stream,flame-train,linear_parity WHEELS=dir bash tools/gpu/linear.sh [STEPS]
-# (SKIP_PARITY=1 runs step 2 only, SKIP_TRAIN=1 step 1 only.)
+# (SKIP_PARITY=1 runs step 2 only, SKIP_TRAIN=1 step 1 only, SKIP_MODELS=1 leaves out the whole models'
+# logits: fla autotunes every kernel for every new shape, minutes on an H100.)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../bench/gpu-env.sh"
 steps="${1:-20}"
@@ -16,8 +17,10 @@ parity="$root/tools/interop/fla_parity.py"
 
 if [[ -z "${SKIP_PARITY:-}" ]]; then
     echo "== parity with fla 0.6.0 on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
-    "$bin/linear_parity" models "$work/models" > /dev/null
-    "$python" "$parity" models "$work/models"
+    if [[ -z "${SKIP_MODELS:-}" ]]; then
+        "$bin/linear_parity" models "$work/models" > /dev/null
+        "$python" "$parity" models "$work/models"
+    fi
     mkdir -p "$work/ops"
     "$python" "$parity" ops-gen "$work/ops"
     "$bin/linear_parity" ops "$work/ops/ops_in.safetensors" "$work/ops/ops_out.safetensors" > /dev/null
