@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use flame_trainer::config::ModelConfig;
 use flame_trainer::kernels::{ChunkLayout, chunk_delta_rule, chunk_gla};
-use flame_trainer::models::{CHUNK, CausalLm, Inputs};
+use flame_trainer::models::{CHUNK, CausalLm, Inputs, Model};
 use flame_trainer::train::export_hf;
 use tch::{Device, Kind, Tensor, nn};
 

@@ -475,7 +475,8 @@ fn local_env(rank: u32, n: u32, port: &str, secret: &str) -> [(&'static str, Str
 mod tests {
     use super::*;
 
-    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    /// An environment of `vars` only, as `Launch::from_env` and `Secret::from_env` read one.
+    pub(crate) fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let vars: Vec<(String, String)> = vars
             .iter()
             .map(|(k, v)| ((*k).to_string(), (*v).to_string()))

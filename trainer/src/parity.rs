@@ -5,7 +5,7 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::models::{CausalLm, Inputs};
+use crate::models::{CausalLm, Inputs, Model};
 
 /// Writes `tokens` (`[2, 24]`), `whole` (their logits, `[2, 24, vocab]`) and `packed` (the first
 /// window's logits as two documents of 10 and 14 tokens) to `path` as safetensors. The model must be

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use flame_trainer::config::ModelConfig;
-use flame_trainer::models::{CausalLm, Checkpointing, Inputs};
+use flame_trainer::models::{CausalLm, Checkpointing, Inputs, Model};
 use flame_trainer::train::{export_hf, run};
 use tch::{Device, Kind, nn};
 

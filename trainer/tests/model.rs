@@ -2,7 +2,7 @@
 //! chunked loss and activation checkpointing give the plain backward pass's gradients.
 
 use flame_trainer::config::ModelConfig;
-use flame_trainer::models::{CausalLm, Checkpointing, IGNORE, Inputs};
+use flame_trainer::models::{CausalLm, Checkpointing, IGNORE, Inputs, Model};
 use tch::nn::OptimizerConfig;
 use tch::{Device, Kind, nn};
 

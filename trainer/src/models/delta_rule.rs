@@ -12,7 +12,7 @@
 use tch::Tensor;
 use tch::nn::{self, Init};
 
-use super::layers::{compute_kind, head_norm, l2_norm, short_conv};
+use super::layers::{compute_kind, head_norm, l2_norm, short_conv, short_convs};
 use super::lm::{Context, Mixer};
 use crate::config::{DeltaRuleConfig, ModelConfig};
 
@@ -61,16 +61,9 @@ impl DeltaRule {
             dt_bias: dt_bias(p, heads),
             a: (p / "a_proj").var("weight", &[heads, h], std),
         });
-        let convs = config.short_conv.map(|taps| {
-            let taps = i64::from(taps);
-            ["q_conv1d", "k_conv1d", "v_conv1d"]
-                .iter()
-                .zip([k, k, v])
-                .map(|(name, channels)| (p / *name).var("weight", &[channels, 1, taps], std))
-                .collect::<Vec<_>>()
-                .try_into()
-                .expect("three convolutions")
-        });
+        let convs = config
+            .short_conv
+            .map(|taps| short_convs(p, taps, [k, k, v], std));
         Self {
             q: (p / "q_proj").var("weight", &[k, h], std),
             k: (p / "k_proj").var("weight", &[k, h], std),

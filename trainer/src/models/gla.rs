@@ -11,7 +11,7 @@
 use tch::Tensor;
 use tch::nn::{self, Init};
 
-use super::layers::{head_norm, short_conv};
+use super::layers::{head_norm, short_conv, short_convs};
 use super::lm::{Context, Mixer};
 use crate::config::{GateActivation, GlaConfig, ModelConfig};
 
@@ -48,16 +48,9 @@ impl Gla {
         let h = i64::from(model.hidden_size);
         let (k, v) = (i64::from(config.key_dim), i64::from(config.value_dim));
         let dv = v / i64::from(config.num_heads);
-        let convs = config.short_conv.map(|taps| {
-            let taps = i64::from(taps);
-            ["q_conv1d", "k_conv1d", "v_conv1d"]
-                .iter()
-                .zip([k, k, v])
-                .map(|(name, channels)| (p / *name).var("weight", &[channels, 1, taps], std))
-                .collect::<Vec<_>>()
-                .try_into()
-                .expect("three convolutions")
-        });
+        let convs = config
+            .short_conv
+            .map(|taps| short_convs(p, taps, [k, k, v], std));
         let norm_name = if config.fused_gate_norm {
             "g_norm_swish_gate"
         } else {

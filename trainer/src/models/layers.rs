@@ -1,6 +1,7 @@
 //! Layers the architectures share: RMSNorm, rotary embeddings, the SwiGLU MLP, and the chunked output
 //! layer with its cross-entropy.
 
+use tch::nn::{self, Init};
 use tch::{Kind, Reduction, Tensor};
 
 use super::inputs::IGNORE;
@@ -134,6 +135,18 @@ pub fn next_token_loss(logits: &Tensor, labels: &Tensor) -> Tensor {
         .narrow(1, 0, labels.size()[1])
         .reshape([-1, vocab])
         .cross_entropy_loss::<Tensor>(&labels.reshape([-1]), None, Reduction::Mean, IGNORE, 0.0)
+}
+
+/// fla's three `ShortConvolution`s under `p`, of q, k and v (`q_conv1d`, `k_conv1d`, `v_conv1d`): depthwise
+/// weights `[channels, 1, taps]` initialised by `init`.
+pub fn short_convs(p: &nn::Path<'_>, taps: u32, [q, k, v]: [i64; 3], init: Init) -> [Tensor; 3] {
+    let taps = i64::from(taps);
+    let conv = |name: &str, channels: i64| (p / name).var("weight", &[channels, 1, taps], init);
+    [
+        conv("q_conv1d", q),
+        conv("k_conv1d", k),
+        conv("v_conv1d", v),
+    ]
 }
 
 /// fla's `ShortConvolution` on `x` `[B, T, C]`: a depthwise causal convolution with `weight` `[C, 1, W]`

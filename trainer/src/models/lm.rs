@@ -128,11 +128,6 @@ impl CausalLm {
         &self.config
     }
 
-    /// Logits `[B, T, vocab]` in float32.
-    pub fn forward(&self, inputs: &Inputs) -> Tensor {
-        self.logits(inputs).to_kind(Kind::Float)
-    }
-
     /// Logits `[B, T, vocab]` in the compute dtype (bfloat16 under autocast).
     fn logits(&self, inputs: &Inputs) -> Tensor {
         self.hidden(inputs).linear(self.head(), None::<Tensor>)
@@ -193,27 +188,25 @@ impl CausalLm {
         x + swiglu(&hx, &block.gate, &block.up, &block.down)
     }
 
-    /// Sets how many label positions the loss takes at a time (see [`Self::forward_backward`]).
+    /// Sets how many label positions the loss takes at a time (see [`Model::forward_backward`]).
     pub fn set_loss_chunk(&mut self, rows: i64) {
         self.loss_chunk = rows.max(1);
     }
 
-    /// Forward and backward of one micro-batch: accumulates the gradients of `scale ×` its mean
-    /// next-token cross-entropy into the parameters and returns that loss (unscaled, detached).
-    ///
-    /// The backward pass runs segment by segment (see [`Self::segment_of`]) and calls `on_segment`
-    /// after each, when the gradients of the parameters that segment completes are final: the points
-    /// where data parallelism starts reducing a bucket while the rest of the backward pass runs.
-    ///
-    /// The output layer and the loss run over a few thousand label positions at a time, each chunk's
-    /// logits freed after its backward (a fused linear cross-entropy), so that `[tokens, vocab]` logits
-    /// never exist whole. With [`Checkpointing::Full`], only each layer's input is kept from the
-    /// forward pass and the layer is recomputed in the backward pass (torchtitan's full activation
-    /// checkpointing): about a third more compute for a fraction of the memory.
-    ///
-    /// # Errors
-    /// From `on_segment`, or when a backward pass fails.
-    pub fn forward_backward(
+    /// Mean next-token cross-entropy over the labels that are not [`super::IGNORE`].
+    pub fn loss(&self, inputs: &Inputs) -> Tensor {
+        next_token_loss(&self.logits(inputs), &inputs.labels)
+    }
+}
+
+impl Model for CausalLm {
+    // The backward pass runs segment by segment (see `segment_of`). The output layer and the loss run
+    // over a few thousand label positions at a time, each chunk's logits freed after its backward (a
+    // fused linear cross-entropy), so that `[tokens, vocab]` logits never exist whole. With
+    // `Checkpointing::Full`, only each layer's input is kept from the forward pass and the layer is
+    // recomputed in the backward pass (torchtitan's full activation checkpointing): about a third more
+    // compute for a fraction of the memory.
+    fn forward_backward(
         &self,
         inputs: &Inputs,
         scale: f64,
@@ -262,10 +255,9 @@ impl CausalLm {
         Ok(loss)
     }
 
-    /// The backward segment after which the gradient of parameter `name` is final: 0 for the output
-    /// layer and final norm, `1 + (layers - 1 - i)` for layer `i`, `layers + 1` for the embedding (tied
-    /// to the output layer or not). `None` for a name that is not the model's.
-    pub fn segment_of(&self, name: &str) -> Option<usize> {
+    // Segment 0 is the output layer and final norm, `1 + (layers - 1 - i)` layer `i`, `layers + 1`
+    // the embedding (tied to the output layer or not).
+    fn segment_of(&self, name: &str) -> Option<usize> {
         let layers = self.blocks.len();
         if name == "lm_head.weight" || name == "model.norm.weight" {
             return Some(0);
@@ -282,29 +274,8 @@ impl CausalLm {
         (i < layers).then(|| layers - i)
     }
 
-    /// Mean next-token cross-entropy over the labels that are not [`super::IGNORE`].
-    pub fn loss(&self, inputs: &Inputs) -> Tensor {
-        next_token_loss(&self.logits(inputs), &inputs.labels)
-    }
-}
-
-impl Model for CausalLm {
-    fn forward_backward(
-        &self,
-        inputs: &Inputs,
-        scale: f64,
-        checkpointing: Checkpointing,
-        on_segment: &mut dyn FnMut(usize) -> Result<(), String>,
-    ) -> Result<Tensor, String> {
-        CausalLm::forward_backward(self, inputs, scale, checkpointing, on_segment)
-    }
-
-    fn segment_of(&self, name: &str) -> Option<usize> {
-        CausalLm::segment_of(self, name)
-    }
-
     fn forward(&self, inputs: &Inputs) -> Tensor {
-        CausalLm::forward(self, inputs)
+        self.logits(inputs).to_kind(Kind::Float)
     }
 
     fn flops_per_token(&self, context_len: u32) -> u64 {
