@@ -32,9 +32,9 @@ pub use layout::ChunkLayout;
 
 use tch::Kind;
 
-/// The kind the ops compute in: float64 stays float64, every other kind runs in float32 (fla's
-/// kernels accumulate in fp32 too).
-fn compute_kind(kind: Kind) -> Kind {
+/// The kind the ops, norms and gates compute in: float64 stays float64, every other kind (bf16 under
+/// autocast) runs in float32 (fla's kernels accumulate in fp32 too).
+pub fn compute_kind(kind: Kind) -> Kind {
     if kind == Kind::Double {
         Kind::Double
     } else {

@@ -12,9 +12,10 @@
 use tch::Tensor;
 use tch::nn::{self, Init};
 
-use super::layers::{compute_kind, head_norm, l2_norm, short_conv, short_convs};
+use super::layers::{head_norm, l2_norm, short_conv, short_convs};
 use super::lm::{Context, Mixer};
 use crate::config::{DeltaRuleConfig, ModelConfig};
+use crate::kernels::compute_kind;
 
 /// The decay's parameters (Gated DeltaNet).
 #[derive(Debug)]
@@ -131,7 +132,7 @@ impl Mixer for DeltaRule {
             Some(w) => {
                 let beta = x
                     .linear(w, None::<Tensor>)
-                    .to_kind(compute_kind(x))
+                    .to_kind(compute_kind(x.kind()))
                     .sigmoid();
                 if self.config.allow_neg_eigval {
                     beta * 2.0
@@ -139,10 +140,12 @@ impl Mixer for DeltaRule {
                     beta
                 }
             }
-            None => Tensor::ones([b, t, heads], (compute_kind(x), x.device())),
+            None => Tensor::ones([b, t, heads], (compute_kind(x.kind()), x.device())),
         };
         let g = self.decay.as_ref().map(|d| {
-            let a = x.linear(&d.a, None::<Tensor>).to_kind(compute_kind(x));
+            let a = x
+                .linear(&d.a, None::<Tensor>)
+                .to_kind(compute_kind(x.kind()));
             -d.a_log.exp() * (a + &d.dt_bias).softplus()
         });
         #[allow(clippy::cast_precision_loss)]

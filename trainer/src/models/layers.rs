@@ -6,20 +6,11 @@ use tch::{Kind, Reduction, Tensor};
 
 use super::inputs::IGNORE;
 use crate::config::GateActivation;
-
-/// The dtype norms and gates compute in: float32 for inputs of less precision (bf16 under autocast),
-/// float64 for float64.
-pub fn compute_kind(x: &Tensor) -> Kind {
-    if x.kind() == Kind::Double {
-        Kind::Double
-    } else {
-        Kind::Float
-    }
-}
+use crate::kernels::compute_kind;
 
 /// RMSNorm computed in float32 and returned in `x`'s dtype, times `weight` (Hugging Face Llama's).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
-    let kind = compute_kind(x);
+    let kind = compute_kind(x.kind());
     let xf = x.to_kind(kind);
     let variance = xf.pow_tensor_scalar(2).mean_dim(-1, true, kind);
     (xf * (variance + eps).rsqrt()).to_kind(x.kind()) * weight
@@ -51,7 +42,9 @@ impl Rotary {
 
     /// Cosines and sines `[B, 1, T, head_dim]` at `positions` (`[B, T]`).
     pub fn tables(&self, positions: &Tensor) -> (Tensor, Tensor) {
-        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
+        // The frequencies follow the positions' device (a model moved after it was built).
+        let inv_freq = self.inv_freq.to_device(positions.device());
+        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq;
         let angles = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
         (angles.cos(), angles.sin())
     }
@@ -173,7 +166,7 @@ pub fn short_conv(x: &Tensor, weight: &Tensor, positions: &Tensor) -> Tensor {
 /// `x / sqrt(Σ x² + 1e-6)` over the last dimension, in float32 (fla's `l2norm`, as DeltaNet and Gated
 /// DeltaNet normalise q and k inside their kernels), returned in `x`'s dtype.
 pub fn l2_norm(x: &Tensor) -> Tensor {
-    let kind = compute_kind(x);
+    let kind = compute_kind(x.kind());
     let xf = x.to_kind(kind);
     let norm = (xf.pow_tensor_scalar(2).sum_dim_intlist(-1, true, kind) + 1e-6).rsqrt();
     (xf * norm).to_kind(x.kind())
@@ -188,7 +181,7 @@ pub fn head_norm(
     eps: f64,
     gate: Option<(&Tensor, GateActivation)>,
 ) -> Tensor {
-    let kind = compute_kind(o);
+    let kind = compute_kind(o.kind());
     let of = o.to_kind(kind);
     let variance = of.pow_tensor_scalar(2).mean_dim(-1, true, kind);
     let normed = of * (variance + eps).rsqrt() * weight.to_kind(kind);

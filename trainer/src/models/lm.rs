@@ -7,7 +7,7 @@
 use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
 
-use super::layers::{chunked_head_backward, next_token_loss, rms_norm, swiglu};
+use super::layers::{Rotary, chunked_head_backward, next_token_loss, rms_norm, swiglu};
 use super::{Checkpointing, Inputs, Model};
 use crate::config::{Mixer as MixerConfig, ModelConfig};
 use crate::kernels::layout::ChunkLayout;
@@ -61,6 +61,8 @@ pub struct CausalLm {
     blocks: Vec<Block>,
     norm: Tensor,
     lm_head: Option<Tensor>,
+    /// RoPE's frequencies, for softmax attention.
+    rotary: Option<Rotary>,
     /// Label positions per chunk of the output layer and loss.
     loss_chunk: i64,
 }
@@ -111,9 +113,12 @@ impl CausalLm {
         let norm = (&model / "norm").var("weight", &[h], Init::Const(1.0));
         let lm_head =
             (!c.tie_word_embeddings).then(|| (vs / "lm_head").var("weight", &[v, h], std));
+        let rotary = matches!(c.mixer, MixerConfig::Attention(_))
+            .then(|| super::transformer::rotary(c, vs.device()));
         Self {
             config: c.clone(),
             names,
+            rotary,
             embed,
             blocks,
             norm,
@@ -139,11 +144,9 @@ impl CausalLm {
 
     /// What every layer's mixer reads, computed once per batch.
     fn context<'a>(&self, inputs: &'a Inputs) -> Context<'a> {
-        let (rope, layout) = match &self.config.mixer {
-            MixerConfig::Attention(_) => {
-                (Some(super::transformer::rope(&self.config, inputs)), None)
-            }
-            _ => (
+        let (rope, layout) = match &self.rotary {
+            Some(rotary) => (Some(rotary.tables(&inputs.positions)), None),
+            None => (
                 None,
                 Some(ChunkLayout::new(
                     &inputs.documents,

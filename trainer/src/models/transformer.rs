@@ -6,7 +6,6 @@
 use tch::Tensor;
 use tch::nn::{self, Init};
 
-use super::Inputs;
 use super::layers::{Rotary, apply_rotary};
 use super::lm::{Context, Mixer, Names};
 use crate::config::{AttentionConfig, ModelConfig};
@@ -119,15 +118,14 @@ impl Mixer for Attention {
     }
 }
 
-/// RoPE's cosines and sines `[B, 1, T, head_dim]` at the inputs' positions.
-pub fn rope(config: &ModelConfig, inputs: &Inputs) -> (Tensor, Tensor) {
+/// RoPE's inverse frequencies for the heads of `config`, on `device`: made once per model.
+pub fn rotary(config: &ModelConfig, device: tch::Device) -> Rotary {
     let a = config.attention();
     Rotary::new(
         i64::from(config.hidden_size / a.num_heads),
         a.rope_theta,
-        inputs.tokens.device(),
+        device,
     )
-    .tables(&inputs.positions)
 }
 
 /// Llama's config, or Qwen2's with `qkv_bias` (Qwen2 is Llama with biases on the query, key and value
