@@ -10,7 +10,9 @@ machine (tools/gpu/linear.sh). Errors are ‖ours − fla's‖ / ‖fla's‖ ove
     fla_parity.py ops-check DIR  fla's outputs and gradients on those inputs, against ours
                                  (DIR/ops_out.safetensors, from `linear_parity ops`). Gated DeltaNet's
                                  backward cannot run in fla on Hopper with Triton 3.6 (fla#640), so it is
-                                 checked against fla's pure-PyTorch naive_chunk_gated_delta_rule in float32
+                                 checked against fla's pure-PyTorch naive_chunk_gated_delta_rule in float32.
+                                 `delta_rule_fla.*` (DeltaNet on fla's kernels launched by flame-train, when
+                                 built) against fla's chunk_delta_rule(use_qk_l2norm_in_kernel=True), bf16
 """
 
 import pathlib
@@ -120,6 +122,18 @@ def ops_check(root):
             err = rel(ours[f"{op}.{name}"], theirs)
             worst[f"{op}.{name}"] = err
             print(f"{op:<17} {name:<5} vs fla {precision:<11} rel err {err:.2e}")
+    if "delta_rule_fla.o" in ours:
+        x = {k.split(".", 1)[1]: v for k, v in inputs.items() if k.startswith("delta_rule.")}
+        cu = x.pop("cu_seqlens").to(DEVICE, torch.int32)
+        d_o = x.pop("do").to(DEVICE)
+        leaves = {n: t.to(DEVICE).requires_grad_() for n, t in x.items()}
+        o, _ = chunk_delta_rule(leaves["q"], leaves["k"], leaves["v"], leaves["beta"],
+                                use_qk_l2norm_in_kernel=True, cu_seqlens=cu)
+        (o.float() * d_o.float()).sum().backward()
+        for name, theirs in [("o", o)] + [(f"d{n}", t.grad) for n, t in leaves.items()]:
+            err = rel(ours[f"delta_rule_fla.{name}"], theirs)
+            worst[f"delta_rule_fla.{name}"] = err
+            print(f"{'delta_rule (fla kernels, l2norm)':<34} {name:<5} vs fla bf16 Triton rel err {err:.2e}")
     return worst
 
 

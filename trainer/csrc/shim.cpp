@@ -12,23 +12,11 @@
 #include <dlfcn.h>
 
 #include <cstring>
-#include <exception>
-#include <string>
 #include <vector>
 
-// tch passes tensors as `torch::Tensor *` (its C API's `tensor`).
-typedef at::Tensor *tensor;
+#include "common.h"
 
-static thread_local std::string last_error;
-
-#define FLAME_TRY(...)                                                                             \
-  try {                                                                                            \
-    __VA_ARGS__;                                                                                   \
-    return 0;                                                                                      \
-  } catch (const std::exception &e) {                                                              \
-    last_error = e.what();                                                                         \
-    return -1;                                                                                     \
-  }
+thread_local std::string last_error;
 
 extern "C" {
 
@@ -193,7 +181,7 @@ struct nccl_unique_id {
   char internal[128];
 };
 
-static void *symbol(const char *library, const char *name) {
+void *loaded_symbol(const char *library, const char *name) {
   void *handle = dlopen(library, RTLD_LAZY | RTLD_NOLOAD);
   if (handle == nullptr) {
     last_error = std::string(library) + " is not loaded (libtorch without CUDA?)";
@@ -205,20 +193,16 @@ static void *symbol(const char *library, const char *name) {
   return found;
 }
 
-#define FLAME_SYM(var, library, name, type)                                                        \
-  auto var = reinterpret_cast<type>(symbol(library, name));                                        \
-  if (var == nullptr) return -1;
-
 static int nccl_check(int rc, const char *what) {
   if (rc == 0) return 0;
-  auto describe = reinterpret_cast<const char *(*)(int)>(symbol("libnccl.so.2", "ncclGetErrorString"));
+  auto describe = reinterpret_cast<const char *(*)(int)>(loaded_symbol("libnccl.so.2", "ncclGetErrorString"));
   last_error = std::string(what) + ": " + (describe ? describe(rc) : "NCCL error " + std::to_string(rc));
   return -1;
 }
 
 static int cuda_check(int rc, const char *what) {
   if (rc == 0) return 0;
-  auto describe = reinterpret_cast<const char *(*)(int)>(symbol("libcudart.so.13", "cudaGetErrorString"));
+  auto describe = reinterpret_cast<const char *(*)(int)>(loaded_symbol("libcudart.so.13", "cudaGetErrorString"));
   last_error = std::string(what) + ": " + (describe ? describe(rc) : "CUDA error " + std::to_string(rc));
   return -1;
 }

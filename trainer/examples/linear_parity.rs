@@ -7,11 +7,13 @@
 //!
 //! `linear_parity ops IN OUT`: the chunked token-mixing ops on the inputs `fla_parity.py ops-gen`
 //! wrote (`IN`, safetensors: per op its q, k, v, gates, the output's gradient and `cu_seqlens`), on
-//! CUDA in float32: each op's output and its inputs' gradients, to `OUT`.
+//! CUDA in float32: each op's output and its inputs' gradients, to `OUT`; and, where fla's kernels are
+//! built (`tools/setup-kernels.sh`), DeltaNet's op on them (`delta_rule_fla.*`, bf16).
 
 use std::path::{Path, PathBuf};
 
 use flame_trainer::config::ModelConfig;
+use flame_trainer::kernels::fla::Varlen;
 use flame_trainer::kernels::{ChunkLayout, chunk_delta_rule, chunk_gla};
 use flame_trainer::models::{CHUNK, CausalLm, Inputs, Model};
 use flame_trainer::train::export_hf;
@@ -156,7 +158,56 @@ fn ops(input: &Path, output: &Path) -> anyhow::Result<()> {
             out.push((format!("{op}.d{name}"), t.grad().to_device(Device::Cpu)));
         }
     }
+    match flame_trainer::kernels::cubin::Kernels::installed() {
+        Ok(_) if device.is_cuda() => out.extend(fla_delta_rule(&get, device)?),
+        Ok(_) => {}
+        Err(e) => eprintln!("linear_parity: no fla kernels ({e}): delta_rule_fla left out"),
+    }
     Tensor::write_safetensors(&out, output)?;
     println!("{}", output.display());
     Ok(())
+}
+
+/// DeltaNet's op on fla's kernels (`delta_rule_fla.*`): the `delta_rule` inputs in bf16, q and k
+/// L2-normalised in the kernels, as fla's `chunk_delta_rule(…, use_qk_l2norm_in_kernel=True)`.
+fn fla_delta_rule(
+    get: &dyn Fn(&str) -> anyhow::Result<Tensor>,
+    device: Device,
+) -> anyhow::Result<Vec<(String, Tensor)>> {
+    let leaf = |name: &str| -> anyhow::Result<Tensor> {
+        Ok(get(&format!("delta_rule.{name}"))?
+            .to_kind(Kind::BFloat16)
+            .set_requires_grad(true))
+    };
+    let leaves = [
+        ("q", leaf("q")?),
+        ("k", leaf("k")?),
+        ("v", leaf("v")?),
+        ("beta", leaf("beta")?),
+    ];
+    let cu: Vec<i64> = Vec::try_from(get("delta_rule.cu_seqlens")?.to_device(Device::Cpu))?;
+    let cu: Vec<u32> = cu.iter().map(|&c| u32::try_from(c).unwrap_or(0)).collect();
+    let seq_len = usize::try_from(leaves[0].1.size()[1])?;
+    let varlen = Varlen::new(&[cu], seq_len, CHUNK, device);
+    #[allow(clippy::cast_precision_loss)]
+    let scale = (leaves[0].1.size()[3] as f64).powf(-0.5);
+    let [q, k, v, beta] = leaves.each_ref().map(|(_, t)| t);
+    let o =
+        flame_trainer::kernels::fla::delta_rule::chunk_delta_rule(q, k, v, beta, scale, &varlen)
+            .map_err(anyhow::Error::msg)?;
+    let d_o = get("delta_rule.do")?.to_kind(Kind::BFloat16);
+    (o.to_kind(Kind::Float) * d_o.to_kind(Kind::Float))
+        .sum(Kind::Float)
+        .backward();
+    let mut out = vec![(
+        "delta_rule_fla.o".to_string(),
+        o.detach().to_kind(Kind::Float).to_device(Device::Cpu),
+    )];
+    for (name, t) in &leaves {
+        out.push((
+            format!("delta_rule_fla.d{name}"),
+            t.grad().to_kind(Kind::Float).to_device(Device::Cpu),
+        ));
+    }
+    Ok(out)
 }

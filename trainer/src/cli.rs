@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use flame_streamer::server::Endpoint;
 
-use crate::models::Checkpointing;
+use crate::models::{Checkpointing, MixingKernels};
 use crate::schedule::DecayType;
 
 /// flame's flags (`--section.key`), plus the data endpoint and its job.
@@ -67,6 +67,10 @@ pub struct Args {
         default_value = "none"
     )]
     pub activation_checkpoint: Checkpointing,
+    /// What the linear models' token mixing runs on: `fla` (fla-core's Triton kernels, compiled ahead
+    /// of time by tools/setup-kernels.sh), `torch` (libtorch ops), `auto` (fla where it can run).
+    #[arg(long = "model.kernels", value_enum, default_value = "auto")]
+    pub kernels: MixingKernels,
     /// Micro-batches per optimizer step.
     #[arg(long = "training.gradient_accumulation_steps", default_value_t = 1)]
     pub gradient_accumulation_steps: u32,

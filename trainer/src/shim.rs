@@ -4,6 +4,8 @@ use std::ffi::{CStr, c_char, c_int, c_void};
 
 use tch::Tensor;
 
+pub mod kernels;
+
 unsafe extern "C" {
     fn flame_shim_error() -> *const c_char;
     fn flame_autocast_cuda_bf16() -> c_int;

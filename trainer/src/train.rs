@@ -112,7 +112,17 @@ pub fn run_as(args: &Args, launch: &Launch) -> anyhow::Result<Summary> {
     }
     tch::manual_seed(args.seed);
     let mut vs = nn::VarStore::new(device);
-    let model = models::build(&vs.root(), &config);
+    let (fla, mixing) = args
+        .kernels
+        .resolve(&config, device)
+        .map_err(anyhow::Error::msg)?;
+    let model = models::build(&vs.root(), &config, fla);
+    if rank == 0 && !matches!(config.mixer, crate::config::Mixer::Attention(_)) {
+        eprintln!(
+            "flame-train: {}'s token mixing runs on {mixing}",
+            config.model_type
+        );
+    }
     let (mut optimizer, reducer) = optimizer_and_reducer(args, &vs, model.as_ref(), world > 1)?;
     let backend = backend(args, launch, device)?;
     let mut state = checkpoint::resume(args, &mut vs, &mut optimizer, data.fingerprint())?;

@@ -20,7 +20,9 @@
 //! assert_eq!(o.size(), [2, 100, 4, 32]);
 //! ```
 
+pub mod cubin;
 pub mod delta_rule;
+pub mod fla;
 pub mod gla;
 pub mod layout;
 #[cfg(test)]

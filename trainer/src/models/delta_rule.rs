@@ -125,8 +125,8 @@ impl Mixer for DeltaRule {
                 None => y.silu(),
             }
         };
-        let q = l2_norm(&project(&self.q, 0).view([b, t, heads, dk]));
-        let k = l2_norm(&project(&self.k, 1).view([b, t, heads, dk]));
+        let q = project(&self.q, 0).view([b, t, heads, dk]);
+        let k = project(&self.k, 1).view([b, t, heads, dk]);
         let v = project(&self.v, 2).view([b, t, heads, dv]);
         let beta = match &self.b {
             Some(w) => {
@@ -150,19 +150,25 @@ impl Mixer for DeltaRule {
         });
         #[allow(clippy::cast_precision_loss)]
         let scale = (dk as f64).powf(-0.5);
-        let layout = context
-            .layout
-            .as_ref()
-            .expect("linear mixers get a chunk layout");
-        let o = crate::kernels::delta_rule::chunk_delta_rule(
-            &q,
-            &k,
-            &v,
-            &beta.to_kind(v.kind()),
-            g.as_ref().map(|g| g.to_kind(v.kind())).as_ref(),
-            scale,
-            layout,
-        );
+        let o = if let Some(varlen) = &context.fla {
+            // MixingKernels::resolve checked the build when it chose fla's kernels.
+            crate::kernels::fla::delta_rule::chunk_delta_rule(&q, &k, &v, &beta, scale, varlen)
+                .unwrap_or_else(|e| panic!("{e}"))
+        } else {
+            let layout = context
+                .layout
+                .as_ref()
+                .expect("linear mixers get a chunk layout");
+            crate::kernels::delta_rule::chunk_delta_rule(
+                &l2_norm(&q),
+                &l2_norm(&k),
+                &v,
+                &beta.to_kind(v.kind()),
+                g.as_ref().map(|g| g.to_kind(v.kind())).as_ref(),
+                scale,
+                layout,
+            )
+        };
         let gate = self
             .gate
             .as_ref()

@@ -10,6 +10,7 @@ use tch::{Kind, Tensor};
 use super::layers::{Rotary, chunked_head_backward, next_token_loss, rms_norm, swiglu};
 use super::{Checkpointing, Inputs, Model};
 use crate::config::{Mixer as MixerConfig, ModelConfig};
+use crate::kernels::fla::Varlen;
 use crate::kernels::layout::ChunkLayout;
 
 /// What a token mixer reads besides its input: the batch, and what is computed once per batch for
@@ -22,6 +23,8 @@ pub struct Context<'a> {
     pub rope: Option<(Tensor, Tensor)>,
     /// The documents cut into chunks, for the linear mixers.
     pub layout: Option<ChunkLayout>,
+    /// The documents as fla's kernels take them, when the linear mixers run on those.
+    pub fla: Option<Varlen>,
 }
 
 /// A block's token mixer: `[B, T, hidden]` (the normalised input) to `[B, T, hidden]` (before the
@@ -65,6 +68,7 @@ pub struct CausalLm {
     rotary: Option<Rotary>,
     /// Label positions per chunk of the output layer and loss.
     loss_chunk: i64,
+    fla_kernels: bool,
 }
 
 impl std::fmt::Debug for CausalLm {
@@ -125,6 +129,7 @@ impl CausalLm {
             lm_head,
             // About 2^28 logits (half a gigabyte in bfloat16) per chunk: 8192 rows of a 32k vocabulary.
             loss_chunk: (1i64 << 28) / v.max(1),
+            fla_kernels: false,
         }
     }
 
@@ -156,10 +161,19 @@ impl CausalLm {
                 )),
             ),
         };
+        let fla = (self.fla_kernels && layout.is_some()).then(|| {
+            Varlen::new(
+                &inputs.documents,
+                inputs.seq_len(),
+                super::CHUNK,
+                inputs.tokens.device(),
+            )
+        });
         Context {
             inputs,
             rope,
             layout,
+            fla,
         }
     }
 
@@ -189,6 +203,12 @@ impl CausalLm {
             .forward(&rms_norm(x, &block.mixer_norm, eps), context);
         let hx = rms_norm(&x, &block.mlp_norm, eps);
         x + swiglu(&hx, &block.gate, &block.up, &block.down)
+    }
+
+    /// Runs the linear mixers on fla's kernels (`on`) or on libtorch ops; see
+    /// [`super::MixingKernels::resolve`].
+    pub fn set_fla_kernels(&mut self, on: bool) {
+        self.fla_kernels = on;
     }
 
     /// Sets how many label positions the loss takes at a time (see [`Model::forward_backward`]).

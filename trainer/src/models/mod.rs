@@ -70,6 +70,54 @@ pub enum Checkpointing {
     Full,
 }
 
+/// What the linear models' token mixing runs on (`--model.kernels`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MixingKernels {
+    /// fla's kernels where they can run (CUDA, a kernel build for the model's shapes), else libtorch.
+    Auto,
+    /// fla-core's Triton kernels, compiled ahead of time ([`crate::kernels::fla`]); an error where
+    /// they cannot run.
+    Fla,
+    /// The chunked algorithms in libtorch ops ([`crate::kernels::gla`], [`crate::kernels::delta_rule`]).
+    Torch,
+}
+
+impl MixingKernels {
+    /// Whether `config`'s token mixing runs on fla's kernels on `device`, and why (for the log).
+    ///
+    /// # Errors
+    /// `Fla` where fla's kernels cannot run, saying why.
+    pub fn resolve(
+        self,
+        config: &ModelConfig,
+        device: tch::Device,
+    ) -> Result<(bool, String), String> {
+        let why_not = || -> Result<(), String> {
+            if !device.is_cuda() {
+                return Err(format!("the model is on {device:?}"));
+            }
+            let kernels = crate::kernels::cubin::Kernels::installed()?;
+            match &config.mixer {
+                MixerConfig::DeltaRule(delta) => {
+                    crate::kernels::fla::delta_rule::check(kernels, delta)
+                }
+                _ => Err(format!(
+                    "{} has no fla kernels in flame-train yet",
+                    config.model_type
+                )),
+            }
+        };
+        if matches!(config.mixer, MixerConfig::Attention(_)) || self == Self::Torch {
+            return Ok((false, "libtorch ops".into()));
+        }
+        match (self, why_not()) {
+            (_, Ok(())) => Ok((true, "fla's kernels".into())),
+            (Self::Fla, Err(e)) => Err(format!("--model.kernels fla: {e}")),
+            (_, Err(e)) => Ok((false, format!("libtorch ops ({e})"))),
+        }
+    }
+}
+
 /// A causal language model that flame-train trains.
 pub trait Model: std::fmt::Debug {
     /// Forward and backward of one micro-batch: accumulates the gradients of `scale ×` its mean
@@ -101,7 +149,10 @@ pub trait Model: std::fmt::Debug {
     fn hf_config(&self) -> serde_json::Value;
 }
 
-/// The model `config` describes, with fresh weights in `vs`.
-pub fn build(vs: &nn::Path<'_>, config: &ModelConfig) -> Box<dyn Model> {
-    Box::new(CausalLm::new(vs, config))
+/// The model `config` describes, with fresh weights in `vs`, its token mixing on fla's kernels when
+/// `fla` (see [`MixingKernels::resolve`]).
+pub fn build(vs: &nn::Path<'_>, config: &ModelConfig, fla: bool) -> Box<dyn Model> {
+    let mut model = CausalLm::new(vs, config);
+    model.set_fla_kernels(fla);
+    Box::new(model)
 }

@@ -1,0 +1,497 @@
+//! fla-core's Triton kernels, compiled ahead of time into cubins by `tools/setup-kernels.sh`
+//! (`tools/kernels/README.md`), found by name and specialisation in that build's `manifest.json` and
+//! launched with named arguments that are checked against it: every parameter present, of its type,
+//! tensors contiguous, 16-byte aligned and on the device (the cubins assume all of this).
+//!
+//! The build lives in `$FLAME_KERNELS`, else in the cache (`~/.cache/flame/kernels/<build>`); a
+//! flame-train without it computes with the libtorch ops of [`super::gla`] and
+//! [`super::delta_rule`] instead, and says so.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use serde::Deserialize;
+use serde_json::Value;
+use tch::{Device, Kind, Tensor};
+
+use crate::shim::kernels::{self as driver, CuFunction};
+
+/// The build directory `tools/setup-kernels.sh` makes for this flame (fla-core and Triton pinned in
+/// `tools/kernels/requirements.txt`).
+pub const BUILD: &str = "fla-0.6.0-triton-3.7.1-sm90a";
+
+/// One compiled kernel variant, as `manifest.json` lists it.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Entry {
+    /// fla's module path and function name without `fla.`, as
+    /// `ops.common.chunk_o.chunk_fwd_kernel_o`.
+    pub kernel: String,
+    /// The cubin's entry symbol.
+    pub entry: String,
+    /// The cubin's file name in the build directory.
+    pub cubin: String,
+    /// Every compile-time parameter's value (block sizes, switches, arguments passed as None).
+    pub constexprs: serde_json::Map<String, Value>,
+    /// The launch parameters in order: name and Triton type (`*bf16`, `*fp32`, `*i32`, `*i64`,
+    /// `i32`, `i64`, `fp32`); the two scratch pointers Triton appends are not listed.
+    pub args: Vec<(String, String)>,
+    /// Warps per block.
+    pub num_warps: u32,
+    /// Bytes of dynamic shared memory.
+    pub shared: u32,
+    /// Bytes of global and profiling scratch per block: flame passes none, so both must be zero.
+    #[serde(default)]
+    pub global_scratch: u64,
+    #[serde(default)]
+    #[allow(missing_docs)]
+    pub profile_scratch: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct Manifest {
+    format: u32,
+    kernels: Vec<Entry>,
+}
+
+/// A build's kernels, loaded onto a device at their first launch.
+#[derive(Debug)]
+pub struct Kernels {
+    dir: PathBuf,
+    entries: Vec<Entry>,
+    loaded: Mutex<HashMap<(usize, usize), CuFunction>>,
+}
+
+/// One argument of a launch.
+#[derive(Clone, Copy, Debug)]
+pub enum Arg<'t> {
+    /// A pointer parameter: the tensor's data.
+    Tensor(&'t Tensor),
+    /// An `i32` parameter.
+    I32(i32),
+    /// An `i64` parameter.
+    I64(i64),
+    /// An `fp32` parameter.
+    F32(f32),
+}
+
+/// A parameter's value as the driver takes it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Param {
+    /// A device pointer.
+    Pointer(u64),
+    #[allow(missing_docs)]
+    I32(i32),
+    #[allow(missing_docs)]
+    I64(i64),
+    #[allow(missing_docs)]
+    F32(f32),
+}
+
+impl Kernels {
+    /// Reads the build in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, String> {
+        let path = dir.join("manifest.json");
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let manifest: Manifest =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if manifest.format != 1 {
+            return Err(format!(
+                "{}: format {}, this flame-train reads format 1",
+                path.display(),
+                manifest.format
+            ));
+        }
+        for entry in &manifest.kernels {
+            if entry.global_scratch != 0 || entry.profile_scratch != 0 {
+                return Err(format!(
+                    "{}: {} needs scratch memory, which flame does not pass",
+                    path.display(),
+                    entry.kernel
+                ));
+            }
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            entries: manifest.kernels,
+            loaded: Mutex::default(),
+        })
+    }
+
+    /// The build flame-train uses: `$FLAME_KERNELS`, else the cache's [`BUILD`]; `Err` says why
+    /// there is none.
+    pub fn installed() -> Result<&'static Self, String> {
+        static INSTALLED: OnceLock<Result<Kernels, String>> = OnceLock::new();
+        INSTALLED
+            .get_or_init(|| {
+                let dir = match std::env::var_os("FLAME_KERNELS") {
+                    Some(dir) => PathBuf::from(dir),
+                    None => flame_preprocess::sample::cache_dir()
+                        .map_err(|e| e.to_string())?
+                        .join("kernels")
+                        .join(BUILD),
+                };
+                Self::open(&dir)
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// The one variant of `kernel` whose compile-time parameters include `spec`.
+    pub fn find(&self, kernel: &str, spec: &[(&str, Value)]) -> Result<Variant<'_>, String> {
+        let matches: Vec<usize> = (0..self.entries.len())
+            .filter(|&i| {
+                let entry = &self.entries[i];
+                entry.kernel == kernel
+                    && spec
+                        .iter()
+                        .all(|(name, value)| entry.constexprs.get(*name) == Some(value))
+            })
+            .collect();
+        let describe = || {
+            spec.iter()
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match matches[..] {
+            [index] => Ok(Variant {
+                kernels: self,
+                index,
+            }),
+            [] => Err(format!(
+                "{}: no build of {kernel} with {} (tools/setup-kernels.sh builds for the configs in configs/)",
+                self.dir.display(),
+                describe()
+            )),
+            _ => Err(format!(
+                "{}: {} builds of {kernel} with {}: the lookup must name more",
+                self.dir.display(),
+                matches.len(),
+                describe()
+            )),
+        }
+    }
+
+    /// The first variant of `kernel` whose compile-time parameters include `spec`, for a `spec` that
+    /// leaves out only parameters the kernel's result does not depend on.
+    pub fn find_first(&self, kernel: &str, spec: &[(&str, Value)]) -> Result<Variant<'_>, String> {
+        self.entries
+            .iter()
+            .position(|entry| {
+                entry.kernel == kernel
+                    && spec
+                        .iter()
+                        .all(|(name, value)| entry.constexprs.get(*name) == Some(value))
+            })
+            .map(|index| Variant {
+                kernels: self,
+                index,
+            })
+            .ok_or_else(|| format!("{}: no build of {kernel} with {spec:?}", self.dir.display()))
+    }
+
+    fn function(&self, index: usize, device: usize) -> Result<CuFunction, String> {
+        let mut loaded = self.loaded.lock().map_err(|e| e.to_string())?;
+        if let Some(&function) = loaded.get(&(index, device)) {
+            return Ok(function);
+        }
+        let entry = &self.entries[index];
+        let path = self.dir.join(&entry.cubin);
+        let image = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let function = driver::load(device, &image, &entry.entry, entry.shared)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        loaded.insert((index, device), function);
+        Ok(function)
+    }
+}
+
+/// One kernel variant of a build.
+#[derive(Clone, Copy, Debug)]
+pub struct Variant<'k> {
+    kernels: &'k Kernels,
+    index: usize,
+}
+
+impl Variant<'_> {
+    /// The manifest's entry.
+    pub fn entry(&self) -> &Entry {
+        &self.kernels.entries[self.index]
+    }
+
+    /// The integer compile-time parameter `name` (a block size, say).
+    pub fn constexpr(&self, name: &str) -> Result<i64, String> {
+        let entry = self.entry();
+        entry
+            .constexprs
+            .get(name)
+            .and_then(Value::as_i64)
+            .ok_or_else(|| format!("{}: no integer constexpr {name}", entry.kernel))
+    }
+
+    /// Launches the kernel on `grid` blocks with `args` (by name, in any order) on the device of its
+    /// tensor arguments.
+    pub fn launch(&self, grid: [i64; 3], args: &[(&str, Arg<'_>)]) -> Result<(), String> {
+        let entry = self.entry();
+        let device = args
+            .iter()
+            .find_map(|(_, arg)| match arg {
+                Arg::Tensor(t) => Some(t.device()),
+                _ => None,
+            })
+            .ok_or_else(|| format!("{}: no tensor argument", entry.kernel))?;
+        let Device::Cuda(ordinal) = device else {
+            return Err(format!("{}: tensors on {device:?}, not CUDA", entry.kernel));
+        };
+        for (name, arg) in args {
+            if let Arg::Tensor(t) = arg
+                && t.device() != device
+            {
+                return Err(format!(
+                    "{}: {name} is on {:?}, not {device:?}",
+                    entry.kernel,
+                    t.device()
+                ));
+            }
+        }
+        let mut values = bind(entry, args)?;
+        // Triton's two scratch pointers, unused (checked when the build was opened).
+        values.extend([Param::Pointer(0), Param::Pointer(0)]);
+        let mut params: Vec<*mut c_void> = values
+            .iter_mut()
+            .map(|value| match value {
+                Param::Pointer(p) => std::ptr::from_mut(p).cast(),
+                Param::I32(v) => std::ptr::from_mut(v).cast(),
+                Param::I64(v) => std::ptr::from_mut(v).cast(),
+                Param::F32(v) => std::ptr::from_mut(v).cast(),
+            })
+            .collect();
+        let grid = grid.map(|g| u32::try_from(g).unwrap_or(0));
+        if grid.contains(&0) {
+            return Err(format!("{}: grid out of range", entry.kernel));
+        }
+        let function = self.kernels.function(self.index, ordinal)?;
+        // SAFETY: `bind` put one value per parameter in the manifest's order and types, the tensors
+        // are contiguous, aligned and on the launch's device, and they outlive the queued kernel
+        // (torch's caching allocator reuses freed memory only in stream order).
+        unsafe {
+            driver::launch(
+                ordinal,
+                function,
+                grid,
+                32 * entry.num_warps,
+                entry.shared,
+                &mut params,
+            )
+        }
+        .map_err(|e| format!("{}: {e}", entry.kernel))
+    }
+}
+
+/// The parameter values of a launch of `entry`, in its order: every parameter given once, each
+/// argument a parameter, of its type; tensors contiguous and 16-byte aligned.
+pub fn bind(entry: &Entry, args: &[(&str, Arg<'_>)]) -> Result<Vec<Param>, String> {
+    let kernel = &entry.kernel;
+    for (name, _) in args {
+        if !entry.args.iter().any(|(param, _)| param == name) {
+            return Err(format!("{kernel}: no parameter {name} in this build"));
+        }
+    }
+    entry
+        .args
+        .iter()
+        .map(|(name, ty)| {
+            let mut given = args.iter().filter(|(arg, _)| arg == name);
+            let (Some((_, arg)), None) = (given.next(), given.next()) else {
+                return Err(format!("{kernel}: parameter {name} must be given once"));
+            };
+            match (ty.as_str(), *arg) {
+                ("i32", Arg::I32(v)) => Ok(Param::I32(v)),
+                ("i64", Arg::I64(v)) => Ok(Param::I64(v)),
+                ("fp32", Arg::F32(v)) => Ok(Param::F32(v)),
+                (pointer, Arg::Tensor(t)) if pointer.starts_with('*') => {
+                    tensor_param(kernel, name, &pointer[1..], t)
+                }
+                (ty, arg) => Err(format!("{kernel}: {name} is {ty}, given {arg:?}")),
+            }
+        })
+        .collect()
+}
+
+fn tensor_param(kernel: &str, name: &str, element: &str, t: &Tensor) -> Result<Param, String> {
+    let kind = match element {
+        "bf16" => Kind::BFloat16,
+        "fp32" => Kind::Float,
+        "i32" => Kind::Int,
+        "i64" => Kind::Int64,
+        other => {
+            return Err(format!(
+                "{kernel}: {name} has element type {other}, unknown here"
+            ));
+        }
+    };
+    if t.kind() != kind {
+        return Err(format!(
+            "{kernel}: {name} must be {kind:?}, is {:?}",
+            t.kind()
+        ));
+    }
+    if !t.is_contiguous() {
+        return Err(format!("{kernel}: {name} must be contiguous"));
+    }
+    let address = t.data_ptr() as u64;
+    if !address.is_multiple_of(16) {
+        return Err(format!("{kernel}: {name} is not 16-byte aligned"));
+    }
+    Ok(Param::Pointer(address))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use tch::{Device, Kind, Tensor};
+
+    use super::{Arg, Kernels, Param, bind};
+
+    fn build() -> (tempfile::TempDir, Kernels) {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = |bv: u32, use_g: bool| {
+            json!({"kernel": "ops.common.chunk_o.chunk_fwd_kernel_o", "entry": "chunk_fwd_kernel_o",
+                   "cubin": format!("{bv}{use_g}.cubin"),
+                   "constexprs": {"H": 8, "K": 128, "BV": bv, "USE_G": use_g, "g": null},
+                   "args": [["q", "*bf16"], ["cu_seqlens", "*i32"], ["scale", "fp32"], ["T", "i32"]],
+                   "num_warps": 4, "num_stages": 2, "shared": 1024,
+                   "global_scratch": 0, "profile_scratch": 0, "config_source": "tuned"})
+        };
+        let manifest = json!({"format": 1, "fla": "0.6.0", "triton": "3.7.1", "target": "sm_90a",
+                              "kernels": [entry(64, false), entry(64, true)]});
+        std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).unwrap();
+        let kernels = Kernels::open(dir.path()).unwrap();
+        (dir, kernels)
+    }
+
+    #[test]
+    fn a_variant_is_found_by_its_specialisation_and_only_if_one_matches() {
+        let (_dir, kernels) = build();
+        let found = kernels
+            .find(
+                "ops.common.chunk_o.chunk_fwd_kernel_o",
+                &[("USE_G", json!(true)), ("K", json!(128))],
+            )
+            .unwrap();
+        assert_eq!(found.entry().cubin, "64true.cubin");
+        assert_eq!(found.constexpr("BV").unwrap(), 64);
+        let both = kernels.find("ops.common.chunk_o.chunk_fwd_kernel_o", &[("H", json!(8))]);
+        assert!(both.unwrap_err().contains("2 builds"));
+        let none = kernels.find(
+            "ops.common.chunk_o.chunk_fwd_kernel_o",
+            &[("K", json!(256))],
+        );
+        assert!(
+            none.unwrap_err()
+                .contains("no build of ops.common.chunk_o.chunk_fwd_kernel_o with K=256")
+        );
+    }
+
+    #[test]
+    fn arguments_bind_by_name_in_the_builds_order_and_are_checked() {
+        let (_dir, kernels) = build();
+        let entry = kernels
+            .find(
+                "ops.common.chunk_o.chunk_fwd_kernel_o",
+                &[("USE_G", json!(false))],
+            )
+            .unwrap();
+        let entry = entry.entry();
+        let q = Tensor::zeros([4, 8], (Kind::BFloat16, Device::Cpu));
+        let cu = Tensor::zeros([3], (Kind::Int, Device::Cpu));
+        let params = bind(
+            entry,
+            &[
+                ("T", Arg::I32(7)),
+                ("cu_seqlens", Arg::Tensor(&cu)),
+                ("scale", Arg::F32(0.5)),
+                ("q", Arg::Tensor(&q)),
+            ],
+        )
+        .unwrap();
+        assert_eq!(params[0], Param::Pointer(q.data_ptr() as u64));
+        assert_eq!(params[1], Param::Pointer(cu.data_ptr() as u64));
+        assert_eq!(params[2..], [Param::F32(0.5), Param::I32(7)]);
+
+        let base = [
+            ("T", Arg::I32(7)),
+            ("cu_seqlens", Arg::Tensor(&cu)),
+            ("scale", Arg::F32(0.5)),
+        ];
+        let with = |extra: (&'static str, Arg<'_>)| {
+            let mut args = base.to_vec();
+            args.push(extra);
+            bind(entry, &args).unwrap_err()
+        };
+        assert!(
+            bind(entry, &base)
+                .unwrap_err()
+                .contains("q must be given once")
+        );
+        let float = q.to_kind(Kind::Float);
+        assert!(with(("q", Arg::Tensor(&float))).contains("q must be BFloat16, is Float"));
+        let strided = Tensor::zeros([8, 4], (Kind::BFloat16, Device::Cpu)).tr();
+        assert!(with(("q", Arg::Tensor(&strided))).contains("q must be contiguous"));
+        let shifted = Tensor::zeros([40], (Kind::BFloat16, Device::Cpu)).narrow(0, 1, 32);
+        assert!(with(("q", Arg::Tensor(&shifted))).contains("q is not 16-byte aligned"));
+        assert!(with(("g", Arg::Tensor(&q))).contains("no parameter g"));
+        let mut wrong = base.to_vec();
+        wrong[0] = ("T", Arg::I64(7));
+        wrong.push(("q", Arg::Tensor(&q)));
+        assert!(
+            bind(entry, &wrong)
+                .unwrap_err()
+                .contains("T is i32, given I64(7)")
+        );
+    }
+
+    #[test]
+    fn a_launch_refuses_tensors_off_cuda() {
+        let (_dir, kernels) = build();
+        let variant = kernels
+            .find(
+                "ops.common.chunk_o.chunk_fwd_kernel_o",
+                &[("USE_G", json!(false))],
+            )
+            .unwrap();
+        let q = Tensor::zeros([4, 8], (Kind::BFloat16, Device::Cpu));
+        let error = variant
+            .launch([1, 1, 1], &[("q", Arg::Tensor(&q))])
+            .unwrap_err();
+        assert!(error.contains("not CUDA"), "{error}");
+    }
+
+    #[test]
+    fn a_manifest_of_another_format_or_with_scratch_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        std::fs::write(&path, json!({"format": 2, "kernels": []}).to_string()).unwrap();
+        assert!(Kernels::open(dir.path()).unwrap_err().contains("format 2"));
+        std::fs::write(&path, "{").unwrap();
+        assert!(
+            Kernels::open(dir.path())
+                .unwrap_err()
+                .contains("manifest.json")
+        );
+        let scratch = json!({"kernel": "k", "entry": "k", "cubin": "k.cubin", "constexprs": {},
+                             "args": [], "num_warps": 1, "shared": 0, "global_scratch": 128});
+        std::fs::write(
+            &path,
+            json!({"format": 1, "kernels": [scratch]}).to_string(),
+        )
+        .unwrap();
+        assert!(
+            Kernels::open(dir.path())
+                .unwrap_err()
+                .contains("k needs scratch memory")
+        );
+    }
+}

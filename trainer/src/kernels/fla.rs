@@ -1,0 +1,121 @@
+//! The token mixing on CUDA: fla-core 0.6.0's own Triton kernels ([`super::cubin`]), launched in the
+//! order and with the buffers fla's Python wrappers use, as libtorch autograd nodes
+//! ([`crate::shim::kernels::Function`]). [`delta_rule`] holds DeltaNet's op.
+//!
+//! fla's kernels take a batch flattened to one row of `T` tokens (`[1, T, H, D]`, contiguous, bf16)
+//! with the documents' boundaries ([`Varlen`]); states reset at every document start.
+
+pub mod delta_rule;
+
+use tch::{Device, Kind, Tensor};
+
+use super::cubin::Kernels;
+
+/// A batch's documents as fla's varlen kernels take them, made on the host once per batch.
+#[derive(Debug)]
+pub struct Varlen {
+    /// `[N + 1]` int32: the documents' boundaries in the flattened batch (empty documents left out).
+    pub cu_seqlens: Tensor,
+    /// `[NT, 2]` int32: (document, chunk of the document) of every chunk (fla's
+    /// `prepare_chunk_indices`).
+    pub chunk_indices: Tensor,
+    /// `[N + 1]` int64: each document's first chunk (fla's `prepare_chunk_offsets`).
+    pub chunk_offsets: Tensor,
+}
+
+impl Varlen {
+    /// The documents of `cu_seqlens.len()` samples of `seq_len` tokens each (the trainer's
+    /// [`Inputs`](crate::models::Inputs) convention), in chunks of `chunk_len`, on `device`.
+    pub fn new(cu_seqlens: &[Vec<u32>], seq_len: usize, chunk_len: usize, device: Device) -> Self {
+        let mut boundaries = vec![0i32];
+        let (mut indices, mut offsets) = (Vec::new(), vec![0i64]);
+        for (sample, cu) in cu_seqlens.iter().enumerate() {
+            let base = sample * seq_len;
+            for pair in cu.windows(2) {
+                let len = (pair[1] - pair[0]) as usize;
+                if len == 0 {
+                    continue;
+                }
+                let document = i32::try_from(boundaries.len() - 1).expect("documents fit i32");
+                let chunks = i32::try_from(len.div_ceil(chunk_len)).expect("chunks fit i32");
+                indices.extend((0..chunks).flat_map(|j| [document, j]));
+                offsets.push(offsets.last().expect("starts at 0") + i64::from(chunks));
+                boundaries.push(i32::try_from(base + pair[1] as usize).expect("tokens fit i32"));
+            }
+        }
+        let chunks = i64::try_from(indices.len() / 2).expect("fits");
+        Self {
+            cu_seqlens: Tensor::from_slice(&boundaries).to_device(device),
+            chunk_indices: Tensor::from_slice(&indices)
+                .view([chunks, 2])
+                .to_device(device),
+            chunk_offsets: Tensor::from_slice(&offsets).to_device(device),
+        }
+    }
+}
+
+/// fla's kernels for this batch's tensors, or why not: they run on CUDA only, with a build
+/// ([`Kernels::installed`]).
+pub fn available(x: &Tensor) -> Result<&'static Kernels, String> {
+    if !x.device().is_cuda() {
+        return Err(format!("tensors on {:?}", x.device()));
+    }
+    Kernels::installed()
+}
+
+/// `x` as fla's kernels take it: bf16, contiguous, one row (`[1, B·T, …]`).
+fn flat(x: &Tensor) -> Tensor {
+    let mut shape = x.size();
+    let rows = shape.remove(0) * shape[0];
+    shape[0] = rows;
+    shape.insert(0, 1);
+    x.to_kind(Kind::BFloat16)
+        .contiguous()
+        .view(shape.as_slice())
+}
+
+fn cdiv(a: i64, b: i64) -> i64 {
+    (a + b - 1) / b
+}
+
+/// The smallest power of two at least `x` (Triton's `next_power_of_2`).
+fn next_power_of_2(x: i64) -> i64 {
+    let x = u64::try_from(x.max(1)).expect("positive");
+    i64::try_from(x.next_power_of_two()).expect("fits")
+}
+
+/// An i32 kernel argument (Triton's `T`).
+fn int(x: i64) -> Result<super::cubin::Arg<'static>, String> {
+    i32::try_from(x)
+        .map(super::cubin::Arg::I32)
+        .map_err(|_| format!("{x} does not fit the kernels' int32"))
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::{Device, Kind};
+
+    use super::Varlen;
+
+    #[test]
+    fn varlen_flattens_the_samples_and_indexes_the_chunks_as_fla_does() {
+        // Two samples of 100 tokens: documents of 1, 63 and 36 tokens, then an empty one and 100.
+        let varlen = Varlen::new(
+            &[vec![0, 1, 64, 100], vec![0, 0, 100]],
+            100,
+            64,
+            Device::Cpu,
+        );
+        assert_eq!(
+            Vec::<i32>::try_from(&varlen.cu_seqlens).unwrap(),
+            [0, 1, 64, 100, 200]
+        );
+        let indices = Vec::<i32>::try_from(&varlen.chunk_indices.view([-1])).unwrap();
+        assert_eq!(indices, [0, 0, 1, 0, 2, 0, 3, 0, 3, 1]);
+        assert_eq!(varlen.chunk_indices.kind(), Kind::Int);
+        assert_eq!(
+            Vec::<i64>::try_from(&varlen.chunk_offsets).unwrap(),
+            [0, 1, 2, 3, 5]
+        );
+    }
+}
