@@ -42,6 +42,10 @@ if [[ ! -x "$venv/bin/python" || ! -f "$venv_stamp" || "$(cat "$venv_stamp")" !=
     # fla-core without its torch dependency; everything else as pinned.
     grep -v '^fla-core' "$requirements" | install -r /dev/stdin
     grep '^fla-core' "$requirements" | install --no-deps -r /dev/stdin
+    # ptxas writes each source file's mtime into the cubins' line info: one fixed time (1980-01-01, the
+    # zip epoch) makes a rebuild in a new venv byte-identical to the last build.
+    find "$venv/lib" -name '*.py' -exec touch -m -d @315532800 {} +
+    "$venv/bin/python" -m compileall -q "$venv/lib" > /dev/null
     echo "$venv_want" > "$venv_stamp"
 fi
 flock -u 9
