@@ -5,7 +5,7 @@
 # ${FLAME_CACHE:-~/.cache/flame}/kernels/fla-0.6.0-triton-3.7.1-sm90a. No GPU and no torch needed
 # (tools/kernels/README.md).
 #
-# The venv ($cache/kernel-venv: Triton, einops, packaging, fla-core --no-deps; ~1 GB) is rebuilt when
+# The venv ($cache/kernel-venv: Triton, einops, packaging, fla-core --no-deps; 0.7 GB) is rebuilt when
 # tools/kernels/requirements.txt changes. The kernels are rebuilt when any input changes: the
 # requirements, this script, tools/kernels' Python sources, configs/*.json and the tuned-config table
 # (tools/kernels/tuned.jsonl if it exists, or the file FLAME_KERNELS_TUNED names). The build goes to a
