@@ -1,0 +1,78 @@
+"""The linear-attention models of configs/: what each one asks of fla's chunk ops (heads and head widths,
+derived from the config JSON exactly as fla 0.6.0's layers derive them; defaults are its config classes')."""
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+MODEL_TYPES = ("gla", "delta_net", "gated_deltanet")
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str  # the config file's stem, e.g. 'gla_340M'
+    op: str  # 'gla' | 'delta_net' | 'gated_deltanet' (trace.OPS)
+    shape: dict = field(hash=False)  # keyword arguments of the trace function: H, (HV,) K, V (, flags)
+
+
+def _width(config, key, default):
+    """round(hidden_size * expand), which must be whole (fla's layers assert it)."""
+    width = config["hidden_size"] * config.get(key, default)
+    if not math.isclose(width, round(width)):
+        raise ValueError(f"hidden_size * {key} = {width} is not a whole width")
+    return round(width)
+
+
+def _per_head(total, heads, what):
+    if total % heads:
+        raise ValueError(f"{what} {total} is not divisible by {heads} heads")
+    return total // heads
+
+
+def gla(config):
+    """fla.layers.gla.GatedLinearAttention: key_dim = hidden*expand_k, value_dim = hidden*expand_v, split over
+    num_heads (k, v are repeated to num_heads when num_kv_heads groups them, so the kernels see num_heads)."""
+    heads = config.get("num_heads") or 4
+    return dict(H=heads, K=_per_head(_width(config, "expand_k", 0.5), heads, "key_dim"),
+                V=_per_head(_width(config, "expand_v", 1.0), heads, "value_dim"))
+
+
+def delta_net(config):
+    """fla.layers.delta_net.DeltaNet: as GLA with expand_k = expand_v = 1 by default; l2 norm of q and k in
+    the kernels when qk_norm == 'l2' (the default)."""
+    heads = config.get("num_heads") or 16
+    return dict(H=heads, K=_per_head(_width(config, "expand_k", 1.0), heads, "key_dim"),
+                V=_per_head(_width(config, "expand_v", 1.0), heads, "value_dim"),
+                l2norm=config.get("qk_norm", "l2") == "l2")
+
+
+def gated_deltanet(config):
+    """fla.layers.gated_deltanet.GatedDeltaNet: head_k_dim = head_dim, head_v_dim = head_dim * expand_v,
+    num_v_heads (default num_heads) value heads; independent of hidden_size."""
+    heads = config.get("num_heads") or 6
+    head_dim = config.get("head_dim") or 256
+    head_v = head_dim * config.get("expand_v", 2.0)
+    if not math.isclose(head_v, round(head_v)):
+        raise ValueError(f"head_dim * expand_v = {head_v} is not a whole width")
+    v_heads = config.get("num_v_heads") or heads
+    if v_heads % heads:
+        raise ValueError(f"num_v_heads {v_heads} is not a multiple of num_heads {heads}")
+    return dict(H=heads, HV=v_heads, K=head_dim, V=round(head_v),
+                allow_neg_eigval=bool(config.get("allow_neg_eigval", False)))
+
+
+_SHAPES = {"gla": gla, "delta_net": delta_net, "gated_deltanet": gated_deltanet}
+
+
+def load(configs_dir):
+    """Every config in configs_dir whose model_type is a linear-attention one, sorted by name."""
+    models = []
+    for file in sorted(os.listdir(configs_dir)):
+        if not file.endswith(".json"):
+            continue
+        with open(os.path.join(configs_dir, file)) as f:
+            config = json.load(f)
+        op = config.get("model_type")
+        if op in _SHAPES:
+            models.append(Model(file[:-len(".json")], op, _SHAPES[op](config)))
+    return models
