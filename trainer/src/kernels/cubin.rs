@@ -49,6 +49,22 @@ pub struct Entry {
     pub profile_scratch: u64,
 }
 
+impl Entry {
+    /// Whether this is a variant of `kernel` with `spec` (see [`Kernels::find`]).
+    fn matches(&self, kernel: &str, spec: &[(&str, Value)]) -> bool {
+        self.kernel == kernel
+            && spec
+                .iter()
+                .all(|(name, value)| match self.constexprs.get(*name) {
+                    Some(constexpr) => constexpr == value,
+                    None => self
+                        .args
+                        .iter()
+                        .any(|(arg, ty)| arg == name && value.as_str() == Some(ty.as_str())),
+                })
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct Manifest {
     format: u32,
@@ -139,16 +155,12 @@ impl Kernels {
             .map_err(Clone::clone)
     }
 
-    /// The one variant of `kernel` whose compile-time parameters include `spec`.
+    /// The one variant of `kernel` that has `spec`: each name a compile-time parameter of that value,
+    /// or a launch parameter of that Triton type (`("h", json!("*fp32"))`, for variants that differ
+    /// only in a buffer's element type).
     pub fn find(&self, kernel: &str, spec: &[(&str, Value)]) -> Result<Variant<'_>, String> {
         let matches: Vec<usize> = (0..self.entries.len())
-            .filter(|&i| {
-                let entry = &self.entries[i];
-                entry.kernel == kernel
-                    && spec
-                        .iter()
-                        .all(|(name, value)| entry.constexprs.get(*name) == Some(value))
-            })
+            .filter(|&i| self.entries[i].matches(kernel, spec))
             .collect();
         let describe = || {
             spec.iter()
@@ -175,17 +187,12 @@ impl Kernels {
         }
     }
 
-    /// The first variant of `kernel` whose compile-time parameters include `spec`, for a `spec` that
-    /// leaves out only parameters the kernel's result does not depend on.
+    /// The first variant of `kernel` that has `spec` (as [`Kernels::find`] matches it), for a `spec`
+    /// that leaves out only parameters the kernel's result does not depend on.
     pub fn find_first(&self, kernel: &str, spec: &[(&str, Value)]) -> Result<Variant<'_>, String> {
         self.entries
             .iter()
-            .position(|entry| {
-                entry.kernel == kernel
-                    && spec
-                        .iter()
-                        .all(|(name, value)| entry.constexprs.get(*name) == Some(value))
-            })
+            .position(|entry| entry.matches(kernel, spec))
             .map(|index| Variant {
                 kernels: self,
                 index,
@@ -383,6 +390,17 @@ mod tests {
             .unwrap();
         assert_eq!(found.entry().cubin, "64true.cubin");
         assert_eq!(found.constexpr("BV").unwrap(), 64);
+        // A launch parameter matches by its Triton type.
+        let typed = kernels.find(
+            "ops.common.chunk_o.chunk_fwd_kernel_o",
+            &[("USE_G", json!(true)), ("q", json!("*bf16"))],
+        );
+        assert_eq!(typed.unwrap().entry().cubin, "64true.cubin");
+        let mistyped = kernels.find(
+            "ops.common.chunk_o.chunk_fwd_kernel_o",
+            &[("USE_G", json!(true)), ("q", json!("*fp32"))],
+        );
+        assert!(mistyped.unwrap_err().contains("no build"));
         let both = kernels.find("ops.common.chunk_o.chunk_fwd_kernel_o", &[("H", json!(8))]);
         assert!(both.unwrap_err().contains("2 builds"));
         let none = kernels.find(
