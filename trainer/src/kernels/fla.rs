@@ -7,9 +7,10 @@
 
 pub mod delta_rule;
 
+use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
-use super::cubin::Kernels;
+use super::cubin::{Arg, Kernels, Variant};
 
 /// A batch's documents as fla's varlen kernels take them, made on the host once per batch.
 #[derive(Debug)]
@@ -85,10 +86,64 @@ fn next_power_of_2(x: i64) -> i64 {
 }
 
 /// An i32 kernel argument (Triton's `T`).
-fn int(x: i64) -> Result<super::cubin::Arg<'static>, String> {
+fn int(x: i64) -> Result<Arg<'static>, String> {
     i32::try_from(x)
-        .map(super::cubin::Arg::I32)
+        .map(Arg::I32)
         .map_err(|_| format!("{x} does not fit the kernels' int32"))
+}
+
+fn tensor(x: &Tensor) -> Arg<'_> {
+    Arg::Tensor(x)
+}
+
+fn chunk_args(varlen: &[Tensor]) -> [(&'static str, Arg<'_>); 2] {
+    [
+        ("cu_seqlens", tensor(&varlen[0])),
+        ("chunk_indices", tensor(&varlen[1])),
+    ]
+}
+
+fn with<'t>(
+    mut args: Vec<(&'static str, Arg<'t>)>,
+    rest: impl IntoIterator<Item = (&'static str, Arg<'t>)>,
+) -> Vec<(&'static str, Arg<'t>)> {
+    args.extend(rest);
+    args
+}
+
+/// The sizes every kernel is specialised on.
+struct Shape {
+    tokens: i64,
+    heads: i64,
+    k: i64,
+    v: i64,
+    documents: i64,
+    chunks: i64,
+}
+
+impl Shape {
+    fn of(k: &Tensor, v: &Tensor, varlen: &[Tensor]) -> Self {
+        let (ks, vs) = (k.size(), v.size());
+        Self {
+            tokens: ks[1],
+            heads: ks[2],
+            k: ks[3],
+            v: vs[3],
+            documents: varlen[0].size()[0] - 1,
+            chunks: varlen[1].size()[0],
+        }
+    }
+
+    fn find(&self, kernels: &'static Kernels, kernel: &str) -> Result<Variant<'static>, String> {
+        kernels.find(
+            kernel,
+            &[
+                ("H", json!(self.heads)),
+                ("K", json!(self.k)),
+                ("V", json!(self.v)),
+            ],
+        )
+    }
 }
 
 #[cfg(test)]

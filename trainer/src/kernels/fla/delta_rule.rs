@@ -10,7 +10,7 @@
 use serde_json::json;
 use tch::{Kind, Tensor};
 
-use super::{Varlen, cdiv, flat, int, next_power_of_2};
+use super::{Shape, Varlen, cdiv, chunk_args, flat, int, next_power_of_2, tensor, with};
 use crate::config::DeltaRuleConfig;
 use crate::kernels::cubin::{Arg, Kernels, Variant};
 use crate::shim::kernels::{self as bridge, Forward, Function};
@@ -97,41 +97,6 @@ static DELTA_RULE: Function = Function {
     backward,
 };
 
-/// The sizes every kernel is specialised on.
-struct Shape {
-    tokens: i64,
-    heads: i64,
-    k: i64,
-    v: i64,
-    documents: i64,
-    chunks: i64,
-}
-
-impl Shape {
-    fn of(k: &Tensor, v: &Tensor, varlen: &[Tensor]) -> Self {
-        let (ks, vs) = (k.size(), v.size());
-        Self {
-            tokens: ks[1],
-            heads: ks[2],
-            k: ks[3],
-            v: vs[3],
-            documents: varlen[0].size()[0] - 1,
-            chunks: varlen[1].size()[0],
-        }
-    }
-
-    fn find(&self, kernels: &'static Kernels, kernel: &str) -> Result<Variant<'static>, String> {
-        kernels.find(
-            kernel,
-            &[
-                ("H", json!(self.heads)),
-                ("K", json!(self.k)),
-                ("V", json!(self.v)),
-            ],
-        )
-    }
-}
-
 fn forward(scalars: &[f64], inputs: &[Tensor]) -> Result<Forward, String> {
     let kernels = Kernels::installed()?;
     let [q, k, v, beta, varlen @ ..] = inputs else {
@@ -196,10 +161,6 @@ fn backward(
         None,
         None,
     ])
-}
-
-fn tensor(x: &Tensor) -> Arg<'_> {
-    Arg::Tensor(x)
 }
 
 /// Rows of `[…, D]` as the L2-norm kernels see them, and their variant (the `NB` constexpr only
@@ -298,21 +259,6 @@ fn qkw_kernel(kernels: &'static Kernels, shape: &Shape) -> Result<Variant<'stati
             ("B", json!(1)),
         ],
     )
-}
-
-fn chunk_args(varlen: &[Tensor]) -> [(&'static str, Arg<'_>); 2] {
-    [
-        ("cu_seqlens", tensor(&varlen[0])),
-        ("chunk_indices", tensor(&varlen[1])),
-    ]
-}
-
-fn with<'t>(
-    mut args: Vec<(&'static str, Arg<'t>)>,
-    rest: impl IntoIterator<Item = (&'static str, Arg<'t>)>,
-) -> Vec<(&'static str, Arg<'t>)> {
-    args.extend(rest);
-    args
 }
 
 /// `(I + tril(β K Kᵀ, −1))⁻¹` per chunk, `[1, T, H, 64]` bf16 (fla's `chunk_scaled_dot_kkt_fwd`
