@@ -1,11 +1,12 @@
 //! The token mixing on CUDA: fla-core 0.6.0's own Triton kernels ([`super::cubin`]), launched in the
 //! order and with the buffers fla's Python wrappers use, as libtorch autograd nodes
-//! ([`crate::shim::kernels::Function`]). [`delta_rule`] holds DeltaNet's op.
+//! ([`crate::shim::kernels::Function`]). [`delta_rule`] holds DeltaNet's op, [`gla`] GLA's.
 //!
 //! fla's kernels take a batch flattened to one row of `T` tokens (`[1, T, H, D]`, contiguous, bf16)
 //! with the documents' boundaries ([`Varlen`]); states reset at every document start.
 
 pub mod delta_rule;
+pub mod gla;
 
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
