@@ -5,11 +5,12 @@
 //! forget gate is low-rank, `gk = logsigmoid(W₂(W₁ x) + b) / 16` (rank 16, fla's fixed
 //! `gate_low_rank_dim` and `gate_logit_normalizer`), floored at `clamp_min` if set; the heads mix tokens
 //! by `S_t = diag(exp(gk_t)) S_{t−1} + k_t v_tᵀ`, `o_t = S_tᵀ q_t / √dk` (chunked:
-//! [`crate::kernels::gla`]); the output is RMS-normalised per head (one weight over a head's values) and
-//! gated by `swish(g_proj(x))`, then projected back.
+//! [`crate::kernels::gla`], or fla's kernels, [`crate::kernels::fla::gla`]); the output is
+//! RMS-normalised per head (one weight over a head's values) and gated by `swish(g_proj(x))`, then
+//! projected back.
 
-use tch::Tensor;
 use tch::nn::{self, Init};
+use tch::{Kind, Tensor};
 
 use super::layers::{head_norm, short_conv, short_convs};
 use super::lm::{Context, Mixer};
@@ -93,22 +94,34 @@ impl Mixer for Gla {
         let q = project(&self.q, 0).view([b, t, heads, dk]);
         let k = project(&self.k, 1).view([b, t, heads, dk]);
         let v = project(&self.v, 2).view([b, t, heads, dv]);
-        let mut gk = x
+        let logits = x
             .linear(&self.gk_down, None::<Tensor>)
-            .linear(&self.gk_up, Some(&self.gk_bias))
-            .log_sigmoid()
-            / GATE_LOGIT_NORMALIZER;
+            .linear(&self.gk_up, Some(&self.gk_bias));
+        // fla's layer computes the gate in its projections' dtype, bf16 under autocast, and its
+        // kernels take it so.
+        let logits = if context.fla.is_some() {
+            logits.to_kind(Kind::BFloat16)
+        } else {
+            logits
+        };
+        let mut gk = logits.log_sigmoid() / GATE_LOGIT_NORMALIZER;
         if let Some(floor) = self.config.clamp_min {
             gk = gk.clamp_min(floor);
         }
         let gk = gk.view([b, t, heads, dk]);
         #[allow(clippy::cast_precision_loss)]
         let scale = (dk as f64).powf(-0.5);
-        let layout = context
-            .layout
-            .as_ref()
-            .expect("linear mixers get a chunk layout");
-        let o = crate::kernels::gla::chunk_gla(&q, &k, &v, &gk, scale, layout);
+        let o = if let Some(varlen) = &context.fla {
+            // MixingKernels::resolve checked the build when it chose fla's kernels.
+            crate::kernels::fla::gla::chunk_gla(&q, &k, &v, &gk, scale, varlen)
+                .unwrap_or_else(|e| panic!("{e}"))
+        } else {
+            let layout = context
+                .layout
+                .as_ref()
+                .expect("linear mixers get a chunk layout");
+            crate::kernels::gla::chunk_gla(&q, &k, &v, &gk, scale, layout)
+        };
         let gate = self
             .gate
             .as_ref()

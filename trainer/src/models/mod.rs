@@ -101,7 +101,8 @@ impl MixingKernels {
                 MixerConfig::DeltaRule(delta) => {
                     crate::kernels::fla::delta_rule::check(kernels, delta)
                 }
-                _ => Err(format!(
+                MixerConfig::Gla(gla) => crate::kernels::fla::gla::check(kernels, gla),
+                MixerConfig::Attention(_) => Err(format!(
                     "{} has no fla kernels in flame-train yet",
                     config.model_type
                 )),
