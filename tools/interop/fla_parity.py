@@ -12,7 +12,9 @@ machine (tools/gpu/linear.sh). Errors are ‖ours − fla's‖ / ‖fla's‖ ove
                                  backward cannot run in fla on Hopper with Triton 3.6 (fla#640), so it is
                                  checked against fla's pure-PyTorch naive_chunk_gated_delta_rule in float32.
                                  `delta_rule_fla.*` (DeltaNet on fla's kernels launched by flame-train, when
-                                 built) against fla's chunk_delta_rule(use_qk_l2norm_in_kernel=True), bf16
+                                 built) against fla's chunk_delta_rule(use_qk_l2norm_in_kernel=True), bf16;
+                                 `gla_fla.*` (GLA likewise) against fla's chunk_gla as its layer calls it
+                                 (state_v_first=True), bf16
 """
 
 import pathlib
@@ -134,6 +136,17 @@ def ops_check(root):
             err = rel(ours[f"delta_rule_fla.{name}"], theirs)
             worst[f"delta_rule_fla.{name}"] = err
             print(f"{'delta_rule (fla kernels, l2norm)':<34} {name:<5} vs fla bf16 Triton rel err {err:.2e}")
+    if "gla_fla.o" in ours:
+        x = {k.split(".", 1)[1]: v for k, v in inputs.items() if k.startswith("gla.")}
+        cu = x.pop("cu_seqlens").to(DEVICE, torch.int32)
+        d_o = x.pop("do").to(DEVICE)
+        leaves = {n: t.to(DEVICE).requires_grad_() for n, t in x.items()}
+        o, _ = chunk_gla(leaves["q"], leaves["k"], leaves["v"], leaves["g"], state_v_first=True, cu_seqlens=cu)
+        (o.float() * d_o.float()).sum().backward()
+        for name, theirs in [("o", o)] + [(f"d{n}", t.grad) for n, t in leaves.items()]:
+            err = rel(ours[f"gla_fla.{name}"], theirs)
+            worst[f"gla_fla.{name}"] = err
+            print(f"{'gla (fla kernels)':<34} {name:<5} vs fla bf16 Triton rel err {err:.2e}")
     return worst
 
 

@@ -8,7 +8,8 @@
 //! `linear_parity ops IN OUT`: the chunked token-mixing ops on the inputs `fla_parity.py ops-gen`
 //! wrote (`IN`, safetensors: per op its q, k, v, gates, the output's gradient and `cu_seqlens`), on
 //! CUDA in float32: each op's output and its inputs' gradients, to `OUT`; and, where fla's kernels are
-//! built (`tools/setup-kernels.sh`), DeltaNet's op on them (`delta_rule_fla.*`, bf16).
+//! built (`tools/setup-kernels.sh`), DeltaNet's and GLA's ops on them (`delta_rule_fla.*`,
+//! `gla_fla.*`, bf16).
 
 use std::path::{Path, PathBuf};
 
@@ -159,9 +160,14 @@ fn ops(input: &Path, output: &Path) -> anyhow::Result<()> {
         }
     }
     match flame_trainer::kernels::cubin::Kernels::installed() {
-        Ok(_) if device.is_cuda() => out.extend(fla_delta_rule(&get, device)?),
+        Ok(_) if device.is_cuda() => {
+            out.extend(fla_delta_rule(&get, device)?);
+            out.extend(fla_gla(&get, device)?);
+        }
         Ok(_) => {}
-        Err(e) => eprintln!("linear_parity: no fla kernels ({e}): delta_rule_fla left out"),
+        Err(e) => {
+            eprintln!("linear_parity: no fla kernels ({e}): delta_rule_fla, gla_fla left out");
+        }
     }
     Tensor::write_safetensors(&out, output)?;
     println!("{}", output.display());
@@ -206,6 +212,49 @@ fn fla_delta_rule(
     for (name, t) in &leaves {
         out.push((
             format!("delta_rule_fla.d{name}"),
+            t.grad().to_kind(Kind::Float).to_device(Device::Cpu),
+        ));
+    }
+    Ok(out)
+}
+
+/// GLA's op on fla's kernels (`gla_fla.*`): the `gla` inputs in bf16, as fla's
+/// `chunk_gla(q, k, v, g, cu_seqlens=…)` takes them from its layer.
+fn fla_gla(
+    get: &dyn Fn(&str) -> anyhow::Result<Tensor>,
+    device: Device,
+) -> anyhow::Result<Vec<(String, Tensor)>> {
+    let leaf = |name: &str| -> anyhow::Result<Tensor> {
+        Ok(get(&format!("gla.{name}"))?
+            .to_kind(Kind::BFloat16)
+            .set_requires_grad(true))
+    };
+    let leaves = [
+        ("q", leaf("q")?),
+        ("k", leaf("k")?),
+        ("v", leaf("v")?),
+        ("g", leaf("g")?),
+    ];
+    let cu: Vec<i64> = Vec::try_from(get("gla.cu_seqlens")?.to_device(Device::Cpu))?;
+    let cu: Vec<u32> = cu.iter().map(|&c| u32::try_from(c).unwrap_or(0)).collect();
+    let seq_len = usize::try_from(leaves[0].1.size()[1])?;
+    let varlen = Varlen::new(&[cu], seq_len, CHUNK, device);
+    #[allow(clippy::cast_precision_loss)]
+    let scale = (leaves[0].1.size()[3] as f64).powf(-0.5);
+    let [q, k, v, g] = leaves.each_ref().map(|(_, t)| t);
+    let output = flame_trainer::kernels::fla::gla::chunk_gla(q, k, v, g, scale, &varlen)
+        .map_err(anyhow::Error::msg)?;
+    let d_o = get("gla.do")?.to_kind(Kind::BFloat16);
+    (output.to_kind(Kind::Float) * d_o.to_kind(Kind::Float))
+        .sum(Kind::Float)
+        .backward();
+    let mut out = vec![(
+        "gla_fla.o".to_string(),
+        output.detach().to_kind(Kind::Float).to_device(Device::Cpu),
+    )];
+    for (name, t) in &leaves {
+        out.push((
+            format!("gla_fla.d{name}"),
             t.grad().to_kind(Kind::Float).to_device(Device::Cpu),
         ));
     }
