@@ -2,7 +2,7 @@
 # machine: sets root, bin ($BIN, default target/release), data ($DATA, default the bundled fixture),
 # python ($PYTHON, default the GPU machine's torch venv) and torchlib; puts torch's libraries on the
 # library path; makes a work directory removed on exit; starts one flame-stream serving
-# unix://$work/s.sock (its pid in $server) and waits until it listens.
+# unix://$work/s.sock (its pid in $server) and waits until it listens; defines flame_train (below).
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 bin="${BIN:-$root/target/release}"
 data="$(cd "${DATA:-$root/tests/data/golden-mistral}" && pwd)"
@@ -14,3 +14,38 @@ trap 'kill "${server:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
 coproc SERVER { exec "$bin/flame-stream" serve --listen "unix://$work/s.sock"; }
 server=$SERVER_PID
 read -r _ <&"${SERVER[0]}"
+
+# flame_train NAME CONFIG SEQ_LEN BATCH CONTEXT VARLEN [FLAG...]: one flame-train run of $steps steps fed
+# by the server; $work/NAME.json gets the mean of its log windows after the first two (start-up).
+flame_train() {
+    local name=$1 config=$2 seq_len=$3 batch=$4 context=$5 varlen=$6
+    shift 6
+    cat > "$work/$name.toml" <<TOML
+seed = 1
+seq_len = $seq_len
+context_len = $context
+varlen = $varlen
+micro_batch_size = $batch
+global_batch_size = $batch
+[[datasets]]
+path = "$data"
+TOML
+    local flags=("$@")
+    [[ $varlen == true ]] && flags+=(--training.varlen)
+    LD_LIBRARY_PATH="$torchlib" "$bin/flame-train" --model.config "$config" \
+        --data-endpoint "unix://$work/s.sock" --data-job "$work/$name.toml" --job.dump_folder "$work/$name" \
+        --training.batch_size "$batch" --training.seq_len "$seq_len" --training.context_len "$context" \
+        --training.steps "$steps" --metrics.log_freq 10 --lr_scheduler.warmup_steps 10 --optimizer.lr 3e-4 \
+        --checkpoint.enable_checkpoint false "${flags[@]}" 2>&1 | grep -v "Warning: " || true
+    "$python" - "$work/$name/metrics.jsonl" "$name" > "$work/$name.json" <<'PY' || true
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])][2:]
+if not rows:
+    raise SystemExit(f"{sys.argv[2]}: no measurements (the run failed)")
+print(json.dumps({"peer": sys.argv[2], "tokens_per_s": sum(r["tps"] for r in rows) / len(rows),
+                  "tflops": sum(r["tflops"] for r in rows) / len(rows),
+                  "mfu_pct": sum(r["mfu_pct"] or 0 for r in rows) / len(rows),
+                  "memory_gib": max(r["memory_gib"] or 0 for r in rows),
+                  "data_loading_pct": max(r["data_loading_pct"] for r in rows)}))
+PY
+}

@@ -13,43 +13,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/gpu-env.sh"
 steps="${1:-40}"
 config="$root/configs/transformer_340M.json"
 
-# flame_train NAME SEQ_LEN BATCH CONTEXT VARLEN [FLAG...]: one run; its rate is the mean of the log windows after
-# the first two (start-up).
-flame_train() {
-    local name=$1 seq_len=$2 batch=$3 context=$4 varlen=$5
-    shift 5
-    cat > "$work/$name.toml" <<TOML
-seed = 1
-seq_len = $seq_len
-context_len = $context
-varlen = $varlen
-micro_batch_size = $batch
-global_batch_size = $batch
-[[datasets]]
-path = "$data"
-TOML
-    local flags=("$@")
-    [[ $varlen == true ]] && flags+=(--training.varlen)
-    LD_LIBRARY_PATH="$torchlib" "$bin/flame-train" --model.config "$config" \
-        --data-endpoint "unix://$work/s.sock" --data-job "$work/$name.toml" --job.dump_folder "$work/$name" \
-        --training.batch_size "$batch" --training.seq_len "$seq_len" --training.context_len "$context" \
-        --training.steps "$steps" --metrics.log_freq 10 --lr_scheduler.warmup_steps 10 --optimizer.lr 3e-4 \
-        --checkpoint.enable_checkpoint false "${flags[@]}" 2>&1 | grep -v "Warning: " || true
-    "$python" - "$work/$name/metrics.jsonl" "$name" > "$work/$name.json" <<'PY' || true
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1])][2:]
-if not rows:
-    raise SystemExit(f"{sys.argv[2]}: no measurements (the run failed)")
-print(json.dumps({"peer": sys.argv[2], "tokens_per_s": sum(r["tps"] for r in rows) / len(rows),
-                  "tflops": sum(r["tflops"] for r in rows) / len(rows),
-                  "mfu_pct": sum(r["mfu_pct"] or 0 for r in rows) / len(rows),
-                  "memory_gib": max(r["memory_gib"] or 0 for r in rows),
-                  "data_loading_pct": max(r["data_loading_pct"] for r in rows)}))
-PY
-}
-flame_train flame-train 2048 8 2048 false
+flame_train flame-train "$config" 2048 8 2048 false
 varlen_seq="${VARLEN_SEQ:-65536}"
-flame_train "flame-varlen-$varlen_seq" "$varlen_seq" 1 4096 true --activation_checkpoint.mode "${VARLEN_AC:-full}"
+flame_train "flame-varlen-$varlen_seq" "$config" "$varlen_seq" 1 4096 true --activation_checkpoint.mode "${VARLEN_AC:-full}"
 "$python" "$root/tools/bench/torch_reference.py" "$config" --steps "$steps" > "$work/eager.json"
 "$python" "$root/tools/bench/torch_reference.py" "$config" --steps "$steps" --compile > "$work/compile.json" 2> "$work/compile.err" || tail -5 "$work/compile.err"
 "$python" - "$work"/flame-train.json "$work"/eager.json "$work"/compile.json "$work/flame-varlen-$varlen_seq.json" <<'PY'

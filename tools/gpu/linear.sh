@@ -7,7 +7,8 @@
 #    flame-stream over shared memory: the log lines (tokens/s, memory, MFU by each model's own FLOPs).
 # Usage: BIN=dir-with-flame-stream,flame-train,linear_parity WHEELS=dir bash tools/gpu/linear.sh [STEPS]
 # (SKIP_PARITY=1 runs step 2 only, SKIP_TRAIN=1 step 1 only, SKIP_MODELS=1 leaves out the whole models'
-# logits: fla autotunes every kernel for every new shape, minutes on an H100.)
+# logits: fla autotunes every kernel for every new shape, minutes on an H100. MODELS="…" trains only
+# those configs. flame-train finds fla's kernels in $FLAME_KERNELS, from tools/setup-kernels.sh.)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../bench/gpu-env.sh"
 steps="${1:-20}"
@@ -37,7 +38,7 @@ global_batch_size = 8
 [[datasets]]
 path = "$data"
 TOML
-    for model in gla_340M delta_net_340M gated_deltanet_340M; do
+    for model in ${MODELS:-gla_340M delta_net_340M gated_deltanet_340M}; do
         echo "== flame-train $model, 8 × 2048"
         "$bin/flame-train" --model.config "$root/configs/$model.json" \
             --data-endpoint "unix://$work/s.sock" --data-job "$work/job.toml" --job.dump_folder "$work/$model" \

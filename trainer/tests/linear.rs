@@ -7,12 +7,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use flame_trainer::config::ModelConfig;
-use flame_trainer::models::{CausalLm, Checkpointing, Inputs, Model};
+use flame_trainer::kernels::cubin::Kernels;
+use flame_trainer::models::{CausalLm, Checkpointing, Inputs, MixingKernels, Model};
 use flame_trainer::train::{export_hf, run};
 use tch::{Device, Kind, nn};
 
 use crate::train::{args, setup};
-use crate::util::{python, repo};
+use crate::util::{kernels, python, repo};
 
 /// flame's config `name` (`configs/`), shrunk: the same keys, small widths, two layers.
 fn shrunk(name: &str) -> String {
@@ -339,4 +340,44 @@ fn the_chunked_ops_equal_flas_own_references() {
             assert!(err < 1e-5, "{op} {name}: relative error {err:e}");
         }
     }
+}
+
+/// The kernel build `tools/setup-kernels.sh` makes here (no GPU needed to compile) holds every kernel
+/// the fla ops launch for flame's linear configs, each found by the ops' own lookups.
+#[test]
+fn the_kernel_build_has_every_kernel_flames_linear_configs_launch() {
+    let build: &'static Kernels = Box::leak(Box::new(Kernels::open(&kernels()).unwrap()));
+    for name in ["delta_net_340M.json", "delta_net_1B.json"] {
+        let config = ModelConfig::load(&repo().join("configs").join(name)).unwrap();
+        flame_trainer::kernels::fla::check(build, &config)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
+
+/// Off CUDA the linear models mix with libtorch ops and say why; asking for fla's kernels there is
+/// an error, not a silent fallback, and so it is for the transformer, which has no linear mixing.
+#[test]
+fn fla_kernels_are_chosen_only_where_they_can_run() {
+    let config = ModelConfig::from_json(&shrunk("delta_net_340M.json")).unwrap();
+    let (fla, why) = MixingKernels::Auto.resolve(&config, Device::Cpu).unwrap();
+    assert!(!fla);
+    assert_eq!(why, "libtorch ops (the model is on Cpu)");
+    let error = MixingKernels::Fla
+        .resolve(&config, Device::Cpu)
+        .unwrap_err();
+    assert_eq!(error, "--model.kernels fla: the model is on Cpu");
+    let transformer = ModelConfig::load(&repo().join("configs/transformer_340M.json")).unwrap();
+    assert_eq!(
+        MixingKernels::Auto
+            .resolve(&transformer, Device::Cpu)
+            .unwrap(),
+        (false, "libtorch ops".to_string())
+    );
+    let error = MixingKernels::Fla
+        .resolve(&transformer, Device::Cpu)
+        .unwrap_err();
+    assert_eq!(
+        error,
+        "--model.kernels fla: transformer has no linear-attention token mixing"
+    );
 }

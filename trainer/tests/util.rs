@@ -28,6 +28,20 @@ pub fn python() -> PathBuf {
     PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
 }
 
+/// The directory of fla's kernels that `tools/setup-kernels.sh` builds (once; cached).
+pub fn kernels() -> PathBuf {
+    let output = std::process::Command::new("bash")
+        .arg(repo().join("tools/setup-kernels.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+}
+
 /// The flame-train binary with `argv` (whose first element is the program name), outside any
 /// launcher's environment, plus `env`.
 pub fn command(argv: &[String], env: &[(&str, &str)]) -> std::process::Command {

@@ -12,6 +12,7 @@ use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
 use super::cubin::{Arg, Kernels, Variant};
+use crate::config::{Mixer, ModelConfig};
 
 /// A batch's documents as fla's varlen kernels take them, made on the host once per batch.
 #[derive(Debug)]
@@ -56,13 +57,15 @@ impl Varlen {
     }
 }
 
-/// fla's kernels for this batch's tensors, or why not: they run on CUDA only, with a build
-/// ([`Kernels::installed`]).
-pub fn available(x: &Tensor) -> Result<&'static Kernels, String> {
-    if !x.device().is_cuda() {
-        return Err(format!("tensors on {:?}", x.device()));
+/// Whether `kernels` has every kernel `config`'s token mixing needs; `Err` says what it lacks.
+pub fn check(kernels: &'static Kernels, config: &ModelConfig) -> Result<(), String> {
+    match &config.mixer {
+        Mixer::DeltaRule(delta) => delta_rule::check(kernels, delta),
+        _ => Err(format!(
+            "{} has no fla kernels in flame-train yet",
+            config.model_type
+        )),
     }
-    Kernels::installed()
 }
 
 /// `x` as fla's kernels take it: bf16, contiguous, one row (`[1, B·T, …]`).

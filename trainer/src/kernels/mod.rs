@@ -5,8 +5,9 @@
 //!
 //! All inputs are `[B, T, H, D]` like fla's (not head-first), with each sample's documents given by
 //! its `cu_seqlens`; states reset at every document start. The chunked ops here are libtorch ops:
-//! the path every CPU test takes, and a correct fallback on CUDA tensors until the CUDA kernels,
-//! which will live in the same files, exist. Their gradients come from autograd.
+//! the path every CPU test takes (their gradients come from autograd). On CUDA the models run [`fla`]
+//! instead, fla-core's own Triton kernels compiled ahead of time ([`cubin`]), where the kernel build
+//! has their shapes (`--model.kernels`, which says which path a run takes and why).
 //!
 //! ```
 //! use flame_trainer::kernels::{ChunkLayout, chunk_gla};

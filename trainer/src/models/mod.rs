@@ -86,7 +86,7 @@ impl MixingKernels {
     /// Whether `config`'s token mixing runs on fla's kernels on `device`, and why (for the log).
     ///
     /// # Errors
-    /// `Fla` where fla's kernels cannot run, saying why.
+    /// `Fla` where fla's kernels cannot run, or for a model without linear attention, saying why.
     pub fn resolve(
         self,
         config: &ModelConfig,
@@ -108,6 +108,12 @@ impl MixingKernels {
                 )),
             }
         };
+        if matches!(config.mixer, MixerConfig::Attention(_)) && self == Self::Fla {
+            return Err(format!(
+                "--model.kernels fla: {} has no linear-attention token mixing",
+                config.model_type
+            ));
+        }
         if matches!(config.mixer, MixerConfig::Attention(_)) || self == Self::Torch {
             return Ok((false, "libtorch ops".into()));
         }
