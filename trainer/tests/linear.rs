@@ -347,7 +347,12 @@ fn the_chunked_ops_equal_flas_own_references() {
 #[test]
 fn the_kernel_build_has_every_kernel_flames_linear_configs_launch() {
     let build: &'static Kernels = Box::leak(Box::new(Kernels::open(&kernels()).unwrap()));
-    for name in ["delta_net_340M.json", "delta_net_1B.json"] {
+    for name in [
+        "delta_net_340M.json",
+        "delta_net_1B.json",
+        "gla_340M.json",
+        "gla_7B.json",
+    ] {
         let config = ModelConfig::load(&repo().join("configs").join(name)).unwrap();
         flame_trainer::kernels::fla::check(build, &config)
             .unwrap_or_else(|e| panic!("{name}: {e}"));

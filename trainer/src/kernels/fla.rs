@@ -61,7 +61,8 @@ impl Varlen {
 pub fn check(kernels: &'static Kernels, config: &ModelConfig) -> Result<(), String> {
     match &config.mixer {
         Mixer::DeltaRule(delta) => delta_rule::check(kernels, delta),
-        _ => Err(format!(
+        Mixer::Gla(gla) => gla::check(kernels, gla),
+        Mixer::Attention(_) => Err(format!(
             "{} has no fla kernels in flame-train yet",
             config.model_type
         )),

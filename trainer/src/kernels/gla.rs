@@ -22,8 +22,8 @@
 //! log2 space (`exp2`), the per-chunk states and `Q ⊙ e^G` rounded to bf16 before their matmuls,
 //! off-diagonal blocks as TF32 dots, the intra-chunk matrix rounded to bf16 before `A V`, and a
 //! backward that recomputes the states. Here everything runs in float32 (float64 stays float64), so
-//! this path is the exact reference on the CPU and a correct, slower fallback on CUDA; the CUDA
-//! kernels of this family will live beside it in this file.
+//! this path is the exact reference on the CPU and a correct, slower fallback on CUDA, where those
+//! kernels themselves run when built ([`super::fla::gla`]).
 
 // The math's own names (q, k, v, g, b, t, h, d, …) read better here than longer ones.
 #![allow(clippy::many_single_char_names)]

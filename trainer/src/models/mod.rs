@@ -97,16 +97,7 @@ impl MixingKernels {
                 return Err(format!("the model is on {device:?}"));
             }
             let kernels = crate::kernels::cubin::Kernels::installed()?;
-            match &config.mixer {
-                MixerConfig::DeltaRule(delta) => {
-                    crate::kernels::fla::delta_rule::check(kernels, delta)
-                }
-                MixerConfig::Gla(gla) => crate::kernels::fla::gla::check(kernels, gla),
-                MixerConfig::Attention(_) => Err(format!(
-                    "{} has no fla kernels in flame-train yet",
-                    config.model_type
-                )),
-            }
+            crate::kernels::fla::check(kernels, config)
         };
         if matches!(config.mixer, MixerConfig::Attention(_)) && self == Self::Fla {
             return Err(format!(
