@@ -1,11 +1,14 @@
 //! The token mixing on CUDA: fla-core 0.6.0's own Triton kernels ([`super::cubin`]), launched in the
 //! order and with the buffers fla's Python wrappers use, as libtorch autograd nodes
-//! ([`crate::shim::kernels::Function`]). [`delta_rule`] holds DeltaNet's op.
+//! ([`crate::shim::kernels::Function`]). [`delta_rule`] holds DeltaNet's op, [`gated_delta_rule`]
+//! Gated DeltaNet's; `common` the launches they share (the L2 norm, the state and output passes).
 //!
 //! fla's kernels take a batch flattened to one row of `T` tokens (`[1, T, H, D]`, contiguous, bf16)
 //! with the documents' boundaries ([`Varlen`]); states reset at every document start.
 
+mod common;
 pub mod delta_rule;
+pub mod gated_delta_rule;
 
 use tch::{Device, Kind, Tensor};
 
