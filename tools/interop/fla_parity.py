@@ -6,7 +6,8 @@ machine (tools/gpu/linear.sh). Errors are ‖ours − fla's‖ / ‖fla's‖ ove
                                  windows; one window of three documents through cu_seqlens) in float32
                                  where fla's kernels allow it and in bfloat16; compared with ours
     fla_parity.py ops-gen DIR    random inputs of GLA, DeltaNet and Gated DeltaNet (B = 1, documents of
-                                 uneven length through cu_seqlens) -> DIR/ops_in.safetensors
+                                 uneven length through cu_seqlens), and Gated DeltaNet's layer inputs a, b,
+                                 A_log, dt_bias (as fla initialises them) -> DIR/ops_in.safetensors
     fla_parity.py ops-check DIR  fla's outputs and gradients on those inputs, against ours
                                  (DIR/ops_out.safetensors, from `linear_parity ops`). Gated DeltaNet's
                                  backward cannot run in fla on Hopper with Triton 3.6 (fla#640), so it is
@@ -14,9 +15,13 @@ machine (tools/gpu/linear.sh). Errors are ‖ours − fla's‖ / ‖fla's‖ ove
                                  `delta_rule_fla.*` (DeltaNet on fla's kernels launched by flame-train, when
                                  built) against fla's chunk_delta_rule(use_qk_l2norm_in_kernel=True), bf16;
                                  `gla_fla.*` (GLA likewise) against fla's chunk_gla as its layer calls it
-                                 (state_v_first=True), bf16
+                                 (state_v_first=True), bf16;
+                                 `gated_delta_rule_fla.*` (Gated DeltaNet on fla's kernels, from q, k, v, a, b,
+                                 A_log, dt_bias as fla's layer passes them) against the float32 naive reference
+                                 with the layer's math in torch (fla's own backward is refused, fla#640)
 """
 
+import math
 import pathlib
 import sys
 import warnings
@@ -65,13 +70,14 @@ def ops_gen(root):
     torch.manual_seed(0)
     lengths = [1, 64, 200, 7, 129, 599]  # one document of each awkward kind; 1000 tokens
     cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int64)
-    t, h = int(cu[-1]), 4
+    t = int(cu[-1])
     out = {}
 
     def normal(*shape):
         return torch.randn(*shape, dtype=torch.float32)
 
-    for op, dk, dv in (("gla", 128, 256), ("delta_rule", 128, 128), ("gated_delta_rule", 128, 256)):
+    # Heads and widths of flame's 340M configs, which the kernel build (tools/setup-kernels.sh) has.
+    for op, h, dk, dv in (("gla", 4, 128, 256), ("delta_rule", 8, 128, 128), ("gated_delta_rule", 6, 256, 512)):
         q, k, v = normal(1, t, h, dk), normal(1, t, h, dk), normal(1, t, h, dv)
         if op != "gla":
             q, k = (torch.nn.functional.normalize(x, dim=-1) for x in (q, k))
@@ -83,6 +89,15 @@ def ops_gen(root):
         out[f"{op}.q"], out[f"{op}.k"], out[f"{op}.v"] = q.bfloat16(), k.bfloat16(), v.bfloat16()
         out[f"{op}.do"] = normal(1, t, h, dv).bfloat16()
         out[f"{op}.cu_seqlens"] = cu.clone()
+    # Gated DeltaNet's layer inputs (drawn last: the tensors above stay as they were). a = a_proj(x) and
+    # b = b_proj(x) raw; A = exp(A_log) uniform in [1, 16] and softplus(dt_bias) log-uniform in [1e-3, 0.1],
+    # as fla's GatedDeltaNet initialises them (A from 1 rather than 0, away from log 0).
+    h = 6
+    out["gated_delta_rule.a"] = normal(1, t, h).bfloat16()
+    out["gated_delta_rule.b"] = normal(1, t, h).bfloat16()
+    out["gated_delta_rule.A_log"] = torch.empty(h).uniform_(1, 16).log()
+    dt = torch.exp(torch.rand(h) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
+    out["gated_delta_rule.dt_bias"] = dt + torch.log(-torch.expm1(-dt))
     save_file(out, str(root / "ops_in.safetensors"))
     print(f"wrote {len(out)} tensors")
 
@@ -95,8 +110,11 @@ def ops_check(root):
     inputs = load_file(str(root / "ops_in.safetensors"))
     ours = load_file(str(root / "ops_out.safetensors"))
     worst = {}
+    layer_inputs = ("a", "b", "A_log", "dt_bias")  # Gated DeltaNet's, for gated_delta_rule_fla only
     for op in ("gla", "delta_rule", "gated_delta_rule"):
         x = {k.split(".", 1)[1]: v for k, v in inputs.items() if k.startswith(op + ".")}
+        for name in layer_inputs:
+            x.pop(name, None)
         cu = x.pop("cu_seqlens").to(DEVICE, torch.int32)
         d_o = x.pop("do").to(DEVICE)
         if op == "gated_delta_rule":
@@ -147,6 +165,33 @@ def ops_check(root):
             err = rel(ours[f"gla_fla.{name}"], theirs)
             worst[f"gla_fla.{name}"] = err
             print(f"{'gla (fla kernels)':<34} {name:<5} vs fla bf16 Triton rel err {err:.2e}")
+    if "gated_delta_rule_fla.o" in ours:
+        # fla's GatedDeltaNet layer in torch, float32: l2norm (fla's: x / sqrt(sum x² + 1e-6)) of q and k,
+        # beta = sigmoid(b), g = -exp(A_log) * softplus(a + dt_bias); the naive chunked op per document.
+        x = {k.split(".", 1)[1]: v for k, v in inputs.items() if k.startswith("gated_delta_rule.")}
+        cu = x.pop("cu_seqlens").to(DEVICE, torch.int32)
+        d_o = x.pop("do").to(DEVICE)
+        names = ("q", "k", "v") + layer_inputs
+        leaves = {n: x[n].to(DEVICE).float().requires_grad_() for n in names}
+
+        def l2norm(t):
+            return t * torch.rsqrt((t * t).sum(-1, keepdim=True) + 1e-6)
+
+        q, k = l2norm(leaves["q"]), l2norm(leaves["k"])
+        beta = torch.sigmoid(leaves["b"])
+        g = -leaves["A_log"].exp() * torch.nn.functional.softplus(leaves["a"] + leaves["dt_bias"])
+        pieces = []
+        for i in range(len(cu) - 1):
+            a, b = int(cu[i]), int(cu[i + 1])
+            o_i, _ = naive_chunk_gated_delta_rule(q[:, a:b], k[:, a:b], leaves["v"][:, a:b], g[:, a:b],
+                                                  beta[:, a:b], chunk_size=64)
+            pieces.append(o_i)
+        o = torch.cat(pieces, dim=1)
+        (o * d_o.float()).sum().backward()
+        for name, theirs in [("o", o)] + [(f"d{n}", t.grad) for n, t in leaves.items()]:
+            err = rel(ours[f"gated_delta_rule_fla.{name}"], theirs)
+            worst[f"gated_delta_rule_fla.{name}"] = err
+            print(f"{'gated_delta_rule (fla kernels, layer)':<37} {name:<8} vs fla fp32 naive rel err {err:.2e}")
     return worst
 
 

@@ -8,12 +8,13 @@
 //! `linear_parity ops IN OUT`: the chunked token-mixing ops on the inputs `fla_parity.py ops-gen`
 //! wrote (`IN`, safetensors: per op its q, k, v, gates, the output's gradient and `cu_seqlens`), on
 //! CUDA in float32: each op's output and its inputs' gradients, to `OUT`; and, where fla's kernels are
-//! built (`tools/setup-kernels.sh`), DeltaNet's and GLA's ops on them (`delta_rule_fla.*`,
-//! `gla_fla.*`, bf16).
+//! built (`tools/setup-kernels.sh`) for these inputs' shapes, DeltaNet's and GLA's ops on them
+//! (`delta_rule_fla.*`, `gla_fla.*`, bf16) and Gated DeltaNet's, with the layer's raw `a`, `b`, `A_log`
+//! and `dt_bias` (`gated_delta_rule_fla.*`).
 
 use std::path::{Path, PathBuf};
 
-use flame_trainer::config::ModelConfig;
+use flame_trainer::config::{DeltaRuleConfig, ModelConfig};
 use flame_trainer::kernels::fla::Varlen;
 use flame_trainer::kernels::{ChunkLayout, chunk_delta_rule, chunk_gla};
 use flame_trainer::models::{CHUNK, CausalLm, Inputs, Model};
@@ -160,14 +161,36 @@ fn ops(input: &Path, output: &Path) -> anyhow::Result<()> {
         }
     }
     match flame_trainer::kernels::cubin::Kernels::installed() {
-        Ok(_) if device.is_cuda() => {
-            out.extend(fla_delta_rule(&get, device)?);
+        Ok(kernels) if device.is_cuda() => {
+            for (op, decay) in [("delta_rule", false), ("gated_delta_rule", true)] {
+                // A build holds the kernels of configs/' shapes; these inputs' may need their own
+                // (tools/kernels/build.py --configs).
+                let shape = get(&format!("{op}.v"))?.size();
+                let k_dim = get(&format!("{op}.q"))?.size()[3];
+                let config = DeltaRuleConfig {
+                    num_heads: u32::try_from(shape[2])?,
+                    head_k_dim: u32::try_from(k_dim)?,
+                    head_v_dim: u32::try_from(shape[3])?,
+                    short_conv: None,
+                    use_beta: true,
+                    allow_neg_eigval: false,
+                    output_gate: None,
+                    decay,
+                };
+                if let Err(e) = flame_trainer::kernels::fla::delta_rule::check(kernels, &config) {
+                    eprintln!("linear_parity: {op}_fla left out: {e}");
+                } else if decay {
+                    out.extend(fla_gated_delta_rule(&get, device)?);
+                } else {
+                    out.extend(fla_delta_rule(&get, device)?);
+                }
+            }
             out.extend(fla_gla(&get, device)?);
         }
         Ok(_) => {}
-        Err(e) => {
-            eprintln!("linear_parity: no fla kernels ({e}): delta_rule_fla, gla_fla left out");
-        }
+        Err(e) => eprintln!(
+            "linear_parity: no fla kernels ({e}): delta_rule_fla, gated_delta_rule_fla, gla_fla left out"
+        ),
     }
     Tensor::write_safetensors(&out, output)?;
     println!("{}", output.display());
@@ -212,6 +235,57 @@ fn fla_delta_rule(
     for (name, t) in &leaves {
         out.push((
             format!("delta_rule_fla.d{name}"),
+            t.grad().to_kind(Kind::Float).to_device(Device::Cpu),
+        ));
+    }
+    Ok(out)
+}
+
+/// Gated DeltaNet's op on fla's kernels (`gated_delta_rule_fla.*`): the `gated_delta_rule` inputs q, k,
+/// v in bf16 with the layer's raw inputs `a`, `b` (bf16) and its `A_log`, `dt_bias` (fp32), as fla's
+/// `GatedDeltaNet` calls `chunk_gated_delta_rule` (q and k L2-normalised, β = sigmoid(b) and the decay
+/// `−exp(A_log) · softplus(a + dt_bias)` in the kernels); the output and all seven gradients.
+#[allow(clippy::many_single_char_names)] // fla's names of the op's inputs
+fn fla_gated_delta_rule(
+    get: &dyn Fn(&str) -> anyhow::Result<Tensor>,
+    device: Device,
+) -> anyhow::Result<Vec<(String, Tensor)>> {
+    let leaf = |name: &str, kind: Kind| -> anyhow::Result<Tensor> {
+        Ok(get(&format!("gated_delta_rule.{name}"))?
+            .to_kind(kind)
+            .set_requires_grad(true))
+    };
+    let leaves = [
+        ("q", leaf("q", Kind::BFloat16)?),
+        ("k", leaf("k", Kind::BFloat16)?),
+        ("v", leaf("v", Kind::BFloat16)?),
+        ("a", leaf("a", Kind::BFloat16)?),
+        ("b", leaf("b", Kind::BFloat16)?),
+        ("A_log", leaf("A_log", Kind::Float)?),
+        ("dt_bias", leaf("dt_bias", Kind::Float)?),
+    ];
+    let cu: Vec<i64> = Vec::try_from(get("gated_delta_rule.cu_seqlens")?.to_device(Device::Cpu))?;
+    let cu: Vec<u32> = cu.iter().map(|&c| u32::try_from(c).unwrap_or(0)).collect();
+    let seq_len = usize::try_from(leaves[0].1.size()[1])?;
+    let varlen = Varlen::new(&[cu], seq_len, CHUNK, device);
+    #[allow(clippy::cast_precision_loss)]
+    let scale = (leaves[0].1.size()[3] as f64).powf(-0.5);
+    let [q, k, v, a, b, a_log, dt_bias] = leaves.each_ref().map(|(_, t)| t);
+    let o = flame_trainer::kernels::fla::gated_delta_rule::chunk_gated_delta_rule(
+        q, k, v, a, b, a_log, dt_bias, scale, false, &varlen,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let d_o = get("gated_delta_rule.do")?.to_kind(Kind::BFloat16);
+    (o.to_kind(Kind::Float) * d_o.to_kind(Kind::Float))
+        .sum(Kind::Float)
+        .backward();
+    let mut out = vec![(
+        "gated_delta_rule_fla.o".to_string(),
+        o.detach().to_kind(Kind::Float).to_device(Device::Cpu),
+    )];
+    for (name, t) in &leaves {
+        out.push((
+            format!("gated_delta_rule_fla.d{name}"),
             t.grad().to_kind(Kind::Float).to_device(Device::Cpu),
         ));
     }

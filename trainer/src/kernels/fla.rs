@@ -1,14 +1,18 @@
 //! The token mixing on CUDA: fla-core 0.6.0's own Triton kernels ([`super::cubin`]), launched in the
 //! order and with the buffers fla's Python wrappers use, as libtorch autograd nodes
-//! ([`crate::shim::kernels::Function`]). [`delta_rule`] holds DeltaNet's op, [`gla`] GLA's.
+//! ([`crate::shim::kernels::Function`]). [`delta_rule`] holds DeltaNet's op, [`gated_delta_rule`]
+//! Gated DeltaNet's, [`gla`] GLA's; `common` the launches the delta rules share (the L2 norm, the state
+//! and output passes) and the argument helpers.
 //!
 //! fla's kernels take a batch flattened to one row of `T` tokens (`[1, T, H, D]`, contiguous, bf16)
 //! with the documents' boundaries ([`Varlen`]); states reset at every document start.
 
+mod common;
 pub mod delta_rule;
+pub mod gated_delta_rule;
 pub mod gla;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor};
 
 use super::cubin::{Arg, Kernels, Variant};
@@ -97,37 +101,27 @@ fn int(x: i64) -> Result<Arg<'static>, String> {
         .map_err(|_| format!("{x} does not fit the kernels' int32"))
 }
 
-fn tensor(x: &Tensor) -> Arg<'_> {
-    Arg::Tensor(x)
-}
-
-fn chunk_args(varlen: &[Tensor]) -> [(&'static str, Arg<'_>); 2] {
-    [
-        ("cu_seqlens", tensor(&varlen[0])),
-        ("chunk_indices", tensor(&varlen[1])),
-    ]
-}
-
-fn with<'t>(
-    mut args: Vec<(&'static str, Arg<'t>)>,
-    rest: impl IntoIterator<Item = (&'static str, Arg<'t>)>,
-) -> Vec<(&'static str, Arg<'t>)> {
-    args.extend(rest);
-    args
-}
-
-/// The sizes every kernel is specialised on.
-struct Shape {
-    tokens: i64,
-    heads: i64,
-    k: i64,
-    v: i64,
-    documents: i64,
-    chunks: i64,
+/// The sizes every kernel of an op is specialised on, or launched over.
+#[derive(Debug)]
+pub(super) struct Shape {
+    /// Tokens in the flattened batch (`T`).
+    pub tokens: i64,
+    /// Heads (`H`, and `HV`: flame's layers have as many value heads).
+    pub heads: i64,
+    /// Key width (`K`).
+    pub k: i64,
+    /// Value width (`V`).
+    pub v: i64,
+    /// Documents (`N`).
+    pub documents: i64,
+    /// Chunks over all documents (`NT`).
+    pub chunks: i64,
 }
 
 impl Shape {
-    fn of(k: &Tensor, v: &Tensor, varlen: &[Tensor]) -> Self {
+    /// The shape of an op on `k` `[1, T, H, K]` and `v` `[1, T, H, V]` over `varlen`'s documents
+    /// (`cu_seqlens`, `chunk_indices`, `chunk_offsets`).
+    pub fn of(k: &Tensor, v: &Tensor, varlen: &[Tensor]) -> Self {
         let (ks, vs) = (k.size(), v.size());
         Self {
             tokens: ks[1],
@@ -139,15 +133,33 @@ impl Shape {
         }
     }
 
-    fn find(&self, kernels: &'static Kernels, kernel: &str) -> Result<Variant<'static>, String> {
-        kernels.find(
-            kernel,
-            &[
-                ("H", json!(self.heads)),
-                ("K", json!(self.k)),
-                ("V", json!(self.v)),
-            ],
-        )
+    /// The shape of a layer of `heads` heads, keys of `k` and values of `v`, for looking kernels up
+    /// (no tokens).
+    pub fn of_layer(heads: u32, k: u32, v: u32) -> Self {
+        Self {
+            tokens: 0,
+            heads: i64::from(heads),
+            k: i64::from(k),
+            v: i64::from(v),
+            documents: 0,
+            chunks: 0,
+        }
+    }
+
+    /// The one variant of `kernel` for these `H`, `K`, `V` and the further constexprs `more`.
+    pub fn find(
+        &self,
+        kernels: &'static Kernels,
+        kernel: &str,
+        more: &[(&'static str, Value)],
+    ) -> Result<Variant<'static>, String> {
+        let mut spec = vec![
+            ("H", json!(self.heads)),
+            ("K", json!(self.k)),
+            ("V", json!(self.v)),
+        ];
+        spec.extend_from_slice(more);
+        kernels.find(kernel, &spec)
     }
 }
 

@@ -6,8 +6,11 @@
 //! L2-normalised; β = sigmoid(b_proj(x)) (doubled with `allow_neg_eigval`); Gated DeltaNet's decay is
 //! Mamba2's, `g = −exp(A_log) · softplus(a_proj(x) + dt_bias)`. The heads mix tokens by
 //! `S_t = exp(g_t)(I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ`, `o_t = S_tᵀ q_t / √dk` (chunked with the WY
-//! representation: [`crate::kernels::delta_rule`]); the output is RMS-normalised per head, gated when
-//! the config has an output gate, and projected back.
+//! representation: [`crate::kernels::delta_rule`], or on fla's own kernels where the model runs them:
+//! [`crate::kernels::fla::delta_rule`], [`crate::kernels::fla::gated_delta_rule`], which take q and k
+//! before their L2 norm and Gated DeltaNet's raw `a_proj(x)` and `b_proj(x)`, as fla's layers pass
+//! them); the output is RMS-normalised per head, gated when the config has an output gate, and
+//! projected back.
 
 use tch::Tensor;
 use tch::nn::{self, Init};
@@ -112,7 +115,7 @@ impl Mixer for DeltaRule {
     #[allow(clippy::many_single_char_names)] // the usual names of the dimensions
     fn forward(&self, x: &Tensor, context: &Context<'_>) -> Tensor {
         let size = x.size();
-        let (b, t) = (size[0], size[1]);
+        let (batch, t) = (size[0], size[1]);
         let heads = i64::from(self.config.num_heads);
         let (dk, dv) = (
             i64::from(self.config.head_k_dim),
@@ -125,61 +128,81 @@ impl Mixer for DeltaRule {
                 None => y.silu(),
             }
         };
-        let q = project(&self.q, 0).view([b, t, heads, dk]);
-        let k = project(&self.k, 1).view([b, t, heads, dk]);
-        let v = project(&self.v, 2).view([b, t, heads, dv]);
-        let beta = match &self.b {
-            Some(w) => {
-                let beta = x
-                    .linear(w, None::<Tensor>)
-                    .to_kind(compute_kind(x.kind()))
-                    .sigmoid();
+        let q = project(&self.q, 0).view([batch, t, heads, dk]);
+        let k = project(&self.k, 1).view([batch, t, heads, dk]);
+        let v = project(&self.v, 2).view([batch, t, heads, dv]);
+        let b = self.b.as_ref().map(|w| x.linear(w, None::<Tensor>));
+        let a = self.decay.as_ref().map(|d| x.linear(&d.a, None::<Tensor>));
+        let beta = || match &b {
+            Some(b) => {
+                let beta = b.to_kind(compute_kind(x.kind())).sigmoid();
                 if self.config.allow_neg_eigval {
                     beta * 2.0
                 } else {
                     beta
                 }
             }
-            None => Tensor::ones([b, t, heads], (compute_kind(x.kind()), x.device())),
+            None => Tensor::ones([batch, t, heads], (compute_kind(x.kind()), x.device())),
         };
-        let g = self.decay.as_ref().map(|d| {
-            let a = x
-                .linear(&d.a, None::<Tensor>)
-                .to_kind(compute_kind(x.kind()));
-            -d.a_log.exp() * (a + &d.dt_bias).softplus()
-        });
         #[allow(clippy::cast_precision_loss)]
         let scale = (dk as f64).powf(-0.5);
-        let o = if let Some(varlen) = &context.fla {
-            // MixingKernels::resolve checked the build when it chose fla's kernels.
-            crate::kernels::fla::delta_rule::chunk_delta_rule(&q, &k, &v, &beta, scale, varlen)
+        // MixingKernels::resolve checked the build (and Gated DeltaNet's b_proj) when it chose fla's
+        // kernels.
+        let o = match (&context.fla, &self.decay, &a, &b) {
+            (Some(varlen), Some(d), Some(a), Some(b)) => {
+                crate::kernels::fla::gated_delta_rule::chunk_gated_delta_rule(
+                    &q,
+                    &k,
+                    &v,
+                    a,
+                    b,
+                    &d.a_log,
+                    &d.dt_bias,
+                    scale,
+                    self.config.allow_neg_eigval,
+                    varlen,
+                )
                 .unwrap_or_else(|e| panic!("{e}"))
-        } else {
-            let layout = context
-                .layout
-                .as_ref()
-                .expect("linear mixers get a chunk layout");
-            crate::kernels::delta_rule::chunk_delta_rule(
-                &l2_norm(&q),
-                &l2_norm(&k),
+            }
+            (Some(varlen), None, _, _) => crate::kernels::fla::delta_rule::chunk_delta_rule(
+                &q,
+                &k,
                 &v,
-                &beta.to_kind(v.kind()),
-                g.as_ref().map(|g| g.to_kind(v.kind())).as_ref(),
+                &beta(),
                 scale,
-                layout,
+                varlen,
             )
+            .unwrap_or_else(|e| panic!("{e}")),
+            _ => {
+                let layout = context
+                    .layout
+                    .as_ref()
+                    .expect("linear mixers get a chunk layout");
+                let g = self.decay.as_ref().zip(a.as_ref()).map(|(d, a)| {
+                    -d.a_log.exp() * (a.to_kind(compute_kind(x.kind())) + &d.dt_bias).softplus()
+                });
+                crate::kernels::delta_rule::chunk_delta_rule(
+                    &l2_norm(&q),
+                    &l2_norm(&k),
+                    &v,
+                    &beta().to_kind(v.kind()),
+                    g.as_ref().map(|g| g.to_kind(v.kind())).as_ref(),
+                    scale,
+                    layout,
+                )
+            }
         };
         let gate = self
             .gate
             .as_ref()
-            .map(|w| x.linear(w, None::<Tensor>).view([b, t, heads, dv]));
+            .map(|w| x.linear(w, None::<Tensor>).view([batch, t, heads, dv]));
         let o = head_norm(
             &o,
             &self.norm,
             self.eps,
             gate.as_ref().zip(self.config.output_gate),
         );
-        o.reshape([b, t, heads * dv])
+        o.reshape([batch, t, heads * dv])
             .linear(&self.o, None::<Tensor>)
     }
 }

@@ -10,15 +10,14 @@
 use serde_json::json;
 use tch::{Kind, Tensor};
 
-use super::{Shape, Varlen, cdiv, chunk_args, flat, int, next_power_of_2, tensor, with};
+use super::common::{
+    CHUNK, DeltaShape, Family, chunk_args, l2norm_backward, l2norm_forward, local_value_grad,
+    output_pass, qkw_grad, state_grad, state_pass, tensor, with,
+};
+use super::{Varlen, flat, int};
 use crate::config::DeltaRuleConfig;
-use crate::kernels::cubin::{Arg, Kernels, Variant};
+use crate::kernels::cubin::{Kernels, Variant};
 use crate::shim::kernels::{self as bridge, Forward, Function};
-
-/// fla's `l2norm_fwd`/`l2norm_bwd` epsilon.
-const L2_EPS: f32 = 1e-6;
-/// Tokens per chunk (`BT`).
-const CHUNK: i64 = 64;
 
 /// DeltaNet's mixing of `q`, `k` (`[B, T, H, K]`, before their L2 norm), `v` (`[B, T, H, V]`) and
 /// `beta` (`[B, T, H]`) over `varlen`'s documents: `[B, T, H, V]` in bf16.
@@ -48,46 +47,27 @@ pub fn chunk_delta_rule(
     Ok(outputs.remove(0).view(shape.as_slice()))
 }
 
-/// Whether the build has every kernel `config`'s layers need; `Err` names what it lacks.
+/// Whether the build has every kernel `config`'s layers need; `Err` names what it lacks. Gated
+/// DeltaNet's configs (`decay`) are [`super::gated_delta_rule::check`]'s.
 pub fn check(kernels: &'static Kernels, config: &DeltaRuleConfig) -> Result<(), String> {
     if config.decay {
-        return Err("Gated DeltaNet has no fla kernels in flame-train yet".into());
+        return super::gated_delta_rule::check(kernels, config);
     }
-    let shape = Shape {
-        tokens: 0,
-        heads: i64::from(config.num_heads),
-        k: i64::from(config.head_k_dim),
-        v: i64::from(config.head_v_dim),
-        documents: 0,
-        chunks: 0,
-    };
-    let probe = Tensor::empty(
-        [1, 1, shape.heads, shape.k],
-        (Kind::BFloat16, tch::Device::Cpu),
+    let shape = DeltaShape::of_layer(
+        config.num_heads,
+        config.head_k_dim,
+        config.head_v_dim,
+        Family::Delta,
     );
-    l2norm_kernel(kernels, &probe, "l2norm_fwd_kernel")?;
-    l2norm_kernel(kernels, &probe, "l2norm_bwd_kernel")?;
+    super::common::check(kernels, &shape)?;
     kkt_kernel(kernels, &shape)?;
     tril_kernel(kernels, &shape)?;
     for name in [
         "ops.delta_rule.wy_fast.recompute_w_u_fwd_kernel",
-        "ops.common.chunk_o.chunk_fwd_kernel_o",
-        "ops.common.chunk_o.chunk_bwd_kernel_dv_local",
         "ops.delta_rule.wy_fast.prepare_wy_repr_bwd_kernel",
     ] {
-        shape.find(kernels, name)?;
+        shape.find(kernels, name, &[])?;
     }
-    state_kernel(
-        kernels,
-        &shape,
-        "chunk_gated_delta_rule_fwd_kernel_h_blockdim64",
-    )?;
-    state_kernel(
-        kernels,
-        &shape,
-        "chunk_gated_delta_rule_bwd_kernel_dhu_blockdim64",
-    )?;
-    qkw_kernel(kernels, &shape)?;
     Ok(())
 }
 
@@ -102,13 +82,20 @@ fn forward(scalars: &[f64], inputs: &[Tensor]) -> Result<Forward, String> {
     let [q, k, v, beta, varlen @ ..] = inputs else {
         return Err("seven inputs".into());
     };
-    let shape = Shape::of(k, v, varlen);
+    let shape = DeltaShape::of(k, v, varlen, Family::Delta);
     let (q, q_rstd) = l2norm_forward(kernels, q)?;
     let (k, k_rstd) = l2norm_forward(kernels, k)?;
     let a = wy_matrix(kernels, &shape, &k, beta, varlen)?;
     let (w, u) = recompute_w_u(kernels, &shape, &k, v, beta, &a, varlen)?;
-    let (h, v_new) = state_pass(kernels, &shape, &k, &w, &u, varlen)?;
-    let o = output_pass(kernels, &shape, scalars[0], [&q, &k, &v_new, &h], varlen)?;
+    let (h, v_new) = state_pass(kernels, &shape, [&k, &w, &u], None, varlen)?;
+    let o = output_pass(
+        kernels,
+        &shape,
+        scalars[0],
+        [&q, &k, &v_new, &h],
+        None,
+        varlen,
+    )?;
     let mut saved = vec![
         q,
         q_rstd,
@@ -135,17 +122,25 @@ fn backward(
         return Err("ten saved tensors".into());
     };
     let scale = scalars[0];
-    let shape = Shape::of(k, v, varlen);
+    let shape = DeltaShape::of(k, v, varlen, Family::Delta);
     let d_o = grads[0].to_kind(Kind::BFloat16).contiguous();
     let (w, u) = recompute_w_u(kernels, &shape, k, v, beta, a, varlen)?;
-    let (h, v_new) = state_pass(kernels, &shape, k, &w, &u, varlen)?;
-    let dv_local = local_value_grad(kernels, &shape, scale, [q, k, &d_o], varlen)?;
-    let (dh, dv) = state_grad(kernels, &shape, scale, [q, k, &w, &d_o, &dv_local], varlen)?;
-    let (dq, mut dk, dw) = qkw_grad(
+    let (h, v_new) = state_pass(kernels, &shape, [k, &w, &u], None, varlen)?;
+    let dv_local = local_value_grad(kernels, &shape, scale, [q, k, &d_o], None, varlen)?;
+    let (dh, dv) = state_grad(
+        kernels,
+        &shape,
+        scale,
+        [q, k, &w, &d_o, &dv_local],
+        None,
+        varlen,
+    )?;
+    let (dq, mut dk, dw, _) = qkw_grad(
         kernels,
         &shape,
         scale,
         [q, k, &v_new, &h, &d_o, &dh, &dv],
+        None,
         varlen,
     )?;
     let (dk2, dv, dbeta) = wy_grad(kernels, &shape, [k, v, beta, a, &dw, &dv], varlen)?;
@@ -163,73 +158,7 @@ fn backward(
     ])
 }
 
-/// Rows of `[…, D]` as the L2-norm kernels see them, and their variant (the `NB` constexpr only
-/// buckets autotuning in fla: any build of this `D` computes the same).
-fn l2norm_kernel(
-    kernels: &'static Kernels,
-    x: &Tensor,
-    name: &str,
-) -> Result<(i64, Variant<'static>), String> {
-    let d = *x.size().last().expect("a feature dimension");
-    let rows = x.size().iter().product::<i64>() / d;
-    let kernel = format!("modules.norm.l2norm.{name}");
-    let spec = [("D", json!(d)), ("BD", json!(next_power_of_2(d)))];
-    let variant = kernels
-        .find(
-            &kernel,
-            &[
-                spec[0].clone(),
-                spec[1].clone(),
-                ("NB", json!(cdiv(rows, 2048 * 32))),
-            ],
-        )
-        .or_else(|_| kernels.find_first(&kernel, &spec))?;
-    Ok((rows, variant))
-}
-
-/// `x / ‖x‖` over the last dimension, and `1 / ‖x‖` (fp32) per row.
-fn l2norm_forward(kernels: &'static Kernels, x: &Tensor) -> Result<(Tensor, Tensor), String> {
-    let (rows, variant) = l2norm_kernel(kernels, x, "l2norm_fwd_kernel")?;
-    let y = x.empty_like();
-    let rstd = Tensor::empty(&x.size()[..x.dim() - 1], (Kind::Float, x.device()));
-    variant.launch(
-        [cdiv(rows, variant.constexpr("BT")?), 1, 1],
-        &[
-            ("x", tensor(x)),
-            ("y", tensor(&y)),
-            ("rstd", tensor(&rstd)),
-            ("eps", Arg::F32(L2_EPS)),
-            ("T", int(rows)?),
-        ],
-    )?;
-    Ok((y, rstd))
-}
-
-/// The gradient of the L2 norm's input from its output `y`, `rstd` and the output's gradient.
-fn l2norm_backward(
-    kernels: &'static Kernels,
-    y: &Tensor,
-    rstd: &Tensor,
-    dy: &Tensor,
-) -> Result<Tensor, String> {
-    let (rows, variant) = l2norm_kernel(kernels, y, "l2norm_bwd_kernel")?;
-    let dy = dy.contiguous();
-    let dx = y.empty_like();
-    variant.launch(
-        [cdiv(rows, variant.constexpr("BT")?), 1, 1],
-        &[
-            ("y", tensor(y)),
-            ("rstd", tensor(rstd)),
-            ("dy", tensor(&dy)),
-            ("dx", tensor(&dx)),
-            ("eps", Arg::F32(L2_EPS)),
-            ("T", int(rows)?),
-        ],
-    )?;
-    Ok(dx)
-}
-
-fn kkt_kernel(kernels: &'static Kernels, shape: &Shape) -> Result<Variant<'static>, String> {
+fn kkt_kernel(kernels: &'static Kernels, shape: &DeltaShape) -> Result<Variant<'static>, String> {
     kernels.find(
         "ops.common.chunk_scaled_dot_kkt.chunk_scaled_dot_kkt_fwd_kernel",
         &[
@@ -241,23 +170,10 @@ fn kkt_kernel(kernels: &'static Kernels, shape: &Shape) -> Result<Variant<'stati
     )
 }
 
-fn tril_kernel(kernels: &'static Kernels, shape: &Shape) -> Result<Variant<'static>, String> {
+fn tril_kernel(kernels: &'static Kernels, shape: &DeltaShape) -> Result<Variant<'static>, String> {
     kernels.find(
         "ops.utils.solve_tril.merge_16x16_to_64x64_inverse_kernel",
         &[("H", json!(shape.heads)), ("BT", json!(CHUNK))],
-    )
-}
-
-fn qkw_kernel(kernels: &'static Kernels, shape: &Shape) -> Result<Variant<'static>, String> {
-    kernels.find(
-        "ops.common.chunk_o.chunk_bwd_kernel_dqkwg",
-        &[
-            ("H", json!(shape.heads)),
-            ("K", json!(shape.k)),
-            ("V", json!(shape.v)),
-            ("USE_G", json!(false)),
-            ("B", json!(1)),
-        ],
     )
 }
 
@@ -265,7 +181,7 @@ fn qkw_kernel(kernels: &'static Kernels, shape: &Shape) -> Result<Variant<'stati
 /// in fp32, then `solve_tril`).
 fn wy_matrix(
     kernels: &'static Kernels,
-    shape: &Shape,
+    shape: &DeltaShape,
     k: &Tensor,
     beta: &Tensor,
     varlen: &[Tensor],
@@ -308,7 +224,7 @@ fn wy_matrix(
 /// `w = A β K` and `u = A β V`.
 fn recompute_w_u(
     kernels: &'static Kernels,
-    shape: &Shape,
+    shape: &DeltaShape,
     k: &Tensor,
     v: &Tensor,
     beta: &Tensor,
@@ -317,7 +233,11 @@ fn recompute_w_u(
 ) -> Result<(Tensor, Tensor), String> {
     let (w, u) = (k.empty_like(), v.empty_like());
     shape
-        .find(kernels, "ops.delta_rule.wy_fast.recompute_w_u_fwd_kernel")?
+        .find(
+            kernels,
+            "ops.delta_rule.wy_fast.recompute_w_u_fwd_kernel",
+            &[],
+        )?
         .launch(
             [shape.chunks, shape.heads, 1],
             &with(
@@ -336,214 +256,20 @@ fn recompute_w_u(
     Ok((w, u))
 }
 
-fn state_kernel(
-    kernels: &'static Kernels,
-    shape: &Shape,
-    name: &str,
-) -> Result<Variant<'static>, String> {
-    kernels.find(
-        &format!("ops.common.chunk_delta_h.{name}"),
-        &[
-            ("H", json!(shape.heads)),
-            ("K", json!(shape.k)),
-            ("V", json!(shape.v)),
-            ("USE_G", json!(false)),
-            ("STATE_V_FIRST", json!(false)),
-        ],
-    )
-}
-
-/// The state before every chunk, `h` `[1, NT, H, K, V]` bf16, and `v_new = u − w h`.
-fn state_pass(
-    kernels: &'static Kernels,
-    shape: &Shape,
-    k: &Tensor,
-    w: &Tensor,
-    u: &Tensor,
-    varlen: &[Tensor],
-) -> Result<(Tensor, Tensor), String> {
-    let variant = state_kernel(
-        kernels,
-        shape,
-        "chunk_gated_delta_rule_fwd_kernel_h_blockdim64",
-    )?;
-    let h = Tensor::empty(
-        [1, shape.chunks, shape.heads, shape.k, shape.v],
-        (Kind::BFloat16, k.device()),
-    );
-    let v_new = u.empty_like();
-    variant.launch(
-        [
-            cdiv(shape.v, variant.constexpr("BV")?) * shape.documents * shape.heads,
-            1,
-            1,
-        ],
-        &[
-            ("k", tensor(k)),
-            ("v", tensor(u)),
-            ("w", tensor(w)),
-            ("v_new", tensor(&v_new)),
-            ("h", tensor(&h)),
-            ("cu_seqlens", tensor(&varlen[0])),
-            ("chunk_offsets", tensor(&varlen[2])),
-            ("T", int(shape.tokens)?),
-        ],
-    )?;
-    Ok((h, v_new))
-}
-
-/// `o = scale · (q h + tril(q kᵀ) v_new)` per chunk.
-fn output_pass(
-    kernels: &'static Kernels,
-    shape: &Shape,
-    scale: f64,
-    [q, k, v_new, h]: [&Tensor; 4],
-    varlen: &[Tensor],
-) -> Result<Tensor, String> {
-    let variant = shape.find(kernels, "ops.common.chunk_o.chunk_fwd_kernel_o")?;
-    let o = v_new.empty_like();
-    #[allow(clippy::cast_possible_truncation)] // fla passes the scale as fp32
-    variant.launch(
-        [
-            cdiv(shape.v, variant.constexpr("BV")?) * shape.chunks,
-            shape.heads,
-            1,
-        ],
-        &with(
-            vec![
-                ("q", tensor(q)),
-                ("k", tensor(k)),
-                ("v", tensor(v_new)),
-                ("h", tensor(h)),
-                ("o", tensor(&o)),
-                ("scale", Arg::F32(scale as f32)),
-                ("T", int(shape.tokens)?),
-            ],
-            chunk_args(varlen),
-        ),
-    )?;
-    Ok(o)
-}
-
-/// The values' gradient from within their own chunk: `scale · tril(q kᵀ)ᵀ do`.
-fn local_value_grad(
-    kernels: &'static Kernels,
-    shape: &Shape,
-    scale: f64,
-    [q, k, d_o]: [&Tensor; 3],
-    varlen: &[Tensor],
-) -> Result<Tensor, String> {
-    let dv = d_o.empty_like();
-    #[allow(clippy::cast_possible_truncation)]
-    shape
-        .find(kernels, "ops.common.chunk_o.chunk_bwd_kernel_dv_local")?
-        .launch(
-            [shape.chunks, shape.heads, 1],
-            &with(
-                vec![
-                    ("q", tensor(q)),
-                    ("k", tensor(k)),
-                    ("do", tensor(d_o)),
-                    ("dv", tensor(&dv)),
-                    ("scale", Arg::F32(scale as f32)),
-                    ("T", int(shape.tokens)?),
-                ],
-                chunk_args(varlen),
-            ),
-        )?;
-    Ok(dv)
-}
-
-/// The states' gradients `dh` (backwards over chunks) and the values' full gradient.
-fn state_grad(
-    kernels: &'static Kernels,
-    shape: &Shape,
-    scale: f64,
-    [q, k, w, d_o, dv]: [&Tensor; 5],
-    varlen: &[Tensor],
-) -> Result<(Tensor, Tensor), String> {
-    let variant = state_kernel(
-        kernels,
-        shape,
-        "chunk_gated_delta_rule_bwd_kernel_dhu_blockdim64",
-    )?;
-    let dh = Tensor::empty(
-        [1, shape.chunks, shape.heads, shape.k, shape.v],
-        (Kind::BFloat16, q.device()),
-    );
-    let dv2 = dv.empty_like();
-    #[allow(clippy::cast_possible_truncation)]
-    variant.launch(
-        [
-            cdiv(shape.v, variant.constexpr("BV")?) * shape.documents * shape.heads,
-            1,
-            1,
-        ],
-        &[
-            ("q", tensor(q)),
-            ("k", tensor(k)),
-            ("w", tensor(w)),
-            ("do", tensor(d_o)),
-            ("dh", tensor(&dh)),
-            ("dv", tensor(dv)),
-            ("dv2", tensor(&dv2)),
-            ("cu_seqlens", tensor(&varlen[0])),
-            ("chunk_offsets", tensor(&varlen[2])),
-            ("scale", Arg::F32(scale as f32)),
-            ("T", int(shape.tokens)?),
-        ],
-    )?;
-    Ok((dh, dv2))
-}
-
-/// The gradients of q, k (through the states and the chunk) and w.
-fn qkw_grad(
-    kernels: &'static Kernels,
-    shape: &Shape,
-    scale: f64,
-    [q, k, v_new, h, d_o, dh, dv]: [&Tensor; 7],
-    varlen: &[Tensor],
-) -> Result<(Tensor, Tensor, Tensor), String> {
-    let variant = qkw_kernel(kernels, shape)?;
-    let (dq, dk, dw) = (q.empty_like(), k.empty_like(), k.empty_like());
-    #[allow(clippy::cast_possible_truncation)]
-    variant.launch(
-        [
-            cdiv(shape.k, variant.constexpr("BK")?) * shape.chunks,
-            shape.heads,
-            1,
-        ],
-        &with(
-            vec![
-                ("q", tensor(q)),
-                ("k", tensor(k)),
-                ("v", tensor(v_new)),
-                ("h", tensor(h)),
-                ("do", tensor(d_o)),
-                ("dh", tensor(dh)),
-                ("dq", tensor(&dq)),
-                ("dk", tensor(&dk)),
-                ("dw", tensor(&dw)),
-                ("dv", tensor(dv)),
-                ("scale", Arg::F32(scale as f32)),
-                ("T", int(shape.tokens)?),
-            ],
-            chunk_args(varlen),
-        ),
-    )?;
-    Ok((dq, dk, dw))
-}
-
 /// Through the WY representation: k's second gradient, v's and β's.
 fn wy_grad(
     kernels: &'static Kernels,
-    shape: &Shape,
+    shape: &DeltaShape,
     [k, v, beta, a, dw, du]: [&Tensor; 6],
     varlen: &[Tensor],
 ) -> Result<(Tensor, Tensor, Tensor), String> {
     let (dk, dv, dbeta) = (k.empty_like(), v.empty_like(), beta.empty_like());
     shape
-        .find(kernels, "ops.delta_rule.wy_fast.prepare_wy_repr_bwd_kernel")?
+        .find(
+            kernels,
+            "ops.delta_rule.wy_fast.prepare_wy_repr_bwd_kernel",
+            &[],
+        )?
         .launch(
             [shape.chunks, shape.heads, 1],
             &with(

@@ -12,7 +12,8 @@
 use serde_json::{Value, json};
 use tch::{Kind, Tensor};
 
-use super::{Shape, Varlen, cdiv, chunk_args, flat, int, next_power_of_2, tensor, with};
+use super::common::{chunk_args, tensor, with};
+use super::{Shape, Varlen, cdiv, flat, int, next_power_of_2};
 use crate::config::GlaConfig;
 use crate::kernels::cubin::{Arg, Kernels, Variant};
 use crate::shim::kernels::{self as bridge, Forward, Function};
