@@ -352,6 +352,8 @@ fn the_kernel_build_has_every_kernel_flames_linear_configs_launch() {
         "delta_net_1B.json",
         "gla_340M.json",
         "gla_7B.json",
+        "gated_deltanet_340M.json",
+        "gated_deltanet_1B.json",
     ] {
         let config = ModelConfig::load(&repo().join("configs").join(name)).unwrap();
         flame_trainer::kernels::fla::check(build, &config)

@@ -219,7 +219,10 @@ fn state_kernel(
     )
 }
 
-fn output_kernel(kernels: &'static Kernels, shape: &DeltaShape) -> Result<Variant<'static>, String> {
+fn output_kernel(
+    kernels: &'static Kernels,
+    shape: &DeltaShape,
+) -> Result<Variant<'static>, String> {
     shape.find(
         kernels,
         "ops.common.chunk_o.chunk_fwd_kernel_o",

@@ -244,7 +244,10 @@ fn gate_cumsum_kernel(
     )
 }
 
-fn kkt_solve_kernel(kernels: &'static Kernels, shape: &DeltaShape) -> Result<Variant<'static>, String> {
+fn kkt_solve_kernel(
+    kernels: &'static Kernels,
+    shape: &DeltaShape,
+) -> Result<Variant<'static>, String> {
     kernels.find(
         "ops.gated_delta_rule.chunk_fwd.chunk_gated_delta_rule_fwd_kkt_solve_kernel",
         &[
@@ -275,7 +278,10 @@ fn reverse_cumsum_kernel(
     )
 }
 
-fn gate_grad_kernel(kernels: &'static Kernels, shape: &DeltaShape) -> Result<Variant<'static>, String> {
+fn gate_grad_kernel(
+    kernels: &'static Kernels,
+    shape: &DeltaShape,
+) -> Result<Variant<'static>, String> {
     kernels.find(
         "ops.gated_delta_rule.gate.gdn_gate_bwd_kernel",
         &[
