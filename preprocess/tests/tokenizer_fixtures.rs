@@ -50,7 +50,7 @@ fixture_tests! {
     deepseek_v3_ids_equal_the_reference: "deepseek-v3" => (None, false),
     gemma_3_ids_equal_the_reference: "gemma-3" => (None, false),
     llama_3_ids_equal_the_reference: "llama-3" => (CL100K_SPLIT, true),
-    phi_3_ids_equal_the_reference: "phi-3" => (None, true),
+    phi_3_ids_equal_the_reference: "phi-3" => (None, false),
     bert_base_uncased_ids_equal_the_reference: "bert-base-uncased" => (None, false),
 }
 
@@ -366,3 +366,22 @@ fn every_tokenizer_fixture_has_a_test() {
     }
 }
 
+/// Issue 18: Phi-3's non-special `</s>` takes the whitespace after it (`rstrip`), so a cut after `</s>\n`
+/// would change the ids of the next piece (its text would be a new segment, normalized with a `▁` in
+/// front); tokenizers with such added tokens are encoded whole.
+#[test]
+fn phi_3_is_not_cut_after_an_added_token_that_takes_the_line_break() {
+    let path = tokenizers_dir().join("phi-3/tokenizer.json");
+    let err = TextEncoder::load_with_chunk_bytes(&path, BosPolicy::Never, 1).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("not a tokenizer whose documents can be cut"),
+        "{err:#}"
+    );
+    let mut ids = Vec::new();
+    TextEncoder::load(&path, BosPolicy::Never, false, false)
+        .unwrap()
+        .encode("x</s>\nabc", &mut ids)
+        .unwrap();
+    // The Python library's ids: `x`, `</s>` (with the `\n`), `▁abc`.
+    assert_eq!(ids, [921, 2, 25638]);
+}
