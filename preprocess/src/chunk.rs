@@ -117,15 +117,18 @@ fn is_hard_boundary(bytes: &[u8], p: usize) -> bool {
 }
 
 /// Added tokens are matched before pre-tokenization, so one holding `\n` followed by a letter could span a
-/// cut; a tokenizer with such a token is never cut.
+/// cut, and one that takes the whitespace beside it (`lstrip`, `rstrip`) could take the `\n` before a cut
+/// from the next piece (issue 18: Phi-3's `</s>`); a tokenizer with such a token is never cut.
 fn no_added_token_spans_a_boundary(added_tokens: &Value) -> bool {
     added_tokens.as_array().is_none_or(|tokens| {
         tokens.iter().all(|token| {
-            token["content"].as_str().is_none_or(|c| {
-                !c.as_bytes()
-                    .windows(2)
-                    .any(|w| w[0] == b'\n' && w[1].is_ascii_alphabetic())
-            })
+            token["lstrip"] != true
+                && token["rstrip"] != true
+                && token["content"].as_str().is_none_or(|c| {
+                    !c.as_bytes()
+                        .windows(2)
+                        .any(|w| w[0] == b'\n' && w[1].is_ascii_alphabetic())
+                })
         })
     })
 }
@@ -231,5 +234,10 @@ mod tests {
         assert!(Chunker::for_tokenizer(&added_across).is_none());
         added_across["added_tokens"] = serde_json::json!([{"id": 7, "content": "<|im_start|>"}]);
         assert!(Chunker::for_tokenizer(&added_across).is_some());
+        for strip in ["lstrip", "rstrip"] {
+            added_across["added_tokens"] =
+                serde_json::json!([{"id": 2, "content": "</s>", strip: true}]);
+            assert!(Chunker::for_tokenizer(&added_across).is_none(), "{strip}");
+        }
     }
 }

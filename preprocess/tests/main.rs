@@ -14,5 +14,6 @@ mod object_store;
 mod progress;
 mod resume;
 mod tokenize_run;
+mod tokenizer_fixtures;
 mod util;
 mod verify;
