@@ -67,3 +67,14 @@ pub fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
 }
+
+/// The kernel venv's interpreter (fla-core and Triton, no torch), which `tools/setup-kernels.sh`
+/// creates in flame's cache beside the build it makes (and [`kernels`] runs it).
+pub fn kernel_python() -> PathBuf {
+    kernels();
+    let python = flame_preprocess::sample::cache_dir()
+        .unwrap()
+        .join("kernel-venv/bin/python");
+    assert!(python.exists(), "{}: missing", python.display());
+    python
+}

@@ -6,6 +6,11 @@
 //! The build lives in `$FLAME_KERNELS`, else in the cache (`~/.cache/flame/kernels/<build>`); a
 //! flame-train without it computes with the libtorch ops of [`super::gla`] and
 //! [`super::delta_rule`] instead, and says so.
+//!
+//! The CPU tests open a build *recording* ([`Kernels::open_recording`]) and [`Kernels::install`] it
+//! for the ops: its launches bind and check their arguments as a real launch does, then are written
+//! down ([`Launch`], [`Kernels::take_launches`]) instead of run, on tensors of any device. That is how
+//! the tests hold the ops' launches to those of fla's own wrappers without a GPU.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -22,8 +27,11 @@ use crate::shim::kernels::{self as driver, CuFunction};
 /// `tools/kernels/requirements.txt`).
 pub const BUILD: &str = "fla-0.6.0-triton-3.7.1-sm90a";
 
+/// [`Kernels::installed`]'s build, looked for at its first call (or set by [`Kernels::install`]).
+static INSTALLED: OnceLock<Result<Kernels, String>> = OnceLock::new();
+
 /// One compiled kernel variant, as `manifest.json` lists it.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct Entry {
     /// fla's module path and function name without `fla.`, as
     /// `ops.common.chunk_o.chunk_fwd_kernel_o`.
@@ -71,12 +79,51 @@ struct Manifest {
     kernels: Vec<Entry>,
 }
 
-/// A build's kernels, loaded onto a device at their first launch.
+/// A build's kernels, loaded onto a device at their first launch (or, opened by
+/// [`Kernels::open_recording`], never loaded: their launches are recorded).
 #[derive(Debug)]
 pub struct Kernels {
     dir: PathBuf,
     entries: Vec<Entry>,
     loaded: Mutex<HashMap<(usize, usize), CuFunction>>,
+    recording: Option<Mutex<Recording>>,
+}
+
+/// What a recording build has taken down since its last [`Kernels::take_launches`].
+#[derive(Debug, Default)]
+struct Recording {
+    launches: Vec<Launch>,
+    /// Each buffer's number by its address, in order of first use.
+    buffers: HashMap<u64, usize>,
+    /// Every tensor a recorded launch was given, kept so that no later tensor gets its address and
+    /// with it another's number.
+    kept: Vec<Tensor>,
+}
+
+/// A launch as a recording build takes it down instead of running it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Launch {
+    /// The variant's manifest entry.
+    pub entry: Entry,
+    /// The grid, as the launch gave it.
+    pub grid: [i64; 3],
+    /// The value of each of the entry's parameters (`entry.args`), in order.
+    pub args: Vec<Recorded>,
+}
+
+/// A parameter's value as a recording build takes it down.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Recorded {
+    /// A tensor: its element count, and its buffer's number among those of the recording's launches
+    /// (numbered by address in order of first use, so a view at a tensor's start is its buffer).
+    Buffer {
+        /// The tensor's element count.
+        elements: i64,
+        /// The buffer's number.
+        buffer: usize,
+    },
+    /// An integer or float parameter (never [`Param::Pointer`]).
+    Scalar(Param),
 }
 
 /// One argument of a launch.
@@ -133,13 +180,44 @@ impl Kernels {
             dir: dir.to_path_buf(),
             entries: manifest.kernels,
             loaded: Mutex::default(),
+            recording: None,
         })
     }
 
-    /// The build flame-train uses: `$FLAME_KERNELS`, else the cache's [`BUILD`]; `Err` says why
-    /// there is none.
+    /// Reads the build in `dir` for the CPU tests: its launches check their arguments as
+    /// [`Variant::launch`] does (names, types, contiguity, alignment, one device), on tensors of any
+    /// device, and are then recorded, never run; [`Kernels::take_launches`] hands them over.
+    pub fn open_recording(dir: &Path) -> Result<Self, String> {
+        Ok(Self {
+            recording: Some(Mutex::default()),
+            ..Self::open(dir)?
+        })
+    }
+
+    /// The launches recorded since the last call, in order; the buffers' numbering starts afresh.
+    /// `Err` for a build not opened by [`Kernels::open_recording`].
+    pub fn take_launches(&self) -> Result<Vec<Launch>, String> {
+        let recording = self
+            .recording
+            .as_ref()
+            .ok_or_else(|| format!("{}: not a recording build", self.dir.display()))?;
+        let mut recording = recording.lock().map_err(|e| e.to_string())?;
+        Ok(std::mem::take(&mut *recording).launches)
+    }
+
+    /// Makes `self` the build that [`Kernels::installed`] returns, for the rest of the process (the
+    /// tests install a recording build so that the ops' launches are recorded); `Err` once a build is
+    /// installed, or looked for, already.
+    pub fn install(self) -> Result<&'static Self, String> {
+        INSTALLED
+            .set(Ok(self))
+            .map_err(|_| "a kernel build is installed already".to_string())?;
+        Self::installed()
+    }
+
+    /// The build flame-train uses: `$FLAME_KERNELS`, else the cache's [`BUILD`] (or the one
+    /// [`Kernels::install`] installed); `Err` says why there is none.
     pub fn installed() -> Result<&'static Self, String> {
-        static INSTALLED: OnceLock<Result<Kernels, String>> = OnceLock::new();
         INSTALLED
             .get_or_init(|| {
                 let dir = match std::env::var_os("FLAME_KERNELS") {
@@ -200,6 +278,48 @@ impl Kernels {
             .ok_or_else(|| format!("{}: no build of {kernel} with {spec:?}", self.dir.display()))
     }
 
+    /// Records a launch of variant `index` whose arguments `bind` gave `values`.
+    fn record(
+        &self,
+        recording: &Mutex<Recording>,
+        index: usize,
+        grid: [i64; 3],
+        args: &[(&str, Arg<'_>)],
+        values: &[Param],
+    ) -> Result<(), String> {
+        let mut recording = recording.lock().map_err(|e| e.to_string())?;
+        let entry = &self.entries[index];
+        let mut recorded = Vec::with_capacity(values.len());
+        for ((name, _), value) in entry.args.iter().zip(values) {
+            let Param::Pointer(address) = *value else {
+                recorded.push(Recorded::Scalar(*value));
+                continue;
+            };
+            let tensor = args
+                .iter()
+                .find_map(|(arg, value)| match value {
+                    Arg::Tensor(t) if arg == name => Some(*t),
+                    _ => None,
+                })
+                .expect("bind binds pointers to tensor arguments");
+            let next = recording.buffers.len();
+            let buffer = *recording.buffers.entry(address).or_insert(next);
+            if buffer == next {
+                recording.kept.push(tensor.shallow_clone());
+            }
+            recorded.push(Recorded::Buffer {
+                elements: tensor.numel().try_into().map_err(|e| format!("{e}"))?,
+                buffer,
+            });
+        }
+        recording.launches.push(Launch {
+            entry: entry.clone(),
+            grid,
+            args: recorded,
+        });
+        Ok(())
+    }
+
     fn function(&self, index: usize, device: usize) -> Result<CuFunction, String> {
         let mut loaded = self.loaded.lock().map_err(|e| e.to_string())?;
         if let Some(&function) = loaded.get(&(index, device)) {
@@ -239,7 +359,8 @@ impl Variant<'_> {
     }
 
     /// Launches the kernel on `grid` blocks with `args` (by name, in any order) on the device of its
-    /// tensor arguments.
+    /// tensor arguments; in a recording build ([`Kernels::open_recording`]), checks and records the
+    /// launch instead, on any device.
     pub fn launch(&self, grid: [i64; 3], args: &[(&str, Arg<'_>)]) -> Result<(), String> {
         let entry = self.entry();
         let device = args
@@ -249,8 +370,12 @@ impl Variant<'_> {
                 _ => None,
             })
             .ok_or_else(|| format!("{}: no tensor argument", entry.kernel))?;
-        let Device::Cuda(ordinal) = device else {
-            return Err(format!("{}: tensors on {device:?}, not CUDA", entry.kernel));
+        let target = match (&self.kernels.recording, device) {
+            (Some(recording), _) => Target::Recording(recording),
+            (None, Device::Cuda(ordinal)) => Target::Device(ordinal),
+            (None, device) => {
+                return Err(format!("{}: tensors on {device:?}, not CUDA", entry.kernel));
+            }
         };
         for (name, arg) in args {
             if let Arg::Tensor(t) = arg
@@ -264,6 +389,18 @@ impl Variant<'_> {
             }
         }
         let mut values = bind(entry, args)?;
+        let blocks = grid.map(|g| u32::try_from(g).unwrap_or(0));
+        if blocks.contains(&0) {
+            return Err(format!("{}: grid out of range", entry.kernel));
+        }
+        let ordinal = match target {
+            Target::Device(ordinal) => ordinal,
+            Target::Recording(recording) => {
+                return self
+                    .kernels
+                    .record(recording, self.index, grid, args, &values);
+            }
+        };
         // Triton's two scratch pointers, unused (checked when the build was opened).
         values.extend([Param::Pointer(0), Param::Pointer(0)]);
         let mut params: Vec<*mut c_void> = values
@@ -275,10 +412,6 @@ impl Variant<'_> {
                 Param::F32(v) => std::ptr::from_mut(v).cast(),
             })
             .collect();
-        let grid = grid.map(|g| u32::try_from(g).unwrap_or(0));
-        if grid.contains(&0) {
-            return Err(format!("{}: grid out of range", entry.kernel));
-        }
         let function = self.kernels.function(self.index, ordinal)?;
         // SAFETY: `bind` put one value per parameter in the manifest's order and types, the tensors
         // are contiguous, aligned and on the launch's device, and they outlive the queued kernel
@@ -287,7 +420,7 @@ impl Variant<'_> {
             driver::launch(
                 ordinal,
                 function,
-                grid,
+                blocks,
                 32 * entry.num_warps,
                 entry.shared,
                 &mut params,
@@ -295,6 +428,12 @@ impl Variant<'_> {
         }
         .map_err(|e| format!("{}: {e}", entry.kernel))
     }
+}
+
+/// Where a launch goes: to a CUDA device, or into a recording build's record.
+enum Target<'r> {
+    Device(usize),
+    Recording(&'r Mutex<Recording>),
 }
 
 /// The parameter values of a launch of `entry`, in its order: every parameter given once, each
@@ -360,7 +499,7 @@ mod tests {
     use serde_json::json;
     use tch::{Device, Kind, Tensor};
 
-    use super::{Arg, Kernels, Param, bind};
+    use super::{Arg, Kernels, Param, Recorded, bind};
 
     fn build() -> (tempfile::TempDir, Kernels) {
         let dir = tempfile::tempdir().unwrap();
@@ -485,6 +624,67 @@ mod tests {
             .launch([1, 1, 1], &[("q", Arg::Tensor(&q))])
             .unwrap_err();
         assert!(error.contains("not CUDA"), "{error}");
+    }
+
+    #[test]
+    fn a_recording_build_checks_and_records_launches_on_any_device() {
+        let (dir, kernels) = build();
+        assert!(
+            kernels
+                .take_launches()
+                .unwrap_err()
+                .contains("not a recording build")
+        );
+        let kernels = Kernels::open_recording(dir.path()).unwrap();
+        let variant = kernels
+            .find(
+                "ops.common.chunk_o.chunk_fwd_kernel_o",
+                &[("USE_G", json!(true))],
+            )
+            .unwrap();
+        let q = Tensor::zeros([4, 8], (Kind::BFloat16, Device::Cpu));
+        let (cu, other) = (
+            Tensor::zeros([3], (Kind::Int, Device::Cpu)),
+            Tensor::zeros([3], (Kind::Int, Device::Cpu)),
+        );
+        let args = |q: Arg<'_>, cu: &Tensor| {
+            variant.launch(
+                [2, 3, 1],
+                &[
+                    ("q", q),
+                    ("cu_seqlens", Arg::Tensor(cu)),
+                    ("scale", Arg::F32(0.5)),
+                    ("T", Arg::I32(4)),
+                ],
+            )
+        };
+        args(Arg::Tensor(&q), &cu).unwrap();
+        // A view at the tensor's start is its buffer; another tensor is another.
+        args(Arg::Tensor(&q.view([32])), &other).unwrap();
+        // The arguments are checked as for a real launch, and a refused launch is not recorded.
+        let float = q.to_kind(Kind::Float);
+        let error = args(Arg::Tensor(&float), &cu).unwrap_err();
+        assert!(error.contains("q must be BFloat16"), "{error}");
+        let error = variant
+            .launch([0, 1, 1], &[("q", Arg::Tensor(&q))])
+            .unwrap_err();
+        assert!(error.contains("must be given once"), "{error}");
+        let launches = kernels.take_launches().unwrap();
+        assert_eq!(launches.len(), 2);
+        assert_eq!(launches[0].entry.cubin, "64true.cubin");
+        assert_eq!(launches[0].grid, [2, 3, 1]);
+        let buffer = |elements, buffer| Recorded::Buffer { elements, buffer };
+        let scalars = [
+            Recorded::Scalar(Param::F32(0.5)),
+            Recorded::Scalar(Param::I32(4)),
+        ];
+        assert_eq!(launches[0].args[..2], [buffer(32, 0), buffer(3, 1)]);
+        assert_eq!(launches[1].args[..2], [buffer(32, 0), buffer(3, 2)]);
+        assert_eq!(launches[1].args[2..], scalars);
+        // Taken: the record and its numbering start afresh.
+        args(Arg::Tensor(&float.to_kind(Kind::BFloat16)), &other).unwrap();
+        let launches = kernels.take_launches().unwrap();
+        assert_eq!(launches[0].args[..2], [buffer(32, 0), buffer(3, 1)]);
     }
 
     #[test]
