@@ -23,15 +23,20 @@ const EMPTY: u64 = u64::MAX;
 /// encoders leave out (dropout, a subword prefix or suffix), and only special added tokens (the fast
 /// encoders encode their strings as text, as flame-prep does by default).
 pub fn plain_bpe(json: &serde_json::Value) -> bool {
-    let model = &json["model"];
-    let unset = |key: &str| model.get(key).is_none_or(serde_json::Value::is_null);
-    model["type"] == "BPE"
-        && unset("dropout")
-        && unset("continuing_subword_prefix")
-        && unset("end_of_word_suffix")
+    plain_bpe_model(&json["model"])
         && !json["added_tokens"]
             .as_array()
             .is_some_and(|added| added.iter().any(|t| t["special"] != true))
+}
+
+/// Whether `model` is BPE without dropout, subword prefix or word suffix (`""` is the same as unset: the
+/// `tokenizers` crate only ever concatenates them).
+pub fn plain_bpe_model(model: &serde_json::Value) -> bool {
+    let unset = |key: &str| model.get(key).is_none_or(|v| v.is_null() || v == "");
+    model["type"] == "BPE"
+        && model.get("dropout").is_none_or(serde_json::Value::is_null)
+        && unset("continuing_subword_prefix")
+        && unset("end_of_word_suffix")
 }
 
 #[inline]

@@ -1,6 +1,10 @@
-//! A fast, exact encoder for byte-level BPE `tokenizer.json`s (GPT-2, cl100k / Llama-3, Qwen-2,
-//! tekken): no normalizer, a split regex that [`crate::pretok`] scans by hand, then BPE over each
-//! piece's bytes.
+//! A fast, exact encoder for byte-level BPE `tokenizer.json`s (GPT-2, cl100k / Llama-3, Qwen-2/3,
+//! tekken): non-special added tokens cut out first ([`crate::added`]), no normalizer or NFC, a split
+//! regex that [`crate::pretok`] scans by hand, then BPE over each piece's bytes.
+//!
+//! NFC is the `tokenizers` crate's own (`unicode-normalization-alignments`, Unicode 9 tables), applied
+//! to each segment between added tokens as that crate does; a segment the quick check finds already in
+//! NFC (nearly all text) is used as it is.
 //!
 //! The `tokenizers` crate maps each byte to a printable character (GPT-2's table) before BPE; here the
 //! vocabulary is mapped back to bytes once, and BPE runs on byte ids directly. Pieces → ids are cached.
@@ -10,7 +14,10 @@
 
 use rustc_hash::FxHashMap as HashMap;
 
-use crate::bpe::{Cache, Merges, plain_bpe};
+use unicode_normalization_alignments::{IsNormalized, UnicodeNormalization, is_nfc_quick};
+
+use crate::added::{AddedTokens, Segment};
+use crate::bpe::{Cache, Merges, plain_bpe_model};
 use crate::pretok::Pattern;
 
 /// The encoder (immutable, shared by threads); each thread keeps its own [`Cache`].
@@ -21,6 +28,10 @@ pub struct ByteLevelBpe {
     merges: Merges,
     /// With `ignore_merges`: every token's bytes, looked up whole before BPE.
     whole: Option<HashMap<Box<[u8]>, u32>>,
+    /// The non-special added tokens, if any.
+    added: Option<AddedTokens>,
+    /// Whether the normalizer is NFC (otherwise there is none).
+    is_nfc: bool,
 }
 
 /// GPT-2's byte → character table: printable bytes stand for themselves, the others are shifted
@@ -45,12 +56,15 @@ impl ByteLevelBpe {
     /// `None` otherwise.
     pub fn from_json(json: &serde_json::Value) -> Option<Self> {
         let model = &json["model"];
-        if !plain_bpe(json)
-            || model.get("byte_fallback").is_some_and(|v| v != false)
-            || !json["normalizer"].is_null()
-        {
+        let is_nfc = match &json["normalizer"] {
+            serde_json::Value::Null => false,
+            normalizer if normalizer["type"] == "NFC" => true,
+            _ => return None,
+        };
+        if !plain_bpe_model(model) || model.get("byte_fallback").is_some_and(|v| v != false) {
             return None;
         }
+        let added = AddedTokens::from_json(&json["added_tokens"])?;
         let pattern = Self::split_pattern(&json["pre_tokenizer"])?;
         let mut to_byte: HashMap<char, u8> = HashMap::default();
         for (b, c) in (0..=255u8).zip(byte_chars()) {
@@ -81,6 +95,8 @@ impl ByteLevelBpe {
             byte_ids,
             merges,
             whole,
+            added,
+            is_nfc,
         })
     }
 
@@ -120,6 +136,27 @@ impl ByteLevelBpe {
 
     /// Appends the ids of `text` (no special tokens) to `out`.
     pub fn encode(&self, text: &str, cache: &mut Cache, out: &mut Vec<u32>) {
+        let Some(added) = &self.added else {
+            self.encode_segment(text, cache, out);
+            return;
+        };
+        added.split(text, |segment| match segment {
+            Segment::Text(text) => self.encode_segment(text, cache, out),
+            Segment::Token(id) => out.push(id),
+        });
+    }
+
+    /// Appends the ids of `text`, a segment without added tokens.
+    fn encode_segment(&self, text: &str, cache: &mut Cache, out: &mut Vec<u32>) {
+        if self.is_nfc && is_nfc_quick(text.chars()) != IsNormalized::Yes {
+            let normalized: String = text.nfc().map(|(c, _)| c).collect();
+            self.split_and_merge(&normalized, cache, out);
+        } else {
+            self.split_and_merge(text, cache, out);
+        }
+    }
+
+    fn split_and_merge(&self, text: &str, cache: &mut Cache, out: &mut Vec<u32>) {
         let mut lookup = cache.lookup(text, out, |piece, out| self.bpe(piece.as_bytes(), out));
         self.pattern.split(text, |piece| lookup.push(piece));
         lookup.finish();

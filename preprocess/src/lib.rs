@@ -6,6 +6,7 @@
 //! ([`shard::ShardSink`]) plus `manifest.json`. The output bytes do not depend on the number of workers.
 #![warn(missing_docs)]
 
+pub mod added;
 pub mod bpe;
 pub mod byte_bpe;
 pub mod chunk;

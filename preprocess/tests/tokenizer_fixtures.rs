@@ -42,9 +42,10 @@ macro_rules! fixture_tests {
 }
 
 const CL100K_SPLIT: Option<&str> = Some("byte-level BPE, Cl100k { max_digits: 3 } split");
+const QWEN_SPLIT: Option<&str> = Some("byte-level BPE, Cl100k { max_digits: 1 } split");
 
 fixture_tests! {
-    qwen3_ids_equal_the_reference: "qwen3" => (None, false),
+    qwen3_ids_equal_the_reference: "qwen3" => (QWEN_SPLIT, false),
     gpt_oss_ids_equal_the_reference: "gpt-oss" => (None, false),
     gpt_4o_ids_equal_the_reference: "gpt-4o" => (None, false),
     deepseek_v3_ids_equal_the_reference: "deepseek-v3" => (None, false),
@@ -384,4 +385,68 @@ fn phi_3_is_not_cut_after_an_added_token_that_takes_the_line_break() {
         .unwrap();
     // The Python library's ids: `x`, `</s>` (with the `\n`), `▁abc`.
     assert_eq!(ids, [921, 2, 25638]);
+}
+
+/// Random text for Qwen3's pipeline: combining marks and precomposed letters (NFC composes, reorders and
+/// maps singletons such as U+212B), the added tokens' strings, special-token strings (text) and fragments
+/// of both.
+fn qwen3_text() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let tokens = prop::sample::select(vec![
+        "<tool_call>",
+        "</tool_call>",
+        "<tool_response>",
+        "</tool_response>",
+        "<think>",
+        "</think>",
+        "<|fim_prefix|>",
+        "<|fim_middle|>",
+        "<|fim_suffix|>",
+        "<|fim_pad|>",
+        "<|repo_name|>",
+        "<|file_sep|>",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|endoftext|>",
+        "<|vision_pad|>",
+        "<thin",
+        "<|fim_",
+        "</",
+        "<|",
+        "|>",
+        "<",
+        ">",
+    ]);
+    let pieces = prop_oneof![
+        tokens.prop_map(str::to_owned),
+        "[a-zA-Z]{1,8}",
+        "[0-9]{1,4}",
+        "[ \n\t]{1,3}",
+        "[\u{0300}-\u{036f}\u{0323}\u{0301}\u{0345}\u{05b0}-\u{05bd}\u{0f71}-\u{0f75}]{1,3}",
+        "[aeoAEOuUsSnN\u{03b1}\u{03c9}\u{0413}\u{1100}-\u{1112}\u{1161}-\u{1175}\u{11a8}-\u{11c2}]{1,3}",
+        "[\u{00c0}-\u{00ff}\u{1e00}-\u{1eff}\u{ac00}-\u{ac40}\u{212a}\u{212b}\u{2126}\u{037e}\u{1fef}\u{0958}-\u{095f}\u{f900}-\u{f910}\u{2f800}-\u{2f810}]{1,3}",
+        "['\u{2019}][sStTdD]{1,2}",
+        any::<char>().prop_map(String::from),
+    ];
+    prop::collection::vec(pieces, 0..24).prop_map(|p| p.concat())
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+    #[test]
+    fn qwen3_fast_path_gives_the_ids_of_the_tokenizers_crate(text in qwen3_text()) {
+        static LOADED: OnceLock<(TextEncoder, tokenizers::Tokenizer)> = OnceLock::new();
+        let (ours, theirs) = LOADED.get_or_init(|| {
+            let path = tokenizers_dir().join("qwen3/tokenizer.json");
+            let ours = TextEncoder::load(&path, BosPolicy::Never, false, false).unwrap();
+            assert_eq!(ours.fast_path().as_deref(), QWEN_SPLIT);
+            let mut theirs = tokenizers::Tokenizer::from_file(&path).unwrap();
+            theirs.set_encode_special_tokens(true);
+            (ours, theirs)
+        });
+        let mut ids = Vec::new();
+        ours.encode(&text, &mut ids).unwrap();
+        let want = theirs.encode_fast(text.as_str(), false).unwrap();
+        proptest::prop_assert_eq!(&ids, want.get_ids());
+    }
 }
