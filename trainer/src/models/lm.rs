@@ -21,7 +21,7 @@ pub struct Context<'a> {
     pub inputs: &'a Inputs,
     /// RoPE's cosines and sines at the inputs' positions, for softmax attention.
     pub rope: Option<(Tensor, Tensor)>,
-    /// The documents cut into chunks, for the linear mixers.
+    /// The documents cut into chunks, for the linear mixers on libtorch ops.
     pub layout: Option<ChunkLayout>,
     /// The documents as fla's kernels take them, when the linear mixers run on those.
     pub fla: Option<Varlen>,
@@ -149,26 +149,15 @@ impl CausalLm {
 
     /// What every layer's mixer reads, computed once per batch.
     fn context<'a>(&self, inputs: &'a Inputs) -> Context<'a> {
-        let (rope, layout) = match &self.rotary {
-            Some(rotary) => (Some(rotary.tables(&inputs.positions)), None),
-            None => (
-                None,
-                Some(ChunkLayout::new(
-                    &inputs.documents,
-                    inputs.seq_len(),
-                    super::CHUNK,
-                    inputs.tokens.device(),
-                )),
-            ),
-        };
-        let fla = (self.fla_kernels && layout.is_some()).then(|| {
-            Varlen::new(
-                &inputs.documents,
-                inputs.seq_len(),
-                super::CHUNK,
-                inputs.tokens.device(),
-            )
-        });
+        let rope = self.rotary.as_ref().map(|r| r.tables(&inputs.positions));
+        // The linear mixers read one of the two: fla's kernels the flat documents, the libtorch ops
+        // the chunk layout.
+        let linear = self.rotary.is_none();
+        let (seq_len, device) = (inputs.seq_len(), inputs.tokens.device());
+        let fla = (linear && self.fla_kernels)
+            .then(|| Varlen::new(&inputs.documents, seq_len, super::CHUNK, device));
+        let layout = (linear && !self.fla_kernels)
+            .then(|| ChunkLayout::new(&inputs.documents, seq_len, super::CHUNK, device));
         Context {
             inputs,
             rope,
