@@ -30,6 +30,7 @@ pub mod jobs;
 pub mod megatron;
 pub mod metrics;
 pub mod mix;
+pub mod online;
 pub mod protocol;
 pub mod server;
 pub mod shm;

@@ -1,0 +1,535 @@
+//! A raw-text dataset streamed with tokenization online (a job's `streaming = true` entry): its windows
+//! in a seeded order, produced one after another, with a [`Cursor`] at every window from which a fresh
+//! producer (another server, another machine) continues exactly.
+//!
+//! **Order.** Epoch `e` visits the dataset's files in a keyed permutation; inside a file, records in
+//! blocks of [`DOCS_PER_BLOCK`] consecutive records, the blocks in file order (a file may be a stream of
+//! unknown length), the records of a block in another keyed permutation: the shuffle buffer is one block,
+//! which [`Producer`] tokenizes whole. The epoch's documents, concatenated in that order, are cut into
+//! windows of exactly `seq_len` tokens; the epoch's last partial window is dropped, as in
+//! [`crate::epoch`], and the next epoch starts a new window. Windows are numbered across epochs.
+//!
+//! **Resume.** A [`Cursor`] says where window `w` starts: the epoch, the file's place in the epoch's
+//! order, the block, the document's place in the block's order, and how many of its tokens earlier
+//! windows hold. Continuing from it reads that one block again (skipping the file's earlier records) and
+//! re-tokenizes it: the cost is bounded by one file's records before the block, never the stream's
+//! start. A cursor is a pure function of the files, the encoder, `seq_len`, the seed and `w`.
+
+use std::ops::Range;
+
+use flame_formats::permutation::{Permutation, splitmix64};
+use serde::{Deserialize, Serialize};
+
+use crate::epoch::{DOCS_PER_BLOCK, Piece};
+
+/// A record that could not be read, or a file that could not be opened: the file and the position.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {position}: {reason}")]
+pub struct SourceError {
+    /// The file, as the dataset names it.
+    pub path: String,
+    /// `row 12`, `line 3`, `file` ...
+    pub position: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Reads one file's records in order.
+pub trait RecordReader: Send {
+    /// Appends up to `max` texts to `out`; returns `false` once the file has no more.
+    ///
+    /// # Errors
+    /// A record or the file that cannot be read, with where.
+    fn read(&mut self, out: &mut Vec<String>, max: usize) -> Result<bool, SourceError>;
+}
+
+/// The files of a raw dataset, in a fixed list.
+pub trait RawFiles: Send + Sync {
+    /// Number of files.
+    fn num_files(&self) -> usize;
+    /// A reader of file `file` positioned at record `start` (0-based).
+    ///
+    /// # Errors
+    /// The file cannot be opened, or has fewer than `start` records.
+    fn open(&self, file: usize, start: u64) -> Result<Box<dyn RecordReader>, SourceError>;
+}
+
+/// Turns a document's text into its ids (flame-prep's encoder in the server).
+pub trait Encode: Send + Sync {
+    /// Appends the ids of `text` to `out`.
+    ///
+    /// # Errors
+    /// The tokenizer fails on this text.
+    fn encode(&self, text: &str, out: &mut Vec<u32>) -> anyhow::Result<()>;
+}
+
+/// Where a window starts in the stream: what a trainer's checkpoint keeps for a streaming dataset.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Cursor {
+    /// The window that starts here (windows are numbered from 0 across epochs).
+    pub window: u64,
+    /// The epoch.
+    pub epoch: u64,
+    /// The file's place in the epoch's file order.
+    pub file: u64,
+    /// The block of that file (its records `block × DOCS_PER_BLOCK ..`).
+    pub block: u64,
+    /// The document's place in the block's order.
+    pub document: u64,
+    /// Tokens of that document that earlier windows hold.
+    pub offset: u64,
+}
+
+/// One window: `seq_len` tokens and the pieces of documents they come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// Its number in the stream.
+    pub index: u64,
+    /// The tokens.
+    pub tokens: Vec<u32>,
+    /// The documents' pieces, in order; a document is `file << 40 | record`.
+    pub pieces: Vec<Piece>,
+}
+
+/// Why the stream cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// A source file or record.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The encoder failed on a document.
+    #[error("{path}: record {record}: tokenizing: {reason}")]
+    Encode {
+        /// The file.
+        path: String,
+        /// The record in it (0-based).
+        record: u64,
+        /// What the encoder said.
+        reason: String,
+    },
+    /// An epoch holds less than one window: the stream would never produce one.
+    #[error("one pass over the dataset holds {tokens} tokens, fewer than one window of {seq_len}")]
+    TooSmall {
+        /// Tokens in the pass.
+        tokens: u64,
+        /// The window size.
+        seq_len: u64,
+    },
+}
+
+/// Records per file position in a document id ([`Window::pieces`]).
+const RECORD_BITS: u32 = 40;
+
+/// The block being served: its documents' ids in the block's order.
+struct Block {
+    /// Ids of each document, in the block's order.
+    documents: Vec<Vec<u32>>,
+    /// The document id (`file << 40 | record`) of each.
+    names: Vec<u64>,
+    /// Whether the file has records after this block.
+    is_last: bool,
+}
+
+/// Produces a raw dataset's windows from a [`Cursor`] on.
+pub struct Producer<'a> {
+    files: &'a dyn RawFiles,
+    encoder: &'a dyn Encode,
+    names: &'a dyn Fn(usize) -> String,
+    seq_len: u64,
+    seed: u64,
+    cursor: Cursor,
+    /// The block the cursor is in, once read.
+    block: Option<Block>,
+    /// The reader of the cursor's file, positioned after `block`.
+    reader: Option<Box<dyn RecordReader>>,
+}
+
+impl std::fmt::Debug for Producer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("seq_len", &self.seq_len)
+            .field("cursor", &self.cursor)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Producer<'a> {
+    /// A producer at `cursor` (the default cursor is the stream's start). `names(f)` names file `f` in
+    /// errors.
+    pub fn new(
+        files: &'a dyn RawFiles,
+        encoder: &'a dyn Encode,
+        names: &'a dyn Fn(usize) -> String,
+        (seq_len, seed): (u32, u64),
+        cursor: Cursor,
+    ) -> Self {
+        Self {
+            files,
+            encoder,
+            names,
+            seq_len: u64::from(seq_len),
+            seed,
+            cursor,
+            block: None,
+            reader: None,
+        }
+    }
+
+    /// Where the next window starts.
+    pub fn cursor(&self) -> Cursor {
+        self.cursor
+    }
+
+    fn key(&self, parts: &[u64]) -> u64 {
+        let mut state = self.seed;
+        for &p in parts {
+            state ^= p;
+            state = splitmix64(&mut state);
+        }
+        state
+    }
+
+    /// The file at place `place` of `epoch`'s order.
+    fn file_at(&self, epoch: u64, place: u64) -> usize {
+        let order = Permutation::new(self.files.num_files() as u64, self.key(&[1, epoch]));
+        usize::try_from(order.apply(place)).expect("a file index")
+    }
+
+    /// Reads and tokenizes the cursor's block (opening its file when the reader is not there).
+    fn load_block(&mut self) -> Result<(), StreamError> {
+        let file = self.file_at(self.cursor.epoch, self.cursor.file);
+        let start = self.cursor.block * DOCS_PER_BLOCK;
+        if self.reader.is_none() {
+            self.reader = Some(self.files.open(file, start)?);
+        }
+        let reader = self.reader.as_mut().expect("opened above");
+        let mut texts = Vec::with_capacity(usize::try_from(DOCS_PER_BLOCK).expect("small"));
+        let mut has_more = true;
+        while has_more && (texts.len() as u64) < DOCS_PER_BLOCK {
+            let want = usize::try_from(DOCS_PER_BLOCK).expect("small") - texts.len();
+            has_more = reader.read(&mut texts, want)?;
+        }
+        let order = Permutation::new(
+            texts.len() as u64,
+            self.key(&[2, self.cursor.epoch, file as u64, self.cursor.block]),
+        );
+        let mut documents = Vec::with_capacity(texts.len());
+        let mut names = Vec::with_capacity(texts.len());
+        for place in 0..order.len() {
+            let at = order.apply(place);
+            let record = start + at;
+            let mut ids = Vec::new();
+            self.encoder
+                .encode(&texts[usize::try_from(at).expect("in the block")], &mut ids)
+                .map_err(|e| StreamError::Encode {
+                    path: (self.names)(file),
+                    record,
+                    reason: format!("{e:#}"),
+                })?;
+            documents.push(ids);
+            names.push((file as u64) << RECORD_BITS | record);
+        }
+        self.block = Some(Block {
+            documents,
+            names,
+            is_last: !has_more,
+        });
+        Ok(())
+    }
+
+    /// Moves the cursor past the current block: the next block, the next file, or the next epoch.
+    /// Returns whether an epoch ended.
+    fn next_block(&mut self) -> bool {
+        let is_last = self.block.take().is_none_or(|b| b.is_last);
+        self.cursor.document = 0;
+        self.cursor.offset = 0;
+        if !is_last {
+            self.cursor.block += 1;
+            return false;
+        }
+        self.reader = None;
+        self.cursor.block = 0;
+        self.cursor.file += 1;
+        if self.cursor.file < self.files.num_files() as u64 {
+            return false;
+        }
+        self.cursor.file = 0;
+        self.cursor.epoch += 1;
+        true
+    }
+
+    /// The next window.
+    ///
+    /// # Errors
+    /// A source or the encoder fails, or a whole epoch holds less than one window.
+    pub fn next_window(&mut self) -> Result<Window, StreamError> {
+        let mut tokens = Vec::with_capacity(usize::try_from(self.seq_len).unwrap_or(0));
+        let mut pieces = Vec::new();
+        let mut start = self.cursor;
+        let mut epochs_ended = 0;
+        while (tokens.len() as u64) < self.seq_len {
+            if self.files.num_files() == 0 {
+                return Err(StreamError::TooSmall {
+                    tokens: 0,
+                    seq_len: self.seq_len,
+                });
+            }
+            if self.block.is_none() {
+                self.load_block()?;
+            }
+            let block = self.block.as_ref().expect("loaded above");
+            let Some(ids) = block
+                .documents
+                .get(usize::try_from(self.cursor.document).expect("in the block"))
+            else {
+                if self.next_block() {
+                    // The epoch ended inside this window: its tail is dropped, the next epoch starts
+                    // anew. A second end in the same window means a whole epoch was shorter than it.
+                    epochs_ended += 1;
+                    if epochs_ended == 2 {
+                        return Err(StreamError::TooSmall {
+                            tokens: tokens.len() as u64,
+                            seq_len: self.seq_len,
+                        });
+                    }
+                    tokens.clear();
+                    pieces.clear();
+                    start = Cursor {
+                        window: start.window,
+                        ..self.cursor
+                    };
+                }
+                continue;
+            };
+            let taken =
+                (ids.len() as u64 - self.cursor.offset).min(self.seq_len - tokens.len() as u64);
+            let range = self.cursor.offset..self.cursor.offset + taken;
+            if taken > 0 {
+                tokens.extend_from_slice(&ids[to_usize(&range)]);
+                pieces.push(Piece {
+                    document: block.names[usize::try_from(self.cursor.document).expect("small")],
+                    tokens: range.clone(),
+                });
+            }
+            self.cursor.offset = range.end;
+            if range.end == ids.len() as u64 {
+                self.cursor.document += 1;
+                self.cursor.offset = 0;
+            }
+        }
+        self.cursor.window = start.window + 1;
+        Ok(Window {
+            index: start.window,
+            tokens,
+            pieces,
+        })
+    }
+}
+
+fn to_usize(range: &Range<u64>) -> Range<usize> {
+    usize::try_from(range.start).expect("in memory")..usize::try_from(range.end).expect("in memory")
+}
+
+/// Documents in memory as raw files: each file a list of texts (tests, and small in-memory datasets).
+impl RawFiles for Vec<Vec<String>> {
+    fn num_files(&self) -> usize {
+        self.len()
+    }
+
+    fn open(&self, file: usize, start: u64) -> Result<Box<dyn RecordReader>, SourceError> {
+        let texts = self.get(file).ok_or_else(|| SourceError {
+            path: format!("file {file}"),
+            position: "file".into(),
+            reason: format!("there are {} files", self.len()),
+        })?;
+        let start = usize::try_from(start).unwrap_or(usize::MAX);
+        if start > texts.len() {
+            return Err(SourceError {
+                path: format!("file {file}"),
+                position: format!("record {start}"),
+                reason: format!("the file has {} records", texts.len()),
+            });
+        }
+        Ok(Box::new(Vec::from(&texts[start..]).into_iter()))
+    }
+}
+
+impl RecordReader for std::vec::IntoIter<String> {
+    fn read(&mut self, out: &mut Vec<String>, max: usize) -> Result<bool, SourceError> {
+        out.extend(self.by_ref().take(max));
+        Ok(self.len() > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Ids are the text's characters.
+    struct Chars;
+
+    impl Encode for Chars {
+        fn encode(&self, text: &str, out: &mut Vec<u32>) -> anyhow::Result<()> {
+            out.extend(text.chars().map(u32::from));
+            Ok(())
+        }
+    }
+
+    fn name(file: usize) -> String {
+        format!("file-{file}.jsonl")
+    }
+
+    fn producer(files: &Vec<Vec<String>>, seq_len: u32, cursor: Cursor) -> Producer<'_> {
+        Producer::new(files, &Chars, &name, (seq_len, 7), cursor)
+    }
+
+    /// Files of short texts; with `records` up to a few blocks each.
+    fn corpus(records: usize) -> impl Strategy<Value = Vec<Vec<String>>> {
+        prop::collection::vec(prop::collection::vec("[a-z]{0,12}", 0..records), 1..4)
+    }
+
+    fn text_of(files: &[Vec<String>], document: u64) -> &str {
+        let file = usize::try_from(document >> RECORD_BITS).unwrap();
+        let record = usize::try_from(document & ((1 << RECORD_BITS) - 1)).unwrap();
+        &files[file][record]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// One pass serves every document's ids once, in pieces that follow each other, less a tail of
+        /// fewer than `seq_len` tokens; each window's tokens are its pieces' ids.
+        #[test]
+        fn each_pass_serves_every_document_once(files in corpus(2500), seq_len in 1u32..40) {
+            let total: u64 = files.iter().flatten().map(|t| t.chars().count() as u64).sum();
+            prop_assume!(total >= u64::from(seq_len));
+            let per_epoch = total / u64::from(seq_len);
+            let mut producer = producer(&files, seq_len, Cursor::default());
+            for epoch in 0..2 {
+                let mut served: HashMap<u64, u64> = HashMap::new();
+                for _ in 0..per_epoch {
+                    let window = producer.next_window().unwrap();
+                    prop_assert_eq!(window.tokens.len() as u64, u64::from(seq_len));
+                    let mut at = 0;
+                    for piece in &window.pieces {
+                        let ids: Vec<u32> = text_of(&files, piece.document).chars().map(u32::from).collect();
+                        let len = usize::try_from(piece.tokens.end - piece.tokens.start).unwrap();
+                        prop_assert_eq!(&window.tokens[at..at + len], &ids[to_usize(&piece.tokens)]);
+                        at += len;
+                        let next = served.entry(piece.document).or_insert(0);
+                        prop_assert_eq!(*next, piece.tokens.start, "pieces of a document follow each other");
+                        *next = piece.tokens.end;
+                    }
+                }
+                prop_assert_eq!(producer.cursor().epoch, epoch, "the epoch's windows are all served");
+                let served_tokens: u64 = served.values().sum();
+                prop_assert!(total - served_tokens < u64::from(seq_len), "only a short tail is dropped");
+            }
+        }
+
+        /// A producer started from any window's cursor continues exactly as the one that got there.
+        #[test]
+        fn a_cursor_continues_the_stream_exactly(
+            files in corpus(2500), seq_len in 1u32..40, at in 0u64..200, count in 1u64..20,
+        ) {
+            let total: u64 = files.iter().flatten().map(|t| t.chars().count() as u64).sum();
+            prop_assume!(total >= u64::from(seq_len));
+            let mut first = producer(&files, seq_len, Cursor::default());
+            for _ in 0..at {
+                first.next_window().unwrap();
+            }
+            let cursor = first.cursor();
+            prop_assert_eq!(cursor.window, at);
+            let mut second = producer(&files, seq_len, cursor);
+            for _ in 0..count {
+                prop_assert_eq!(first.next_window().unwrap(), second.next_window().unwrap());
+            }
+        }
+    }
+
+    #[test]
+    fn epochs_are_ordered_differently() {
+        let files: Vec<Vec<String>> = (0..3)
+            .map(|f| (0..2000).map(|r| format!("{f}-{r} ")).collect())
+            .collect();
+        let total: usize = files.iter().flatten().map(String::len).sum();
+        let seq_len = 64;
+        let per_epoch = total / 64;
+        let mut producer = producer(&files, seq_len, Cursor::default());
+        let first: Vec<u64> = (0..per_epoch)
+            .flat_map(|_| producer.next_window().unwrap().pieces)
+            .map(|p| p.document)
+            .collect();
+        let second: Vec<u64> = (0..per_epoch)
+            .flat_map(|_| producer.next_window().unwrap().pieces)
+            .map(|p| p.document)
+            .collect();
+        assert_ne!(first, second);
+        // Records of one block are shuffled: the first window does not start with record 0 of its file.
+        assert_ne!(
+            first[..4],
+            [first[0], first[0] + 1, first[0] + 2, first[0] + 3]
+        );
+    }
+
+    #[test]
+    fn a_pass_shorter_than_a_window_is_refused() {
+        let files = vec![vec!["abc".to_owned()], vec!["de".to_owned()]];
+        let err = producer(&files, 6, Cursor::default())
+            .next_window()
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StreamError::TooSmall {
+                    tokens: 5,
+                    seq_len: 6
+                }
+            ),
+            "{err}"
+        );
+        let none: Vec<Vec<String>> = vec![];
+        assert!(matches!(
+            producer(&none, 6, Cursor::default()).next_window(),
+            Err(StreamError::TooSmall { .. })
+        ));
+    }
+
+    struct Failing;
+
+    impl Encode for Failing {
+        fn encode(&self, text: &str, out: &mut Vec<u32>) -> anyhow::Result<()> {
+            anyhow::ensure!(text != "bad", "cannot encode {text:?}");
+            out.extend(text.bytes().map(u32::from));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn errors_name_the_file_and_record() {
+        let files = vec![vec!["ok".to_owned(), "bad".to_owned()]];
+        let mut producer = Producer::new(&files, &Failing, &name, (1, 0), Cursor::default());
+        let err = producer.next_window().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "file-0.jsonl: record 1: tokenizing: cannot encode \"bad\""
+        );
+        let past_end = Cursor {
+            block: 5,
+            ..Cursor::default()
+        };
+        let err = producer_at(&files, past_end).next_window().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "file 0: record 5120: the file has 2 records"
+        );
+    }
+
+    fn producer_at(files: &Vec<Vec<String>>, cursor: Cursor) -> Producer<'_> {
+        producer(files, 1, cursor)
+    }
+}
