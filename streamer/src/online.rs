@@ -16,6 +16,7 @@
 //! start. A cursor is a pure function of the files, the encoder, `seq_len`, the seed and `w`.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use flame_formats::permutation::{Permutation, splitmix64};
 use serde::{Deserialize, Serialize};
@@ -130,11 +131,36 @@ struct Block {
     is_last: bool,
 }
 
+/// A raw dataset: its files, the encoder, and the files' names for errors.
+pub struct RawSource {
+    /// The files.
+    pub files: Box<dyn RawFiles>,
+    /// The job's encoder.
+    pub encoder: Box<dyn Encode>,
+    /// The name of each file, as errors give it.
+    pub names: Vec<String>,
+}
+
+impl std::fmt::Debug for RawSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawSource")
+            .field("files", &self.names.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RawSource {
+    fn name(&self, file: usize) -> String {
+        self.names
+            .get(file)
+            .cloned()
+            .unwrap_or_else(|| format!("file {file}"))
+    }
+}
+
 /// Produces a raw dataset's windows from a [`Cursor`] on.
-pub struct Producer<'a> {
-    files: &'a dyn RawFiles,
-    encoder: &'a dyn Encode,
-    names: &'a dyn Fn(usize) -> String,
+pub struct Producer {
+    source: Arc<RawSource>,
     seq_len: u64,
     seed: u64,
     cursor: Cursor,
@@ -144,7 +170,7 @@ pub struct Producer<'a> {
     reader: Option<Box<dyn RecordReader>>,
 }
 
-impl std::fmt::Debug for Producer<'_> {
+impl std::fmt::Debug for Producer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Producer")
             .field("seq_len", &self.seq_len)
@@ -153,20 +179,12 @@ impl std::fmt::Debug for Producer<'_> {
     }
 }
 
-impl<'a> Producer<'a> {
-    /// A producer at `cursor` (the default cursor is the stream's start). `names(f)` names file `f` in
-    /// errors.
-    pub fn new(
-        files: &'a dyn RawFiles,
-        encoder: &'a dyn Encode,
-        names: &'a dyn Fn(usize) -> String,
-        (seq_len, seed): (u32, u64),
-        cursor: Cursor,
-    ) -> Self {
+impl Producer {
+    /// A producer of `source`'s windows of `seq_len` tokens in `seed`'s order, at `cursor` (the default
+    /// cursor is the stream's start).
+    pub fn new(source: Arc<RawSource>, (seq_len, seed): (u32, u64), cursor: Cursor) -> Self {
         Self {
-            files,
-            encoder,
-            names,
+            source,
             seq_len: u64::from(seq_len),
             seed,
             cursor,
@@ -191,7 +209,7 @@ impl<'a> Producer<'a> {
 
     /// The file at place `place` of `epoch`'s order.
     fn file_at(&self, epoch: u64, place: u64) -> usize {
-        let order = Permutation::new(self.files.num_files() as u64, self.key(&[1, epoch]));
+        let order = Permutation::new(self.source.files.num_files() as u64, self.key(&[1, epoch]));
         usize::try_from(order.apply(place)).expect("a file index")
     }
 
@@ -200,7 +218,7 @@ impl<'a> Producer<'a> {
         let file = self.file_at(self.cursor.epoch, self.cursor.file);
         let start = self.cursor.block * DOCS_PER_BLOCK;
         if self.reader.is_none() {
-            self.reader = Some(self.files.open(file, start)?);
+            self.reader = Some(self.source.files.open(file, start)?);
         }
         let reader = self.reader.as_mut().expect("opened above");
         let mut texts = Vec::with_capacity(usize::try_from(DOCS_PER_BLOCK).expect("small"));
@@ -219,10 +237,11 @@ impl<'a> Producer<'a> {
             let at = order.apply(place);
             let record = start + at;
             let mut ids = Vec::new();
-            self.encoder
+            self.source
+                .encoder
                 .encode(&texts[usize::try_from(at).expect("in the block")], &mut ids)
                 .map_err(|e| StreamError::Encode {
-                    path: (self.names)(file),
+                    path: self.source.name(file),
                     record,
                     reason: format!("{e:#}"),
                 })?;
@@ -250,7 +269,7 @@ impl<'a> Producer<'a> {
         self.reader = None;
         self.cursor.block = 0;
         self.cursor.file += 1;
-        if self.cursor.file < self.files.num_files() as u64 {
+        if self.cursor.file < self.source.files.num_files() as u64 {
             return false;
         }
         self.cursor.file = 0;
@@ -268,7 +287,7 @@ impl<'a> Producer<'a> {
         let mut start = self.cursor;
         let mut epochs_ended = 0;
         while (tokens.len() as u64) < self.seq_len {
-            if self.files.num_files() == 0 {
+            if self.source.files.num_files() == 0 {
                 return Err(StreamError::TooSmall {
                     tokens: 0,
                     seq_len: self.seq_len,
@@ -379,12 +398,18 @@ mod tests {
         }
     }
 
-    fn name(file: usize) -> String {
-        format!("file-{file}.jsonl")
+    fn source(files: &[Vec<String>], encoder: impl Encode + 'static) -> Arc<RawSource> {
+        Arc::new(RawSource {
+            files: Box::new(files.to_vec()),
+            encoder: Box::new(encoder),
+            names: (0..files.len())
+                .map(|f| format!("file-{f}.jsonl"))
+                .collect(),
+        })
     }
 
-    fn producer(files: &Vec<Vec<String>>, seq_len: u32, cursor: Cursor) -> Producer<'_> {
-        Producer::new(files, &Chars, &name, (seq_len, 7), cursor)
+    fn producer(files: &[Vec<String>], seq_len: u32, cursor: Cursor) -> Producer {
+        Producer::new(source(files, Chars), (seq_len, 7), cursor)
     }
 
     /// Files of short texts; with `records` up to a few blocks each.
@@ -512,8 +537,8 @@ mod tests {
     #[test]
     fn errors_name_the_file_and_record() {
         let files = vec![vec!["ok".to_owned(), "bad".to_owned()]];
-        let mut producer = Producer::new(&files, &Failing, &name, (1, 0), Cursor::default());
-        let err = producer.next_window().unwrap_err().to_string();
+        let mut failing = Producer::new(source(&files, Failing), (1, 0), Cursor::default());
+        let err = failing.next_window().unwrap_err().to_string();
         assert_eq!(
             err,
             "file-0.jsonl: record 1: tokenizing: cannot encode \"bad\""
@@ -522,14 +547,10 @@ mod tests {
             block: 5,
             ..Cursor::default()
         };
-        let err = producer_at(&files, past_end).next_window().unwrap_err();
+        let err = producer(&files, 1, past_end).next_window().unwrap_err();
         assert_eq!(
             err.to_string(),
             "file 0: record 5120: the file has 2 records"
         );
-    }
-
-    fn producer_at(files: &Vec<Vec<String>>, cursor: Cursor) -> Producer<'_> {
-        producer(files, 1, cursor)
     }
 }
