@@ -15,8 +15,9 @@
 //! re-tokenizes it: the cost is bounded by one file's records before the block, never the stream's
 //! start. A cursor is a pure function of the files, the encoder, `seq_len`, the seed and `w`.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use flame_formats::permutation::{Permutation, splitmix64};
 use serde::{Deserialize, Serialize};
@@ -107,6 +108,17 @@ pub enum StreamError {
         record: u64,
         /// What the encoder said.
         reason: String,
+    },
+    /// A window behind every cursor this server holds (a fresh server, or a client far behind the others),
+    /// or too far ahead of them to produce in order.
+    #[error(
+        "window {window} is not within {AHEAD_MAX} windows after any cursor this server holds (its earliest: {earliest:?}); a trainer resuming from a checkpoint gives the server the checkpoint's cursor"
+    )]
+    NoCursor {
+        /// The window asked for.
+        window: u64,
+        /// The earliest window the server can produce from.
+        earliest: Option<u64>,
     },
     /// An epoch holds less than one window: the stream would never produce one.
     #[error("one pass over the dataset holds {tokens} tokens, fewer than one window of {seq_len}")]
@@ -345,6 +357,159 @@ impl Producer {
     }
 }
 
+/// Windows apart at which [`OnlineDataset`] keeps a cursor.
+pub const CURSOR_EVERY: u64 = 64;
+/// Cursors kept (the oldest dropped first): they reach `CURSOR_EVERY × CURSORS_KEPT` windows back.
+const CURSORS_KEPT: usize = 16_384;
+/// Windows a request may lie after the nearest cursor: they are produced in order to reach it.
+pub const AHEAD_MAX: u64 = 65_536;
+/// Bytes of produced windows kept for the job's other ranks and micro-steps.
+const WINDOW_BYTES_KEPT: u64 = 64 << 20;
+
+/// A streaming dataset of a job, shared by its sessions: windows produced once, in order, the recent
+/// ones kept, and a cursor every [`CURSOR_EVERY`] windows, so that a request behind the producer (a slow
+/// rank, a restarted trainer) costs fewer than `CURSOR_EVERY` windows of work, and one that a client's
+/// checkpoint cursor was given for ([`OnlineDataset::add_cursor`]) starts there.
+pub struct OnlineDataset {
+    source: Arc<RawSource>,
+    seq_len: u32,
+    seed: u64,
+    state: Mutex<Produced>,
+}
+
+struct Produced {
+    producer: Producer,
+    /// Windows `first..first + windows.len()`.
+    windows: VecDeque<Arc<Window>>,
+    first: u64,
+    cursors: BTreeMap<u64, Cursor>,
+}
+
+impl std::fmt::Debug for OnlineDataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnlineDataset")
+            .field("source", &self.source)
+            .field("seq_len", &self.seq_len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OnlineDataset {
+    /// `source`'s windows of `seq_len` tokens in `seed`'s order.
+    pub fn new(source: Arc<RawSource>, seq_len: u32, seed: u64) -> Self {
+        let producer = Producer::new(Arc::clone(&source), (seq_len, seed), Cursor::default());
+        Self {
+            source,
+            seq_len,
+            seed,
+            state: Mutex::new(Produced {
+                producer,
+                windows: VecDeque::new(),
+                first: 0,
+                cursors: BTreeMap::from([(0, Cursor::default())]),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Produced> {
+        // A session that panicked mid-production leaves a producer that may be mid-window: start over
+        // from the last cursor instead of trusting it.
+        self.state.lock().unwrap_or_else(|poisoned| {
+            let mut state = poisoned.into_inner();
+            state.windows.clear();
+            let cursor = state
+                .cursors
+                .values()
+                .next_back()
+                .copied()
+                .unwrap_or_default();
+            state.first = cursor.window;
+            state.producer =
+                Producer::new(Arc::clone(&self.source), (self.seq_len, self.seed), cursor);
+            state
+        })
+    }
+
+    /// Window `index`.
+    ///
+    /// # Errors
+    /// A source or the encoder fails, the dataset is smaller than a window, or no cursor this server
+    /// holds lies within [`AHEAD_MAX`] windows before `index`.
+    pub fn window(&self, index: u64) -> Result<Arc<Window>, StreamError> {
+        let mut state = self.lock();
+        if let Some(window) = state.cached(index) {
+            return Ok(window);
+        }
+        // Go on from the producer or from the nearest cursor before `index`, whichever is nearer.
+        let at = state.producer.cursor().window;
+        let cursor = state.cursors.range(..=index).next_back().map(|(_, c)| *c);
+        let start = cursor
+            .map(|c| c.window)
+            .into_iter()
+            .chain((at <= index).then_some(at))
+            .max()
+            .filter(|&start| index - start <= AHEAD_MAX)
+            .ok_or_else(|| StreamError::NoCursor {
+                window: index,
+                earliest: state.cursors.keys().next().copied(),
+            })?;
+        if start != at {
+            let cursor = cursor.expect("start is a cursor's window");
+            state.producer =
+                Producer::new(Arc::clone(&self.source), (self.seq_len, self.seed), cursor);
+            state.windows.clear();
+            state.first = cursor.window;
+        }
+        let kept = (WINDOW_BYTES_KEPT / (4 * u64::from(self.seq_len).max(1))).max(64);
+        loop {
+            let cursor = state.producer.cursor();
+            if cursor.window.is_multiple_of(CURSOR_EVERY) {
+                state.add(cursor);
+            }
+            let window = Arc::new(state.producer.next_window()?);
+            if state.windows.is_empty() {
+                state.first = window.index;
+            }
+            state.windows.push_back(Arc::clone(&window));
+            if state.windows.len() as u64 > kept {
+                state.windows.pop_front();
+                state.first += 1;
+            }
+            if window.index == index {
+                return Ok(window);
+            }
+        }
+    }
+
+    /// The cursor of the latest window at or before `index` that this server holds one for.
+    pub fn cursor_at(&self, index: u64) -> Option<Cursor> {
+        self.lock()
+            .cursors
+            .range(..=index)
+            .next_back()
+            .map(|(_, c)| *c)
+    }
+
+    /// Adds a cursor (from a trainer's checkpoint): requests from its window on start there.
+    pub fn add_cursor(&self, cursor: Cursor) {
+        self.lock().add(cursor);
+    }
+}
+
+impl Produced {
+    fn cached(&self, index: u64) -> Option<Arc<Window>> {
+        let at = usize::try_from(index.checked_sub(self.first)?).ok()?;
+        self.windows.get(at).cloned()
+    }
+
+    fn add(&mut self, cursor: Cursor) {
+        self.cursors.insert(cursor.window, cursor);
+        while self.cursors.len() > CURSORS_KEPT {
+            self.cursors.pop_first();
+        }
+    }
+}
+
 fn to_usize(range: &Range<u64>) -> Range<usize> {
     usize::try_from(range.start).expect("in memory")..usize::try_from(range.end).expect("in memory")
 }
@@ -474,6 +639,73 @@ mod tests {
                 prop_assert_eq!(first.next_window().unwrap(), second.next_window().unwrap());
             }
         }
+    }
+
+    /// Counts the documents it encodes.
+    struct Counting(Arc<std::sync::atomic::AtomicU64>);
+
+    impl Encode for Counting {
+        fn encode(&self, text: &str, out: &mut Vec<u32>) -> anyhow::Result<()> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Chars.encode(text, out)
+        }
+    }
+
+    fn numbered(files: usize, records: usize) -> Vec<Vec<String>> {
+        (0..files)
+            .map(|f| (0..records).map(|r| format!("{f}-{r} ")).collect())
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Windows asked for in any order (ranks, micro-steps, a rank far behind) are the stream's.
+        #[test]
+        fn windows_in_any_order_are_the_streams(
+            files in corpus(1500), seq_len in 1u32..24,
+            asks in prop::collection::vec(0u64..400, 1..40),
+        ) {
+            let total: u64 = files.iter().flatten().map(|t| t.chars().count() as u64).sum();
+            prop_assume!(total >= u64::from(seq_len));
+            let mut sequential = producer(&files, seq_len, Cursor::default());
+            let expected: Vec<Window> = (0..400).map(|_| sequential.next_window().unwrap()).collect();
+            let dataset = OnlineDataset::new(source(&files, Chars), seq_len, 7);
+            for index in asks {
+                prop_assert_eq!(&*dataset.window(index).unwrap(), &expected[usize::try_from(index).unwrap()]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_checkpoints_cursor_resumes_a_fresh_server_without_replaying() {
+        let files = numbered(2, 20_000);
+        let old = OnlineDataset::new(source(&files, Chars), 16, 7);
+        let step = 5_000;
+        let expected = old.window(step + 3).unwrap();
+        let cursor = old.cursor_at(step).unwrap();
+        assert!(cursor.window <= step && step - cursor.window < CURSOR_EVERY);
+
+        let encoded = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let fresh = OnlineDataset::new(source(&files, Counting(Arc::clone(&encoded))), 16, 7);
+        fresh.add_cursor(cursor);
+        assert_eq!(fresh.window(step + 3).unwrap(), expected);
+        let encoded = encoded.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            encoded <= 2 * DOCS_PER_BLOCK,
+            "{encoded} documents encoded to resume at window {step}: more than the cursor's block and the next"
+        );
+    }
+
+    #[test]
+    fn a_window_far_past_every_cursor_is_refused() {
+        let dataset = OnlineDataset::new(source(&numbered(1, 10), Chars), 4, 7);
+        let err = dataset.window(AHEAD_MAX + 1).unwrap_err();
+        assert!(
+            matches!(err, StreamError::NoCursor { window, earliest: Some(0) } if window == AHEAD_MAX + 1),
+            "{err}"
+        );
+        assert!(err.to_string().contains("checkpoint's cursor"), "{err}");
     }
 
     #[test]
