@@ -19,6 +19,14 @@ pub enum Error {
         /// What the format layer said.
         source: flame_formats::Error,
     },
+    /// A raw dataset streamed with online tokenization cannot go on (its file and record named).
+    #[error("dataset {dataset:?}: {source}")]
+    Online {
+        /// As given in the spec.
+        dataset: String,
+        /// What the stream said.
+        source: crate::online::StreamError,
+    },
     /// A dataset (in the job's split) holds less than one window: serving it would loop forever.
     #[error(
         "dataset {path:?} ({split} split) has {documents} documents and {tokens} tokens: fewer than one window of {seq_len} tokens"
@@ -97,6 +105,16 @@ impl Error {
     pub fn dataset(path: impl Into<String>, source: flame_formats::Error) -> Self {
         Self::Dataset {
             path: path.into(),
+            source,
+        }
+    }
+}
+
+impl Error {
+    /// A failure of the online dataset `dataset`.
+    pub fn online(dataset: impl Into<String>, source: crate::online::StreamError) -> Self {
+        Self::Online {
+            dataset: dataset.into(),
             source,
         }
     }

@@ -45,15 +45,48 @@ pub enum Order {
     Megatron,
 }
 
-/// One dataset of a job and its share of the tokens.
+/// One dataset of a job and its share of the tokens: prepared shards (`path`) or raw text (`dataset`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetSpec {
     /// A flame-prep output directory (or its `manifest.json`), a Megatron prefix, or a directory of prefixes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub path: String,
+    /// Raw text, tokenized by the server with the job's `tokenizer`: anything `flame-prep --dataset`
+    /// takes (a hub id or alias, a local file, directory or glob, an object-store URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+    /// The hub dataset's configuration (`flame-prep --name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The raw dataset's split (`flame-prep --split`, default `train`); not the job's `split`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<String>,
+    /// The raw dataset's text column or key (`flame-prep --text-key`; default `text`, else `content`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_key: Option<String>,
     /// Relative weight; weights are normalised over the job.
     #[serde(default = "one")]
     pub weight: f64,
+}
+
+impl DatasetSpec {
+    /// Prepared shards at `path`, with `weight`.
+    pub fn prepared(path: impl Into<String>, weight: f64) -> Self {
+        Self {
+            path: path.into(),
+            dataset: None,
+            name: None,
+            split: None,
+            text_key: None,
+            weight,
+        }
+    }
+
+    /// What errors call the dataset: its path, or the raw dataset as named.
+    pub fn label(&self) -> &str {
+        self.dataset.as_deref().unwrap_or(&self.path)
+    }
 }
 
 fn one() -> f64 {
@@ -97,8 +130,27 @@ pub struct JobSpec {
     /// `epochs` × the windows of one epoch of every dataset; each dataset still wraps around by itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epochs: Option<u32>,
+    /// The tokenizer of the job's raw datasets (`flame-prep --tokenizer`: a `tokenizer.json`, a
+    /// directory, or a hub model id); a prepared dataset of the job must have been made with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<String>,
+    /// BOS for raw datasets, as `flame-prep --bos`: `tokenizer` (default), `always`, `never`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bos: Option<String>,
+    /// EOS after every raw document, as `flame-prep --append-eod`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub append_eod: bool,
+    /// Raw datasets are tokenized while they are served, never prepared (`false`: prepared once into the
+    /// server's cache, then served as prepared datasets are).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub streaming: bool,
     /// The datasets.
     pub datasets: Vec<DatasetSpec>,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 fn yes() -> bool {
@@ -188,10 +240,12 @@ impl JobSpec {
             if !(d.weight.is_finite() && d.weight > 0.0) {
                 return invalid(format!(
                     "dataset {:?}: weight {} must be positive",
-                    d.path, d.weight
+                    d.label(),
+                    d.weight
                 ));
             }
         }
+        self.validate_raw()?;
         if !["train", "valid", "test"].contains(&self.split_name.as_str()) {
             return invalid(format!(
                 "split_name {:?} is not train, valid or test",
@@ -219,6 +273,69 @@ impl JobSpec {
                     "order = \"megatron\": seed {} must fit in 32 bits (numpy's RandomState)",
                     self.seed
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether any dataset is raw text.
+    pub fn has_raw_datasets(&self) -> bool {
+        self.datasets.iter().any(|d| d.dataset.is_some())
+    }
+
+    /// The rules of raw datasets: each entry names shards or raw text, raw text needs the tokenizer, and
+    /// a streaming job has no document count or epoch length before it has read everything.
+    fn validate_raw(&self) -> Result<(), SpecError> {
+        let invalid = |m: String| Err(SpecError::Invalid(m));
+        for d in &self.datasets {
+            match (&d.dataset, d.path.is_empty()) {
+                (Some(raw), false) => {
+                    return invalid(format!(
+                        "dataset {raw:?} also gives path {:?}: name prepared shards (path) or raw text (dataset), not both",
+                        d.path
+                    ));
+                }
+                (None, true) => {
+                    return invalid("a [[datasets]] entry needs path or dataset".into());
+                }
+                (None, false) => {
+                    if d.name.is_some() || d.split.is_some() || d.text_key.is_some() {
+                        return invalid(format!(
+                            "dataset {:?}: name, split and text_key are for raw text (dataset = ...), not prepared shards",
+                            d.path
+                        ));
+                    }
+                }
+                (Some(_), true) => {}
+            }
+        }
+        if !self.has_raw_datasets() {
+            if self.streaming || self.bos.is_some() || self.append_eod {
+                return invalid(
+                    "streaming, bos and append_eod are for raw datasets (dataset = ...); this job names none".into(),
+                );
+            }
+            return Ok(());
+        }
+        if self.tokenizer.is_none() {
+            return invalid(
+                "raw datasets (dataset = ...) need the job's tokenizer (tokenizer = \"...\": a tokenizer.json, a directory or a hub model id)".into(),
+            );
+        }
+        if let Some(bos) = &self.bos
+            && !["tokenizer", "always", "never"].contains(&bos.as_str())
+        {
+            return invalid(format!("bos {bos:?} is not tokenizer, always or never"));
+        }
+        if self.streaming {
+            if self.order == Order::Megatron {
+                return invalid("streaming = true serves flame's order only: Megatron's needs every document's length before the first sample".into());
+            }
+            if self.epochs.is_some() {
+                return invalid("streaming = true: epochs is unknown until a pass is read; give num_samples, or prepare the datasets (streaming = false)".into());
+            }
+            if self.split.is_some() {
+                return invalid("streaming = true: split cuts documents by count, unknown until a pass is read; choose the raw dataset's own split (split in [[datasets]]), or prepare it (streaming = false)".into());
             }
         }
         Ok(())
@@ -291,13 +408,14 @@ impl JobSpec {
             split_name: "train".into(),
             num_samples,
             epochs: None,
+            tokenizer: None,
+            bos: None,
+            append_eod: false,
+            streaming: false,
             datasets: weights
                 .iter()
                 .enumerate()
-                .map(|(i, &weight)| DatasetSpec {
-                    path: format!("mem{i}"),
-                    weight,
-                })
+                .map(|(i, &weight)| DatasetSpec::prepared(format!("mem{i}"), weight))
                 .collect(),
         }
     }
@@ -352,6 +470,104 @@ mod tests {
             let text = EXAMPLE.replacen(change, reason, 1);
             assert!(JobSpec::from_toml(&text).is_err(), "{reason}");
         }
+    }
+
+    const RAW: &str = r#"
+        seed = 1
+        seq_len = 2048
+        micro_batch_size = 1
+        global_batch_size = 8
+        tokenizer = "mistralai/Mistral-7B-v0.1"
+        streaming = true
+        [[datasets]]
+        dataset = "HuggingFaceFW/fineweb-edu"
+        name = "sample-10BT"
+        weight = 0.8
+        [[datasets]]
+        path = "data/code"
+        weight = 0.2
+    "#;
+
+    #[test]
+    fn raw_datasets_parse_and_prepared_jobs_keep_their_fingerprints() {
+        let spec = JobSpec::from_toml(RAW).unwrap();
+        assert!(spec.has_raw_datasets() && spec.streaming);
+        assert_eq!(spec.datasets[0].label(), "HuggingFaceFW/fineweb-edu");
+        assert_eq!(JobSpec::from_toml(&spec.to_toml()).unwrap(), spec);
+        // A job naming only prepared shards serializes (and so fingerprints) as before raw datasets.
+        let prepared = serde_json::to_value(JobSpec::from_toml(EXAMPLE).unwrap()).unwrap();
+        let keys: Vec<&str> = prepared
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "context_len",
+                "datasets",
+                "global_batch_size",
+                "micro_batch_size",
+                "num_samples",
+                "order",
+                "seed",
+                "seq_len",
+                "split",
+                "split_name",
+                "varlen"
+            ]
+        );
+        assert_eq!(
+            prepared["datasets"][0],
+            serde_json::json!({"path": "data/a", "weight": 0.7})
+        );
+    }
+
+    #[test]
+    fn raw_datasets_are_refused_where_they_cannot_be_served() {
+        for (change, reason, says) in [
+            ("name = \"sample-10BT\"", "path = \"data/x\"", "not both"),
+            (
+                "tokenizer = \"mistralai/Mistral-7B-v0.1\"",
+                "",
+                "need the job's tokenizer",
+            ),
+            (
+                "streaming = true",
+                "streaming = true\norder = \"megatron\"\nnum_samples = 8",
+                "flame's order only",
+            ),
+            (
+                "streaming = true",
+                "streaming = true\nepochs = 1",
+                "epochs is unknown",
+            ),
+            (
+                "streaming = true",
+                "streaming = true\nsplit = \"98,1,1\"",
+                "split cuts documents",
+            ),
+            (
+                "streaming = true",
+                "bos = \"sometimes\"",
+                "tokenizer, always or never",
+            ),
+            (
+                "path = \"data/code\"",
+                "path = \"data/code\"\ntext_key = \"body\"",
+                "for raw text",
+            ),
+            ("path = \"data/code\"", "", "needs path or dataset"),
+        ] {
+            let text = RAW.replacen(change, reason, 1);
+            let err = JobSpec::from_toml(&text).unwrap_err().to_string();
+            assert!(err.contains(says), "{reason}: {err}");
+        }
+        let err = JobSpec::from_toml(&EXAMPLE.replacen("varlen = true", "streaming = true", 1))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("this job names none"), "{err}");
     }
 
     #[test]

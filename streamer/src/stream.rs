@@ -13,6 +13,8 @@
 //! job restarted on another number of ranks continues the same stream. This is also how Megatron's
 //! `MegatronPretrainingSampler` slices its global order.
 
+use std::sync::Arc;
+
 use flame_formats::Corpus;
 use flame_formats::permutation::splitmix64;
 
@@ -21,6 +23,7 @@ use crate::epoch::{EpochPlan, Piece, cu_seqlens};
 use crate::error::{Error, Result};
 use crate::megatron::MegatronOrder;
 use crate::mix::Mixer;
+use crate::online::{Cursor, OnlineDataset, RawSource, Window};
 use crate::source::{Documents, SplitView};
 use crate::spec::{JobSpec, Order, SpecError};
 
@@ -112,10 +115,41 @@ pub fn open_documents(spec: &JobSpec, root: Option<&DataRoot>) -> Result<Vec<Box
     Ok(documents)
 }
 
+/// A dataset of a job, opened: prepared documents, or raw text tokenized while it is served.
+pub enum Dataset {
+    /// Prepared shards (or documents in memory), cut to the job's split.
+    Prepared(Box<dyn Documents>),
+    /// A raw dataset of a `streaming = true` job ([`crate::online`]).
+    Online(Arc<RawSource>),
+}
+
+impl std::fmt::Debug for Dataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Prepared(documents) => {
+                write!(f, "Prepared({} documents)", documents.num_documents())
+            }
+            Self::Online(source) => write!(f, "Online({source:?})"),
+        }
+    }
+}
+
+/// Where a sample's tokens are: pieces of a dataset's documents, or an online dataset's window.
+enum Located {
+    Pieces(Vec<Piece>),
+    Window(Arc<Window>),
+}
+
+/// One dataset of flame's order, planned.
+enum FlamePlan {
+    Prepared(EpochPlan<Box<dyn Documents>>),
+    Online(OnlineDataset),
+}
+
 /// The plan of one of the two orders.
 enum Planned {
     Flame {
-        plans: Vec<EpochPlan<Box<dyn Documents>>>,
+        plans: Vec<FlamePlan>,
         mixer: Mixer,
     },
     Megatron {
@@ -147,15 +181,36 @@ impl Stream {
     /// # Panics
     /// If the counts differ.
     pub fn from_documents(spec: JobSpec, documents: Vec<Box<dyn Documents>>) -> Result<Self> {
+        Self::from_datasets(spec, documents.into_iter().map(Dataset::Prepared).collect())
+    }
+
+    /// Plans the stream over datasets already open, prepared or raw, one per entry of `spec.datasets`.
+    ///
+    /// # Panics
+    /// If the counts differ.
+    pub fn from_datasets(spec: JobSpec, datasets: Vec<Dataset>) -> Result<Self> {
         spec.validate()?;
         assert_eq!(
-            documents.len(),
+            datasets.len(),
             spec.datasets.len(),
             "one set of documents per dataset"
         );
         let order = match spec.order {
-            Order::Flame => Self::plan_flame(&spec, documents)?,
-            Order::Megatron => Self::plan_megatron(&spec, documents)?,
+            Order::Flame => Self::plan_flame(&spec, datasets)?,
+            Order::Megatron => {
+                let documents = datasets
+                    .into_iter()
+                    .zip(&spec.datasets)
+                    .map(|(d, named)| match d {
+                        Dataset::Prepared(documents) => Ok(documents),
+                        Dataset::Online(_) => Err(Error::Plan {
+                            path: named.label().to_owned(),
+                            reason: "Megatron's order needs prepared datasets".into(),
+                        }),
+                    })
+                    .collect::<Result<_>>()?;
+                Self::plan_megatron(&spec, documents)?
+            }
         };
         let mut stream = Self {
             num_samples: spec.num_samples,
@@ -169,21 +224,28 @@ impl Stream {
         Ok(stream)
     }
 
-    fn plan_flame(spec: &JobSpec, documents: Vec<Box<dyn Documents>>) -> Result<Planned> {
-        let plans: Vec<_> = documents
-            .into_iter()
-            .enumerate()
-            .map(|(i, docs)| {
-                let mut state = spec.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                EpochPlan::new(docs, spec.seq_len, splitmix64(&mut state))
-            })
-            .collect();
-        for (plan, d) in plans.iter().zip(&spec.datasets) {
+    fn plan_flame(spec: &JobSpec, datasets: Vec<Dataset>) -> Result<Planned> {
+        let mut plans = Vec::with_capacity(datasets.len());
+        for (i, (dataset, d)) in datasets.into_iter().zip(&spec.datasets).enumerate() {
+            let mut state = spec.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let seed = splitmix64(&mut state);
+            let docs = match dataset {
+                Dataset::Online(source) => {
+                    plans.push(FlamePlan::Online(OnlineDataset::new(
+                        source,
+                        spec.seq_len,
+                        seed,
+                    )));
+                    continue;
+                }
+                Dataset::Prepared(docs) => docs,
+            };
+            let plan = EpochPlan::new(docs, spec.seq_len, seed);
             if let Some(packed) = plan.documents().packed_seq_len()
                 && packed != spec.seq_len
             {
                 return Err(Error::Plan {
-                    path: d.path.clone(),
+                    path: d.label().to_owned(),
                     reason: format!(
                         "packed into windows of {packed} tokens, the job's seq_len is {}: serve it with seq_len = {packed}, or pack the documents here from a Megatron output",
                         spec.seq_len
@@ -193,13 +255,14 @@ impl Stream {
             // Megatron loops forever on an empty split; refuse it here instead.
             if plan.windows_per_epoch() == 0 {
                 return Err(Error::TooSmall {
-                    path: d.path.clone(),
+                    path: d.label().to_owned(),
                     split: spec.split_name.clone(),
                     documents: plan.documents().num_documents(),
                     tokens: plan.total_tokens(),
                     seq_len: spec.seq_len,
                 });
             }
+            plans.push(FlamePlan::Prepared(plan));
         }
         let weights: Vec<f64> = spec.datasets.iter().map(|d| d.weight).collect();
         let mixer = Mixer::new(&weights, spec.global_batch_size, spec.seed);
@@ -273,10 +336,46 @@ impl Stream {
     /// (Megatron's).
     pub fn windows_per_epoch(&self) -> Vec<u64> {
         match &self.order {
-            Planned::Flame { plans, .. } => {
-                plans.iter().map(EpochPlan::windows_per_epoch).collect()
-            }
+            Planned::Flame { plans, .. } => plans
+                .iter()
+                .map(|plan| match plan {
+                    FlamePlan::Prepared(plan) => plan.windows_per_epoch(),
+                    // Unknown until a pass is read (validation refuses `epochs` for such jobs).
+                    FlamePlan::Online(_) => 0,
+                })
+                .collect(),
             Planned::Megatron { order, .. } => order.samples_per_dataset(),
+        }
+    }
+
+    /// For each dataset streamed online (by its place in the job), the cursor a trainer's checkpoint keeps
+    /// to resume at `step`: at or before the first window that step reads from it, so that a fresh
+    /// server given these ([`Stream::add_cursors`]) serves the step without replaying the stream.
+    pub fn cursors(&self, step: u64) -> Vec<(usize, Cursor)> {
+        let Planned::Flame { plans, mixer } = &self.order else {
+            return Vec::new();
+        };
+        // Dataset `i`'s windows drawn by the steps before `step`: the first one `step` or a later step reads.
+        let (_, before) = mixer.batch(step);
+        plans
+            .iter()
+            .enumerate()
+            .filter_map(|(i, plan)| match plan {
+                FlamePlan::Online(online) => online.cursor_at(before[i]).map(|c| (i, c)),
+                FlamePlan::Prepared(_) => None,
+            })
+            .collect()
+    }
+
+    /// Gives the online datasets cursors from a trainer's checkpoint ([`Stream::cursors`]); cursors for
+    /// datasets that are not online are ignored.
+    pub fn add_cursors(&self, cursors: &[(usize, Cursor)]) {
+        if let Planned::Flame { plans, .. } = &self.order {
+            for &(i, cursor) in cursors {
+                if let Some(FlamePlan::Online(online)) = plans.get(i) {
+                    online.add_cursor(cursor);
+                }
+            }
         }
     }
 
@@ -302,43 +401,68 @@ impl Stream {
                 num_samples,
             });
         }
-        let located: Vec<(usize, Vec<Piece>)> = match &self.order {
+        let located: Vec<(usize, Located)> = match &self.order {
             Planned::Flame { plans, mixer } => mixer
                 .draws(range.clone())
                 .into_iter()
                 .map(|draw| {
-                    let plan = &plans[draw.dataset];
-                    let per_epoch = plan.windows_per_epoch();
-                    let pieces = plan.window(draw.window / per_epoch, draw.window % per_epoch);
-                    (draw.dataset, pieces)
+                    let located = match &plans[draw.dataset] {
+                        FlamePlan::Prepared(plan) => {
+                            let per_epoch = plan.windows_per_epoch();
+                            Located::Pieces(
+                                plan.window(draw.window / per_epoch, draw.window % per_epoch),
+                            )
+                        }
+                        FlamePlan::Online(online) => {
+                            Located::Window(online.window(draw.window).map_err(|e| {
+                                Error::online(self.spec.datasets[draw.dataset].label(), e)
+                            })?)
+                        }
+                    };
+                    Ok((draw.dataset, located))
                 })
-                .collect(),
+                .collect::<Result<_>>()?,
             Planned::Megatron { order, lengths, .. } => range
                 .clone()
                 .map(|k| {
                     let (d, j) = order.locate(k);
-                    (d, order.pieces(d, j, &lengths[d]))
+                    (d, Located::Pieces(order.pieces(d, j, &lengths[d])))
                 })
                 .collect(),
         };
         let context_len = u64::from(self.spec.context_len());
-        for (k, (dataset, pieces)) in range.zip(located) {
-            let documents: &dyn Documents = match &self.order {
-                Planned::Flame { plans, .. } => plans[dataset].documents(),
-                Planned::Megatron { documents, .. } => &documents[dataset],
+        for (k, (dataset, located)) in range.zip(located) {
+            let label = self.spec.datasets[dataset].label();
+            let (pieces, documents): (&[Piece], Option<&dyn Documents>) = match &located {
+                Located::Window(window) => {
+                    out.tokens.extend_from_slice(&window.tokens);
+                    (&window.pieces, None)
+                }
+                Located::Pieces(pieces) => {
+                    let documents: &dyn Documents = match &self.order {
+                        Planned::Flame { plans, .. } => match &plans[dataset] {
+                            FlamePlan::Prepared(plan) => plan.documents(),
+                            FlamePlan::Online(_) => unreachable!("online datasets give windows"),
+                        },
+                        Planned::Megatron { documents, .. } => &documents[dataset],
+                    };
+                    for piece in pieces {
+                        documents
+                            .read(piece.document, piece.tokens.clone(), &mut out.tokens)
+                            .map_err(|e| Error::dataset(label, e))?;
+                    }
+                    (pieces, Some(documents))
+                }
             };
-            for piece in &pieces {
-                documents
-                    .read(piece.document, piece.tokens.clone(), &mut out.tokens)
-                    .map_err(|e| Error::dataset(&self.spec.datasets[dataset].path, e))?;
-            }
             let before = out.cu_seqlens.len();
             // A window packed ahead of time (flame's order serves it whole) keeps its stored boundaries.
-            let stored = match pieces.as_slice() {
-                [only] if self.spec.varlen && matches!(self.order, Planned::Flame { .. }) => {
+            let stored = match (pieces, documents) {
+                ([only], Some(documents))
+                    if self.spec.varlen && matches!(self.order, Planned::Flame { .. }) =>
+                {
                     documents
                         .window_boundaries(only.document)
-                        .map_err(|e| Error::dataset(&self.spec.datasets[dataset].path, e))?
+                        .map_err(|e| Error::dataset(label, e))?
                 }
                 _ => None,
             };
@@ -352,7 +476,7 @@ impl Stream {
                     .collect();
                 out.cu_seqlens.extend(cu_seqlens(&segments, context_len));
             } else if self.spec.varlen {
-                out.cu_seqlens.extend(cu_seqlens(&pieces, context_len));
+                out.cu_seqlens.extend(cu_seqlens(pieces, context_len));
                 // Megatron's extra label token is not an input position.
                 while out
                     .cu_seqlens

@@ -3,6 +3,7 @@
 
 mod client;
 mod megatron;
+mod online;
 mod python;
 mod raw;
 mod server;

@@ -68,13 +68,14 @@ fn spec(
         split_name: split_name.into(),
         num_samples: Some(n),
         epochs: None,
+        tokenizer: None,
+        bos: None,
+        append_eod: false,
+        streaming: false,
         datasets: prefixes
             .iter()
             .zip(weights)
-            .map(|(p, &weight)| DatasetSpec {
-                path: p.clone(),
-                weight,
-            })
+            .map(|(p, &weight)| DatasetSpec::prepared(p.clone(), weight))
             .collect(),
     }
 }

@@ -24,13 +24,14 @@ fn spec(seq_len: u32, context_len: u32, weights: &[f64], global_batch: u32) -> J
         split_name: "train".into(),
         num_samples: None,
         epochs: None,
+        tokenizer: None,
+        bos: None,
+        append_eod: false,
+        streaming: false,
         datasets: weights
             .iter()
             .enumerate()
-            .map(|(i, &weight)| DatasetSpec {
-                path: format!("mem/{i}"),
-                weight,
-            })
+            .map(|(i, &weight)| DatasetSpec::prepared(format!("mem/{i}"), weight))
             .collect(),
     }
 }
