@@ -19,6 +19,14 @@ pub enum Error {
         /// What the format layer said.
         source: flame_formats::Error,
     },
+    /// A raw dataset that cannot be opened or prepared: flame-prep's error, which names the file.
+    #[error("dataset {dataset:?}: {reason}")]
+    Raw {
+        /// As given in the spec.
+        dataset: String,
+        /// What flame-prep said.
+        reason: String,
+    },
     /// A raw dataset streamed with online tokenization cannot go on (its file and record named).
     #[error("dataset {dataset:?}: {source}")]
     Online {

@@ -23,11 +23,11 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::source::Documents;
 use crate::spec::{JobSpec, Order};
-use crate::stream::Stream;
+use crate::stream::{Dataset, Stream};
 
-/// Opens a job's datasets (files mapped, nothing planned): [`crate::stream::open_documents`] in the
-/// server, a fake in tests.
-pub type Opener = dyn Fn(&JobSpec) -> Result<Vec<Box<dyn Documents>>> + Send + Sync;
+/// Opens a job's datasets (files mapped, raw ones prepared or streamed, nothing planned):
+/// [`crate::stream::open_datasets`] in the server, a fake in tests.
+pub type Opener = dyn Fn(&JobSpec) -> Result<Vec<Dataset>> + Send + Sync;
 
 /// A job's stream, or why it could not be opened, set once by the session that opened it.
 type Opening = OnceLock<std::result::Result<Arc<Stream>, Arc<Error>>>;
@@ -183,12 +183,24 @@ impl Jobs {
         spec: JobSpec,
     ) -> std::result::Result<Arc<Stream>, Arc<Error>> {
         let planned = (|| {
-            let documents = (self.opener)(&spec)?;
-            let sizes: Vec<u64> = documents.iter().map(Documents::num_documents).collect();
-            let needed = budget::state_bytes(&spec, &sizes, |i| total_tokens(&*documents[i]));
+            let datasets = (self.opener)(&spec)?;
+            let prepared = |i: usize| match &datasets[i] {
+                Dataset::Prepared(documents) => Some(&**documents),
+                Dataset::Online(_) => None,
+            };
+            let sizes: Vec<u64> = (0..datasets.len())
+                .map(|i| prepared(i).map_or(0, Documents::num_documents))
+                .collect();
+            let online = datasets.len()
+                - (0..datasets.len())
+                    .filter(|&i| prepared(i).is_some())
+                    .count();
+            let needed =
+                budget::state_bytes(&spec, &sizes, |i| prepared(i).map_or(0, total_tokens))
+                    .saturating_add(online as u64 * crate::online::STATE_BYTES);
             self.reserve(fingerprint, opening, needed)?;
             let megatron = spec.order == Order::Megatron;
-            let stream = Stream::from_documents(spec, documents)?;
+            let stream = Stream::from_datasets(spec, datasets)?;
             tracing::info!(
                 job = fingerprint,
                 megatron,
@@ -314,10 +326,10 @@ mod tests {
         JobSpec::for_test(seed, order, &[1.0], Some(100))
     }
 
-    fn documents() -> Vec<Box<dyn Documents>> {
-        vec![Box::new(
+    fn documents() -> Vec<Dataset> {
+        vec![Dataset::Prepared(Box::new(
             (0..50u32).map(|d| vec![d; 10]).collect::<Vec<_>>(),
-        )]
+        ))]
     }
 
     fn jobs(open: Box<Opener>, budget_bytes: u64, idle: Duration) -> Jobs {

@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod mix;
 pub mod online;
 pub mod protocol;
+pub mod raw_text;
 pub mod server;
 pub mod shm;
 pub mod source;

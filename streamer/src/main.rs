@@ -8,7 +8,7 @@ use flame_streamer::budget::{ByteSize, DEFAULT_MAX_JOB_MEMORY, DEFAULT_MAX_SESSI
 use flame_streamer::client::Client;
 use flame_streamer::server::{
     DEFAULT_JOB_IDLE, DEFAULT_MAX_CONNECTIONS, DEFAULT_PREFETCH_DEPTH, Endpoint, ServerConfig,
-    serve,
+    default_cache_dir, serve,
 };
 use flame_streamer::spec::JobSpec;
 use sha2::Digest;
@@ -55,6 +55,10 @@ enum Command {
         /// from DIR). Without it, every client is trusted with every file the server can read.
         #[arg(long, value_name = "DIR")]
         data_root: Option<PathBuf>,
+        /// Where raw datasets (`dataset = ...` in a job) are prepared once and shared by jobs
+        /// (`streaming = false`). Default: `$FLAME_CACHE/stream`, else `~/.cache/flame/stream`.
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
         /// Memory all open jobs' state may take together (Megatron's indices, flame's caches; mapped
         /// files not counted), e.g. `8GiB`: a job that would exceed it is refused, after jobs without
         /// sessions are dropped to make room.
@@ -129,6 +133,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             prefetch,
             metrics,
             data_root,
+            cache_dir,
             max_job_memory,
             max_session_memory,
             job_idle_seconds,
@@ -146,6 +151,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 max_session_memory: max_session_memory.0,
                 job_idle: std::time::Duration::from_secs(job_idle_seconds),
                 data_root,
+                cache_dir: cache_dir.unwrap_or_else(default_cache_dir),
             })?;
             let mut stdout = std::io::stdout().lock();
             for endpoint in &running.endpoints {

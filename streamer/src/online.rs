@@ -58,7 +58,7 @@ pub trait RawFiles: Send + Sync {
 
 /// Turns a document's text into its ids (flame-prep's encoder in the server).
 pub trait Encode: Send + Sync {
-    /// Appends the ids of `text` to `out`.
+    /// Sets `out` to the ids of `text` (replacing what it held).
     ///
     /// # Errors
     /// The tokenizer fails on this text.
@@ -365,6 +365,9 @@ const CURSORS_KEPT: usize = 16_384;
 pub const AHEAD_MAX: u64 = 65_536;
 /// Bytes of produced windows kept for the job's other ranks and micro-steps.
 const WINDOW_BYTES_KEPT: u64 = 64 << 20;
+/// Bytes an [`OnlineDataset`] holds at most, for the server's memory budget ([`crate::budget`]): the
+/// windows kept, the cursors, and the block being served (its texts' ids, counted at 64 MiB).
+pub const STATE_BYTES: u64 = WINDOW_BYTES_KEPT + CURSORS_KEPT as u64 * 64 + (64 << 20);
 
 /// A streaming dataset of a job, shared by its sessions: windows produced once, in order, the recent
 /// ones kept, and a cursor every [`CURSOR_EVERY`] windows, so that a request behind the producer (a slow
@@ -558,6 +561,7 @@ mod tests {
 
     impl Encode for Chars {
         fn encode(&self, text: &str, out: &mut Vec<u32>) -> anyhow::Result<()> {
+            out.clear();
             out.extend(text.chars().map(u32::from));
             Ok(())
         }
@@ -761,6 +765,7 @@ mod tests {
     impl Encode for Failing {
         fn encode(&self, text: &str, out: &mut Vec<u32>) -> anyhow::Result<()> {
             anyhow::ensure!(text != "bad", "cannot encode {text:?}");
+            out.clear();
             out.extend(text.bytes().map(u32::from));
             Ok(())
         }

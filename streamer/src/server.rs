@@ -37,7 +37,7 @@ use crate::protocol::{
 };
 use crate::shm::{self, MAX_SLOTS, Ring};
 use crate::spec::JobSpec;
-use crate::stream::{BatchBuffers, Stream, open_documents};
+use crate::stream::{BatchBuffers, Stream, open_datasets};
 pub use crate::transport::Endpoint;
 use crate::transport::{Connection, read_message, send_with_fd};
 
@@ -73,6 +73,17 @@ pub struct ServerConfig {
     /// The directory jobs' datasets must lie under; `None` trusts every client with every file the
     /// server can read.
     pub data_root: Option<PathBuf>,
+    /// Where raw datasets are prepared (`streaming = false`) and which jobs share: flame's cache.
+    pub cache_dir: PathBuf,
+}
+
+/// The default cache of prepared raw datasets: `$FLAME_CACHE/stream`, else `~/.cache/flame/stream`.
+pub fn default_cache_dir() -> PathBuf {
+    std::env::var_os("FLAME_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/flame")))
+        .unwrap_or_else(|| PathBuf::from(".cache/flame"))
+        .join("stream")
 }
 
 impl Default for ServerConfig {
@@ -88,6 +99,7 @@ impl Default for ServerConfig {
             max_session_memory: DEFAULT_MAX_SESSION_MEMORY.0,
             job_idle: DEFAULT_JOB_IDLE,
             data_root: None,
+            cache_dir: default_cache_dir(),
         }
     }
 }
@@ -113,9 +125,10 @@ struct Shared {
 /// Binds every endpoint and serves each on its own accept thread.
 pub fn serve(config: &ServerConfig) -> std::io::Result<Running> {
     let root = config.data_root.as_deref().map(DataRoot::new).transpose()?;
+    let cache = config.cache_dir.clone();
     serve_with(
         config,
-        Box::new(move |spec: &JobSpec| open_documents(spec, root.as_ref())),
+        Box::new(move |spec: &JobSpec| open_datasets(spec, root.as_ref(), &cache)),
     )
 }
 
@@ -766,7 +779,6 @@ fn prepare(
 mod tests {
     use super::*;
     use crate::raw::{http_get, metric, raw_exchange};
-    use crate::source::Documents;
     use crate::spec::Order;
 
     /// `Hello` for `spec` as rank 0 of 1, then a request for the first micro-batch.
@@ -805,7 +817,7 @@ mod tests {
             Box::new(|spec: &JobSpec| {
                 assert!(spec.seed != 13, "a bug in opening job 13");
                 let docs: Vec<Vec<u32>> = (0..20u32).map(|d| vec![d; 9]).collect();
-                Ok(vec![Box::new(docs) as Box<dyn Documents>])
+                Ok(vec![crate::stream::Dataset::Prepared(Box::new(docs))])
             }),
         )
         .unwrap();

@@ -13,6 +13,7 @@
 //! job restarted on another number of ranks continues the same stream. This is also how Megatron's
 //! `MegatronPretrainingSampler` slices its global order.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use flame_formats::Corpus;
@@ -24,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::megatron::MegatronOrder;
 use crate::mix::Mixer;
 use crate::online::{Cursor, OnlineDataset, RawSource, Window};
+use crate::raw_text;
 use crate::source::{Documents, SplitView};
 use crate::spec::{JobSpec, Order, SpecError};
 
@@ -91,28 +93,115 @@ pub struct Stream {
 }
 
 /// Opens every dataset of `spec` (files mapped, nothing planned), each cut to the job's split, in the
-/// spec's order. With `root`, every path must lie under it ([`DataRoot`]).
+/// spec's order. With `root`, every path must lie under it ([`DataRoot`]). Raw datasets are refused:
+/// they need the server's cache ([`open_datasets`]).
 pub fn open_documents(spec: &JobSpec, root: Option<&DataRoot>) -> Result<Vec<Box<dyn Documents>>> {
     spec.validate()?;
-    let mut documents: Vec<Box<dyn Documents>> = Vec::with_capacity(spec.datasets.len());
-    for d in &spec.datasets {
-        let path = match root {
-            Some(root) => {
-                let resolved = root.resolve(&d.path)?;
-                root.check_files(&d.path, &resolved)?;
-                resolved
+    spec.datasets
+        .iter()
+        .map(|d| {
+            if d.dataset.is_some() {
+                return Err(Error::Raw {
+                    dataset: d.label().to_owned(),
+                    reason: "raw datasets are opened by a server (flame-stream serve), which tokenizes them".into(),
+                });
             }
-            None => d.path.clone().into(),
-        };
-        let corpus = Corpus::open(&path).map_err(|e| Error::dataset(&d.path, e))?;
-        if let Some(root) = root {
-            root.check_corpus(&d.path, &corpus)?;
-        }
-        let view = SplitView::new(corpus, spec.split.as_deref(), spec.split_index())
-            .map_err(|e| Error::Spec(SpecError::Invalid(e)))?;
-        documents.push(Box::new(view));
+            open_prepared(spec, &d.path, d.label(), root)
+        })
+        .collect()
+}
+
+/// Opens every dataset of `spec` as [`open_documents`] does, and its raw datasets too: streamed
+/// (`streaming = true`, [`Dataset::Online`]) or prepared once into `cache` and then opened as prepared
+/// ([`crate::raw_text::prepare`]). With `root`, raw datasets and the tokenizer must be paths under it.
+pub fn open_datasets(
+    spec: &JobSpec,
+    root: Option<&DataRoot>,
+    cache: &Path,
+) -> Result<Vec<Dataset>> {
+    spec.validate()?;
+    let mut spec = spec.clone();
+    if let Some(root) = root {
+        confine_raw(&mut spec, root)?;
     }
-    Ok(documents)
+    let mut datasets = Vec::with_capacity(spec.datasets.len());
+    for d in &spec.datasets {
+        let raw_error = |e: anyhow::Error| Error::Raw {
+            dataset: d.label().to_owned(),
+            reason: format!("{e:#}"),
+        };
+        datasets.push(match (&d.dataset, spec.streaming) {
+            (None, _) => Dataset::Prepared(open_prepared(&spec, &d.path, d.label(), root)?),
+            (Some(_), true) => {
+                let config =
+                    raw_text::prep_config(&spec, d, &cache.join("streaming")).map_err(raw_error)?;
+                Dataset::Online(raw_text::raw_source(&config).map_err(raw_error)?)
+            }
+            (Some(_), false) => {
+                let dir = raw_text::prepare(&spec, d, cache).map_err(raw_error)?;
+                let path = dir
+                    .to_str()
+                    .ok_or_else(|| raw_error(anyhow::anyhow!("{}: not UTF-8", dir.display())))?;
+                // The cache is the server's own: no data-root check.
+                Dataset::Prepared(open_prepared(&spec, path, d.label(), None)?)
+            }
+        });
+    }
+    Ok(datasets)
+}
+
+/// Rewrites the raw datasets' and the tokenizer's paths of `spec` to their places under `root`,
+/// refusing anything else (a hub id or URL would reach past the files the server was given).
+fn confine_raw(spec: &mut JobSpec, root: &DataRoot) -> Result<()> {
+    if !spec.has_raw_datasets() {
+        return Ok(());
+    }
+    let under = |given: &str| -> Result<String> {
+        let resolved = root.resolve(given)?;
+        if !resolved.exists() && !given.contains(['*', '?', '[']) {
+            return Err(Error::Raw {
+                dataset: given.to_owned(),
+                reason: format!(
+                    "a server with --data-root serves only files under {}: no such file there (hub ids and URLs are refused)",
+                    root.path().display()
+                ),
+            });
+        }
+        Ok(resolved.to_string_lossy().into_owned())
+    };
+    for d in &mut spec.datasets {
+        if let Some(raw) = &d.dataset {
+            d.dataset = Some(under(raw)?);
+        }
+    }
+    if let Some(tokenizer) = &spec.tokenizer {
+        spec.tokenizer = Some(under(tokenizer)?);
+    }
+    Ok(())
+}
+
+/// One prepared dataset at `path` (`label` in errors), cut to the job's split.
+fn open_prepared(
+    spec: &JobSpec,
+    path: &str,
+    label: &str,
+    root: Option<&DataRoot>,
+) -> Result<Box<dyn Documents>> {
+    let resolved = match root {
+        Some(root) => {
+            let resolved = root.resolve(path)?;
+            root.check_files(path, &resolved)?;
+            resolved
+        }
+        None => path.into(),
+    };
+    let corpus = Corpus::open(&resolved).map_err(|e| Error::dataset(label, e))?;
+    if let Some(root) = root {
+        root.check_corpus(path, &corpus)?;
+    }
+    let view = SplitView::new(corpus, spec.split.as_deref(), spec.split_index())
+        .map_err(|e| Error::Spec(SpecError::Invalid(e)))?;
+    Ok(Box::new(view))
 }
 
 /// A dataset of a job, opened: prepared documents, or raw text tokenized while it is served.

@@ -6,6 +6,7 @@ mod megatron;
 mod online;
 mod python;
 mod raw;
+mod raw_text;
 mod server;
 mod shared_server;
 mod stream;

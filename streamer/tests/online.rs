@@ -16,6 +16,7 @@ struct Chars(Arc<AtomicU64>);
 impl Encode for Chars {
     fn encode(&self, text: &str, out: &mut Vec<u32>) -> anyhow::Result<()> {
         self.0.fetch_add(1, Ordering::Relaxed);
+        out.clear();
         out.extend(text.chars().map(|c| u32::from(c) + (1 << 24)));
         Ok(())
     }

@@ -1,0 +1,207 @@
+//! A job's raw-text dataset through flame-prep's own code: the dataset resolved to files and the
+//! tokenizer loaded exactly as `flame-prep --dataset … --tokenizer …` does ([`prep_config`]: the spec's
+//! keys become flame-prep's flags), its files read by flame-prep's readers ([`PrepFiles`], records by
+//! position) and its documents encoded by flame-prep's encoder (the same ids as `flame-prep`'s output).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use flame_preprocess::cli::Cli;
+use flame_preprocess::config::Config;
+use flame_preprocess::source::{DocumentReader, InputFile, open_reader};
+use flame_preprocess::tokenize::TextEncoder;
+
+use crate::online::{Encode, RawFiles, RawSource, RecordReader, SourceError};
+use crate::spec::{DatasetSpec, JobSpec};
+
+/// A raw dataset prepared once into `cache` (a `streaming = false` job): flame-prep's run into
+/// `cache/prepared/KEY`, KEY naming the source, the tokenizer and the options, so every job that names
+/// them shares one preparation. A lock file makes other jobs, and other servers sharing the cache, wait
+/// for a preparation under way; a preparation cut short (a kill -9, a restart) resumes from flame-prep's
+/// journal. Returns the output directory.
+///
+/// # Errors
+/// flame-prep's errors (no such dataset, a bad record, ...), or the cache cannot be written.
+pub fn prepare(spec: &JobSpec, dataset: &DatasetSpec, cache: &Path) -> anyhow::Result<PathBuf> {
+    let key = preparation_key(spec, dataset);
+    let dir = cache.join("prepared").join(&key);
+    std::fs::create_dir_all(&dir).with_context(|| format!("{}: create", dir.display()))?;
+    let lock = std::fs::File::create(dir.join(".lock"))
+        .with_context(|| format!("{}: create the lock", dir.display()))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+        .with_context(|| format!("{}: lock", dir.display()))?;
+    let config = prep_config(spec, dataset, &dir)?;
+    if !config.output_dir.join("manifest.json").is_file() {
+        tracing::info!(
+            dataset = dataset.label(),
+            output = %config.output_dir.display(),
+            files = config.inputs.len(),
+            "Preparing a raw dataset (flame-prep); the job's clients wait."
+        );
+        flame_preprocess::run::run(&config, true)?;
+        tracing::info!(dataset = dataset.label(), "Prepared.");
+    }
+    Ok(config.output_dir)
+}
+
+/// What names a preparation: the raw dataset's keys and the job's tokenizer options.
+fn preparation_key(spec: &JobSpec, dataset: &DatasetSpec) -> String {
+    use sha2::Digest;
+    let identity = serde_json::json!({
+        "dataset": dataset.dataset,
+        "name": dataset.name,
+        "split": dataset.split,
+        "text_key": dataset.text_key,
+        "tokenizer": spec.tokenizer,
+        "bos": spec.bos,
+        "append_eod": spec.append_eod,
+    });
+    hex::encode(&sha2::Sha256::digest(identity.to_string().as_bytes())[..16])
+}
+
+/// flame-prep's configuration for raw dataset `dataset` of `spec`, its output (when prepared) under
+/// `output`: the spec's keys passed as flame-prep's flags, so that every rule of `--dataset`,
+/// `--tokenizer`, `--name`, `--split`, `--text-key`, `--bos` and `--append-eod` is flame-prep's.
+///
+/// # Errors
+/// What flame-prep says of these flags: no such dataset or tokenizer, a bad name, ...
+///
+/// # Panics
+/// If `dataset` is not raw text (the spec's validation makes sure it is).
+pub fn prep_config(spec: &JobSpec, dataset: &DatasetSpec, output: &Path) -> anyhow::Result<Config> {
+    let raw = dataset.dataset.as_deref().expect("a raw dataset");
+    let mut args: Vec<String> = vec!["flame-prep".into(), "--dataset".into(), raw.into()];
+    let mut flag = |name: &str, value: Option<&str>| {
+        if let Some(value) = value {
+            args.extend([format!("--{name}"), value.to_owned()]);
+        }
+    };
+    flag("tokenizer", spec.tokenizer.as_deref());
+    flag("name", dataset.name.as_deref());
+    flag("split", dataset.split.as_deref());
+    flag("text-key", dataset.text_key.as_deref());
+    flag("bos", spec.bos.as_deref());
+    flag("output", output.to_str());
+    if spec.append_eod {
+        args.push("--append-eod".into());
+    }
+    let cli = Cli::try_parse_from(&args).with_context(|| format!("dataset {raw:?}"))?;
+    Config::from_args(&cli.tokenize).with_context(|| format!("dataset {raw:?}"))
+}
+
+/// The raw dataset that `config` names, for a streaming job: its files and the job's encoder.
+///
+/// # Errors
+/// The tokenizer cannot be loaded.
+pub fn raw_source(config: &Config) -> anyhow::Result<Arc<RawSource>> {
+    let encoder = TextEncoder::load(
+        &config.tokenizer,
+        config.bos,
+        config.append_eod,
+        config.parse_special_tokens,
+    )
+    .with_context(|| format!("tokenizer {}", config.tokenizer.display()))?;
+    Ok(Arc::new(RawSource {
+        names: config.inputs.iter().map(|f| f.uri.clone()).collect(),
+        files: Box::new(PrepFiles {
+            inputs: config.inputs.clone(),
+            text_key: config.text_key.clone(),
+        }),
+        encoder: Box::new(PrepEncoder(encoder)),
+    }))
+}
+
+/// A raw dataset's files, read by flame-prep's readers.
+#[derive(Debug)]
+pub struct PrepFiles {
+    inputs: Vec<InputFile>,
+    text_key: Option<String>,
+}
+
+/// Records per read.
+const RECORDS_PER_READ: usize = 256;
+
+impl RawFiles for PrepFiles {
+    fn num_files(&self) -> usize {
+        self.inputs.len()
+    }
+
+    fn open(&self, file: usize, start: u64) -> Result<Box<dyn RecordReader>, SourceError> {
+        let input = &self.inputs[file];
+        let failed = |position: String, e: &anyhow::Error| SourceError {
+            path: input.uri.clone(),
+            position,
+            reason: format!("{e:#}"),
+        };
+        let reader = open_reader(input, file, self.text_key.as_deref())
+            .map_err(|e| failed("file".into(), &e))?;
+        let mut reader = PrepReader {
+            reader,
+            uri: input.uri.clone(),
+            records: Vec::new(),
+        };
+        // Records before `start` are read and dropped: a reader is sequential (parquet, compressed JSON).
+        let mut skipped = 0;
+        let mut texts = Vec::new();
+        while skipped < start {
+            texts.clear();
+            let want = usize::try_from(start - skipped)
+                .map_or(RECORDS_PER_READ, |n| n.min(RECORDS_PER_READ));
+            let has_more = reader.read(&mut texts, want)?;
+            skipped += texts.len() as u64;
+            if !has_more && skipped < start {
+                return Err(SourceError {
+                    path: input.uri.clone(),
+                    position: format!("record {start}"),
+                    reason: format!("the file has {skipped} records"),
+                });
+            }
+        }
+        Ok(Box::new(reader))
+    }
+}
+
+/// One file's reader.
+struct PrepReader {
+    reader: Box<dyn DocumentReader>,
+    uri: String,
+    records: Vec<flame_preprocess::source::Record>,
+}
+
+impl RecordReader for PrepReader {
+    fn read(&mut self, out: &mut Vec<String>, max: usize) -> Result<bool, SourceError> {
+        self.records.clear();
+        let has_more = self
+            .reader
+            .read_batch(&mut self.records, max, usize::MAX)
+            .map_err(|e| SourceError {
+                path: self.uri.clone(),
+                position: "file".into(),
+                reason: format!("{e:#}"),
+            })?;
+        for record in self.records.drain(..) {
+            match record {
+                Ok(document) => out.push(document.text.into()),
+                Err(bad) => {
+                    return Err(SourceError {
+                        path: self.uri.clone(),
+                        position: bad.position,
+                        reason: bad.reason,
+                    });
+                }
+            }
+        }
+        Ok(has_more)
+    }
+}
+
+/// flame-prep's encoder, with the job's BOS/EOS policy.
+struct PrepEncoder(TextEncoder);
+
+impl Encode for PrepEncoder {
+    fn encode(&self, text: &str, out: &mut Vec<u32>) -> anyhow::Result<()> {
+        self.0.encode(text, out)
+    }
+}

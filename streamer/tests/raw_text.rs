@@ -1,0 +1,200 @@
+//! Raw-text datasets through a live server (issue 19): prepared once into the server's cache
+//! (`streaming = false`) and then served exactly as the prepared output is, or streamed with flame-prep's
+//! reader and encoder (`streaming = true`); a corrupt record reaches the client as an error naming the
+//! file and line while the server serves other jobs on.
+
+use std::path::{Path, PathBuf};
+
+use flame_preprocess::tokenize::{BosPolicy, TextEncoder};
+use flame_streamer::client::Client;
+use flame_streamer::server::{Endpoint, ServerConfig, serve};
+use flame_streamer::spec::JobSpec;
+use flame_streamer::stream::Stream;
+
+use crate::util::repo_root;
+
+fn gpt2() -> PathBuf {
+    repo_root().join("../shared/data/tokenizers/gpt2/tokenizer.json")
+}
+
+/// 300 documents of varied length in `dir/raw/part-{0,1}.jsonl`; returns their texts in file order.
+fn write_raw(dir: &Path) -> Vec<String> {
+    std::fs::create_dir_all(dir.join("raw")).unwrap();
+    let texts: Vec<String> = (0..300)
+        .map(|d| {
+            format!(
+                "Document {d}: {}",
+                "the quick brown fox jumps over the lazy dog. ".repeat(d % 4 + 1)
+            )
+        })
+        .collect();
+    for (part, chunk) in texts.chunks(150).enumerate() {
+        let lines: String = chunk
+            .iter()
+            .map(|t| serde_json::json!({ "text": t }).to_string() + "\n")
+            .collect();
+        std::fs::write(dir.join(format!("raw/part-{part}.jsonl")), lines).unwrap();
+    }
+    texts
+}
+
+fn raw_job(dir: &Path, streaming: bool) -> JobSpec {
+    JobSpec::from_toml(&format!(
+        r#"
+        seed = 5
+        seq_len = 128
+        micro_batch_size = 2
+        global_batch_size = 4
+        tokenizer = "{}"
+        append_eod = true
+        streaming = {streaming}
+        [[datasets]]
+        dataset = "{}"
+        "#,
+        gpt2().display(),
+        dir.join("raw/*.jsonl").display()
+    ))
+    .unwrap()
+}
+
+fn start(dir: &Path) -> Endpoint {
+    serve(&ServerConfig {
+        listen: vec![Endpoint::Unix(dir.join("s.sock"))],
+        cache_dir: dir.join("cache"),
+        ..ServerConfig::default()
+    })
+    .unwrap()
+    .endpoints
+    .remove(0)
+}
+
+fn batches(endpoint: &Endpoint, spec: &JobSpec, steps: u64) -> Vec<Vec<u32>> {
+    let mut client = Client::connect(endpoint.clone(), spec, 0, 1, None, 0).unwrap();
+    (0..steps)
+        .flat_map(|step| (0..2).map(move |micro| (step, micro)))
+        .map(|(step, micro)| {
+            client
+                .micro_batch(step, micro)
+                .unwrap()
+                .into_iter()
+                .flat_map(|s| s.tokens)
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn a_raw_dataset_is_prepared_once_and_served_as_its_prepared_output() {
+    let dir = tempfile::tempdir().unwrap();
+    write_raw(dir.path());
+    let endpoint = start(dir.path());
+    let spec = raw_job(dir.path(), false);
+    let served = batches(&endpoint, &spec, 6);
+    // The preparation is flame-prep's output, in the cache, shared by the next job that names it.
+    let manifests: Vec<PathBuf> = glob::glob(&format!(
+        "{}/cache/prepared/*/**/manifest.json",
+        dir.path().display()
+    ))
+    .unwrap()
+    .map(Result::unwrap)
+    .collect();
+    assert_eq!(manifests.len(), 1, "{manifests:?}");
+    let mut prepared = spec.clone();
+    prepared.datasets[0] = flame_streamer::spec::DatasetSpec::prepared(
+        manifests[0].parent().unwrap().to_str().unwrap(),
+        1.0,
+    );
+    prepared.tokenizer = None;
+    prepared.append_eod = false;
+    let reference = Stream::open(prepared).unwrap();
+    let expected: Vec<Vec<u32>> = (0..6u64)
+        .flat_map(|step| (0..2).map(move |micro| (step, micro)))
+        .map(|(s, m)| {
+            reference
+                .micro_batch(s, m, 0, 1)
+                .unwrap()
+                .into_iter()
+                .flat_map(|s| s.tokens)
+                .collect()
+        })
+        .collect();
+    assert_eq!(served, expected);
+    let mut again = spec.clone();
+    again.seed = 6;
+    batches(&endpoint, &again, 1);
+    let count = glob::glob(&format!("{}/cache/prepared/*", dir.path().display()))
+        .unwrap()
+        .count();
+    assert_eq!(
+        count, 1,
+        "a second job on the same source and tokenizer shares the preparation"
+    );
+}
+
+#[test]
+fn a_streaming_job_serves_flame_preps_ids_of_every_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let texts = write_raw(dir.path());
+    let endpoint = start(dir.path());
+    let spec = raw_job(dir.path(), true);
+    let encoder = TextEncoder::load(&gpt2(), BosPolicy::Tokenizer, true, false).unwrap();
+    let mut ids = Vec::new();
+    let documents: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|t| {
+            encoder.encode(t, &mut ids).unwrap();
+            ids.clone()
+        })
+        .collect();
+    let total: usize = documents.iter().map(Vec::len).sum();
+    // One pass, as served (samples are windows of 128 tokens; every document ends with EOD, 50256).
+    let windows = total / 128;
+    let served: Vec<u32> = batches(&endpoint, &spec, (windows / 4) as u64).concat();
+    let mut served_documents: Vec<Vec<u32>> = served
+        .split_inclusive(|&t| t == 50256)
+        .map(<[u32]>::to_vec)
+        .collect();
+    // Windows are shuffled within global batches, so only whole documents inside the pass are compared:
+    // each served document that is whole is one of flame-prep's, and none is served twice.
+    served_documents.retain(|d| d.len() > 4 && d.last() == Some(&50256) && documents.contains(d));
+    let unique: std::collections::HashSet<&Vec<u32>> = served_documents.iter().collect();
+    assert!(
+        unique.len() > 200,
+        "{} of 300 documents whole",
+        unique.len()
+    );
+    assert_eq!(
+        unique.len(),
+        served_documents.len(),
+        "a document served twice in one pass"
+    );
+}
+
+#[test]
+fn a_corrupt_record_is_an_error_naming_the_file_and_line_and_the_server_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    write_raw(dir.path());
+    let bad = dir.path().join("raw/part-1.jsonl");
+    let mut lines: Vec<String> = std::fs::read_to_string(&bad)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines[3] = "{\"text\": \"cut sh".into();
+    std::fs::write(&bad, lines.join("\n") + "\n").unwrap();
+    let endpoint = start(dir.path());
+    let spec = raw_job(dir.path(), true);
+    let mut client = Client::connect(endpoint.clone(), &spec, 0, 1, None, 0).unwrap();
+    let err = (0..200u64)
+        .find_map(|step| client.micro_batch(step, 0).err())
+        .expect("the pass reaches the corrupt line");
+    let message = err.to_string();
+    assert!(
+        message.contains("part-1.jsonl") && message.contains("line 4"),
+        "{message}"
+    );
+    // Another job on the same server is served.
+    let mut good = raw_job(dir.path(), true);
+    good.datasets[0].dataset = Some(dir.path().join("raw/part-0.jsonl").display().to_string());
+    assert_eq!(batches(&endpoint, &good, 2).len(), 4);
+}
