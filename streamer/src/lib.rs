@@ -4,9 +4,10 @@
 //! fingerprint), [`source`] (datasets as documents, Megatron's train/valid/test split), [`epoch`]
 //! (per-epoch document shuffle in O(1) memory, packing into windows, `cu_seqlens`), [`mix`] (per-token
 //! mixing, within one window of the weights in every global batch), [`megatron`] (megatron-core's sample
-//! order, bit for bit) and [`stream`] (global sample `k`, and each rank's slice of a step). [`protocol`]
-//! is the wire format and [`transport`] moves its frames; [`server`] serves it over TCP and Unix sockets
-//! with per-client prefetch and [`shm`] rings for clients on the same host, keeping its open
+//! order, bit for bit), [`raw_text`] and [`online`] (raw text tokenized by the server: prepared once, or
+//! streamed with resume cursors) and [`stream`] (global sample `k`, and each rank's slice of a step).
+//! [`protocol`] is the wire format and [`transport`] moves its frames; [`server`] serves it over TCP and
+//! Unix sockets with per-client prefetch and [`shm`] rings for clients on the same host, keeping its open
 //! [`jobs`] within a memory [`budget`] and, optionally, under a [`data_root`]; [`metrics`] exposes
 //! what was served, and [`client`] (blocking) and [`async_client`] (tokio) are the Rust clients, two
 //! drivers of one sans-IO [`client_core`].
