@@ -17,7 +17,8 @@ pub use crate::client_core::ClientError;
 use crate::client_core::{
     Attempts, ClientCore, Event, Exchange, Failure, Opening, Position, check_shared_memory_endpoint,
 };
-use crate::protocol::{Limits, WireSample};
+use crate::online::Cursor;
+use crate::protocol::{Limits, Message, WireSample, encode};
 use crate::shm::{RingMap, SlotBatch};
 use crate::spec::JobSpec;
 use crate::transport::{Connection, Endpoint, read_message, read_message_and_fd};
@@ -213,6 +214,51 @@ impl Client {
                 event => return Ok(event),
             }
         }
+    }
+}
+
+/// The cursors a trainer's checkpoint keeps to resume `job` at `step` when it streams raw datasets
+/// (`streaming = true`; none otherwise), after handing the server `given`, the cursors of the checkpoint
+/// being resumed (empty when saving one). Runs over a connection of its own, so a rank's connection and
+/// its read-ahead are untouched; a restarted or fresh server given a checkpoint's cursors serves the
+/// steps after it without replaying the stream.
+///
+/// # Errors
+/// The server cannot be reached within `retries`, refuses the job, or answers out of protocol.
+pub fn resume_cursors(
+    endpoint: &Endpoint,
+    job: &JobSpec,
+    (step, given): (u64, &[(u32, Cursor)]),
+    token: Option<&str>,
+    retries: u32,
+) -> Result<Vec<(u32, Cursor)>, ClientError> {
+    let mut client = Client::connect(endpoint.clone(), job, 0, 1, token, retries)?;
+    let (conn, buf) = client
+        .conn
+        .as_mut()
+        .ok_or_else(|| ClientError::Refused("not connected".into()))?;
+    let lost = |e: std::io::Error| ClientError::Unreachable {
+        endpoint: endpoint.to_string(),
+        reason: e.to_string(),
+    };
+    let mut out = Vec::new();
+    encode(
+        &Message::Cursors {
+            step,
+            cursors: given.to_vec(),
+        },
+        &mut out,
+    );
+    conn.write_all(&out).map_err(lost)?;
+    match read_message(conn.as_mut(), buf, Limits::SERVER_FRAMES) {
+        Ok(Some(Message::CursorsAt { step: s, cursors })) if s == step => Ok(cursors),
+        Ok(Some(Message::Error { message })) => Err(ClientError::Refused(message)),
+        Ok(Some(other)) => Err(ClientError::Refused(format!(
+            "answered Cursors with {}",
+            other.kind()
+        ))),
+        Ok(None) => Err(ClientError::Refused("closed the connection".into())),
+        Err(e) => Err(ClientError::Refused(e.to_string())),
     }
 }
 

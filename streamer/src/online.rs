@@ -120,6 +120,14 @@ pub enum StreamError {
         /// The earliest window the server can produce from.
         earliest: Option<u64>,
     },
+    /// A cursor that does not point into the stream (given by a client, not made by a producer).
+    #[error("cursor {cursor:?} does not point into this dataset: {reason}")]
+    BadCursor {
+        /// The cursor.
+        cursor: Cursor,
+        /// Why.
+        reason: String,
+    },
     /// An epoch holds less than one window: the stream would never produce one.
     #[error("one pass over the dataset holds {tokens} tokens, fewer than one window of {seq_len}")]
     TooSmall {
@@ -227,6 +235,20 @@ impl Producer {
 
     /// Reads and tokenizes the cursor's block (opening its file when the reader is not there).
     fn load_block(&mut self) -> Result<(), StreamError> {
+        let bad = |reason: String| StreamError::BadCursor {
+            cursor: self.cursor,
+            reason,
+        };
+        let num_files = self.source.files.num_files() as u64;
+        if self.cursor.file >= num_files {
+            return Err(bad(format!("the dataset has {num_files} files")));
+        }
+        if self.cursor.document > DOCS_PER_BLOCK {
+            return Err(bad(format!("a block has {DOCS_PER_BLOCK} documents")));
+        }
+        if self.cursor.block.checked_mul(DOCS_PER_BLOCK).is_none() {
+            return Err(bad("the block lies past any file".into()));
+        }
         let file = self.file_at(self.cursor.epoch, self.cursor.file);
         let start = self.cursor.block * DOCS_PER_BLOCK;
         if self.reader.is_none() {
@@ -332,8 +354,13 @@ impl Producer {
                 }
                 continue;
             };
-            let taken =
-                (ids.len() as u64 - self.cursor.offset).min(self.seq_len - tokens.len() as u64);
+            let Some(left) = (ids.len() as u64).checked_sub(self.cursor.offset) else {
+                return Err(StreamError::BadCursor {
+                    cursor: self.cursor,
+                    reason: format!("its document has {} tokens", ids.len()),
+                });
+            };
+            let taken = left.min(self.seq_len - tokens.len() as u64);
             let range = self.cursor.offset..self.cursor.offset + taken;
             if taken > 0 {
                 tokens.extend_from_slice(&ids[to_usize(&range)]);
@@ -710,6 +737,24 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("checkpoint's cursor"), "{err}");
+    }
+
+    proptest! {
+        /// A cursor from a client is untrusted: any cursor gives windows or an error, never a panic.
+        #[test]
+        fn any_cursor_gives_windows_or_an_error(
+            window in 0u64..1000, epoch in 0u64..1 << 40, file in 0u64..6, block in prop_oneof![0u64..4, Just(u64::MAX)],
+            document in prop_oneof![0u64..1100, Just(u64::MAX)], offset in prop_oneof![0u64..40, Just(u64::MAX)],
+        ) {
+            let files = numbered(3, 2500);
+            let cursor = Cursor { window, epoch, file, block, document, offset };
+            let mut producer = producer(&files, 16, cursor);
+            for _ in 0..3 {
+                if producer.next_window().is_err() {
+                    break;
+                }
+            }
+        }
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! | 7 | `ShmReady` (server) | slots `u32`, slot bytes `u64`; the ring's file descriptor travels with this frame (`SCM_RIGHTS`) |
 //! | 8 | `Slot` (server) | step `u64`, micro-step `u64`, slot `u32`, bytes `u64`: the answer to a `Request` once a ring is open; the batch is in that slot ([`crate::shm`] has its layout) |
 //! | 9 | `Release` (client) | slot `u32`: the client no longer reads that slot; the server may write it again |
+//! | 10 | `Cursors` (client) | step `u64`, cursors `u32`, then per cursor: dataset `u32` and the [`Cursor`]'s window, epoch, file, block, document, offset as `u64`s: gives the job's streamed datasets these cursors (from a checkpoint; none to only ask) and asks for the cursors to resume at `step` |
+//! | 11 | `CursorsAt` (server) | the answer to `Cursors`: step `u64` and the cursors, as there |
 //!
 //! The job's end (its `num_samples`, or `epochs` passes over its datasets) is the last micro-batch every
 //! rank has: a `Request` for any later one, of any rank, is answered by an `Error` whose message starts
@@ -26,6 +28,12 @@
 //! anything is allocated, so a malformed or hostile frame costs nothing.
 
 use thiserror::Error;
+
+use crate::online::Cursor;
+
+/// Most cursors a `Cursors` or `CursorsAt` frame may carry: one per dataset of a job.
+pub const MAX_CURSORS: u32 = 4096;
+const _: () = assert!(MAX_CURSORS as usize == crate::spec::MAX_DATASETS);
 
 /// The protocol version this build speaks.
 pub const VERSION: u16 = 1;
@@ -137,6 +145,20 @@ pub enum Message {
         /// Which slot.
         slot: u32,
     },
+    /// Gives the job's streamed datasets cursors and asks for those to resume at `step`.
+    Cursors {
+        /// The step to resume at.
+        step: u64,
+        /// (dataset, cursor) pairs from a checkpoint; empty to only ask.
+        cursors: Vec<(u32, Cursor)>,
+    },
+    /// The cursors to resume at `step`, one per streamed dataset the server has one for.
+    CursorsAt {
+        /// The step asked for.
+        step: u64,
+        /// (dataset, cursor) pairs.
+        cursors: Vec<(u32, Cursor)>,
+    },
 }
 
 impl Message {
@@ -152,6 +174,8 @@ impl Message {
             Self::ShmReady { .. } => 7,
             Self::Slot { .. } => 8,
             Self::Release { .. } => 9,
+            Self::Cursors { .. } => 10,
+            Self::CursorsAt { .. } => 11,
         })
     }
 }
@@ -226,28 +250,7 @@ pub fn decode(buf: &[u8], limits: Limits) -> Result<Option<(Message, usize)>, Pr
             step: r.u64()?,
             micro_step: r.u64()?,
         },
-        4 => {
-            let (step, micro_step) = (r.u64()?, r.u64()?);
-            let count = r.u32()?;
-            // Each sample takes at least 20 bytes: a count larger than the frame allows is a lie.
-            if u64::from(count) * 20 > r.bytes.len() as u64 {
-                return Err(r.malformed(format!("{count} samples do not fit the frame")));
-            }
-            let mut samples = Vec::with_capacity(count as usize);
-            for _ in 0..count {
-                samples.push(WireSample {
-                    dataset: r.u32()?,
-                    index: r.u64()?,
-                    cu_seqlens: r.u32s()?,
-                    tokens: r.u32s()?,
-                });
-            }
-            Message::Batch {
-                step,
-                micro_step,
-                samples,
-            }
-        }
+        4 => r.batch()?,
         5 => Message::Error {
             message: r.string()?,
         },
@@ -263,6 +266,14 @@ pub fn decode(buf: &[u8], limits: Limits) -> Result<Option<(Message, usize)>, Pr
             bytes: r.u64()?,
         },
         9 => Message::Release { slot: r.u32()? },
+        10 => Message::Cursors {
+            step: r.u64()?,
+            cursors: r.cursors()?,
+        },
+        11 => Message::CursorsAt {
+            step: r.u64()?,
+            cursors: r.cursors()?,
+        },
         other => {
             return Err(ProtocolError::Malformed {
                 kind: "unknown",
@@ -362,6 +373,8 @@ pub fn encode(message: &Message, out: &mut Vec<u8>) {
             out.push(9);
             out.extend_from_slice(&slot.to_le_bytes());
         }
+        Message::Cursors { step, cursors } => put_cursors(out, 10, *step, cursors),
+        Message::CursorsAt { step, cursors } => put_cursors(out, 11, *step, cursors),
     }
     let len = u32::try_from(out.len() - start - 4).expect("frames are below 4 GiB");
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
@@ -400,6 +413,18 @@ pub fn encode_batch(step: u64, micro_step: u64, samples: &[SampleParts<'_>], out
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
 }
 
+fn put_cursors(out: &mut Vec<u8>, kind: u8, step: u64, cursors: &[(u32, Cursor)]) {
+    out.push(kind);
+    out.extend_from_slice(&step.to_le_bytes());
+    out.extend_from_slice(&u32::try_from(cursors.len()).expect("few").to_le_bytes());
+    for (dataset, c) in cursors {
+        out.extend_from_slice(&dataset.to_le_bytes());
+        for value in [c.window, c.epoch, c.file, c.block, c.document, c.offset] {
+            out.extend_from_slice(&value.to_le_bytes());
+        }
+    }
+}
+
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&u32::try_from(bytes.len()).expect("small").to_le_bytes());
     out.extend_from_slice(bytes);
@@ -427,6 +452,8 @@ fn kind_name(kind: u8) -> &'static str {
         7 => "ShmReady",
         8 => "Slot",
         9 => "Release",
+        10 => "Cursors",
+        11 => "CursorsAt",
         _ => "unknown",
     }
 }
@@ -451,6 +478,59 @@ impl<'a> Reader<'a> {
         let (head, tail) = self.bytes.split_at(n);
         self.bytes = tail;
         Ok(head)
+    }
+
+    /// A `Batch`'s payload.
+    fn batch(&mut self) -> Result<Message, ProtocolError> {
+        let (step, micro_step) = (self.u64()?, self.u64()?);
+        let count = self.u32()?;
+        // Each sample takes at least 20 bytes: a count larger than the frame allows is a lie.
+        if u64::from(count) * 20 > self.bytes.len() as u64 {
+            return Err(self.malformed(format!("{count} samples do not fit the frame")));
+        }
+        let mut samples = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            samples.push(WireSample {
+                dataset: self.u32()?,
+                index: self.u64()?,
+                cu_seqlens: self.u32s()?,
+                tokens: self.u32s()?,
+            });
+        }
+        Ok(Message::Batch {
+            step,
+            micro_step,
+            samples,
+        })
+    }
+
+    /// A count and that many (dataset, cursor) pairs.
+    fn cursors(&mut self) -> Result<Vec<(u32, Cursor)>, ProtocolError> {
+        let count = self.u32()?;
+        if count > MAX_CURSORS || u64::from(count) * 52 > self.bytes.len() as u64 {
+            return Err(self.malformed(format!("{count} cursors do not fit the frame")));
+        }
+        (0..count)
+            .map(|_| {
+                let dataset = self.u32()?;
+                let mut v = [0u64; 6];
+                for value in &mut v {
+                    *value = self.u64()?;
+                }
+                let [window, epoch, file, block, document, offset] = v;
+                Ok((
+                    dataset,
+                    Cursor {
+                        window,
+                        epoch,
+                        file,
+                        block,
+                        document,
+                        offset,
+                    },
+                ))
+            })
+            .collect()
     }
 
     fn u16(&mut self) -> Result<u16, ProtocolError> {
@@ -543,6 +623,24 @@ mod tests {
                 bytes: 4096,
             },
             Message::Release { slot: 2 },
+            Message::Cursors {
+                step: 12,
+                cursors: vec![],
+            },
+            Message::CursorsAt {
+                step: 12,
+                cursors: vec![(
+                    3,
+                    Cursor {
+                        window: 640,
+                        epoch: 1,
+                        file: 2,
+                        block: 7,
+                        document: 100,
+                        offset: 33,
+                    },
+                )],
+            },
         ]
     }
 
@@ -596,6 +694,19 @@ mod tests {
             decode(&bytes, Limits::SERVER_FRAMES),
             Err(ProtocolError::Malformed { .. })
         ));
+        // Cursors announcing more than a job's datasets, or more than the frame holds.
+        for count in [MAX_CURSORS + 1, 2] {
+            let mut frame = vec![10u8];
+            frame.extend_from_slice(&[0; 8]);
+            frame.extend_from_slice(&count.to_le_bytes());
+            frame.extend_from_slice(&[0; 52]);
+            let mut bytes = u32::try_from(frame.len()).unwrap().to_le_bytes().to_vec();
+            bytes.extend_from_slice(&frame);
+            assert!(matches!(
+                decode(&bytes, Limits::CLIENT_FRAMES),
+                Err(ProtocolError::Malformed { .. })
+            ));
+        }
         assert!(matches!(
             decode(&[1, 0, 0, 0, 42], Limits::CLIENT_FRAMES),
             Err(ProtocolError::Malformed { .. })

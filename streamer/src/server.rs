@@ -31,6 +31,7 @@ use crate::budget::{
 use crate::data_root::DataRoot;
 use crate::jobs::{Jobs, Lease, Opener};
 use crate::metrics::{Metrics, serve_http};
+use crate::online::Cursor;
 use crate::protocol::{
     END_OF_JOB, Limits, Message, SampleParts, VERSION, batch_frame_bound, decode, encode,
     encode_batch as encode_batch_frame,
@@ -407,6 +408,20 @@ impl Session<'_> {
                     .ok_or("Release without a shared-memory ring")?
                     .release(slot)?;
                 Ok(None)
+            }
+            Message::Cursors { step, cursors } => {
+                let given: Vec<(usize, Cursor)> =
+                    cursors.into_iter().map(|(d, c)| (d as usize, c)).collect();
+                self.stream.add_cursors(&given);
+                let cursors = self
+                    .stream
+                    .cursors(step)
+                    .into_iter()
+                    .map(|(d, c)| (u32::try_from(d).expect("few datasets"), c))
+                    .collect();
+                let mut answer = Vec::new();
+                encode(&Message::CursorsAt { step, cursors }, &mut answer);
+                Ok(Some(answer))
             }
             other => Err(format!("expected Request, got {}", other.kind())),
         }

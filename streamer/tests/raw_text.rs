@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use flame_preprocess::tokenize::{BosPolicy, TextEncoder};
-use flame_streamer::client::Client;
+use flame_streamer::client::{Client, resume_cursors};
 use flame_streamer::server::{Endpoint, ServerConfig, serve};
 use flame_streamer::spec::JobSpec;
 use flame_streamer::stream::Stream;
@@ -197,4 +197,45 @@ fn a_corrupt_record_is_an_error_naming_the_file_and_line_and_the_server_serves_o
     let mut good = raw_job(dir.path(), true);
     good.datasets[0].dataset = Some(dir.path().join("raw/part-0.jsonl").display().to_string());
     assert_eq!(batches(&endpoint, &good, 2).len(), 4);
+}
+
+#[test]
+fn a_fresh_server_given_a_checkpoints_cursors_continues_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    write_raw(dir.path());
+    let first = start(dir.path());
+    let spec = raw_job(dir.path(), true);
+    let served = batches(&first, &spec, 80);
+    let step = 70;
+    let cursors = resume_cursors(&first, &spec, (step, &[]), None, 0).unwrap();
+    assert_eq!(cursors.len(), 1, "one streamed dataset");
+    assert!(cursors[0].1.window > 0);
+
+    let other = tempfile::tempdir().unwrap();
+    let fresh = start(other.path());
+    assert_eq!(
+        resume_cursors(&fresh, &spec, (step, &cursors), None, 0).unwrap(),
+        cursors
+    );
+    let mut client = Client::connect(fresh, &spec, 0, 1, None, 0).unwrap();
+    for s in step..80 {
+        for micro in 0..2 {
+            let tokens: Vec<u32> = client
+                .micro_batch(s, micro)
+                .unwrap()
+                .into_iter()
+                .flat_map(|s| s.tokens)
+                .collect();
+            assert_eq!(
+                tokens,
+                served[usize::try_from(2 * s + micro).unwrap()],
+                "step {s}.{micro}"
+            );
+        }
+    }
+    // Without cursors, a server asked for a window far past the stream's start refuses: it never replays.
+    let third = tempfile::tempdir().unwrap();
+    let mut client = Client::connect(start(third.path()), &spec, 0, 1, None, 0).unwrap();
+    let err = client.micro_batch(1 << 20, 0).unwrap_err().to_string();
+    assert!(err.contains("checkpoint's cursor"), "{err}");
 }
