@@ -28,6 +28,10 @@ pub struct TrainState {
     pub data_fingerprint: String,
     /// Samples of the job consumed: `step × global_batch_size`.
     pub samples_consumed: u64,
+    /// For a job that streams raw datasets: each streamed dataset's cursor at `step`, which the data
+    /// server is given on resume so that it continues without replaying the stream.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stream_cursors: Vec<(u32, flame_streamer::online::Cursor)>,
 }
 
 fn checkpoint_dir(args: &Args) -> PathBuf {
@@ -182,6 +186,7 @@ pub fn resume(
             optimizer_steps: 0,
             data_fingerprint: fingerprint.to_owned(),
             samples_consumed: 0,
+            stream_cursors: Vec::new(),
         });
     };
     let step = if requested < 0 {

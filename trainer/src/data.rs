@@ -3,7 +3,8 @@
 //! the models' [`Inputs`].
 
 use anyhow::{Context, bail};
-use flame_streamer::client::Client;
+use flame_streamer::client::{Client, resume_cursors};
+use flame_streamer::online::Cursor;
 use flame_streamer::server::Endpoint;
 use flame_streamer::spec::{JobSpec, Order};
 use tch::Device;
@@ -74,6 +75,8 @@ pub struct DataInput {
     next_token: bool,
     vocab_size: u32,
     device: Device,
+    /// For a job that streams raw datasets: where to ask for the resume cursors a checkpoint keeps.
+    resume: Option<(Endpoint, JobSpec, Option<String>)>,
 }
 
 impl DataInput {
@@ -114,6 +117,13 @@ impl DataInput {
                 }
             );
         }
+        let resume = (job.streaming && job.has_raw_datasets()).then(|| {
+            (
+                args.data_endpoint.clone(),
+                job.clone(),
+                args.data_token.clone(),
+            )
+        });
         Ok(Self {
             client,
             shared_memory,
@@ -121,6 +131,27 @@ impl DataInput {
             next_token,
             vocab_size,
             device,
+            resume,
+        })
+    }
+
+    /// For a job that streams raw datasets (none otherwise): the cursors a checkpoint at `step` keeps,
+    /// after giving the server `given`, those of the checkpoint being resumed, so that a restarted or
+    /// fresh server continues the stream without replaying it
+    /// ([`flame_streamer::client::resume_cursors`]).
+    ///
+    /// # Errors
+    /// When the server cannot be reached or refuses.
+    pub fn stream_cursors(
+        &self,
+        step: u64,
+        given: &[(u32, Cursor)],
+    ) -> anyhow::Result<Vec<(u32, Cursor)>> {
+        let Some((endpoint, job, token)) = &self.resume else {
+            return Ok(Vec::new());
+        };
+        resume_cursors(endpoint, job, (step, given), token.as_deref(), 8).with_context(|| {
+            format!("--data-endpoint {endpoint}: the stream's resume cursors at step {step}")
         })
     }
 

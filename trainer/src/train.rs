@@ -126,6 +126,10 @@ pub fn run_as(args: &Args, launch: &Launch) -> anyhow::Result<Summary> {
     let (mut optimizer, reducer) = optimizer_and_reducer(args, &vs, model.as_ref(), world > 1)?;
     let backend = backend(args, launch, device)?;
     let mut state = checkpoint::resume(args, &mut vs, &mut optimizer, data.fingerprint())?;
+    // Every rank hands its server the checkpoint's cursors (one server per node, each needs them).
+    if !state.stream_cursors.is_empty() {
+        data.stream_cursors(state.step, &state.stream_cursors)?;
+    }
     // Rank 0 writes the logs, metrics, checkpoints and the export.
     let flops_per_token = model.flops_per_token(args.context_len.unwrap_or(args.seq_len));
     let mut metrics = (rank == 0)
@@ -172,6 +176,7 @@ pub fn run_as(args: &Args, launch: &Launch) -> anyhow::Result<Summary> {
         let interval_due =
             args.checkpoint_interval > 0 && state.step.is_multiple_of(args.checkpoint_interval);
         if rank == 0 && args.enable_checkpoint && (interval_due || state.step == args.steps) {
+            state.stream_cursors = run.data.stream_cursors(state.step, &[])?;
             checkpoint::save(args, &vs, &run.optimizer, &state)?;
         }
     }

@@ -661,3 +661,53 @@ fn qkv_biases_export_as_qwen2_with_equal_logits() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn a_streaming_raw_job_checkpoints_its_cursors_and_resumes_on_a_fresh_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _, config) = setup(dir.path(), 64);
+    let job = dir.path().join("raw.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "seed = 3\nseq_len = 64\nmicro_batch_size = 2\nglobal_batch_size = 4\nstreaming = true\ntokenizer = \"{}\"\n[[datasets]]\ndataset = \"{}\"\n",
+            shared().join("data/tokenizers/mistral-7b-v0.1/tokenizer.json").display(),
+            shared().join("data/corpus/jsonl/en-moby-dick.jsonl").display()
+        ),
+    )
+    .unwrap();
+    let server = |name: &str| {
+        serve(&ServerConfig {
+            listen: vec![Endpoint::Unix(dir.path().join(name))],
+            cache_dir: dir.path().join("cache"),
+            ..ServerConfig::default()
+        })
+        .unwrap()
+        .endpoints
+        .remove(0)
+    };
+    let first = server("first.sock");
+    let flags = [
+        "--training.steps",
+        "8",
+        "--checkpoint.interval",
+        "4",
+        "--checkpoint.keep_latest_k",
+        "2",
+    ];
+    let whole = run(&args(&first, &job, &config, &dir.path().join("a"), &flags)).unwrap();
+    let dump = dir.path().join("b");
+    run(&args(&first, &job, &config, &dump, &flags)).unwrap();
+    let state = std::fs::read_to_string(dump.join("checkpoint/step-4/train_state.json")).unwrap();
+    assert!(state.contains("stream_cursors"), "{state}");
+    // Another server, which has never seen the job: the checkpoint's cursors take it to step 4.
+    let fresh = server("fresh.sock");
+    let mut resumed_flags = flags.to_vec();
+    resumed_flags.extend(["--checkpoint.load_step", "4"]);
+    let resumed = run(&args(&fresh, &job, &config, &dump, &resumed_flags)).unwrap();
+    assert_eq!(
+        resumed.losses,
+        whole.losses[4..],
+        "steps 5..8 after resuming at 4 on a fresh server"
+    );
+}
