@@ -338,7 +338,7 @@ def main():
           f"text, {index} files, {len(languages)} languages", file=sys.stderr)
     for name, stat in sources.items():
         print(f"  {name:34} {stat['documents']:7} docs {stat['bytes'] / 1e6:7.2f} MB "
-              f"(of {stat['bytes_in'] / 1e6:.2f} MB; {stat['duplicate_documents']} duplicate documents)",
+              f"(of {stat['bytes_in'] / 1e6:.2f} MB; {stat['dropped_documents']} documents dropped as repeats)",
               file=sys.stderr)
 
 
