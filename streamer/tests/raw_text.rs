@@ -11,7 +11,7 @@ use flame_streamer::server::{Endpoint, ServerConfig, serve};
 use flame_streamer::spec::JobSpec;
 use flame_streamer::stream::Stream;
 
-use crate::util::repo_root;
+use crate::util::{python, repo_root};
 
 fn gpt2() -> PathBuf {
     repo_root().join("../shared/data/tokenizers/gpt2/tokenizer.json")
@@ -197,6 +197,37 @@ fn a_corrupt_record_is_an_error_naming_the_file_and_line_and_the_server_serves_o
     let mut good = raw_job(dir.path(), true);
     good.datasets[0].dataset = Some(dir.path().join("raw/part-0.jsonl").display().to_string());
     assert_eq!(batches(&endpoint, &good, 2).len(), 4);
+}
+
+/// The cursors `streamer/python/tests/check_cursors.py` gets from `endpoint` for `spec` at `step`, after
+/// handing it `given`.
+fn python_cursors(
+    endpoint: &Endpoint,
+    dir: &Path,
+    spec: &JobSpec,
+    step: u64,
+    given: Option<&[serde_json::Value]>,
+) -> Vec<serde_json::Value> {
+    let job = dir.join("cursor-job.toml");
+    std::fs::write(&job, spec.to_toml()).unwrap();
+    let mut command = std::process::Command::new(python());
+    command
+        .arg(repo_root().join("streamer/python/tests/check_cursors.py"))
+        .arg(endpoint.to_string())
+        .arg(&job)
+        .arg(step.to_string());
+    if let Some(given) = given {
+        let file = dir.join("given.json");
+        std::fs::write(&file, serde_json::to_vec(given).unwrap()).unwrap();
+        command.arg(file);
+    }
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]

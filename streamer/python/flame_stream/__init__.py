@@ -56,6 +56,8 @@ MAGIC = b"FLMS"
 MAX_FRAME = 1 << 30
 _HELLO, _WELCOME, _REQUEST, _BATCH, _ERROR = 1, 2, 3, 4, 5
 _SHM_OPEN, _SHM_READY, _SLOT, _RELEASE = 6, 7, 8, 9
+_CURSORS, _CURSORS_AT = 10, 11
+_CURSOR = struct.Struct("<I6Q")  # dataset, then a Cursor's window, epoch, file, block, document, offset
 _SLOT_MAGIC = b"FLSB"
 END_OF_JOB = "end of job: "  # how the server's Error past the job's end starts (streamer/src/protocol.rs)
 
@@ -117,6 +119,29 @@ class _Reader:
     def u32s(self):
         (n,) = self.unpack("<I")
         return np.frombuffer(self.take(4 * n), dtype="<u4")
+
+
+def resume_cursors(endpoint, job_toml, step, given=(), token=None, retries=8):
+    """For a job that streams raw datasets (`streaming = true`; an empty list otherwise): the cursors a
+    trainer's checkpoint keeps to resume at `step`, after giving the server `given`, those of the
+    checkpoint being resumed, so that a restarted or fresh server continues without replaying the stream.
+    Each cursor is a tuple (dataset, window, epoch, file, block, document, offset), as the server sends it;
+    keep them as they are. Runs over a connection of its own (streamer/src/client.rs, `resume_cursors`)."""
+    client = Client(endpoint, job_toml, 0, 1, token=token, retries=retries, read_ahead=False)
+    try:
+        payload = struct.pack("<QI", step, len(given)) + b"".join(_CURSOR.pack(*c) for c in given)
+        client._sock.sendall(_frame(_CURSORS, payload))
+        kind, r = client._read_frame()
+        if kind == _ERROR:
+            client._refuse(r.string())
+        if kind != _CURSORS_AT:
+            client._refuse(f"expected CursorsAt, got kind {kind}")
+        at, count = r.unpack("<QI")
+        if at != step:
+            client._refuse(f"cursors for step {at}, asked for {step}")
+        return [r.unpack(_CURSOR.format) for _ in range(count)]
+    finally:
+        client.close()
 
 
 def parse_endpoint(endpoint):
