@@ -242,8 +242,24 @@ fn a_fresh_server_given_a_checkpoints_cursors_continues_the_stream() {
     assert_eq!(cursors.len(), 1, "one streamed dataset");
     assert!(cursors[0].1.window > 0);
 
+    // The Python client gets the same cursors.
+    let as_json: Vec<serde_json::Value> = cursors
+        .iter()
+        .map(|(d, c)| {
+            serde_json::json!([d, c.window, c.epoch, c.file, c.block, c.document, c.offset])
+        })
+        .collect();
+    assert_eq!(
+        python_cursors(&first, dir.path(), &spec, step, None),
+        as_json
+    );
+
     let other = tempfile::tempdir().unwrap();
     let fresh = start(other.path());
+    assert_eq!(
+        python_cursors(&fresh, other.path(), &spec, step, Some(&as_json)),
+        as_json
+    );
     assert_eq!(
         resume_cursors(&fresh, &spec, (step, &cursors), None, 0).unwrap(),
         cursors
