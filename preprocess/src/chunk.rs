@@ -17,14 +17,31 @@
 //!   because the character before the `\n` is not whitespace, cutting the text after the `\n` cannot turn
 //!   `\s+(?!\S)` into a longer match. So the matches of `text[a..p]` and of `text[p..b]` are exactly the
 //!   matches of the whole text in those ranges.
-//! * **SentencePiece-style BPE without a pre-tokenizer** (Llama 2, Mistral): the normalizer only prepends
-//!   `▁` and replaces spaces, and no vocabulary entry contains `\n`, so no merge rule involves the `\n`
-//!   symbol and the BPE on either side of it is independent.
+//! * **SentencePiece-style BPE** (Llama 2, Mistral, Phi-3): the normalizer only prepends `▁` and replaces
+//!   spaces, the pre-tokenizer is none or a split at U+0020 (which finds nothing once spaces are `▁`), no
+//!   vocabulary entry contains `\n`, so no merge rule involves the `\n` symbol and the BPE on either side
+//!   of it is independent, and no added token contains `\n` (one ending at `p` would start a new segment
+//!   there, with its own `Prepend`, where the guard below puts a `\n` in front).
+//! * **SentencePiece-style BPE with line breaks as added tokens** (Gemma-3: `\n`, `\n\n`, … are
+//!   non-special added tokens without flags, and every added token holding a `\n` is such a run): added
+//!   tokens are cut out of the raw text first and each segment between them is normalized and encoded on
+//!   its own. No token holds `\n` and a letter, and the character before the `\n` at `p - 1` is not one,
+//!   so that `\n` is matched as the token `\n` alone, in the whole text and in the pieces alike: the
+//!   segments, hence the ids, are the same on both sides of `p`.
+//!
+//! Added tokens are matched before all of this, so none may hold `\n` followed by a letter (it could span
+//! `p`), and where a token that takes the whitespace beside it (`lstrip`, `rstrip`) would take the `\n`
+//! at `p - 1` (Phi-3's `</s>` right before it: `x</s>\nabc` is `[921, 2, 25638]` whole, the `\n` swallowed
+//! and `abc` a new segment with its own `▁`; cut after the `\n` it was `[921, 2, 10736]`), `p` is not a
+//! hard boundary: not where the text before the `\n` ends with an `rstrip` token's content, nor where the
+//! text from `p` starts with an `lstrip` token's content. Stripping reaches no further: it stops at the
+//! visible character before the `\n` and at the letter after it.
 //!
 //! What left context there is (Mistral's `Prepend("▁")` applies only at the start of the text) is given to
 //! every piece but the first by a *guard*: the piece is encoded as `"\n" + piece`, and the ids of `"\n"`
 //! alone are checked and stripped from the front. A tokenizer outside these families is never cut;
-//! `tests/chunking.rs` checks cut against whole encodings for all four reference tokenizers.
+//! `tests/chunking.rs` checks cut against whole encodings for all four reference tokenizers,
+//! `tests/tokenizer_fixtures.rs` for Phi-3 and Gemma-3.
 
 use serde_json::Value;
 
@@ -46,6 +63,10 @@ const KNOWN_SPLIT_PATTERNS: [&str; 2] = [
 #[derive(Clone, Debug)]
 pub struct Chunker {
     chunk_bytes: usize,
+    /// Contents of the added tokens with `lstrip`: no cut right before one.
+    lstrip: Vec<Box<[u8]>>,
+    /// Contents of the added tokens with `rstrip`: no cut after one and a `\n`.
+    rstrip: Vec<Box<[u8]>>,
 }
 
 impl Chunker {
@@ -57,18 +78,35 @@ impl Chunker {
 
     /// As [`Chunker::for_tokenizer`], with another piece size (tests use small ones).
     pub fn with_chunk_bytes(tokenizer_json: &Value, chunk_bytes: usize) -> Option<Self> {
+        let added_tokens = &tokenizer_json["added_tokens"];
         let supported = match (
             &tokenizer_json["normalizer"],
             &tokenizer_json["pre_tokenizer"],
         ) {
             (Value::Null, pre) => regex_family(pre),
-            (normalizer, Value::Null) => {
-                sentencepiece_normalizer(normalizer) && newline_free_bpe(&tokenizer_json["model"])
+            (normalizer, pre)
+                if sentencepiece_normalizer(normalizer) && splits_nothing(pre, normalizer) =>
+            {
+                tokenizer_json["model"]["type"] == "BPE"
+                    && (newline_free_bpe(&tokenizer_json["model"])
+                        && no_added_token_holds_a_newline(added_tokens)
+                        || newlines_are_plain_added_tokens(added_tokens))
             }
             _ => false,
-        } && no_added_token_spans_a_boundary(&tokenizer_json["added_tokens"]);
-        supported.then_some(Self {
+        } && no_added_token_spans_a_boundary(added_tokens);
+        let stripping = |flag: &str| -> Vec<Box<[u8]>> {
+            added_tokens
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|token| token[flag] == true)
+                .filter_map(|token| Some(token["content"].as_str()?.as_bytes().into()))
+                .collect()
+        };
+        supported.then(|| Self {
             chunk_bytes: chunk_bytes.max(1),
+            lstrip: stripping("lstrip"),
+            rstrip: stripping("rstrip"),
         })
     }
 
@@ -97,7 +135,7 @@ impl Chunker {
         while from < bytes.len() {
             let newline = from + bytes[from..].iter().position(|&b| b == b'\n')?;
             let cut = newline + 1;
-            if is_hard_boundary(bytes, cut) {
+            if self.is_hard_boundary(bytes, cut) {
                 return Some(cut);
             }
             from = cut;
@@ -106,31 +144,61 @@ impl Chunker {
     }
 }
 
-/// Whether `p` is a hard boundary (see the module documentation). `\n` and ASCII bytes never occur inside
-/// a multi-byte UTF-8 character, so `p` is a character boundary.
-fn is_hard_boundary(bytes: &[u8], p: usize) -> bool {
-    p >= 2
-        && p < bytes.len()
-        && bytes[p - 1] == b'\n'
-        && bytes[p - 2].is_ascii_graphic()
-        && bytes[p].is_ascii_alphabetic()
+impl Chunker {
+    /// Whether `p` is a hard boundary (see the module documentation). `\n` and ASCII bytes never occur
+    /// inside a multi-byte UTF-8 character, so `p` is a character boundary.
+    fn is_hard_boundary(&self, bytes: &[u8], p: usize) -> bool {
+        p >= 2
+            && p < bytes.len()
+            && bytes[p - 1] == b'\n'
+            && bytes[p - 2].is_ascii_graphic()
+            && bytes[p].is_ascii_alphabetic()
+            && !self.rstrip.iter().any(|c| bytes[..p - 1].ends_with(c))
+            && !self.lstrip.iter().any(|c| bytes[p..].starts_with(c))
+    }
 }
 
 /// Added tokens are matched before pre-tokenization, so one holding `\n` followed by a letter could span a
-/// cut, and one that takes the whitespace beside it (`lstrip`, `rstrip`) could take the `\n` before a cut
-/// from the next piece (issue 18: Phi-3's `</s>`); a tokenizer with such a token is never cut.
+/// cut; a tokenizer with such a token is never cut.
 fn no_added_token_spans_a_boundary(added_tokens: &Value) -> bool {
     added_tokens.as_array().is_none_or(|tokens| {
         tokens.iter().all(|token| {
-            token["lstrip"] != true
-                && token["rstrip"] != true
-                && token["content"].as_str().is_none_or(|c| {
-                    !c.as_bytes()
-                        .windows(2)
-                        .any(|w| w[0] == b'\n' && w[1].is_ascii_alphabetic())
-                })
+            token["content"].as_str().is_none_or(|c| {
+                !c.as_bytes()
+                    .windows(2)
+                    .any(|w| w[0] == b'\n' && w[1].is_ascii_alphabetic())
+            })
         })
     })
+}
+
+fn no_added_token_holds_a_newline(added_tokens: &Value) -> bool {
+    added_tokens.as_array().is_none_or(|tokens| {
+        tokens
+            .iter()
+            .all(|token| token["content"].as_str().is_some_and(|c| !c.contains('\n')))
+    })
+}
+
+/// Whether `\n` is a non-special added token matched in the raw text and every added token holding a
+/// `\n` is a run of them, without flags (Gemma-3).
+fn newlines_are_plain_added_tokens(added_tokens: &Value) -> bool {
+    let plain = |token: &Value| {
+        ["special", "normalized", "lstrip", "rstrip", "single_word"]
+            .iter()
+            .all(|flag| token[*flag] == false)
+    };
+    let Some(tokens) = added_tokens.as_array() else {
+        return false;
+    };
+    tokens
+        .iter()
+        .any(|token| token["content"] == "\n" && plain(token))
+        && tokens.iter().all(|token| {
+            token["content"]
+                .as_str()
+                .is_some_and(|c| !c.contains('\n') || c.bytes().all(|b| b == b'\n') && plain(token))
+        })
 }
 
 fn regex_family(pre_tokenizer: &Value) -> bool {
@@ -158,16 +226,34 @@ fn regex_family(pre_tokenizer: &Value) -> bool {
     }
 }
 
+/// `Prepend("▁")` and `Replace(" ", "▁")` steps, in a sequence or a `Replace` alone.
 fn sentencepiece_normalizer(normalizer: &Value) -> bool {
+    let step = |step: &Value| match step["type"].as_str() {
+        Some("Prepend") => step["prepend"] == "\u{2581}",
+        Some("Replace") => step["pattern"]["String"] == " " && step["content"] == "\u{2581}",
+        _ => false,
+    };
+    if normalizer["type"] == "Replace" {
+        return step(normalizer);
+    }
     let Some(steps) = normalizer["normalizers"].as_array() else {
         return false;
     };
-    normalizer["type"] == "Sequence"
-        && steps.iter().all(|step| match step["type"].as_str() {
-            Some("Prepend") => step["prepend"] == "\u{2581}",
-            Some("Replace") => step["pattern"]["String"] == " " && step["content"] == "\u{2581}",
-            _ => false,
-        })
+    normalizer["type"] == "Sequence" && steps.iter().all(step)
+}
+
+/// No pre-tokenizer, or a split at U+0020 (not inverted), which finds nothing once `normalizer` (a
+/// [`sentencepiece_normalizer`]) has replaced every space (Gemma-3's `Split(" ", MergedWithPrevious)`).
+fn splits_nothing(pre_tokenizer: &Value, normalizer: &Value) -> bool {
+    let replaces = normalizer["type"] == "Replace"
+        || normalizer["normalizers"]
+            .as_array()
+            .is_some_and(|steps| steps.iter().any(|s| s["type"] == "Replace"));
+    pre_tokenizer.is_null()
+        || replaces
+            && pre_tokenizer["type"] == "Split"
+            && pre_tokenizer["pattern"]["String"] == " "
+            && pre_tokenizer["invert"] == false
 }
 
 fn newline_free_bpe(model: &Value) -> bool {
@@ -234,10 +320,15 @@ mod tests {
         assert!(Chunker::for_tokenizer(&added_across).is_none());
         added_across["added_tokens"] = serde_json::json!([{"id": 7, "content": "<|im_start|>"}]);
         assert!(Chunker::for_tokenizer(&added_across).is_some());
-        for strip in ["lstrip", "rstrip"] {
-            added_across["added_tokens"] =
-                serde_json::json!([{"id": 2, "content": "</s>", strip: true}]);
-            assert!(Chunker::for_tokenizer(&added_across).is_none(), "{strip}");
-        }
+        // A stripping token is no reason to refuse, but no cut is made where it would strip the `\n`.
+        added_across["added_tokens"] = serde_json::json!([
+            {"id": 2, "content": "</s>", "rstrip": true},
+            {"id": 3, "content": "ab", "lstrip": true},
+        ]);
+        let chunker = Chunker::with_chunk_bytes(&added_across, 1).unwrap();
+        assert_eq!(
+            chunker.pieces("a.\nb</s>\nc.\nabd.\nxe"),
+            ["a.\n", "b</s>\nc.\nabd.\n", "xe"]
+        );
     }
 }

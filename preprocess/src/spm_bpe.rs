@@ -1,7 +1,17 @@
-//! A fast, exact encoder for SentencePiece-style BPE `tokenizer.json`s (Mistral-7B, Llama-2: a BPE model
-//! with byte fallback, the normalizer `Prepend("▁")` + `Replace(" ", "▁")`, no pre-tokenizer).
+//! A fast, exact encoder for SentencePiece-style BPE `tokenizer.json`s: a BPE model with byte fallback,
+//! the normalizer `Prepend("▁")` + `Replace(" ", "▁")` (Mistral-7B, Llama-2, Phi-3) or `Replace(" ", "▁")`
+//! alone (Gemma-3), no pre-tokenizer or one that cannot cut the normalized text, and non-special added
+//! tokens cut out first ([`crate::added`]: Phi-3's `</s>` with `rstrip`, Gemma-3's 6,406).
 //!
-//! The `tokenizers` crate runs BPE over a whole document as one word. Here the normalized text is cut
+//! As the `tokenizers` crate does, each segment of text between added tokens is normalized on its own: a
+//! `Prepend("▁")` applies again to the text after an added token (`x</s>\nabc` is `▁x`, `</s>\n`, `▁abc`).
+//! Gemma-3's pre-tokenizer, `Split(String " ", MergedWithPrevious)`, splits at U+0020; it sees the
+//! normalized text, where `Replace` has made every U+0020 a `▁`, so it finds nothing and (with
+//! `invert: false`, whatever the behaviour) leaves each segment whole. Added tokens are matched before the
+//! normalizer (`normalized: false`), so Gemma-3's `▁▁` runs match a literal `▁▁` in the text but not two
+//! spaces (those become `▁▁` only after; BPE then finds the same pieces anyway).
+//!
+//! The `tokenizers` crate runs BPE over a whole segment as one word. Here the normalized text is cut
 //! where no merge can ever join: between two characters that appear next to each other in no token of
 //! the vocabulary (a merge across that point would make a token containing them). Merges never cross a
 //! cut, and merges on either side never touch the same symbols, so BPE over each piece, in rank order,
@@ -12,8 +22,9 @@
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
+use crate::added::{AddedTokens, Segment, ids_as_loaded};
 pub use crate::bpe::Cache;
-use crate::bpe::{Merges, plain_bpe};
+use crate::bpe::{Merges, plain_bpe_model};
 
 /// The encoder (immutable, shared by threads); each thread keeps its own [`Cache`].
 #[derive(Debug)]
@@ -25,6 +36,10 @@ pub struct SentencePieceBpe {
     joinable: HashSet<(char, char)>,
     /// The same for pairs of ASCII characters and `▁` (most of any text), as a bit matrix.
     joinable_small: Box<[u64]>,
+    /// Whether the normalizer prepends `▁` to each segment (not Gemma-3's).
+    prepends: bool,
+    /// The non-special added tokens, if any.
+    added: Option<AddedTokens>,
 }
 
 const SPACE: char = '\u{2581}';
@@ -57,23 +72,14 @@ impl SentencePieceBpe {
     /// `None` otherwise.
     pub fn from_json(json: &serde_json::Value) -> Option<Self> {
         let model = &json["model"];
-        if !plain_bpe(json)
+        if !plain_bpe_model(model)
             || model["byte_fallback"] != true
             || model.get("ignore_merges").is_some_and(|v| v != false)
-            || !json["pre_tokenizer"].is_null()
+            || !Self::keeps_segments_whole(&json["pre_tokenizer"])
         {
             return None;
         }
-        let normalizers = json["normalizer"]["normalizers"].as_array()?;
-        let expected = serde_json::json!([
-            {"type": "Prepend", "prepend": "\u{2581}"},
-            {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}
-        ]);
-        if json["normalizer"]["type"] != "Sequence"
-            || serde_json::Value::Array(normalizers.clone()) != expected
-        {
-            return None;
-        }
+        let prepends = Self::prepends(&json["normalizer"])?;
         let vocab: HashMap<&str, u32> = model["vocab"]
             .as_object()?
             .iter()
@@ -104,35 +110,114 @@ impl SentencePieceBpe {
         {
             return None;
         }
+        let added = AddedTokens::from_json(&json["added_tokens"])?;
+        if !ids_as_loaded(&json["added_tokens"], vocab.len(), |t| {
+            vocab.get(t).copied()
+        }) {
+            return None;
+        }
         Some(Self {
             char_ids,
             merges,
             byte_ids,
             joinable_small: joinable_small(&joinable),
             joinable,
+            prepends,
+            added,
         })
+    }
+
+    /// Whether `normalizer` is `Prepend("▁")` + `Replace(" ", "▁")` (`Some(true)`) or `Replace(" ", "▁")`
+    /// alone (`Some(false)`).
+    fn prepends(normalizer: &serde_json::Value) -> Option<bool> {
+        let replace = serde_json::json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
+        let prepend = serde_json::json!({"type": "Prepend", "prepend": "\u{2581}"});
+        if *normalizer == replace {
+            return Some(false);
+        }
+        match normalizer["normalizers"].as_array().map(Vec::as_slice) {
+            Some([first, second])
+                if normalizer["type"] == "Sequence" && *first == prepend && *second == replace =>
+            {
+                Some(true)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether `pre_tokenizer` is none, or a split at U+0020 (not inverted), which never cuts text the
+    /// normalizer has replaced every U+0020 of.
+    fn keeps_segments_whole(pre_tokenizer: &serde_json::Value) -> bool {
+        pre_tokenizer.is_null()
+            || pre_tokenizer["type"] == "Split"
+                && pre_tokenizer["pattern"] == serde_json::json!({"String": " "})
+                && pre_tokenizer["invert"] == false
+                && [
+                    "Removed",
+                    "Isolated",
+                    "MergedWithPrevious",
+                    "MergedWithNext",
+                    "Contiguous",
+                ]
+                .iter()
+                .any(|b| pre_tokenizer["behavior"] == *b)
     }
 
     /// Appends the ids of `text` (no special tokens) to `out`.
     pub fn encode(&self, text: &str, cache: &mut Cache, out: &mut Vec<u32>) {
-        let normalized = Self::normalize(text);
-        let mut lookup = cache.lookup(&normalized, out, |piece, out| self.bpe(piece, out));
-        self.cut(&normalized, |piece| lookup.push(piece));
+        let mut normalized = String::new();
+        let Some(added) = &self.added else {
+            self.encode_segment(text, &mut normalized, cache, out);
+            return;
+        };
+        added.split(text, |segment| match segment {
+            Segment::Text(text) => self.encode_segment(text, &mut normalized, cache, out),
+            Segment::Token(id) => out.push(id),
+        });
+    }
+
+    /// Appends the ids of `text`, a segment without added tokens; `normalized` is scratch space.
+    fn encode_segment(
+        &self,
+        text: &str,
+        normalized: &mut String,
+        cache: &mut Cache,
+        out: &mut Vec<u32>,
+    ) {
+        self.normalize(text, normalized);
+        let mut lookup = cache.lookup(normalized, out, |piece, out| self.bpe(piece, out));
+        self.cut(normalized, |piece| lookup.push(piece));
         lookup.finish();
     }
 
-    /// Calls `piece` with each piece of the normalized `text`, in order.
-    pub fn split(&self, text: &str, piece: impl FnMut(&str)) {
-        self.cut(&Self::normalize(text), piece);
+    /// Calls `piece` with each piece of the normalized `text`, in order (an added token is not a piece).
+    pub fn split(&self, text: &str, mut piece: impl FnMut(&str)) {
+        let mut normalized = String::new();
+        let mut segment = |text: &str| {
+            self.normalize(text, &mut normalized);
+            self.cut(&normalized, &mut piece);
+        };
+        match &self.added {
+            None => segment(text),
+            Some(added) => added.split(text, |s| {
+                if let Segment::Text(text) = s {
+                    segment(text);
+                }
+            }),
+        }
     }
 
-    /// `▁` before the text and for every space (nothing for an empty text).
-    fn normalize(text: &str) -> String {
+    /// Into `normalized`: `▁` before the text (if the normalizer prepends it) and for every space;
+    /// nothing for an empty text.
+    fn normalize(&self, text: &str, normalized: &mut String) {
+        normalized.clear();
         if text.is_empty() {
-            return String::new();
+            return;
         }
-        let mut normalized = String::with_capacity(text.len() + text.len() / 4 + 3);
-        normalized.push(SPACE);
+        normalized.reserve(text.len() + text.len() / 4 + 3);
+        if self.prepends {
+            normalized.push(SPACE);
+        }
         let mut start = 0;
         for (at, &b) in text.as_bytes().iter().enumerate() {
             if b == b' ' {
@@ -142,7 +227,6 @@ impl SentencePieceBpe {
             }
         }
         normalized.push_str(&text[start..]);
-        normalized
     }
 
     #[inline]

@@ -43,15 +43,16 @@ macro_rules! fixture_tests {
 
 const CL100K_SPLIT: Option<&str> = Some("byte-level BPE, Cl100k { max_digits: 3 } split");
 const QWEN_SPLIT: Option<&str> = Some("byte-level BPE, Cl100k { max_digits: 1 } split");
+const SENTENCEPIECE: Option<&str> = Some("SentencePiece-style BPE");
 
 fixture_tests! {
     qwen3_ids_equal_the_reference: "qwen3" => (QWEN_SPLIT, false),
     gpt_oss_ids_equal_the_reference: "gpt-oss" => (None, false),
     gpt_4o_ids_equal_the_reference: "gpt-4o" => (None, false),
     deepseek_v3_ids_equal_the_reference: "deepseek-v3" => (None, false),
-    gemma_3_ids_equal_the_reference: "gemma-3" => (None, false),
+    gemma_3_ids_equal_the_reference: "gemma-3" => (SENTENCEPIECE, true),
     llama_3_ids_equal_the_reference: "llama-3" => (CL100K_SPLIT, true),
-    phi_3_ids_equal_the_reference: "phi-3" => (None, false),
+    phi_3_ids_equal_the_reference: "phi-3" => (SENTENCEPIECE, true),
     bert_base_uncased_ids_equal_the_reference: "bert-base-uncased" => (None, false),
 }
 
@@ -369,22 +370,17 @@ fn every_tokenizer_fixture_has_a_test() {
 
 /// Issue 18: Phi-3's non-special `</s>` takes the whitespace after it (`rstrip`), so a cut after `</s>\n`
 /// would change the ids of the next piece (its text would be a new segment, normalized with a `▁` in
-/// front); tokenizers with such added tokens are encoded whole.
+/// front); `chunk.rs` makes no cut there.
 #[test]
 fn phi_3_is_not_cut_after_an_added_token_that_takes_the_line_break() {
     let path = tokenizers_dir().join("phi-3/tokenizer.json");
-    let err = TextEncoder::load_with_chunk_bytes(&path, BosPolicy::Never, 1).unwrap_err();
-    assert!(
-        format!("{err:#}").contains("not a tokenizer whose documents can be cut"),
-        "{err:#}"
-    );
+    let cut = TextEncoder::load_with_chunk_bytes(&path, BosPolicy::Never, 1).unwrap();
     let mut ids = Vec::new();
-    TextEncoder::load(&path, BosPolicy::Never, false, false)
-        .unwrap()
-        .encode("x</s>\nabc", &mut ids)
-        .unwrap();
+    cut.encode("x</s>\nabc", &mut ids).unwrap();
     // The Python library's ids: `x`, `</s>` (with the `\n`), `▁abc`.
     assert_eq!(ids, [921, 2, 25638]);
+    cut.encode("x.\nabc", &mut ids).unwrap();
+    assert_eq!(ids, [921, 29889, 13, 10736], "cut after the line break");
 }
 
 /// Random text for Qwen3's pipeline: combining marks and precomposed letters (NFC composes, reorders and
@@ -448,5 +444,173 @@ proptest::proptest! {
         ours.encode(&text, &mut ids).unwrap();
         let want = theirs.encode_fast(text.as_str(), false).unwrap();
         proptest::prop_assert_eq!(&ids, want.get_ids());
+    }
+}
+
+/// Random text for the SentencePiece-style pipelines (Phi-3, Gemma-3): the added tokens' strings glued
+/// into text, with fragments and special-token strings (text); runs of 1–40 spaces, line breaks, tabs,
+/// `▁` and mixes of them (Gemma-3's added runs, Phi-3's `rstrip`), other Unicode whitespace; characters
+/// with no piece of their own (byte fallback: rare scripts, emoji); leading and trailing spaces.
+fn sentencepiece_text(
+    tokens: Vec<&'static str>,
+) -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let pieces = prop_oneof![
+        prop::sample::select(tokens).prop_map(str::to_owned),
+        "[a-zA-Z]{1,8}",
+        "[0-9]{1,4}",
+        "[ ]{1,40}",
+        "[\n]{1,40}",
+        "[\t]{1,40}",
+        "[\u{2581}]{1,40}",
+        "[ \n\t\r\u{2581}]{1,40}",
+        "[\u{3000}\u{a0}\u{85}\u{2028}\u{200b}\u{feff}\x0b\x0c]{1,3}",
+        "[.,;:!?'\"()\\[\\]{}<>/|=_-]{1,3}",
+        "['\u{2019}][sStTdD]{1,2}",
+        "[\u{e0}-\u{ff}\u{3b1}-\u{3c9}\u{430}-\u{44f}\u{4e00}-\u{4e40}\u{ac00}-\u{ac20}\u{300}-\u{36f}]{1,4}",
+        "[\u{1680}-\u{169c}\u{a500}-\u{a52b}\u{10900}-\u{1091b}\u{1f300}-\u{1f64f}\u{1f900}-\u{1f9ff}]{1,3}",
+        any::<char>().prop_map(String::from),
+    ];
+    prop::collection::vec(pieces, 0..24).prop_map(|p| p.concat())
+}
+
+/// The fast path's ids and the `tokenizers` crate's for `text`, both without the post-processor's.
+fn both_ids(name: &str, text: &str) -> (Vec<u32>, Vec<u32>) {
+    type Pair = std::sync::Arc<(TextEncoder, tokenizers::Tokenizer)>;
+    static LOADED: OnceLock<std::sync::Mutex<Vec<(String, Pair)>>> = OnceLock::new();
+    let loaded = {
+        let mut all = LOADED.get_or_init(Default::default).lock().unwrap();
+        if let Some((_, pair)) = all.iter().find(|(n, _)| n == name) {
+            pair.clone()
+        } else {
+            let path = tokenizers_dir().join(name).join("tokenizer.json");
+            let ours = TextEncoder::load(&path, BosPolicy::Never, false, false).unwrap();
+            assert_eq!(ours.fast_path().as_deref(), SENTENCEPIECE, "{name}");
+            let mut theirs = tokenizers::Tokenizer::from_file(&path).unwrap();
+            theirs.set_encode_special_tokens(true);
+            let pair = std::sync::Arc::new((ours, theirs));
+            all.push((name.to_owned(), pair.clone()));
+            pair
+        }
+    };
+    let (ours, theirs) = &*loaded;
+    let mut ids = Vec::new();
+    ours.encode(text, &mut ids).unwrap();
+    (
+        ids,
+        theirs.encode_fast(text, false).unwrap().get_ids().to_vec(),
+    )
+}
+
+/// Spot checks of what the module documentation of `spm_bpe` says the `tokenizers` crate does.
+#[test]
+fn sentencepiece_added_tokens_cut_the_text_as_the_tokenizers_crate_does() {
+    for text in [
+        "x</s>\nabc",
+        "x</s>",
+        "</s>abc",
+        " </s>  abc",
+        "a</s> </s>b",
+        "x <|end|>  y",
+    ] {
+        let (ours, theirs) = both_ids("phi-3", text);
+        assert_eq!(ours, theirs, "phi-3 {text:?}");
+    }
+    // The Python library's ids: `x`, `</s>` with the line break, `▁abc` (a new segment: `▁` again).
+    assert_eq!(both_ids("phi-3", "x</s>\nabc").0, [921, 2, 25638]);
+    for text in [
+        "a  b",
+        "a\u{2581}\u{2581}b",
+        "a\n\n\nb",
+        "  lead",
+        "trail  ",
+        "<unused5>x<bos>y<mask>",
+    ] {
+        let (ours, theirs) = both_ids("gemma-3", text);
+        assert_eq!(ours, theirs, "gemma-3 {text:?}");
+    }
+    assert_eq!(
+        both_ids("gemma-3", "<unused5>x<bos>y<mask>").0,
+        [11, 236_781, 236_820, 46757, 236_813, 236_762, 4]
+    );
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+    #[test]
+    fn phi_3_fast_path_gives_the_ids_of_the_tokenizers_crate(text in sentencepiece_text(vec![
+        "</s>", "<s>", "<unk>", "<|endoftext|>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>",
+        "</s", "</", "<|", "|>", "<", ">", "s>",
+    ])) {
+        let (ours, theirs) = both_ids("phi-3", &text);
+        proptest::prop_assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn gemma_3_fast_path_gives_the_ids_of_the_tokenizers_crate(text in sentencepiece_text(vec![
+        "<unused0>", "<unused99>", "<unused6241>", "<unused6242>", "<mask>", "[multimodal]", "<h1>",
+        "</h6>", "<table>", "</blockquote>", "<s>", "</s>", "<bos>", "<eos>", "<pad>", "<start_of_turn>",
+        "<end_of_turn>", "<image_soft_token>", "<start_of_image>", "<unused", "<unused1", "<h", "</", "<",
+        ">", "[multi", "\u{2581}", "\u{2581}\u{2581}",
+    ])) {
+        let (ours, theirs) = both_ids("gemma-3", &text);
+        proptest::prop_assert_eq!(ours, theirs);
+    }
+}
+
+/// Phi-3 and Gemma-3 cut into pieces of one byte (the `tokenizers` encoder with `chunk.rs`'s cuts) and
+/// encoded whole by the fast path.
+fn cut_and_whole_ids(name: &str, text: &str) -> (Vec<u32>, Vec<u32>) {
+    thread_local! {
+        static CUT: std::cell::RefCell<Vec<(String, TextEncoder, TextEncoder)>> = const {
+            std::cell::RefCell::new(Vec::new())
+        };
+    }
+    CUT.with(|loaded| {
+        let mut loaded = loaded.borrow_mut();
+        if !loaded.iter().any(|(n, _, _)| n == name) {
+            let path = tokenizers_dir().join(name).join("tokenizer.json");
+            let whole = TextEncoder::load(&path, BosPolicy::Tokenizer, false, false).unwrap();
+            let cut = TextEncoder::load_with_chunk_bytes(&path, BosPolicy::Tokenizer, 1).unwrap();
+            loaded.push((name.to_owned(), whole, cut));
+        }
+        let (_, whole, cut) = loaded.iter().find(|(n, _, _)| n == name).unwrap();
+        let (mut whole_ids, mut cut_ids) = (Vec::new(), Vec::new());
+        whole.encode(text, &mut whole_ids).unwrap();
+        cut.encode(text, &mut cut_ids).unwrap();
+        (cut_ids, whole_ids)
+    })
+}
+
+/// Text with many hard boundaries (a visible character, `\n`, a letter) next to what could break them.
+fn boundary_text(tokens: Vec<&'static str>) -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let pieces = prop_oneof![
+        4 => prop::sample::select(vec![".\na", "x\nThe", ">\nb", "\n", "\n\n", " \n", "\t", " ", "  "])
+            .prop_map(str::to_owned),
+        2 => prop::sample::select(tokens).prop_map(str::to_owned),
+        2 => "[a-zA-Z]{1,5}",
+        1 => "[.,!?<>]{1,2}",
+        1 => "[\u{2581}\u{e9}\u{65e5}\u{1f600}\u{3000}]{1,2}",
+    ];
+    prop::collection::vec(pieces, 0..40).prop_map(|p| p.concat())
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+    #[test]
+    fn phi_3_cut_at_hard_boundaries_keeps_the_ids(text in boundary_text(vec![
+        "</s>", "</s>\n", "<s>", "<|end|>", "<|end|>\n", "<|user|>",
+    ])) {
+        let (cut, whole) = cut_and_whole_ids("phi-3", &text);
+        proptest::prop_assert_eq!(cut, whole);
+    }
+
+    #[test]
+    fn gemma_3_cut_at_hard_boundaries_keeps_the_ids(text in boundary_text(vec![
+        "<unused7>", "<mask>", "<h1>", "</h1>\n", "<s>", "</s>\n", "<bos>", "<start_of_turn>", "\u{2581}\u{2581}",
+    ])) {
+        let (cut, whole) = cut_and_whole_ids("gemma-3", &text);
+        proptest::prop_assert_eq!(cut, whole);
     }
 }
