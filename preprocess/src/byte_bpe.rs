@@ -106,8 +106,8 @@ impl ByteLevelBpe {
         Self::split_pattern(&json["pre_tokenizer"]).is_some()
     }
 
-    /// The split pattern of a `ByteLevel` pre-tokenizer with GPT-2's regex, or of a `Split` (isolated)
-    /// followed by a `ByteLevel` without one; no prefix space in either.
+    /// The split pattern of a `ByteLevel` pre-tokenizer with GPT-2's regex, or of a `Split` (isolated,
+    /// or the same by [`isolates`]) followed by a `ByteLevel` without one; no prefix space in either.
     fn split_pattern(pre: &serde_json::Value) -> Option<Pattern> {
         let byte_level = |p: &serde_json::Value, regex: bool| {
             p["type"] == "ByteLevel" && p["add_prefix_space"] == false && p["use_regex"] == regex
@@ -119,8 +119,7 @@ impl ByteLevelBpe {
             [split, last]
                 if pre["type"] == "Sequence"
                     && split["type"] == "Split"
-                    && split["behavior"] == "Isolated"
-                    && split["invert"] == false
+                    && isolates(split)
                     && byte_level(last, false) =>
             {
                 Pattern::from_regex(split["pattern"]["Regex"].as_str()?)
@@ -169,6 +168,24 @@ impl ByteLevelBpe {
         }
         let symbols = piece.iter().map(|&b| self.byte_ids[usize::from(b)]);
         self.merges.merge_all(symbols, out);
+    }
+}
+
+/// Whether a `Split` pre-tokenizer with one of [`Pattern`]'s regexes keeps each match as its own piece.
+///
+/// `Isolated` (not inverted) does by definition. `Removed` with `invert: true` (GPT-4o's file) does too,
+/// for these regexes only: the `tokenizers` crate (`pre_tokenizers/split.rs`, `tokenizer/pattern.rs`)
+/// lists the matches and the gaps between them, `invert` flips which is which, and `Removed` drops the
+/// gaps then, keeping every match as a piece. Every regex [`Pattern`] scans matches at every character
+/// (a letter starts `[Lu Lt Lm Lo M]+` or `[Ll Lm Lo M]+`, or GPT-2's and cl100k's `\p{L}+`; a number
+/// `\p{N}`; whitespace `\s+`; any other character `[^\s\p{L}\p{N}]+`), so there are no gaps and
+/// nothing is dropped: the pieces are `Isolated`'s. ([`Pattern::split`] relies on the same fact: its
+/// pieces cover the text.) An empty text gives no piece either way.
+pub fn isolates(split: &serde_json::Value) -> bool {
+    match split["behavior"].as_str() {
+        Some("Isolated") => split["invert"] == false,
+        Some("Removed") => split["invert"] == true,
+        _ => false,
     }
 }
 

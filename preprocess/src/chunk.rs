@@ -11,12 +11,15 @@
 //! For the tokenizer families below no pre-token and no BPE merge spans such a `p`, and nothing left of
 //! `p` changes how the text right of it is split:
 //!
-//! * **Regex pre-tokenizers** (GPT-2's `ByteLevel` regex, the cl100k/Llama-3 pattern, Tekken's pattern).
-//!   No alternative matches `\n` followed by a letter (the optional prefix of a letter run excludes `\r\n`,
-//!   whitespace runs hold no letters, punctuation runs end in `[\r\n/]*`), none has a lookbehind, and
-//!   because the character before the `\n` is not whitespace, cutting the text after the `\n` cannot turn
-//!   `\s+(?!\S)` into a longer match. So the matches of `text[a..p]` and of `text[p..b]` are exactly the
-//!   matches of the whole text in those ranges.
+//! * **Regex pre-tokenizers** (GPT-2's `ByteLevel` regex, the cl100k/Llama-3 pattern, Tekken's pattern,
+//!   o200k's). No alternative matches `\n` followed by a letter (the optional prefix of a letter run
+//!   excludes `\r\n`, whitespace runs hold no letters, punctuation runs end in `[\r\n/]*` — the `/` of
+//!   Tekken's and o200k's cannot take the letter at `p` either — and o200k's optional contraction after a
+//!   letter run is an apostrophe and letters), none has a lookbehind, and because the character before
+//!   the `\n` is not whitespace, cutting the text after the `\n` cannot turn `\s+(?!\S)` into a longer
+//!   match. Every greedy run that reaches the `\n` (`[\r\n/]*`, `\s*[\r\n]+`, `\s+`) stops at `p`
+//!   in the whole text, at the letter, as it does at the end of the cut text. So the matches of
+//!   `text[a..p]` and of `text[p..b]` are exactly the matches of the whole text in those ranges.
 //! * **SentencePiece-style BPE** (Llama 2, Mistral, Phi-3): the normalizer only prepends `▁` and replaces
 //!   spaces, the pre-tokenizer is none or a split at U+0020 (which finds nothing once spaces are `▁`), no
 //!   vocabulary entry contains `\n`, so no merge rule involves the `\n` symbol and the BPE on either side
@@ -41,7 +44,7 @@
 //! every piece but the first by a *guard*: the piece is encoded as `"\n" + piece`, and the ids of `"\n"`
 //! alone are checked and stripped from the front. A tokenizer outside these families is never cut;
 //! `tests/chunking.rs` checks cut against whole encodings for all four reference tokenizers,
-//! `tests/tokenizer_fixtures.rs` for Phi-3 and Gemma-3.
+//! `tests/tokenizer_fixtures.rs` for Phi-3, Gemma-3, gpt-oss and GPT-4o.
 
 use serde_json::Value;
 
@@ -52,11 +55,13 @@ pub const CHUNK_BYTES: usize = 1 << 20;
 pub const GUARD: &str = "\n";
 
 /// Pre-tokenizer regexes whose boundary behaviour the module documentation argues for.
-const KNOWN_SPLIT_PATTERNS: [&str; 2] = [
+const KNOWN_SPLIT_PATTERNS: [&str; 3] = [
     // cl100k_base, Llama 3.
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
     // Tekken.
     r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    // o200k: GPT-4o, gpt-oss.
+    crate::pretok::O200K,
 ];
 
 /// Cuts long documents at hard boundaries; exists only for tokenizers of a family known to allow it.
@@ -215,8 +220,7 @@ fn regex_family(pre_tokenizer: &Value) -> bool {
         (Some("Sequence"), Some(steps)) if steps.len() == 2 => {
             let split = &steps[0];
             split["type"] == "Split"
-                && split["behavior"] == "Isolated"
-                && split["invert"] == false
+                && crate::byte_bpe::isolates(split)
                 && split["pattern"]["Regex"]
                     .as_str()
                     .is_some_and(|p| KNOWN_SPLIT_PATTERNS.contains(&p))

@@ -1,9 +1,10 @@
 //! Hand-written scanners for the split regexes of byte-level BPE tokenizers, giving exactly the pieces
 //! that Oniguruma (the `tokenizers` crate's regex engine) finds with the pattern.
 //!
-//! Three families are implemented, recognised by their exact pattern text ([`Pattern::from_regex`]):
+//! Four families are implemented, recognised by their exact pattern text ([`Pattern::from_regex`]):
 //! GPT-2's (also the `ByteLevel` pre-tokenizer's own), cl100k / Llama-3's (`\p{N}{1,3}`) with its
-//! Qwen-2 variant (`\p{N}`), and tekken's (o200k style, with cased letter classes). Each alternative
+//! Qwen-2 variant (`\p{N}`), tekken's (cased letter classes), and o200k's (GPT-4o, gpt-oss: tekken's
+//! letter runs, each followed by an optional contraction, and cl100k's digits). Each alternative
 //! of the pattern is a branch below, tried in the pattern's order; the comments give the alternative.
 //! The backtracking of a regex engine reduces to a few closed forms, derived at each branch.
 //!
@@ -37,6 +38,10 @@ pub const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|
 /// tekken's pattern.
 pub const TEKKEN: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// o200k's pattern (GPT-4o, gpt-oss): tekken's letter branches each followed by an optional
+/// case-insensitive contraction, and up to three digits per piece.
+pub const O200K: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// A split pattern this module scans by hand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pattern {
@@ -49,6 +54,8 @@ pub enum Pattern {
     },
     /// [`TEKKEN`].
     Tekken,
+    /// [`O200K`].
+    O200k,
 }
 
 impl Pattern {
@@ -59,6 +66,7 @@ impl Pattern {
             CL100K => Some(Self::Cl100k { max_digits: 3 }),
             QWEN2 => Some(Self::Cl100k { max_digits: 1 }),
             TEKKEN => Some(Self::Tekken),
+            O200K => Some(Self::O200k),
             _ => None,
         }
     }
@@ -76,6 +84,7 @@ impl Pattern {
                 Self::Gpt2 => scan.gpt2(at),
                 Self::Cl100k { max_digits } => scan.cl100k(at, max_digits),
                 Self::Tekken => scan.tekken(at),
+                Self::O200k => scan.o200k(at),
             };
             debug_assert!(end > at, "every character starts a match");
             piece(&text[at..end]);
@@ -448,6 +457,55 @@ impl Scan<'_> {
         self.spaces_to_newline(at)
             .unwrap_or_else(|| self.spaces(at))
     }
+
+    /// o200k: tekken's branches, with `(?i:'s|'t|'re|'ve|'m|'ll|'d)?` after each letter branch and
+    /// `\p{N}{1,3}` for `\p{N}`.
+    #[inline(always)]
+    fn o200k(&self, at: usize) -> usize {
+        let (class, len) = self.at(at);
+        // The contraction is optional and ends its alternative, so no later part can fail and make the
+        // engine backtrack into the letters: the letters match as in tekken, then the contraction is
+        // taken if it is there.
+        let lead = class & (NEWLINE | LETTER | NUMBER) == 0;
+        for cased in [Self::cased_lower, Self::cased_upper] {
+            let letters = if lead && let Some(end) = cased(self, at + len) {
+                Some(end)
+            } else {
+                cased(self, at)
+            };
+            if let Some(end) = letters {
+                return if self.bytes.get(end) == Some(&b'\'') {
+                    self.contraction(end, true).unwrap_or(end)
+                } else {
+                    end
+                };
+            }
+        }
+        // \p{N}{1,3}
+        if class & NUMBER != 0 {
+            return self.digits(at, 3);
+        }
+        // ` ?[^\s\p{L}\p{N}]+[\r\n/]*`
+        if let Some(end) = self.punctuation(at, |c| matches!(c, b'\r' | b'\n' | b'/')) {
+            return end;
+        }
+        // \s*[\r\n]+, then \s+(?!\S)|\s+
+        self.spaces_to_newline(at)
+            .unwrap_or_else(|| self.spaces(at))
+    }
+
+    /// `\p{N}{1,max}` at the number at `at`.
+    fn digits(&self, at: usize, max_digits: usize) -> usize {
+        let mut end = at;
+        for _ in 0..max_digits {
+            let (class, len) = self.at(end);
+            if len == 0 || class & NUMBER == 0 {
+                break;
+            }
+            end += len;
+        }
+        end
+    }
 }
 
 #[cfg(test)]
@@ -514,6 +572,26 @@ mod tests {
                     "{pattern:?} on {text:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn o200k_takes_a_contraction_after_either_letter_branch() {
+        assert_eq!(Pattern::from_regex(O200K), Some(Pattern::O200k));
+        let texts = [
+            "HELLO'S World'LL don'tcha I'ſ x'Re ǅ'd can'T we'VE 'll 'S",
+            "ÉCOLE'S École'st eCOLE'm ǅungla'll 𝐀𝐛'd a\u{301}'s \u{301}'t ʰ'RE",
+            "x'  y'\n z'1 ''s a''t A'l'l",
+            "1234567 ١٢٣٤٥ ⅫⅢⅣⅤ 12'.3",
+            "a.\n/b !/\n/ ?//x :\r\n\r\n/y a/b",
+            "   \n\t x  \r\n  y \u{3000}\n",
+        ];
+        for text in texts {
+            assert_eq!(
+                pieces(Pattern::O200k, text),
+                oniguruma(O200K, text),
+                "{text:?}"
+            );
         }
     }
 

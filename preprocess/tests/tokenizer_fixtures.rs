@@ -17,9 +17,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use flame_preprocess::pretok::{self, Pattern};
 use flame_preprocess::source::{open_reader, resolve_inputs};
 use flame_preprocess::tokenize::{BosPolicy, TextEncoder};
 use sha2::{Digest, Sha256};
+use tokenizers::utils::SysRegex;
 
 use crate::util::{repo_root, shared};
 
@@ -44,11 +46,12 @@ macro_rules! fixture_tests {
 const CL100K_SPLIT: Option<&str> = Some("byte-level BPE, Cl100k { max_digits: 3 } split");
 const QWEN_SPLIT: Option<&str> = Some("byte-level BPE, Cl100k { max_digits: 1 } split");
 const SENTENCEPIECE: Option<&str> = Some("SentencePiece-style BPE");
+const O200K_SPLIT: Option<&str> = Some("byte-level BPE, O200k split");
 
 fixture_tests! {
     qwen3_ids_equal_the_reference: "qwen3" => (QWEN_SPLIT, false),
-    gpt_oss_ids_equal_the_reference: "gpt-oss" => (None, false),
-    gpt_4o_ids_equal_the_reference: "gpt-4o" => (None, false),
+    gpt_oss_ids_equal_the_reference: "gpt-oss" => (O200K_SPLIT, true),
+    gpt_4o_ids_equal_the_reference: "gpt-4o" => (O200K_SPLIT, true),
     deepseek_v3_ids_equal_the_reference: "deepseek-v3" => (None, false),
     gemma_3_ids_equal_the_reference: "gemma-3" => (SENTENCEPIECE, true),
     llama_3_ids_equal_the_reference: "llama-3" => (CL100K_SPLIT, true),
@@ -474,6 +477,39 @@ fn sentencepiece_text(
     prop::collection::vec(pieces, 0..24).prop_map(|p| p.concat())
 }
 
+/// Random text for o200k's split: letters of every case class (`Lu`, `Ll`, `Lt` such as `ǅ`, `Lm` such
+/// as `ʰ`, `Lo`) and marks in mixed order, apostrophes before contractions in odd cases and folds (`'S`,
+/// `'ſ`, `'LL`, `'rE`) and before near misses, digit runs, `/` after punctuation and line breaks,
+/// whitespace and line-break runs, and the special tokens' strings (text).
+fn o200k_text() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let pieces = prop_oneof![
+        "[a-zA-Z]{1,8}",
+        "[A-Z]{1,3}[a-z]{0,3}",
+        "[A-ZÀ-ÖØ-Þa-zß-öø-ÿ\u{01c4}-\u{01cc}\u{01f1}-\u{01f3}\u{1f88}-\u{1f8f}\u{02b0}-\u{02c1}\u{3005}\u{05d0}-\u{05ea}\u{4e00}-\u{4e10}\u{0300}-\u{0310}\u{0903}\u{20d0}\u{1d400}-\u{1d433}ΑΩαωſK]{1,4}",
+        "['’][sStTmMdDſ]",
+        "['’][rRvVlL][eElLſ]",
+        "'{1,2}[a-zA-Z\u{017f}\u{212a}]{0,3}",
+        "[0-9]{1,7}",
+        "[\u{0660}-\u{0669}\u{2160}-\u{2188}\u{00b2}\u{00bd}\u{1d7ce}]{1,4}",
+        "[.,;:!?\"()<>/\\\\-]{1,3}/{0,2}",
+        "[ \t\n\r\u{b}\u{c}\u{85}\u{a0}\u{2028}\u{3000}/]{1,4}",
+        "[ ]{1,5}",
+        "[\n\r]{1,3}/",
+        "[\u{1F600}-\u{1F64F}\u{200d}\u{fe0f}]{1,2}",
+        prop::sample::select(vec![
+            "<|endoftext|>",
+            "<|startoftext|>",
+            "<|return|>",
+            "<|endofprompt|>",
+            "<|"
+        ])
+        .prop_map(str::to_owned),
+        any::<char>().prop_map(String::from),
+    ];
+    prop::collection::vec(pieces, 0..24).prop_map(|p| p.concat())
+}
+
 /// The fast path's ids and the `tokenizers` crate's for `text`, both without the post-processor's.
 fn both_ids(name: &str, text: &str) -> (Vec<u32>, Vec<u32>) {
     type Pair = std::sync::Arc<(TextEncoder, tokenizers::Tokenizer)>;
@@ -612,5 +648,93 @@ proptest::proptest! {
     ])) {
         let (cut, whole) = cut_and_whole_ids("gemma-3", &text);
         proptest::prop_assert_eq!(cut, whole);
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+    #[test]
+    fn o200k_fast_path_gives_the_ids_of_the_tokenizers_crate(text in o200k_text()) {
+        static LOADED: OnceLock<(SysRegex, Vec<(TextEncoder, tokenizers::Tokenizer)>)> = OnceLock::new();
+        let (regex, loaded) = LOADED.get_or_init(|| {
+            let loaded = ["gpt-oss", "gpt-4o"].iter().map(|name| {
+                let path = tokenizers_dir().join(name).join("tokenizer.json");
+                let ours = TextEncoder::load(&path, BosPolicy::Never, false, false).unwrap();
+                assert_eq!(ours.fast_path().as_deref(), O200K_SPLIT, "{name}");
+                let mut theirs = tokenizers::Tokenizer::from_file(&path).unwrap();
+                theirs.set_encode_special_tokens(true);
+                (ours, theirs)
+            }).collect();
+            (SysRegex::new(pretok::O200K).unwrap(), loaded)
+        });
+        let mut pieces = Vec::new();
+        Pattern::O200k.split(&text, |piece| pieces.push(piece));
+        let want: Vec<&str> = regex.find_iter(&text).map(|(s, e)| &text[s..e]).collect();
+        proptest::prop_assert_eq!(pieces, want);
+        for (ours, theirs) in loaded {
+            let mut ids = Vec::new();
+            ours.encode(&text, &mut ids).unwrap();
+            let want = theirs.encode_fast(text.as_str(), false).unwrap();
+            proptest::prop_assert_eq!(&ids, want.get_ids(), "{}", ours.info().name);
+        }
+    }
+}
+
+/// gpt-oss and GPT-4o, each whole through the fast path and cut at every hard boundary (`chunk.rs`, one
+/// byte per piece) through the `tokenizers` crate.
+fn o200k_whole_and_cut() -> &'static [(TextEncoder, TextEncoder)] {
+    static LOADED: OnceLock<Vec<(TextEncoder, TextEncoder)>> = OnceLock::new();
+    LOADED.get_or_init(|| {
+        ["gpt-oss", "gpt-4o"]
+            .iter()
+            .map(|name| {
+                let path = tokenizers_dir().join(name).join("tokenizer.json");
+                let whole = TextEncoder::load(&path, BosPolicy::Tokenizer, false, false).unwrap();
+                assert_eq!(whole.fast_path().as_deref(), O200K_SPLIT, "{name}");
+                let cut =
+                    TextEncoder::load_with_chunk_bytes(&path, BosPolicy::Tokenizer, 1).unwrap();
+                (whole, cut)
+            })
+            .collect()
+    })
+}
+
+/// Corpus documents with line breaks, from every file, up to this many bytes per file.
+const O200K_CUT_BYTES_PER_FILE: usize = 96 << 10;
+
+#[test]
+fn o200k_corpus_documents_cut_at_every_hard_boundary_keep_their_ids() {
+    let mut chosen = Vec::new();
+    for path in corpus_files() {
+        let texts = &texts(&path).texts;
+        let mut total = 0;
+        for text in texts.iter().step_by((texts.len() / 40).max(1)) {
+            if text.contains('\n') && total + text.len() <= O200K_CUT_BYTES_PER_FILE {
+                total += text.len();
+                chosen.push(text);
+            }
+        }
+    }
+    assert!(chosen.len() > 40, "{} documents", chosen.len());
+    let (mut whole_ids, mut cut_ids) = (Vec::new(), Vec::new());
+    for (whole, cut) in o200k_whole_and_cut() {
+        for (i, text) in chosen.iter().enumerate() {
+            whole.encode(text, &mut whole_ids).unwrap();
+            cut.encode(text, &mut cut_ids).unwrap();
+            assert_eq!(cut_ids, whole_ids, "{}: document {i}", whole.info().name);
+        }
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+    #[test]
+    fn o200k_random_texts_cut_at_every_hard_boundary_keep_their_ids(text in o200k_text()) {
+        let (mut whole_ids, mut cut_ids) = (Vec::new(), Vec::new());
+        for (whole, cut) in o200k_whole_and_cut() {
+            whole.encode(&text, &mut whole_ids).unwrap();
+            cut.encode(&text, &mut cut_ids).unwrap();
+            proptest::prop_assert_eq!(&cut_ids, &whole_ids, "{}", whole.info().name);
+        }
     }
 }
