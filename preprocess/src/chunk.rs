@@ -17,6 +17,16 @@
 //!   because the character before the `\n` is not whitespace, cutting the text after the `\n` cannot turn
 //!   `\s+(?!\S)` into a longer match. So the matches of `text[a..p]` and of `text[p..b]` are exactly the
 //!   matches of the whole text in those ranges.
+//! * **DeepSeek-V3's sequence of splits** (`\p{N}{1,3}`, then CJK runs, then its word pattern, each within
+//!   the pieces of the one before; no normalizer). Neither `\n` nor an ASCII letter is a number or a CJK
+//!   character, so no match of the first two splits spans `p` (a digit run is grouped by threes from its
+//!   own start, on its side of `p`), and the piece of the third split that holds `p` is cut exactly at
+//!   `p`. In it, no alternative matches `\n` followed by a letter: ASCII punctuation then ASCII letters
+//!   and the letter-or-mark run hold no `\n` (the optional character before the run excludes `\r\n`), a
+//!   punctuation-or-symbol run ends in `[\r\n]*`, and whitespace runs hold no letters. As above, with the
+//!   character before the `\n` not whitespace, the `\n` ends a punctuation run or is matched alone by
+//!   `\s*[\r\n]+`, before `\s+(?!\S)`, the one alternative that reads past its match, is tried; none looks
+//!   behind.
 //! * **SentencePiece-style BPE without a pre-tokenizer** (Llama 2, Mistral): the normalizer only prepends
 //!   `▁` and replaces spaces, and no vocabulary entry contains `\n`, so no merge rule involves the `\n`
 //!   symbol and the BPE on either side of it is independent.
@@ -64,6 +74,15 @@ impl Chunker {
             (Value::Null, pre) => regex_family(pre),
             (normalizer, Value::Null) => {
                 sentencepiece_normalizer(normalizer) && newline_free_bpe(&tokenizer_json["model"])
+            }
+            // An empty sequence (DeepSeek-V3) normalizes nothing.
+            (normalizer, pre)
+                if normalizer["type"] == "Sequence"
+                    && normalizer["normalizers"]
+                        .as_array()
+                        .is_some_and(Vec::is_empty) =>
+            {
+                regex_family(pre)
             }
             _ => false,
         } && no_added_token_spans_a_boundary(&tokenizer_json["added_tokens"]);
@@ -154,6 +173,18 @@ fn regex_family(pre_tokenizer: &Value) -> bool {
                     .is_some_and(|p| KNOWN_SPLIT_PATTERNS.contains(&p))
                 && byte_level(&steps[1], false)
         }
+        (Some("Sequence"), Some(steps)) if steps.len() == 4 => {
+            steps[..3]
+                .iter()
+                .zip(crate::pretok::deepseek::SPLITS)
+                .all(|(split, regex)| {
+                    split["type"] == "Split"
+                        && split["behavior"] == "Isolated"
+                        && split["invert"] == false
+                        && split["pattern"]["Regex"] == regex
+                })
+                && byte_level(&steps[3], false)
+        }
         _ => false,
     }
 }
@@ -206,6 +237,25 @@ mod tests {
         );
         assert_eq!(chunker.pieces(""), [""]);
         assert_eq!(chunker.pieces("x\n"), ["x\n"]);
+    }
+
+    #[test]
+    fn deepseek_v3s_splits_without_a_normalizer_are_cut() {
+        let split = |regex: &str| serde_json::json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false});
+        let [digits, cjk, words] = crate::pretok::deepseek::SPLITS;
+        let mut deepseek = serde_json::json!({
+            "normalizer": {"type": "Sequence", "normalizers": []},
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": [split(digits), split(cjk), split(words),
+                {"type": "ByteLevel", "add_prefix_space": false, "use_regex": false}]},
+        });
+        assert!(Chunker::for_tokenizer(&deepseek).is_some());
+        // The third pattern with escapes where DeepSeek-V3's has literal line breaks is another text.
+        deepseek["pre_tokenizer"]["pretokenizers"][2] = split(&words.replace('\n', r"\n"));
+        assert!(Chunker::for_tokenizer(&deepseek).is_none());
+        deepseek["pre_tokenizer"]["pretokenizers"][2] = split(words);
+        deepseek["normalizer"] =
+            serde_json::json!({"type": "Sequence", "normalizers": [{"type": "NFC"}]});
+        assert!(Chunker::for_tokenizer(&deepseek).is_none());
     }
 
     #[test]

@@ -49,7 +49,7 @@ fixture_tests! {
     qwen3_ids_equal_the_reference: "qwen3" => (QWEN_SPLIT, false),
     gpt_oss_ids_equal_the_reference: "gpt-oss" => (None, false),
     gpt_4o_ids_equal_the_reference: "gpt-4o" => (None, false),
-    deepseek_v3_ids_equal_the_reference: "deepseek-v3" => (DEEPSEEK_SPLIT, false),
+    deepseek_v3_ids_equal_the_reference: "deepseek-v3" => (DEEPSEEK_SPLIT, true),
     gemma_3_ids_equal_the_reference: "gemma-3" => (None, false),
     llama_3_ids_equal_the_reference: "llama-3" => (CL100K_SPLIT, true),
     phi_3_ids_equal_the_reference: "phi-3" => (None, false),
@@ -531,4 +531,51 @@ proptest::proptest! {
         let want = theirs.encode_fast(text.as_str(), false).unwrap();
         proptest::prop_assert_eq!(&ids, want.get_ids());
     }
+}
+
+/// DeepSeek-V3's long documents are cut (`chunk.rs` argues its three splits): whole documents (the fast
+/// path) and the same documents cut into pieces of one byte's worth (the `tokenizers` encoder on each)
+/// give the same ids.
+fn deepseek_v3_whole_and_cut() -> &'static (TextEncoder, TextEncoder) {
+    static LOADED: OnceLock<(TextEncoder, TextEncoder)> = OnceLock::new();
+    LOADED.get_or_init(|| {
+        let whole =
+            TextEncoder::load(&deepseek_v3_path(), BosPolicy::Tokenizer, false, false).unwrap();
+        assert_eq!(whole.fast_path().as_deref(), DEEPSEEK_SPLIT);
+        let cut = TextEncoder::load_with_chunk_bytes(&deepseek_v3_path(), BosPolicy::Tokenizer, 1)
+            .unwrap();
+        (whole, cut)
+    })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+    #[test]
+    fn deepseek_v3_cut_at_hard_boundaries_keeps_its_ids(text in deepseek_v3_text()) {
+        let (whole, cut) = deepseek_v3_whole_and_cut();
+        let (mut whole_ids, mut cut_ids) = (Vec::new(), Vec::new());
+        whole.encode(&text, &mut whole_ids).unwrap();
+        cut.encode(&text, &mut cut_ids).unwrap();
+        proptest::prop_assert_eq!(cut_ids, whole_ids);
+    }
+}
+
+#[test]
+fn deepseek_v3_corpus_documents_cut_into_small_pieces_keep_their_ids() {
+    let (whole, cut) = deepseek_v3_whole_and_cut();
+    let (mut whole_ids, mut cut_ids) = (Vec::new(), Vec::new());
+    let (mut num_documents, mut num_bytes) = (0, 0);
+    for path in corpus_files() {
+        for text in texts(&path).texts.iter().step_by(7) {
+            if num_bytes > 1 << 20 || !text.contains('\n') {
+                continue;
+            }
+            whole.encode(text, &mut whole_ids).unwrap();
+            cut.encode(text, &mut cut_ids).unwrap();
+            assert_eq!(cut_ids, whole_ids, "{path}: {text:.80?}");
+            num_documents += 1;
+            num_bytes += text.len();
+        }
+    }
+    assert!(num_documents > 50, "{num_documents} documents");
 }
