@@ -131,6 +131,40 @@ impl AddedTokens {
             segment(Segment::Text(&text[start_offset..]));
         }
     }
+
+    /// As [`AddedTokens::from_json`], for a tokenizer without a normalizer (none, or an empty
+    /// `Sequence`), where the non-special tokens may also all be `normalized` (DeepSeek-V3's 14); `None`
+    /// where some are and some are not.
+    ///
+    /// The `tokenizers` crate searches two tries, one after the other: the tokens that are not
+    /// `normalized` in the raw text, then, in each segment left, the `normalized` ones in the segment's
+    /// normalized text. If every non-special token is `normalized`, the first trie holds only special
+    /// tokens, all dropped (special-token strings are text here), so it leaves the text whole; with no normalizer, the second then searches
+    /// the raw text. That is [`AddedTokens::split`] over the second trie's tokens: the non-special ones
+    /// and the `normalized` special ones (which hide what they overlap), with the others left out.
+    pub fn from_json_without_normalizer(added_tokens: &serde_json::Value) -> Option<Option<Self>> {
+        let Some(tokens) = added_tokens.as_array() else {
+            return Some(None);
+        };
+        let non_special = || tokens.iter().filter(|t| t["special"] != true);
+        if !non_special().all(|t| t["normalized"] == true) || non_special().next().is_none() {
+            return Self::from_json(added_tokens);
+        }
+        if tokens.iter().any(|t| !t["normalized"].is_boolean()) {
+            return None;
+        }
+        // The second trie's tokens, marked as matched in the raw text, which they are here.
+        let second: Vec<serde_json::Value> = tokens
+            .iter()
+            .filter(|t| t["normalized"] == true)
+            .map(|t| {
+                let mut t = t.clone();
+                t["normalized"] = false.into();
+                t
+            })
+            .collect();
+        Self::from_json(&serde_json::Value::Array(second))
+    }
 }
 
 /// Whether every token of `added_tokens` has the id its `id` field says once the `tokenizers` crate has
@@ -258,5 +292,33 @@ mod tests {
         assert!(ids_as_loaded(&tokens([5, 0, 6]), 5, vocab));
         assert!(!ids_as_loaded(&tokens([5, 1, 6]), 5, vocab));
         assert!(!ids_as_loaded(&tokens([6, 0, 5]), 5, vocab));
+    }
+
+    #[test]
+    fn without_a_normalizer_normalized_tokens_are_matched_as_the_second_trie_matches_them() {
+        use Segment::{Text, Token};
+        let token = |id: u32, content: &str, special: bool, normalized: bool| {
+            serde_json::json!({"id": id, "content": content, "special": special,
+                "single_word": false, "lstrip": false, "rstrip": false, "normalized": normalized})
+        };
+        // `<a|b>` (special, not normalized) is in the first trie: it hides nothing of the second's.
+        // `<|EOT|>` (special, normalized) is in the second: it hides the `T|>` it overlaps.
+        let json = serde_json::json!([
+            token(0, "<a|b>", true, false),
+            token(1, "<|EOT|>", true, true),
+            token(2, "a|b", false, true),
+            token(3, "T|>", false, true),
+        ]);
+        let added = AddedTokens::from_json_without_normalizer(&json)
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        added.split("<a|b><|EOT|>T|>", |s| out.push(s));
+        assert_eq!(out, [Text("<"), Token(2), Text("><|EOT|>"), Token(3)]);
+        // Some normalized and some not: two tries this module does not implement.
+        let mixed =
+            serde_json::json!([token(2, "a|b", false, true), token(3, "T|>", false, false)]);
+        assert!(AddedTokens::from_json_without_normalizer(&mixed).is_none());
+        assert!(AddedTokens::from_json(&json).is_none());
     }
 }

@@ -59,12 +59,25 @@ impl ByteLevelBpe {
         let is_nfc = match &json["normalizer"] {
             serde_json::Value::Null => false,
             normalizer if normalizer["type"] == "NFC" => true,
+            // An empty sequence (DeepSeek-V3) normalizes nothing.
+            normalizer
+                if normalizer["type"] == "Sequence"
+                    && normalizer["normalizers"]
+                        .as_array()
+                        .is_some_and(Vec::is_empty) =>
+            {
+                false
+            }
             _ => return None,
         };
         if !plain_bpe_model(model) || model.get("byte_fallback").is_some_and(|v| v != false) {
             return None;
         }
-        let added = AddedTokens::from_json(&json["added_tokens"])?;
+        let added = if is_nfc {
+            AddedTokens::from_json(&json["added_tokens"])?
+        } else {
+            AddedTokens::from_json_without_normalizer(&json["added_tokens"])?
+        };
         let pattern = Self::split_pattern(&json["pre_tokenizer"])?;
         let mut to_byte: HashMap<char, u8> = HashMap::default();
         for (b, c) in (0..=255u8).zip(byte_chars()) {
@@ -123,6 +136,17 @@ impl ByteLevelBpe {
                     && byte_level(last, false) =>
             {
                 Pattern::from_regex(split["pattern"]["Regex"].as_str()?)
+            }
+            // DeepSeek-V3: three isolated splits, each within the pieces of the one before.
+            [digits, cjk, words, last] if pre["type"] == "Sequence" && byte_level(last, false) => {
+                let regexes = [digits, cjk, words].map(|split| {
+                    (split["type"] == "Split"
+                        && split["behavior"] == "Isolated"
+                        && split["invert"] == false)
+                        .then(|| split["pattern"]["Regex"].as_str())
+                        .flatten()
+                });
+                (regexes == crate::pretok::deepseek::SPLITS.map(Some)).then_some(Pattern::DeepSeek)
             }
             _ => None,
         }

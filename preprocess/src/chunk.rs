@@ -20,6 +20,16 @@
 //!   match. Every greedy run that reaches the `\n` (`[\r\n/]*`, `\s*[\r\n]+`, `\s+`) stops at `p`
 //!   in the whole text, at the letter, as it does at the end of the cut text. So the matches of
 //!   `text[a..p]` and of `text[p..b]` are exactly the matches of the whole text in those ranges.
+//! * **DeepSeek-V3's sequence of splits** (`\p{N}{1,3}`, then CJK runs, then its word pattern, each within
+//!   the pieces of the one before; no normalizer). Neither `\n` nor an ASCII letter is a number or a CJK
+//!   character, so no match of the first two splits spans `p` (a digit run is grouped by threes from its
+//!   own start, on its side of `p`), and the piece of the third split that holds `p` is cut exactly at
+//!   `p`. In it, no alternative matches `\n` followed by a letter: ASCII punctuation then ASCII letters
+//!   and the letter-or-mark run hold no `\n` (the optional character before the run excludes `\r\n`), a
+//!   punctuation-or-symbol run ends in `[\r\n]*`, and whitespace runs hold no letters. As above, with the
+//!   character before the `\n` not whitespace, the `\n` ends a punctuation run or is matched alone by
+//!   `\s*[\r\n]+`, before `\s+(?!\S)`, the one alternative that reads past its match, is tried; none looks
+//!   behind.
 //! * **SentencePiece-style BPE** (Llama 2, Mistral, Phi-3): the normalizer only prepends `▁` and replaces
 //!   spaces, the pre-tokenizer is none or a split at U+0020 (which finds nothing once spaces are `▁`), no
 //!   vocabulary entry contains `\n`, so no merge rule involves the `\n` symbol and the BPE on either side
@@ -44,7 +54,7 @@
 //! every piece but the first by a *guard*: the piece is encoded as `"\n" + piece`, and the ids of `"\n"`
 //! alone are checked and stripped from the front. A tokenizer outside these families is never cut;
 //! `tests/chunking.rs` checks cut against whole encodings for all four reference tokenizers,
-//! `tests/tokenizer_fixtures.rs` for Phi-3, Gemma-3, gpt-oss and GPT-4o.
+//! `tests/tokenizer_fixtures.rs` for Phi-3, Gemma-3, gpt-oss, GPT-4o and DeepSeek-V3.
 
 use serde_json::Value;
 
@@ -96,6 +106,15 @@ impl Chunker {
                     && (newline_free_bpe(&tokenizer_json["model"])
                         && no_added_token_holds_a_newline(added_tokens)
                         || newlines_are_plain_added_tokens(added_tokens))
+            }
+            // An empty sequence (DeepSeek-V3) normalizes nothing.
+            (normalizer, pre)
+                if normalizer["type"] == "Sequence"
+                    && normalizer["normalizers"]
+                        .as_array()
+                        .is_some_and(Vec::is_empty) =>
+            {
+                regex_family(pre)
             }
             _ => false,
         } && no_added_token_spans_a_boundary(added_tokens);
@@ -226,6 +245,18 @@ fn regex_family(pre_tokenizer: &Value) -> bool {
                     .is_some_and(|p| KNOWN_SPLIT_PATTERNS.contains(&p))
                 && byte_level(&steps[1], false)
         }
+        (Some("Sequence"), Some(steps)) if steps.len() == 4 => {
+            steps[..3]
+                .iter()
+                .zip(crate::pretok::deepseek::SPLITS)
+                .all(|(split, regex)| {
+                    split["type"] == "Split"
+                        && split["behavior"] == "Isolated"
+                        && split["invert"] == false
+                        && split["pattern"]["Regex"] == regex
+                })
+                && byte_level(&steps[3], false)
+        }
         _ => false,
     }
 }
@@ -296,6 +327,25 @@ mod tests {
         );
         assert_eq!(chunker.pieces(""), [""]);
         assert_eq!(chunker.pieces("x\n"), ["x\n"]);
+    }
+
+    #[test]
+    fn deepseek_v3s_splits_without_a_normalizer_are_cut() {
+        let split = |regex: &str| serde_json::json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false});
+        let [digits, cjk, words] = crate::pretok::deepseek::SPLITS;
+        let mut deepseek = serde_json::json!({
+            "normalizer": {"type": "Sequence", "normalizers": []},
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": [split(digits), split(cjk), split(words),
+                {"type": "ByteLevel", "add_prefix_space": false, "use_regex": false}]},
+        });
+        assert!(Chunker::for_tokenizer(&deepseek).is_some());
+        // The third pattern with escapes where DeepSeek-V3's has literal line breaks is another text.
+        deepseek["pre_tokenizer"]["pretokenizers"][2] = split(&words.replace('\n', r"\n"));
+        assert!(Chunker::for_tokenizer(&deepseek).is_none());
+        deepseek["pre_tokenizer"]["pretokenizers"][2] = split(words);
+        deepseek["normalizer"] =
+            serde_json::json!({"type": "Sequence", "normalizers": [{"type": "NFC"}]});
+        assert!(Chunker::for_tokenizer(&deepseek).is_none());
     }
 
     #[test]

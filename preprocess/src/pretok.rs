@@ -18,6 +18,8 @@ use std::sync::OnceLock;
 use rustc_hash::FxHashMap as HashMap;
 use tokenizers::utils::SysRegex;
 
+pub mod deepseek;
+
 const LETTER: u8 = 1;
 const NUMBER: u8 = 2;
 const SPACE: u8 = 4;
@@ -27,6 +29,10 @@ const UPPER: u8 = 8;
 const LOWER: u8 = 16;
 /// `\r` or `\n`.
 const NEWLINE: u8 = 32;
+/// `[\p{P}\p{S}]` (DeepSeek-V3).
+const PUNCT_OR_SYMBOL: u8 = 64;
+/// DeepSeek-V3's CJK ranges, `[一-龥぀-ゟ゠-ヿ]`.
+const CJK: u8 = 128;
 
 /// The GPT-2 pattern, which `ByteLevel { use_regex: true }` applies.
 pub const GPT2: &str =
@@ -56,6 +62,8 @@ pub enum Pattern {
     Tekken,
     /// [`O200K`].
     O200k,
+    /// DeepSeek-V3's sequence of three splits, [`deepseek::SPLITS`].
+    DeepSeek,
 }
 
 impl Pattern {
@@ -85,6 +93,7 @@ impl Pattern {
                 Self::Cl100k { max_digits } => scan.cl100k(at, max_digits),
                 Self::Tekken => scan.tekken(at),
                 Self::O200k => scan.o200k(at),
+                Self::DeepSeek => scan.deepseek(at),
             };
             debug_assert!(end > at, "every character starts a match");
             piece(&text[at..end]);
@@ -133,6 +142,8 @@ impl Classes {
             (r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+", UPPER),
             (r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]+", LOWER),
             (r"[\r\n]+", NEWLINE),
+            (r"[\p{P}\p{S}]+", PUNCT_OR_SYMBOL),
+            (deepseek::SPLITS[1], CJK),
         ];
         for (pattern, bit) in classes {
             let regex = SysRegex::new(pattern).expect("a valid class");

@@ -47,12 +47,13 @@ const CL100K_SPLIT: Option<&str> = Some("byte-level BPE, Cl100k { max_digits: 3 
 const QWEN_SPLIT: Option<&str> = Some("byte-level BPE, Cl100k { max_digits: 1 } split");
 const SENTENCEPIECE: Option<&str> = Some("SentencePiece-style BPE");
 const O200K_SPLIT: Option<&str> = Some("byte-level BPE, O200k split");
+const DEEPSEEK_SPLIT: Option<&str> = Some("byte-level BPE, DeepSeek split");
 
 fixture_tests! {
     qwen3_ids_equal_the_reference: "qwen3" => (QWEN_SPLIT, false),
     gpt_oss_ids_equal_the_reference: "gpt-oss" => (O200K_SPLIT, true),
     gpt_4o_ids_equal_the_reference: "gpt-4o" => (O200K_SPLIT, true),
-    deepseek_v3_ids_equal_the_reference: "deepseek-v3" => (None, false),
+    deepseek_v3_ids_equal_the_reference: "deepseek-v3" => (DEEPSEEK_SPLIT, true),
     gemma_3_ids_equal_the_reference: "gemma-3" => (SENTENCEPIECE, true),
     llama_3_ids_equal_the_reference: "llama-3" => (CL100K_SPLIT, true),
     phi_3_ids_equal_the_reference: "phi-3" => (SENTENCEPIECE, true),
@@ -737,4 +738,132 @@ proptest::proptest! {
             proptest::prop_assert_eq!(&cut_ids, &whole_ids, "{}", whole.info().name);
         }
     }
+}
+
+/// Random text for DeepSeek-V3's three splits: runs of digits and other numbers of many lengths, CJK
+/// characters with the edges of its three ranges and their neighbours, ASCII punctuation before Latin
+/// letters, other punctuation and symbols, combining marks, whitespace and line-break runs, control and
+/// format characters (the third split's gaps), contractions, the 14 non-special added tokens' strings,
+/// special-token strings (text) and fragments of both.
+fn deepseek_v3_text() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let tokens = prop::sample::select(vec![
+        "<｜fim▁hole｜>",
+        "<｜fim▁begin｜>",
+        "<｜fim▁end｜>",
+        "<｜User｜>",
+        "<｜Assistant｜>",
+        "<｜tool▁calls▁begin｜>",
+        "<｜tool▁calls▁end｜>",
+        "<｜tool▁call▁begin｜>",
+        "<｜tool▁call▁end｜>",
+        "<｜tool▁outputs▁begin｜>",
+        "<｜tool▁outputs▁end｜>",
+        "<｜tool▁output▁begin｜>",
+        "<｜tool▁output▁end｜>",
+        "<｜tool▁sep｜>",
+        "<｜begin▁of▁sentence｜>",
+        "<｜end▁of▁sentence｜>",
+        "<｜▁pad▁｜>",
+        "<|EOT|>",
+        "<｜tool▁",
+        "<｜",
+        "｜>",
+        "▁",
+        "<",
+    ]);
+    let cjk_edges = prop::sample::select(vec![
+        '\u{4dff}', '\u{4e00}', '\u{4e01}', '\u{9fa4}', '\u{9fa5}', '\u{9fa6}', '\u{9fff}',
+        '\u{303f}', '\u{3040}', '\u{3041}', '\u{309b}', '\u{309f}', '\u{30a0}', '\u{30a1}',
+        '\u{30fb}', '\u{30fc}', '\u{30ff}', '\u{3100}', '\u{3007}', '\u{3001}', '\u{3002}',
+        '\u{ff10}', '\u{f900}',
+    ]);
+    let pieces = prop_oneof![
+        tokens.prop_map(str::to_owned),
+        "[a-zA-Z]{1,8}",
+        "[0-9]{1,8}",
+        "[0-9\u{0660}-\u{0669}\u{00b2}\u{00bd}\u{2160}-\u{2163}\u{ff10}-\u{ff19}]{1,5}",
+        prop::collection::vec(cjk_edges, 1..4).prop_map(|c| c.into_iter().collect()),
+        "[\u{4e00}-\u{4e10}\u{3041}-\u{3050}\u{30a1}-\u{30b0}\u{9f9a}-\u{9fa5}]{1,4}",
+        "[!-/:-@\\[-`{-~][a-zA-Z\u{e9}]{1,5}",
+        "[!-/:-@\\[-`{-~]{1,3}",
+        "[\u{ab}\u{bb}\u{bf}\u{a1}\u{2014}\u{2013}\u{2026}\u{2018}\u{2019}\u{201c}\u{201d}\u{20ac}\u{a3}\u{a9}\u{b0}\u{d7}\u{2192}\u{2211}\u{2260}\u{2605}\u{2665}\u{1f600}]{1,3}",
+        "[a-z\u{e9}\u{df}\u{3b1}\u{436}\u{5d0}\u{e01}]{0,2}[\u{0300}-\u{036f}\u{20d0}\u{0483}\u{0e31}]{1,3}",
+        "[ \n\r\t\u{a0}\u{3000}\u{2028}\u{85}\u{b}\u{c}]{1,4}",
+        "[\r\n]{1,3}[a-zA-Z]{1,3}",
+        "[\u{0}-\u{8}\u{e}\u{1f}\u{7f}\u{ad}\u{200b}-\u{200f}\u{feff}\u{e000}]{1,3}",
+        "['\u{2019}]([sStTdDmM]|ll|re|ve)",
+        any::<char>().prop_map(String::from),
+    ];
+    prop::collection::vec(pieces, 0..24).prop_map(|p| p.concat())
+}
+
+fn deepseek_v3_path() -> PathBuf {
+    tokenizers_dir().join("deepseek-v3/tokenizer.json")
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+    #[test]
+    fn deepseek_v3_fast_path_gives_the_ids_of_the_tokenizers_crate(text in deepseek_v3_text()) {
+        static LOADED: OnceLock<(TextEncoder, tokenizers::Tokenizer)> = OnceLock::new();
+        let (ours, theirs) = LOADED.get_or_init(|| {
+            let ours = TextEncoder::load(&deepseek_v3_path(), BosPolicy::Never, false, false).unwrap();
+            assert_eq!(ours.fast_path().as_deref(), DEEPSEEK_SPLIT);
+            let mut theirs = tokenizers::Tokenizer::from_file(deepseek_v3_path()).unwrap();
+            theirs.set_encode_special_tokens(true);
+            (ours, theirs)
+        });
+        let mut ids = Vec::new();
+        ours.encode(&text, &mut ids).unwrap();
+        let want = theirs.encode_fast(text.as_str(), false).unwrap();
+        proptest::prop_assert_eq!(&ids, want.get_ids());
+    }
+}
+
+/// DeepSeek-V3's long documents are cut (`chunk.rs` argues its three splits): whole documents (the fast
+/// path) and the same documents cut into pieces of one byte's worth (the `tokenizers` encoder on each)
+/// give the same ids.
+fn deepseek_v3_whole_and_cut() -> &'static (TextEncoder, TextEncoder) {
+    static LOADED: OnceLock<(TextEncoder, TextEncoder)> = OnceLock::new();
+    LOADED.get_or_init(|| {
+        let whole =
+            TextEncoder::load(&deepseek_v3_path(), BosPolicy::Tokenizer, false, false).unwrap();
+        assert_eq!(whole.fast_path().as_deref(), DEEPSEEK_SPLIT);
+        let cut = TextEncoder::load_with_chunk_bytes(&deepseek_v3_path(), BosPolicy::Tokenizer, 1)
+            .unwrap();
+        (whole, cut)
+    })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+    #[test]
+    fn deepseek_v3_cut_at_hard_boundaries_keeps_its_ids(text in deepseek_v3_text()) {
+        let (whole, cut) = deepseek_v3_whole_and_cut();
+        let (mut whole_ids, mut cut_ids) = (Vec::new(), Vec::new());
+        whole.encode(&text, &mut whole_ids).unwrap();
+        cut.encode(&text, &mut cut_ids).unwrap();
+        proptest::prop_assert_eq!(cut_ids, whole_ids);
+    }
+}
+
+#[test]
+fn deepseek_v3_corpus_documents_cut_into_small_pieces_keep_their_ids() {
+    let (whole, cut) = deepseek_v3_whole_and_cut();
+    let (mut whole_ids, mut cut_ids) = (Vec::new(), Vec::new());
+    let (mut num_documents, mut num_bytes) = (0, 0);
+    for path in corpus_files() {
+        for text in texts(&path).texts.iter().step_by(7) {
+            if num_bytes > 1 << 20 || !text.contains('\n') {
+                continue;
+            }
+            whole.encode(text, &mut whole_ids).unwrap();
+            cut.encode(text, &mut cut_ids).unwrap();
+            assert_eq!(cut_ids, whole_ids, "{path}: {text:.80?}");
+            num_documents += 1;
+            num_bytes += text.len();
+        }
+    }
+    assert!(num_documents > 50, "{num_documents} documents");
 }
