@@ -20,6 +20,12 @@
 //! * **SentencePiece-style BPE without a pre-tokenizer** (Llama 2, Mistral): the normalizer only prepends
 //!   `▁` and replaces spaces, and no vocabulary entry contains `\n`, so no merge rule involves the `\n`
 //!   symbol and the BPE on either side of it is independent.
+//! * **BERT's WordPiece** (`BertNormalizer`, `BertPreTokenizer`, `WordPiece`). The normalizer maps the `\n`
+//!   to a space (or keeps it, without `clean_text`) and acts on one character at a time, but for NFD's
+//!   reordering of runs of non-starters: the `\n` is a starter (combining class 0), so no run crosses it.
+//!   The pre-tokenizer splits at it (whitespace, dropped) and WordPiece encodes each word alone, so the
+//!   words of `text[a..p]` and `text[p..b]` are those of the whole text in those ranges. (Any whitespace
+//!   would do for this family; the rule above is the one cut for all.)
 //!
 //! What left context there is (Mistral's `Prepend("▁")` applies only at the start of the text) is given to
 //! every piece but the first by a *guard*: the piece is encoded as `"\n" + piece`, and the ids of `"\n"`
@@ -65,7 +71,7 @@ impl Chunker {
             (normalizer, Value::Null) => {
                 sentencepiece_normalizer(normalizer) && newline_free_bpe(&tokenizer_json["model"])
             }
-            _ => false,
+            (normalizer, pre) => bert_family(normalizer, pre, &tokenizer_json["model"]),
         } && no_added_token_spans_a_boundary(&tokenizer_json["added_tokens"]);
         supported.then_some(Self {
             chunk_bytes: chunk_bytes.max(1),
@@ -156,6 +162,12 @@ fn regex_family(pre_tokenizer: &Value) -> bool {
         }
         _ => false,
     }
+}
+
+fn bert_family(normalizer: &Value, pre_tokenizer: &Value, model: &Value) -> bool {
+    normalizer["type"] == "BertNormalizer"
+        && pre_tokenizer["type"] == "BertPreTokenizer"
+        && model["type"] == "WordPiece"
 }
 
 fn sentencepiece_normalizer(normalizer: &Value) -> bool {

@@ -43,6 +43,9 @@ macro_rules! fixture_tests {
 
 const CL100K_SPLIT: Option<&str> = Some("byte-level BPE, Cl100k { max_digits: 3 } split");
 const QWEN_SPLIT: Option<&str> = Some("byte-level BPE, Cl100k { max_digits: 1 } split");
+const BERT_UNCASED: Option<&str> = Some(
+    "WordPiece (BertNormalizer: clean_text true, handle_chinese_chars true, strip_accents true, lowercase true)",
+);
 
 fixture_tests! {
     qwen3_ids_equal_the_reference: "qwen3" => (QWEN_SPLIT, false),
@@ -52,7 +55,7 @@ fixture_tests! {
     gemma_3_ids_equal_the_reference: "gemma-3" => (None, false),
     llama_3_ids_equal_the_reference: "llama-3" => (CL100K_SPLIT, true),
     phi_3_ids_equal_the_reference: "phi-3" => (None, false),
-    bert_base_uncased_ids_equal_the_reference: "bert-base-uncased" => (None, false),
+    bert_base_uncased_ids_equal_the_reference: "bert-base-uncased" => (BERT_UNCASED, true),
 }
 
 fn fixtures_dir() -> PathBuf {
@@ -60,7 +63,7 @@ fn fixtures_dir() -> PathBuf {
 }
 
 /// The directory where `tools/fetch-tokenizers.sh` has put every fixture's `<name>/tokenizer.json`.
-fn tokenizers_dir() -> &'static Path {
+pub fn tokenizers_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let output = Command::new("bash")
