@@ -41,6 +41,12 @@
 //!   its own. No token holds `\n` and a letter, and the character before the `\n` at `p - 1` is not one,
 //!   so that `\n` is matched as the token `\n` alone, in the whole text and in the pieces alike: the
 //!   segments, hence the ids, are the same on both sides of `p`.
+//! * **BERT's WordPiece** (`BertNormalizer`, `BertPreTokenizer`, `WordPiece`). The normalizer maps the `\n`
+//!   to a space (or keeps it, without `clean_text`) and acts on one character at a time, but for NFD's
+//!   reordering of runs of non-starters: the `\n` is a starter (combining class 0), so no run crosses it.
+//!   The pre-tokenizer splits at it (whitespace, dropped) and WordPiece encodes each word alone, so the
+//!   words of `text[a..p]` and `text[p..b]` are those of the whole text in those ranges. (Any whitespace
+//!   would do for this family; the rule above is the one cut for all.)
 //!
 //! Added tokens are matched before all of this, so none may hold `\n` followed by a letter (it could span
 //! `p`), and where a token that takes the whitespace beside it (`lstrip`, `rstrip`) would take the `\n`
@@ -54,7 +60,8 @@
 //! every piece but the first by a *guard*: the piece is encoded as `"\n" + piece`, and the ids of `"\n"`
 //! alone are checked and stripped from the front. A tokenizer outside these families is never cut;
 //! `tests/chunking.rs` checks cut against whole encodings for all four reference tokenizers,
-//! `tests/tokenizer_fixtures.rs` for Phi-3, Gemma-3, gpt-oss, GPT-4o and DeepSeek-V3.
+//! `tests/tokenizer_fixtures.rs` for Phi-3, Gemma-3, gpt-oss, GPT-4o and DeepSeek-V3, `tests/wordpiece.rs`
+//! for BERT.
 
 use serde_json::Value;
 
@@ -116,7 +123,7 @@ impl Chunker {
             {
                 regex_family(pre)
             }
-            _ => false,
+            (normalizer, pre) => bert_family(normalizer, pre, &tokenizer_json["model"]),
         } && no_added_token_spans_a_boundary(added_tokens);
         let stripping = |flag: &str| -> Vec<Box<[u8]>> {
             added_tokens
@@ -259,6 +266,13 @@ fn regex_family(pre_tokenizer: &Value) -> bool {
         }
         _ => false,
     }
+}
+
+/// BERT's pipeline: `BertNormalizer`, `BertPreTokenizer`, `WordPiece`.
+fn bert_family(normalizer: &Value, pre_tokenizer: &Value, model: &Value) -> bool {
+    normalizer["type"] == "BertNormalizer"
+        && pre_tokenizer["type"] == "BertPreTokenizer"
+        && model["type"] == "WordPiece"
 }
 
 /// `Prepend("▁")` and `Replace(" ", "▁")` steps, in a sequence or a `Replace` alone.

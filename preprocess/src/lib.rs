@@ -25,3 +25,4 @@ pub mod source;
 pub mod spm_bpe;
 pub mod tokenize;
 pub mod verify;
+pub mod wordpiece;

@@ -18,6 +18,7 @@ use crate::bpe::Cache;
 use crate::byte_bpe::ByteLevelBpe;
 use crate::chunk::{Chunker, GUARD};
 use crate::spm_bpe::SentencePieceBpe;
+use crate::wordpiece::WordPiece;
 
 /// Where BOS comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -72,6 +73,7 @@ struct FastPath {
 enum Fast {
     SentencePiece(SentencePieceBpe),
     ByteLevel(Box<ByteLevelBpe>),
+    WordPiece(Box<WordPiece>),
 }
 
 impl Fast {
@@ -79,12 +81,14 @@ impl Fast {
         SentencePieceBpe::from_json(json)
             .map(Self::SentencePiece)
             .or_else(|| ByteLevelBpe::from_json(json).map(|e| Self::ByteLevel(Box::new(e))))
+            .or_else(|| WordPiece::from_json(json).map(|e| Self::WordPiece(Box::new(e))))
     }
 
     fn encode(&self, text: &str, cache: &mut Cache, out: &mut Vec<u32>) {
         match self {
             Self::SentencePiece(encoder) => encoder.encode(text, cache, out),
             Self::ByteLevel(encoder) => encoder.encode(text, cache, out),
+            Self::WordPiece(encoder) => encoder.encode(text, cache, out),
         }
     }
 }
@@ -260,6 +264,7 @@ impl TextEncoder {
         self.fast.as_ref().map(|fast| match &fast.encoder {
             Fast::SentencePiece(_) => "SentencePiece-style BPE".to_owned(),
             Fast::ByteLevel(encoder) => format!("byte-level BPE, {:?} split", encoder.pattern()),
+            Fast::WordPiece(encoder) => encoder.describe(),
         })
     }
 

@@ -17,3 +17,4 @@ mod tokenize_run;
 mod tokenizer_fixtures;
 mod util;
 mod verify;
+mod wordpiece;

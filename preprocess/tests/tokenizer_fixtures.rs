@@ -48,6 +48,9 @@ const QWEN_SPLIT: Option<&str> = Some("byte-level BPE, Cl100k { max_digits: 1 } 
 const SENTENCEPIECE: Option<&str> = Some("SentencePiece-style BPE");
 const O200K_SPLIT: Option<&str> = Some("byte-level BPE, O200k split");
 const DEEPSEEK_SPLIT: Option<&str> = Some("byte-level BPE, DeepSeek split");
+const BERT_UNCASED: Option<&str> = Some(
+    "WordPiece (BertNormalizer: clean_text true, handle_chinese_chars true, strip_accents true, lowercase true)",
+);
 
 fixture_tests! {
     qwen3_ids_equal_the_reference: "qwen3" => (QWEN_SPLIT, false),
@@ -57,7 +60,7 @@ fixture_tests! {
     gemma_3_ids_equal_the_reference: "gemma-3" => (SENTENCEPIECE, true),
     llama_3_ids_equal_the_reference: "llama-3" => (CL100K_SPLIT, true),
     phi_3_ids_equal_the_reference: "phi-3" => (SENTENCEPIECE, true),
-    bert_base_uncased_ids_equal_the_reference: "bert-base-uncased" => (None, false),
+    bert_base_uncased_ids_equal_the_reference: "bert-base-uncased" => (BERT_UNCASED, true),
 }
 
 fn fixtures_dir() -> PathBuf {
@@ -65,7 +68,7 @@ fn fixtures_dir() -> PathBuf {
 }
 
 /// The directory where `tools/fetch-tokenizers.sh` has put every fixture's `<name>/tokenizer.json`.
-fn tokenizers_dir() -> &'static Path {
+pub fn tokenizers_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let output = Command::new("bash")
