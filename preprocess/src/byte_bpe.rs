@@ -1,5 +1,5 @@
 //! A fast, exact encoder for byte-level BPE `tokenizer.json`s (GPT-2, cl100k / Llama-3, Qwen-2/3,
-//! tekken): non-special added tokens cut out first ([`crate::added`]), no normalizer or NFC, a split
+//! tekken, o200k (GPT-4o, gpt-oss), DeepSeek-V3): non-special added tokens cut out first ([`crate::added`]), no normalizer or NFC, a split
 //! regex that [`crate::pretok`] scans by hand, then BPE over each piece's bytes.
 //!
 //! NFC is the `tokenizers` crate's own (`unicode-normalization-alignments`, Unicode 9 tables), applied

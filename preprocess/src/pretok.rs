@@ -1,10 +1,11 @@
 //! Hand-written scanners for the split regexes of byte-level BPE tokenizers, giving exactly the pieces
 //! that Oniguruma (the `tokenizers` crate's regex engine) finds with the pattern.
 //!
-//! Four families are implemented, recognised by their exact pattern text ([`Pattern::from_regex`]):
+//! Five families are implemented, recognised by their exact pattern text ([`Pattern::from_regex`]):
 //! GPT-2's (also the `ByteLevel` pre-tokenizer's own), cl100k / Llama-3's (`\p{N}{1,3}`) with its
 //! Qwen-2 variant (`\p{N}`), tekken's (cased letter classes), and o200k's (GPT-4o, gpt-oss: tekken's
-//! letter runs, each followed by an optional contraction, and cl100k's digits). Each alternative
+//! letter runs, each followed by an optional contraction, and cl100k's digits), plus DeepSeek-V3's
+//! sequence of three splits ([`deepseek`]). Each alternative
 //! of the pattern is a branch below, tried in the pattern's order; the comments give the alternative.
 //! The backtracking of a regex engine reduces to a few closed forms, derived at each branch.
 //!

@@ -213,7 +213,7 @@ impl TextEncoder {
         } else {
             tracing::info!(
                 tokenizer = %file.display(),
-                "No fast encoder for this tokenizer's shape (flame-prep has them for SentencePiece-style BPE and for byte-level BPE with the GPT-2, cl100k/Llama-3, Qwen-2/3, tekken or o200k split); using the tokenizers crate's encoder."
+                "No fast encoder for this tokenizer's shape (flame-prep has them for SentencePiece-style BPE, BERT WordPiece and byte-level BPE with the GPT-2, cl100k/Llama-3, Qwen-2/3, tekken, o200k or DeepSeek-V3 split); using the tokenizers crate's encoder."
             );
             None
         };

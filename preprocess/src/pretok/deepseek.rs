@@ -12,8 +12,8 @@
 //!    other characters it is the word pattern proper, whose text ends at the next number or CJK
 //!    character as at the end of the document: `\s+(?!\S)` takes a whole whitespace run there.
 //!
-//! [`Scan::deepseek`] gives the final pieces in one pass: the third split's text at `at` is the run of
-//! characters of the same *kind* (CJK or not, and no number), and [`Scan::word_at`] reports a character
+//! `Scan::deepseek` gives the final pieces in one pass: the third split's text at `at` is the run of
+//! characters of the same *kind* (CJK or not, and no number), and `Scan::word_at` reports a character
 //! of another kind as the end of the text. The third split's gaps (runs of characters where no
 //! alternative matches, such as control, format and unassigned characters) are pieces too. The
 //! character classes are [`Classes`](super::Classes)' (read out of Oniguruma); `[\p{L}\p{M}]` is `\p{L}`
