@@ -35,7 +35,9 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let text_bytes: usize = texts.iter().map(String::len).sum();
-    let tokenizer = Tokenizer::from_file(&args[2]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut tokenizer = Tokenizer::from_file(&args[2]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // As flame-prep by default: a special token's string inside a document is encoded as text.
+    tokenizer.set_encode_special_tokens(true);
 
     let start = Instant::now();
     let mut tokens = 0;

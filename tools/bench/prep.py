@@ -6,7 +6,9 @@ For each tokenizer (GPT-2 and Mistral-7B-v0.1 by default), on ../shared/data/cor
 * ceiling   the raw encode throughput of the `tokenizers` library flame-prep is built on, on the texts
             already in memory, all cores, three ways: the Python package's `encode_batch_fast`, and the
             Rust crate's `encode_batch_fast` and `encode_fast` on one thread per core
-            (preprocess/examples/encode_ceiling.rs); the fastest of the three is the ceiling;
+            (preprocess/examples/encode_ceiling.rs); the fastest of the three is the ceiling. Like
+            flame-prep by default, each encodes a special token's string inside a document as text, so
+            every row counts the same tokens (a row that does not is flagged: TOKEN COUNTS DIFFER);
 * flame     `flame-prep --workers N` end to end (parquet in, Megatron `.bin/.idx` out), and again with
             `--context_length 2048 --shuffle` (packed windows, globally shuffled documents);
 * megatron  Megatron's preprocess_data.py structure on megatron-core's own tokenizer and builder
@@ -181,6 +183,7 @@ texts = []
 for path in sorted(glob.glob(corpus + "/parquet/*.parquet")):
     texts.extend(pq.read_table(path, columns=["text"]).column("text").to_pylist())
 tok = Tokenizer.from_file(tokenizer)
+tok.encode_special_tokens = True  # as flame-prep by default: a special token's string in a document is text
 start, tokens = time.perf_counter(), 0
 for i in range(0, len(texts), 1024):
     tokens += sum(len(e.ids) for e in tok.encode_batch_fast(texts[i:i + 1024], add_special_tokens=True))
@@ -436,7 +439,8 @@ def main():
             print(f"  {label:48} {error}")
         for label, row in table.items():
             if label.startswith(("tokenizers", "gigatoken")) and row["tokens"] != table["flame-prep"]["tokens"]:
-                print(f"  note: {label} counted {row['tokens']} tokens, flame-prep {table['flame-prep']['tokens']}")
+                print(f"  TOKEN COUNTS DIFFER: {label} counted {row['tokens']} tokens, "
+                      f"flame-prep {table['flame-prep']['tokens']}")
         flame = table["flame-prep"]["seconds"]
         ratios = {}
         if "ceiling" in args.peers:
