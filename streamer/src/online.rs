@@ -20,6 +20,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use flame_formats::permutation::{Permutation, splitmix64};
+use rayon::iter::{IntoParallelIterator, ParallelIterator};
 use serde::{Deserialize, Serialize};
 
 use crate::epoch::{DOCS_PER_BLOCK, Piece};
@@ -265,21 +266,26 @@ impl Producer {
             texts.len() as u64,
             self.key(&[2, self.cursor.epoch, file as u64, self.cursor.block]),
         );
+        // The block's documents are encoded on every core (the process's worker pool, whose threads keep
+        // their encoder caches warm from block to block); the first failure in the block's order is the one
+        // reported, whichever thread met it.
+        let encoded: Vec<anyhow::Result<Vec<u32>>> = (0..order.len())
+            .into_par_iter()
+            .map(|place| {
+                let text = &texts[usize::try_from(order.apply(place)).expect("in the block")];
+                let mut ids = Vec::new();
+                self.source.encoder.encode(text, &mut ids).map(|()| ids)
+            })
+            .collect();
         let mut documents = Vec::with_capacity(texts.len());
         let mut names = Vec::with_capacity(texts.len());
-        for place in 0..order.len() {
-            let at = order.apply(place);
-            let record = start + at;
-            let mut ids = Vec::new();
-            self.source
-                .encoder
-                .encode(&texts[usize::try_from(at).expect("in the block")], &mut ids)
-                .map_err(|e| StreamError::Encode {
-                    path: self.source.name(file),
-                    record,
-                    reason: format!("{e:#}"),
-                })?;
-            documents.push(ids);
+        for (place, ids) in (0..).zip(encoded) {
+            let record = start + order.apply(place);
+            documents.push(ids.map_err(|e| StreamError::Encode {
+                path: self.source.name(file),
+                record,
+                reason: format!("{e:#}"),
+            })?);
             names.push((file as u64) << RECORD_BITS | record);
         }
         self.block = Some(Block {
@@ -834,5 +840,32 @@ mod tests {
             err.to_string(),
             "file 0: record 5120: the file has 2 records"
         );
+    }
+
+    #[test]
+    fn of_several_failing_documents_the_first_in_the_blocks_order_is_reported() {
+        // Documents of one block are encoded on several threads; which thread fails first must not matter.
+        let bad = [17_usize, 300, 555, 901];
+        let files = vec![
+            (0..1000)
+                .map(|r| if bad.contains(&r) { "bad".into() } else { format!("doc {r}") })
+                .collect::<Vec<String>>(),
+        ];
+        let first = Producer::new(source(&files, Failing), (1, 0), Cursor::default());
+        let order = Permutation::new(1000, first.key(&[2, 0, 0, 0]));
+        let expected = (0..1000)
+            .map(|place| order.apply(place))
+            .find(|&record| bad.contains(&usize::try_from(record).unwrap()))
+            .unwrap();
+        for _ in 0..20 {
+            let mut producer = Producer::new(source(&files, Failing), (1, 0), Cursor::default());
+            let err = std::iter::from_fn(|| Some(producer.next_window()))
+                .find_map(Result::err)
+                .unwrap();
+            assert_eq!(
+                err.to_string(),
+                format!("file-0.jsonl: record {expected}: tokenizing: cannot encode \"bad\"")
+            );
+        }
     }
 }
