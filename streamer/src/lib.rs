@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod mix;
 pub mod online;
 pub mod protocol;
+#[cfg(feature = "raw-text")]
 pub mod raw_text;
 pub mod server;
 pub mod shm;

@@ -848,7 +848,13 @@ mod tests {
         let bad = [17_usize, 300, 555, 901];
         let files = vec![
             (0..1000)
-                .map(|r| if bad.contains(&r) { "bad".into() } else { format!("doc {r}") })
+                .map(|r| {
+                    if bad.contains(&r) {
+                        "bad".into()
+                    } else {
+                        format!("doc {r}")
+                    }
+                })
                 .collect::<Vec<String>>(),
         ];
         let first = Producer::new(source(&files, Failing), (1, 0), Cursor::default());

@@ -25,9 +25,10 @@ use crate::error::{Error, Result};
 use crate::megatron::MegatronOrder;
 use crate::mix::Mixer;
 use crate::online::{Cursor, OnlineDataset, RawSource, Window};
+#[cfg(feature = "raw-text")]
 use crate::raw_text;
 use crate::source::{Documents, SplitView};
-use crate::spec::{JobSpec, Order, SpecError};
+use crate::spec::{DatasetSpec, JobSpec, Order, SpecError};
 
 /// One sample: a window of `seq_len` tokens from one dataset.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,28 +127,47 @@ pub fn open_datasets(
     }
     let mut datasets = Vec::with_capacity(spec.datasets.len());
     for d in &spec.datasets {
-        let raw_error = |e: anyhow::Error| Error::Raw {
-            dataset: d.label().to_owned(),
-            reason: format!("{e:#}"),
-        };
-        datasets.push(match (&d.dataset, spec.streaming) {
-            (None, _) => Dataset::Prepared(open_prepared(&spec, &d.path, d.label(), root)?),
-            (Some(_), true) => {
-                let config =
-                    raw_text::prep_config(&spec, d, &cache.join("streaming")).map_err(raw_error)?;
-                Dataset::Online(raw_text::raw_source(&config).map_err(raw_error)?)
-            }
-            (Some(_), false) => {
-                let dir = raw_text::prepare(&spec, d, cache).map_err(raw_error)?;
-                let path = dir
-                    .to_str()
-                    .ok_or_else(|| raw_error(anyhow::anyhow!("{}: not UTF-8", dir.display())))?;
-                // The cache is the server's own: no data-root check.
-                Dataset::Prepared(open_prepared(&spec, path, d.label(), None)?)
-            }
+        datasets.push(match &d.dataset {
+            None => Dataset::Prepared(open_prepared(&spec, &d.path, d.label(), root)?),
+            Some(_) => open_raw(&spec, d, cache)?,
         });
     }
     Ok(datasets)
+}
+
+/// Raw dataset `d` of `spec`: streamed, or prepared into `cache` and opened as prepared.
+#[cfg(feature = "raw-text")]
+fn open_raw(spec: &JobSpec, d: &DatasetSpec, cache: &Path) -> Result<Dataset> {
+    let raw_error = |e: anyhow::Error| Error::Raw {
+        dataset: d.label().to_owned(),
+        reason: format!("{e:#}"),
+    };
+    if spec.streaming {
+        let config = raw_text::prep_config(spec, d, &cache.join("streaming")).map_err(raw_error)?;
+        return Ok(Dataset::Online(
+            raw_text::raw_source(&config).map_err(raw_error)?,
+        ));
+    }
+    let dir = raw_text::prepare(spec, d, cache).map_err(raw_error)?;
+    let path = dir
+        .to_str()
+        .ok_or_else(|| raw_error(anyhow::anyhow!("{}: not UTF-8", dir.display())))?;
+    // The cache is the server's own: no data-root check.
+    Ok(Dataset::Prepared(open_prepared(
+        spec,
+        path,
+        d.label(),
+        None,
+    )?))
+}
+
+/// Without flame-prep's code (the `raw-text` feature, on by default) raw datasets are refused.
+#[cfg(not(feature = "raw-text"))]
+fn open_raw(_: &JobSpec, d: &DatasetSpec, _: &Path) -> Result<Dataset> {
+    Err(Error::Raw {
+        dataset: d.label().to_owned(),
+        reason: "this flame-stream was built without the raw-text feature".into(),
+    })
 }
 
 /// Rewrites the raw datasets' and the tokenizer's paths of `spec` to their places under `root`,
