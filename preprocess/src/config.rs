@@ -48,6 +48,8 @@ pub struct Config {
     pub shuffle_seed: Option<u64>,
     /// This run is part `index` of `count` (`--shard-index`, `--num-shards`).
     pub partial: Option<Partial>,
+    /// Where the run's progress is published for another thread (none from the command line).
+    pub live_progress: Option<std::sync::Arc<crate::progress::LiveProgress>>,
 }
 
 /// One part of a job split over machines.
@@ -147,6 +149,7 @@ impl Config {
             json: args.json,
             shuffle_seed: args.shuffle.then_some(args.seed),
             partial,
+            live_progress: None,
         })
     }
 

@@ -470,7 +470,7 @@ fn tokenize_into(
         config.shard_tokens,
         std::mem::take(&mut journal.sink),
     )?;
-    let mut progress = Progress::new(input_bytes, quiet);
+    let mut progress = Progress::new(input_bytes, quiet, config.live_progress.clone());
     let mut counters = Counters {
         bad_records: journal.bad_records,
         empty_documents: journal.empty_documents,

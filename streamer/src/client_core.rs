@@ -568,6 +568,23 @@ impl ClientCore {
                     ..
                 },
             ) => Ok(self.welcomed(fingerprint, seq_len, micro_steps, out)),
+            (
+                Awaiting::Welcome,
+                Message::Preparing {
+                    dataset,
+                    input_bytes,
+                    total_bytes,
+                },
+            ) => {
+                self.awaiting = Awaiting::Welcome;
+                tracing::info!(
+                    dataset,
+                    input_bytes,
+                    total_bytes,
+                    "The server is preparing the job's raw dataset; waiting for it."
+                );
+                Ok(Event::Continue)
+            }
             (Awaiting::Ring, Message::ShmReady { slots, slot_bytes }) => {
                 self.has_ring = true;
                 Ok(Event::RingReady { slots, slot_bytes })
@@ -930,6 +947,30 @@ mod tests {
             ));
         }
         assert_eq!(server.requests, [(0, 0), (1, 0), (2, 0)]);
+    }
+
+    #[test]
+    fn progress_of_a_preparation_is_waited_through_before_the_welcome_only() {
+        let preparing = || Message::Preparing {
+            dataset: "raw/*.jsonl".into(),
+            input_bytes: 10,
+            total_bytes: 100,
+        };
+        let mut core = ClientCore::new(&job(None), 0, 2, None);
+        let mut out = Vec::new();
+        core.connect(&mut out);
+        for _ in 0..3 {
+            assert_eq!(core.receive(preparing(), &mut out), Ok(Event::Continue));
+        }
+        let mut server = Server::new(None);
+        assert_eq!(drive(&mut core, &mut server, &mut out), Ok(Event::Welcomed));
+        core.ask((0, 0), &mut out).unwrap();
+        assert_eq!(
+            core.receive(preparing(), &mut out),
+            Err(Failure::Refused(
+                "expected the Batch of (0, 0), got Preparing".into()
+            ))
+        );
     }
 
     #[test]

@@ -152,6 +152,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 job_idle: std::time::Duration::from_secs(job_idle_seconds),
                 data_root,
                 cache_dir: cache_dir.unwrap_or_else(default_cache_dir),
+                ..ServerConfig::default()
             })?;
             let mut stdout = std::io::stdout().lock();
             for endpoint in &running.endpoints {

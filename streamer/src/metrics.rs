@@ -6,7 +6,8 @@
 //! those thrown away unasked, and connected clients. For the
 //! server: open connections, open jobs and the bytes of job state they hold, and the bytes of rings and
 //! prefetched micro-batches the sessions hold. A job's rows go when the
-//! job is dropped.
+//! job is dropped. Per raw dataset being prepared (a `streaming = false` job's): input bytes read of
+//! the total, documents and tokens, until the preparation ends.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -30,6 +31,40 @@ struct RankStats {
 /// A per-rank metric's value, from the rank's counters and its job's furthest step.
 type RankValue = fn(&RankStats, u64) -> u64;
 
+/// How far a raw dataset's preparation is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Preparation {
+    /// Input bytes read.
+    pub input_bytes: u64,
+    /// The input's size.
+    pub total_bytes: u64,
+    /// Documents tokenized.
+    pub documents: u64,
+    /// Tokens written.
+    pub tokens: u64,
+}
+
+/// One per-preparation metric's value.
+type PreparationValue = fn(&Preparation) -> u64;
+
+/// Reads a preparation's progress (from flame-prep's run, on another thread).
+pub type ReadPreparation = Box<dyn Fn() -> Preparation + Send + Sync>;
+
+/// A preparation under way: the dataset's name and how to read its progress.
+struct Preparing {
+    dataset: String,
+    read: ReadPreparation,
+}
+
+impl std::fmt::Debug for Preparing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Preparing")
+            .field("dataset", &self.dataset)
+            .field("now", &(self.read)())
+            .finish()
+    }
+}
+
 /// The server's counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -42,12 +77,44 @@ pub struct Metrics {
     job_state_bytes: AtomicU64,
     /// Bytes of rings and prefetched micro-batches the sessions hold ([`crate::budget::SessionMemory`]).
     pub(crate) session_bytes: AtomicU64,
+    /// Raw datasets being prepared, by preparation (a directory of the server's cache).
+    preparing: Mutex<BTreeMap<String, Preparing>>,
 }
 
 impl Metrics {
     /// A poisoned lock is taken over: every change to the map is a whole insertion, update or removal.
     fn ranks(&self) -> MutexGuard<'_, BTreeMap<(String, u32), RankStats>> {
         self.ranks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn preparing(&self) -> MutexGuard<'_, BTreeMap<String, Preparing>> {
+        self.preparing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Raw dataset `dataset` is being prepared as `key` (until [`Metrics::prepared`]); `read` tells how far.
+    pub fn preparing_started(&self, key: &str, dataset: &str, read: ReadPreparation) {
+        self.preparing().insert(
+            key.to_owned(),
+            Preparing {
+                dataset: dataset.to_owned(),
+                read,
+            },
+        );
+    }
+
+    /// Preparation `key` ended (done or failed).
+    pub fn prepared(&self, key: &str) {
+        self.preparing().remove(key);
+    }
+
+    /// The preparations under way: each one's dataset and progress, in key order.
+    pub fn preparations(&self) -> Vec<(String, Preparation)> {
+        self.preparing()
+            .values()
+            .map(|p| (p.dataset.clone(), (p.read)()))
+            .collect()
     }
 
     /// The server holds `jobs` jobs with `state_bytes` of state.
@@ -201,6 +268,7 @@ impl Metrics {
                 );
             }
         }
+        self.prometheus_preparations(&mut out);
         let name = "dataset_tokens_total";
         let _ = writeln!(out, "# HELP flame_stream_{name} Tokens served per dataset.");
         let _ = writeln!(out, "# TYPE flame_stream_{name} counter");
@@ -213,6 +281,44 @@ impl Metrics {
             }
         }
         out
+    }
+
+    /// The preparations' lines of [`Metrics::prometheus`].
+    fn prometheus_preparations(&self, out: &mut String) {
+        let preparations = self.preparations();
+        let per_preparation: [(&str, &str, PreparationValue); 4] = [
+            (
+                "input_bytes",
+                "Input bytes a raw dataset's preparation has read.",
+                |p| p.input_bytes,
+            ),
+            (
+                "total_bytes",
+                "Input bytes of a raw dataset being prepared.",
+                |p| p.total_bytes,
+            ),
+            (
+                "documents",
+                "Documents a raw dataset's preparation has tokenized.",
+                |p| p.documents,
+            ),
+            (
+                "tokens",
+                "Tokens a raw dataset's preparation has written.",
+                |p| p.tokens,
+            ),
+        ];
+        for (name, help, value) in per_preparation {
+            let _ = writeln!(out, "# HELP flame_stream_preparation_{name} {help}");
+            let _ = writeln!(out, "# TYPE flame_stream_preparation_{name} gauge");
+            for (dataset, p) in &preparations {
+                let _ = writeln!(
+                    out,
+                    "flame_stream_preparation_{name}{{dataset={dataset:?}}} {}",
+                    value(p)
+                );
+            }
+        }
     }
 
     /// A small HTML page of jobs and ranks.
@@ -232,14 +338,36 @@ impl Metrics {
                 s.queue_depth
             );
         }
+        let mut preparing = String::new();
+        for (dataset, p) in self.preparations() {
+            let _ = write!(
+                preparing,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape_html(&dataset),
+                p.input_bytes,
+                p.total_bytes,
+                p.documents,
+                p.tokens
+            );
+        }
         format!(
             "<!doctype html><title>flame-stream</title><h1>flame-stream</h1><p>{} connections, {} jobs</p>\
              <table border=1><tr><th>job</th><th>rank</th><th>clients</th><th>last step</th><th>lag</th>\
-             <th>micro-batches</th><th>tokens per dataset</th><th>prefetched</th></tr>{rows}</table>",
+             <th>micro-batches</th><th>tokens per dataset</th><th>prefetched</th></tr>{rows}</table>\
+             <h2>Raw datasets being prepared</h2><table border=1><tr><th>dataset</th><th>input bytes read</th>\
+             <th>of</th><th>documents</th><th>tokens</th></tr>{preparing}</table>",
             self.connections.load(Ordering::Relaxed),
             self.jobs.load(Ordering::Relaxed)
         )
     }
+}
+
+/// `text` with HTML's special characters escaped (a dataset's name is the client's).
+fn escape_html(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Serves `/metrics`, `/healthz` and `/` on `addr` from a thread; returns the bound address.

@@ -16,6 +16,7 @@
 //! | 9 | `Release` (client) | slot `u32`: the client no longer reads that slot; the server may write it again |
 //! | 10 | `Cursors` (client) | step `u64`, cursors `u32`, then per cursor: dataset `u32` and the [`Cursor`]'s window, epoch, file, block, document, offset as `u64`s: gives the job's streamed datasets these cursors (from a checkpoint; none to only ask) and asks for the cursors to resume at `step` |
 //! | 11 | `CursorsAt` (server) | the answer to `Cursors`: step `u64` and the cursors, as there |
+//! | 12 | `Preparing` (server, before `Welcome`) | dataset string, input bytes read `u64`, input bytes `u64`: the job waits for a raw dataset's preparation, this far along; sent every few seconds until the `Welcome` |
 //!
 //! The job's end (its `num_samples`, or `epochs` passes over its datasets) is the last micro-batch every
 //! rank has: a `Request` for any later one, of any rank, is answered by an `Error` whose message starts
@@ -159,6 +160,15 @@ pub enum Message {
         /// (dataset, cursor) pairs.
         cursors: Vec<(u32, Cursor)>,
     },
+    /// The job waits for a raw dataset's preparation (before its `Welcome`).
+    Preparing {
+        /// The dataset, as the job names it.
+        dataset: String,
+        /// Input bytes read so far.
+        input_bytes: u64,
+        /// The input's size.
+        total_bytes: u64,
+    },
 }
 
 impl Message {
@@ -176,6 +186,7 @@ impl Message {
             Self::Release { .. } => 9,
             Self::Cursors { .. } => 10,
             Self::CursorsAt { .. } => 11,
+            Self::Preparing { .. } => 12,
         })
     }
 }
@@ -273,6 +284,11 @@ pub fn decode(buf: &[u8], limits: Limits) -> Result<Option<(Message, usize)>, Pr
         11 => Message::CursorsAt {
             step: r.u64()?,
             cursors: r.cursors()?,
+        },
+        12 => Message::Preparing {
+            dataset: r.string()?,
+            input_bytes: r.u64()?,
+            total_bytes: r.u64()?,
         },
         other => {
             return Err(ProtocolError::Malformed {
@@ -375,6 +391,16 @@ pub fn encode(message: &Message, out: &mut Vec<u8>) {
         }
         Message::Cursors { step, cursors } => put_cursors(out, 10, *step, cursors),
         Message::CursorsAt { step, cursors } => put_cursors(out, 11, *step, cursors),
+        Message::Preparing {
+            dataset,
+            input_bytes,
+            total_bytes,
+        } => {
+            out.push(12);
+            put_bytes(out, dataset.as_bytes());
+            out.extend_from_slice(&input_bytes.to_le_bytes());
+            out.extend_from_slice(&total_bytes.to_le_bytes());
+        }
     }
     let len = u32::try_from(out.len() - start - 4).expect("frames are below 4 GiB");
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
@@ -454,6 +480,7 @@ fn kind_name(kind: u8) -> &'static str {
         9 => "Release",
         10 => "Cursors",
         11 => "CursorsAt",
+        12 => "Preparing",
         _ => "unknown",
     }
 }
@@ -640,6 +667,11 @@ mod tests {
                         offset: 33,
                     },
                 )],
+            },
+            Message::Preparing {
+                dataset: "hub:HuggingFaceFW/fineweb-edu".into(),
+                input_bytes: 1 << 33,
+                total_bytes: 5 << 33,
             },
         ]
     }

@@ -10,9 +10,11 @@ use anyhow::Context;
 use clap::Parser;
 use flame_preprocess::cli::Cli;
 use flame_preprocess::config::Config;
+use flame_preprocess::progress::LiveProgress;
 use flame_preprocess::source::{DocumentReader, InputFile, open_reader};
 use flame_preprocess::tokenize::TextEncoder;
 
+use crate::metrics::{Metrics, Preparation};
 use crate::online::{Encode, RawFiles, RawSource, RecordReader, SourceError};
 use crate::spec::{DatasetSpec, JobSpec};
 
@@ -24,15 +26,48 @@ use crate::spec::{DatasetSpec, JobSpec};
 ///
 /// # Errors
 /// flame-prep's errors (no such dataset, a bad record, ...), or the cache cannot be written.
-pub fn prepare(spec: &JobSpec, dataset: &DatasetSpec, cache: &Path) -> anyhow::Result<PathBuf> {
-    let key = preparation_key(spec, dataset);
-    let dir = cache.join("prepared").join(&key);
-    std::fs::create_dir_all(&dir).with_context(|| format!("{}: create", dir.display()))?;
+pub fn prepare(
+    spec: &JobSpec,
+    dataset: &DatasetSpec,
+    cache: &Path,
+    metrics: &Metrics,
+) -> anyhow::Result<PathBuf> {
+    let dir = preparation_dir(spec, dataset, cache);
+    let key = dir.to_string_lossy().into_owned();
+    // Shown from the start: waiting for another server's preparation of it is waiting too.
+    let live = Arc::new(LiveProgress::default());
+    let read = Arc::clone(&live);
+    metrics.preparing_started(
+        &key,
+        dataset.label(),
+        Box::new(move || {
+            let now = read.snapshot();
+            Preparation {
+                input_bytes: now.input_bytes,
+                total_bytes: now.total_bytes,
+                documents: now.num_documents,
+                tokens: now.num_tokens,
+            }
+        }),
+    );
+    let prepared = prepare_locked(spec, dataset, &dir, live);
+    metrics.prepared(&key);
+    prepared
+}
+
+/// [`prepare`] into `dir`, under its lock, publishing the run's progress into `live`.
+fn prepare_locked(
+    spec: &JobSpec,
+    dataset: &DatasetSpec,
+    dir: &Path,
+    live: Arc<LiveProgress>,
+) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: create", dir.display()))?;
     let lock = std::fs::File::create(dir.join(".lock"))
         .with_context(|| format!("{}: create the lock", dir.display()))?;
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
         .with_context(|| format!("{}: lock", dir.display()))?;
-    let config = prep_config(spec, dataset, &dir)?;
+    let mut config = prep_config(spec, dataset, dir)?;
     if !config.output_dir.join("manifest.json").is_file() {
         tracing::info!(
             dataset = dataset.label(),
@@ -40,10 +75,16 @@ pub fn prepare(spec: &JobSpec, dataset: &DatasetSpec, cache: &Path) -> anyhow::R
             files = config.inputs.len(),
             "Preparing a raw dataset (flame-prep); the job's clients wait."
         );
+        config.live_progress = Some(live);
         flame_preprocess::run::run(&config, true)?;
         tracing::info!(dataset = dataset.label(), "Prepared.");
     }
     Ok(config.output_dir)
+}
+
+/// Where [`prepare`] puts raw dataset `dataset` of `spec` in `cache` (and its lock file, `.lock`).
+pub fn preparation_dir(spec: &JobSpec, dataset: &DatasetSpec, cache: &Path) -> PathBuf {
+    cache.join("prepared").join(preparation_key(spec, dataset))
 }
 
 /// What names a preparation: the raw dataset's keys and the job's tokenizer options.

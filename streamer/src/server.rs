@@ -20,6 +20,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_PREFETCH_DEPTH: usize = 4;
 /// How long a job is kept without a session by default: 10 minutes.
 pub const DEFAULT_JOB_IDLE: Duration = Duration::from_mins(10);
+/// How often a client waiting for a raw dataset's preparation hears how far along it is.
+pub const DEFAULT_PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Bytes of shared memory one client's ring may take: 64 slots of 64 MiB, say.
 pub const MAX_RING_BYTES: u64 = 4 << 30;
 
@@ -76,6 +79,9 @@ pub struct ServerConfig {
     pub data_root: Option<PathBuf>,
     /// Where raw datasets are prepared (`streaming = false`) and which jobs share: flame's cache.
     pub cache_dir: PathBuf,
+    /// How often a client waiting for its job's raw datasets to be prepared is told how far along they
+    /// are (`Preparing` frames).
+    pub progress_every: Duration,
 }
 
 /// The default cache of prepared raw datasets: `$FLAME_CACHE/stream`, else `~/.cache/flame/stream`.
@@ -101,6 +107,7 @@ impl Default for ServerConfig {
             job_idle: DEFAULT_JOB_IDLE,
             data_root: None,
             cache_dir: default_cache_dir(),
+            progress_every: DEFAULT_PROGRESS_EVERY,
         }
     }
 }
@@ -121,21 +128,25 @@ struct Shared {
     session_memory: SessionMemory,
     max_connections: usize,
     prefetch_depth: usize,
+    progress_every: Duration,
 }
 
 /// Binds every endpoint and serves each on its own accept thread.
 pub fn serve(config: &ServerConfig) -> std::io::Result<Running> {
     let root = config.data_root.as_deref().map(DataRoot::new).transpose()?;
     let cache = config.cache_dir.clone();
-    serve_with(
-        config,
-        Box::new(move |spec: &JobSpec| open_datasets(spec, root.as_ref(), &cache)),
-    )
+    serve_with(config, |metrics| {
+        Box::new(move |spec: &JobSpec| open_datasets(spec, root.as_ref(), &cache, &metrics))
+    })
 }
 
-/// [`serve`], opening jobs' datasets with `opener`.
-fn serve_with(config: &ServerConfig, opener: Box<Opener>) -> std::io::Result<Running> {
+/// [`serve`], opening jobs' datasets with the opener `opener` makes (given the server's metrics).
+fn serve_with(
+    config: &ServerConfig,
+    opener: impl FnOnce(Arc<Metrics>) -> Box<Opener>,
+) -> std::io::Result<Running> {
     let metrics = Arc::new(Metrics::default());
+    let opener = opener(Arc::clone(&metrics));
     let shared = Arc::new(Shared {
         token: config.token.clone(),
         jobs: Jobs::new(
@@ -148,6 +159,7 @@ fn serve_with(config: &ServerConfig, opener: Box<Opener>) -> std::io::Result<Run
         metrics,
         max_connections: config.max_connections,
         prefetch_depth: config.prefetch_depth,
+        progress_every: config.progress_every,
     });
     let mut endpoints = Vec::new();
     for endpoint in &config.listen {
@@ -565,7 +577,14 @@ fn welcome<'a>(
     }
     let spec = JobSpec::from_toml(&job).map_err(|e| e.to_string())?;
     span.record("job", spec.fingerprint());
-    let (stream, lease) = shared.jobs.join(spec).map_err(|e| e.to_string())?;
+    let progress = (spec.has_raw_datasets() && !spec.streaming)
+        .then(|| PreparationProgress::start(shared, conn.as_ref(), &spec))
+        .transpose()?;
+    let joined = shared.jobs.join(spec);
+    if let Some(progress) = progress {
+        progress.stop();
+    }
+    let (stream, lease) = joined.map_err(|e| e.to_string())?;
     // Checked first: it proves micro_batch_size × world_size divides global_batch_size.
     stream
         .micro_batch_indices(0, 0, rank, world_size)
@@ -585,6 +604,61 @@ fn welcome<'a>(
     conn.write_all(&out).map_err(|e| format!("write: {e}"))?;
     tracing::debug!("Welcomed.");
     Ok((stream, lease, rank, world_size, micro_steps))
+}
+
+/// While a job's raw datasets are prepared, a thread that tells the waiting client how far along they
+/// are: a `Preparing` frame per dataset being prepared, every [`ServerConfig::progress_every`], on a
+/// duplicate of the client's socket (the session's thread is inside [`Jobs::join`] meanwhile and writes
+/// nothing until [`PreparationProgress::stop`] returns).
+struct PreparationProgress {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl PreparationProgress {
+    fn start(shared: &Shared, conn: &dyn Connection, spec: &JobSpec) -> Result<Self, String> {
+        let socket = conn
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| format!("duplicate the socket: {e}"))?;
+        let mut socket = std::fs::File::from(socket);
+        let datasets: Vec<String> = spec
+            .datasets
+            .iter()
+            .filter(|d| d.dataset.is_some())
+            .map(|d| d.label().to_owned())
+            .collect();
+        let metrics = Arc::clone(&shared.metrics);
+        let every = shared.progress_every;
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let mut frames = Vec::new();
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                frames.clear();
+                for (dataset, p) in metrics.preparations() {
+                    if datasets.contains(&dataset) {
+                        let message = Message::Preparing {
+                            dataset,
+                            input_bytes: p.input_bytes,
+                            total_bytes: p.total_bytes,
+                        };
+                        encode(&message, &mut frames);
+                    }
+                }
+                // A client that left is the session's to notice once the job is open.
+                if socket.write_all(&frames).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Self { stop, thread })
+    }
+
+    /// Stops the thread and waits for it: no frame of it follows.
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
 }
 
 /// Creates a client's ring, its bytes reserved of the sessions' `memory`, and sends it over the Unix
@@ -829,11 +903,13 @@ mod tests {
                 ..ServerConfig::default()
             },
             // Job 13 hits a bug while it is being opened (once under the server-wide lock).
-            Box::new(|spec: &JobSpec| {
-                assert!(spec.seed != 13, "a bug in opening job 13");
-                let docs: Vec<Vec<u32>> = (0..20u32).map(|d| vec![d; 9]).collect();
-                Ok(vec![crate::stream::Dataset::Prepared(Box::new(docs))])
-            }),
+            |_| {
+                Box::new(|spec: &JobSpec| {
+                    assert!(spec.seed != 13, "a bug in opening job 13");
+                    let docs: Vec<Vec<u32>> = (0..20u32).map(|d| vec![d; 9]).collect();
+                    Ok(vec![crate::stream::Dataset::Prepared(Box::new(docs))])
+                })
+            },
         )
         .unwrap();
         let Endpoint::Unix(socket) = &running.endpoints[0] else {

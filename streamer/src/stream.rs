@@ -23,6 +23,7 @@ use crate::data_root::DataRoot;
 use crate::epoch::{EpochPlan, Piece, cu_seqlens};
 use crate::error::{Error, Result};
 use crate::megatron::MegatronOrder;
+use crate::metrics::Metrics;
 use crate::mix::Mixer;
 use crate::online::{Cursor, OnlineDataset, RawSource, Window};
 #[cfg(feature = "raw-text")]
@@ -114,11 +115,13 @@ pub fn open_documents(spec: &JobSpec, root: Option<&DataRoot>) -> Result<Vec<Box
 
 /// Opens every dataset of `spec` as [`open_documents`] does, and its raw datasets too: streamed
 /// (`streaming = true`, [`Dataset::Online`]) or prepared once into `cache` and then opened as prepared
-/// ([`crate::raw_text::prepare`]). With `root`, raw datasets and the tokenizer must be paths under it.
+/// ([`crate::raw_text::prepare`], its progress shown in `metrics`). With `root`, raw datasets and the
+/// tokenizer must be paths under it.
 pub fn open_datasets(
     spec: &JobSpec,
     root: Option<&DataRoot>,
     cache: &Path,
+    metrics: &Metrics,
 ) -> Result<Vec<Dataset>> {
     spec.validate()?;
     let mut spec = spec.clone();
@@ -129,7 +132,7 @@ pub fn open_datasets(
     for d in &spec.datasets {
         datasets.push(match &d.dataset {
             None => Dataset::Prepared(open_prepared(&spec, &d.path, d.label(), root)?),
-            Some(_) => open_raw(&spec, d, cache)?,
+            Some(_) => open_raw(&spec, d, cache, metrics)?,
         });
     }
     Ok(datasets)
@@ -137,7 +140,7 @@ pub fn open_datasets(
 
 /// Raw dataset `d` of `spec`: streamed, or prepared into `cache` and opened as prepared.
 #[cfg(feature = "raw-text")]
-fn open_raw(spec: &JobSpec, d: &DatasetSpec, cache: &Path) -> Result<Dataset> {
+fn open_raw(spec: &JobSpec, d: &DatasetSpec, cache: &Path, metrics: &Metrics) -> Result<Dataset> {
     let raw_error = |e: anyhow::Error| Error::Raw {
         dataset: d.label().to_owned(),
         reason: format!("{e:#}"),
@@ -148,7 +151,7 @@ fn open_raw(spec: &JobSpec, d: &DatasetSpec, cache: &Path) -> Result<Dataset> {
             raw_text::raw_source(&config).map_err(raw_error)?,
         ));
     }
-    let dir = raw_text::prepare(spec, d, cache).map_err(raw_error)?;
+    let dir = raw_text::prepare(spec, d, cache, metrics).map_err(raw_error)?;
     let path = dir
         .to_str()
         .ok_or_else(|| raw_error(anyhow::anyhow!("{}: not UTF-8", dir.display())))?;
@@ -163,7 +166,7 @@ fn open_raw(spec: &JobSpec, d: &DatasetSpec, cache: &Path) -> Result<Dataset> {
 
 /// Without flame-prep's code (the `raw-text` feature, on by default) raw datasets are refused.
 #[cfg(not(feature = "raw-text"))]
-fn open_raw(_: &JobSpec, d: &DatasetSpec, _: &Path) -> Result<Dataset> {
+fn open_raw(_: &JobSpec, d: &DatasetSpec, _: &Path, _: &Metrics) -> Result<Dataset> {
     Err(Error::Raw {
         dataset: d.label().to_owned(),
         reason: "this flame-stream was built without the raw-text feature".into(),

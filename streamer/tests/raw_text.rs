@@ -3,14 +3,21 @@
 //! reader and encoder (`streaming = true`); a corrupt record reaches the client as an error naming the
 //! file and line while the server serves other jobs on.
 
+use std::io::Write;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use flame_preprocess::tokenize::{BosPolicy, TextEncoder};
 use flame_streamer::client::{Client, resume_cursors};
+use flame_streamer::protocol::{Limits, Message, VERSION, encode};
 use flame_streamer::server::{Endpoint, ServerConfig, serve};
 use flame_streamer::spec::JobSpec;
 use flame_streamer::stream::Stream;
 
+use flame_streamer::transport::{Connection, read_message};
+
+use crate::raw::{http_get, metric};
 use crate::util::{python, repo_root};
 
 fn gpt2() -> PathBuf {
@@ -285,4 +292,71 @@ fn a_fresh_server_given_a_checkpoints_cursors_continues_the_stream() {
     let mut client = Client::connect(start(third.path()), &spec, 0, 1, None, 0).unwrap();
     let err = client.micro_batch(1 << 20, 0).unwrap_err().to_string();
     assert!(err.contains("checkpoint's cursor"), "{err}");
+}
+
+#[test]
+fn clients_waiting_for_a_preparation_hear_its_progress_and_the_status_page_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write_raw(dir.path());
+    let spec = raw_job(dir.path(), false);
+    let label = spec.datasets[0].label().to_owned();
+    // Another server is preparing the dataset (the test holds the preparation's lock): this one waits.
+    let cache = dir.path().join("cache");
+    let prepared_in = flame_streamer::raw_text::preparation_dir(&spec, &spec.datasets[0], &cache);
+    std::fs::create_dir_all(&prepared_in).unwrap();
+    let lock = std::fs::File::create(prepared_in.join(".lock")).unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let running = serve(&ServerConfig {
+        listen: vec![Endpoint::Unix(dir.path().join("s.sock"))],
+        cache_dir: cache,
+        metrics: Some("127.0.0.1:0".into()),
+        progress_every: Duration::from_millis(1),
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    let status = running.metrics.unwrap();
+    let mut conn: Box<dyn Connection> =
+        Box::new(UnixStream::connect(dir.path().join("s.sock")).unwrap());
+    let mut out = Vec::new();
+    encode(
+        &Message::Hello {
+            version: VERSION,
+            token: Vec::new(),
+            job: spec.to_toml(),
+            rank: 0,
+            world_size: 1,
+        },
+        &mut out,
+    );
+    conn.write_all(&out).unwrap();
+    let mut buf = Vec::new();
+    let mut next = || read_message(conn.as_mut(), &mut buf, Limits::SERVER_FRAMES).unwrap();
+    assert_eq!(
+        next(),
+        Some(Message::Preparing {
+            dataset: label.clone(),
+            input_bytes: 0,
+            total_bytes: 0,
+        })
+    );
+    let line = format!("flame_stream_preparation_input_bytes{{dataset={label:?}}} ");
+    assert_eq!(metric(&http_get(status, "/metrics"), &line), 0);
+    assert!(http_get(status, "/").contains(&label));
+    // The other server is gone: this one prepares, then welcomes the client.
+    drop(lock);
+    let welcome = loop {
+        match next() {
+            Some(Message::Preparing { dataset, .. }) => assert_eq!(dataset, label),
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(welcome, Some(Message::Welcome { .. })),
+        "{welcome:?}"
+    );
+    let metrics = http_get(status, "/metrics");
+    assert!(
+        !metrics.contains(&line),
+        "the preparation ended:\n{metrics}"
+    );
 }

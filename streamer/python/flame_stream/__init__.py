@@ -17,6 +17,8 @@ trainer works; asking for anything else reads that answer and gives its slot bac
 last micro-batch every rank has: asking past it raises `EndOfJob` (a `ServerError`), for every job (with
 `num_samples` or `epochs`). With Python 3.11 or later the client also reads `num_samples` from the job's
 TOML (`tomllib`) and then asks nothing ahead past the end.
+While the server prepares the job's raw datasets (a job with `dataset = ...` entries, not streamed), the
+client waits, logging the progress the server sends every few seconds (logger `flame_stream`).
 The client reconnects with backoff when the connection drops and asks again for the same batch; a
 batch is a pure function of (job, step, micro-step, rank, world size), so nothing is lost or repeated.
 Only numpy is required.
@@ -37,6 +39,7 @@ reads, for any W. Each dict has `input_ids` and `labels` (int64, equal: the mode
   `[n_i + 1]`, each from 0 to seq_len.
 """
 
+import logging
 import mmap
 import os
 import socket
@@ -57,6 +60,8 @@ MAX_FRAME = 1 << 30
 _HELLO, _WELCOME, _REQUEST, _BATCH, _ERROR = 1, 2, 3, 4, 5
 _SHM_OPEN, _SHM_READY, _SLOT, _RELEASE = 6, 7, 8, 9
 _CURSORS, _CURSORS_AT = 10, 11
+_PREPARING = 12  # before Welcome: the job waits for a raw dataset's preparation, this far along
+_log = logging.getLogger("flame_stream")
 _CURSOR = struct.Struct("<I6Q")  # dataset, then a Cursor's window, epoch, file, block, document, offset
 _SLOT_MAGIC = b"FLSB"
 END_OF_JOB = "end of job: "  # how the server's Error past the job's end starts (streamer/src/protocol.rs)
@@ -262,6 +267,12 @@ class Client:
                 self._sock.connect(address)
                 self._sock.sendall(self._hello)
                 kind, r = self._read_frame()
+                while kind == _PREPARING:
+                    dataset = r.string()
+                    done, total = r.unpack("<QQ")
+                    _log.info("the server is preparing the job's raw dataset %s: %d of %d input bytes read; "
+                              "waiting for it", dataset, done, total)
+                    kind, r = self._read_frame()
                 if kind == _WELCOME:
                     _version = r.unpack("<H")
                     self.fingerprint = r.string()
