@@ -18,7 +18,7 @@ use flame_streamer::stream::Stream;
 use flame_streamer::transport::{Connection, read_message};
 
 use crate::raw::{http_get, metric};
-use crate::util::{python, repo_root};
+use crate::util::{python, repo_root, spawn_server};
 
 fn gpt2() -> PathBuf {
     repo_root().join("../shared/data/tokenizers/gpt2/tokenizer.json")
@@ -76,7 +76,17 @@ fn start(dir: &Path) -> Endpoint {
 }
 
 fn batches(endpoint: &Endpoint, spec: &JobSpec, steps: u64) -> Vec<Vec<u32>> {
-    let mut client = Client::connect(endpoint.clone(), spec, 0, 1, None, 0).unwrap();
+    let client = Client::connect(endpoint.clone(), spec, 0, 1, None, 0).unwrap();
+    read_batches(client, steps)
+}
+
+/// [`batches`] from a client that reconnects (with backoff, up to about 40 s) when its server goes.
+fn batches_with_retries(endpoint: &Endpoint, spec: &JobSpec, steps: u64) -> Vec<Vec<u32>> {
+    let client = Client::connect(endpoint.clone(), spec, 0, 1, None, 20).unwrap();
+    read_batches(client, steps)
+}
+
+fn read_batches(mut client: Client, steps: u64) -> Vec<Vec<u32>> {
     (0..steps)
         .flat_map(|step| (0..2).map(move |micro| (step, micro)))
         .map(|(step, micro)| {
@@ -359,4 +369,53 @@ fn clients_waiting_for_a_preparation_hear_its_progress_and_the_status_page_shows
         !metrics.contains(&line),
         "the preparation ended:\n{metrics}"
     );
+}
+
+#[test]
+fn a_preparation_cut_by_a_crash_resumes_on_the_restarted_server_and_its_client_waits_through() {
+    let dir = tempfile::tempdir().unwrap();
+    write_raw(dir.path());
+    let spec = raw_job(dir.path(), false);
+    let socket = dir.path().join("s.sock");
+    let cache = dir.path().join("cache");
+    let cache_arg = ["--cache-dir", cache.to_str().unwrap()];
+    // The first server dies (abort(), as abrupt as a kill -9) after tokenizing 100 of the 300 documents.
+    let mut first = spawn_server(
+        &socket,
+        &cache_arg,
+        &[("FLAME_PREP_ABORT_AFTER_DOCUMENTS", "100")],
+    );
+    let client = std::thread::spawn({
+        let (socket, spec) = (socket.clone(), spec.clone());
+        move || batches_with_retries(&Endpoint::Unix(socket), &spec, 6)
+    });
+    let died = first.wait().unwrap();
+    assert!(!died.success(), "the first server was to abort: {died:?}");
+    let mut second = spawn_server(&socket, &cache_arg, &[]);
+    let served = client.join().unwrap();
+    second.kill().unwrap();
+    second.wait().unwrap();
+    // What the client got is the dataset prepared without interruption.
+    let metrics = flame_streamer::metrics::Metrics::default();
+    let straight = dir.path().join("straight");
+    let output =
+        flame_streamer::raw_text::prepare(&spec, &spec.datasets[0], &straight, &metrics).unwrap();
+    let mut prepared = spec.clone();
+    prepared.datasets[0] =
+        flame_streamer::spec::DatasetSpec::prepared(output.to_str().unwrap(), 1.0);
+    prepared.tokenizer = None;
+    prepared.append_eod = false;
+    let reference = Stream::open(prepared).unwrap();
+    let expected: Vec<Vec<u32>> = (0..6u64)
+        .flat_map(|step| (0..2).map(move |micro| (step, micro)))
+        .map(|(s, m)| {
+            reference
+                .micro_batch(s, m, 0, 1)
+                .unwrap()
+                .into_iter()
+                .flat_map(|s| s.tokens)
+                .collect()
+        })
+        .collect();
+    assert_eq!(served, expected);
 }

@@ -18,6 +18,7 @@ use flame_streamer::spec::JobSpec;
 use flame_streamer::stream::Stream;
 
 use crate::raw::{http_get, metric, raw_exchange, wait_for_metric};
+use crate::util::spawn_server;
 
 pub fn write_dataset(prefix: &Path, seed: u32) {
     let mut builder = IndexedDatasetBuilder::create(prefix, TokenDtype::Uint16).unwrap();
@@ -436,23 +437,6 @@ fn dump_prints_one_json_line_per_micro_batch() {
     assert_eq!(dump_from(&endpoints[0], &["--shared-memory", "2"]), lines);
 }
 
-/// Starts `flame-stream serve` on `socket` and waits for its "listening on" line.
-fn spawn_server(socket: &Path) -> std::process::Child {
-    use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flame-stream"))
-        .args(["serve", "--listen"])
-        .arg(format!("unix://{}", socket.display()))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("listening on unix://"), "{line}");
-    child
-}
-
 #[test]
 fn a_client_carries_on_exactly_across_a_kill_9_and_restart_of_the_server() {
     for shared_memory in [false, true] {
@@ -465,7 +449,7 @@ fn kill_9_and_restart(shared_memory: bool) {
     let spec = job(dir.path());
     let socket = dir.path().join("server.sock");
     let reference = Stream::open(spec.clone()).unwrap();
-    let mut server = spawn_server(&socket);
+    let mut server = spawn_server(&socket, &[], &[]);
     let mut client =
         Client::connect(Endpoint::Unix(socket.clone()), &spec, 0, 1, None, 20).unwrap();
     if shared_memory {
@@ -482,7 +466,7 @@ fn kill_9_and_restart(shared_memory: bool) {
             server.kill().unwrap();
             server.wait().unwrap();
             assert!(socket.exists());
-            server = spawn_server(&socket);
+            server = spawn_server(&socket, &[], &[]);
         }
     }
     server.kill().unwrap();

@@ -1,5 +1,5 @@
 //! What the tests share besides the wire (`raw.rs`): where the repository is, the test venv's Python,
-//! and a recording proxy between clients and a server on Unix sockets: the protocol trace of every
+//! a server in a process of its own, and a recording proxy between clients and a server on Unix sockets: the protocol trace of every
 //! connection, each direction in order, as an observer outside the client sees it. It passes the ring's
 //! descriptor on, and can rewrite the server's answers to play a server that breaks the protocol.
 
@@ -22,6 +22,26 @@ pub fn repo_root() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
+}
+
+/// Starts `flame-stream serve` on `socket` (with `args` after, and `env` set) and waits for its
+/// "listening on" line.
+pub fn spawn_server(socket: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flame-stream"))
+        .args(["serve", "--listen"])
+        .arg(format!("unix://{}", socket.display()))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("listening on unix://"), "{line}");
+    child
 }
 
 /// The test venv's Python (`tools/setup-python.sh` makes it once and prints its path).
