@@ -75,6 +75,17 @@ pub fn splitmix64(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A key derived from `seed` and `parts` (each folded in by one splitmix64 step): the keys of the
+/// permutations a seeded order is made of, one per (purpose, epoch, block, ...) tuple.
+pub fn derive_key(seed: u64, parts: &[u64]) -> u64 {
+    let mut state = seed;
+    for &p in parts {
+        state ^= p;
+        state = splitmix64(&mut state);
+    }
+    state
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;

@@ -18,7 +18,7 @@
 use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use flame_formats::permutation::{Permutation, splitmix64};
+use flame_formats::permutation::{Permutation, derive_key};
 
 use crate::source::Documents;
 
@@ -162,12 +162,7 @@ impl<D: Documents> EpochPlan<D> {
     }
 
     fn key(&self, parts: &[u64]) -> u64 {
-        let mut state = self.seed;
-        for &p in parts {
-            state ^= p;
-            state = splitmix64(&mut state);
-        }
-        state
+        derive_key(self.seed, parts)
     }
 
     fn block_order(&self, epoch: u64) -> Permutation {

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
-use flame_formats::permutation::{Permutation, splitmix64};
+use flame_formats::permutation::{Permutation, derive_key};
 use rayon::iter::{IntoParallelIterator, ParallelIterator};
 use serde::{Deserialize, Serialize};
 
@@ -220,12 +220,7 @@ impl Producer {
     }
 
     fn key(&self, parts: &[u64]) -> u64 {
-        let mut state = self.seed;
-        for &p in parts {
-            state ^= p;
-            state = splitmix64(&mut state);
-        }
-        state
+        derive_key(self.seed, parts)
     }
 
     /// The file at place `place` of `epoch`'s order.
