@@ -29,6 +29,7 @@ use crate::budget::{
     ByteSize, DEFAULT_MAX_JOB_MEMORY, DEFAULT_MAX_SESSION_MEMORY, Reservation, SessionMemory,
 };
 use crate::data_root::DataRoot;
+use crate::file_cache::FileCache;
 use crate::jobs::{Jobs, Lease, Opener};
 use crate::metrics::{Metrics, serve_http};
 use crate::online::Cursor;
@@ -74,9 +75,16 @@ pub struct ServerConfig {
     /// The directory jobs' datasets must lie under; `None` trusts every client with every file the
     /// server can read.
     pub data_root: Option<PathBuf>,
-    /// Where raw datasets are prepared (`streaming = false`) and which jobs share: flame's cache.
+    /// Where raw datasets are prepared (`streaming = false`) and which jobs share: flame's cache. Streamed
+    /// datasets' remote files are fetched into its `stream-files/` ([`FileCache`]).
     pub cache_dir: PathBuf,
+    /// Bytes the streamed datasets' remote files may take in `cache_dir/stream-files` together.
+    pub stream_cache_bytes: u64,
 }
+
+/// The default of [`ServerConfig::stream_cache_bytes`]: room for a few of the largest hub parquet files
+/// per streaming job.
+pub const DEFAULT_STREAM_CACHE_BYTES: ByteSize = ByteSize(32 << 30);
 
 /// The default cache of prepared raw datasets: `$FLAME_CACHE/stream`, else `~/.cache/flame/stream`.
 pub fn default_cache_dir() -> PathBuf {
@@ -101,6 +109,7 @@ impl Default for ServerConfig {
             job_idle: DEFAULT_JOB_IDLE,
             data_root: None,
             cache_dir: default_cache_dir(),
+            stream_cache_bytes: DEFAULT_STREAM_CACHE_BYTES.0,
         }
     }
 }
@@ -127,9 +136,13 @@ struct Shared {
 pub fn serve(config: &ServerConfig) -> std::io::Result<Running> {
     let root = config.data_root.as_deref().map(DataRoot::new).transpose()?;
     let cache = config.cache_dir.clone();
+    let files = Arc::new(FileCache::new(
+        cache.join("stream-files"),
+        config.stream_cache_bytes,
+    ));
     serve_with(
         config,
-        Box::new(move |spec: &JobSpec| open_datasets(spec, root.as_ref(), &cache)),
+        Box::new(move |spec: &JobSpec| open_datasets(spec, root.as_ref(), (&cache, &files))),
     )
 }
 

@@ -22,6 +22,7 @@ use flame_formats::permutation::splitmix64;
 use crate::data_root::DataRoot;
 use crate::epoch::{EpochPlan, Piece, cu_seqlens};
 use crate::error::{Error, Result};
+use crate::file_cache::FileCache;
 use crate::megatron::MegatronOrder;
 use crate::mix::Mixer;
 use crate::online::{Cursor, OnlineDataset, RawSource, Window};
@@ -112,12 +113,13 @@ pub fn open_documents(spec: &JobSpec, root: Option<&DataRoot>) -> Result<Vec<Box
 }
 
 /// Opens every dataset of `spec` as [`open_documents`] does, and its raw datasets too: streamed
-/// (`streaming = true`, [`Dataset::Online`]) or prepared once into `cache` and then opened as prepared
+/// (`streaming = true`, [`Dataset::Online`], their remote files fetched into `files`, hub listings kept
+/// under `cache/stream-listings`) or prepared once into `cache` and then opened as prepared
 /// ([`crate::raw_text::prepare`]). With `root`, raw datasets and the tokenizer must be paths under it.
 pub fn open_datasets(
     spec: &JobSpec,
     root: Option<&DataRoot>,
-    cache: &Path,
+    (cache, files): (&Path, &Arc<FileCache>),
 ) -> Result<Vec<Dataset>> {
     spec.validate()?;
     let mut spec = spec.clone();
@@ -133,9 +135,9 @@ pub fn open_datasets(
         datasets.push(match (&d.dataset, spec.streaming) {
             (None, _) => Dataset::Prepared(open_prepared(&spec, &d.path, d.label(), root)?),
             (Some(_), true) => {
-                let config =
-                    raw_text::prep_config(&spec, d, &cache.join("streaming")).map_err(raw_error)?;
-                Dataset::Online(raw_text::raw_source(&config).map_err(raw_error)?)
+                let config = raw_text::streaming_config(&spec, d, &cache.join("stream-listings"))
+                    .map_err(raw_error)?;
+                Dataset::Online(raw_text::raw_source(&config, files).map_err(raw_error)?)
             }
             (Some(_), false) => {
                 let dir = raw_text::prepare(&spec, d, cache).map_err(raw_error)?;
