@@ -13,7 +13,7 @@ use flame_streamer::stream::Stream;
 
 use crate::util::{python, repo_root};
 
-fn gpt2() -> PathBuf {
+pub fn gpt2() -> PathBuf {
     repo_root().join("../shared/data/tokenizers/gpt2/tokenizer.json")
 }
 
@@ -57,7 +57,7 @@ fn raw_job(dir: &Path, streaming: bool) -> JobSpec {
     .unwrap()
 }
 
-fn start(dir: &Path) -> Endpoint {
+pub fn start(dir: &Path) -> Endpoint {
     serve(&ServerConfig {
         listen: vec![Endpoint::Unix(dir.join("s.sock"))],
         cache_dir: dir.join("cache"),
@@ -68,7 +68,7 @@ fn start(dir: &Path) -> Endpoint {
     .remove(0)
 }
 
-fn batches(endpoint: &Endpoint, spec: &JobSpec, steps: u64) -> Vec<Vec<u32>> {
+pub fn batches(endpoint: &Endpoint, spec: &JobSpec, steps: u64) -> Vec<Vec<u32>> {
     let mut client = Client::connect(endpoint.clone(), spec, 0, 1, None, 0).unwrap();
     (0..steps)
         .flat_map(|step| (0..2).map(move |micro| (step, micro)))
