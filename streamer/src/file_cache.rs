@@ -3,14 +3,16 @@
 //! jobs, never more than `--stream-cache-bytes` on disk.
 //!
 //! **Rules.** A file is admitted before it is downloaded: its bytes (with its ETag record) are reserved
-//! first, and if they do not fit, files are deleted, the least recently used first (use is opening it, and
-//! its download or last reader ending), until they do. A file with an open reader ([`Held`]) or a download
+//! first, and if they do not fit, files are deleted, the least recently used first (a use is its download
+//! ending, or a reader opening or closing it), until they do. A file with an open reader ([`Held`]) or a download
 //! under way is never deleted. A file larger than the limit is an error naming it and the limit; so is a
 //! file that does not fit beside the files in use (raise the limit). A fetch ahead ([`FileCache::prefetch`])
 //! that does not fit is skipped: the reader's own fetch tries again when it needs the file. Files left by
 //! an earlier server are taken over on first use (in their modification order), and temporary names
 //! removed. A hub file already in the standard hub cache is read from there, and is no part of this
-//! cache.
+//! cache. (A hub file downloads through a staging directory of hf-hub's, whose bookkeeping adds a few
+//! bytes while it lasts.) The count is the server's own: two servers streaming remote files through one
+//! cache directory would each count only their own (FIXME: a lock per cache, as preparations have).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
