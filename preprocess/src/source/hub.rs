@@ -61,10 +61,12 @@ fn is_offline() -> bool {
         .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
 }
 
+/// A hub client storing into `cache`, with the standard cache's token (a staging cache has none).
 fn api(cache: &Cache) -> anyhow::Result<Api> {
     let mut builder = ApiBuilder::from_cache(cache.clone())
         .with_progress(false)
-        .with_retries(2);
+        .with_retries(2)
+        .with_token(Cache::from_env().token());
     if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
         builder = builder.with_endpoint(endpoint.trim_end_matches('/').to_owned());
     }
