@@ -136,7 +136,7 @@ impl FileCache {
         let cache = Arc::clone(self);
         std::thread::spawn(move || {
             let local = cache.root.join(&key);
-            let fetched = remote.fetch(&local);
+            let fetched = caught(&|local: &Path| remote.fetch(local), &local);
             if let Err(e) = &fetched {
                 tracing::debug!(file = remote.url(), error = %format!("{e:#}"), "A fetch ahead failed.");
             }
@@ -198,7 +198,10 @@ impl FileCache {
                     return Ok(held(self));
                 }
                 Some(EntryState::Fetched) if state.entries.is_held(key) => {
-                    anyhow::bail!("{url}: the cached copy at {} changed", local.display());
+                    anyhow::bail!(
+                        "{url}: the cached copy at {}, being read, is of another version of the file",
+                        local.display()
+                    );
                 }
                 Some(EntryState::Fetched) => {
                     // Stale (the object changed since, or the copy was damaged): fetched again.
@@ -210,7 +213,7 @@ impl FileCache {
             let admit = state.entries.admit(key, num_bytes, self.limit_bytes);
             self.apply(admit, url)?;
             drop(state);
-            let fetched = fetch(&local);
+            let fetched = caught(fetch, &local);
             state = self.lock();
             state.entries.fetched(key, fetched.is_ok());
             self.changed.notify_all();
@@ -226,6 +229,21 @@ type Fetcher<'a> = (
     &'a dyn Fn(&Path) -> bool,
     &'a dyn Fn(&Path) -> anyhow::Result<()>,
 );
+
+/// `fetch(local)`, a panic in it an error: a download's reservation must end either way, or those
+/// waiting for it would wait for ever.
+fn caught(fetch: &dyn Fn(&Path) -> anyhow::Result<()>, local: &Path) -> anyhow::Result<()> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fetch(local))).unwrap_or_else(
+        |panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(anyhow::anyhow!("the download panicked: {what}"))
+        },
+    )
+}
 
 /// Deletes a cached file and its ETag record.
 fn remove(local: &Path) {
@@ -641,5 +659,25 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("connection refused"));
         assert_eq!(cache.lock().entries.num_bytes, 102);
+        // Nor does a download that panics: the next one goes ahead instead of waiting for it.
+        let err = cache
+            .hold_with(
+                &key(2),
+                40,
+                "s3://b/2.jsonl",
+                (&|_: &Path| false, &|_: &Path| {
+                    panic!("a bug in a client library")
+                }),
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("panicked: a bug in a client library"),
+            "{err}"
+        );
+        let held = cache
+            .hold_with(&key(2), 40, "s3://b/2.jsonl", (&|_: &Path| false, &fetch))
+            .unwrap();
+        assert_eq!(std::fs::read(held.path()).unwrap().len(), 40);
     }
 }
