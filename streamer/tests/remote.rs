@@ -1,7 +1,7 @@
 //! Streaming jobs over remote raw datasets (issue 19): an S3 prefix through the local S3 server and a hub
 //! dataset through a local hub, each file fetched into the server's bounded cache as the stream reaches it
 //! (the next one ahead), serving what the same files serve from a local directory; the hub dataset again
-//! offline, from the caches.
+//! offline, from the caches; a download that fails is an error naming the URL.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -308,4 +308,35 @@ fn a_hub_dataset_streams_and_then_streams_offline_from_the_cache() {
         .map(|(u, _)| u.clone())
         .collect();
     assert!(!asked.iter().any(|u| u.contains("000_00000")), "{asked:?}");
+}
+
+#[test]
+fn a_failed_download_is_an_error_naming_the_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = write_files(dir.path(), 4);
+    let keys: Vec<String> = (0..4).map(|p| format!("raw/part-{p}.jsonl")).collect();
+    let uploads: Vec<(&Path, &str)> = local
+        .iter()
+        .zip(&keys)
+        .map(|(p, k)| (p.as_path(), k.as_str()))
+        .collect();
+    let s3 = S3Server::start(&python(), "corpus", &uploads);
+    let server = Server::spawn(
+        dir.path(),
+        &s3.env(),
+        &["--cache-dir", dir.path().join("cache").to_str().unwrap()],
+    );
+    let spec = job("s3://corpus/raw/", None);
+    let mut client = Client::connect(server.endpoint.clone(), &spec, 0, 1, None, 0).unwrap();
+    client.micro_batch(0, 0).unwrap();
+    // The store goes away once the job is open: the first file it has not fetched yet fails.
+    drop(s3);
+    let err = (1..200u64)
+        .find_map(|k| client.micro_batch(k / 2, k % 2).err())
+        .expect("a pass reaches a file not fetched")
+        .to_string();
+    assert!(
+        err.contains("s3://corpus/raw/part-") && err.contains("downloading"),
+        "{err}"
+    );
 }
