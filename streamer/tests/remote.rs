@@ -209,7 +209,7 @@ fn an_s3_prefix_streams_through_a_cache_smaller_than_the_dataset() {
         0,
         1,
         None,
-        0,
+        3,
     )
     .unwrap();
     let err = client.micro_batch(0, 0).unwrap_err().to_string();
@@ -327,7 +327,10 @@ fn a_failed_download_is_an_error_naming_the_url() {
         &["--cache-dir", dir.path().join("cache").to_str().unwrap()],
     );
     let spec = job("s3://corpus/raw/", None);
-    let mut client = Client::connect(server.endpoint.clone(), &spec, 0, 1, None, 0).unwrap();
+    // With retries, as trainers connect: a server that fails a request sends the error and hangs up, and
+    // a request the client sent meanwhile may find the socket closed before the error is read (the
+    // connection "dropped"); asked again, the error comes back.
+    let mut client = Client::connect(server.endpoint.clone(), &spec, 0, 1, None, 3).unwrap();
     client.micro_batch(0, 0).unwrap();
     // The store goes away once the job is open: the first file it has not fetched yet fails.
     drop(s3);
