@@ -160,9 +160,13 @@ fn an_s3_prefix_streams_through_a_cache_smaller_than_the_dataset() {
     );
 
     let cache = dir.path().join("cache");
+    // flame-prep would download every object into $FLAME_CACHE/objects first; a streaming job only lists.
+    let flame_cache = dir.path().join("flame-cache");
+    let mut env = s3.env().to_vec();
+    env.push(("FLAME_CACHE", flame_cache.display().to_string()));
     let server = Server::spawn(
         dir.path(),
-        &s3.env(),
+        &env,
         &[
             "--cache-dir",
             cache.to_str().unwrap(),
@@ -190,6 +194,7 @@ fn an_s3_prefix_streams_through_a_cache_smaller_than_the_dataset() {
         .collect();
     assert!(!cached.is_empty() && cached.len() <= 2, "{cached:?}");
     assert!(bytes_under(&files) <= limit);
+    assert!(!flame_cache.join("objects").exists());
 
     // A cache limit below one file is an error naming the file and the limit.
     drop(server);
