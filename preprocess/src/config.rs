@@ -84,10 +84,22 @@ pub fn split_by_size(sizes: &[u64], count: u32) -> Vec<std::ops::Range<usize>> {
 }
 
 impl Config {
-    /// Validates `args`: resolves the dataset to files and picks the output directory.
+    /// Validates `args`: resolves the dataset to files (downloading remote ones) and picks the output
+    /// directory.
     pub fn from_args(args: &TokenizeArgs) -> anyhow::Result<Self> {
+        Self::resolved(args, None)
+    }
+
+    /// [`Config::from_args`], but hub and object-store files are listed, not downloaded: each such input
+    /// has its [`crate::source::RemoteFile`] (a streaming server fetches them as it goes). Hub listings
+    /// are kept under `listings`, for offline use.
+    pub fn listed(args: &TokenizeArgs, listings: &Path) -> anyhow::Result<Self> {
+        Self::resolved(args, Some(listings))
+    }
+
+    fn resolved(args: &TokenizeArgs, listings: Option<&Path>) -> anyhow::Result<Self> {
         let dataset = args.dataset.clone().expect("clap requires --dataset");
-        let (inputs, default_tokenizer, dataset_name) = resolve_dataset(&dataset, args)?;
+        let (inputs, default_tokenizer, dataset_name) = resolve_dataset(&dataset, args, listings)?;
         let tokenizer = resolve_tokenizer(args.tokenizer.as_deref(), default_tokenizer)?;
         if let Some(n) = args.context_length {
             anyhow::ensure!(
@@ -188,11 +200,12 @@ impl Config {
     }
 }
 
-/// The input files, the tokenizer that goes with the dataset if any (the bundled sample's), and the
-/// dataset's name in the output path.
+/// The input files (remote ones listed only, with `listings`), the tokenizer that goes with the dataset if
+/// any (the bundled sample's), and the dataset's name in the output path.
 fn resolve_dataset(
     dataset: &str,
     args: &TokenizeArgs,
+    listings: Option<&Path>,
 ) -> anyhow::Result<(Vec<InputFile>, Option<PathBuf>, String)> {
     let is_local = !remote::is_url(dataset)
         && (dataset.contains(['*', '?', '[']) || Path::new(dataset).exists());
@@ -210,22 +223,22 @@ fn resolve_dataset(
             dataset_name(dataset),
         ))
     } else if remote::is_url(dataset) {
-        Ok((
-            remote::resolve_url(dataset, &args.split, &sample::cache_dir()?)?,
-            None,
-            dataset_name_of_url(dataset),
-        ))
+        let inputs = match listings {
+            Some(_) => remote::list_url(dataset, &args.split)?,
+            None => remote::resolve_url(dataset, &args.split, &sample::cache_dir()?)?,
+        };
+        Ok((inputs, None, dataset_name_of_url(dataset)))
     } else if let Some(repo) = hub::hub_id(dataset)? {
         let short = if dataset.contains('/') {
             repo.rsplit('/').next().unwrap_or(&repo).to_owned()
         } else {
             dataset.to_owned()
         };
-        Ok((
-            hub::resolve_hub(&repo, args.name.as_deref(), &args.split)?,
-            None,
-            short,
-        ))
+        let inputs = match listings {
+            Some(listings) => hub::list_hub(&repo, args.name.as_deref(), &args.split, listings)?,
+            None => hub::resolve_hub(&repo, args.name.as_deref(), &args.split)?,
+        };
+        Ok((inputs, None, short))
     } else {
         anyhow::bail!(
             "{dataset}: no such file or directory, and not a Hugging Face hub dataset id (owner/name) or alias (configs/datasets.toml)"

@@ -1,32 +1,13 @@
 //! The Hugging Face hub path against a local server speaking the endpoints `hf-hub` uses
-//! (`/api/{datasets,models}/ID/revision/main`, `/[datasets/]ID/resolve/main/FILE` with ranges), then the
-//! same job offline from the standard cache, and the one-line error with neither hub nor cache.
+//! (`flame_e2e::fake_hub`), then the same job offline from the standard cache, and the one-line error with
+//! neither hub nor cache.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 use arrow_array::{ArrayRef, RecordBatch, StringArray};
-use sha2::Digest;
+use flame_e2e::fake_hub::{COMMIT, FakeHub, dead_endpoint};
 
 use crate::util::{flame_prep_with_env, shared, snapshot};
-
-/// Every request the fake hub saw: URL and `Authorization` header.
-type RequestLog = Arc<Mutex<Vec<(String, Option<String>)>>>;
-
-const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
-
-struct FakeHub {
-    server: Arc<tiny_http::Server>,
-    port: u16,
-    /// `(url, authorization header)` of every request.
-    requests: RequestLog,
-}
-
-impl Drop for FakeHub {
-    fn drop(&mut self) {
-        self.server.unblock();
-    }
-}
 
 fn parquet_bytes(texts: &[&str]) -> Vec<u8> {
     let batch = RecordBatch::try_from_iter([(
@@ -40,89 +21,6 @@ fn parquet_bytes(texts: &[&str]) -> Vec<u8> {
     writer.write(&batch).unwrap();
     writer.close().unwrap();
     bytes
-}
-
-/// Serves `repos`: `"datasets/OWNER/NAME"` or `"OWNER/NAME"` (a model) → files.
-fn start(repos: HashMap<String, Vec<(String, Vec<u8>)>>) -> FakeHub {
-    let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
-    let port = server.server_addr().to_ip().unwrap().port();
-    let requests = Arc::new(Mutex::new(Vec::new()));
-    let (thread_server, log) = (Arc::clone(&server), Arc::clone(&requests));
-    std::thread::spawn(move || {
-        for request in thread_server.incoming_requests() {
-            let url = request.url().to_owned();
-            let header = |name: &'static str| {
-                request
-                    .headers()
-                    .iter()
-                    .find(|h| h.field.equiv(name))
-                    .map(|h| h.value.as_str().to_owned())
-            };
-            log.lock()
-                .unwrap()
-                .push((url.clone(), header("Authorization")));
-            let response = respond(&repos, &url, header("Range").as_deref());
-            let _ = request.respond(response);
-        }
-    });
-    FakeHub {
-        server,
-        port,
-        requests,
-    }
-}
-
-fn respond(
-    repos: &HashMap<String, Vec<(String, Vec<u8>)>>,
-    url: &str,
-    range: Option<&str>,
-) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-    let header =
-        |k: &str, v: &str| tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).unwrap();
-    for (repo, files) in repos {
-        let api = if repo.starts_with("datasets/") {
-            format!("/api/{repo}/revision/main")
-        } else {
-            format!("/api/models/{repo}/revision/main")
-        };
-        if url == api {
-            let siblings: Vec<_> = files
-                .iter()
-                .map(|(f, _)| serde_json::json!({"rfilename": f}))
-                .collect();
-            return tiny_http::Response::from_data(
-                serde_json::json!({"sha": COMMIT, "siblings": siblings})
-                    .to_string()
-                    .into_bytes(),
-            )
-            .with_header(header("Content-Type", "application/json"));
-        }
-        let Some(file) = url.strip_prefix(&format!("/{repo}/resolve/main/")) else {
-            continue;
-        };
-        let Some((_, bytes)) = files.iter().find(|(f, _)| f == file) else {
-            continue;
-        };
-        let start: usize = range
-            .and_then(|r| r.strip_prefix("bytes="))
-            .and_then(|r| r.split('-').next())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let end = match range {
-            Some("bytes=0-0") => 1,
-            _ => bytes.len(),
-        };
-        let etag = hex::encode(sha2::Sha256::digest(bytes));
-        return tiny_http::Response::from_data(bytes[start..end].to_vec())
-            .with_status_code(206)
-            .with_header(header(
-                "Content-Range",
-                &format!("bytes {start}-{}/{}", end.max(1) - 1, bytes.len()),
-            ))
-            .with_header(header("ETag", &format!("\"{etag}\"")))
-            .with_header(header("x-repo-commit", COMMIT));
-    }
-    tiny_http::Response::from_data(b"not found".to_vec()).with_status_code(404)
 }
 
 fn fineweb_like() -> HashMap<String, Vec<(String, Vec<u8>)>> {
@@ -157,19 +55,12 @@ fn fineweb_like() -> HashMap<String, Vec<(String, Vec<u8>)>> {
     ])
 }
 
-fn dead_endpoint() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}")
-}
-
 #[test]
 fn hub_datasets_download_into_the_cache_and_work_offline() {
-    let hub = start(fineweb_like());
+    let hub = FakeHub::start(fineweb_like());
     let work = tempfile::tempdir().unwrap();
     let hf_home = work.path().join("hf");
-    let endpoint = format!("http://127.0.0.1:{}", hub.port);
+    let endpoint = hub.endpoint();
     let online = work.path().join("online");
     let args = |out: &std::path::Path| -> Vec<String> {
         [

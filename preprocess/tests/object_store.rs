@@ -1,49 +1,11 @@
 //! Object-store inputs against a local S3-compatible server (moto, started by this test on loopback):
 //! a glob and a prefix of `s3://` objects give exactly the shards of the same files read locally.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 
-use crate::util::{flame_prep_with_env, python, repo_root, shared, snapshot};
+use flame_e2e::s3_server::S3Server;
 
-struct S3Server {
-    child: Child,
-    endpoint: String,
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take()); // the server exits when its stdin closes
-        let _ = self.child.wait();
-    }
-}
-
-fn start_s3(bucket: &str, uploads: &[(&Path, &str)]) -> S3Server {
-    let mut command = Command::new(python());
-    command
-        .arg(repo_root().join("tools/interop/s3_server.py"))
-        .arg(bucket);
-    for (local, key) in uploads {
-        command.arg(format!("{}={key}", local.display()));
-    }
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let endpoint = line
-        .trim()
-        .strip_prefix("READY ")
-        .unwrap_or_else(|| panic!("s3_server.py said {line:?}"))
-        .to_owned();
-    S3Server { child, endpoint }
-}
+use crate::util::{flame_prep_with_env, python, shared, snapshot};
 
 #[test]
 fn s3_globs_and_prefixes_read_like_local_files() {
@@ -54,7 +16,8 @@ fn s3_globs_and_prefixes_read_like_local_files() {
     let go = shared().join("data/corpus/jsonl/code-go-std-1mb.jsonl");
     std::fs::copy(&moby, local.join("part-2.jsonl")).unwrap();
     std::fs::copy(&go, local.join("part-10.jsonl")).unwrap();
-    let server = start_s3(
+    let server = S3Server::start(
+        python(),
         "corpus",
         &[
             (&moby, "fineweb/part-2.jsonl"),

@@ -27,6 +27,7 @@ pub mod client_core;
 pub mod data_root;
 pub mod epoch;
 pub mod error;
+pub mod file_cache;
 pub mod jobs;
 pub mod megatron;
 pub mod metrics;

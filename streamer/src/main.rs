@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 use flame_streamer::budget::{ByteSize, DEFAULT_MAX_JOB_MEMORY, DEFAULT_MAX_SESSION_MEMORY};
 use flame_streamer::client::Client;
 use flame_streamer::server::{
-    DEFAULT_JOB_IDLE, DEFAULT_MAX_CONNECTIONS, DEFAULT_PREFETCH_DEPTH, Endpoint, ServerConfig,
-    default_cache_dir, serve,
+    DEFAULT_JOB_IDLE, DEFAULT_MAX_CONNECTIONS, DEFAULT_PREFETCH_DEPTH, DEFAULT_STREAM_CACHE_BYTES,
+    Endpoint, ServerConfig, default_cache_dir, serve,
 };
 use flame_streamer::spec::JobSpec;
 use sha2::Digest;
@@ -56,9 +56,16 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data_root: Option<PathBuf>,
         /// Where raw datasets (`dataset = ...` in a job) are prepared once and shared by jobs
-        /// (`streaming = false`). Default: `$FLAME_CACHE/stream`, else `~/.cache/flame/stream`.
+        /// (`streaming = false`), and where streamed ones' hub and object-store files are fetched
+        /// (`stream-files/`). Default: `$FLAME_CACHE/stream`, else `~/.cache/flame/stream`.
         #[arg(long, value_name = "DIR")]
         cache_dir: Option<PathBuf>,
+        /// Disk the streamed datasets' hub and object-store files may take together under the cache
+        /// directory, e.g. `100GiB`: each file is fetched as the stream reaches it (the next one ahead),
+        /// and the least recently used files not being read are deleted to make room. A file larger
+        /// than this, or one that does not fit beside the files being read, is an error for its job.
+        #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_STREAM_CACHE_BYTES)]
+        stream_cache_bytes: ByteSize,
         /// Memory all open jobs' state may take together (Megatron's indices, flame's caches; mapped
         /// files not counted), e.g. `8GiB`: a job that would exceed it is refused, after jobs without
         /// sessions are dropped to make room.
@@ -134,6 +141,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             metrics,
             data_root,
             cache_dir,
+            stream_cache_bytes,
             max_job_memory,
             max_session_memory,
             job_idle_seconds,
@@ -152,6 +160,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 job_idle: std::time::Duration::from_secs(job_idle_seconds),
                 data_root,
                 cache_dir: cache_dir.unwrap_or_else(default_cache_dir),
+                stream_cache_bytes: stream_cache_bytes.0,
                 ..ServerConfig::default()
             })?;
             let mut stdout = std::io::stdout().lock();

@@ -55,6 +55,11 @@ pub trait RawFiles: Send + Sync {
     /// # Errors
     /// The file cannot be opened, or has fewer than `start` records.
     fn open(&self, file: usize, start: u64) -> Result<Box<dyn RecordReader>, SourceError>;
+    /// Says that file `file` is read next, so that a remote one can be fetched meanwhile; by default,
+    /// nothing.
+    fn prefetch(&self, file: usize) {
+        let _ = file;
+    }
 }
 
 /// Turns a document's text into its ids (flame-prep's encoder in the server).
@@ -249,6 +254,13 @@ impl Producer {
         let start = self.cursor.block * DOCS_PER_BLOCK;
         if self.reader.is_none() {
             self.reader = Some(self.source.files.open(file, start)?);
+            // The file read after this one (in the next epoch, after the last) is fetched meanwhile.
+            let next = if self.cursor.file + 1 < num_files {
+                self.file_at(self.cursor.epoch, self.cursor.file + 1)
+            } else {
+                self.file_at(self.cursor.epoch + 1, 0)
+            };
+            self.source.files.prefetch(next);
         }
         let reader = self.reader.as_mut().expect("opened above");
         let mut texts = Vec::with_capacity(usize::try_from(DOCS_PER_BLOCK).expect("small"));
@@ -781,6 +793,57 @@ mod tests {
             first[..4],
             [first[0], first[0] + 1, first[0] + 2, first[0] + 3]
         );
+    }
+
+    /// In-memory files that record each open and each fetch ahead.
+    struct Recording {
+        files: Vec<Vec<String>>,
+        events: Arc<Mutex<Vec<(&'static str, usize)>>>,
+    }
+
+    impl RawFiles for Recording {
+        fn num_files(&self) -> usize {
+            self.files.len()
+        }
+
+        fn open(&self, file: usize, start: u64) -> Result<Box<dyn RecordReader>, SourceError> {
+            self.events.lock().unwrap().push(("open", file));
+            self.files.open(file, start)
+        }
+
+        fn prefetch(&self, file: usize) {
+            self.events.lock().unwrap().push(("prefetch", file));
+        }
+    }
+
+    #[test]
+    fn opening_a_file_asks_for_the_next_in_the_order_across_epochs() {
+        let files = numbered(4, 300);
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let source = Arc::new(RawSource {
+            files: Box::new(Recording {
+                files: files.clone(),
+                events: Arc::clone(&events),
+            }),
+            encoder: Box::new(Chars),
+            names: (0..4).map(|f| format!("file-{f}.jsonl")).collect(),
+        });
+        let total: usize = files.iter().flatten().map(String::len).sum();
+        let mut producer = Producer::new(source, (16, 7), Cursor::default());
+        // Just past two epochs: the third's first file is open.
+        while producer.cursor().epoch < 2 {
+            producer.next_window().unwrap();
+        }
+        assert!(total / 16 > 8);
+        let order: Vec<usize> = (0..3)
+            .flat_map(|epoch| (0..4).map(move |place| (epoch, place)))
+            .map(|(epoch, place)| producer.file_at(epoch, place))
+            .collect();
+        assert_ne!(order[..4], order[4..8], "epochs differ in order");
+        let expected: Vec<(&str, usize)> = (0..9)
+            .flat_map(|place| [("open", order[place]), ("prefetch", order[place + 1])])
+            .collect();
+        assert_eq!(*events.lock().unwrap(), expected);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! tokenizer loaded exactly as `flame-prep --dataset … --tokenizer …` does ([`prep_config`]: the spec's
 //! keys become flame-prep's flags), its files read by flame-prep's readers ([`PrepFiles`], records by
 //! position) and its documents encoded by flame-prep's encoder (the same ids as `flame-prep`'s output).
+//! A streamed dataset's hub and object-store files are listed, not downloaded ([`streaming_config`]), and
+//! fetched into the server's [`FileCache`] as the stream reaches them, the next one ahead.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use flame_preprocess::progress::LiveProgress;
 use flame_preprocess::source::{DocumentReader, InputFile, open_reader};
 use flame_preprocess::tokenize::TextEncoder;
 
+use crate::file_cache::{FileCache, Held};
 use crate::metrics::{Metrics, Preparation};
 use crate::online::{Encode, RawFiles, RawSource, RecordReader, SourceError};
 use crate::spec::{DatasetSpec, JobSpec};
@@ -113,6 +116,35 @@ fn preparation_key(spec: &JobSpec, dataset: &DatasetSpec) -> String {
 /// If `dataset` is not raw text (the spec's validation makes sure it is).
 pub fn prep_config(spec: &JobSpec, dataset: &DatasetSpec, output: &Path) -> anyhow::Result<Config> {
     let raw = dataset.dataset.as_deref().expect("a raw dataset");
+    Config::from_args(&prep_args(spec, dataset, output)?)
+        .with_context(|| format!("dataset {raw:?}"))
+}
+
+/// [`prep_config`] for a streaming job: hub and object-store files listed, not downloaded
+/// ([`Config::listed`], hub listings kept under `listings`), each fetched when the stream reaches it.
+///
+/// # Errors
+/// As [`prep_config`].
+///
+/// # Panics
+/// If `dataset` is not raw text.
+pub fn streaming_config(
+    spec: &JobSpec,
+    dataset: &DatasetSpec,
+    listings: &Path,
+) -> anyhow::Result<Config> {
+    let raw = dataset.dataset.as_deref().expect("a raw dataset");
+    Config::listed(&prep_args(spec, dataset, listings)?, listings)
+        .with_context(|| format!("dataset {raw:?}"))
+}
+
+/// flame-prep's flags for `dataset` of `spec`, its output under `output`.
+fn prep_args(
+    spec: &JobSpec,
+    dataset: &DatasetSpec,
+    output: &Path,
+) -> anyhow::Result<flame_preprocess::cli::TokenizeArgs> {
+    let raw = dataset.dataset.as_deref().expect("a raw dataset");
     let mut args: Vec<String> = vec!["flame-prep".into(), "--dataset".into(), raw.into()];
     let mut flag = |name: &str, value: Option<&str>| {
         if let Some(value) = value {
@@ -129,14 +161,15 @@ pub fn prep_config(spec: &JobSpec, dataset: &DatasetSpec, output: &Path) -> anyh
         args.push("--append-eod".into());
     }
     let cli = Cli::try_parse_from(&args).with_context(|| format!("dataset {raw:?}"))?;
-    Config::from_args(&cli.tokenize).with_context(|| format!("dataset {raw:?}"))
+    Ok(cli.tokenize)
 }
 
-/// The raw dataset that `config` names, for a streaming job: its files and the job's encoder.
+/// The raw dataset that `config` names, for a streaming job: its files (the remote ones fetched into
+/// `cache`) and the job's encoder.
 ///
 /// # Errors
 /// The tokenizer cannot be loaded.
-pub fn raw_source(config: &Config) -> anyhow::Result<Arc<RawSource>> {
+pub fn raw_source(config: &Config, cache: &Arc<FileCache>) -> anyhow::Result<Arc<RawSource>> {
     let encoder = TextEncoder::load(
         &config.tokenizer,
         config.bos,
@@ -149,16 +182,18 @@ pub fn raw_source(config: &Config) -> anyhow::Result<Arc<RawSource>> {
         files: Box::new(PrepFiles {
             inputs: config.inputs.clone(),
             text_key: config.text_key.clone(),
+            cache: Arc::clone(cache),
         }),
         encoder: Box::new(PrepEncoder(encoder)),
     }))
 }
 
-/// A raw dataset's files, read by flame-prep's readers.
+/// A raw dataset's files, read by flame-prep's readers; remote ones through the server's [`FileCache`].
 #[derive(Debug)]
 pub struct PrepFiles {
     inputs: Vec<InputFile>,
     text_key: Option<String>,
+    cache: Arc<FileCache>,
 }
 
 /// Records per read.
@@ -176,12 +211,27 @@ impl RawFiles for PrepFiles {
             position,
             reason: format!("{e:#}"),
         };
-        let reader = open_reader(input, file, self.text_key.as_deref())
+        let held = self
+            .cache
+            .hold(input)
             .map_err(|e| failed("file".into(), &e))?;
+        let reader = match &held {
+            Some(held) => {
+                let local = InputFile {
+                    path: held.path().to_owned(),
+                    remote: None,
+                    ..input.clone()
+                };
+                open_reader(&local, file, self.text_key.as_deref())
+            }
+            None => open_reader(input, file, self.text_key.as_deref()),
+        }
+        .map_err(|e| failed("file".into(), &e))?;
         let mut reader = PrepReader {
             reader,
             uri: input.uri.clone(),
             records: Vec::new(),
+            _held: held,
         };
         // Records before `start` are read and dropped: a reader is sequential (parquet, compressed JSON).
         let mut skipped = 0;
@@ -202,6 +252,12 @@ impl RawFiles for PrepFiles {
         }
         Ok(Box::new(reader))
     }
+
+    fn prefetch(&self, file: usize) {
+        if let Some(input) = self.inputs.get(file) {
+            self.cache.prefetch(input);
+        }
+    }
 }
 
 /// One file's reader.
@@ -209,6 +265,8 @@ struct PrepReader {
     reader: Box<dyn DocumentReader>,
     uri: String,
     records: Vec<flame_preprocess::source::Record>,
+    /// Keeps a cached file on disk while it is read (dropped after `reader`, which may map it).
+    _held: Option<Held>,
 }
 
 impl RecordReader for PrepReader {

@@ -30,6 +30,7 @@ use crate::budget::{
     ByteSize, DEFAULT_MAX_JOB_MEMORY, DEFAULT_MAX_SESSION_MEMORY, Reservation, SessionMemory,
 };
 use crate::data_root::DataRoot;
+use crate::file_cache::FileCache;
 use crate::jobs::{Jobs, Lease, Opener};
 use crate::metrics::{Metrics, serve_http};
 use crate::online::Cursor;
@@ -77,12 +78,19 @@ pub struct ServerConfig {
     /// The directory jobs' datasets must lie under; `None` trusts every client with every file the
     /// server can read.
     pub data_root: Option<PathBuf>,
-    /// Where raw datasets are prepared (`streaming = false`) and which jobs share: flame's cache.
+    /// Where raw datasets are prepared (`streaming = false`) and which jobs share: flame's cache. Streamed
+    /// datasets' remote files are fetched into its `stream-files/` ([`FileCache`]).
     pub cache_dir: PathBuf,
     /// How often a client waiting for its job's raw datasets to be prepared is told how far along they
     /// are (`Preparing` frames).
     pub progress_every: Duration,
+    /// Bytes the streamed datasets' remote files may take in `cache_dir/stream-files` together.
+    pub stream_cache_bytes: u64,
 }
+
+/// The default of [`ServerConfig::stream_cache_bytes`]: room for a few of the largest hub parquet files
+/// per streaming job.
+pub const DEFAULT_STREAM_CACHE_BYTES: ByteSize = ByteSize(32 << 30);
 
 /// The default cache of prepared raw datasets: `$FLAME_CACHE/stream`, else `~/.cache/flame/stream`.
 pub fn default_cache_dir() -> PathBuf {
@@ -108,6 +116,7 @@ impl Default for ServerConfig {
             data_root: None,
             cache_dir: default_cache_dir(),
             progress_every: DEFAULT_PROGRESS_EVERY,
+            stream_cache_bytes: DEFAULT_STREAM_CACHE_BYTES.0,
         }
     }
 }
@@ -135,8 +144,14 @@ struct Shared {
 pub fn serve(config: &ServerConfig) -> std::io::Result<Running> {
     let root = config.data_root.as_deref().map(DataRoot::new).transpose()?;
     let cache = config.cache_dir.clone();
+    let files = Arc::new(FileCache::new(
+        cache.join("stream-files"),
+        config.stream_cache_bytes,
+    ));
     serve_with(config, |metrics| {
-        Box::new(move |spec: &JobSpec| open_datasets(spec, root.as_ref(), &cache, &metrics))
+        Box::new(move |spec: &JobSpec| {
+            open_datasets(spec, root.as_ref(), (&cache, &files), &metrics)
+        })
     })
 }
 

@@ -22,6 +22,7 @@ use flame_formats::permutation::splitmix64;
 use crate::data_root::DataRoot;
 use crate::epoch::{EpochPlan, Piece, cu_seqlens};
 use crate::error::{Error, Result};
+use crate::file_cache::FileCache;
 use crate::megatron::MegatronOrder;
 use crate::metrics::Metrics;
 use crate::mix::Mixer;
@@ -114,13 +115,14 @@ pub fn open_documents(spec: &JobSpec, root: Option<&DataRoot>) -> Result<Vec<Box
 }
 
 /// Opens every dataset of `spec` as [`open_documents`] does, and its raw datasets too: streamed
-/// (`streaming = true`, [`Dataset::Online`]) or prepared once into `cache` and then opened as prepared
+/// (`streaming = true`, [`Dataset::Online`], their remote files fetched into `files`, hub listings kept
+/// under `cache/stream-listings`) or prepared once into `cache` and then opened as prepared
 /// ([`crate::raw_text::prepare`], its progress shown in `metrics`). With `root`, raw datasets and the
 /// tokenizer must be paths under it.
 pub fn open_datasets(
     spec: &JobSpec,
     root: Option<&DataRoot>,
-    cache: &Path,
+    (cache, files): (&Path, &Arc<FileCache>),
     metrics: &Metrics,
 ) -> Result<Vec<Dataset>> {
     spec.validate()?;
@@ -132,7 +134,7 @@ pub fn open_datasets(
     for d in &spec.datasets {
         datasets.push(match &d.dataset {
             None => Dataset::Prepared(open_prepared(&spec, &d.path, d.label(), root)?),
-            Some(_) => open_raw(&spec, d, cache, metrics)?,
+            Some(_) => open_raw(&spec, d, (cache, files), metrics)?,
         });
     }
     Ok(datasets)
@@ -140,15 +142,21 @@ pub fn open_datasets(
 
 /// Raw dataset `d` of `spec`: streamed, or prepared into `cache` and opened as prepared.
 #[cfg(feature = "raw-text")]
-fn open_raw(spec: &JobSpec, d: &DatasetSpec, cache: &Path, metrics: &Metrics) -> Result<Dataset> {
+fn open_raw(
+    spec: &JobSpec,
+    d: &DatasetSpec,
+    (cache, files): (&Path, &Arc<FileCache>),
+    metrics: &Metrics,
+) -> Result<Dataset> {
     let raw_error = |e: anyhow::Error| Error::Raw {
         dataset: d.label().to_owned(),
         reason: format!("{e:#}"),
     };
     if spec.streaming {
-        let config = raw_text::prep_config(spec, d, &cache.join("streaming")).map_err(raw_error)?;
+        let config = raw_text::streaming_config(spec, d, &cache.join("stream-listings"))
+            .map_err(raw_error)?;
         return Ok(Dataset::Online(
-            raw_text::raw_source(&config).map_err(raw_error)?,
+            raw_text::raw_source(&config, files).map_err(raw_error)?,
         ));
     }
     let dir = raw_text::prepare(spec, d, cache, metrics).map_err(raw_error)?;
@@ -166,7 +174,12 @@ fn open_raw(spec: &JobSpec, d: &DatasetSpec, cache: &Path, metrics: &Metrics) ->
 
 /// Without flame-prep's code (the `raw-text` feature, on by default) raw datasets are refused.
 #[cfg(not(feature = "raw-text"))]
-fn open_raw(_: &JobSpec, d: &DatasetSpec, _: &Path, _: &Metrics) -> Result<Dataset> {
+fn open_raw(
+    _: &JobSpec,
+    d: &DatasetSpec,
+    _: (&Path, &Arc<FileCache>),
+    _: &Metrics,
+) -> Result<Dataset> {
     Err(Error::Raw {
         dataset: d.label().to_owned(),
         reason: "this flame-stream was built without the raw-text feature".into(),

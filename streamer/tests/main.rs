@@ -7,6 +7,7 @@ mod online;
 mod python;
 mod raw;
 mod raw_text;
+mod remote;
 mod server;
 mod shared_server;
 mod stream;

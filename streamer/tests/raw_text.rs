@@ -20,7 +20,7 @@ use flame_streamer::transport::{Connection, read_message};
 use crate::raw::{http_get, metric};
 use crate::util::{python, repo_root, spawn_server};
 
-fn gpt2() -> PathBuf {
+pub fn gpt2() -> PathBuf {
     repo_root().join("../shared/data/tokenizers/gpt2/tokenizer.json")
 }
 
@@ -64,7 +64,7 @@ fn raw_job(dir: &Path, streaming: bool) -> JobSpec {
     .unwrap()
 }
 
-fn start(dir: &Path) -> Endpoint {
+pub fn start(dir: &Path) -> Endpoint {
     serve(&ServerConfig {
         listen: vec![Endpoint::Unix(dir.join("s.sock"))],
         cache_dir: dir.join("cache"),
@@ -75,7 +75,7 @@ fn start(dir: &Path) -> Endpoint {
     .remove(0)
 }
 
-fn batches(endpoint: &Endpoint, spec: &JobSpec, steps: u64) -> Vec<Vec<u32>> {
+pub fn batches(endpoint: &Endpoint, spec: &JobSpec, steps: u64) -> Vec<Vec<u32>> {
     let client = Client::connect(endpoint.clone(), spec, 0, 1, None, 0).unwrap();
     read_batches(client, steps)
 }

@@ -1,7 +1,11 @@
-//! Helpers shared by flame's end-to-end tests: where the repository, `../shared` and the built binaries are.
+//! Helpers shared by flame's end-to-end tests (where the repository, `../shared` and the built binaries
+//! are) and by the crates' own tests ([`fake_hub`], a local Hugging Face hub; [`s3_server`], a local S3).
 #![warn(missing_docs)]
 
 use std::path::{Path, PathBuf};
+
+pub mod fake_hub;
+pub mod s3_server;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {

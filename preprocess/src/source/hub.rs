@@ -4,6 +4,11 @@
 //! (`config_name`, `data_files` with per-split glob patterns) when there is one, else the default layout
 //! (`data/train-*`, `train/…`). Honours `HF_HOME` (cache at `$HF_HOME/hub`), `HF_ENDPOINT`, `HF_TOKEN` and
 //! `HF_HUB_OFFLINE`; when the hub cannot be reached, a repo already in the cache is used from there.
+//!
+//! [`list_hub`] chooses the same files without downloading them (a streaming server fetches each as it
+//! goes, [`super::RemoteFile::fetch`]): files already in the hub cache are used from there, the others are
+//! listed with their size at the listed commit. It keeps the listing, so that the dataset is listed again
+//! offline (`HF_HUB_OFFLINE`, or the hub unreachable) from what was fetched before.
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +17,8 @@ use hf_hub::api::sync::{Api, ApiBuilder};
 use hf_hub::{Cache, Repo, RepoType};
 use yaml_rust2::{Yaml, YamlLoader};
 
-use super::{InputFile, SourceFormat};
+use super::remote::publish_fetched;
+use super::{InputFile, RemoteFile, SourceFormat};
 use flame_formats::prefix::natural_cmp;
 
 const ALIASES: &str = include_str!("../../../configs/datasets.toml");
@@ -55,10 +61,12 @@ fn is_offline() -> bool {
         .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
 }
 
+/// A hub client storing into `cache`, with the standard cache's token (a staging cache has none).
 fn api(cache: &Cache) -> anyhow::Result<Api> {
     let mut builder = ApiBuilder::from_cache(cache.clone())
         .with_progress(false)
-        .with_retries(2);
+        .with_retries(2)
+        .with_token(Cache::from_env().token());
     if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
         builder = builder.with_endpoint(endpoint.trim_end_matches('/').to_owned());
     }
@@ -186,9 +194,194 @@ pub fn resolve_hub(
                 path,
                 num_bytes,
                 uri: format!("hf://datasets/{repo_id}/{file}"),
+                remote: None,
             })
         })
         .collect()
+}
+
+/// A dataset repo's files at a commit, with their sizes: what [`list_hub`] keeps for offline use.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SizedListing {
+    /// The commit `main` pointed at.
+    sha: String,
+    siblings: Vec<Sibling>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Sibling {
+    rfilename: String,
+    #[serde(default)]
+    size: Option<u64>,
+}
+
+/// The input files of hub dataset `repo_id` for config `name` and `split`, listed without downloading
+/// them: a file in the standard hub cache is used from there; any other is a [`RemoteFile::Hub`] at the
+/// listed commit, its `path` `hf/datasets--OWNER--NAME/COMMIT/FILE` (where a cache keeps it). The listing
+/// is kept in `listings`; offline (`HF_HUB_OFFLINE`, or the hub unreachable) the kept one is used, or,
+/// without one, the hub cache's snapshot as [`resolve_hub`] uses it.
+///
+/// # Errors
+/// Neither the hub nor a kept listing nor the cache has the repo; no file matches; the README (fetched
+/// into the hub cache) cannot be read.
+pub fn list_hub(
+    repo_id: &str,
+    name: Option<&str>,
+    split: &str,
+    listings: &Path,
+) -> anyhow::Result<Vec<InputFile>> {
+    let cache = Cache::from_env();
+    let repo = Repo::with_revision(repo_id.to_owned(), RepoType::Dataset, REVISION.to_owned());
+    let kept = listings
+        .join(repo.folder_name())
+        .join(format!("{REVISION}.json"));
+    let listing = if is_offline() {
+        None
+    } else {
+        match fetch_listing(&cache, repo_id) {
+            Ok(listing) => {
+                let dir = kept.parent().expect("under the listings");
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("{}: create", dir.display()))?;
+                flame_formats::write_atomic(&kept, &serde_json::to_vec(&listing)?)?;
+                Some(listing)
+            }
+            Err(e) => {
+                tracing::info!(repo = repo_id, error = %format!("{e:#}"), "The hub cannot be reached; using the kept listing.");
+                None
+            }
+        }
+    };
+    let listing = match listing {
+        Some(listing) => listing,
+        None => match std::fs::read(&kept) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{}: a kept hub listing", kept.display()))?,
+            Err(_) => return resolve_hub(repo_id, name, split),
+        },
+    };
+    let snapshot = cache
+        .path()
+        .join(repo.folder_name())
+        .join("snapshots")
+        .join(&listing.sha);
+    let files: Vec<String> = listing
+        .siblings
+        .iter()
+        .map(|s| s.rfilename.clone())
+        .collect();
+    let readme = if files.iter().any(|f| f == "README.md") {
+        let path = snapshot.join("README.md");
+        Some(std::fs::read_to_string(&path).with_context(|| {
+            format!("{repo_id}: reading README.md (fetched into the hub cache when listed)")
+        })?)
+    } else {
+        None
+    };
+    let selected = select_files(&files, readme.as_deref(), name, split)
+        .with_context(|| format!("{repo_id}: choosing files"))?;
+    selected
+        .iter()
+        .map(|file| {
+            let format = SourceFormat::of(Path::new(file)).expect("selected by format");
+            let uri = format!("hf://datasets/{repo_id}/{file}");
+            let in_cache = snapshot.join(file);
+            if in_cache.is_file() {
+                let num_bytes = std::fs::metadata(&in_cache)
+                    .with_context(|| format!("{}: stat", in_cache.display()))?
+                    .len();
+                return Ok(InputFile {
+                    path: in_cache,
+                    format,
+                    num_bytes,
+                    uri,
+                    remote: None,
+                });
+            }
+            let num_bytes = listing
+                .siblings
+                .iter()
+                .find(|s| &s.rfilename == file)
+                .and_then(|s| s.size)
+                .with_context(|| format!("{uri}: the hub's listing gives no size"))?;
+            Ok(InputFile {
+                path: Path::new("hf")
+                    .join(repo.folder_name())
+                    .join(&listing.sha)
+                    .join(file),
+                format,
+                num_bytes,
+                uri,
+                remote: Some(RemoteFile::Hub {
+                    repo_id: repo_id.to_owned(),
+                    commit: listing.sha.clone(),
+                    file: file.clone(),
+                    num_bytes,
+                }),
+            })
+        })
+        .collect()
+}
+
+/// The repo's files with their sizes (`?blobs=true`), its README fetched into the hub cache.
+fn fetch_listing(cache: &Cache, repo_id: &str) -> anyhow::Result<SizedListing> {
+    let api = api(cache)?;
+    let handle = api.dataset(repo_id.to_owned());
+    let body = handle
+        .info_request()
+        .query("blobs", "true")
+        .call()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .into_string()
+        .context("reading the hub's answer")?;
+    let listing: SizedListing =
+        serde_json::from_str(&body).context("the hub's listing is not the JSON expected")?;
+    if listing.siblings.iter().any(|s| s.rfilename == "README.md") {
+        let at_commit = api.repo(Repo::with_revision(
+            repo_id.to_owned(),
+            RepoType::Dataset,
+            listing.sha.clone(),
+        ));
+        at_commit
+            .get("README.md")
+            .with_context(|| format!("{repo_id}: downloading README.md"))?;
+    }
+    Ok(listing)
+}
+
+/// Downloads `file` of dataset `repo_id` at `commit` (`num_bytes` bytes) to `local`, through hf-hub
+/// (its endpoint, token and retries) into a private staging cache beside `local`, then checks and
+/// renames it.
+pub(crate) fn fetch_file(
+    repo_id: &str,
+    commit: &str,
+    file: &str,
+    num_bytes: u64,
+    local: &Path,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !is_offline(),
+        "HF_HUB_OFFLINE is set, and the file is not cached"
+    );
+    let staging = flame_formats::temp_path(local);
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).with_context(|| format!("{}: create", staging.display()))?;
+    let fetched = api(&Cache::new(staging.clone()))?
+        .repo(Repo::with_revision(
+            repo_id.to_owned(),
+            RepoType::Dataset,
+            commit.to_owned(),
+        ))
+        .download(file)
+        .map_err(anyhow::Error::new)
+        .and_then(|pointer| {
+            let blob = std::fs::canonicalize(&pointer)
+                .with_context(|| format!("{}: resolve", pointer.display()))?;
+            let url = format!("hf://datasets/{repo_id}@{commit}/{file}");
+            publish_fetched(&blob, local, &url, (num_bytes, ""))
+        });
+    let _ = std::fs::remove_dir_all(&staging);
+    fetched
 }
 
 /// `tokenizer.json` (and `tokenizer_config.json` when the repo has one) of a hub model, from the cache.

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use resolve::{InputFile, resolve_inputs};
+pub use resolve::{InputFile, RemoteFile, resolve_inputs};
 
 /// A document's text and where it was found.
 #[derive(Debug)]

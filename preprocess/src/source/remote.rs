@@ -3,7 +3,7 @@
 //! A URL names one object, a prefix ending in `/`, or a glob (`s3://bucket/fineweb/*.parquet`). Objects are
 //! copied into `$FLAME_CACHE/objects/SCHEME/HOST/KEY` (checked against size and ETag, written to a
 //! temporary name and renamed) and read from there, so a rerun or a resumed run downloads nothing
-//! twice. Credentials and endpoints come from the environment as the store builders read them
+//! twice. [`list_url`] lists them without downloading (a streaming server fetches each as it goes). Credentials and endpoints come from the environment as the store builders read them
 //! (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, `GOOGLE_SERVICE_ACCOUNT`, `AZURE_STORAGE_*`, …).
 
 use std::io::Write;
@@ -16,7 +16,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use url::Url;
 
-use super::{InputFile, SourceFormat, resolve_inputs};
+use super::{InputFile, RemoteFile, SourceFormat, resolve_inputs};
 use flame_formats::prefix::natural_cmp;
 
 /// Whether `dataset` is a URL this module reads.
@@ -29,8 +29,23 @@ pub fn is_url(dataset: &str) -> bool {
     .any(|s| dataset.starts_with(s))
 }
 
-/// The input files `url` names, downloaded into `cache`.
+/// The input files `url` names, downloaded into `cache` (`cache/objects/SCHEME/HOST/KEY`).
 pub fn resolve_url(url: &str, split: &str, cache: &Path) -> anyhow::Result<Vec<InputFile>> {
+    let mut inputs = list_url(url, split)?;
+    for input in &mut inputs {
+        if let Some(remote) = input.remote.take() {
+            let local = cache.join("objects").join(&input.path);
+            remote.fetch(&local)?;
+            input.path = local;
+        }
+    }
+    Ok(inputs)
+}
+
+/// The input files `url` names, listed and not downloaded: each object's [`InputFile::remote`] says how
+/// to fetch it, and its `path` is `SCHEME/HOST/KEY`, where a cache keeps it. A `file://` URL names local
+/// files, which are returned as they are.
+pub fn list_url(url: &str, split: &str) -> anyhow::Result<Vec<InputFile>> {
     let parsed = Url::parse(url).with_context(|| format!("{url}: not a valid URL"))?;
     if parsed.scheme() == "file" {
         let path = parsed
@@ -44,33 +59,39 @@ pub fn resolve_url(url: &str, split: &str, cache: &Path) -> anyhow::Result<Vec<I
         .to_owned();
     let key = parsed.path().trim_start_matches('/').to_owned();
     let store = build_store(&parsed)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the I/O runtime")?;
-    let objects = runtime.block_on(find_objects(store.as_ref(), url, &key))?;
+    let objects = runtime()?.block_on(find_objects(store.as_ref(), url, &key))?;
     anyhow::ensure!(
         !objects.is_empty(),
         "{url}: no readable object (parquet, jsonl[.gz|.zst], arrow, txt)"
     );
-    let root = cache.join("objects").join(parsed.scheme()).join(&host);
-    objects
-        .iter()
+    Ok(objects
+        .into_iter()
         .map(|meta| {
-            let local = root.join(meta.location.as_ref());
-            runtime
-                .block_on(fetch(store.as_ref(), meta, &local))
-                .with_context(|| format!("{url}: downloading {}", meta.location))?;
-            let format = SourceFormat::of(&local).expect("filtered by format");
+            let path = Path::new(parsed.scheme())
+                .join(&host)
+                .join(meta.location.as_ref());
+            let format = SourceFormat::of(&path).expect("filtered by format");
             let uri = format!("{}://{host}/{}", parsed.scheme(), meta.location);
-            Ok(InputFile {
-                path: local,
+            InputFile {
+                path,
                 format,
                 num_bytes: meta.size,
+                remote: Some(RemoteFile::Object {
+                    url: uri.clone(),
+                    num_bytes: meta.size,
+                    etag: meta.e_tag.unwrap_or_default(),
+                }),
                 uri,
-            })
+            }
         })
-        .collect()
+        .collect())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the I/O runtime")
 }
 
 fn build_store(url: &Url) -> anyhow::Result<Arc<dyn ObjectStore>> {
@@ -147,39 +168,68 @@ async fn find_objects(
     Ok(objects)
 }
 
-/// Copies one object to `local` unless an identical copy (size and ETag) is already there.
-async fn fetch(store: &dyn ObjectStore, meta: &ObjectMeta, local: &Path) -> anyhow::Result<()> {
+/// Whether `local` holds a download of `num_bytes` bytes whose recorded ETag is `etag` (none recorded
+/// reads as empty).
+pub(crate) fn is_fetched(local: &Path, num_bytes: u64, etag: &str) -> bool {
     let etag_path = flame_formats::prefix::with_suffix(local, ".etag");
-    let etag = meta.e_tag.clone().unwrap_or_default();
-    let is_cached = std::fs::metadata(local).is_ok_and(|m| m.len() == meta.size)
-        && std::fs::read_to_string(&etag_path).is_ok_and(|e| e == etag);
-    if is_cached {
-        return Ok(());
+    std::fs::metadata(local).is_ok_and(|m| m.len() == num_bytes)
+        && std::fs::read_to_string(&etag_path).unwrap_or_default() == etag
+}
+
+/// Publishes the download at `temp` (of `url`) as `local` once it is `num_bytes` long: fsynced, renamed,
+/// and its ETag recorded beside it (`LOCAL.etag`, when it has one).
+pub(crate) fn publish_fetched(
+    temp: &Path,
+    local: &Path,
+    url: &str,
+    (num_bytes, etag): (u64, &str),
+) -> anyhow::Result<()> {
+    let file = std::fs::File::open(temp).with_context(|| format!("{}: open", temp.display()))?;
+    let received = file
+        .metadata()
+        .with_context(|| format!("{}: stat", temp.display()))?
+        .len();
+    anyhow::ensure!(
+        received == num_bytes,
+        "{url}: received {received} bytes of {num_bytes}"
+    );
+    file.sync_all()
+        .with_context(|| format!("{}: fsync", temp.display()))?;
+    let etag_path = flame_formats::prefix::with_suffix(local, ".etag");
+    let _ = std::fs::remove_file(&etag_path);
+    flame_formats::publish(temp, local)?;
+    if !etag.is_empty() {
+        flame_formats::write_atomic(&etag_path, etag.as_bytes())?;
     }
-    let dir = local.parent().expect("under the cache root");
+    Ok(())
+}
+
+/// Downloads object `url` (`num_bytes` bytes, ETag `etag`) to `local`.
+pub(crate) fn fetch_object(
+    url: &str,
+    num_bytes: u64,
+    etag: &str,
+    local: &Path,
+) -> anyhow::Result<()> {
+    let parsed = Url::parse(url).with_context(|| format!("{url}: not a valid URL"))?;
+    let store = build_store(&parsed)?;
+    let location = ObjectPath::from(parsed.path().trim_start_matches('/'));
+    let dir = local.parent().expect("under a cache root");
     std::fs::create_dir_all(dir).with_context(|| format!("{}: create", dir.display()))?;
     let temp: PathBuf = flame_formats::temp_path(local);
     let mut file = std::io::BufWriter::new(
         std::fs::File::create(&temp).with_context(|| format!("{}: create", temp.display()))?,
     );
-    let mut stream = store.get(&meta.location).await?.into_stream();
-    let mut received = 0u64;
-    while let Some(chunk) = stream.try_next().await? {
-        received += chunk.len() as u64;
-        file.write_all(&chunk)
-            .with_context(|| format!("{}: write", temp.display()))?;
-    }
-    anyhow::ensure!(
-        received == meta.size,
-        "{}: received {received} bytes of {}",
-        meta.location,
-        meta.size
-    );
+    runtime()?.block_on(async {
+        let mut stream = store.get(&location).await?.into_stream();
+        while let Some(chunk) = stream.try_next().await? {
+            file.write_all(&chunk)
+                .with_context(|| format!("{}: write", temp.display()))?;
+        }
+        anyhow::Ok(())
+    })?;
     file.into_inner()
         .map_err(std::io::IntoInnerError::into_error)
-        .and_then(|f| f.sync_all())
         .with_context(|| format!("{}: write", temp.display()))?;
-    flame_formats::publish(&temp, local)?;
-    flame_formats::write_atomic(&etag_path, etag.as_bytes())?;
-    Ok(())
+    publish_fetched(&temp, local, url, (num_bytes, etag))
 }

@@ -10,7 +10,7 @@ use super::SourceFormat;
 /// One input file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InputFile {
-    /// Where it is.
+    /// Where it is; for a file still remote (`remote` is set), where it goes, relative to a cache.
     pub path: PathBuf,
     /// How to read it.
     pub format: SourceFormat,
@@ -18,6 +18,96 @@ pub struct InputFile {
     pub num_bytes: u64,
     /// Where it came from, for the manifest: the path, a hub URL or an object-store URL.
     pub uri: String,
+    /// How to fetch it, while it is still remote: set by the deferred listings
+    /// (`Config::listed`), which download nothing; `None` for a file on disk.
+    pub remote: Option<RemoteFile>,
+}
+
+/// A remote input not yet downloaded: what [`RemoteFile::fetch`] needs to download it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RemoteFile {
+    /// An object of an object store (`s3://`, `gs://`, `az://`, `http(s)://`).
+    Object {
+        /// `SCHEME://BUCKET/KEY`.
+        url: String,
+        /// Its size.
+        num_bytes: u64,
+        /// Its ETag when listed (empty when the store gives none).
+        etag: String,
+    },
+    /// A file of a Hugging Face hub dataset at a commit.
+    Hub {
+        /// `OWNER/NAME`.
+        repo_id: String,
+        /// The commit listed.
+        commit: String,
+        /// The path in the repo.
+        file: String,
+        /// Its size.
+        num_bytes: u64,
+    },
+}
+
+impl RemoteFile {
+    /// The bytes it takes on disk once fetched: the file, and the record of its ETag beside it.
+    pub fn disk_bytes(&self) -> u64 {
+        match self {
+            Self::Object {
+                num_bytes, etag, ..
+            } => num_bytes + etag.len() as u64,
+            Self::Hub { num_bytes, .. } => *num_bytes,
+        }
+    }
+
+    /// Where it is fetched from, for errors: the object's URL, or the hub file's `hf://` URL.
+    pub fn url(&self) -> String {
+        match self {
+            Self::Object { url, .. } => url.clone(),
+            Self::Hub {
+                repo_id,
+                commit,
+                file,
+                ..
+            } => format!("hf://datasets/{repo_id}@{commit}/{file}"),
+        }
+    }
+
+    /// Whether `local` already holds it (its size, and its ETag as recorded when it was fetched).
+    pub fn is_fetched(&self, local: &Path) -> bool {
+        match self {
+            Self::Object {
+                num_bytes, etag, ..
+            } => super::remote::is_fetched(local, *num_bytes, etag),
+            Self::Hub { num_bytes, .. } => super::remote::is_fetched(local, *num_bytes, ""),
+        }
+    }
+
+    /// Downloads it to `local` unless it is there already: to a temporary name beside it, checked
+    /// against its size (and ETag), then renamed. Object stores take their endpoint and credentials from
+    /// the environment, as flame-prep does; the hub its `HF_ENDPOINT` and `HF_TOKEN` (`HF_HUB_OFFLINE`
+    /// refuses).
+    ///
+    /// # Errors
+    /// The download fails or is cut short, or `local` cannot be written; the error names the URL.
+    pub fn fetch(&self, local: &Path) -> anyhow::Result<()> {
+        if self.is_fetched(local) {
+            return Ok(());
+        }
+        match self {
+            Self::Object {
+                url,
+                num_bytes,
+                etag,
+            } => super::remote::fetch_object(url, *num_bytes, etag, local),
+            Self::Hub {
+                repo_id,
+                commit,
+                file,
+                num_bytes,
+            } => super::hub::fetch_file(repo_id, commit, file, *num_bytes, local),
+        }
+        .with_context(|| format!("{}: downloading", self.url()))
+    }
 }
 
 /// The files of `dataset` (a file, a directory or a glob) for `split`, in natural order.
@@ -90,6 +180,7 @@ pub fn resolve_inputs(dataset: &str, split: &str) -> anyhow::Result<Vec<InputFil
                 path,
                 format,
                 num_bytes,
+                remote: None,
             })
         })
         .collect()
