@@ -247,7 +247,12 @@ fn resolve_dataset(
 }
 
 /// `--tokenizer` as a local path or a hub model id; else the dataset's own; else flame's default from the hub.
-fn resolve_tokenizer(
+/// The tokenizer file or directory `--tokenizer` names (`given`: a path, else a hub model id), else the
+/// dataset's own, else flame's default from the hub.
+///
+/// # Errors
+/// No such file and not a hub id, or the hub cannot give it.
+pub fn resolve_tokenizer(
     given: Option<&Path>,
     dataset_default: Option<PathBuf>,
 ) -> anyhow::Result<PathBuf> {

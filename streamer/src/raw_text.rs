@@ -90,6 +90,24 @@ pub fn preparation_dir(spec: &JobSpec, dataset: &DatasetSpec, cache: &Path) -> P
     cache.join("prepared").join(preparation_key(spec, dataset))
 }
 
+/// SHA-256 of the job's `tokenizer.json` (resolved as `flame-prep --tokenizer` resolves it), as a
+/// manifest's `tokenizer.sha256` records it.
+///
+/// # Errors
+/// The tokenizer cannot be found or read.
+pub fn tokenizer_sha256(spec: &JobSpec) -> anyhow::Result<String> {
+    use sha2::Digest;
+    let given = spec.tokenizer.as_deref().map(Path::new);
+    let resolved = flame_preprocess::config::resolve_tokenizer(given, None)?;
+    let file = if resolved.is_dir() {
+        resolved.join("tokenizer.json")
+    } else {
+        resolved
+    };
+    let bytes = std::fs::read(&file).with_context(|| format!("{}: read", file.display()))?;
+    Ok(hex::encode(sha2::Sha256::digest(&bytes)))
+}
+
 /// What names a preparation: the raw dataset's keys and the job's tokenizer options.
 fn preparation_key(spec: &JobSpec, dataset: &DatasetSpec) -> String {
     use sha2::Digest;

@@ -130,10 +130,25 @@ pub fn open_datasets(
     if let Some(root) = root {
         confine_raw(&mut spec, root)?;
     }
+    let tokenizer = job_tokenizer(&spec)?;
     let mut datasets = Vec::with_capacity(spec.datasets.len());
     for d in &spec.datasets {
         datasets.push(match &d.dataset {
-            None => Dataset::Prepared(open_prepared(&spec, &d.path, d.label(), root)?),
+            None => {
+                let corpus = open_corpus(&d.path, d.label(), root)?;
+                if let (Some(sha256), Some(manifest)) = (&tokenizer, corpus.manifest())
+                    && manifest.tokenizer.sha256 != *sha256
+                {
+                    return Err(Error::Spec(SpecError::Invalid(format!(
+                        "dataset {:?} was tokenized with {} (tokenizer.json sha256 {}), not the job's tokenizer {:?} (sha256 {sha256}): one tokenizer serves a job",
+                        d.label(),
+                        manifest.tokenizer.name.as_deref().unwrap_or("another tokenizer"),
+                        manifest.tokenizer.sha256,
+                        spec.tokenizer.as_deref().unwrap_or_default(),
+                    ))));
+                }
+                Dataset::Prepared(split_view(&spec, corpus)?)
+            }
             Some(_) => open_raw(&spec, d, (cache, files), metrics)?,
         });
     }
@@ -223,6 +238,39 @@ fn open_prepared(
     label: &str,
     root: Option<&DataRoot>,
 ) -> Result<Box<dyn Documents>> {
+    split_view(spec, open_corpus(path, label, root)?)
+}
+
+/// The SHA-256 of the `tokenizer.json` of a job with raw datasets, which its prepared datasets' manifests
+/// must name too; `None` for a job of prepared datasets only.
+#[cfg(feature = "raw-text")]
+fn job_tokenizer(spec: &JobSpec) -> Result<Option<String>> {
+    if !spec.has_raw_datasets() {
+        return Ok(None);
+    }
+    raw_text::tokenizer_sha256(spec)
+        .map(Some)
+        .map_err(|e| Error::Raw {
+            dataset: spec.tokenizer.clone().unwrap_or_default(),
+            reason: format!("{e:#}"),
+        })
+}
+
+#[cfg(not(feature = "raw-text"))]
+#[allow(clippy::unnecessary_wraps)] // the same signature as with the feature
+fn job_tokenizer(_: &JobSpec) -> Result<Option<String>> {
+    Ok(None)
+}
+
+/// The documents of `corpus` in the job's split.
+fn split_view(spec: &JobSpec, corpus: Corpus) -> Result<Box<dyn Documents>> {
+    let view = SplitView::new(corpus, spec.split.as_deref(), spec.split_index())
+        .map_err(|e| Error::Spec(SpecError::Invalid(e)))?;
+    Ok(Box::new(view))
+}
+
+/// Opens prepared dataset `path` (with `root`, only under it).
+fn open_corpus(path: &str, label: &str, root: Option<&DataRoot>) -> Result<Corpus> {
     let resolved = match root {
         Some(root) => {
             let resolved = root.resolve(path)?;
@@ -235,9 +283,7 @@ fn open_prepared(
     if let Some(root) = root {
         root.check_corpus(path, &corpus)?;
     }
-    let view = SplitView::new(corpus, spec.split.as_deref(), spec.split_index())
-        .map_err(|e| Error::Spec(SpecError::Invalid(e)))?;
-    Ok(Box::new(view))
+    Ok(corpus)
 }
 
 /// A dataset of a job, opened: prepared documents, or raw text tokenized while it is served.

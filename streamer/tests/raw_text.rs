@@ -13,7 +13,7 @@ use flame_streamer::client::{Client, resume_cursors};
 use flame_streamer::protocol::{Limits, Message, VERSION, encode};
 use flame_streamer::server::{Endpoint, ServerConfig, serve};
 use flame_streamer::spec::JobSpec;
-use flame_streamer::stream::Stream;
+use flame_streamer::stream::{Stream, open_datasets};
 
 use flame_streamer::transport::{Connection, read_message};
 
@@ -418,4 +418,49 @@ fn a_preparation_cut_by_a_crash_resumes_on_the_restarted_server_and_its_client_w
         })
         .collect();
     assert_eq!(served, expected);
+}
+
+#[test]
+fn a_prepared_dataset_of_another_tokenizer_is_refused_in_a_job_with_raw_datasets() {
+    use flame_streamer::file_cache::FileCache;
+    use flame_streamer::metrics::Metrics;
+    use flame_streamer::spec::DatasetSpec;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    write_raw(dir.path());
+    let cache = dir.path().join("cache");
+    let metrics = Metrics::default();
+    let files = Arc::new(FileCache::new(cache.join("stream-files"), 1 << 30));
+    // The same text prepared with the job's tokenizer (GPT-2) and with Mistral's.
+    let prepared_with = |tokenizer: &Path, into: &str| {
+        let mut spec = raw_job(dir.path(), false);
+        spec.tokenizer = Some(tokenizer.to_str().unwrap().to_owned());
+        let out = flame_streamer::raw_text::prepare(
+            &spec,
+            &spec.datasets[0],
+            &dir.path().join(into),
+            &metrics,
+        )
+        .unwrap();
+        DatasetSpec::prepared(out.to_str().unwrap(), 1.0)
+    };
+    let same = prepared_with(&gpt2(), "gpt2");
+    let mistral = repo_root().join("../shared/data/tokenizers/mistral-7b-v0.1/tokenizer.json");
+    let other = prepared_with(&mistral, "mistral");
+    let mut spec = raw_job(dir.path(), true);
+    spec.datasets.push(same);
+    let opened = open_datasets(&spec, None, (&cache, &files), &metrics).unwrap();
+    assert_eq!(opened.len(), 2);
+    spec.datasets[1] = other;
+    let refused = open_datasets(&spec, None, (&cache, &files), &metrics)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("was tokenized with") && refused.contains("one tokenizer serves a job"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains(&mistral.display().to_string()) || refused.contains("mistral"),
+        "{refused}"
+    );
 }
