@@ -464,3 +464,37 @@ fn a_prepared_dataset_of_another_tokenizer_is_refused_in_a_job_with_raw_datasets
         "{refused}"
     );
 }
+
+#[test]
+fn a_streaming_client_carries_on_exactly_across_a_kill_9_and_restart_of_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    write_raw(dir.path());
+    let spec = raw_job(dir.path(), true);
+    let expected = batches(&start(dir.path()), &spec, 6);
+    let socket = dir.path().join("killed.sock");
+    let cache = dir.path().join("killed-cache");
+    let cache_arg = ["--cache-dir", cache.to_str().unwrap()];
+    let mut server = spawn_server(&socket, &cache_arg, &[]);
+    let mut client =
+        Client::connect(Endpoint::Unix(socket.clone()), &spec, 0, 1, None, 20).unwrap();
+    let mut served = Vec::new();
+    for step in 0..6 {
+        for micro in 0..2 {
+            let batch = client.micro_batch(step, micro).unwrap();
+            served.push(
+                batch
+                    .into_iter()
+                    .flat_map(|s| s.tokens)
+                    .collect::<Vec<u32>>(),
+            );
+        }
+        if step == 2 {
+            server.kill().unwrap();
+            server.wait().unwrap();
+            server = spawn_server(&socket, &cache_arg, &[]);
+        }
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert_eq!(served, expected);
+}
