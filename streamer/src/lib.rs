@@ -24,6 +24,7 @@ pub mod async_client;
 pub mod budget;
 pub mod client;
 pub mod client_core;
+pub mod cursor_log;
 pub mod data_root;
 pub mod epoch;
 pub mod error;

@@ -23,6 +23,7 @@ use flame_formats::permutation::{Permutation, derive_key};
 use rayon::iter::{IntoParallelIterator, ParallelIterator};
 use serde::{Deserialize, Serialize};
 
+use crate::cursor_log::CursorLog;
 use crate::epoch::{DOCS_PER_BLOCK, Piece};
 
 /// A record that could not be read, or a file that could not be opened: the file and the position.
@@ -165,6 +166,8 @@ pub struct RawSource {
     pub encoder: Box<dyn Encode>,
     /// The name of each file, as errors give it.
     pub names: Vec<String>,
+    /// Where the stream's cursors are kept across server restarts ([`crate::cursor_log`]), if anywhere.
+    pub cursor_log: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for RawSource {
@@ -418,6 +421,8 @@ pub struct OnlineDataset {
     seq_len: u32,
     seed: u64,
     state: Mutex<Produced>,
+    /// The cursors produced, kept on disk for a restarted server.
+    log: Option<CursorLog>,
 }
 
 struct Produced {
@@ -439,18 +444,34 @@ impl std::fmt::Debug for OnlineDataset {
 
 impl OnlineDataset {
     /// `source`'s windows of `seq_len` tokens in `seed`'s order.
+    /// With the source's cursor log, the cursors an earlier server kept there are this one's too.
     pub fn new(source: Arc<RawSource>, seq_len: u32, seed: u64) -> Self {
         let producer = Producer::new(Arc::clone(&source), (seq_len, seed), Cursor::default());
+        let mut produced = Produced {
+            producer,
+            windows: VecDeque::new(),
+            first: 0,
+            cursors: BTreeMap::from([(0, Cursor::default())]),
+        };
+        let log = source.cursor_log.as_deref().and_then(|path| {
+            CursorLog::open(path)
+                .inspect_err(|e| {
+                    tracing::warn!(log = %path.display(), error = %e, "Cannot keep the stream's cursors on disk.");
+                })
+                .ok()
+        });
+        let log = log.map(|(log, kept)| {
+            for cursor in kept {
+                produced.add(cursor);
+            }
+            log
+        });
         Self {
             source,
             seq_len,
             seed,
-            state: Mutex::new(Produced {
-                producer,
-                windows: VecDeque::new(),
-                first: 0,
-                cursors: BTreeMap::from([(0, Cursor::default())]),
-            }),
+            state: Mutex::new(produced),
+            log,
         }
     }
 
@@ -506,8 +527,13 @@ impl OnlineDataset {
         let kept = (WINDOW_BYTES_KEPT / (4 * u64::from(self.seq_len).max(1))).max(64);
         loop {
             let cursor = state.producer.cursor();
-            if cursor.window.is_multiple_of(CURSOR_EVERY) {
+            if cursor.window.is_multiple_of(CURSOR_EVERY)
+                && !state.cursors.contains_key(&cursor.window)
+            {
                 state.add(cursor);
+                if let Some(log) = &self.log {
+                    log.append(&cursor);
+                }
             }
             let window = Arc::new(state.producer.next_window()?);
             if state.windows.is_empty() {
@@ -614,6 +640,7 @@ mod tests {
             names: (0..files.len())
                 .map(|f| format!("file-{f}.jsonl"))
                 .collect(),
+            cursor_log: None,
         })
     }
 
@@ -742,6 +769,33 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_server_continues_from_the_cursors_kept_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = numbered(2, 20_000);
+        let logged = |encoder: Box<dyn Encode>| {
+            Arc::new(RawSource {
+                files: Box::new(files.clone()),
+                encoder,
+                names: vec!["a".into(), "b".into()],
+                cursor_log: Some(dir.path().join("cursors/0.jsonl")),
+            })
+        };
+        let step = 5_000;
+        let expected = OnlineDataset::new(logged(Box::new(Chars)), 16, 7)
+            .window(step + 3)
+            .unwrap();
+        // The first server is gone; a new one on the same cache has only its log.
+        let encoded = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let restarted = OnlineDataset::new(logged(Box::new(Counting(Arc::clone(&encoded)))), 16, 7);
+        assert_eq!(restarted.window(step + 3).unwrap(), expected);
+        let encoded = encoded.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            encoded <= 2 * DOCS_PER_BLOCK,
+            "{encoded} documents encoded to continue at window {step}: a replay, not a cursor"
+        );
+    }
+
+    #[test]
     fn a_window_far_past_every_cursor_is_refused() {
         let dataset = OnlineDataset::new(source(&numbered(1, 10), Chars), 4, 7);
         let err = dataset.window(AHEAD_MAX + 1).unwrap_err();
@@ -827,6 +881,7 @@ mod tests {
             }),
             encoder: Box::new(Chars),
             names: (0..4).map(|f| format!("file-{f}.jsonl")).collect(),
+            cursor_log: None,
         });
         let total: usize = files.iter().flatten().map(String::len).sum();
         let mut producer = Producer::new(source, (16, 7), Cursor::default());

@@ -187,7 +187,11 @@ fn prep_args(
 ///
 /// # Errors
 /// The tokenizer cannot be loaded.
-pub fn raw_source(config: &Config, cache: &Arc<FileCache>) -> anyhow::Result<Arc<RawSource>> {
+pub fn raw_source(
+    config: &Config,
+    cache: &Arc<FileCache>,
+    cursors: Option<&Path>,
+) -> anyhow::Result<Arc<RawSource>> {
     let encoder = TextEncoder::load(
         &config.tokenizer,
         config.bos,
@@ -203,6 +207,16 @@ pub fn raw_source(config: &Config, cache: &Arc<FileCache>) -> anyhow::Result<Arc
             cache: Arc::clone(cache),
         }),
         encoder: Box::new(PrepEncoder(encoder)),
+        // Named by the files too: cursors of another list of files would be another stream's.
+        cursor_log: cursors.map(|dir| {
+            use sha2::Digest;
+            let mut names = sha2::Sha256::new();
+            for input in &config.inputs {
+                names.update(input.uri.as_bytes());
+                names.update([0]);
+            }
+            dir.join(format!("{}.jsonl", hex::encode(&names.finalize()[..8])))
+        }),
     }))
 }
 

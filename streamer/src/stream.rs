@@ -30,7 +30,7 @@ use crate::online::{Cursor, OnlineDataset, RawSource, Window};
 #[cfg(feature = "raw-text")]
 use crate::raw_text;
 use crate::source::{Documents, SplitView};
-use crate::spec::{DatasetSpec, JobSpec, Order, SpecError};
+use crate::spec::{JobSpec, Order, SpecError};
 
 /// One sample: a window of `seq_len` tokens from one dataset.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,7 +132,7 @@ pub fn open_datasets(
     }
     let tokenizer = job_tokenizer(&spec)?;
     let mut datasets = Vec::with_capacity(spec.datasets.len());
-    for d in &spec.datasets {
+    for (index, d) in spec.datasets.iter().enumerate() {
         datasets.push(match &d.dataset {
             None => {
                 let corpus = open_corpus(&d.path, d.label(), root)?;
@@ -149,20 +149,22 @@ pub fn open_datasets(
                 }
                 Dataset::Prepared(split_view(&spec, corpus)?)
             }
-            Some(_) => open_raw(&spec, d, (cache, files), metrics)?,
+            Some(_) => open_raw(&spec, index, (cache, files), metrics)?,
         });
     }
     Ok(datasets)
 }
 
-/// Raw dataset `d` of `spec`: streamed, or prepared into `cache` and opened as prepared.
+/// Raw dataset `index` of `spec`: streamed (its cursors kept under `cache/cursors`), or prepared into
+/// `cache` and opened as prepared.
 #[cfg(feature = "raw-text")]
 fn open_raw(
     spec: &JobSpec,
-    d: &DatasetSpec,
+    index: usize,
     (cache, files): (&Path, &Arc<FileCache>),
     metrics: &Metrics,
 ) -> Result<Dataset> {
+    let d = &spec.datasets[index];
     let raw_error = |e: anyhow::Error| Error::Raw {
         dataset: d.label().to_owned(),
         reason: format!("{e:#}"),
@@ -170,8 +172,12 @@ fn open_raw(
     if spec.streaming {
         let config = raw_text::streaming_config(spec, d, &cache.join("stream-listings"))
             .map_err(raw_error)?;
+        let cursors = cache
+            .join("cursors")
+            .join(spec.fingerprint())
+            .join(index.to_string());
         return Ok(Dataset::Online(
-            raw_text::raw_source(&config, files).map_err(raw_error)?,
+            raw_text::raw_source(&config, files, Some(&cursors)).map_err(raw_error)?,
         ));
     }
     let dir = raw_text::prepare(spec, d, cache, metrics).map_err(raw_error)?;
@@ -190,11 +196,12 @@ fn open_raw(
 /// Without flame-prep's code (the `raw-text` feature, on by default) raw datasets are refused.
 #[cfg(not(feature = "raw-text"))]
 fn open_raw(
-    _: &JobSpec,
-    d: &DatasetSpec,
+    spec: &JobSpec,
+    index: usize,
     _: (&Path, &Arc<FileCache>),
     _: &Metrics,
 ) -> Result<Dataset> {
+    let d = &spec.datasets[index];
     Err(Error::Raw {
         dataset: d.label().to_owned(),
         reason: "this flame-stream was built without the raw-text feature".into(),

@@ -37,6 +37,7 @@ fn raw(encoded: &Arc<AtomicU64>) -> Arc<RawSource> {
         files: Box::new(files()),
         encoder: Box::new(Chars(Arc::clone(encoded))),
         names: (0..3).map(|f| format!("part-{f}.jsonl")).collect(),
+        cursor_log: None,
     })
 }
 
