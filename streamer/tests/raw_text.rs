@@ -498,3 +498,112 @@ fn a_streaming_client_carries_on_exactly_across_a_kill_9_and_restart_of_the_serv
     server.wait().unwrap();
     assert_eq!(served, expected);
 }
+
+/// The sequences of flame-prep's prepared output of `spec`'s raw dataset, in order.
+fn prepared_sequences(spec: &JobSpec, cache: &Path) -> Vec<Vec<u32>> {
+    let metrics = flame_streamer::metrics::Metrics::default();
+    let mut prepared = spec.clone();
+    prepared.streaming = false;
+    let dir = flame_streamer::raw_text::prepare(&prepared, &prepared.datasets[0], cache, &metrics)
+        .unwrap();
+    let corpus = flame_formats::Corpus::open(&dir).unwrap();
+    (0..corpus.num_sequences())
+        .map(|i| {
+            let ids = corpus.sequence(i).unwrap().to_i64_vec();
+            ids.into_iter().map(|t| u32::try_from(t).unwrap()).collect()
+        })
+        .collect()
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(12))]
+
+    /// Both modes over random corpora and window sizes, against flame-prep's encoder: the prepared output
+    /// holds each document's ids once, in order; one pass of the streaming job (flame-prep's reader and
+    /// encoder in the server's producer) serves windows whose tokens are their pieces' ids, no document
+    /// twice, and leaves out only the epoch's last partial window: the same documents as prepared.
+    #[test]
+    fn both_modes_serve_flame_preps_documents_each_once_per_pass(
+        files in proptest::collection::vec(
+            proptest::collection::vec("[a-z \n.é中0-9]{0,80}", 1..40), 1..4),
+        seq_len in 1u32..48,
+    ) {
+        use flame_streamer::online::{Cursor, Producer};
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("raw")).unwrap();
+        for (f, texts) in files.iter().enumerate() {
+            let lines: String = texts
+                .iter()
+                .map(|t| serde_json::json!({ "text": t }).to_string() + "\n")
+                .collect();
+            std::fs::write(dir.path().join(format!("raw/part-{f}.jsonl")), lines).unwrap();
+        }
+        let mut spec = raw_job(dir.path(), true);
+        spec.seq_len = seq_len;
+        let encoder = TextEncoder::load(&gpt2(), BosPolicy::Tokenizer, true, false).unwrap();
+        let ids: Vec<Vec<Vec<u32>>> = files
+            .iter()
+            .map(|texts| {
+                texts
+                    .iter()
+                    .map(|t| {
+                        let mut out = Vec::new();
+                        encoder.encode(t, &mut out).unwrap();
+                        out
+                    })
+                    .collect()
+            })
+            .collect();
+        // Prepared: every document with ids, in order (one without ids has no sequence).
+        let expected: Vec<Vec<u32>> = ids.iter().flatten().filter(|d| !d.is_empty()).cloned().collect();
+        proptest::prop_assert_eq!(prepared_sequences(&spec, &dir.path().join("cache")), expected);
+        let total: usize = ids.iter().flatten().map(Vec::len).sum();
+        proptest::prop_assume!(total >= seq_len as usize);
+        // Streamed: the first pass's windows (those after which the producer is still in epoch 0).
+        let config = flame_streamer::raw_text::streaming_config(
+            &spec,
+            &spec.datasets[0],
+            &dir.path().join("listings"),
+        )
+        .unwrap();
+        let files_cache = std::sync::Arc::new(flame_streamer::file_cache::FileCache::new(
+            dir.path().join("files"),
+            1 << 30,
+        ));
+        let source = flame_streamer::raw_text::raw_source(&config, &files_cache, None).unwrap();
+        let mut producer = Producer::new(source, (seq_len, 3), Cursor::default());
+        let mut served: std::collections::BTreeMap<(usize, usize), Vec<std::ops::Range<u64>>> =
+            std::collections::BTreeMap::new();
+        loop {
+            let window = producer.next_window().unwrap();
+            if producer.cursor().epoch > 0 {
+                break;
+            }
+            let mut tokens = Vec::new();
+            for piece in &window.pieces {
+                let file = usize::try_from(piece.document >> 40).unwrap();
+                let record = usize::try_from(piece.document & ((1 << 40) - 1)).unwrap();
+                let range = usize::try_from(piece.tokens.start).unwrap()
+                    ..usize::try_from(piece.tokens.end).unwrap();
+                tokens.extend_from_slice(&ids[file][record][range]);
+                served.entry((file, record)).or_default().push(piece.tokens.clone());
+            }
+            proptest::prop_assert_eq!(&window.tokens, &tokens);
+        }
+        let mut left_out = 0;
+        for (file, documents) in ids.iter().enumerate() {
+            for (record, document) in documents.iter().enumerate() {
+                let mut ranges = served.remove(&(file, record)).unwrap_or_default();
+                ranges.sort_by_key(|r| r.start);
+                let mut at = 0;
+                for r in &ranges {
+                    proptest::prop_assert_eq!(r.start, at, "document {}/{} served twice or with a gap", file, record);
+                    at = r.end;
+                }
+                left_out += document.len() - usize::try_from(at).unwrap();
+            }
+        }
+        proptest::prop_assert!(served.is_empty(), "documents that do not exist: {:?}", served.keys());
+        proptest::prop_assert!(left_out < seq_len as usize, "{} tokens left out of the pass", left_out);
+    }
+}
