@@ -20,6 +20,7 @@ use rustc_hash::FxHashMap as HashMap;
 use tokenizers::utils::SysRegex;
 
 pub mod deepseek;
+pub mod general;
 
 const LETTER: u8 = 1;
 const NUMBER: u8 = 2;
