@@ -40,7 +40,7 @@ fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     if let Some(encoder) = ByteLevelBpe::from_json(&json) {
         for text in &texts {
-            encoder.pattern().split(text, |_| pieces += 1);
+            encoder.splitter().split(text, |_| pieces += 1);
         }
     } else if let Some(encoder) = SentencePieceBpe::from_json(&json) {
         for text in &texts {

@@ -11,7 +11,7 @@
 //!
 //! **The look-ahead.** Split patterns end their whitespace handling with the alternative `\s+(?!\S)`: a
 //! whitespace run, less its last character when a non-space follows. It is compiled as `\s+` (greedy, so
-//! the whole run) and its match is cut afterwards ([`space_run_end`]); where the run is one character
+//! the whole run) and its match is cut afterwards (`space_run_end`); where the run is one character
 //! before a non-space the alternative fails there, and the alternatives after it are tried anchored at
 //! the same start ([`RegexSplit`]'s `after`), then the next start, as Oniguruma backtracks. It may stand
 //! anywhere in the alternation; any other look-around is refused.
