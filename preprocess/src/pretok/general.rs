@@ -192,7 +192,13 @@ impl RegexSplit {
     /// matches.
     fn find_at(&self, text: &str, mut from: usize) -> Option<(usize, usize)> {
         loop {
-            let found = self.all.search(&Input::new(text).range(from..))?;
+            // Most pieces start where the last ended: an anchored search there needs no reverse scan for
+            // the start, and where it matches, the leftmost match is it.
+            let anchored = Input::new(text).range(from..).anchored(Anchored::Yes);
+            let found = self
+                .all
+                .search(&anchored)
+                .or_else(|| self.all.search(&Input::new(text).range(from..)))?;
             let start = found.start();
             let (mut alternative, mut end) = (found.pattern().as_usize(), found.end());
             loop {
