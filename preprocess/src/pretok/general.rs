@@ -37,9 +37,13 @@
 //! split keeps matches and gaps ([`Keep`]) as the `tokenizers` crate's `Split` behaviour does, dropping
 //! empty pieces.
 
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use regex_automata::hybrid;
 use regex_automata::meta::Regex;
+use regex_automata::nfa::thompson;
 use regex_automata::{Anchored, Input};
 use regex_syntax::ast::{self, Ast};
 use regex_syntax::hir::{self, Hir};
@@ -56,6 +60,14 @@ const MARK_NAME: &str = "flame_not_before_non_space";
 /// character: `ff` `fi` `fl` (`ﬀ` `ﬁ` `ﬂ`, and in `ﬃ` `ﬄ`), `ss` (`ß`, `ẞ`) and `st` (`ﬅ`, `ﬆ`). A test
 /// checks every pair of ASCII letters against Oniguruma.
 pub const MULTI_CHARACTER_FOLDS: [&str; 5] = ["ff", "fi", "fl", "ss", "st"];
+
+/// Numbers each [`RegexSplit`], for [`DFA_CACHES`].
+static SPLIT_IDS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Each thread's lazy-DFA caches, by the id of the [`RegexSplit`] whose DFA they serve.
+    static DFA_CACHES: RefCell<HashMap<usize, hybrid::dfa::Cache>> = RefCell::default();
+}
 
 /// Which pieces of a `Split` are kept: its `behavior` and `invert`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,6 +155,11 @@ impl GeneralSplit {
 pub struct RegexSplit {
     /// Every alternative, by priority.
     all: Regex,
+    /// The same as a forward lazy DFA alone, for the anchored search that finds most pieces: `all`'s
+    /// per-search work (its cache pool, the choice of engine) costs as much as the DFA's own.
+    forward: hybrid::dfa::DFA,
+    /// Which of each thread's [`DFA_CACHES`] is `forward`'s.
+    id: usize,
     /// Per alternative: whether it is `\s+(?!\S)`.
     space_runs: Vec<bool>,
     /// Per `\s+(?!\S)` alternative: the alternatives after it, for an anchored search where it fails
@@ -181,26 +198,71 @@ impl RegexSplit {
                 }
             })
             .collect::<Option<Vec<_>>>()?;
+        let nfa = thompson::Compiler::new().build_many_from_hir(&hirs).ok()?;
+        let forward = hybrid::dfa::DFA::builder().build_from_nfa(nfa).ok()?;
         Some(Self {
             all: build(&hirs)?,
+            forward,
+            id: SPLIT_IDS.fetch_add(1, Ordering::Relaxed),
             space_runs,
             after,
         })
     }
 
+    /// Runs `search` with this thread's cache of `forward`, taken out of [`DFA_CACHES`] meanwhile (a
+    /// later split of a sequence runs within `search` and takes its own).
+    fn with_cache<T>(&self, search: impl FnOnce(&mut hybrid::dfa::Cache) -> T) -> T {
+        let taken = DFA_CACHES.with(|caches| caches.borrow_mut().remove(&self.id));
+        let mut cache = taken.unwrap_or_else(|| self.forward.create_cache());
+        let result = search(&mut cache);
+        DFA_CACHES.with(|caches| {
+            let mut caches = caches.borrow_mut();
+            // Caches of splits long dropped (a process that loads many tokenizers) are let go.
+            if caches.len() >= 16 {
+                caches.clear();
+            }
+            caches.insert(self.id, cache);
+        });
+        result
+    }
+
+    /// The leftmost-first match that starts at `from`, if one does: the pattern and its end.
+    fn anchored_at(
+        &self,
+        cache: &mut hybrid::dfa::Cache,
+        text: &str,
+        from: usize,
+    ) -> Option<(usize, usize)> {
+        let input = Input::new(text).range(from..).anchored(Anchored::Yes);
+        match self.forward.try_search_fwd(cache, &input) {
+            Ok(found) => found.map(|m| (m.pattern().as_usize(), m.offset())),
+            // The lazy DFA gave up (it does not on these patterns, which have no look-around): ask
+            // `all`, which falls back to another engine.
+            Err(_) => self
+                .all
+                .search(&input)
+                .map(|m| (m.pattern().as_usize(), m.end())),
+        }
+    }
+
     /// Oniguruma's match at or after `from`: the leftmost start, and there the first alternative that
     /// matches.
-    fn find_at(&self, text: &str, mut from: usize) -> Option<(usize, usize)> {
+    fn find_at(
+        &self,
+        cache: &mut hybrid::dfa::Cache,
+        text: &str,
+        mut from: usize,
+    ) -> Option<(usize, usize)> {
         loop {
             // Most pieces start where the last ended: an anchored search there needs no reverse scan for
             // the start, and where it matches, the leftmost match is it.
-            let anchored = Input::new(text).range(from..).anchored(Anchored::Yes);
-            let found = self
-                .all
-                .search(&anchored)
-                .or_else(|| self.all.search(&Input::new(text).range(from..)))?;
-            let start = found.start();
-            let (mut alternative, mut end) = (found.pattern().as_usize(), found.end());
+            let (start, (mut alternative, mut end)) =
+                if let Some(found) = self.anchored_at(cache, text, from) {
+                    (from, found)
+                } else {
+                    let found = self.all.search(&Input::new(text).range(from..))?;
+                    (found.start(), (found.pattern().as_usize(), found.end()))
+                };
             loop {
                 if !self.space_runs[alternative] {
                     return Some((start, end));
@@ -226,10 +288,15 @@ impl RegexSplit {
     /// Calls `found` with each match, as Oniguruma's `find_iter` gives them (the `tokenizers` crate's
     /// `Split` lists them so): an empty match ending where the previous match ended is skipped, and the
     /// search goes on one character further.
-    fn for_each_match(&self, text: &str, mut found: impl FnMut(usize, usize)) {
+    fn for_each_match(
+        &self,
+        cache: &mut hybrid::dfa::Cache,
+        text: &str,
+        mut found: impl FnMut(usize, usize),
+    ) {
         let (mut from, mut last_end) = (0, None);
         while from <= text.len() {
-            let Some((start, end)) = self.find_at(text, from) else {
+            let Some((start, end)) = self.find_at(cache, text, from) else {
                 return;
             };
             if start == end && last_end == Some(end) {
@@ -245,14 +312,16 @@ impl RegexSplit {
     /// Calls `piece` with each non-empty match or gap of `text` that `keep` keeps.
     fn pieces<'t>(&self, text: &'t str, keep: Keep, piece: &mut dyn FnMut(&'t str)) {
         let mut gap_start = 0;
-        self.for_each_match(text, |start, end| {
-            if keep != Keep::Matches && gap_start < start {
-                piece(&text[gap_start..start]);
-            }
-            if keep != Keep::Gaps && start < end {
-                piece(&text[start..end]);
-            }
-            gap_start = end;
+        self.with_cache(|cache| {
+            self.for_each_match(cache, text, |start, end| {
+                if keep != Keep::Matches && gap_start < start {
+                    piece(&text[gap_start..start]);
+                }
+                if keep != Keep::Gaps && start < end {
+                    piece(&text[start..end]);
+                }
+                gap_start = end;
+            });
         });
         if keep != Keep::Matches && gap_start < text.len() {
             piece(&text[gap_start..]);
