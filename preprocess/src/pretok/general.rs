@@ -5,7 +5,9 @@
 //! **Alternatives.** The pattern is parsed with `regex-syntax` and its top-level alternation becomes one
 //! automaton pattern per alternative; leftmost-first across patterns is the alternation's priority, so
 //! the match at the leftmost start is that of the first alternative matching there, as in a
-//! backtracking engine. Without look-around or backreferences the two agree on every regular construct
+//! backtracking engine. Nearly every piece starts where the previous one ended, so the search there is
+//! anchored, by the forward lazy DFA alone (`hybrid::dfa`, a cache per thread); only where nothing
+//! matches there does `meta::Regex` search on. Without look-around or backreferences the two agree on every regular construct
 //! but one: a loop over a sub-pattern that can match the empty string, which Oniguruma leaves early;
 //! such repetitions are refused.
 //!
