@@ -6,8 +6,8 @@
 //! automaton pattern per alternative; leftmost-first across patterns is the alternation's priority, so
 //! the match at the leftmost start is that of the first alternative matching there, as in a
 //! backtracking engine. Nearly every piece starts where the previous one ended, so the search there is
-//! anchored, by the forward lazy DFA alone (`hybrid::dfa`, a cache per thread); only where nothing
-//! matches there does `meta::Regex` search on. Without look-around or backreferences the two agree on every regular construct
+//! anchored, by a forward dense DFA alone (built up front, a few MB; `meta::Regex` if it would be too
+//! large); only where nothing matches there does `meta::Regex` search on. Without look-around or backreferences the two agree on every regular construct
 //! but one: a loop over a sub-pattern that can match the empty string, which Oniguruma leaves early;
 //! such repetitions are refused.
 //!
@@ -39,11 +39,9 @@
 //! split keeps matches and gaps ([`Keep`]) as the `tokenizers` crate's `Split` behaviour does, dropping
 //! empty pieces.
 
-use std::cell::RefCell;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use regex_automata::hybrid;
+use regex_automata::dfa::{Automaton, StartKind, dense};
 use regex_automata::meta::Regex;
 use regex_automata::nfa::thompson;
 use regex_automata::{Anchored, Input};
@@ -63,13 +61,8 @@ const MARK_NAME: &str = "flame_not_before_non_space";
 /// checks every pair of ASCII letters against Oniguruma.
 pub const MULTI_CHARACTER_FOLDS: [&str; 5] = ["ff", "fi", "fl", "ss", "st"];
 
-/// Numbers each [`RegexSplit`], for [`DFA_CACHES`].
-static SPLIT_IDS: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    /// Each thread's lazy-DFA caches, by the id of the [`RegexSplit`] whose DFA they serve.
-    static DFA_CACHES: RefCell<HashMap<usize, hybrid::dfa::Cache>> = RefCell::default();
-}
+/// The largest dense DFA built for a split (cl100k's pattern needs 2 MB, built in 30 ms).
+const DENSE_BYTES: usize = 16 << 20;
 
 /// Which pieces of a `Split` are kept: its `behavior` and `invert`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,11 +150,10 @@ impl GeneralSplit {
 pub struct RegexSplit {
     /// Every alternative, by priority.
     all: Regex,
-    /// The same as a forward lazy DFA alone, for the anchored search that finds most pieces: `all`'s
-    /// per-search work (its cache pool, the choice of engine) costs as much as the DFA's own.
-    forward: hybrid::dfa::DFA,
-    /// Which of each thread's [`DFA_CACHES`] is `forward`'s.
-    id: usize,
+    /// The same as a forward dense DFA alone, for the anchored search that finds most pieces (`all`'s
+    /// per-search work, its cache pool and the choice of engine, costs as much as the DFA's own), unless
+    /// it would be larger than [`DENSE_BYTES`].
+    forward: Option<dense::DFA<Vec<u32>>>,
     /// Per alternative: whether it is `\s+(?!\S)`.
     space_runs: Vec<bool>,
     /// Per `\s+(?!\S)` alternative: the alternatives after it, for an anchored search where it fails
@@ -201,65 +193,42 @@ impl RegexSplit {
             })
             .collect::<Option<Vec<_>>>()?;
         let nfa = thompson::Compiler::new().build_many_from_hir(&hirs).ok()?;
-        let forward = hybrid::dfa::DFA::builder().build_from_nfa(nfa).ok()?;
+        let config = dense::Config::new()
+            .start_kind(StartKind::Anchored)
+            .dfa_size_limit(Some(DENSE_BYTES))
+            .determinize_size_limit(Some(4 * DENSE_BYTES));
+        let forward = dense::Builder::new()
+            .configure(config)
+            .build_from_nfa(&nfa)
+            .ok();
         Some(Self {
             all: build(&hirs)?,
             forward,
-            id: SPLIT_IDS.fetch_add(1, Ordering::Relaxed),
             space_runs,
             after,
         })
     }
 
-    /// Runs `search` with this thread's cache of `forward`, taken out of [`DFA_CACHES`] meanwhile (a
-    /// later split of a sequence runs within `search` and takes its own).
-    fn with_cache<T>(&self, search: impl FnOnce(&mut hybrid::dfa::Cache) -> T) -> T {
-        let taken = DFA_CACHES.with(|caches| caches.borrow_mut().remove(&self.id));
-        let mut cache = taken.unwrap_or_else(|| self.forward.create_cache());
-        let result = search(&mut cache);
-        DFA_CACHES.with(|caches| {
-            let mut caches = caches.borrow_mut();
-            // Caches of splits long dropped (a process that loads many tokenizers) are let go.
-            if caches.len() >= 16 {
-                caches.clear();
-            }
-            caches.insert(self.id, cache);
-        });
-        result
-    }
-
     /// The leftmost-first match that starts at `from`, if one does: the pattern and its end.
-    fn anchored_at(
-        &self,
-        cache: &mut hybrid::dfa::Cache,
-        text: &str,
-        from: usize,
-    ) -> Option<(usize, usize)> {
+    fn anchored_at(&self, text: &str, from: usize) -> Option<(usize, usize)> {
         let input = Input::new(text).range(from..).anchored(Anchored::Yes);
-        match self.forward.try_search_fwd(cache, &input) {
-            Ok(found) => found.map(|m| (m.pattern().as_usize(), m.offset())),
-            // The lazy DFA gave up (it does not on these patterns, which have no look-around): ask
-            // `all`, which falls back to another engine.
-            Err(_) => self
-                .all
-                .search(&input)
-                .map(|m| (m.pattern().as_usize(), m.end())),
+        // A DFA fails only on a quit byte or look-around, which these patterns do not have.
+        if let Some(Ok(found)) = self.forward.as_ref().map(|dfa| dfa.try_search_fwd(&input)) {
+            return found.map(|m| (m.pattern().as_usize(), m.offset()));
         }
+        self.all
+            .search(&input)
+            .map(|m| (m.pattern().as_usize(), m.end()))
     }
 
     /// Oniguruma's match at or after `from`: the leftmost start, and there the first alternative that
     /// matches.
-    fn find_at(
-        &self,
-        cache: &mut hybrid::dfa::Cache,
-        text: &str,
-        mut from: usize,
-    ) -> Option<(usize, usize)> {
+    fn find_at(&self, text: &str, mut from: usize) -> Option<(usize, usize)> {
         loop {
             // Most pieces start where the last ended: an anchored search there needs no reverse scan for
             // the start, and where it matches, the leftmost match is it.
             let (start, (mut alternative, mut end)) =
-                if let Some(found) = self.anchored_at(cache, text, from) {
+                if let Some(found) = self.anchored_at(text, from) {
                     (from, found)
                 } else {
                     let found = self.all.search(&Input::new(text).range(from..))?;
@@ -290,15 +259,10 @@ impl RegexSplit {
     /// Calls `found` with each match, as Oniguruma's `find_iter` gives them (the `tokenizers` crate's
     /// `Split` lists them so): an empty match ending where the previous match ended is skipped, and the
     /// search goes on one character further.
-    fn for_each_match(
-        &self,
-        cache: &mut hybrid::dfa::Cache,
-        text: &str,
-        mut found: impl FnMut(usize, usize),
-    ) {
+    fn for_each_match(&self, text: &str, mut found: impl FnMut(usize, usize)) {
         let (mut from, mut last_end) = (0, None);
         while from <= text.len() {
-            let Some((start, end)) = self.find_at(cache, text, from) else {
+            let Some((start, end)) = self.find_at(text, from) else {
                 return;
             };
             if start == end && last_end == Some(end) {
@@ -314,16 +278,14 @@ impl RegexSplit {
     /// Calls `piece` with each non-empty match or gap of `text` that `keep` keeps.
     fn pieces<'t>(&self, text: &'t str, keep: Keep, piece: &mut dyn FnMut(&'t str)) {
         let mut gap_start = 0;
-        self.with_cache(|cache| {
-            self.for_each_match(cache, text, |start, end| {
-                if keep != Keep::Matches && gap_start < start {
-                    piece(&text[gap_start..start]);
-                }
-                if keep != Keep::Gaps && start < end {
-                    piece(&text[start..end]);
-                }
-                gap_start = end;
-            });
+        self.for_each_match(text, |start, end| {
+            if keep != Keep::Matches && gap_start < start {
+                piece(&text[gap_start..start]);
+            }
+            if keep != Keep::Gaps && start < end {
+                piece(&text[start..end]);
+            }
+            gap_start = end;
         });
         if keep != Keep::Matches && gap_start < text.len() {
             piece(&text[gap_start..]);
