@@ -1,15 +1,15 @@
 //! `Split` regexes other than the hand-scanned ones ([`Pattern`](super::Pattern)): any pattern of the
-//! regular subset below, compiled to one leftmost-first multi-pattern automaton (`regex-automata`'s
-//! `meta::Regex`), giving exactly the pieces that the `tokenizers` crate's `Split` gets from Oniguruma.
+//! regular subset below, compiled to one leftmost-first multi-pattern automaton (`regex-automata`),
+//! giving exactly the pieces that the `tokenizers` crate's `Split` gets from Oniguruma.
 //!
 //! **Alternatives.** The pattern is parsed with `regex-syntax` and its top-level alternation becomes one
 //! automaton pattern per alternative; leftmost-first across patterns is the alternation's priority, so
 //! the match at the leftmost start is that of the first alternative matching there, as in a
-//! backtracking engine. Nearly every piece starts where the previous one ended, so the search there is
-//! anchored, by a forward dense DFA alone (built up front, a few MB; `meta::Regex` if it would be too
-//! large); only where nothing matches there does `meta::Regex` search on. Without look-around or backreferences the two agree on every regular construct
-//! but one: a loop over a sub-pattern that can match the empty string, which Oniguruma leaves early;
-//! such repetitions are refused.
+//! backtracking engine. Without look-around or backreferences the automaton and Oniguruma agree on every
+//! regular construct but one: a loop over a sub-pattern that can match the empty string, which Oniguruma
+//! leaves early; such repetitions are refused. Nearly every piece starts where the previous one ended, so
+//! the search there is anchored, by a forward dense DFA alone (built up front, a few MB; `meta::Regex`
+//! if it would be too large); only where nothing matches there does `meta::Regex` search on.
 //!
 //! **The look-ahead.** Split patterns end their whitespace handling with the alternative `\s+(?!\S)`: a
 //! whitespace run, less its last character when a non-space follows. It is compiled as `\s+` (greedy, so
