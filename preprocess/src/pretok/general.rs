@@ -213,8 +213,8 @@ impl RegexSplit {
     fn anchored_at(&self, text: &str, from: usize) -> Option<(usize, usize)> {
         let input = Input::new(text).range(from..).anchored(Anchored::Yes);
         // A DFA fails only on a quit byte or look-around, which these patterns do not have.
-        if let Some(Ok(found)) = self.forward.as_ref().map(|dfa| dfa.try_search_fwd(&input)) {
-            return found.map(|m| (m.pattern().as_usize(), m.offset()));
+        if let Some(Ok(found)) = self.forward.as_ref().map(|dfa| longest_run(dfa, &input)) {
+            return found;
         }
         self.all
             .search(&input)
@@ -291,6 +291,45 @@ impl RegexSplit {
             piece(&text[gap_start..]);
         }
     }
+}
+
+/// `dfa`'s anchored leftmost-first match at the start of `input`: its pattern and end.
+///
+/// `try_search_fwd` does the same, but it records the match at every byte of a run of match states
+/// (after a piece's first character, a greedy run is nothing else) and checks for acceleration there;
+/// here only the last match state is kept. A transition into a match state on the byte at `at` means a
+/// match ending at `at` (DFA matches are delayed by a byte), and the end of the text is one more
+/// transition.
+fn longest_run(
+    dfa: &dense::DFA<Vec<u32>>,
+    input: &Input<'_>,
+) -> Result<Option<(usize, usize)>, regex_automata::MatchError> {
+    let bytes = input.haystack();
+    // Without look-behind, the start state is the same whatever precedes the search.
+    let mut sid = match dfa.universal_start_state(Anchored::Yes) {
+        Some(sid) => sid,
+        None => dfa.start_state_forward(input)?,
+    };
+    let mut last = None;
+    let mut at = input.start();
+    while at < input.end() {
+        sid = dfa.next_state(sid, bytes[at]);
+        if dfa.is_special_state(sid) {
+            if dfa.is_match_state(sid) {
+                last = Some((sid, at));
+            } else if dfa.is_dead_state(sid) {
+                return Ok(last.map(|(sid, end)| (dfa.match_pattern(sid, 0).as_usize(), end)));
+            } else if dfa.is_quit_state(sid) {
+                return Err(regex_automata::MatchError::quit(bytes[at], at));
+            }
+        }
+        at += 1;
+    }
+    sid = dfa.next_eoi_state(sid);
+    if dfa.is_match_state(sid) {
+        last = Some((sid, at));
+    }
+    Ok(last.map(|(sid, end)| (dfa.match_pattern(sid, 0).as_usize(), end)))
 }
 
 /// The UTF-8 length of the character at `at` (1 at the end, where Oniguruma steps past the text).
