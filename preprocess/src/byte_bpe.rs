@@ -1,6 +1,8 @@
 //! A fast, exact encoder for byte-level BPE `tokenizer.json`s (GPT-2, cl100k / Llama-3, Qwen-2/3,
-//! tekken, o200k (GPT-4o, gpt-oss), DeepSeek-V3): non-special added tokens cut out first ([`crate::added`]), no normalizer or NFC, a split
-//! regex that [`crate::pretok`] scans by hand, then BPE over each piece's bytes.
+//! tekken, o200k (GPT-4o, gpt-oss), DeepSeek-V3, and others): non-special added tokens cut out first
+//! ([`crate::added`]), no normalizer or NFC, a split regex that [`crate::pretok`] scans by hand (or, for
+//! any other sequence of `Split` regexes, [`GeneralSplit`] compiles; [`Splitter`]), then BPE over each
+//! piece's bytes.
 //!
 //! NFC is the `tokenizers` crate's own (`unicode-normalization-alignments`, Unicode 9 tables), applied
 //! to each segment between added tokens as that crate does; a segment the quick check finds already in
@@ -19,11 +21,12 @@ use unicode_normalization_alignments::{IsNormalized, UnicodeNormalization, is_nf
 use crate::added::{AddedTokens, Segment};
 use crate::bpe::{Cache, Merges, plain_bpe_model};
 use crate::pretok::Pattern;
+use crate::pretok::general::GeneralSplit;
 
 /// The encoder (immutable, shared by threads); each thread keeps its own [`Cache`].
 #[derive(Debug)]
 pub struct ByteLevelBpe {
-    pattern: Pattern,
+    splitter: Splitter,
     byte_ids: [u32; 256],
     merges: Merges,
     /// With `ignore_merges`: every token's bytes, looked up whole before BPE.
@@ -32,6 +35,25 @@ pub struct ByteLevelBpe {
     added: Option<AddedTokens>,
     /// Whether the normalizer is NFC (otherwise there is none).
     is_nfc: bool,
+}
+
+/// How text is cut into pieces before BPE.
+#[derive(Debug)]
+pub enum Splitter {
+    /// By a scanner of [`crate::pretok`], for the patterns it knows by their text.
+    Scanned(Pattern),
+    /// By [`GeneralSplit`], for any other sequence of `Split` regexes it compiles.
+    General(Box<GeneralSplit>),
+}
+
+impl Splitter {
+    /// Calls `piece` with each piece of `text`, in order.
+    pub fn split<'t>(&self, text: &'t str, piece: impl FnMut(&'t str)) {
+        match self {
+            Self::Scanned(pattern) => pattern.split(text, piece),
+            Self::General(general) => general.split(text, piece),
+        }
+    }
 }
 
 /// GPT-2's byte → character table: printable bytes stand for themselves, the others are shifted
@@ -78,7 +100,7 @@ impl ByteLevelBpe {
         } else {
             AddedTokens::from_json_without_normalizer(&json["added_tokens"])?
         };
-        let pattern = Self::split_pattern(&json["pre_tokenizer"])?;
+        let splitter = Self::splitter_of(&json["pre_tokenizer"])?;
         let mut to_byte: HashMap<char, u8> = HashMap::default();
         for (b, c) in (0..=255u8).zip(byte_chars()) {
             to_byte.insert(c, b);
@@ -104,7 +126,7 @@ impl ByteLevelBpe {
         let merges = Merges::from_json(&model["merges"], |t| ids.get(t).copied())?;
         let whole = (model["ignore_merges"] == true).then_some(vocab);
         Some(Self {
-            pattern,
+            splitter,
             byte_ids,
             merges,
             whole,
@@ -152,9 +174,30 @@ impl ByteLevelBpe {
         }
     }
 
-    /// The split pattern.
-    pub fn pattern(&self) -> Pattern {
-        self.pattern
+    /// The split of a pre-tokenizer: [`Self::split_pattern`]'s scanner where there is one, else a
+    /// `Sequence` of one or more `Split`s with any regexes [`GeneralSplit`] compiles (or strings), each
+    /// keeping what its behaviour keeps ([`Keep`](crate::pretok::general::Keep)), then a `ByteLevel`
+    /// without a regex.
+    fn splitter_of(pre: &serde_json::Value) -> Option<Splitter> {
+        if let Some(pattern) = Self::split_pattern(pre) {
+            return Some(Splitter::Scanned(pattern));
+        }
+        let [splits @ .., last] = pre["pretokenizers"].as_array()?.as_slice() else {
+            return None;
+        };
+        if pre["type"] != "Sequence"
+            || last["type"] != "ByteLevel"
+            || last["add_prefix_space"] != false
+            || last["use_regex"] != false
+        {
+            return None;
+        }
+        GeneralSplit::from_json(splits).map(|general| Splitter::General(Box::new(general)))
+    }
+
+    /// How text is cut into pieces.
+    pub fn splitter(&self) -> &Splitter {
+        &self.splitter
     }
 
     /// Appends the ids of `text` (no special tokens) to `out`.
@@ -181,7 +224,7 @@ impl ByteLevelBpe {
 
     fn split_and_merge(&self, text: &str, cache: &mut Cache, out: &mut Vec<u32>) {
         let mut lookup = cache.lookup(text, out, |piece, out| self.bpe(piece.as_bytes(), out));
-        self.pattern.split(text, |piece| lookup.push(piece));
+        self.splitter.split(text, |piece| lookup.push(piece));
         lookup.finish();
     }
 

@@ -5,9 +5,10 @@
 //! GPT-2's (also the `ByteLevel` pre-tokenizer's own), cl100k / Llama-3's (`\p{N}{1,3}`) with its
 //! Qwen-2 variant (`\p{N}`), tekken's (cased letter classes), and o200k's (GPT-4o, gpt-oss: tekken's
 //! letter runs, each followed by an optional contraction, and cl100k's digits), plus DeepSeek-V3's
-//! sequence of three splits ([`deepseek`]). Each alternative
-//! of the pattern is a branch below, tried in the pattern's order; the comments give the alternative.
-//! The backtracking of a regex engine reduces to a few closed forms, derived at each branch.
+//! sequence of three splits ([`deepseek`]); any other split regex goes to the slower general engine,
+//! [`general`]. Each alternative of the pattern is a branch below, tried in the pattern's order; the
+//! comments give the alternative. The backtracking of a regex engine reduces to a few closed forms,
+//! derived at each branch.
 //!
 //! The Unicode classes (`\p{L}`, `\p{N}`, `\s`, the cased classes, and which characters `(?i)` folds
 //! onto the letters of `'s 't 're 've 'm 'll 'd`) are not taken from a Unicode table of their own: they
@@ -20,6 +21,7 @@ use rustc_hash::FxHashMap as HashMap;
 use tokenizers::utils::SysRegex;
 
 pub mod deepseek;
+pub mod general;
 
 const LETTER: u8 = 1;
 const NUMBER: u8 = 2;

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokenizers::Tokenizer;
 
 use crate::bpe::Cache;
-use crate::byte_bpe::ByteLevelBpe;
+use crate::byte_bpe::{ByteLevelBpe, Splitter};
 use crate::chunk::{Chunker, GUARD};
 use crate::spm_bpe::SentencePieceBpe;
 use crate::wordpiece::WordPiece;
@@ -213,7 +213,7 @@ impl TextEncoder {
         } else {
             tracing::info!(
                 tokenizer = %file.display(),
-                "No fast encoder for this tokenizer's shape (flame-prep has them for SentencePiece-style BPE, BERT WordPiece and byte-level BPE with the GPT-2, cl100k/Llama-3, Qwen-2/3, tekken, o200k or DeepSeek-V3 split); using the tokenizers crate's encoder."
+                "No fast encoder for this tokenizer's shape (flame-prep has them for SentencePiece-style BPE, BERT WordPiece and byte-level BPE whose split regexes have no look-around but a final `\\s+(?!\\S)` alternative, no backreference, assertion or flag other than (?i)); using the tokenizers crate's encoder."
             );
             None
         };
@@ -263,7 +263,10 @@ impl TextEncoder {
     pub fn fast_path(&self) -> Option<String> {
         self.fast.as_ref().map(|fast| match &fast.encoder {
             Fast::SentencePiece(_) => "SentencePiece-style BPE".to_owned(),
-            Fast::ByteLevel(encoder) => format!("byte-level BPE, {:?} split", encoder.pattern()),
+            Fast::ByteLevel(encoder) => match encoder.splitter() {
+                Splitter::Scanned(pattern) => format!("byte-level BPE, {pattern:?} split"),
+                Splitter::General(_) => "byte-level BPE, general regex split".to_owned(),
+            },
             Fast::WordPiece(encoder) => encoder.describe(),
         })
     }

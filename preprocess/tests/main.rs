@@ -6,6 +6,7 @@ mod bad_input;
 mod chunking;
 mod exactness;
 mod fast_encoders;
+mod general_split;
 mod hub;
 mod inspect;
 mod megatron_peer;

@@ -159,15 +159,15 @@ fn id_bytes(ids: &[u32]) -> Vec<u8> {
 }
 
 /// A file under `../shared/data` whose documents the digests cover.
-struct SourceTexts {
+pub struct SourceTexts {
     path: String,
     /// Read by flame-prep's own readers.
-    texts: Vec<String>,
+    pub texts: Vec<String>,
     sha256: String,
 }
 
 /// The texts of the source at `path` (under `../shared/data`); all are read once per process.
-fn texts(path: &str) -> &'static SourceTexts {
+pub fn texts(path: &str) -> &'static SourceTexts {
     static CORPUS: OnceLock<Vec<SourceTexts>> = OnceLock::new();
     let corpus = CORPUS.get_or_init(|| {
         corpus_files()
@@ -200,7 +200,7 @@ fn texts(path: &str) -> &'static SourceTexts {
 
 /// The files whose documents the digests cover, under `../shared/data`, in the digests' order: the corpus's
 /// parquet files, then its jsonl files, each in name order, then the golden texts.
-fn corpus_files() -> Vec<String> {
+pub fn corpus_files() -> Vec<String> {
     let data = shared().join("data");
     let mut parquet = BTreeSet::new();
     let mut jsonl = BTreeSet::new();

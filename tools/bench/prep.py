@@ -20,7 +20,7 @@ For each tokenizer (GPT-2 and Mistral-7B-v0.1 by default), on ../shared/data/cor
             whole process (parquet in, ids in memory out; its own threads); flame-prep must be at least
             as fast, with a peak RSS of at most 1 GiB;
 * stages    flame-prep's time per stage on one thread (read, scan, encode = scan + cache + BPE, write;
-            preprocess/examples/stages.rs).
+            preprocess/examples/stages.rs), and the scan by the general regex engine for byte-level BPE.
 
 --peers picks which of ceiling, megatron, datasets, gigatoken run (all by default).
 
@@ -468,6 +468,10 @@ def main():
             print("  one thread, per stage: " + ", ".join(
                 f"{k} {v:.2f} s ({stages['text_bytes'] / 1e6 / v:.0f} MB/s)" for k, v in per_stage.items())
                   + f"; cache + BPE = encode - scan = {stages['encode'] - stages['scan']:.2f} s")
+            if stages.get("scan_general") is not None:
+                v = stages["scan_general"]
+                print(f"  the same split by the general regex engine: {v:.2f} s "
+                      f"({stages['text_bytes'] / 1e6 / v:.0f} MB/s)")
         results["tokenizers"][name] = {"rows": table, "ratios": ratios, "stages": stages, "failures": failures}
         sys.stdout.flush()
     if args.issue18:
