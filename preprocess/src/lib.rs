@@ -16,6 +16,7 @@ pub mod inspect;
 pub mod merge;
 pub mod pipeline;
 pub mod pretok;
+pub mod probe;
 pub mod progress;
 pub mod restream;
 pub mod run;

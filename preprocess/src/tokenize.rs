@@ -1,7 +1,9 @@
 //! Text to token ids, behind a small seam.
 //!
-//! [`TextEncoder`] wraps a Hugging Face `tokenizer.json` loaded by the `tokenizers` crate, the reference for
-//! what the ids are. Where a fast encoder of the same ids exists for the tokenizer's shape
+//! [`TextEncoder`] wraps a Hugging Face `tokenizer.json` and the `tokenizers` crate, the reference for
+//! what the ids are, whose tokenizer it builds only when it is used (a fast encoder's run never builds it:
+//! [`crate::probe`] reads what it would say from the JSON). Where a fast encoder of the same ids exists
+//! for the tokenizer's shape
 //! ([`crate::spm_bpe`] for SentencePiece-style BPE, [`crate::byte_bpe`] for byte-level BPE with a split
 //! regex), documents go through it instead; otherwise the run logs once that it uses the `tokenizers`
 //! encoder. The BOS/EOS policy is explicit ([`BosPolicy`], `append_eod`), and literal
@@ -17,6 +19,7 @@ use tokenizers::Tokenizer;
 use crate::bpe::Cache;
 use crate::byte_bpe::{ByteLevelBpe, Splitter};
 use crate::chunk::{Chunker, GUARD};
+use crate::probe::{BOS_NAMES, EOS_NAMES, Probes, special_affixes};
 use crate::spm_bpe::SentencePieceBpe;
 use crate::wordpiece::WordPiece;
 
@@ -50,12 +53,56 @@ pub struct TokenizerInfo {
 /// A loaded tokenizer plus the policy of what to add around each document.
 #[derive(Debug)]
 pub struct TextEncoder {
-    tokenizer: Tokenizer,
+    tokenizer: LazyTokenizer,
     info: TokenizerInfo,
     bos: BosPolicy,
     append_eod: bool,
+    /// How the `tokenizers` crate's encoder cuts long documents (without a fast path).
     long: Option<LongDocuments>,
+    /// Whether the tokenizer's documents can be cut at safe places ([`Chunker::for_tokenizer`]).
+    cuts_long_documents: bool,
     fast: Option<FastPath>,
+}
+
+/// The `tokenizers` crate's tokenizer, built from the file's bytes the first time something needs it:
+/// the encoder without a fast path, its long-document cutting, the probes [`Probes::of_json`] declines.
+struct LazyTokenizer {
+    bytes: Vec<u8>,
+    file: PathBuf,
+    parse_special_tokens: bool,
+    built: std::sync::OnceLock<Result<Tokenizer, String>>,
+}
+
+impl std::fmt::Debug for LazyTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyTokenizer")
+            .field("file", &self.file)
+            .field("built", &self.built.get().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LazyTokenizer {
+    fn new(bytes: Vec<u8>, file: &Path, parse_special_tokens: bool) -> Self {
+        Self {
+            bytes,
+            file: file.to_path_buf(),
+            parse_special_tokens,
+            built: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn get(&self) -> anyhow::Result<&Tokenizer> {
+        self.built
+            .get_or_init(|| {
+                let mut tokenizer = Tokenizer::from_bytes(&self.bytes)
+                    .map_err(|e| format!("{}: not a tokenizer.json: {e}", self.file.display()))?;
+                tokenizer.set_encode_special_tokens(!self.parse_special_tokens);
+                Ok(tokenizer)
+            })
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
 }
 
 /// A fast encoder and what the post-processor puts around a document's ids.
@@ -135,15 +182,6 @@ struct LongDocuments {
     special_suffix: Vec<u32>,
 }
 
-const BOS_NAMES: [&str; 4] = ["<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>"];
-const EOS_NAMES: [&str; 5] = [
-    "</s>",
-    "<|endoftext|>",
-    "<|end_of_text|>",
-    "<eos>",
-    "<|im_end|>",
-];
-
 impl TextEncoder {
     /// Loads `path`: a `tokenizer.json`, or a directory holding one (and optionally `tokenizer_config.json`,
     /// whose `bos_token`/`eos_token` then name BOS and EOS).
@@ -160,62 +198,66 @@ impl TextEncoder {
         };
         let bytes =
             std::fs::read(&file).with_context(|| format!("{}: read tokenizer", file.display()))?;
-        // The `tokenizers` crate's load and flame's own (the JSON tree, the fast encoder and its tables)
-        // run side by side: together they are most of a short run's start-up.
-        let (tokenizer, ours) = std::thread::scope(|scope| {
-            let ours = scope.spawn(|| load_fast(&bytes, parse_special_tokens));
-            (Tokenizer::from_bytes(&bytes), ours.join())
-        });
-        let mut tokenizer = tokenizer
-            .map_err(|e| anyhow::anyhow!("{}: not a tokenizer.json: {e}", file.display()))?;
-        let (json, fast) = ours
-            .map_err(|_| anyhow::anyhow!("{}: loading the fast encoder panicked", file.display()))?
+        let (json, fast) = load_fast(&bytes, parse_special_tokens)
             .with_context(|| format!("{}: not JSON", file.display()))?;
-        tokenizer.set_encode_special_tokens(!parse_special_tokens);
         let config = file.with_file_name("tokenizer_config.json");
-        let (bos_id, eos_id) =
-            special_ids(&tokenizer, config.is_file().then_some(config.as_path()))?;
+        let config = config.is_file().then_some(config.as_path());
+        let sha256 = sha256_hex(&bytes);
+        let tokenizer = LazyTokenizer::new(bytes, &file, parse_special_tokens);
+        // With a fast encoder the `tokenizers` crate's tokenizer is not needed: what it would say about
+        // itself is read from the JSON (when that is certain to agree), and it is never built.
+        let from_json = match &fast {
+            Some(_) => Probes::of_json(&json, config)
+                .with_context(|| format!("{}: probe the tokenizer", file.display()))?,
+            None => None,
+        };
+        let probes = match from_json {
+            Some(probes) => probes,
+            None => Probes::of_tokenizer(tokenizer.get()?, config)
+                .with_context(|| format!("{}: probe the tokenizer", file.display()))?,
+        };
         let info = TokenizerInfo {
             name: path.display().to_string(),
-            sha256: sha256_hex(&bytes),
-            vocab_size: tokenizer.get_vocab_size(true) as u64,
-            bos_id,
-            eos_id,
+            sha256,
+            vocab_size: probes.vocab_size,
+            bos_id: probes.bos_id,
+            eos_id: probes.eos_id,
         };
-        if bos == BosPolicy::Always && bos_id.is_none() {
+        if bos == BosPolicy::Always && info.bos_id.is_none() {
             anyhow::bail!(
                 "{}: --bos always, but the tokenizer has no BOS token (looked for {BOS_NAMES:?})",
                 file.display()
             );
         }
-        if append_eod && eos_id.is_none() {
+        if append_eod && info.eos_id.is_none() {
             anyhow::bail!(
                 "{}: --append-eod, but the tokenizer has no EOS token (looked for {EOS_NAMES:?})",
                 file.display()
             );
         }
-        let long = Chunker::for_tokenizer(&json)
-            .map(|chunker| LongDocuments::new(&tokenizer, chunker))
-            .transpose()
-            .with_context(|| format!("{}: probe the tokenizer", file.display()))?;
-        // The fast path encodes special-token strings as text, as flame-prep does by default.
+        let chunker = Chunker::for_tokenizer(&json);
         // Freeing a large tree takes a while; nothing waits for it.
         std::thread::spawn(move || drop(json));
-        let fast = if let Some(encoder) = fast {
-            let (special_prefix, special_suffix) = special_affixes(&tokenizer)
-                .with_context(|| format!("{}: probe the tokenizer", file.display()))?;
-            Some(FastPath {
+        let cuts_long_documents = chunker.is_some();
+        // The fast path encodes special-token strings as text, as flame-prep does by default.
+        let (fast, long) = if let Some(encoder) = fast {
+            let fast = FastPath {
                 encoder,
                 id: ENCODERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                special_prefix,
-                special_suffix,
-            })
+                special_prefix: probes.special_prefix,
+                special_suffix: probes.special_suffix,
+            };
+            (Some(fast), None)
         } else {
             tracing::info!(
                 tokenizer = %file.display(),
                 "No fast encoder for this tokenizer's shape (flame-prep has them for SentencePiece-style BPE, BERT WordPiece and byte-level BPE whose split regexes have no look-around but a final `\\s+(?!\\S)` alternative, no backreference, assertion or flag other than (?i)); using the tokenizers crate's encoder."
             );
-            None
+            let long = chunker
+                .map(|chunker| LongDocuments::new(tokenizer.get()?, chunker))
+                .transpose()
+                .with_context(|| format!("{}: probe the tokenizer", file.display()))?;
+            (None, long)
         };
         Ok(Self {
             tokenizer,
@@ -223,6 +265,7 @@ impl TextEncoder {
             bos,
             append_eod,
             long,
+            cuts_long_documents,
             fast,
         })
     }
@@ -247,7 +290,7 @@ impl TextEncoder {
                 file.display()
             )
         })?;
-        encoder.long = Some(LongDocuments::new(&encoder.tokenizer, chunker)?);
+        encoder.long = Some(LongDocuments::new(encoder.tokenizer.get()?, chunker)?);
         // What is tested here is cutting with the `tokenizers` encoder.
         encoder.fast = None;
         Ok(encoder)
@@ -256,7 +299,7 @@ impl TextEncoder {
     /// Whether documents longer than [`crate::chunk::CHUNK_BYTES`] are encoded piece by piece (with
     /// bounded memory) rather than whole.
     pub fn cuts_long_documents(&self) -> bool {
-        self.long.is_some()
+        self.cuts_long_documents
     }
 
     /// The fast encoder documents go through (`None`: the `tokenizers` crate's encoder).
@@ -301,10 +344,10 @@ impl TextEncoder {
         }
         match &self.long {
             Some(long) if text.len() > long.chunker.chunk_bytes() => {
-                long.encode(&self.tokenizer, text, add_special_tokens, out)?;
+                long.encode(self.tokenizer.get()?, text, add_special_tokens, out)?;
             }
             _ => out.extend_from_slice(
-                encode_ids(&self.tokenizer, text, add_special_tokens)?.get_ids(),
+                encode_ids(self.tokenizer.get()?, text, add_special_tokens)?.get_ids(),
             ),
         }
         self.end_document(out);
@@ -389,17 +432,6 @@ impl LongDocuments {
     }
 }
 
-/// The ids the post-processor puts before and after a document's.
-fn special_affixes(tokenizer: &Tokenizer) -> anyhow::Result<(Vec<u32>, Vec<u32>)> {
-    let plain = encode_ids(tokenizer, "a", false)?.get_ids().to_vec();
-    let special = encode_ids(tokenizer, "a", true)?.get_ids().to_vec();
-    let at = special
-        .windows(plain.len())
-        .position(|w| w == plain.as_slice())
-        .context("the post-processor changes the ids of a document")?;
-    Ok((special[..at].to_vec(), special[at + plain.len()..].to_vec()))
-}
-
 /// Grows `out` to the number of ids the rest of a document will likely add, judged by the ids per byte so
 /// far, so that a 200 MB document's ids do not sit in a buffer doubled past their size.
 fn reserve_projected(out: &mut Vec<u32>, ids_so_far: usize, done_bytes: usize, left_bytes: usize) {
@@ -430,43 +462,4 @@ fn encode_ids(
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
-}
-
-/// BOS and EOS ids: from `tokenizer_config.json` when present, else by the usual special-token names.
-fn special_ids(
-    tokenizer: &Tokenizer,
-    config: Option<&Path>,
-) -> anyhow::Result<(Option<u32>, Option<u32>)> {
-    let specials = tokenizer.get_added_tokens_decoder();
-    let by_name = |names: &[&str]| {
-        names.iter().find_map(|n| {
-            specials
-                .iter()
-                .find(|(_, t)| t.special && t.content == *n)
-                .map(|(id, _)| *id)
-        })
-    };
-    let (mut bos, mut eos) = (by_name(&BOS_NAMES), by_name(&EOS_NAMES));
-    if let Some(config) = config {
-        let text = std::fs::read_to_string(config)
-            .with_context(|| format!("{}: read", config.display()))?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not JSON", config.display()))?;
-        let token = |key: &str| -> Option<String> {
-            match &json[key] {
-                serde_json::Value::String(s) => Some(s.clone()),
-                serde_json::Value::Object(o) => {
-                    o.get("content").and_then(|c| c.as_str()).map(str::to_owned)
-                }
-                _ => None,
-            }
-        };
-        if let Some(name) = token("bos_token") {
-            bos = tokenizer.token_to_id(&name);
-        }
-        if let Some(name) = token("eos_token") {
-            eos = tokenizer.token_to_id(&name);
-        }
-    }
-    Ok((bos, eos))
 }

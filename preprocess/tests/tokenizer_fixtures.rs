@@ -18,6 +18,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use flame_preprocess::pretok::{self, Pattern};
+use flame_preprocess::probe::Probes;
 use flame_preprocess::source::{open_reader, resolve_inputs};
 use flame_preprocess::tokenize::{BosPolicy, TextEncoder};
 use sha2::{Digest, Sha256};
@@ -274,6 +275,16 @@ fn check(name: &str, fast_path: Option<&str>, cuts_long_documents: bool) {
             source.path
         );
     }
+    // What the encoder says of the tokenizer without building the crate's (read from the JSON) is what
+    // the crate's says.
+    let bytes = std::fs::read(&path).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let reference = tokenizers::Tokenizer::from_bytes(&bytes).unwrap();
+    assert_eq!(
+        Probes::of_json(&json, None).unwrap(),
+        Some(Probes::of_tokenizer(&reference, None).unwrap()),
+        "{name}: probes"
+    );
     let encoder = TextEncoder::load(&path, BosPolicy::Tokenizer, false, false).unwrap();
     assert_eq!(encoder.fast_path().as_deref(), fast_path, "{name}: encoder");
     assert_eq!(
