@@ -97,6 +97,24 @@ impl AddedTokens {
         }))
     }
 
+    /// Appends `text`'s ids to `out`: each added token's id, and between them what `encode` appends for
+    /// the stretch of text (all of `text` when `added` is `None`). Every fast encoder's outer loop.
+    pub fn encode_around(
+        added: Option<&Self>,
+        text: &str,
+        out: &mut Vec<u32>,
+        mut encode: impl FnMut(&str, &mut Vec<u32>),
+    ) {
+        let Some(added) = added else {
+            encode(text, out);
+            return;
+        };
+        added.split(text, |segment| match segment {
+            Segment::Text(text) => encode(text, out),
+            Segment::Token(id) => out.push(id),
+        });
+    }
+
     /// Calls `segment` for each stretch of `text`, in order; the text ones are never empty.
     pub fn split<'t>(&self, text: &'t str, mut segment: impl FnMut(Segment<'t>)) {
         let mut start_offset = 0;

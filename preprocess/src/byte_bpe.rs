@@ -18,7 +18,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use unicode_normalization_alignments::{IsNormalized, UnicodeNormalization, is_nfc_quick};
 
-use crate::added::{AddedTokens, Segment};
+use crate::added::AddedTokens;
 use crate::bpe::{Cache, Merges, plain_bpe_model};
 use crate::pretok::Pattern;
 use crate::pretok::general::GeneralSplit;
@@ -202,13 +202,8 @@ impl ByteLevelBpe {
 
     /// Appends the ids of `text` (no special tokens) to `out`.
     pub fn encode(&self, text: &str, cache: &mut Cache, out: &mut Vec<u32>) {
-        let Some(added) = &self.added else {
+        AddedTokens::encode_around(self.added.as_ref(), text, out, |text, out| {
             self.encode_segment(text, cache, out);
-            return;
-        };
-        added.split(text, |segment| match segment {
-            Segment::Text(text) => self.encode_segment(text, cache, out),
-            Segment::Token(id) => out.push(id),
         });
     }
 

@@ -166,13 +166,8 @@ impl SentencePieceBpe {
     /// Appends the ids of `text` (no special tokens) to `out`.
     pub fn encode(&self, text: &str, cache: &mut Cache, out: &mut Vec<u32>) {
         let mut normalized = String::new();
-        let Some(added) = &self.added else {
+        AddedTokens::encode_around(self.added.as_ref(), text, out, |text, out| {
             self.encode_segment(text, &mut normalized, cache, out);
-            return;
-        };
-        added.split(text, |segment| match segment {
-            Segment::Text(text) => self.encode_segment(text, &mut normalized, cache, out),
-            Segment::Token(id) => out.push(id),
         });
     }
 

@@ -33,7 +33,7 @@ use unicode_categories::UnicodeCategories;
 use unicode_normalization_alignments::UnicodeNormalization;
 use unicode_normalization_alignments::char::canonical_combining_class;
 
-use crate::added::{AddedTokens, Segment};
+use crate::added::AddedTokens;
 use crate::bpe::Cache;
 
 /// The encoder (immutable, shared by threads); each thread keeps its own [`Cache`].
@@ -251,13 +251,8 @@ impl WordPiece {
     /// Appends the ids of `text` (no special tokens) to `out`.
     pub fn encode(&self, text: &str, cache: &mut Cache, out: &mut Vec<u32>) {
         let mut normalized = Vec::with_capacity(text.len() + text.len() / 8);
-        let Some(added) = &self.added else {
+        AddedTokens::encode_around(self.added.as_ref(), text, out, |text, out| {
             self.encode_segment(text, &mut normalized, cache, out);
-            return;
-        };
-        added.split(text, |segment| match segment {
-            Segment::Text(text) => self.encode_segment(text, &mut normalized, cache, out),
-            Segment::Token(id) => out.push(id),
         });
     }
 
