@@ -607,3 +607,53 @@ proptest::proptest! {
         proptest::prop_assert!(left_out < seq_len as usize, "{} tokens left out of the pass", left_out);
     }
 }
+
+#[test]
+fn the_python_client_logs_a_preparations_progress_and_then_reads_its_batches() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    write_raw(dir.path());
+    let spec = raw_job(dir.path(), false);
+    let cache = dir.path().join("cache");
+    let prepared_in = flame_streamer::raw_text::preparation_dir(&spec, &spec.datasets[0], &cache);
+    std::fs::create_dir_all(&prepared_in).unwrap();
+    let lock = std::fs::File::create(prepared_in.join(".lock")).unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let endpoint = serve(&ServerConfig {
+        listen: vec![Endpoint::Unix(dir.path().join("s.sock"))],
+        cache_dir: cache,
+        progress_every: Duration::from_millis(1),
+        ..ServerConfig::default()
+    })
+    .unwrap()
+    .endpoints
+    .remove(0);
+    let job = dir.path().join("job.toml");
+    std::fs::write(&job, spec.to_toml()).unwrap();
+    let mut child = std::process::Command::new(python())
+        .arg(repo_root().join("streamer/python/tests/check_preparing.py"))
+        .arg(endpoint.to_string())
+        .arg(&job)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The client logs the server's progress while the preparation waits for the lock the test holds.
+    let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    log.read_line(&mut line).unwrap();
+    assert!(
+        line.starts_with("flame_stream: the server is preparing the job's raw dataset")
+            && line.contains(spec.datasets[0].label()),
+        "{line}"
+    );
+    drop(lock);
+    // Read to the end (the client exits once it has its batch), or its progress lines would fill the pipe.
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut log, &mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{rest}");
+    let tokens: Vec<Vec<u32>> = serde_json::from_slice(&out.stdout).unwrap();
+    let expected: Vec<u32> = batches(&endpoint, &spec, 1).remove(0);
+    assert_eq!(tokens.concat(), expected);
+}
