@@ -882,22 +882,12 @@ fn prepare(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raw::{http_get, metric, raw_exchange};
+    use crate::raw::{hello, http_get, metric, raw_exchange};
     use crate::spec::Order;
 
     /// `Hello` for `spec` as rank 0 of 1, then a request for the first micro-batch.
     fn hello_and_request(spec: &JobSpec) -> Vec<u8> {
-        let mut bytes = Vec::new();
-        encode(
-            &Message::Hello {
-                version: VERSION,
-                token: Vec::new(),
-                job: spec.to_toml(),
-                rank: 0,
-                world_size: 1,
-            },
-            &mut bytes,
-        );
+        let mut bytes = hello(spec);
         encode(
             &Message::Request {
                 step: 0,

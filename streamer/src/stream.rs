@@ -249,10 +249,10 @@ fn open_prepared(
 }
 
 /// The SHA-256 of the `tokenizer.json` of a job with raw datasets, which its prepared datasets' manifests
-/// must name too; `None` for a job of prepared datasets only.
+/// must name too; `None` for a job without both kinds (nothing to compare).
 #[cfg(feature = "raw-text")]
 fn job_tokenizer(spec: &JobSpec) -> Result<Option<String>> {
-    if !spec.has_raw_datasets() {
+    if !spec.has_raw_datasets() || spec.datasets.iter().all(|d| d.dataset.is_some()) {
         return Ok(None);
     }
     raw_text::tokenizer_sha256(spec)

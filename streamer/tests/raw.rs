@@ -9,7 +9,24 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use flame_streamer::protocol::{Limits, Message, decode};
+use flame_streamer::protocol::{Limits, Message, VERSION, decode, encode};
+use flame_streamer::spec::JobSpec;
+
+/// The frame of `spec`'s `Hello` as rank 0 of 1, without a token.
+pub fn hello(spec: &JobSpec) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    encode(
+        &Message::Hello {
+            version: VERSION,
+            token: Vec::new(),
+            job: spec.to_toml(),
+            rank: 0,
+            world_size: 1,
+        },
+        &mut bytes,
+    );
+    bytes
+}
 
 /// Sends `bytes` on the Unix socket at `path`, ends the write side, and reads every message until the
 /// server closes. Fails, rather than hangs, when the server has not answered within a minute (a session

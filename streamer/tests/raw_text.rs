@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use flame_preprocess::tokenize::{BosPolicy, TextEncoder};
 use flame_streamer::client::{Client, resume_cursors};
-use flame_streamer::protocol::{Limits, Message, VERSION, encode};
+use flame_streamer::protocol::{Limits, Message};
 use flame_streamer::server::{Endpoint, ServerConfig, serve};
 use flame_streamer::spec::JobSpec;
 use flame_streamer::stream::{Stream, open_datasets};
 
 use flame_streamer::transport::{Connection, read_message};
 
-use crate::raw::{http_get, metric};
+use crate::raw::{hello, http_get, metric};
 use crate::util::{python, repo_root, spawn_server};
 
 pub fn gpt2() -> PathBuf {
@@ -100,6 +100,27 @@ fn read_batches(mut client: Client, steps: u64) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// The micro-batches of `steps` steps (rank 0 of 1) of `spec` with its raw dataset replaced by the prepared
+/// output in `dir`, opened as prepared data.
+fn prepared_batches(spec: &JobSpec, dir: &Path, steps: u64) -> Vec<Vec<u32>> {
+    let mut prepared = spec.clone();
+    prepared.datasets[0] = flame_streamer::spec::DatasetSpec::prepared(dir.to_str().unwrap(), 1.0);
+    prepared.tokenizer = None;
+    prepared.append_eod = false;
+    let reference = Stream::open(prepared).unwrap();
+    (0..steps)
+        .flat_map(|step| (0..2).map(move |micro| (step, micro)))
+        .map(|(s, m)| {
+            reference
+                .micro_batch(s, m, 0, 1)
+                .unwrap()
+                .into_iter()
+                .flat_map(|s| s.tokens)
+                .collect()
+        })
+        .collect()
+}
+
 #[test]
 fn a_raw_dataset_is_prepared_once_and_served_as_its_prepared_output() {
     let dir = tempfile::tempdir().unwrap();
@@ -116,26 +137,10 @@ fn a_raw_dataset_is_prepared_once_and_served_as_its_prepared_output() {
     .map(Result::unwrap)
     .collect();
     assert_eq!(manifests.len(), 1, "{manifests:?}");
-    let mut prepared = spec.clone();
-    prepared.datasets[0] = flame_streamer::spec::DatasetSpec::prepared(
-        manifests[0].parent().unwrap().to_str().unwrap(),
-        1.0,
+    assert_eq!(
+        served,
+        prepared_batches(&spec, manifests[0].parent().unwrap(), 6)
     );
-    prepared.tokenizer = None;
-    prepared.append_eod = false;
-    let reference = Stream::open(prepared).unwrap();
-    let expected: Vec<Vec<u32>> = (0..6u64)
-        .flat_map(|step| (0..2).map(move |micro| (step, micro)))
-        .map(|(s, m)| {
-            reference
-                .micro_batch(s, m, 0, 1)
-                .unwrap()
-                .into_iter()
-                .flat_map(|s| s.tokens)
-                .collect()
-        })
-        .collect();
-    assert_eq!(served, expected);
     let mut again = spec.clone();
     again.seed = 6;
     batches(&endpoint, &again, 1);
@@ -304,6 +309,16 @@ fn a_fresh_server_given_a_checkpoints_cursors_continues_the_stream() {
     assert!(err.contains("checkpoint's cursor"), "{err}");
 }
 
+/// The lock of `spec`'s first dataset's preparation in `cache`, held (as another server preparing it
+/// would) until the returned file is dropped.
+fn hold_preparation_lock(spec: &JobSpec, cache: &Path) -> std::fs::File {
+    let dir = flame_streamer::raw_text::preparation_dir(spec, &spec.datasets[0], cache);
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock = std::fs::File::create(dir.join(".lock")).unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    lock
+}
+
 #[test]
 fn clients_waiting_for_a_preparation_hear_its_progress_and_the_status_page_shows_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -312,10 +327,7 @@ fn clients_waiting_for_a_preparation_hear_its_progress_and_the_status_page_shows
     let label = spec.datasets[0].label().to_owned();
     // Another server is preparing the dataset (the test holds the preparation's lock): this one waits.
     let cache = dir.path().join("cache");
-    let prepared_in = flame_streamer::raw_text::preparation_dir(&spec, &spec.datasets[0], &cache);
-    std::fs::create_dir_all(&prepared_in).unwrap();
-    let lock = std::fs::File::create(prepared_in.join(".lock")).unwrap();
-    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let lock = hold_preparation_lock(&spec, &cache);
     let running = serve(&ServerConfig {
         listen: vec![Endpoint::Unix(dir.path().join("s.sock"))],
         cache_dir: cache,
@@ -327,18 +339,7 @@ fn clients_waiting_for_a_preparation_hear_its_progress_and_the_status_page_shows
     let status = running.metrics.unwrap();
     let mut conn: Box<dyn Connection> =
         Box::new(UnixStream::connect(dir.path().join("s.sock")).unwrap());
-    let mut out = Vec::new();
-    encode(
-        &Message::Hello {
-            version: VERSION,
-            token: Vec::new(),
-            job: spec.to_toml(),
-            rank: 0,
-            world_size: 1,
-        },
-        &mut out,
-    );
-    conn.write_all(&out).unwrap();
+    conn.write_all(&hello(&spec)).unwrap();
     let mut buf = Vec::new();
     let mut next = || read_message(conn.as_mut(), &mut buf, Limits::SERVER_FRAMES).unwrap();
     assert_eq!(
@@ -400,24 +401,7 @@ fn a_preparation_cut_by_a_crash_resumes_on_the_restarted_server_and_its_client_w
     let straight = dir.path().join("straight");
     let output =
         flame_streamer::raw_text::prepare(&spec, &spec.datasets[0], &straight, &metrics).unwrap();
-    let mut prepared = spec.clone();
-    prepared.datasets[0] =
-        flame_streamer::spec::DatasetSpec::prepared(output.to_str().unwrap(), 1.0);
-    prepared.tokenizer = None;
-    prepared.append_eod = false;
-    let reference = Stream::open(prepared).unwrap();
-    let expected: Vec<Vec<u32>> = (0..6u64)
-        .flat_map(|step| (0..2).map(move |micro| (step, micro)))
-        .map(|(s, m)| {
-            reference
-                .micro_batch(s, m, 0, 1)
-                .unwrap()
-                .into_iter()
-                .flat_map(|s| s.tokens)
-                .collect()
-        })
-        .collect();
-    assert_eq!(served, expected);
+    assert_eq!(served, prepared_batches(&spec, &output, 6));
 }
 
 #[test]
@@ -615,10 +599,7 @@ fn the_python_client_logs_a_preparations_progress_and_then_reads_its_batches() {
     write_raw(dir.path());
     let spec = raw_job(dir.path(), false);
     let cache = dir.path().join("cache");
-    let prepared_in = flame_streamer::raw_text::preparation_dir(&spec, &spec.datasets[0], &cache);
-    std::fs::create_dir_all(&prepared_in).unwrap();
-    let lock = std::fs::File::create(prepared_in.join(".lock")).unwrap();
-    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let lock = hold_preparation_lock(&spec, &cache);
     let endpoint = serve(&ServerConfig {
         listen: vec![Endpoint::Unix(dir.path().join("s.sock"))],
         cache_dir: cache,

@@ -3,9 +3,8 @@
 //! (the next one ahead), serving what the same files serve from a local directory; the hub dataset again
 //! offline, from the caches; a download that fails is an error naming the URL.
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 
 use flame_e2e::fake_hub::{COMMIT, FakeHub, dead_endpoint};
 use flame_e2e::s3_server::S3Server;
@@ -14,7 +13,7 @@ use flame_streamer::server::Endpoint;
 use flame_streamer::spec::JobSpec;
 
 use crate::raw_text::{batches, gpt2, start};
-use crate::util::python;
+use crate::util::{python, spawn_server};
 
 /// `count` JSON-lines files of 200 documents each, `dir/raw/part-N.jsonl`, of nearly equal size.
 fn write_files(dir: &Path, count: usize) -> Vec<PathBuf> {
@@ -57,6 +56,20 @@ fn job(dataset: &str, name: Option<&str>) -> JobSpec {
     .unwrap()
 }
 
+/// Four files of [`write_files`] in `dir`, and the same uploaded to bucket `corpus` of a local S3 server
+/// as `raw/part-N.jsonl`.
+fn four_files_in_s3(dir: &Path) -> (Vec<PathBuf>, S3Server) {
+    let local = write_files(dir, 4);
+    let keys: Vec<String> = (0..4).map(|p| format!("raw/part-{p}.jsonl")).collect();
+    let uploads: Vec<(&Path, &str)> = local
+        .iter()
+        .zip(&keys)
+        .map(|(p, k)| (p.as_path(), k.as_str()))
+        .collect();
+    let s3 = S3Server::start(&python(), "corpus", &uploads);
+    (local, s3)
+}
+
 /// A `flame-stream serve` process on `dir/remote.sock` with `env` and `args`; killed when dropped.
 struct Server {
     child: Child,
@@ -67,22 +80,9 @@ impl Server {
     fn spawn(dir: &Path, env: &[(&str, String)], args: &[&str]) -> Self {
         let socket = dir.join("remote.sock");
         let _ = std::fs::remove_file(&socket);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flame-stream"))
-            .args(["serve", "--listen"])
-            .arg(format!("unix://{}", socket.display()))
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.starts_with("listening on unix://"), "{line}");
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         Self {
-            child,
+            child: spawn_server(&socket, args, &env),
             endpoint: Endpoint::Unix(socket),
         }
     }
@@ -137,14 +137,7 @@ fn batches_within(
 #[test]
 fn an_s3_prefix_streams_through_a_cache_smaller_than_the_dataset() {
     let dir = tempfile::tempdir().unwrap();
-    let local = write_files(dir.path(), 4);
-    let keys: Vec<String> = (0..4).map(|p| format!("raw/part-{p}.jsonl")).collect();
-    let uploads: Vec<(&Path, &str)> = local
-        .iter()
-        .zip(&keys)
-        .map(|(p, k)| (p.as_path(), k.as_str()))
-        .collect();
-    let s3 = S3Server::start(&python(), "corpus", &uploads);
+    let (local, s3) = four_files_in_s3(dir.path());
     let sizes: Vec<u64> = local.iter().map(|p| p.metadata().unwrap().len()).collect();
     // Room for two files (with their ETag records), not three.
     let limit = sizes.iter().max().unwrap() * 2 + 200;
@@ -318,14 +311,7 @@ fn a_hub_dataset_streams_and_then_streams_offline_from_the_cache() {
 #[test]
 fn a_failed_download_is_an_error_naming_the_url() {
     let dir = tempfile::tempdir().unwrap();
-    let local = write_files(dir.path(), 4);
-    let keys: Vec<String> = (0..4).map(|p| format!("raw/part-{p}.jsonl")).collect();
-    let uploads: Vec<(&Path, &str)> = local
-        .iter()
-        .zip(&keys)
-        .map(|(p, k)| (p.as_path(), k.as_str()))
-        .collect();
-    let s3 = S3Server::start(&python(), "corpus", &uploads);
+    let (_, s3) = four_files_in_s3(dir.path());
     let server = Server::spawn(
         dir.path(),
         &s3.env(),

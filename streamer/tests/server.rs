@@ -17,7 +17,7 @@ use flame_streamer::server::{Endpoint, ServerConfig, serve};
 use flame_streamer::spec::JobSpec;
 use flame_streamer::stream::Stream;
 
-use crate::raw::{http_get, metric, raw_exchange, wait_for_metric};
+use crate::raw::{hello, http_get, metric, raw_exchange, wait_for_metric};
 use crate::util::spawn_server;
 
 pub fn write_dataset(prefix: &Path, seed: u32) {
@@ -215,17 +215,7 @@ fn a_client_that_breaks_the_ring_rules_is_cut_off_and_the_server_carries_on() {
     let Endpoint::Unix(socket) = &endpoints[0] else {
         panic!()
     };
-    let mut hello = Vec::new();
-    encode(
-        &Message::Hello {
-            version: VERSION,
-            token: Vec::new(),
-            job: spec.to_toml(),
-            rank: 0,
-            world_size: 1,
-        },
-        &mut hello,
-    );
+    let hello = hello(&spec);
     let frames = |messages: &[Message]| {
         let mut bytes = hello.clone();
         for m in messages {
