@@ -241,4 +241,47 @@ mod tests {
         }
         assert_eq!(checked, 4, "gpt2, mistral, cl100k, tekken");
     }
+
+    /// A BPE over `a` and `b` (`</s>` in its vocabulary too) with `added` as its added tokens and a
+    /// BOS/EOS template.
+    fn small(added: &serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+            "normalizer": null, "pre_tokenizer": null, "decoder": null,
+            "post_processor": {"type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                           {"SpecialToken": {"id": "</s>", "type_id": 0}}],
+                "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {"<s>": {"id": "<s>", "ids": [3], "tokens": ["<s>"]},
+                                   "</s>": {"id": "</s>", "ids": [1], "tokens": ["</s>"]}}},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                      "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                      "vocab": {"a": 0, "</s>": 1, "b": 2}, "merges": []}
+        })
+    }
+
+    fn added(content: &str, id: u64) -> serde_json::Value {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+                           "rstrip": false, "normalized": false, "special": true})
+    }
+
+    #[test]
+    fn added_tokens_beyond_the_vocabulary_count_and_ids_the_crate_would_not_give_are_declined() {
+        // `</s>` is in the vocabulary, `<s>` and `<pad>` follow it.
+        let json = small(&serde_json::json!([
+            added("</s>", 1),
+            added("<s>", 3),
+            added("<pad>", 4)
+        ]));
+        let tokenizer: Tokenizer = serde_json::from_value(json.clone()).unwrap();
+        let from_json = Probes::of_json(&json, None).unwrap().unwrap();
+        assert_eq!(from_json, Probes::of_tokenizer(&tokenizer, None).unwrap());
+        assert_eq!(
+            (from_json.vocab_size, from_json.bos_id, from_json.eos_id),
+            (5, Some(3), Some(1))
+        );
+        // Ids the crate would assign otherwise (it numbers `<s>` 3, not 7): the JSON is not trusted.
+        let json = small(&serde_json::json!([added("</s>", 1), added("<s>", 7)]));
+        assert_eq!(Probes::of_json(&json, None).unwrap(), None);
+    }
 }

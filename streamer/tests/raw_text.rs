@@ -337,8 +337,12 @@ fn clients_waiting_for_a_preparation_hear_its_progress_and_the_status_page_shows
     })
     .unwrap();
     let status = running.metrics.unwrap();
-    let mut conn: Box<dyn Connection> =
-        Box::new(UnixStream::connect(dir.path().join("s.sock")).unwrap());
+    let socket = UnixStream::connect(dir.path().join("s.sock")).unwrap();
+    // A server that never says how far it is would keep the test waiting: fail instead.
+    socket
+        .set_read_timeout(Some(Duration::from_mins(1)))
+        .unwrap();
+    let mut conn: Box<dyn Connection> = Box::new(socket);
     conn.write_all(&hello(&spec)).unwrap();
     let mut buf = Vec::new();
     let mut next = || read_message(conn.as_mut(), &mut buf, Limits::SERVER_FRAMES).unwrap();
@@ -620,18 +624,31 @@ fn the_python_client_logs_a_preparations_progress_and_then_reads_its_batches() {
         .spawn()
         .unwrap();
     // The client logs the server's progress while the preparation waits for the lock the test holds.
-    let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    log.read_line(&mut line).unwrap();
+    // Read on a thread, so that a client that never logs fails the test instead of hanging it.
+    let (first, first_line) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut log = std::io::BufReader::new(stderr);
+        let mut line = String::new();
+        log.read_line(&mut line).unwrap();
+        first.send(line).unwrap();
+        // Then to the end (the client exits once it has its batch), or its lines would fill the pipe.
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut log, &mut rest).unwrap();
+        rest
+    });
+    let line = first_line.recv_timeout(Duration::from_mins(1));
+    let line = line.unwrap_or_else(|_| {
+        let _ = child.kill();
+        panic!("the Python client logged nothing about the preparation in a minute")
+    });
     assert!(
         line.starts_with("flame_stream: the server is preparing the job's raw dataset")
             && line.contains(spec.datasets[0].label()),
         "{line}"
     );
     drop(lock);
-    // Read to the end (the client exits once it has its batch), or its progress lines would fill the pipe.
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut log, &mut rest).unwrap();
+    let rest = reader.join().unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{rest}");
     let tokens: Vec<Vec<u32>> = serde_json::from_slice(&out.stdout).unwrap();
