@@ -66,6 +66,10 @@ def models(root):
     return worst
 
 
+# The gated norm's cases: name, heads, width.
+NORMS = (("gated_norm_256", 4, 256), ("gated_norm_512", 6, 512))
+
+
 def ops_gen(root):
     torch.manual_seed(0)
     lengths = [1, 64, 200, 7, 129, 599]  # one document of each awkward kind; 1000 tokens
@@ -98,6 +102,11 @@ def ops_gen(root):
     out["gated_delta_rule.A_log"] = torch.empty(h).uniform_(1, 16).log()
     dt = torch.exp(torch.rand(h) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
     out["gated_delta_rule.dt_bias"] = dt + torch.log(-torch.expm1(-dt))
+    # The gated output norm (fla's FusedRMSNormGated) at GLA's and Gated DeltaNet's head widths.
+    for name, h, d in NORMS:
+        out[f"{name}.x"], out[f"{name}.g"] = normal(1, t, h, d).bfloat16(), normal(1, t, h, d).bfloat16()
+        out[f"{name}.w"] = 1 + 0.1 * normal(d)
+        out[f"{name}.dy"] = normal(1, t, h, d).bfloat16()
     save_file(out, str(root / "ops_in.safetensors"))
     print(f"wrote {len(out)} tensors")
 
@@ -192,6 +201,17 @@ def ops_check(root):
             err = rel(ours[f"gated_delta_rule_fla.{name}"], theirs)
             worst[f"gated_delta_rule_fla.{name}"] = err
             print(f"{'gated_delta_rule (fla kernels, layer)':<37} {name:<8} vs fla fp32 naive rel err {err:.2e}")
+    for name, _, _ in NORMS:
+        if f"{name}.y" not in ours:
+            continue
+        from fla.modules.norm.fused_norm_gate import rms_norm_gated
+        leaves = {n: inputs[f"{name}.{n}"].to(DEVICE).requires_grad_() for n in ("x", "g", "w")}
+        y = rms_norm_gated(leaves["x"], leaves["g"], leaves["w"], None, activation="swish", eps=1e-6)
+        (y.float() * inputs[f"{name}.dy"].to(DEVICE).float()).sum().backward()
+        for part, theirs in [("y", y)] + [(f"d{n}", t.grad) for n, t in leaves.items()]:
+            err = rel(ours[f"{name}.{part}"], theirs)
+            worst[f"{name}.{part}"] = err
+            print(f"{name + ' (fla kernels)':<34} {part:<5} vs fla bf16 Triton rel err {err:.2e}")
     return worst
 
 

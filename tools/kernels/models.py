@@ -13,6 +13,9 @@ class Model:
     name: str  # the config file's stem, e.g. 'gla_340M'
     op: str  # 'gla' | 'delta_net' | 'gated_deltanet' (trace.OPS)
     shape: dict = field(hash=False)  # keyword arguments of the trace function: H, (HV,) K, V (, flags)
+    # The output norm's trace ('gated_norm' and its arguments: H, D, activation), when fla's layer fuses the
+    # gate into it (FusedRMSNormGated); None when it normalises with RMSNorm.
+    norm: tuple = field(default=None, hash=False)
 
 
 def _width(config, key, default):
@@ -64,6 +67,25 @@ def gated_deltanet(config):
 _SHAPES = {"gla": gla, "delta_net": delta_net, "gated_deltanet": gated_deltanet}
 
 
+def gated_norm(op, config, shape):
+    """The layer's FusedRMSNormGated over each value head, if it has one: GLA's with gate_fn 'swish',
+    fuse_norm and use_output_gate (each true by default); DeltaNet's and Gated DeltaNet's with use_gate
+    (false by default for DeltaNet, true for Gated DeltaNet), whose activation is Gated DeltaNet's
+    output_gate_activation (else swish). 'silu' is traced as 'swish': the kernels compute the same for
+    both, and flame-train launches 'swish'."""
+    if op == "gla":
+        fused = (config.get("gate_fn", "swish") == "swish" and config.get("fuse_norm", True)
+                 and config.get("use_output_gate", True))
+        activation = "swish"
+    else:
+        fused = config.get("use_gate", op == "gated_deltanet")
+        activation = config.get("output_gate_activation", "swish") if op == "gated_deltanet" else "swish"
+    if not fused:
+        return None
+    heads = shape.get("HV", shape["H"])
+    return ("gated_norm", dict(H=heads, D=shape["V"], activation="swish" if activation == "silu" else activation))
+
+
 def load(configs_dir):
     """Every config in configs_dir whose model_type is a linear-attention one, sorted by name."""
     models = []
@@ -74,5 +96,6 @@ def load(configs_dir):
             config = json.load(f)
         op = config.get("model_type")
         if op in _SHAPES:
-            models.append(Model(file[:-len(".json")], op, _SHAPES[op](config)))
+            shape = _SHAPES[op](config)
+            models.append(Model(file[:-len(".json")], op, shape, gated_norm(op, config, shape)))
     return models

@@ -203,6 +203,7 @@ KernelInterface.__getitem__ = _record_launch
 import fla.ops.delta_rule.chunk  # noqa: E402
 import fla.ops.gated_delta_rule.chunk  # noqa: E402
 import fla.ops.gla.chunk  # noqa: E402
+import fla.modules.norm.fused_norm_gate  # noqa: E402
 
 _SEQUENCES = {}  # id(cu_seqlens) -> document lengths
 
@@ -288,4 +289,19 @@ def gated_deltanet(lens, H, HV, K, V, allow_neg_eigval=False):
                              dt_bias=_f32(HV))
 
 
-OPS = {"gla": gla, "delta_net": delta_net, "gated_deltanet": gated_deltanet}
+def gated_norm(lens, H, D, activation="swish", eps=1e-6):
+    """rms_norm_gated as fla 0.6.0's FusedRMSNormGated calls it on a mixer's output and gate ([1, T, H, D],
+    bf16; the weight fp32 [D], no bias, no residual): the per-head output norm of GLA, and of DeltaNet and
+    Gated DeltaNet with use_gate."""
+    T = sum(lens)
+    LAUNCHES.clear()
+    _phase[0] = "forward"
+    x, g = _bf16(1, T, H, D), _bf16(1, T, H, D)
+    y = fla.modules.norm.fused_norm_gate.rms_norm_gated(x, g, _f32(D), None, activation=activation, eps=eps)
+    cls, ctx = _Function.last
+    _phase[0] = "backward"
+    cls.backward(ctx, FakeTensor(y.shape, y.dtype))
+    return list(LAUNCHES)
+
+
+OPS = {"gla": gla, "delta_net": delta_net, "gated_deltanet": gated_deltanet, "gated_norm": gated_norm}

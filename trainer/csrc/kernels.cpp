@@ -16,6 +16,7 @@ typedef int (*cu_ctx_set_current)(void *);
 typedef int (*cu_module_load_data)(void **, const void *);
 typedef int (*cu_module_get_function)(void **, void *, const char *);
 typedef int (*cu_func_set_attribute)(void *, int, int);
+typedef int (*cu_device_get_attribute)(int *, int, int);
 typedef int (*cu_launch_kernel)(void *, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
                                 unsigned, void *, void **, void **);
 
@@ -118,6 +119,13 @@ int flame_cu_launch(int device, void *function, const unsigned *grid, unsigned t
   if (launch == nullptr) return -1;
   return cu_check(launch(function, grid[0], grid[1], grid[2], threads, 1, 1, shared, nullptr, params, nullptr),
                   "cuLaunchKernel");
+}
+
+// The number of multiprocessors of CUDA device `device` (fla's `get_multiprocessor_count`).
+int flame_cu_multiprocessors(int device, int *count) {
+  FLAME_SYM(get_attribute, libcuda, "cuDeviceGetAttribute", cu_device_get_attribute);
+  const int multiprocessor_count = 16; // CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT
+  return cu_check(get_attribute(count, multiprocessor_count, device), "cuDeviceGetAttribute(multiprocessors)");
 }
 
 // Applies the autograd node whose forward and backward are `fn` (see rust_fn) with `op` to `inputs`;

@@ -186,6 +186,9 @@ fn ops(input: &Path, output: &Path) -> anyhow::Result<()> {
                 }
             }
             out.extend(fla_gla(&get, device)?);
+            for name in ["gated_norm_256", "gated_norm_512"] {
+                out.extend(fla_gated_norm(&get, name)?);
+            }
         }
         Ok(_) => {}
         Err(e) => eprintln!(
@@ -331,6 +334,33 @@ fn fla_gla(
             format!("gla_fla.d{name}"),
             t.grad().to_kind(Kind::Float).to_device(Device::Cpu),
         ));
+    }
+    Ok(out)
+}
+
+/// The gated output norm on fla's kernel (`NAME.*`: x, g bf16, w fp32, swish, eps 1e-6), its output
+/// and gradients for the output gradient `NAME.dy`.
+fn fla_gated_norm(
+    get: &dyn Fn(&str) -> anyhow::Result<Tensor>,
+    name: &str,
+) -> anyhow::Result<Vec<(String, Tensor)>> {
+    let leaf = |part: &str| -> anyhow::Result<Tensor> {
+        Ok(get(&format!("{name}.{part}"))?.set_requires_grad(true))
+    };
+    let (x, g, w) = (leaf("x")?, leaf("g")?, leaf("w")?);
+    let y = flame_trainer::kernels::fla::norm::gated_rms_norm(
+        &x,
+        &g,
+        &w,
+        1e-6,
+        flame_trainer::config::GateActivation::Swish,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let dy = get(&format!("{name}.dy"))?.to_kind(Kind::Float);
+    (y.to_kind(Kind::Float) * dy).sum(Kind::Float).backward();
+    let mut out = vec![(format!("{name}.y"), y.detach().to_device(Device::Cpu))];
+    for (part, t) in [("x", x), ("g", g), ("w", w)] {
+        out.push((format!("{name}.d{part}"), t.grad().to_device(Device::Cpu)));
     }
     Ok(out)
 }

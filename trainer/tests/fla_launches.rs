@@ -16,9 +16,9 @@
 use std::fmt::Write as _;
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
-use flame_trainer::config::{Mixer, ModelConfig};
+use flame_trainer::config::{GateActivation, Mixer, ModelConfig};
 use flame_trainer::kernels::cubin::{Kernels, Launch, Param, Recorded};
-use flame_trainer::kernels::fla::{Varlen, delta_rule, gated_delta_rule, gla};
+use flame_trainer::kernels::fla::{Varlen, delta_rule, gated_delta_rule, gla, norm};
 use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor};
 
@@ -305,4 +305,45 @@ fn gated_deltanet_launches_are_flas() {
         backward(&o);
         assert_launches(&name, &build.take_launches().unwrap(), &theirs);
     }
+}
+
+#[test]
+fn gated_norm_launches_are_flas() {
+    let mut seen = 0;
+    for model_type in ["gla", "delta_net", "gated_deltanet"] {
+        for (name, mixer) in configs(model_type) {
+            // The layers whose fla counterpart fuses the gate into the norm (FusedRMSNormGated).
+            let (h, d, activation) = match mixer {
+                Mixer::Gla(c) if c.use_output_gate && c.fused_gate_norm => (
+                    c.num_heads,
+                    c.value_dim / c.num_heads,
+                    GateActivation::Swish,
+                ),
+                Mixer::DeltaRule(c) => match c.output_gate {
+                    Some(activation) => (c.num_heads, c.head_v_dim, activation),
+                    None => continue,
+                },
+                _ => continue,
+            };
+            let (h, d) = (i64::from(h), i64::from(d));
+            let config = ModelConfig::load(&repo().join("configs").join(&name)).unwrap();
+            let theirs = fla(
+                "gated_norm",
+                &[
+                    ("H", h.to_string()),
+                    ("D", d.to_string()),
+                    ("activation", format!("{activation:?}").to_lowercase()),
+                    ("eps", config.norm_eps.to_string()),
+                ],
+            );
+            let build = recording();
+            let (x, g) = (input(&[h, d]), input(&[h, d]));
+            let weight = Tensor::ones([d], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+            let y = norm::gated_rms_norm(&x, &g, &weight, config.norm_eps, activation).unwrap();
+            backward(&y);
+            assert_launches(&name, &build.take_launches().unwrap(), &theirs);
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "no config of configs/ has a gated output norm");
 }

@@ -5,9 +5,9 @@ flame-train's ports of the ops (trainer/src/kernels/fla/) must launch, launch fo
   trace_ops.py BUILD_DIR OP LENS NAME=VALUE...
   trace_ops.py ~/.cache/flame/kernels/fla-0.6.0-triton-3.7.1-sm90a gla 1,64,100 H=4 K=128 V=256
 
-OP is a tracer.OPS name (gla, delta_net, gated_deltanet), LENS the documents' lengths (one packed row,
-cu_seqlens as fla's layers make it), NAME=VALUE the trace function's shape arguments (integers, or
-true/false). tracer.py runs fla's wrappers on shape-only tensors; each launch is matched to the variant
+OP is a tracer.OPS name (gla, delta_net, gated_deltanet, gated_norm), LENS the documents' lengths (one
+packed row, cu_seqlens as fla's layers make it), NAME=VALUE the trace function's arguments (integers,
+floats, true/false, or text). tracer.py runs fla's wrappers on shape-only tensors; each launch is matched to the variant
 BUILD_DIR's manifest.json compiled for it, whose config (block sizes, warps) fixes the grid. Printed:
 
   [{"kernel": "ops.gla.chunk.chunk_gla_fwd_kernel_o", "phase": "forward", "grid": [x, y, z],
@@ -123,8 +123,15 @@ def describe(launch, manifest, buffers):
 
 
 def _value(text):
-    """A shape argument: an integer, or true or false."""
-    return {"true": True, "false": False}[text] if text in ("true", "false") else int(text)
+    """A shape argument: true or false, an integer, a float, else the text (an activation's name)."""
+    if text in ("true", "false"):
+        return text == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def main(argv):

@@ -27,6 +27,9 @@ use crate::shim::kernels::{self as driver, CuFunction};
 /// `tools/kernels/requirements.txt`).
 pub const BUILD: &str = "fla-0.6.0-triton-3.7.1-sm90a";
 
+/// An H100's multiprocessors: what [`Kernels::multiprocessors`] gives a recording build.
+const HOPPER_MULTIPROCESSORS: i64 = 132;
+
 /// [`Kernels::installed`]'s build, looked for at its first call (or set by [`Kernels::install`]).
 static INSTALLED: OnceLock<Result<Kernels, String>> = OnceLock::new();
 
@@ -276,6 +279,26 @@ impl Kernels {
                 index,
             })
             .ok_or_else(|| format!("{}: no build of {kernel} with {spec:?}", self.dir.display()))
+    }
+
+    /// The multiprocessors of the device `x` is on, as fla's wrappers count them to size a grid: the
+    /// driver's count on CUDA; for a recording build, an H100's 132 (the count the kernel build's fake
+    /// Hopper gives fla's wrappers, `tools/kernels/hopper.py`).
+    pub fn multiprocessors(&self, x: &Tensor) -> Result<i64, String> {
+        static COUNTS: Mutex<Vec<(usize, u32)>> = Mutex::new(Vec::new());
+        match (&self.recording, x.device()) {
+            (Some(_), _) => Ok(HOPPER_MULTIPROCESSORS),
+            (None, Device::Cuda(ordinal)) => {
+                let mut counts = COUNTS.lock().map_err(|e| e.to_string())?;
+                if let Some(&(_, count)) = counts.iter().find(|(device, _)| *device == ordinal) {
+                    return Ok(i64::from(count));
+                }
+                let count = driver::multiprocessors(ordinal)?;
+                counts.push((ordinal, count));
+                Ok(i64::from(count))
+            }
+            (None, device) => Err(format!("{device:?} is not a CUDA device")),
+        }
     }
 
     /// Records a launch of variant `index` whose arguments `bind` gave `values`.

@@ -11,12 +11,13 @@ mod common;
 pub mod delta_rule;
 pub mod gated_delta_rule;
 pub mod gla;
+pub mod norm;
 
 use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor};
 
 use super::cubin::{Arg, Kernels, Variant};
-use crate::config::{Mixer, ModelConfig};
+use crate::config::{GateActivation, Mixer, ModelConfig};
 
 /// A batch's documents as fla's varlen kernels take them, made on the host once per batch.
 #[derive(Debug)]
@@ -64,8 +65,21 @@ impl Varlen {
 /// Whether `kernels` has every kernel `config`'s token mixing needs; `Err` says what it lacks.
 pub fn check(kernels: &'static Kernels, config: &ModelConfig) -> Result<(), String> {
     match &config.mixer {
-        Mixer::DeltaRule(delta) => delta_rule::check(kernels, delta),
-        Mixer::Gla(gla) => gla::check(kernels, gla),
+        Mixer::DeltaRule(delta) => {
+            delta_rule::check(kernels, delta)?;
+            match delta.output_gate {
+                Some(activation) => norm::check(kernels, i64::from(delta.head_v_dim), activation),
+                None => Ok(()),
+            }
+        }
+        Mixer::Gla(gla) => {
+            gla::check(kernels, gla)?;
+            if gla.use_output_gate && gla.fused_gate_norm {
+                let d = i64::from(gla.value_dim / gla.num_heads);
+                norm::check(kernels, d, GateActivation::Swish)?;
+            }
+            Ok(())
+        }
         Mixer::Attention(_) => Err(format!(
             "{} has no fla kernels in flame-train yet",
             config.model_type

@@ -15,7 +15,7 @@
 use tch::Tensor;
 use tch::nn::{self, Init};
 
-use super::layers::{head_norm, l2_norm, short_conv, short_convs};
+use super::layers::{gated_head_norm, l2_norm, short_conv, short_convs};
 use super::lm::{Context, Mixer};
 use crate::config::{DeltaRuleConfig, ModelConfig};
 use crate::kernels::compute_kind;
@@ -196,11 +196,12 @@ impl Mixer for DeltaRule {
             .gate
             .as_ref()
             .map(|w| x.linear(w, None::<Tensor>).view([batch, t, heads, dv]));
-        let o = head_norm(
+        let o = gated_head_norm(
             &o,
             &self.norm,
             self.eps,
             gate.as_ref().zip(self.config.output_gate),
+            context.fla.is_some(),
         );
         o.reshape([batch, t, heads * dv])
             .linear(&self.o, None::<Tensor>)

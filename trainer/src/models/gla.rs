@@ -12,7 +12,7 @@
 use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
 
-use super::layers::{head_norm, short_conv, short_convs};
+use super::layers::{gated_head_norm, short_conv, short_convs};
 use super::lm::{Context, Mixer};
 use crate::config::{GateActivation, GlaConfig, ModelConfig};
 
@@ -126,11 +126,12 @@ impl Mixer for Gla {
             .gate
             .as_ref()
             .map(|w| x.linear(w, None::<Tensor>).view([b, t, heads, dv]));
-        let o = head_norm(
+        let o = gated_head_norm(
             &o,
             &self.norm,
             self.eps,
             gate.as_ref().map(|g| (g, GateActivation::Swish)),
+            context.fla.is_some() && self.config.fused_gate_norm,
         );
         o.reshape([b, t, heads * dv])
             .linear(&self.o, None::<Tensor>)

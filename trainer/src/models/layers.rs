@@ -192,3 +192,22 @@ pub fn head_norm(
     };
     out.to_kind(o.kind())
 }
+
+/// [`head_norm`], on fla's fused kernel (`FusedRMSNormGated`, [`crate::kernels::fla::norm`]) when the
+/// layer has a gate and `fla` (it runs fla's kernels, and fla's layer fuses this norm).
+pub fn gated_head_norm(
+    o: &Tensor,
+    weight: &Tensor,
+    eps: f64,
+    gate: Option<(&Tensor, GateActivation)>,
+    fla: bool,
+) -> Tensor {
+    match gate {
+        // MixingKernels::resolve checked the build when it chose fla's kernels.
+        Some((g, activation)) if fla => {
+            crate::kernels::fla::norm::gated_rms_norm(o, g, weight, eps, activation)
+                .unwrap_or_else(|e| panic!("{e}"))
+        }
+        _ => head_norm(o, weight, eps, gate),
+    }
+}

@@ -27,6 +27,7 @@ unsafe extern "C" {
         shared: u32,
         params: *mut *mut c_void,
     ) -> c_int;
+    fn flame_cu_multiprocessors(device: c_int, count: *mut c_int) -> c_int;
     fn flame_rust_function(
         function: i64,
         op: i64,
@@ -99,6 +100,15 @@ pub unsafe fn launch(
             params.as_mut_ptr(),
         )
     })
+}
+
+/// The number of multiprocessors of CUDA device `device`.
+pub fn multiprocessors(device: usize) -> Result<u32, String> {
+    let device = c_int::try_from(device).map_err(|e| e.to_string())?;
+    let mut count: c_int = 0;
+    // SAFETY: `count` is written on success.
+    check(unsafe { flame_cu_multiprocessors(device, &raw mut count) })?;
+    u32::try_from(count).map_err(|e| e.to_string())
 }
 
 /// What a forward pass gives back.
