@@ -24,13 +24,21 @@ def load(path):
     return entries
 
 
+# Autotune-key arguments that only bucket the row count (the norms' NB, tools/kernels/README.md): an entry
+# tuned at another bucket serves a variant when nothing tuned at its own does.
+BUCKETS = ("NB",)
+
+
 def lookup(entries, qualname, key):
     """The entry for a kernel ('ops.x.y.kernel', fla's module path without 'fla.') and its autotune key
-    (str()'d elements): same kernel, same key-argument values; of several, the one whose dtype suffix
-    equals key's too, else the first."""
-    matches = [e for e in entries
-               if e["kernel"].removeprefix("fla.") == qualname
-               and [str(v) for v in e["key"][:len(e["keys"])]] == key[:len(e["keys"])]]
+    (str()'d elements): same kernel, same key-argument values (BUCKETS' aside if no entry has them equal
+    too); of several, the one whose dtype suffix equals key's too, else the first."""
+    def same(e, buckets_too):
+        return all(str(v) == key[i] for i, (name, v) in enumerate(zip(e["keys"], e["key"]))
+                   if buckets_too or name not in BUCKETS)
+
+    mine = [e for e in entries if e["kernel"].removeprefix("fla.") == qualname]
+    matches = [e for e in mine if same(e, True)] or [e for e in mine if same(e, False)]
     exact = [e for e in matches if [str(v) for v in e["key"]] == key]
     return (exact or matches or [None])[0]
 
