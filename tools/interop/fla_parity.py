@@ -107,6 +107,10 @@ def ops_gen(root):
         out[f"{name}.x"], out[f"{name}.g"] = normal(1, t, h, d).bfloat16(), normal(1, t, h, d).bfloat16()
         out[f"{name}.w"] = 1 + 0.1 * normal(d)
         out[f"{name}.dy"] = normal(1, t, h, d).bfloat16()
+    # DeltaNet 340M's short convolution (1024 channels, 4 taps) over the same documents.
+    out["short_conv.x"], out["short_conv.dy"] = normal(1, t, 1024).bfloat16(), normal(1, t, 1024).bfloat16()
+    out["short_conv.w"] = 0.5 * normal(1024, 4)
+    out["short_conv.cu_seqlens"] = cu.clone()
     save_file(out, str(root / "ops_in.safetensors"))
     print(f"wrote {len(out)} tensors")
 
@@ -212,6 +216,16 @@ def ops_check(root):
             err = rel(ours[f"{name}.{part}"], theirs)
             worst[f"{name}.{part}"] = err
             print(f"{name + ' (fla kernels)':<34} {part:<5} vs fla bf16 Triton rel err {err:.2e}")
+    if "short_conv.y" in ours:
+        from fla.modules.causal_conv1d.ops import causal_conv1d
+        cu = inputs["short_conv.cu_seqlens"].to(DEVICE, torch.int32)
+        leaves = {n: inputs[f"short_conv.{n}"].to(DEVICE).requires_grad_() for n in ("x", "w")}
+        y, _ = causal_conv1d(leaves["x"], weight=leaves["w"], activation="silu", backend="triton", cu_seqlens=cu)
+        (y.float() * inputs["short_conv.dy"].to(DEVICE).float()).sum().backward()
+        for part, theirs in [("y", y)] + [(f"d{n}", t.grad) for n, t in leaves.items()]:
+            err = rel(ours[f"short_conv.{part}"], theirs)
+            worst[f"short_conv.{part}"] = err
+            print(f"{'short_conv (fla kernels)':<34} {part:<5} vs fla bf16 Triton rel err {err:.2e}")
     return worst
 
 

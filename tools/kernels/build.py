@@ -143,8 +143,8 @@ def main():
     found, per_model = {}, {}
     for model in models.load(args.configs):
         launches = tracer.OPS[model.op](DOCUMENTS, **model.shape)
-        if model.norm is not None:
-            launches += tracer.OPS[model.norm[0]](DOCUMENTS, **model.norm[1])
+        for op, shape in model.extras:
+            launches += tracer.OPS[op](DOCUMENTS, **shape)
         per_model[model.name] = set(variants.merge(found, launches, model.name))
         print(f"{model.name}: {model.op} {model.shape}: {len(launches)} launches, "
               f"{len(per_model[model.name])} variants", flush=True)

@@ -13,9 +13,10 @@ class Model:
     name: str  # the config file's stem, e.g. 'gla_340M'
     op: str  # 'gla' | 'delta_net' | 'gated_deltanet' (trace.OPS)
     shape: dict = field(hash=False)  # keyword arguments of the trace function: H, (HV,) K, V (, flags)
-    # The output norm's trace ('gated_norm' and its arguments: H, D, activation), when fla's layer fuses the
-    # gate into it (FusedRMSNormGated); None when it normalises with RMSNorm.
-    norm: tuple = field(default=None, hash=False)
+    # The layer's other fla kernels, as (trace function, its arguments): the output norm's ('gated_norm': H,
+    # D, activation) when fla's layer fuses the gate into it (FusedRMSNormGated), the short convolutions'
+    # ('short_conv': D, W) for each distinct width.
+    extras: tuple = field(default=(), hash=False)
 
 
 def _width(config, key, default):
@@ -86,6 +87,17 @@ def gated_norm(op, config, shape):
     return ("gated_norm", dict(H=heads, D=shape["V"], activation="swish" if activation == "silu" else activation))
 
 
+def short_convs(op, config, shape):
+    """The layer's ShortConvolutions, one trace per distinct width: q's and k's over the key heads
+    (H·K), v's over the value heads (HV·V), of conv_size taps (default 4), when use_short_conv (default
+    false for GLA, true for DeltaNet and Gated DeltaNet)."""
+    if not config.get("use_short_conv", op != "gla"):
+        return ()
+    taps = config.get("conv_size", 4)
+    widths = sorted({shape["H"] * shape["K"], shape.get("HV", shape["H"]) * shape["V"]})
+    return tuple(("short_conv", dict(D=width, W=taps)) for width in widths)
+
+
 def load(configs_dir):
     """Every config in configs_dir whose model_type is a linear-attention one, sorted by name."""
     models = []
@@ -97,5 +109,7 @@ def load(configs_dir):
         op = config.get("model_type")
         if op in _SHAPES:
             shape = _SHAPES[op](config)
-            models.append(Model(file[:-len(".json")], op, shape, gated_norm(op, config, shape)))
+            norm = gated_norm(op, config, shape)
+            extras = ((norm,) if norm else ()) + short_convs(op, config, shape)
+            models.append(Model(file[:-len(".json")], op, shape, extras))
     return models

@@ -203,6 +203,7 @@ KernelInterface.__getitem__ = _record_launch
 import fla.ops.delta_rule.chunk  # noqa: E402
 import fla.ops.gated_delta_rule.chunk  # noqa: E402
 import fla.ops.gla.chunk  # noqa: E402
+import fla.modules.causal_conv1d.ops  # noqa: E402
 import fla.modules.norm.fused_norm_gate  # noqa: E402
 
 _SEQUENCES = {}  # id(cu_seqlens) -> document lengths
@@ -304,4 +305,20 @@ def gated_norm(lens, H, D, activation="swish", eps=1e-6):
     return list(LAUNCHES)
 
 
-OPS = {"gla": gla, "delta_net": delta_net, "gated_deltanet": gated_deltanet, "gated_norm": gated_norm}
+def short_conv(lens, D, W):
+    """causal_conv1d as fla 0.6.0's ShortConvolution calls it in training, on one of q's, k's or v's
+    projections ([1, T, D] bf16; the weight [D, W] fp32, no bias, no cache, SiLU, backend 'triton')."""
+    T = sum(lens)
+    LAUNCHES.clear()
+    _phase[0] = "forward"
+    y, _ = fla.modules.causal_conv1d.ops.causal_conv1d(
+        x=_bf16(1, T, D), weight=_f32(D, W), bias=None, residual=None, initial_state=None,
+        output_final_state=False, activation="silu", backend="triton", cu_seqlens=_cu_seqlens(lens))
+    cls, ctx = _Function.last
+    _phase[0] = "backward"
+    cls.backward(ctx, FakeTensor(y.shape, y.dtype), None)
+    return list(LAUNCHES)
+
+
+OPS = {"gla": gla, "delta_net": delta_net, "gated_deltanet": gated_deltanet, "gated_norm": gated_norm,
+       "short_conv": short_conv}

@@ -189,6 +189,7 @@ fn ops(input: &Path, output: &Path) -> anyhow::Result<()> {
             for name in ["gated_norm_256", "gated_norm_512"] {
                 out.extend(fla_gated_norm(&get, name)?);
             }
+            out.extend(fla_short_conv(&get, device)?);
         }
         Ok(_) => {}
         Err(e) => eprintln!(
@@ -363,4 +364,27 @@ fn fla_gated_norm(
         out.push((format!("{name}.d{part}"), t.grad().to_device(Device::Cpu)));
     }
     Ok(out)
+}
+
+/// DeltaNet's short convolution on fla's kernel (`short_conv.*`: x bf16 `[1, T, D]`, w fp32 `[D, W]`,
+/// SiLU), its output and gradients for the output gradient `short_conv.dy`.
+fn fla_short_conv(
+    get: &dyn Fn(&str) -> anyhow::Result<Tensor>,
+    device: Device,
+) -> anyhow::Result<Vec<(String, Tensor)>> {
+    let x = get("short_conv.x")?.set_requires_grad(true);
+    let w = get("short_conv.w")?;
+    let w = w.unsqueeze(1).set_requires_grad(true);
+    let cu: Vec<i64> = Vec::try_from(get("short_conv.cu_seqlens")?.to_device(Device::Cpu))?;
+    let cu: Vec<u32> = cu.iter().map(|&c| u32::try_from(c).unwrap_or(0)).collect();
+    let varlen = Varlen::new(&[cu], usize::try_from(x.size()[1])?, CHUNK, device);
+    let y = flame_trainer::kernels::fla::conv::short_conv(&x, &w, &varlen)
+        .map_err(anyhow::Error::msg)?;
+    let dy = get("short_conv.dy")?.to_kind(Kind::Float);
+    (y.to_kind(Kind::Float) * dy).sum(Kind::Float).backward();
+    Ok(vec![
+        ("short_conv.y".to_string(), y.detach().to_device(Device::Cpu)),
+        ("short_conv.dx".to_string(), x.grad().to_device(Device::Cpu)),
+        ("short_conv.dw".to_string(), w.grad().squeeze_dim(1).to_device(Device::Cpu)),
+    ])
 }

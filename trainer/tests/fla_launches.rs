@@ -18,7 +18,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
 use flame_trainer::config::{GateActivation, Mixer, ModelConfig};
 use flame_trainer::kernels::cubin::{Kernels, Launch, Param, Recorded};
-use flame_trainer::kernels::fla::{Varlen, delta_rule, gated_delta_rule, gla, norm};
+use flame_trainer::kernels::fla::{Varlen, conv, delta_rule, gated_delta_rule, gla, norm};
 use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor};
 
@@ -346,4 +346,34 @@ fn gated_norm_launches_are_flas() {
         }
     }
     assert!(seen > 0, "no config of configs/ has a gated output norm");
+}
+
+#[test]
+fn short_conv_launches_are_flas() {
+    let mut seen = 0;
+    for model_type in ["gla", "delta_net", "gated_deltanet"] {
+        for (name, mixer) in configs(model_type) {
+            let (widths, taps) = match mixer {
+                Mixer::Gla(c) => ([c.key_dim, c.value_dim], c.short_conv),
+                Mixer::DeltaRule(c) => (
+                    [c.num_heads * c.head_k_dim, c.num_heads * c.head_v_dim],
+                    c.short_conv,
+                ),
+                Mixer::Attention(_) => continue,
+            };
+            let Some(taps) = taps else { continue };
+            for d in widths.map(i64::from) {
+                let theirs = fla("short_conv", &[("D", d.to_string()), ("W", taps.to_string())]);
+                let build = recording();
+                let x = input(&[d]);
+                let weight = Tensor::randn([d, 1, i64::from(taps)], (Kind::Float, Device::Cpu))
+                    .set_requires_grad(true);
+                let y = conv::short_conv(&x, &weight, &varlen()).unwrap();
+                backward(&y);
+                assert_launches(&name, &build.take_launches().unwrap(), &theirs);
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen > 0, "no config of configs/ has short convolutions");
 }

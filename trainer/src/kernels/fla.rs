@@ -8,6 +8,7 @@
 //! with the documents' boundaries ([`Varlen`]); states reset at every document start.
 
 mod common;
+pub mod conv;
 pub mod delta_rule;
 pub mod gated_delta_rule;
 pub mod gla;
@@ -67,6 +68,12 @@ pub fn check(kernels: &'static Kernels, config: &ModelConfig) -> Result<(), Stri
     match &config.mixer {
         Mixer::DeltaRule(delta) => {
             delta_rule::check(kernels, delta)?;
+            if let Some(taps) = delta.short_conv {
+                let heads = i64::from(delta.num_heads);
+                for width in [delta.head_k_dim, delta.head_v_dim] {
+                    conv::check(kernels, heads * i64::from(width), i64::from(taps))?;
+                }
+            }
             match delta.output_gate {
                 Some(activation) => norm::check(kernels, i64::from(delta.head_v_dim), activation),
                 None => Ok(()),
@@ -74,6 +81,11 @@ pub fn check(kernels: &'static Kernels, config: &ModelConfig) -> Result<(), Stri
         }
         Mixer::Gla(gla) => {
             gla::check(kernels, gla)?;
+            if let Some(taps) = gla.short_conv {
+                for width in [gla.key_dim, gla.value_dim] {
+                    conv::check(kernels, i64::from(width), i64::from(taps))?;
+                }
+            }
             if gla.use_output_gate && gla.fused_gate_norm {
                 let d = i64::from(gla.value_dim / gla.num_heads);
                 norm::check(kernels, d, GateActivation::Swish)?;

@@ -15,7 +15,7 @@
 use tch::Tensor;
 use tch::nn::{self, Init};
 
-use super::layers::{gated_head_norm, l2_norm, short_conv, short_convs};
+use super::layers::{gated_head_norm, l2_norm, layer_short_conv, short_convs};
 use super::lm::{Context, Mixer};
 use crate::config::{DeltaRuleConfig, ModelConfig};
 use crate::kernels::compute_kind;
@@ -124,7 +124,7 @@ impl Mixer for DeltaRule {
         let project = |w: &Tensor, conv: usize| {
             let y = x.linear(w, None::<Tensor>);
             match &self.convs {
-                Some(convs) => short_conv(&y, &convs[conv], &context.inputs.positions),
+                Some(convs) => layer_short_conv(&y, &convs[conv], context),
                 None => y.silu(),
             }
         };

@@ -12,7 +12,7 @@
 use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
 
-use super::layers::{gated_head_norm, short_conv, short_convs};
+use super::layers::{gated_head_norm, layer_short_conv, short_convs};
 use super::lm::{Context, Mixer};
 use crate::config::{GateActivation, GlaConfig, ModelConfig};
 
@@ -87,7 +87,7 @@ impl Mixer for Gla {
         let project = |w: &Tensor, conv: usize| {
             let y = x.linear(w, None::<Tensor>);
             match &self.convs {
-                Some(convs) => short_conv(&y, &convs[conv], &context.inputs.positions),
+                Some(convs) => layer_short_conv(&y, &convs[conv], context),
                 None => y,
             }
         };

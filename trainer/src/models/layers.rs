@@ -5,6 +5,7 @@ use tch::nn::{self, Init};
 use tch::{Kind, Reduction, Tensor};
 
 use super::inputs::IGNORE;
+use super::lm::Context;
 use crate::config::GateActivation;
 use crate::kernels::compute_kind;
 
@@ -209,5 +210,16 @@ pub fn gated_head_norm(
                 .unwrap_or_else(|e| panic!("{e}"))
         }
         _ => head_norm(o, weight, eps, gate),
+    }
+}
+
+/// [`short_conv`] of a layer in `context`: on fla's kernel (`ShortConvolution`'s Triton
+/// `causal_conv1d`, [`crate::kernels::fla::conv`]) when the layer runs fla's kernels.
+pub fn layer_short_conv(x: &Tensor, weight: &Tensor, context: &Context<'_>) -> Tensor {
+    match &context.fla {
+        // MixingKernels::resolve checked the build when it chose fla's kernels.
+        Some(varlen) => crate::kernels::fla::conv::short_conv(x, weight, varlen)
+            .unwrap_or_else(|e| panic!("{e}")),
+        None => short_conv(x, weight, &context.inputs.positions),
     }
 }
