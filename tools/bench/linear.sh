@@ -7,14 +7,15 @@
 # flame-train's transformer_340M at 8 × 2048. Prints tokens/s, memory and data waiting, flame-train over
 # the faster of fla's runs, and each model's tokens/s over the transformer's. fla refuses Gated DeltaNet's
 # backward on Hopper with the GPU machine's Triton 3.6 (fla#640): that model has no fla row.
-# fla's runs share one Triton cache, so each shape is autotuned once. FLA_TIMEOUT (default 420 s) bounds
-# one fla run (compiled GLA warms up for minutes).
+# fla's runs share one Triton cache ($TRITON_CACHE_DIR, else a fresh one), so each shape is autotuned once.
+# FLA_TIMEOUT (default 420 s) bounds one fla run (compiled GLA warms up for minutes). SHAPES="8x2048" (or
+# "varlen") runs one shape only. The varlen shape needs $DATA with at least 65,536 tokens.
 # Usage: BIN=dir WHEELS=dir-with-fla-wheels FLAME_KERNELS=dir bash tools/bench/linear.sh [STEPS]
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/gpu-env.sh"
 steps="${1:-30}"
 "$python" -m pip install --quiet --no-index --no-deps --target "$work/py" "${WHEELS:?}"/*.whl
-export PYTHONPATH="$work/py${PYTHONPATH:+:$PYTHONPATH}" TRITON_CACHE_DIR="$work/triton"
+export PYTHONPATH="$work/py${PYTHONPATH:+:$PYTHONPATH}" TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-$work/triton}"
 gpu="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 
 # fla_train NAME CONFIG SHAPE [FLAG...]: one fla run; $work/NAME.json gets its result line.
@@ -30,11 +31,16 @@ echo "== on $gpu"
 results=()
 for model in ${MODELS:-gla_340M delta_net_340M gated_deltanet_340M}; do
     config="$root/configs/$model.json"
-    flame_train "$model-8x2048" "$config" 2048 8 2048 false --model.kernels fla
-    flame_train "$model-varlen" "$config" 65536 1 4096 true --model.kernels fla
-    results+=("$work/$model-8x2048.json" "$work/$model-varlen.json")
+    for shape in ${SHAPES:-8x2048 varlen}; do
+        if [[ $shape == 8x2048 ]]; then
+            flame_train "$model-8x2048" "$config" 2048 8 2048 false --model.kernels fla
+        else
+            flame_train "$model-varlen" "$config" 65536 1 4096 true --model.kernels fla
+        fi
+        results+=("$work/$model-$shape.json")
+    done
     [[ $model == gated_deltanet* ]] && continue
-    for shape in 8x2048 varlen; do
+    for shape in ${SHAPES:-8x2048 varlen}; do
         fla_train "fla-$model-$shape" "$config" "$shape"
         [[ -n "${NO_COMPILE:-}" ]] || fla_train "fla-compile-$model-$shape" "$config" "$shape" --compile
         results+=("$work/fla-$model-$shape.json" "$work/fla-compile-$model-$shape.json")
