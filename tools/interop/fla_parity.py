@@ -111,6 +111,10 @@ def ops_gen(root):
     out["short_conv.x"], out["short_conv.dy"] = normal(1, t, 1024).bfloat16(), normal(1, t, 1024).bfloat16()
     out["short_conv.w"] = 0.5 * normal(1024, 4)
     out["short_conv.cu_seqlens"] = cu.clone()
+    # The 340M configs' MLP: SwiGLU over 2816 channels and the down projection to 1024.
+    out["swiglu.gate"], out["swiglu.up"] = normal(1, t, 2816).bfloat16(), normal(1, t, 2816).bfloat16()
+    out["swiglu.w"] = 0.02 * normal(1024, 2816)
+    out["swiglu.dout"] = normal(1, t, 1024).bfloat16()
     save_file(out, str(root / "ops_in.safetensors"))
     print(f"wrote {len(out)} tensors")
 
@@ -226,6 +230,16 @@ def ops_check(root):
             err = rel(ours[f"short_conv.{part}"], theirs)
             worst[f"short_conv.{part}"] = err
             print(f"{'short_conv (fla kernels)':<34} {part:<5} vs fla bf16 Triton rel err {err:.2e}")
+    if "swiglu.out" in ours:
+        from fla.modules.activations import swiglu_linear
+        leaves = {n: inputs[f"swiglu.{n}"].to(DEVICE).requires_grad_() for n in ("gate", "up", "w")}
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = swiglu_linear(leaves["gate"], leaves["up"], leaves["w"], None)
+        (out.float() * inputs["swiglu.dout"].to(DEVICE).float()).sum().backward()
+        for part, theirs in [("out", out)] + [(f"d{n}", t.grad) for n, t in leaves.items()]:
+            err = rel(ours[f"swiglu.{part}"], theirs)
+            worst[f"swiglu.{part}"] = err
+            print(f"{'swiglu_linear (fla kernels)':<34} {part:<5} vs fla bf16 Triton rel err {err:.2e}")
     return worst
 
 

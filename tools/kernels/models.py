@@ -15,7 +15,7 @@ class Model:
     shape: dict = field(hash=False)  # keyword arguments of the trace function: H, (HV,) K, V (, flags)
     # The layer's other fla kernels, as (trace function, its arguments): the output norm's ('gated_norm': H,
     # D, activation) when fla's layer fuses the gate into it (FusedRMSNormGated), the short convolutions'
-    # ('short_conv': D, W) for each distinct width.
+    # ('short_conv': D, W) for each distinct width, the MLP's SwiGLU ('swiglu': D).
     extras: tuple = field(default=(), hash=False)
 
 
@@ -98,6 +98,16 @@ def short_convs(op, config, shape):
     return tuple(("short_conv", dict(D=width, W=taps)) for width in widths)
 
 
+def mlp(config):
+    """The block's GatedMLP, SwiGLU over intermediate_size channels (fla/modules/mlp.py: by default
+    int(hidden_size * hidden_ratio * 2/3) rounded up to a multiple of 256, hidden_ratio 4)."""
+    width = config.get("intermediate_size")
+    if width is None:
+        width = int(config["hidden_size"] * (config.get("hidden_ratio") or 4) * 2 / 3)
+        width = 256 * ((width + 255) // 256)
+    return ("swiglu", dict(D=width))
+
+
 def load(configs_dir):
     """Every config in configs_dir whose model_type is a linear-attention one, sorted by name."""
     models = []
@@ -110,6 +120,6 @@ def load(configs_dir):
         if op in _SHAPES:
             shape = _SHAPES[op](config)
             norm = gated_norm(op, config, shape)
-            extras = ((norm,) if norm else ()) + short_convs(op, config, shape)
+            extras = ((norm,) if norm else ()) + short_convs(op, config, shape) + (mlp(config),)
             models.append(Model(file[:-len(".json")], op, shape, extras))
     return models

@@ -203,6 +203,7 @@ KernelInterface.__getitem__ = _record_launch
 import fla.ops.delta_rule.chunk  # noqa: E402
 import fla.ops.gated_delta_rule.chunk  # noqa: E402
 import fla.ops.gla.chunk  # noqa: E402
+import fla.modules.activations.ops  # noqa: E402
 import fla.modules.causal_conv1d.ops  # noqa: E402
 import fla.modules.norm.fused_norm_gate  # noqa: E402
 
@@ -320,5 +321,21 @@ def short_conv(lens, D, W):
     return list(LAUNCHES)
 
 
+def swiglu(lens, D):
+    """The kernels of fla 0.6.0's SwiGLULinearFunction (GatedMLP with fuse_swiglu, the default), on the
+    gate and up projections ([1, T, D] bf16): swiglu_fwd in the forward pass; in the backward pass
+    swiglu_fwdbwd with use_weight (the gradients and the recomputed product, which the down projection's
+    weight gradient needs). The two matrix products around them are torch's and not traced."""
+    T = sum(lens)
+    ops = fla.modules.activations.ops
+    LAUNCHES.clear()
+    _phase[0] = "forward"
+    x, y = _bf16(1, T, D), _bf16(1, T, D)
+    ops.swiglu_fwd(x=x, y=y, output_contiguous=True)
+    _phase[0] = "backward"
+    ops.swiglu_fwdbwd(x=x, y=y, g=_bf16(1, T, D), use_weight=True, output_contiguous=True)
+    return list(LAUNCHES)
+
+
 OPS = {"gla": gla, "delta_net": delta_net, "gated_deltanet": gated_deltanet, "gated_norm": gated_norm,
-       "short_conv": short_conv}
+       "short_conv": short_conv, "swiglu": swiglu}

@@ -190,6 +190,7 @@ fn ops(input: &Path, output: &Path) -> anyhow::Result<()> {
                 out.extend(fla_gated_norm(&get, name)?);
             }
             out.extend(fla_short_conv(&get, device)?);
+            out.extend(fla_swiglu(&get)?);
         }
         Ok(_) => {}
         Err(e) => eprintln!(
@@ -387,4 +388,24 @@ fn fla_short_conv(
         ("short_conv.dx".to_string(), x.grad().to_device(Device::Cpu)),
         ("short_conv.dw".to_string(), w.grad().squeeze_dim(1).to_device(Device::Cpu)),
     ])
+}
+
+/// The MLP's SwiGLU and down projection on fla's kernels (`swiglu.*`: gate, up bf16, w fp32), the
+/// output and gradients for the output gradient `swiglu.dout`.
+fn fla_swiglu(
+    get: &dyn Fn(&str) -> anyhow::Result<Tensor>,
+) -> anyhow::Result<Vec<(String, Tensor)>> {
+    let leaf = |part: &str| -> anyhow::Result<Tensor> {
+        Ok(get(&format!("swiglu.{part}"))?.set_requires_grad(true))
+    };
+    let (gate, up, w) = (leaf("gate")?, leaf("up")?, leaf("w")?);
+    let out = flame_trainer::kernels::fla::swiglu::swiglu_linear(&gate, &up, &w)
+        .map_err(anyhow::Error::msg)?;
+    let dout = get("swiglu.dout")?.to_kind(Kind::Float);
+    (out.to_kind(Kind::Float) * dout).sum(Kind::Float).backward();
+    let mut result = vec![("swiglu.out".to_string(), out.detach().to_device(Device::Cpu))];
+    for (part, t) in [("gate", gate), ("up", up), ("w", w)] {
+        result.push((format!("swiglu.d{part}"), t.grad().to_device(Device::Cpu)));
+    }
+    Ok(result)
 }

@@ -18,7 +18,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
 use flame_trainer::config::{GateActivation, Mixer, ModelConfig};
 use flame_trainer::kernels::cubin::{Kernels, Launch, Param, Recorded};
-use flame_trainer::kernels::fla::{Varlen, conv, delta_rule, gated_delta_rule, gla, norm};
+use flame_trainer::kernels::fla::{Varlen, conv, delta_rule, gated_delta_rule, gla, norm, swiglu};
 use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor};
 
@@ -376,4 +376,39 @@ fn short_conv_launches_are_flas() {
         }
     }
     assert!(seen > 0, "no config of configs/ has short convolutions");
+}
+
+#[test]
+fn swiglu_launches_are_flas() {
+    let mut widths: Vec<(i64, i64)> = Vec::new();
+    for model_type in ["gla", "delta_net", "gated_deltanet"] {
+        for entry in std::fs::read_dir(repo().join("configs")).unwrap() {
+            let config = ModelConfig::load(&entry.unwrap().path());
+            if let Ok(config) = config
+                && config.model_type == model_type
+            {
+                let width = (
+                    i64::from(config.intermediate_size),
+                    i64::from(config.hidden_size),
+                );
+                if !widths.contains(&width) {
+                    widths.push(width);
+                }
+            }
+        }
+    }
+    assert!(!widths.is_empty(), "no linear-attention config in configs/");
+    for (d, hidden) in widths {
+        let theirs = fla("swiglu", &[("D", d.to_string())]);
+        let build = recording();
+        let (gate, up) = (input(&[d]), input(&[d]));
+        let weight = Tensor::randn([hidden, d], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let out = swiglu::swiglu_linear(&gate, &up, &weight).unwrap();
+        backward(&out);
+        assert_launches(
+            &format!("swiglu {d}"),
+            &build.take_launches().unwrap(),
+            &theirs,
+        );
+    }
 }

@@ -13,6 +13,7 @@ pub mod delta_rule;
 pub mod gated_delta_rule;
 pub mod gla;
 pub mod norm;
+pub mod swiglu;
 
 use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor};
@@ -65,6 +66,9 @@ impl Varlen {
 
 /// Whether `kernels` has every kernel `config`'s token mixing needs; `Err` says what it lacks.
 pub fn check(kernels: &'static Kernels, config: &ModelConfig) -> Result<(), String> {
+    if !matches!(config.mixer, Mixer::Attention(_)) {
+        swiglu::check(kernels, i64::from(config.intermediate_size))?;
+    }
     match &config.mixer {
         Mixer::DeltaRule(delta) => {
             delta_rule::check(kernels, delta)?;

@@ -223,3 +223,25 @@ pub fn layer_short_conv(x: &Tensor, weight: &Tensor, context: &Context<'_>) -> T
         None => short_conv(x, weight, &context.inputs.positions),
     }
 }
+
+/// [`swiglu`] of a block in `context`: the product and the down projection on fla's kernels
+/// (`GatedMLP`'s `SwiGLULinearFunction`, [`crate::kernels::fla::swiglu`]) when the layers run fla's
+/// kernels.
+pub fn layer_swiglu(
+    x: &Tensor,
+    gate: &Tensor,
+    up: &Tensor,
+    down: &Tensor,
+    context: &Context<'_>,
+) -> Tensor {
+    if context.fla.is_none() {
+        return swiglu(x, gate, up, down);
+    }
+    // MixingKernels::resolve checked the build when it chose fla's kernels.
+    crate::kernels::fla::swiglu::swiglu_linear(
+        &x.linear(gate, None::<Tensor>),
+        &x.linear(up, None::<Tensor>),
+        down,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}

@@ -7,7 +7,7 @@
 use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
 
-use super::layers::{Rotary, chunked_head_backward, next_token_loss, rms_norm, swiglu};
+use super::layers::{Rotary, chunked_head_backward, layer_swiglu, next_token_loss, rms_norm};
 use super::{Checkpointing, Inputs, Model};
 use crate::config::{Mixer as MixerConfig, ModelConfig};
 use crate::kernels::fla::Varlen;
@@ -191,7 +191,7 @@ impl CausalLm {
             .mixer
             .forward(&rms_norm(x, &block.mixer_norm, eps), context);
         let hx = rms_norm(&x, &block.mlp_norm, eps);
-        x + swiglu(&hx, &block.gate, &block.up, &block.down)
+        x + layer_swiglu(&hx, &block.gate, &block.up, &block.down, context)
     }
 
     /// Runs the linear mixers on fla's kernels (`on`) or on libtorch ops; see
