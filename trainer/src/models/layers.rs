@@ -10,7 +10,12 @@ use crate::config::GateActivation;
 use crate::kernels::compute_kind;
 
 /// RMSNorm computed in float32 and returned in `x`'s dtype, times `weight` (Hugging Face Llama's).
+/// On CUDA with `x` and `weight` of one dtype (the fp32 residual stream under autocast), libtorch's
+/// fused kernel each way (`at::rms_norm`, `_fused_rms_norm`): the same function in one pass.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
+    if x.device().is_cuda() && x.kind() == weight.kind() && x.kind() == compute_kind(x.kind()) {
+        return x.rms_norm(weight.size().as_slice(), Some(weight), eps);
+    }
     let kind = compute_kind(x.kind());
     let xf = x.to_kind(kind);
     let variance = xf.pow_tensor_scalar(2).mean_dim(-1, true, kind);
@@ -244,4 +249,32 @@ pub fn layer_swiglu(
         down,
     )
     .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::{Device, Kind, Tensor};
+
+    /// libtorch's `rms_norm`, which CUDA runs fused for float32 inputs, is the function [`super::rms_norm`]
+    /// computes (checked here on the CPU, where both are composite ops), gradients included.
+    #[test]
+    fn libtorch_rms_norm_is_the_llama_norm() {
+        for kind in [Kind::Float, Kind::Double] {
+            let x = (Tensor::randn([3, 5, 64], (kind, Device::Cpu)) * 3.0).set_requires_grad(true);
+            let w = Tensor::randn([64], (kind, Device::Cpu)).set_requires_grad(true);
+            let dy = Tensor::randn([3, 5, 64], (kind, Device::Cpu));
+            let ours = super::rms_norm(&x, &w, 1e-6);
+            let grads = |y: &Tensor| Tensor::run_backward(&[y * &dy], &[&x, &w], false, false);
+            let theirs = x.rms_norm([64].as_slice(), Some(&w), 1e-6);
+            let tolerance = if kind == Kind::Float { 1e-5 } else { 1e-12 };
+            let close = |a: &Tensor, b: &Tensor| {
+                let err = (a - b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]);
+                assert!(err < tolerance, "{kind:?}: relative difference {err}");
+            };
+            close(&ours, &theirs);
+            for (a, b) in grads(&ours).iter().zip(&grads(&theirs)) {
+                close(a, b);
+            }
+        }
+    }
 }
