@@ -57,7 +57,8 @@ pub struct Args {
     #[arg(long = "training.context_len")]
     pub context_len: Option<u32>,
     /// Attention restarted at every document.
-    #[arg(long = "training.varlen", default_value_t = false)]
+    #[arg(long = "training.varlen", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
     pub varlen: bool,
     /// Activation checkpointing: `none` keeps every activation, `full` recomputes each layer in the
     /// backward pass (for long varlen batches).
@@ -81,13 +82,15 @@ pub struct Args {
     #[arg(long = "training.max_norm", default_value_t = 1.0)]
     pub max_norm: f64,
     /// Skip the update when the gradient norm is NaN or infinite.
-    #[arg(long = "training.skip_nan_inf", default_value_t = false)]
+    #[arg(long = "training.skip_nan_inf", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
     pub skip_nan_inf: bool,
     /// Seed of the initial weights.
     #[arg(long = "training.seed", default_value_t = 42)]
     pub seed: i64,
     /// Write checkpoints (and the Hugging Face export at the end).
-    #[arg(long = "checkpoint.enable_checkpoint", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long = "checkpoint.enable_checkpoint", default_value_t = true, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
     pub enable_checkpoint: bool,
     /// Steps between checkpoints (0: only at the end).
     #[arg(long = "checkpoint.interval", default_value_t = 500)]
@@ -143,12 +146,17 @@ pub struct Args {
     /// A TOML file of the same keys (`[training]` `steps = 100`, …); flags given on the command line win.
     #[arg(long = "job.config_file")]
     pub config_file: Option<PathBuf>,
+    /// Print the parsed arguments before starting.
+    #[arg(long = "job.print_args", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub print_args: bool,
 }
 
 impl Args {
     /// Parses the command line, with the keys of `--job.config_file` (if any) read first, so that flags
-    /// on the command line override them. Keys of the file that flame-train does not have (torchtitan's
-    /// many others) are reported on stderr and skipped.
+    /// on the command line override them. flame's flags that flame-train does not have under its own
+    /// name, on either, are resolved by [`crate::flame_flags`]: renamed, accepted with a note on stderr,
+    /// or refused; a key neither knows is an error.
     pub fn parse_with_config_file(argv: Vec<String>) -> anyhow::Result<Self> {
         let mut argv = argv.into_iter();
         let program = argv.next().unwrap_or_else(|| "flame-train".into());
@@ -159,16 +167,25 @@ impl Args {
             }
             (a == "--job.config_file").then(|| rest.get(i + 1).map(PathBuf::from))?
         });
-        let mut args = vec![program];
+        let mut args = vec![program.clone()];
         if let Some(file) = file {
             args.extend(config_file_args(&file)?);
         }
         args.extend(rest);
-        Ok(Self::try_parse_from(args)?)
+        let (args, notes) = crate::flame_flags::resolve(&args[1..]).map_err(anyhow::Error::msg)?;
+        let mut seen = Vec::new();
+        for note in notes {
+            if !seen.contains(&note) {
+                eprintln!("flame-train: {note}");
+                seen.push(note);
+            }
+        }
+        Ok(Self::try_parse_from(std::iter::once(program).chain(args))?)
     }
 }
 
-/// The flags a `--job.config_file` stands for.
+/// The flags a `--job.config_file` stands for: `--section.key=value` for each key flame-train or
+/// [`crate::flame_flags`] knows; any other key is an error naming the file.
 fn config_file_args(file: &Path) -> anyhow::Result<Vec<String>> {
     use clap::CommandFactory;
     let name = || format!("--job.config_file {}", file.display());
@@ -178,11 +195,11 @@ fn config_file_args(file: &Path) -> anyhow::Result<Vec<String>> {
     let known: Vec<(String, bool)> = command
         .get_arguments()
         .filter_map(|a| {
-            let takes_value = !matches!(a.get_action(), clap::ArgAction::SetTrue);
-            a.get_long().map(|l| (l.to_string(), takes_value))
+            let switch = matches!(a.get_action(), clap::ArgAction::SetTrue);
+            a.get_long().map(|l| (l.to_string(), switch))
         })
         .collect();
-    let (mut args, mut skipped) = (Vec::new(), Vec::new());
+    let mut args = Vec::new();
     for (section, value) in &table {
         let entries: Vec<(String, &toml::Value)> = match value.as_table() {
             Some(keys) => keys
@@ -192,28 +209,27 @@ fn config_file_args(file: &Path) -> anyhow::Result<Vec<String>> {
             None => vec![(section.clone(), value)],
         };
         for (key, value) in entries {
-            let Some((_, takes_value)) = known.iter().find(|(l, _)| *l == key) else {
-                skipped.push(key);
-                continue;
-            };
+            let ours = known.iter().find(|(l, _)| *l == key);
+            if ours.is_none() && !crate::flame_flags::knows(&key) {
+                anyhow::bail!(
+                    "{}: {key} is neither a flame-train flag nor one of flame's",
+                    file.display()
+                );
+            }
             let text = match value {
                 toml::Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            if *takes_value {
-                args.push(format!("--{key}"));
-                args.push(text);
-            } else if value.as_bool() == Some(true) {
-                args.push(format!("--{key}"));
+            match ours {
+                // A switch is given bare, or not at all.
+                Some((_, true)) => {
+                    if value.as_bool() == Some(true) {
+                        args.push(format!("--{key}"));
+                    }
+                }
+                _ => args.push(format!("--{key}={text}")),
             }
         }
-    }
-    if !skipped.is_empty() {
-        eprintln!(
-            "flame-train: {}: not flame-train keys, skipped: {}",
-            file.display(),
-            skipped.join(", ")
-        );
     }
     Ok(args)
 }

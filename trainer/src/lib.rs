@@ -16,6 +16,7 @@ pub mod crash;
 pub mod data;
 pub mod dist;
 pub mod export;
+pub mod flame_flags;
 pub mod kernels;
 pub mod metrics;
 pub mod models;

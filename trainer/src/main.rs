@@ -15,6 +15,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.print_args {
+        eprintln!("flame-train: {args:#?}");
+    }
     if args.nproc_per_node > 1 && std::env::var_os("RANK").is_none() {
         let rest: Vec<String> = std::env::args().skip(1).collect();
         return match flame_trainer::dist::launch_local(args.nproc_per_node, &rest) {

@@ -245,7 +245,9 @@ fn a_config_file_supplies_the_flags_and_the_command_line_overrides_it() {
         data-job = "job.toml"
         [model]
         config = "configs/transformer_340M.json"
-        name = "transformer"          # torchtitan's, not ours: skipped
+        name = "transformer"          # torchtitan's: accepted with a note
+        [experimental]
+        pipeline_parallel_degree = 1  # flame's, at its off value: accepted
         [optimizer]
         lr = 3e-4
         eps = 1e-15
@@ -284,6 +286,64 @@ fn a_config_file_supplies_the_flags_and_the_command_line_overrides_it() {
     assert_eq!(args.steps, 7, "the command line wins");
     std::fs::write(&file, "[training]\nsteps = \"many\"\n").unwrap();
     assert!(Args::parse_with_config_file(argv(&["--model.config", "x.json"])).is_err());
+    // Nothing is skipped silently: a key neither flame-train nor flame has, and one of flame's at a
+    // value flame-train cannot honour, are refused, naming the key.
+    for (toml, said) in [
+        ("[training]\nsteps_per_epoch = 3\n", "training.steps_per_epoch"),
+        (
+            "[training]\ntensor_parallel_degree = 2\n",
+            "--training.tensor_parallel_degree 2: flame-train has no tensor parallelism",
+        ),
+    ] {
+        std::fs::write(&file, toml).unwrap();
+        let err = Args::parse_with_config_file(argv(&["--model.config", "x.json"])).unwrap_err();
+        assert!(format!("{err:#}").contains(said), "{toml}: {err:#}");
+    }
+}
+
+#[test]
+fn flames_bare_booleans_and_old_names_parse() {
+    let argv: Vec<String> = [
+        "flame-train",
+        "--model.config",
+        "x.json",
+        "--training.varlen",
+        "--checkpoint.enable_checkpoint",
+        "--training.skip_nan_inf",
+        "false",
+        "--training.warmup_steps",
+        "64",
+        "--optimizer.name",
+        "AdamW",
+        "--training.compile",
+        "--job.print_args",
+        "--training.steps",
+        "1",
+        "--data-endpoint",
+        "unix:///tmp/flame.sock",
+        "--data-job",
+        "job.toml",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    let args = Args::parse_with_config_file(argv).unwrap();
+    assert!(args.varlen && args.enable_checkpoint && !args.skip_nan_inf && args.print_args);
+    assert_eq!(args.warmup_steps, 64);
+}
+
+/// flame's own `fla.toml` (shared/reference/flame-configs) is read key by key: what stops it is named,
+/// not skipped. Today that is its profiler (`enable_profiling = true`), and after it its datasets by name.
+#[test]
+fn flames_fla_toml_is_answered_key_by_key() {
+    let file = shared().join("reference/flame-configs/fla.toml");
+    let argv = vec![
+        "flame-train".to_string(),
+        "--job.config_file".into(),
+        file.display().to_string(),
+    ];
+    let err = format!("{:#}", Args::parse_with_config_file(argv).unwrap_err());
+    assert!(err.contains("--profiling.enable_profiling true"), "{err}");
 }
 
 /// The losses flame-train logged in `dump/metrics.jsonl`, by step.
