@@ -35,7 +35,7 @@ pub struct TrainState {
 }
 
 fn checkpoint_dir(args: &Args) -> PathBuf {
-    args.dump_folder.join("checkpoint")
+    args.dump_folder.join(&args.checkpoint_folder)
 }
 
 /// The steps of the checkpoints saved, in order.

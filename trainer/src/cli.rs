@@ -92,6 +92,9 @@ pub struct Args {
     #[arg(long = "checkpoint.enable_checkpoint", default_value_t = true, num_args = 0..=1,
           default_missing_value = "true", action = clap::ArgAction::Set)]
     pub enable_checkpoint: bool,
+    /// The checkpoints' folder under `--job.dump_folder`.
+    #[arg(long = "checkpoint.folder", default_value = "checkpoint")]
+    pub checkpoint_folder: String,
     /// Steps between checkpoints (0: only at the end).
     #[arg(long = "checkpoint.interval", default_value_t = 500)]
     pub checkpoint_interval: u64,
@@ -101,6 +104,9 @@ pub struct Args {
     /// Resume from this step's checkpoint; -1: the latest.
     #[arg(long = "checkpoint.load_step", allow_hyphen_values = true)]
     pub load_step: Option<i64>,
+    /// The TensorBoard event files' folder under `--job.dump_folder`.
+    #[arg(long = "metrics.save_tb_folder", default_value = "tb")]
+    pub tb_folder: String,
     /// Steps between log lines.
     #[arg(long = "metrics.log_freq", default_value_t = 10)]
     pub log_freq: u64,

@@ -152,13 +152,6 @@ const FLAGS: &[(&str, Disposition)] = &[
         NoEffect("flame-train always writes TensorBoard events, to <dump_folder>/tb"),
     ),
     (
-        "metrics.save_tb_folder",
-        Only(
-            &["tb"],
-            "flame-train writes TensorBoard events to <dump_folder>/tb",
-        ),
-    ),
-    (
         "metrics.rank_0_only",
         NoEffect("flame-train logs and writes metrics on rank 0 only"),
     ),
@@ -188,13 +181,6 @@ const FLAGS: &[(&str, Disposition)] = &[
     ),
     ("experimental.context_parallel_degree", Only(&["1"], NO_CP)),
     ("experimental.context_parallel_rotate_method", NoEffect(ONLY_PARAMETER)),
-    (
-        "checkpoint.folder",
-        Only(
-            &["checkpoint"],
-            "flame-train keeps checkpoints in <dump_folder>/checkpoint",
-        ),
-    ),
     (
         "checkpoint.interval_type",
         Only(

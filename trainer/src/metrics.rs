@@ -59,6 +59,7 @@ impl Metrics {
     /// When they cannot be read, rewritten or created.
     pub fn open(
         dump_folder: &Path,
+        tb_folder: &str,
         device: Device,
         world: u32,
         flops_per_token: u64,
@@ -68,14 +69,15 @@ impl Metrics {
         let jsonl_path = dump_folder.join("metrics.jsonl");
         truncate_jsonl(&jsonl_path, first_step)
             .with_context(|| format!("{}", jsonl_path.display()))?;
-        crate::tensorboard::truncate_after(&dump_folder.join("tb"), first_step)
-            .with_context(|| format!("{}/tb", dump_folder.display()))?;
+        let tb = dump_folder.join(tb_folder);
+        crate::tensorboard::truncate_after(&tb, first_step)
+            .with_context(|| format!("{}", tb.display()))?;
         let jsonl = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dump_folder.join("metrics.jsonl"))?;
-        let tensorboard = EventWriter::create(&dump_folder.join("tb"))
-            .with_context(|| format!("{}/tb", dump_folder.display()))?;
+        let tensorboard =
+            EventWriter::create(&tb).with_context(|| format!("{}", tb.display()))?;
         let peak_flops = match device {
             Device::Cuda(i) => {
                 crate::shim::cuda_device_name(i).and_then(|name| peak_bf16_flops(&name))

@@ -136,6 +136,7 @@ pub fn run_as(args: &Args, launch: &Launch) -> anyhow::Result<Summary> {
         .then(|| {
             Metrics::open(
                 &args.dump_folder,
+                &args.tb_folder,
                 device,
                 world,
                 flops_per_token,

@@ -166,6 +166,11 @@ fn a_resumed_run_reproduces_the_uninterrupted_losses_bit_for_bit() {
         "4",
         "--checkpoint.keep_latest_k",
         "2",
+        // flame's folder flags: the resumed run finds its checkpoints there too.
+        "--checkpoint.folder",
+        "ckpt",
+        "--metrics.save_tb_folder",
+        "board",
     ];
     run(&args(&endpoint, &job, &config, &dump, &flags)).unwrap();
     let mut resumed_flags = flags.to_vec();
@@ -176,6 +181,13 @@ fn a_resumed_run_reproduces_the_uninterrupted_losses_bit_for_bit() {
         resumed.losses,
         whole.losses[4..],
         "steps 5..8 after resuming at 4"
+    );
+    assert!(dump.join("ckpt/step-8").is_dir() && !dump.join("checkpoint").exists());
+    assert!(
+        !flame_trainer::tensorboard::read_scalars(&dump.join("board"))
+            .unwrap()
+            .is_empty()
+            && !dump.join("tb").exists()
     );
     // -1 resumes from the latest: step 8, the end, so nothing is left to do.
     resumed_flags.pop();
