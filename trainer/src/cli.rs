@@ -146,8 +146,9 @@ pub struct Args {
     /// secret, `FLAME_RDZV_SECRET`, else torchrun's `TORCHELASTIC_RUN_ID` or Slurm's `SLURM_JOB_ID`).
     #[arg(long = "comm.init_timeout_seconds", default_value_t = 300)]
     pub init_timeout_seconds: u64,
-    /// Start this many local ranks (one per GPU) and wait for them, as `torchrun --nproc-per-node`.
-    #[arg(long = "nproc-per-node", default_value_t = 1)]
+    /// Start this many local ranks (one per GPU) and wait for them, as `torchrun --nproc-per-node`
+    /// (default: `NGPU`, as flame's `train.sh` reads it, else 1).
+    #[arg(long = "nproc-per-node", env = "NGPU", default_value_t = 1)]
     pub nproc_per_node: u32,
     /// A TOML file of the same keys (`[training]` `steps = 100`, …); flags given on the command line win.
     #[arg(long = "job.config_file")]

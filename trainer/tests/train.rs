@@ -344,6 +344,30 @@ fn flames_bare_booleans_and_old_names_parse() {
     assert_eq!(args.warmup_steps, 64);
 }
 
+/// flame's `train.sh` starts `NGPU` ranks on the host: flame-train reads it for `--nproc-per-node`.
+#[test]
+fn ngpu_sets_the_local_ranks() {
+    use clap::CommandFactory;
+    let clap_command = Args::command();
+    let nproc = clap_command
+        .get_arguments()
+        .find(|a| a.get_long() == Some("nproc-per-node"))
+        .unwrap();
+    assert_eq!(nproc.get_env(), Some(std::ffi::OsStr::new("NGPU")));
+    // The binary reads it: a value that is not a count is refused as --nproc-per-node's.
+    let argv: Vec<String> = ["flame-train", "--model.config", "x.json", "--training.steps", "1"]
+        .iter()
+        .map(ToString::to_string)
+        .chain(["--data-endpoint", "unix:///nowhere", "--data-job", "j.toml"].map(String::from))
+        .collect();
+    let out = command(&argv, &[("NGPU", "eight")]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("eight") && stderr.contains("nproc-per-node"),
+        "{stderr}"
+    );
+}
+
 /// flame's own `fla.toml` (shared/reference/flame-configs) is read key by key: what stops it is named,
 /// not skipped. Today that is its profiler (`enable_profiling = true`), and after it its datasets by name.
 #[test]
