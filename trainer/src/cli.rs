@@ -95,6 +95,11 @@ pub struct Args {
     /// The checkpoints' folder under `--job.dump_folder`.
     #[arg(long = "checkpoint.folder", default_value = "checkpoint")]
     pub checkpoint_folder: String,
+    /// Write the initial weights as checkpoint `step-0` and stop (torchtitan's seed checkpoint, which
+    /// runs of other parallelisms can start from).
+    #[arg(long = "checkpoint.create_seed_checkpoint", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub create_seed_checkpoint: bool,
     /// Steps between checkpoints (0: only at the end).
     #[arg(long = "checkpoint.interval", default_value_t = 500)]
     pub checkpoint_interval: u64,

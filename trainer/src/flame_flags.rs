@@ -198,10 +198,6 @@ const FLAGS: &[(&str, Disposition)] = &[
     ),
     ("checkpoint.export_dtype", NoEffect(ONLY_PARAMETER)),
     (
-        "checkpoint.create_seed_checkpoint",
-        Only(&["false"], "flame-train makes no seed checkpoints yet"),
-    ),
-    (
         "checkpoint.async_mode",
         Only(&["disabled"], "flame-train writes checkpoints synchronously"),
     ),

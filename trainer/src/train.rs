@@ -126,6 +126,21 @@ pub fn run_as(args: &Args, launch: &Launch) -> anyhow::Result<Summary> {
     let (mut optimizer, reducer) = optimizer_and_reducer(args, &vs, model.as_ref(), world > 1)?;
     let backend = backend(args, launch, device)?;
     let mut state = checkpoint::resume(args, &mut vs, &mut optimizer, data.fingerprint())?;
+    if args.create_seed_checkpoint {
+        // torchtitan's seed checkpoint: the initial weights as `step-0`, written by one rank.
+        anyhow::ensure!(
+            world == 1 && state.step == 0,
+            "--checkpoint.create_seed_checkpoint writes step 0 of a fresh run on one rank (this is \
+             rank {rank} of {world}, at step {})",
+            state.step
+        );
+        checkpoint::save(args, &vs, &optimizer, &state)?;
+        return Ok(Summary {
+            losses: Vec::new(),
+            export: args.dump_folder.join("hf"),
+            exported: false,
+        });
+    }
     // Every rank hands its server the checkpoint's cursors (one server per node, each needs them).
     if !state.stream_cursors.is_empty() {
         data.stream_cursors(state.step, &state.stream_cursors)?;

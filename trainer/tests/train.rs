@@ -183,6 +183,22 @@ fn a_resumed_run_reproduces_the_uninterrupted_losses_bit_for_bit() {
         "steps 5..8 after resuming at 4"
     );
     assert!(dump.join("ckpt/step-8").is_dir() && !dump.join("checkpoint").exists());
+    // A seed checkpoint is step 0 of a fresh run: resuming it trains the uninterrupted run's steps.
+    let seeded = dir.path().join("seeded");
+    let mut seed_flags = flags.to_vec();
+    seed_flags.push("--checkpoint.create_seed_checkpoint");
+    assert!(
+        run(&args(&endpoint, &job, &config, &seeded, &seed_flags))
+            .unwrap()
+            .losses
+            .is_empty()
+    );
+    assert!(seeded.join("ckpt/step-0").is_dir());
+    let mut from_seed = flags.to_vec();
+    // Another seed would initialise other weights: the same losses show the seed's were loaded.
+    from_seed.extend(["--checkpoint.load_step", "0", "--training.seed", "7"]);
+    let after_seed = run(&args(&endpoint, &job, &config, &seeded, &from_seed)).unwrap();
+    assert_eq!(after_seed.losses, whole.losses, "steps 1..8 from the seed");
     assert!(
         !flame_trainer::tensorboard::read_scalars(&dump.join("board"))
             .unwrap()
