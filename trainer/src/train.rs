@@ -176,26 +176,7 @@ pub fn run_as(args: &Args, launch: &Launch) -> anyhow::Result<Summary> {
         autocast,
         device,
     };
-    let global = u64::from(args.batch_size * args.gradient_accumulation_steps * world);
-    let mut losses = Vec::new();
-    while state.step < args.steps {
-        let (report, wait) = run.step(&mut state, global)?;
-        losses.push((report.step, report.loss));
-        if let Some(metrics) = metrics.as_mut() {
-            metrics.add(global * u64::from(args.seq_len), wait);
-            let step = report.step;
-            if step == 1 || step.is_multiple_of(args.log_freq) || step == args.steps {
-                metrics.log(&report, args.steps)?;
-            }
-        }
-        crate::crash::reached(crate::crash::Point::Logged, state.step);
-        let interval_due =
-            args.checkpoint_interval > 0 && state.step.is_multiple_of(args.checkpoint_interval);
-        if rank == 0 && args.enable_checkpoint && (interval_due || state.step == args.steps) {
-            state.stream_cursors = run.data.stream_cursors(state.step, &[])?;
-            checkpoint::save(args, &vs, &run.optimizer, &state)?;
-        }
-    }
+    let losses = run.steps(&mut state, metrics.as_mut(), &vs, rank, world)?;
     let export = args.dump_folder.join("hf");
     if rank == 0 && args.enable_checkpoint {
         export_hf(&export, &vs, run.model.as_ref(), tokenizer.as_deref())?;
@@ -205,6 +186,42 @@ pub fn run_as(args: &Args, launch: &Launch) -> anyhow::Result<Summary> {
         export,
         exported: rank == 0 && args.enable_checkpoint,
     })
+}
+
+impl Run<'_> {
+    /// Trains from `state.step` to the last step, logging (rank 0's `metrics`) and checkpointing
+    /// (rank 0) on the way; returns each step's loss.
+    fn steps(
+        &mut self,
+        state: &mut TrainState,
+        mut metrics: Option<&mut Metrics>,
+        vs: &nn::VarStore,
+        rank: u32,
+        world: u32,
+    ) -> anyhow::Result<Vec<(u64, f64)>> {
+        let (args, run) = (self.args, self);
+        let global = u64::from(args.batch_size * args.gradient_accumulation_steps * world);
+        let mut losses = Vec::new();
+        while state.step < args.steps {
+            let (report, wait) = run.step(state, global)?;
+            losses.push((report.step, report.loss));
+            if let Some(metrics) = metrics.as_mut() {
+                metrics.add(global * u64::from(args.seq_len), wait);
+                let step = report.step;
+                if step == 1 || step.is_multiple_of(args.log_freq) || step == args.steps {
+                    metrics.log(&report, args.steps)?;
+                }
+            }
+            crate::crash::reached(crate::crash::Point::Logged, state.step);
+            let interval_due =
+                args.checkpoint_interval > 0 && state.step.is_multiple_of(args.checkpoint_interval);
+            if rank == 0 && args.enable_checkpoint && (interval_due || state.step == args.steps) {
+                state.stream_cursors = run.data.stream_cursors(state.step, &[])?;
+                checkpoint::save(args, vs, &run.optimizer, state)?;
+            }
+        }
+        Ok(losses)
+    }
 }
 
 /// AdamW over the model's parameters (sorted by name) and the reducer of their gradients, in buckets
