@@ -384,9 +384,15 @@ fn fla_short_conv(
     let dy = get("short_conv.dy")?.to_kind(Kind::Float);
     (y.to_kind(Kind::Float) * dy).sum(Kind::Float).backward();
     Ok(vec![
-        ("short_conv.y".to_string(), y.detach().to_device(Device::Cpu)),
+        (
+            "short_conv.y".to_string(),
+            y.detach().to_device(Device::Cpu),
+        ),
         ("short_conv.dx".to_string(), x.grad().to_device(Device::Cpu)),
-        ("short_conv.dw".to_string(), w.grad().squeeze_dim(1).to_device(Device::Cpu)),
+        (
+            "short_conv.dw".to_string(),
+            w.grad().squeeze_dim(1).to_device(Device::Cpu),
+        ),
     ])
 }
 
@@ -402,8 +408,13 @@ fn fla_swiglu(
     let out = flame_trainer::kernels::fla::swiglu::swiglu_linear(&gate, &up, &w)
         .map_err(anyhow::Error::msg)?;
     let dout = get("swiglu.dout")?.to_kind(Kind::Float);
-    (out.to_kind(Kind::Float) * dout).sum(Kind::Float).backward();
-    let mut result = vec![("swiglu.out".to_string(), out.detach().to_device(Device::Cpu))];
+    (out.to_kind(Kind::Float) * dout)
+        .sum(Kind::Float)
+        .backward();
+    let mut result = vec![(
+        "swiglu.out".to_string(),
+        out.detach().to_device(Device::Cpu),
+    )];
     for (part, t) in [("gate", gate), ("up", up), ("w", w)] {
         result.push((format!("swiglu.d{part}"), t.grad().to_device(Device::Cpu)));
     }

@@ -100,9 +100,13 @@ pub struct Args {
     #[arg(long = "checkpoint.create_seed_checkpoint", default_value_t = false, num_args = 0..=1,
           default_missing_value = "true", action = clap::ArgAction::Set)]
     pub create_seed_checkpoint: bool,
-    /// Steps between checkpoints (0: only at the end).
+    /// Steps (or seconds, with `--checkpoint.interval_type seconds`) between checkpoints (0: only at
+    /// the end).
     #[arg(long = "checkpoint.interval", default_value_t = 500)]
     pub checkpoint_interval: u64,
+    /// What `--checkpoint.interval` counts.
+    #[arg(long = "checkpoint.interval_type", value_enum, default_value = "steps")]
+    pub interval_type: IntervalType,
     /// Checkpoints kept (0: all).
     #[arg(long = "checkpoint.keep_latest_k", default_value_t = 0)]
     pub keep_latest_k: usize,
@@ -246,6 +250,28 @@ fn config_file_args(file: &Path) -> anyhow::Result<Vec<String>> {
     Ok(args)
 }
 
+/// What `--checkpoint.interval` counts (torchtitan's `interval_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IntervalType {
+    /// Optimizer steps: a checkpoint at every multiple of the interval.
+    Steps,
+    /// Seconds: a checkpoint after the first step that ends at least the interval after the last
+    /// checkpoint (or the run's start).
+    Seconds,
+}
+
+impl IntervalType {
+    /// Whether a checkpoint is due after `step`, `since_last` after the last one; `interval` 0 never
+    /// (the last step has its checkpoint anyway).
+    pub fn due(self, interval: u64, step: u64, since_last: std::time::Duration) -> bool {
+        interval > 0
+            && match self {
+                Self::Steps => step.is_multiple_of(interval),
+                Self::Seconds => since_last.as_secs() >= interval,
+            }
+    }
+}
+
 /// Dtype of the gradient all-reduce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ReduceDtype {
@@ -253,4 +279,21 @@ pub enum ReduceDtype {
     Float32,
     /// Half the bytes on the wire; the gradients are rounded to bfloat16 before the sum.
     Bfloat16,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::IntervalType;
+
+    #[test]
+    fn checkpoints_fall_due_by_steps_or_by_seconds() {
+        let steps = IntervalType::Steps;
+        assert!(steps.due(4, 8, Duration::ZERO) && !steps.due(4, 6, Duration::from_secs(99)));
+        let seconds = IntervalType::Seconds;
+        assert!(seconds.due(60, 3, Duration::from_mins(1)));
+        assert!(!seconds.due(60, 4, Duration::from_millis(59_999)));
+        assert!(!steps.due(0, 8, Duration::ZERO) && !seconds.due(0, 8, Duration::from_secs(9)));
+    }
 }

@@ -27,19 +27,25 @@ const NO_CP: &str = "flame-train has no context parallelism (data parallelism on
 const NO_FLOAT8: &str = "flame-train has no float8 training (bf16 autocast)";
 const BY_NAME: &str = "flame-train does not load datasets by name yet: prepare them with flame-prep (or \
                        serve raw ones with flame-stream) and pass --data-endpoint and --data-job";
-const LOADER: &str = "flame-stream feeds the trainer over shared memory: there are no loader workers";
+const LOADER: &str =
+    "flame-stream feeds the trainer over shared memory: there are no loader workers";
 const ONLY_PARAMETER: &str = "a setting of a feature that is off";
 
 /// flame's flags that flame-train's own flags do not cover, with what flame-train does with each.
 const FLAGS: &[(&str, Disposition)] = &[
-    ("job.description", NoEffect("a run's label: flame-train logs it")),
+    (
+        "job.description",
+        NoEffect("a run's label: flame-train logs it"),
+    ),
     (
         "job.use_for_integration_test",
         NoEffect("a marker of torchtitan's own test configs"),
     ),
     (
         "model.name",
-        NoEffect("torchtitan's model family: flame-train reads the architecture from --model.config"),
+        NoEffect(
+            "torchtitan's model family: flame-train reads the architecture from --model.config",
+        ),
     ),
     (
         "model.flavor",
@@ -65,7 +71,10 @@ const FLAGS: &[(&str, Disposition)] = &[
         "profiling.enable_memory_snapshot",
         Only(&["false"], "flame-train takes no memory snapshots"),
     ),
-    ("profiling.save_memory_snapshot_folder", NoEffect(ONLY_PARAMETER)),
+    (
+        "profiling.save_memory_snapshot_folder",
+        NoEffect(ONLY_PARAMETER),
+    ),
     (
         "optimizer.name",
         Only(
@@ -171,22 +180,30 @@ const FLAGS: &[(&str, Disposition)] = &[
         Only(&["false"], NO_TP),
     ),
     ("experimental.pipeline_parallel_degree", Only(&["1"], NO_PP)),
-    ("experimental.pipeline_parallel_split_points", NoEffect(ONLY_PARAMETER)),
-    ("experimental.pipeline_parallel_schedule", NoEffect(ONLY_PARAMETER)),
-    ("experimental.pipeline_parallel_schedule_csv", NoEffect(ONLY_PARAMETER)),
-    ("experimental.pipeline_parallel_microbatches", NoEffect(ONLY_PARAMETER)),
+    (
+        "experimental.pipeline_parallel_split_points",
+        NoEffect(ONLY_PARAMETER),
+    ),
+    (
+        "experimental.pipeline_parallel_schedule",
+        NoEffect(ONLY_PARAMETER),
+    ),
+    (
+        "experimental.pipeline_parallel_schedule_csv",
+        NoEffect(ONLY_PARAMETER),
+    ),
+    (
+        "experimental.pipeline_parallel_microbatches",
+        NoEffect(ONLY_PARAMETER),
+    ),
     (
         "experimental.enable_compiled_autograd",
         Only(&["false"], "there is no compiler here"),
     ),
     ("experimental.context_parallel_degree", Only(&["1"], NO_CP)),
-    ("experimental.context_parallel_rotate_method", NoEffect(ONLY_PARAMETER)),
     (
-        "checkpoint.interval_type",
-        Only(
-            &["steps"],
-            "checkpoints every N seconds are not built yet: use --checkpoint.interval in steps",
-        ),
+        "experimental.context_parallel_rotate_method",
+        NoEffect(ONLY_PARAMETER),
     ),
     (
         "checkpoint.model_weights_only",
@@ -199,10 +216,16 @@ const FLAGS: &[(&str, Disposition)] = &[
     ("checkpoint.export_dtype", NoEffect(ONLY_PARAMETER)),
     (
         "checkpoint.async_mode",
-        Only(&["disabled"], "flame-train writes checkpoints synchronously"),
+        Only(
+            &["disabled"],
+            "flame-train writes checkpoints synchronously",
+        ),
     ),
     ("float8.enable_float8_linear", Only(&["false"], NO_FLOAT8)),
-    ("float8.enable_fsdp_float8_all_gather", Only(&["false"], NO_FLOAT8)),
+    (
+        "float8.enable_fsdp_float8_all_gather",
+        Only(&["false"], NO_FLOAT8),
+    ),
     (
         "float8.precompute_float8_dynamic_scale_for_fsdp",
         Only(&["false"], NO_FLOAT8),
@@ -225,7 +248,10 @@ const FLAGS: &[(&str, Disposition)] = &[
         "memory_estimation.enabled",
         Only(&["false"], "flame-train has no memory estimation"),
     ),
-    ("memory_estimation.disable_fake_mode", NoEffect(ONLY_PARAMETER)),
+    (
+        "memory_estimation.disable_fake_mode",
+        NoEffect(ONLY_PARAMETER),
+    ),
 ];
 
 /// `argv` (without the program name) with flame's flags of [`FLAGS`] resolved: aliases renamed to
@@ -326,7 +352,7 @@ mod tests {
         for (line, said) in [
             ("--training.tensor_parallel_degree 2", "tensor parallelism"),
             ("--optimizer.name Lion", "AdamW"),
-            ("--checkpoint.interval_type seconds", "seconds"),
+            ("--checkpoint.async_mode async", "synchronously"),
             ("--training.dataset HuggingFaceFW/fineweb-edu", "flame-prep"),
             // flame's bare boolean means true.
             ("--float8.enable_float8_linear --training.steps 3", "float8"),
@@ -339,12 +365,17 @@ mod tests {
 
     #[test]
     fn flags_that_change_nothing_here_are_accepted_with_a_note() {
-        let (out, notes) =
-            resolve(&words("--training.compile --metrics.enable_wandb true --training.num_workers 32"))
-                .unwrap();
+        let (out, notes) = resolve(&words(
+            "--training.compile --metrics.enable_wandb true --training.num_workers 32",
+        ))
+        .unwrap();
         assert!(out.is_empty(), "{out:?}");
         assert_eq!(notes.len(), 3);
-        assert!(notes[1].contains("wandb sync --sync-tensorboard"), "{}", notes[1]);
+        assert!(
+            notes[1].contains("wandb sync --sync-tensorboard"),
+            "{}",
+            notes[1]
+        );
     }
 
     /// Every flag of flame's `train.sh -h` (../shared/notes/flame-flags.md) is flame-train's own or in
@@ -396,6 +427,10 @@ mod tests {
                 checked += 1;
             }
         }
-        assert!(checked > 80, "read {checked} flags from {}", notes.display());
+        assert!(
+            checked > 80,
+            "read {checked} flags from {}",
+            notes.display()
+        );
     }
 }

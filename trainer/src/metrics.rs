@@ -76,8 +76,7 @@ impl Metrics {
             .create(true)
             .append(true)
             .open(dump_folder.join("metrics.jsonl"))?;
-        let tensorboard =
-            EventWriter::create(&tb).with_context(|| format!("{}", tb.display()))?;
+        let tensorboard = EventWriter::create(&tb).with_context(|| format!("{}", tb.display()))?;
         let peak_flops = match device {
             Device::Cuda(i) => {
                 crate::shim::cuda_device_name(i).and_then(|name| peak_bf16_flops(&name))

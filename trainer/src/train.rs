@@ -202,6 +202,7 @@ impl Run<'_> {
         let (args, run) = (self.args, self);
         let global = u64::from(args.batch_size * args.gradient_accumulation_steps * world);
         let mut losses = Vec::new();
+        let mut last_save = std::time::Instant::now();
         while state.step < args.steps {
             let (report, wait) = run.step(state, global)?;
             losses.push((report.step, report.loss));
@@ -213,11 +214,14 @@ impl Run<'_> {
                 }
             }
             crate::crash::reached(crate::crash::Point::Logged, state.step);
+            // Only rank 0 writes checkpoints, so its clock alone decides `seconds` intervals.
             let interval_due =
-                args.checkpoint_interval > 0 && state.step.is_multiple_of(args.checkpoint_interval);
+                args.interval_type
+                    .due(args.checkpoint_interval, state.step, last_save.elapsed());
             if rank == 0 && args.enable_checkpoint && (interval_due || state.step == args.steps) {
                 state.stream_cursors = run.data.stream_cursors(state.step, &[])?;
                 checkpoint::save(args, vs, &run.optimizer, state)?;
+                last_save = std::time::Instant::now();
             }
         }
         Ok(losses)

@@ -363,7 +363,10 @@ fn short_conv_launches_are_flas() {
             };
             let Some(taps) = taps else { continue };
             for d in widths.map(i64::from) {
-                let theirs = fla("short_conv", &[("D", d.to_string()), ("W", taps.to_string())]);
+                let theirs = fla(
+                    "short_conv",
+                    &[("D", d.to_string()), ("W", taps.to_string())],
+                );
                 let build = recording();
                 let x = input(&[d]);
                 let weight = Tensor::randn([d, 1, i64::from(taps)], (Kind::Float, Device::Cpu))

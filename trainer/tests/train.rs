@@ -158,6 +158,22 @@ fn a_resumed_run_reproduces_the_uninterrupted_losses_bit_for_bit() {
         &["--training.steps", "8", "--checkpoint.interval", "4"],
     ))
     .unwrap();
+    // An interval in seconds longer than the run: the last step's checkpoint only.
+    let hourly = dir.path().join("hourly");
+    let hourly_flags = [
+        "--training.steps",
+        "8",
+        "--checkpoint.interval_type",
+        "seconds",
+        "--checkpoint.interval",
+        "3600",
+    ];
+    run(&args(&endpoint, &job, &config, &hourly, &hourly_flags)).unwrap();
+    let saved: Vec<String> = std::fs::read_dir(hourly.join("checkpoint"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(saved, ["step-8"]);
     let dump = dir.path().join("b");
     let flags = [
         "--training.steps",
@@ -203,7 +219,9 @@ fn a_resumed_run_reproduces_the_uninterrupted_losses_bit_for_bit() {
         f.extend(["--checkpoint.load_step", "0", "--training.seed", seed]);
         let dump = dir.path().join(format!("from-seed-{seed}"));
         copy_dir(&seeded, &dump);
-        run(&args(&endpoint, &job, &config, &dump, &f)).unwrap().losses
+        run(&args(&endpoint, &job, &config, &dump, &f))
+            .unwrap()
+            .losses
     };
     let after_seed = from_seed("7");
     assert_eq!(after_seed.len(), 8);
@@ -326,7 +344,10 @@ fn a_config_file_supplies_the_flags_and_the_command_line_overrides_it() {
     // Nothing is skipped silently: a key neither flame-train nor flame has, and one of flame's at a
     // value flame-train cannot honour, are refused, naming the key.
     for (toml, said) in [
-        ("[training]\nsteps_per_epoch = 3\n", "training.steps_per_epoch"),
+        (
+            "[training]\nsteps_per_epoch = 3\n",
+            "training.steps_per_epoch",
+        ),
         (
             "[training]\ntensor_parallel_degree = 2\n",
             "--training.tensor_parallel_degree 2: flame-train has no tensor parallelism",
@@ -380,11 +401,17 @@ fn ngpu_sets_the_local_ranks() {
         .unwrap();
     assert_eq!(nproc.get_env(), Some(std::ffi::OsStr::new("NGPU")));
     // The binary reads it: a value that is not a count is refused as --nproc-per-node's.
-    let argv: Vec<String> = ["flame-train", "--model.config", "x.json", "--training.steps", "1"]
-        .iter()
-        .map(ToString::to_string)
-        .chain(["--data-endpoint", "unix:///nowhere", "--data-job", "j.toml"].map(String::from))
-        .collect();
+    let argv: Vec<String> = [
+        "flame-train",
+        "--model.config",
+        "x.json",
+        "--training.steps",
+        "1",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .chain(["--data-endpoint", "unix:///nowhere", "--data-job", "j.toml"].map(String::from))
+    .collect();
     let out = command(&argv, &[("NGPU", "eight")]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -96,11 +96,7 @@ fn convolve(
     let variant = conv_kernel(kernels, "causal_conv1d_fwd_kernel", d, taps, activation)?;
     let y = x.empty_like();
     variant.launch(
-        [
-            cdiv(d, variant.constexpr("BD")?),
-            varlen[1].size()[0],
-            1,
-        ],
+        [cdiv(d, variant.constexpr("BD")?), varlen[1].size()[0], 1],
         &[
             ("x", tensor(x)),
             ("y", tensor(&y)),
@@ -127,11 +123,7 @@ fn forward(_: &[f64], inputs: &[Tensor]) -> Result<Forward, String> {
     })
 }
 
-fn backward(
-    _: &[f64],
-    saved: &[Tensor],
-    grads: &[Tensor],
-) -> Result<Vec<Option<Tensor>>, String> {
+fn backward(_: &[f64], saved: &[Tensor], grads: &[Tensor]) -> Result<Vec<Option<Tensor>>, String> {
     let kernels = Kernels::installed()?;
     let [x, weight, varlen @ ..] = saved else {
         return Err("four saved tensors".into());

@@ -27,7 +27,10 @@ pub fn gated_rms_norm(
     eps: f64,
     activation: GateActivation,
 ) -> Result<Tensor, String> {
-    let d = *x.size().last().ok_or("gated_rms_norm: x has no dimensions")?;
+    let d = *x
+        .size()
+        .last()
+        .ok_or("gated_rms_norm: x has no dimensions")?;
     if g.size() != x.size() || weight.size() != [d] {
         return Err(format!(
             "gated_rms_norm: x {:?}, g {:?} must have one shape [.., D] and weight {:?} be [D]",
@@ -187,6 +190,8 @@ fn backward(
             ("BS", int(cdiv(rows, programs))?),
         ],
     )?;
-    let dw = dw.sum_dim_intlist(0, false, Kind::Float).to_kind(weight.kind());
+    let dw = dw
+        .sum_dim_intlist(0, false, Kind::Float)
+        .to_kind(weight.kind());
     Ok(vec![Some(dx), Some(dg), Some(dw)])
 }

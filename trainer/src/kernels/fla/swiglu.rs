@@ -15,7 +15,10 @@ use crate::shim::kernels::{self as bridge, Forward, Function};
 /// `silu(gate) · up` (`[…, D]` each) times `weight`ᵀ (`[H, D]`, the down projection's): `[…, H]` in
 /// bf16.
 pub fn swiglu_linear(gate: &Tensor, up: &Tensor, weight: &Tensor) -> Result<Tensor, String> {
-    let d = *gate.size().last().ok_or("swiglu_linear: gate has no dimensions")?;
+    let d = *gate
+        .size()
+        .last()
+        .ok_or("swiglu_linear: gate has no dimensions")?;
     if up.size() != gate.size() || weight.dim() != 2 || weight.size()[1] != d {
         return Err(format!(
             "swiglu_linear: gate {:?}, up {:?} must have one shape [.., D] and weight {:?} be [H, D]",
@@ -94,11 +97,7 @@ fn forward(_: &[f64], inputs: &[Tensor]) -> Result<Forward, String> {
     })
 }
 
-fn backward(
-    _: &[f64],
-    saved: &[Tensor],
-    grads: &[Tensor],
-) -> Result<Vec<Option<Tensor>>, String> {
+fn backward(_: &[f64], saved: &[Tensor], grads: &[Tensor]) -> Result<Vec<Option<Tensor>>, String> {
     let kernels = Kernels::installed()?;
     let [x, y, weight] = saved else {
         return Err("three saved tensors".into());
