@@ -18,10 +18,14 @@ machine (tools/gpu/linear.sh). Errors are ‖ours − fla's‖ / ‖fla's‖ ove
                                  (state_v_first=True), bf16;
                                  `gated_delta_rule_fla.*` (Gated DeltaNet on fla's kernels, from q, k, v, a, b,
                                  A_log, dt_bias as fla's layer passes them) against the float32 naive reference
-                                 with the layer's math in torch (fla's own backward is refused, fla#640)
+                                 with the layer's math in torch (fla's own backward is refused, fla#640);
+                                 the gated norm, short convolution and SwiGLU on fla's kernels against fla's
+                                 modules (only these with FLA_PARITY_MODULES_ONLY=1, which fla autotunes in
+                                 seconds)
 """
 
 import math
+import os
 import pathlib
 import sys
 import warnings
@@ -120,13 +124,22 @@ def ops_gen(root):
 
 
 def ops_check(root):
+    inputs = load_file(str(root / "ops_in.safetensors"))
+    ours = load_file(str(root / "ops_out.safetensors"))
+    worst = {}
+    if not os.environ.get("FLA_PARITY_MODULES_ONLY"):
+        check_chunk_ops(inputs, ours, worst)
+    check_modules(inputs, ours, worst)
+    return worst
+
+
+def check_chunk_ops(inputs, ours, worst):
+    """The token-mixing ops: libtorch's (`gla.*`, ...) and fla's kernels launched by flame-train
+    (`*_fla.*`) against fla."""
     from fla.ops.delta_rule import chunk_delta_rule
     from fla.ops.gated_delta_rule.naive import naive_chunk_gated_delta_rule
     from fla.ops.gla import chunk_gla
 
-    inputs = load_file(str(root / "ops_in.safetensors"))
-    ours = load_file(str(root / "ops_out.safetensors"))
-    worst = {}
     layer_inputs = ("a", "b", "A_log", "dt_bias")  # Gated DeltaNet's, for gated_delta_rule_fla only
     for op in ("gla", "delta_rule", "gated_delta_rule"):
         x = {k.split(".", 1)[1]: v for k, v in inputs.items() if k.startswith(op + ".")}
@@ -209,6 +222,11 @@ def ops_check(root):
             err = rel(ours[f"gated_delta_rule_fla.{name}"], theirs)
             worst[f"gated_delta_rule_fla.{name}"] = err
             print(f"{'gated_delta_rule (fla kernels, layer)':<37} {name:<8} vs fla fp32 naive rel err {err:.2e}")
+
+
+def check_modules(inputs, ours, worst):
+    """The pieces around the mixing on fla's kernels launched by flame-train (the gated norm, the short
+    convolution, SwiGLU with the down projection) against fla's modules."""
     for name, _, _ in NORMS:
         if f"{name}.y" not in ours:
             continue
@@ -240,7 +258,6 @@ def ops_check(root):
             err = rel(ours[f"swiglu.{part}"], theirs)
             worst[f"swiglu.{part}"] = err
             print(f"{'swiglu_linear (fla kernels)':<34} {part:<5} vs fla bf16 Triton rel err {err:.2e}")
-    return worst
 
 
 if __name__ == "__main__":
