@@ -8,6 +8,7 @@
 #include <ATen/ops/_foreach_mul.h>
 #include <ATen/ops/_foreach_norm.h>
 #include <ATen/ops/_fused_adamw.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
 
 #include <dlfcn.h>
 
@@ -30,6 +31,21 @@ int flame_autocast_cuda_bf16() {
 // TF32 for the float32 matmuls and convolutions that autocast leaves in float32.
 int flame_allow_tf32(int on) {
   FLAME_TRY(at::globalContext().setAllowTF32CuBLAS(on != 0); at::globalContext().setAllowTF32CuDNN(on != 0))
+}
+
+// libtorch's (Kineto) profiler, as torch.profiler runs it: CPU operators with their input shapes, and
+// CUDA kernels when `cuda`; stopped, its events go to `path` as a Chrome trace.
+int flame_profiler_start(int cuda) {
+  FLAME_TRY(using namespace torch::profiler::impl;
+            std::set<ActivityType> activities{ActivityType::CPU};
+            if (cuda) activities.insert(ActivityType::CUDA);
+            ProfilerConfig config(ProfilerState::KINETO, /*report_input_shapes=*/true);
+            torch::autograd::profiler::prepareProfiler(config, activities);
+            torch::autograd::profiler::enableProfiler(config, activities))
+}
+
+int flame_profiler_stop(const char *path) {
+  FLAME_TRY(torch::autograd::profiler::disableProfiler()->save(path))
 }
 
 // CUDA autocast on (nested) and off, with the current API (tch's calls the deprecated one, which warns).

@@ -113,6 +113,19 @@ pub struct Args {
     /// Resume from this step's checkpoint; -1: the latest.
     #[arg(long = "checkpoint.load_step", allow_hyphen_values = true)]
     pub load_step: Option<i64>,
+    /// Profile every `--profiling.profile_freq`-th step with libtorch's profiler (torchtitan's).
+    #[arg(long = "profiling.enable_profiling", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub enable_profiling: bool,
+    /// Where the traces go under `--job.dump_folder`: `iteration_<step>/rank<rank>_trace.json`.
+    #[arg(
+        long = "profiling.save_traces_folder",
+        default_value = "profile_traces"
+    )]
+    pub traces_folder: String,
+    /// Steps between profiled steps.
+    #[arg(long = "profiling.profile_freq", default_value_t = 10)]
+    pub profile_freq: u64,
     /// The TensorBoard event files' folder under `--job.dump_folder`.
     #[arg(long = "metrics.save_tb_folder", default_value = "tb")]
     pub tb_folder: String,

@@ -59,15 +59,6 @@ const FLAGS: &[(&str, Disposition)] = &[
         ),
     ),
     (
-        "profiling.enable_profiling",
-        Only(
-            &["false"],
-            "flame-train has no profiler yet: leave profiling.enable_profiling false",
-        ),
-    ),
-    ("profiling.save_traces_folder", NoEffect(ONLY_PARAMETER)),
-    ("profiling.profile_freq", NoEffect(ONLY_PARAMETER)),
-    (
         "profiling.enable_memory_snapshot",
         Only(&["false"], "flame-train takes no memory snapshots"),
     ),

@@ -10,6 +10,8 @@ unsafe extern "C" {
     fn flame_shim_error() -> *const c_char;
     fn flame_autocast_cuda_bf16() -> c_int;
     fn flame_allow_tf32(on: c_int) -> c_int;
+    fn flame_profiler_start(cuda: c_int) -> c_int;
+    fn flame_profiler_stop(path: *const std::ffi::c_char) -> c_int;
     fn flame_autocast_enter() -> c_int;
     fn flame_grad_norm(params: *const *mut c_void, n: usize) -> *mut c_void;
     fn flame_clip_grads(
@@ -65,6 +67,22 @@ pub fn autocast_cuda_bf16() -> Result<(), String> {
 pub fn allow_tf32(on: bool) -> Result<(), String> {
     // SAFETY: a plain integer argument; errors come back as -1.
     check(unsafe { flame_allow_tf32(c_int::from(on)) })
+}
+
+/// Starts libtorch's profiler: operators on the CPU with their input shapes, and CUDA's kernels when
+/// `cuda`.
+pub fn profiler_start(cuda: bool) -> Result<(), String> {
+    // SAFETY: a plain integer argument; errors come back as -1.
+    check(unsafe { flame_profiler_start(c_int::from(cuda)) })
+}
+
+/// Stops the profiler [`profiler_start`] started and writes what it recorded to `path` as a Chrome
+/// trace (JSON).
+pub fn profiler_stop(path: &std::path::Path) -> Result<(), String> {
+    let path =
+        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+    // SAFETY: a NUL-terminated path that outlives the call.
+    check(unsafe { flame_profiler_stop(path.as_ptr()) })
 }
 
 fn pointers(tensors: &[Tensor]) -> Vec<*mut c_void> {

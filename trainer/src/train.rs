@@ -204,7 +204,20 @@ impl Run<'_> {
         let mut losses = Vec::new();
         let mut last_save = std::time::Instant::now();
         while state.step < args.steps {
+            let profiled = args.enable_profiling
+                && args.profile_freq > 0
+                && (state.step + 1).is_multiple_of(args.profile_freq);
+            if profiled {
+                crate::shim::profiler_start(run.device.is_cuda()).map_err(anyhow::Error::msg)?;
+            }
             let (report, wait) = run.step(state, global)?;
+            if profiled {
+                let dir = (args.dump_folder.join(&args.traces_folder))
+                    .join(format!("iteration_{}", state.step));
+                std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+                let trace = dir.join(format!("rank{rank}_trace.json"));
+                crate::shim::profiler_stop(&trace).map_err(anyhow::Error::msg)?;
+            }
             losses.push((report.step, report.loss));
             if let Some(metrics) = metrics.as_mut() {
                 metrics.add(global * u64::from(args.seq_len), wait);
