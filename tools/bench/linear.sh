@@ -26,6 +26,7 @@ fla_train() {
     timeout "${FLA_TIMEOUT:-420}" "$python" "$root/tools/bench/fla_train.py" "$config" --shape "$shape" \
         --steps 10 --warmup 3 ${FLA_TUNED:+--tuned "$FLA_TUNED"} "$@" 2> "$work/$name.err" | sed -n 's/^RESULT //p' > "$work/$name.json" \
         || { echo "$name: did not finish ($(tail -1 "$work/$name.err"))"; rm -f "$work/$name.json"; }
+    [[ -s "$work/$name.json" ]] && echo "RESULT $name $(cat "$work/$name.json")"
 }
 
 echo "== on $gpu"
@@ -39,6 +40,7 @@ for model in ${MODELS:-gla_340M delta_net_340M gated_deltanet_340M}; do
             flame_train "$model-varlen" "$config" 65536 1 4096 true --model.kernels fla
         fi
         results+=("$work/$model-$shape.json")
+        echo "RESULT $model-$shape $(cat "$work/$model-$shape.json" 2>/dev/null)"
     done
     [[ $model == gated_deltanet* ]] && continue
     for shape in ${SHAPES:-8x2048 varlen}; do
