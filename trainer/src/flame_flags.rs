@@ -245,7 +245,7 @@ const FLAGS: &[(&str, Disposition)] = &[
     ),
 ];
 
-/// `argv` (without the program name) with flame's flags of [`FLAGS`] resolved: aliases renamed to
+/// `argv` (without the program name) with flame's flags of the table resolved: aliases renamed to
 /// flame-train's flags, the accepted ones dropped (each with a note, returned second), the refused ones
 /// an error naming the flag, its value and the reason. Every other word is kept for clap, which parses
 /// flame-train's own flags and refuses unknown ones. A flag of the table given bare (flame's form of a
