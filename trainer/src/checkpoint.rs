@@ -69,20 +69,34 @@ pub fn save(
     remove_partials(&root).with_context(|| context("removing unfinished checkpoints"))?;
     let tmp = root.join(format!(".step-{}.partial", state.step));
     std::fs::create_dir_all(&tmp).with_context(|| context("creating the partial directory"))?;
-    vs.save(tmp.join("model.safetensors"))?;
-    crash::reached(Point::CheckpointModel, state.step);
-    let opt = optimizer.state();
-    tch::Tensor::write_safetensors(&opt, tmp.join("optimizer.safetensors"))?;
-    std::fs::write(
-        tmp.join("train_state.json"),
-        serde_json::to_vec_pretty(state)?,
-    )?;
-    for file in [
-        "model.safetensors",
-        "optimizer.safetensors",
-        "train_state.json",
-        "",
-    ] {
+    let weights_only = args.model_weights_only && state.step == args.steps;
+    let files: &[&str] = if weights_only {
+        let kind = args.export_dtype.kind();
+        let mut weights: Vec<(String, tch::Tensor)> = vs
+            .variables()
+            .into_iter()
+            .map(|(name, t)| (name, t.to_kind(kind)))
+            .collect();
+        weights.sort_by(|a, b| a.0.cmp(&b.0));
+        tch::Tensor::write_safetensors(&weights, tmp.join("model.safetensors"))?;
+        &["model.safetensors", ""]
+    } else {
+        vs.save(tmp.join("model.safetensors"))?;
+        crash::reached(Point::CheckpointModel, state.step);
+        let opt = optimizer.state();
+        tch::Tensor::write_safetensors(&opt, tmp.join("optimizer.safetensors"))?;
+        std::fs::write(
+            tmp.join("train_state.json"),
+            serde_json::to_vec_pretty(state)?,
+        )?;
+        &[
+            "model.safetensors",
+            "optimizer.safetensors",
+            "train_state.json",
+            "",
+        ]
+    };
+    for file in files {
         // The files, then the directory that names them.
         let path = tmp.join(file);
         File::open(&path)
@@ -147,6 +161,11 @@ pub fn load(
 ) -> anyhow::Result<TrainState> {
     let dir = checkpoint_dir(args).join(format!("step-{step}"));
     let context = |what: &str| format!("checkpoint {}: {what}", dir.display());
+    if dir.join("model.safetensors").exists() && !dir.join("train_state.json").exists() {
+        bail!(context(
+            "the weights alone (--checkpoint.model_weights_only): a run cannot resume from it"
+        ));
+    }
     let state: TrainState = serde_json::from_slice(
         &std::fs::read(dir.join("train_state.json"))
             .with_context(|| context("train_state.json"))?,

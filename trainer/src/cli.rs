@@ -100,6 +100,18 @@ pub struct Args {
     #[arg(long = "checkpoint.create_seed_checkpoint", default_value_t = false, num_args = 0..=1,
           default_missing_value = "true", action = clap::ArgAction::Set)]
     pub create_seed_checkpoint: bool,
+    /// The last step's checkpoint holds the model's weights alone, in `--checkpoint.export_dtype`
+    /// (torchtitan's); the others stay whole.
+    #[arg(long = "checkpoint.model_weights_only", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub model_weights_only: bool,
+    /// The dtype of a weights-only checkpoint.
+    #[arg(
+        long = "checkpoint.export_dtype",
+        value_enum,
+        default_value = "float32"
+    )]
+    pub export_dtype: ExportDtype,
     /// Steps (or seconds, with `--checkpoint.interval_type seconds`) between checkpoints (0: only at
     /// the end).
     #[arg(long = "checkpoint.interval", default_value_t = 500)]
@@ -261,6 +273,28 @@ fn config_file_args(file: &Path) -> anyhow::Result<Vec<String>> {
         }
     }
     Ok(args)
+}
+
+/// The dtype of a weights-only checkpoint (torchtitan's `export_dtype`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportDtype {
+    /// As trained.
+    Float32,
+    /// bf16.
+    Bfloat16,
+    /// fp16.
+    Float16,
+}
+
+impl ExportDtype {
+    /// The libtorch kind.
+    pub fn kind(self) -> tch::Kind {
+        match self {
+            Self::Float32 => tch::Kind::Float,
+            Self::Bfloat16 => tch::Kind::BFloat16,
+            Self::Float16 => tch::Kind::Half,
+        }
+    }
 }
 
 /// What `--checkpoint.interval` counts (torchtitan's `interval_type`).

@@ -197,15 +197,6 @@ const FLAGS: &[(&str, Disposition)] = &[
         NoEffect(ONLY_PARAMETER),
     ),
     (
-        "checkpoint.model_weights_only",
-        Only(
-            &["false"],
-            "flame-train's checkpoints hold the optimizer and data cursor with the weights; its export \
-             (<dump_folder>/hf) holds the weights alone",
-        ),
-    ),
-    ("checkpoint.export_dtype", NoEffect(ONLY_PARAMETER)),
-    (
         "checkpoint.async_mode",
         Only(
             &["disabled"],

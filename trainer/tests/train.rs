@@ -285,6 +285,57 @@ fn profiled_steps_leave_chrome_traces() {
     assert!(names.iter().any(|n| n.contains("Backward")), "{names:?}");
 }
 
+/// torchtitan's `model_weights_only`: the last checkpoint is the weights alone, in `export_dtype`; the
+/// earlier ones stay whole, and a run cannot resume from the weights alone.
+#[test]
+fn the_last_checkpoint_can_be_the_weights_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (endpoint, job, config) = setup(dir.path(), 64);
+    let dump = dir.path().join("run");
+    let flags = [
+        "--training.steps",
+        "4",
+        "--checkpoint.interval",
+        "2",
+        "--checkpoint.model_weights_only",
+        "--checkpoint.export_dtype",
+        "bfloat16",
+    ];
+    run(&args(&endpoint, &job, &config, &dump, &flags)).unwrap();
+    let files = |step: u32| -> Vec<String> {
+        let mut names: Vec<String> =
+            std::fs::read_dir(dump.join(format!("checkpoint/step-{step}")))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        files(2),
+        [
+            "model.safetensors",
+            "optimizer.safetensors",
+            "train_state.json"
+        ]
+    );
+    assert_eq!(files(4), ["model.safetensors"]);
+    let weights =
+        tch::Tensor::read_safetensors(dump.join("checkpoint/step-4/model.safetensors")).unwrap();
+    assert!(!weights.is_empty());
+    assert!(weights.iter().all(|(_, t)| t.kind() == tch::Kind::BFloat16));
+    let mut resume = flags.to_vec();
+    resume.extend(["--checkpoint.load_step", "4"]);
+    let err = format!(
+        "{:#}",
+        run(&args(&endpoint, &job, &config, &dump, &resume)).unwrap_err()
+    );
+    assert!(
+        err.contains("step-4") && err.contains("weights alone"),
+        "{err}"
+    );
+}
+
 #[test]
 fn bad_setups_fail_before_any_step_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
