@@ -17,9 +17,11 @@ enum Disposition {
     NoEffect(&'static str),
     /// Refused with any value, for the reason given.
     Refused(&'static str),
+    /// flame's old `--optimizer.scheduler`, mapped to torchtitan's schedule flags.
+    OldScheduler,
 }
 
-use Disposition::{Alias, NoEffect, Only, Refused};
+use Disposition::{Alias, NoEffect, OldScheduler, Only, Refused};
 
 const NO_TP: &str = "flame-train has no tensor parallelism (data parallelism only)";
 const NO_PP: &str = "flame-train has no pipeline parallelism (data parallelism only)";
@@ -77,13 +79,7 @@ const FLAGS: &[(&str, Disposition)] = &[
         "optimizer.fused",
         NoEffect("AdamW runs fused on CUDA and unfused on the CPU, the same update either way"),
     ),
-    (
-        "optimizer.scheduler",
-        Refused(
-            "the old schedule names are not mapped yet: use --lr_scheduler.decay_type (linear, sqrt, \
-             cosine) and --lr_scheduler.decay_ratio",
-        ),
-    ),
+    ("optimizer.scheduler", OldScheduler),
     ("optimizer.min_lr_ratio", Alias("lr_scheduler.lr_min")),
     (
         "optimizer.early_step_in_backward",
@@ -281,9 +277,37 @@ pub fn resolve(argv: &[String]) -> Result<(Vec<String>, Vec<String>), String> {
             }
             NoEffect(reason) => notes.push(format!("--{name} {value}: no effect ({reason})")),
             Refused(reason) => return Err(format!("--{name} {value}: {reason}")),
+            OldScheduler => {
+                let flags = old_scheduler(&value).ok_or_else(|| {
+                    format!("--{name} {value}: flame's schedulers are wsd, cosine and linear")
+                })?;
+                notes.push(format!(
+                    "--{name} {value} is torchtitan's {} (its warmup reaches the peak one step \
+                     earlier than flame's old one)",
+                    flags.join(" ")
+                ));
+                out.extend(flags.iter().map(ToString::to_string));
+            }
         }
     }
     Ok((out, notes))
+}
+
+/// flame's old schedules (`flame/components/optimizer.py` before a4e9f75) as torchtitan's flags: cosine
+/// and linear decay over every step after the warmup; WSD decays over the last tenth, by its default
+/// `sqrt`.
+fn old_scheduler(name: &str) -> Option<&'static [&'static str]> {
+    match name {
+        "cosine" => Some(&["--lr_scheduler.decay_type", "cosine"]),
+        "linear" => Some(&["--lr_scheduler.decay_type", "linear"]),
+        "wsd" => Some(&[
+            "--lr_scheduler.decay_type",
+            "sqrt",
+            "--lr_scheduler.decay_ratio",
+            "0.1",
+        ]),
+        _ => None,
+    }
 }
 
 /// Whether flame's flag `name` is one of the table's (handled by [`resolve`]).
@@ -343,6 +367,23 @@ mod tests {
             let flag = line.split_whitespace().next().unwrap();
             assert!(err.starts_with(flag) && err.contains(said), "{line}: {err}");
         }
+    }
+
+    #[test]
+    fn flames_old_schedulers_are_torchtitans_flags() {
+        let (out, notes) = resolve(&words(
+            "--optimizer.scheduler wsd --optimizer.min_lr_ratio 0.1",
+        ))
+        .unwrap();
+        assert_eq!(
+            out,
+            words(
+                "--lr_scheduler.decay_type sqrt --lr_scheduler.decay_ratio 0.1 --lr_scheduler.lr_min 0.1"
+            )
+        );
+        assert_eq!(notes.len(), 2);
+        let err = resolve(&words("--optimizer.scheduler exp")).unwrap_err();
+        assert!(err.contains("wsd, cosine and linear"), "{err}");
     }
 
     #[test]
