@@ -149,7 +149,10 @@ const FLAGS: &[(&str, Disposition)] = &[
     ),
     (
         "metrics.rank_0_only",
-        NoEffect("flame-train logs and writes metrics on rank 0 only"),
+        Only(
+            &["true"],
+            "flame-train logs and writes metrics on rank 0 only",
+        ),
     ),
     (
         "metrics.disable_color_printing",
