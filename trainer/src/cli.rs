@@ -95,6 +95,11 @@ pub struct Args {
     /// The checkpoints' folder under `--job.dump_folder`.
     #[arg(long = "checkpoint.folder", default_value = "checkpoint")]
     pub checkpoint_folder: String,
+    /// Start a fresh run (one that resumes no checkpoint) from the weights of this Hugging Face
+    /// checkpoint directory (`model.safetensors` or sharded, `transformers` names): continual
+    /// pretraining (torchtitan's name).
+    #[arg(long = "checkpoint.initial_load_path")]
+    pub initial_load_path: Option<PathBuf>,
     /// Write the initial weights as checkpoint `step-0` and stop (torchtitan's seed checkpoint, which
     /// runs of other parallelisms can start from).
     #[arg(long = "checkpoint.create_seed_checkpoint", default_value_t = false, num_args = 0..=1,

@@ -1,4 +1,5 @@
-//! The Hugging Face export: the weights under their `transformers` names, `config.json`, the tokenizer.
+//! The Hugging Face export: the weights under their `transformers` names, `config.json`, the tokenizer;
+//! and the other way, a Hugging Face checkpoint's weights as a run's starting point.
 
 use std::path::{Path, PathBuf};
 
@@ -70,4 +71,70 @@ pub fn export_hf(
         }
     }
     Ok(())
+}
+
+/// Loads the weights of the Hugging Face checkpoint in `dir` into `vs`, by name (flame-train's
+/// parameters have the `transformers` names of Llama/Mistral, and of fla's own models): its
+/// `model.safetensors`, or the shards its `model.safetensors.index.json` lists. Tensors are converted
+/// to the parameters' dtype. Returns how many parameters it set.
+///
+/// # Errors
+/// A parameter the checkpoint lacks or holds in another shape, a weight of the checkpoint the model has
+/// no place for (rotary tables aside), or an unreadable file; each names the file and the tensor.
+pub fn load_hf_weights(dir: &Path, vs: &nn::VarStore) -> anyhow::Result<usize> {
+    let index = dir.join("model.safetensors.index.json");
+    let files: Vec<PathBuf> = if index.exists() {
+        let text = std::fs::read_to_string(&index).with_context(|| index.display().to_string())?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| index.display().to_string())?;
+        let map = json["weight_map"]
+            .as_object()
+            .with_context(|| format!("{}: no weight_map", index.display()))?;
+        let mut shards: Vec<PathBuf> = map
+            .values()
+            .filter_map(|f| f.as_str().map(|f| dir.join(f)))
+            .collect();
+        shards.sort();
+        shards.dedup();
+        shards
+    } else {
+        vec![dir.join("model.safetensors")]
+    };
+    let mut weights = std::collections::HashMap::new();
+    for file in &files {
+        for (name, t) in tch::Tensor::read_safetensors(file)
+            .with_context(|| format!("{}: reading the weights", file.display()))?
+        {
+            weights.insert(name, (t, file.clone()));
+        }
+    }
+    let mut variables = vs.variables();
+    let mut set = 0;
+    tch::no_grad(|| -> anyhow::Result<()> {
+        for (name, param) in &mut variables {
+            let (t, file) = weights
+                .remove(name)
+                .with_context(|| format!("{}: no {name} in the checkpoint", dir.display()))?;
+            anyhow::ensure!(
+                t.size() == param.size(),
+                "{}: {name} is {:?}, the model's is {:?}",
+                file.display(),
+                t.size(),
+                param.size()
+            );
+            param.copy_(&t.to_kind(param.kind()).to_device(param.device()));
+            set += 1;
+        }
+        Ok(())
+    })?;
+    // Older checkpoints keep RoPE's tables, which flame-train computes.
+    weights.retain(|name, _| !name.ends_with("rotary_emb.inv_freq"));
+    if let Some(name) = weights.keys().min() {
+        anyhow::bail!(
+            "{}: {} weights the model has no place for, {name} first (another architecture or config?)",
+            dir.display(),
+            weights.len()
+        );
+    }
+    Ok(set)
 }

@@ -126,6 +126,12 @@ pub fn run_as(args: &Args, launch: &Launch) -> anyhow::Result<Summary> {
     let (mut optimizer, reducer) = optimizer_and_reducer(args, &vs, model.as_ref(), world > 1)?;
     let backend = backend(args, launch, device)?;
     let mut state = checkpoint::resume(args, &mut vs, &mut optimizer, data.fingerprint())?;
+    if let (Some(dir), None) = (&args.initial_load_path, args.load_step) {
+        let set = crate::export::load_hf_weights(dir, &vs)?;
+        if rank == 0 {
+            eprintln!("flame-train: {set} weights from {}", dir.display());
+        }
+    }
     if args.create_seed_checkpoint {
         // torchtitan's seed checkpoint: the initial weights as `step-0`, written by one rank.
         anyhow::ensure!(

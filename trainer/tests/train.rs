@@ -336,6 +336,118 @@ fn the_last_checkpoint_can_be_the_weights_alone() {
     );
 }
 
+/// `named` as a Hugging Face checkpoint of two shards and their `model.safetensors.index.json` in `dir`.
+fn write_two_shards(dir: &Path, named: &[(String, tch::Tensor)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut weight_map = serde_json::Map::new();
+    let half = named.len() / 2;
+    for (i, part) in [&named[..half], &named[half..]].into_iter().enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", i + 1);
+        for (name, _) in part {
+            weight_map.insert(name.clone(), serde_json::json!(file));
+        }
+        tch::Tensor::write_safetensors(part, dir.join(&file)).unwrap();
+    }
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::json!({ "weight_map": weight_map }).to_string(),
+    )
+    .unwrap();
+}
+
+/// torchtitan's `--checkpoint.initial_load_path`: a fresh run starts from a Hugging Face checkpoint's
+/// weights (here flame-train's own export, which `transformers` loads in `the_loss_falls_...`); a
+/// checkpoint that lacks a weight or has one too many is refused, naming it.
+#[test]
+fn a_run_starts_from_a_hugging_face_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (endpoint, job, config) = setup(dir.path(), 64);
+    let first = dir.path().join("first");
+    run(&args(
+        &endpoint,
+        &job,
+        &config,
+        &first,
+        &["--training.steps", "3"],
+    ))
+    .unwrap();
+    let hf = first.join("hf");
+    let read = |path: &Path| {
+        let mut named = tch::Tensor::read_safetensors(path).unwrap();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        named
+    };
+    let exported = read(&hf.join("model.safetensors"));
+    // The loaded weights, as a seed checkpoint writes them.
+    let second = dir.path().join("second");
+    let hf_flag = hf.display().to_string();
+    let flags = [
+        "--training.steps",
+        "3",
+        "--checkpoint.initial_load_path",
+        hf_flag.as_str(),
+        "--checkpoint.create_seed_checkpoint",
+    ];
+    run(&args(&endpoint, &job, &config, &second, &flags)).unwrap();
+    let loaded = read(&second.join("checkpoint/step-0/model.safetensors"));
+    assert_eq!(loaded.len(), exported.len());
+    for ((a, x), (b, y)) in loaded.iter().zip(&exported) {
+        assert_eq!(a, b);
+        assert!(x.equal(y), "{a} differs from the checkpoint's");
+    }
+    // The same weights in two shards with their index, as large checkpoints come.
+    let sharded = dir.path().join("sharded");
+    write_two_shards(&sharded, &exported);
+    let third = dir.path().join("third");
+    let sharded_flag = sharded.display().to_string();
+    let mut sharded_flags = flags;
+    sharded_flags[3] = sharded_flag.as_str();
+    run(&args(&endpoint, &job, &config, &third, &sharded_flags)).unwrap();
+    let from_shards = read(&third.join("checkpoint/step-0/model.safetensors"));
+    assert!(
+        from_shards
+            .iter()
+            .zip(&loaded)
+            .all(|((a, x), (b, y))| a == b && x.equal(y))
+    );
+    // One weight too few, then one too many.
+    let broken = dir.path().join("broken");
+    for (i, (edit, said)) in [
+        (1usize, "no model.norm.weight in the checkpoint"),
+        (2, "weights the model has no place for, extra.weight"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        std::fs::create_dir_all(&broken).unwrap();
+        let mut named: Vec<(String, tch::Tensor)> = exported
+            .iter()
+            .filter(|(n, _)| edit != 1 || n != "model.norm.weight")
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect();
+        if edit == 2 {
+            named.push((
+                "extra.weight".into(),
+                tch::Tensor::zeros([2], (tch::Kind::Float, tch::Device::Cpu)),
+            ));
+        }
+        tch::Tensor::write_safetensors(&named, broken.join("model.safetensors")).unwrap();
+        let broken_flag = broken.display().to_string();
+        let flags = [
+            "--training.steps",
+            "1",
+            "--checkpoint.initial_load_path",
+            broken_flag.as_str(),
+        ];
+        let dump = dir.path().join(format!("refused-{i}"));
+        let err = format!(
+            "{:#}",
+            run(&args(&endpoint, &job, &config, &dump, &flags)).unwrap_err()
+        );
+        assert!(err.contains(said), "{err}");
+    }
+}
+
 #[test]
 fn bad_setups_fail_before_any_step_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
