@@ -19,9 +19,10 @@ use crate::schedule::DecayType;
 )]
 #[allow(clippy::struct_excessive_bools)]
 pub struct Args {
-    /// The model config (flame's `configs/*.json`).
+    /// The model config (flame's `configs/*.json`, or a Llama/Mistral `config.json`); without it, the
+    /// `config.json` of `--checkpoint.initial_load_path`.
     #[arg(long = "model.config")]
-    pub model_config: PathBuf,
+    pub model_config: Option<PathBuf>,
     /// Tokenizer files copied into the Hugging Face export: a directory, a `tokenizer.json`, or a hub
     /// model id (downloaded into the hub cache). Checked before the first step.
     #[arg(long = "model.tokenizer_path")]
@@ -199,6 +200,18 @@ pub struct Args {
 }
 
 impl Args {
+    /// The model config's path: `--model.config`, else `--checkpoint.initial_load_path`'s
+    /// `config.json`.
+    ///
+    /// # Errors
+    /// When neither is given.
+    pub fn model_config_path(&self) -> anyhow::Result<PathBuf> {
+        self.model_config
+            .clone()
+            .or_else(|| self.initial_load_path.as_ref().map(|d| d.join("config.json")))
+            .context("--model.config is needed (or --checkpoint.initial_load_path, whose config.json is used)")
+    }
+
     /// Parses the command line, with the keys of `--job.config_file` (if any) read first, so that flags
     /// on the command line override them. flame's flags that flame-train does not have under its own
     /// name, on either, are resolved by [`crate::flame_flags`]: renamed, accepted with a note on stderr,

@@ -313,6 +313,83 @@ impl<'a> Keys<'a> {
     }
 }
 
+/// A Llama or Mistral `config.json` (`transformers`' names) as fla's `transformer` config: the same
+/// model under fla's names. Keys that would change the model and have no counterpart are refused by
+/// name; those that only describe the file (`architectures`, `torch_dtype`, ...) or hold the value that
+/// changes nothing (no biases, no dropout, no RoPE scaling, no sliding window) are dropped.
+fn from_llama(hf: &Map<String, Value>) -> Result<Map<String, Value>, String> {
+    const RENAMED: &[(&str, &str)] = &[
+        ("num_attention_heads", "num_heads"),
+        ("num_key_value_heads", "num_kv_heads"),
+        ("rms_norm_eps", "norm_eps"),
+    ];
+    const SAME: &[&str] = &[
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "vocab_size",
+        "tie_word_embeddings",
+        "initializer_range",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "rope_theta",
+        "max_position_embeddings",
+        "hidden_act",
+    ];
+    const DESCRIBE: &[&str] = &[
+        "model_type",
+        "architectures",
+        "torch_dtype",
+        "dtype",
+        "transformers_version",
+        "use_cache",
+        "head_dim",
+    ];
+    const OFF: &[(&str, &str)] = &[
+        ("attention_bias", "false"),
+        ("mlp_bias", "false"),
+        ("attention_dropout", "0.0"),
+        ("pretraining_tp", "1"),
+        ("rope_scaling", "null"),
+        ("sliding_window", "null"),
+    ];
+    let mut fla = Map::new();
+    fla.insert("model_type".into(), Value::from("transformer"));
+    for (key, value) in hf {
+        if let Some((_, ours)) = RENAMED.iter().find(|(theirs, _)| theirs == key) {
+            fla.insert((*ours).into(), value.clone());
+        } else if SAME.contains(&key.as_str()) {
+            fla.insert(key.clone(), value.clone());
+        } else if let Some((_, off)) = OFF.iter().find(|(k, _)| k == key) {
+            let wanted: Value = serde_json::from_str(off).map_err(|e| e.to_string())?;
+            let same =
+                *value == wanted || value.as_f64().is_some_and(|v| Some(v) == wanted.as_f64());
+            if !same {
+                return Err(format!(
+                    "{key} {value}: flame-train's transformer has {key} {off} only"
+                ));
+            }
+        } else if !DESCRIBE.contains(&key.as_str()) {
+            return Err(format!(
+                "{key}: a key of a Llama/Mistral config.json that flame-train does not map"
+            ));
+        }
+    }
+    let heads = hf.get("num_attention_heads").and_then(Value::as_u64);
+    let hidden = hf.get("hidden_size").and_then(Value::as_u64);
+    if let (Some(head_dim), Some(heads), Some(hidden)) =
+        (hf.get("head_dim").and_then(Value::as_u64), heads, hidden)
+        && head_dim * heads != hidden
+    {
+        return Err(format!(
+            "head_dim {head_dim}: flame-train's heads are hidden_size / num_attention_heads = {}",
+            hidden / heads.max(1)
+        ));
+    }
+    Ok(fla)
+}
+
 impl ModelConfig {
     /// Reads a config file.
     ///
@@ -353,6 +430,10 @@ impl ModelConfig {
     }
 
     fn from_keys(map: Map<String, Value>) -> Result<Self, String> {
+        let map = match map.get("model_type").and_then(Value::as_str) {
+            Some("llama" | "mistral") => from_llama(&map)?,
+            _ => map,
+        };
         let mut config = Self::read(&Keys::new(&map))?;
         config.keys = map;
         Ok(config)
@@ -713,6 +794,50 @@ fn gated_deltanet(keys: &Keys<'_>) -> Result<DeltaRuleConfig, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Llama `config.json` (the export's, as `transformers` writes Llama's) reads back as the
+    /// transformer it came from; a Mistral one with a sliding window, or a key flame-train does not
+    /// map, is refused by name.
+    #[test]
+    fn llama_and_mistral_configs_are_transformers() {
+        for name in ["transformer_340M.json", "transformer_1B.json"] {
+            let ours = config(name);
+            let hf = crate::models::transformer::hf_config(&ours).to_string();
+            let back = ModelConfig::from_json(&hf).unwrap();
+            let fields = |c: &ModelConfig| {
+                let a = c.attention();
+                (
+                    (
+                        c.hidden_size,
+                        c.intermediate_size,
+                        c.num_hidden_layers,
+                        c.vocab_size,
+                    ),
+                    (
+                        a.num_heads,
+                        a.num_kv_heads,
+                        a.qkv_bias,
+                        a.max_position_embeddings,
+                    ),
+                    (c.tie_word_embeddings, c.norm_eps, a.rope_theta),
+                )
+            };
+            assert_eq!(fields(&back), fields(&ours), "{name}");
+        }
+        let mut mistral: serde_json::Map<String, Value> = serde_json::from_value(
+            crate::models::transformer::hf_config(&config("transformer_340M.json")),
+        )
+        .unwrap();
+        mistral.insert("model_type".into(), "mistral".into());
+        mistral.insert("sliding_window".into(), 4096.into());
+        let err = ModelConfig::from_keys(mistral.clone()).unwrap_err();
+        assert!(err.contains("sliding_window 4096"), "{err}");
+        mistral.insert("sliding_window".into(), Value::Null);
+        assert!(ModelConfig::from_keys(mistral.clone()).is_ok());
+        mistral.insert("rope_parameters_v2".into(), 1.into());
+        let err = ModelConfig::from_keys(mistral).unwrap_err();
+        assert!(err.contains("rope_parameters_v2"), "{err}");
+    }
 
     fn config(name: &str) -> ModelConfig {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -390,6 +390,16 @@ fn a_run_starts_from_a_hugging_face_checkpoint() {
     ];
     run(&args(&endpoint, &job, &config, &second, &flags)).unwrap();
     let loaded = read(&second.join("checkpoint/step-0/model.safetensors"));
+    // Without --model.config the checkpoint's config.json (the export's Llama config) gives the model.
+    let mut no_config = args(
+        &endpoint,
+        &job,
+        &config,
+        &dir.path().join("no-config"),
+        &flags,
+    );
+    no_config.model_config = None;
+    run(&no_config).unwrap();
     assert_eq!(loaded.len(), exported.len());
     for ((a, x), (b, y)) in loaded.iter().zip(&exported) {
         assert_eq!(a, b);
@@ -539,7 +549,7 @@ fn a_config_file_supplies_the_flags_and_the_command_line_overrides_it() {
     assert!(args.varlen && !args.enable_checkpoint);
     assert_eq!(
         args.model_config,
-        PathBuf::from("configs/transformer_340M.json")
+        Some(PathBuf::from("configs/transformer_340M.json"))
     );
     assert_eq!(args.decay_type, flame_trainer::schedule::DecayType::Cosine);
     let args = Args::parse_with_config_file(argv(&["--training.steps", "7"])).unwrap();
