@@ -251,12 +251,9 @@ fn config_file_args(file: &Path) -> anyhow::Result<Vec<String>> {
     let text = std::fs::read_to_string(file).with_context(name)?;
     let table: toml::Table = toml::from_str(&text).with_context(name)?;
     let command = Args::command();
-    let known: Vec<(String, bool)> = command
+    let known: Vec<&str> = command
         .get_arguments()
-        .filter_map(|a| {
-            let switch = matches!(a.get_action(), clap::ArgAction::SetTrue);
-            a.get_long().map(|l| (l.to_string(), switch))
-        })
+        .filter_map(clap::Arg::get_long)
         .collect();
     let mut args = Vec::new();
     for (section, value) in &table {
@@ -268,8 +265,7 @@ fn config_file_args(file: &Path) -> anyhow::Result<Vec<String>> {
             None => vec![(section.clone(), value)],
         };
         for (key, value) in entries {
-            let ours = known.iter().find(|(l, _)| *l == key);
-            if ours.is_none() && !crate::flame_flags::knows(&key) {
+            if !known.contains(&key.as_str()) && !crate::flame_flags::knows(&key) {
                 anyhow::bail!(
                     "{}: {key} is neither a flame-train flag nor one of flame's",
                     file.display()
@@ -279,15 +275,8 @@ fn config_file_args(file: &Path) -> anyhow::Result<Vec<String>> {
                 toml::Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            match ours {
-                // A switch is given bare, or not at all.
-                Some((_, true)) => {
-                    if value.as_bool() == Some(true) {
-                        args.push(format!("--{key}"));
-                    }
-                }
-                _ => args.push(format!("--{key}={text}")),
-            }
+            // Every flag takes a value, booleans included (`--training.varlen=false`).
+            args.push(format!("--{key}={text}"));
         }
     }
     Ok(args)

@@ -323,11 +323,6 @@ fn is_flag(word: &str) -> bool {
     word.starts_with("--")
 }
 
-/// Every flag name of the table, for the tests that hold it to flame's list.
-pub fn names() -> impl Iterator<Item = &'static str> {
-    FLAGS.iter().map(|(name, _)| *name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::resolve;

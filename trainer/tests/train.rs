@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::util::{command, copy_dir, launch, python, repo, shared};
+use crate::util::{command, copy_dir, launch, names_in, python, repo, shared};
 
 use clap::Parser;
 use flame_streamer::server::{Endpoint, ServerConfig, serve};
@@ -169,11 +169,7 @@ fn a_resumed_run_reproduces_the_uninterrupted_losses_bit_for_bit() {
         "3600",
     ];
     run(&args(&endpoint, &job, &config, &hourly, &hourly_flags)).unwrap();
-    let saved: Vec<String> = std::fs::read_dir(hourly.join("checkpoint"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(saved, ["step-8"]);
+    assert_eq!(names_in(&hourly.join("checkpoint")), ["step-8"]);
     let dump = dir.path().join("b");
     let flags = [
         "--training.steps",
@@ -260,12 +256,10 @@ fn profiled_steps_leave_chrome_traces() {
         "traces",
     ];
     run(&args(&endpoint, &job, &config, &dump, &flags)).unwrap();
-    let mut iterations: Vec<String> = std::fs::read_dir(dump.join("traces"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    iterations.sort();
-    assert_eq!(iterations, ["iteration_2", "iteration_4"]);
+    assert_eq!(
+        names_in(&dump.join("traces")),
+        ["iteration_2", "iteration_4"]
+    );
     let trace = dump.join("traces/iteration_4/rank0_trace.json");
     let trace: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
@@ -302,15 +296,7 @@ fn the_last_checkpoint_can_be_the_weights_alone() {
         "bfloat16",
     ];
     run(&args(&endpoint, &job, &config, &dump, &flags)).unwrap();
-    let files = |step: u32| -> Vec<String> {
-        let mut names: Vec<String> =
-            std::fs::read_dir(dump.join(format!("checkpoint/step-{step}")))
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect();
-        names.sort();
-        names
-    };
+    let files = |step: u32| names_in(&dump.join(format!("checkpoint/step-{step}")));
     assert_eq!(
         files(2),
         [
@@ -825,9 +811,8 @@ fn a_run_killed_at_any_moment_resumes_with_the_uninterrupted_losses_each_step_lo
     #[allow(clippy::cast_possible_truncation)]
     let want_board: Vec<(u64, f32)> = want.iter().map(|&(s, l)| (s, l as f32)).collect();
     assert_eq!(steps, want_board, "each step once in tb/");
-    let left: Vec<String> = std::fs::read_dir(dump.join("checkpoint"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+    let left: Vec<String> = names_in(&dump.join("checkpoint"))
+        .into_iter()
         .filter(|n| n.starts_with("step-"))
         .collect();
     assert!(left.contains(&"step-7".to_owned()), "{left:?}");

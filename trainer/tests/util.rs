@@ -60,6 +60,16 @@ pub fn launch(argv: &[String]) {
     assert!(status.success(), "flame-train {:?}: {status}", &argv[1..]);
 }
 
+/// The names in the directory `dir`, sorted.
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 /// Copies the directory `from` to `to`, subdirectories included.
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
