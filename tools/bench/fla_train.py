@@ -3,12 +3,17 @@ in tools/bench/linear.sh. One model config, one shape, bf16 autocast, fused Adam
 random tokens (the step does not depend on the data).
 
     fla_train.py CONFIG --shape 8x2048|varlen [--compile] [--steps N] [--warmup N] [--tuned FILE]
+                 [--preset FILE] [--profile FILE]
 
 `8x2048` is batch 8 of 2048 tokens; `varlen` one row of 65536 tokens cut into documents of at most 4096
 (flame's `--training.varlen --training.context_len 4096`; the lengths are seeded, the same every run)
 passed as `cu_seqlens`. `--compile` wraps each block in `torch.compile`, as flame applies it. Prints one
 line `RESULT {json}` with tokens/s over the timed steps and the peak memory. `--tuned FILE` appends the
 choices fla's Triton autotuner made (one JSON line per kernel and key) for tools/kernels/build.py.
+`--preset FILE` reads such a table (from an earlier run on the same GPU model) into fla's autotuners
+before the first step, so the keys it holds are compiled with the recorded config instead of benchmarking
+every candidate again (minutes per model on a cold Triton cache); keys it lacks are autotuned as usual.
+`--profile FILE` records one step after the timed ones with torch.profiler and writes its Chrome trace.
 `--ignore-fla640` lets fla run Gated DeltaNet's backward on Hopper with Triton < 3.7.1, which fla refuses
 because it computes wrong gradients there (fla#640): for autotuning and timing only, never for results.
 """
@@ -55,8 +60,8 @@ def build(path, compile_blocks, device):
     return model, config
 
 
-def autotuned():
-    """Every choice fla's autotuners made: (kernel, key names, key, config)."""
+def autotuned_kernels():
+    """fla's autotuners, each once: (qualified kernel name, Autotuner)."""
     from triton.runtime.autotuner import Autotuner
 
     seen = set()
@@ -72,15 +77,50 @@ def autotuned():
             jit = kernel.fn
             while hasattr(jit, "fn"):
                 jit = jit.fn
-            qualified = f"{jit.__module__}.{jit.__name__}"
-            for key, config in kernel.cache.items():
-                yield {
-                    "kernel": qualified,
-                    "keys": list(kernel.keys),
-                    "key": [str(k) for k in key],
-                    "config": {"kwargs": dict(config.kwargs), "num_warps": config.num_warps,
-                               "num_stages": config.num_stages},
-                }
+            yield f"{jit.__module__}.{jit.__name__}", kernel
+
+
+def autotuned():
+    """Every choice fla's autotuners made: (kernel, key names, key, config)."""
+    for qualified, kernel in autotuned_kernels():
+        for key, config in kernel.cache.items():
+            yield {
+                "kernel": qualified,
+                "keys": list(kernel.keys),
+                "key": [str(k) for k in key],
+                "config": {"kwargs": dict(config.kwargs), "num_warps": config.num_warps,
+                           "num_stages": config.num_stages},
+            }
+
+
+def key_value(text):
+    """A key element of a --tuned line as the autotuner built it: int, bool, None, or the dtype string."""
+    if text in ("True", "False"):
+        return text == "True"
+    if text == "None":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def preset(path):
+    """Loads a --tuned table into the cache of each autotuner it names; returns how many keys it set."""
+    from triton import Config
+
+    by_name = {}
+    for line in autotuned_kernels():
+        by_name.setdefault(line[0], []).append(line[1])
+    count = 0
+    for line in map(json.loads, open(path)):
+        for kernel in by_name.get(line["kernel"], []):
+            config = line["config"]
+            key = tuple(key_value(k) for k in line["key"])
+            kernel.cache[key] = Config(dict(config["kwargs"]), num_warps=config["num_warps"],
+                                       num_stages=config["num_stages"])
+            count += 1
+    return count
 
 
 def main():
@@ -91,6 +131,8 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--tuned")
+    p.add_argument("--preset")
+    p.add_argument("--profile")
     p.add_argument("--ignore-fla640", action="store_true")
     args = p.parse_args()
     if args.ignore_fla640:
@@ -102,6 +144,8 @@ def main():
     model, config = build(args.config, args.compile, device)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1, fused=True)
     ids, cu = batch(args.shape, config.vocab_size, device)
+    if args.preset:
+        print(f"preset: {preset(args.preset)} autotuner keys from {args.preset}", file=sys.stderr)
     extra = {} if cu is None else {"cu_seqlens": cu}
 
     def step():
@@ -128,6 +172,12 @@ def main():
         loss = step()
     torch.cuda.synchronize()
     secs = time.time() - start
+    if args.profile:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                torch.profiler.ProfilerActivity.CUDA]) as prof:
+            step()
+            torch.cuda.synchronize()
+        prof.export_chrome_trace(args.profile)
     result = {
         "peer": "fla-0.6.0" + ("+compile" if args.compile else ""),
         "config": args.config.rsplit("/", 1)[-1].removesuffix(".json"),

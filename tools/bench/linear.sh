@@ -10,7 +10,8 @@
 # fla's runs share one Triton cache ($TRITON_CACHE_DIR, else a fresh one), so each shape is autotuned once.
 # FLA_TIMEOUT (default 420 s) bounds one fla run (compiled GLA warms up for minutes). SHAPES="8x2048" (or
 # "varlen") runs one shape only. The varlen shape needs $DATA with at least 65,536 tokens. FLA_TUNED=FILE
-# appends fla's autotuner choices to FILE (fla_train.py --tuned: the table tools/setup-kernels.sh builds with).
+# appends fla's autotuner choices to FILE (fla_train.py --tuned: the table tools/setup-kernels.sh builds with);
+# FLA_PRESET=FILE starts fla's autotuners from such a table (fla_train.py --preset) instead of a cold search.
 # Usage: BIN=dir WHEELS=dir-with-fla-wheels FLAME_KERNELS=dir bash tools/bench/linear.sh [STEPS]
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/gpu-env.sh"
@@ -24,7 +25,8 @@ fla_train() {
     local name=$1 config=$2 shape=$3
     shift 3
     timeout "${FLA_TIMEOUT:-420}" "$python" "$root/tools/bench/fla_train.py" "$config" --shape "$shape" \
-        --steps 10 --warmup 3 ${FLA_TUNED:+--tuned "$FLA_TUNED"} "$@" 2> "$work/$name.err" | sed -n 's/^RESULT //p' > "$work/$name.json" \
+        --steps 10 --warmup 3 ${FLA_TUNED:+--tuned "$FLA_TUNED"} \
+        ${FLA_PRESET:+--preset "$FLA_PRESET"} "$@" 2> "$work/$name.err" | sed -n 's/^RESULT //p' > "$work/$name.json" \
         || { echo "$name: did not finish ($(tail -1 "$work/$name.err"))"; rm -f "$work/$name.json"; }
     [[ -s "$work/$name.json" ]] && echo "RESULT $name $(cat "$work/$name.json")"
 }
