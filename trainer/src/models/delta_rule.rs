@@ -15,7 +15,7 @@
 use tch::Tensor;
 use tch::nn::{self, Init};
 
-use super::layers::{gated_head_norm, l2_norm, layer_short_conv, short_convs};
+use super::layers::{gated_head_norm, l2_norm, layer_short_conv, projections, short_convs};
 use super::lm::{Context, Mixer};
 use crate::config::{DeltaRuleConfig, ModelConfig};
 use crate::kernels::compute_kind;
@@ -121,18 +121,30 @@ impl Mixer for DeltaRule {
             i64::from(self.config.head_k_dim),
             i64::from(self.config.head_v_dim),
         );
-        let project = |w: &Tensor, conv: usize| {
-            let y = x.linear(w, None::<Tensor>);
+        let mut weights = vec![&self.q, &self.k, &self.v];
+        weights.extend(&self.b);
+        weights.extend(self.decay.as_ref().map(|d| &d.a));
+        weights.extend(&self.gate);
+        let mut parts = projections(x, &weights).into_iter();
+        let mut project = |conv: usize| {
+            let y = parts.next().expect("one output per weight");
             match &self.convs {
                 Some(convs) => layer_short_conv(&y, &convs[conv], context),
                 None => y.silu(),
             }
         };
-        let q = project(&self.q, 0).view([batch, t, heads, dk]);
-        let k = project(&self.k, 1).view([batch, t, heads, dk]);
-        let v = project(&self.v, 2).view([batch, t, heads, dv]);
-        let b = self.b.as_ref().map(|w| x.linear(w, None::<Tensor>));
-        let a = self.decay.as_ref().map(|d| x.linear(&d.a, None::<Tensor>));
+        let q = project(0).view([batch, t, heads, dk]);
+        let k = project(1).view([batch, t, heads, dk]);
+        let v = project(2).view([batch, t, heads, dv]);
+        let b = self
+            .b
+            .as_ref()
+            .map(|_| parts.next().expect("b_proj's output"));
+        let a = self
+            .decay
+            .as_ref()
+            .map(|_| parts.next().expect("a_proj's output"));
+        let gate = parts.next().map(|g| g.view([batch, t, heads, dv]));
         let beta = || match &b {
             Some(b) => {
                 let beta = b.to_kind(compute_kind(x.kind())).sigmoid();
@@ -192,10 +204,6 @@ impl Mixer for DeltaRule {
                 )
             }
         };
-        let gate = self
-            .gate
-            .as_ref()
-            .map(|w| x.linear(w, None::<Tensor>).view([batch, t, heads, dv]));
         let o = gated_head_norm(
             &o,
             &self.norm,

@@ -12,7 +12,7 @@
 use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
 
-use super::layers::{gated_head_norm, layer_short_conv, short_convs};
+use super::layers::{gated_head_norm, layer_short_conv, projections, short_convs};
 use super::lm::{Context, Mixer};
 use crate::config::{GateActivation, GlaConfig, ModelConfig};
 
@@ -84,18 +84,22 @@ impl Mixer for Gla {
         let heads = i64::from(self.config.num_heads);
         let dk = i64::from(self.config.key_dim) / heads;
         let dv = i64::from(self.config.value_dim) / heads;
-        let project = |w: &Tensor, conv: usize| {
-            let y = x.linear(w, None::<Tensor>);
+        let mut weights = vec![&self.q, &self.k, &self.v, &self.gk_down];
+        weights.extend(&self.gate);
+        let mut parts = projections(x, &weights).into_iter();
+        let mut project = |conv: usize| {
+            let y = parts.next().expect("one output per weight");
             match &self.convs {
                 Some(convs) => layer_short_conv(&y, &convs[conv], context),
                 None => y,
             }
         };
-        let q = project(&self.q, 0).view([b, t, heads, dk]);
-        let k = project(&self.k, 1).view([b, t, heads, dk]);
-        let v = project(&self.v, 2).view([b, t, heads, dv]);
-        let logits = x
-            .linear(&self.gk_down, None::<Tensor>)
+        let q = project(0).view([b, t, heads, dk]);
+        let k = project(1).view([b, t, heads, dk]);
+        let v = project(2).view([b, t, heads, dv]);
+        let logits = parts
+            .next()
+            .expect("the gate's first projection")
             .linear(&self.gk_up, Some(&self.gk_bias));
         // fla's layer computes the gate in its projections' dtype, bf16 under autocast, and its
         // kernels take it so.
@@ -122,10 +126,7 @@ impl Mixer for Gla {
                 .expect("linear mixers get a chunk layout");
             crate::kernels::gla::chunk_gla(&q, &k, &v, &gk, scale, layout)
         };
-        let gate = self
-            .gate
-            .as_ref()
-            .map(|w| x.linear(w, None::<Tensor>).view([b, t, heads, dv]));
+        let gate = parts.next().map(|g| g.view([b, t, heads, dv]));
         let o = gated_head_norm(
             &o,
             &self.norm,

@@ -72,6 +72,19 @@ pub fn swiglu(x: &Tensor, gate: &Tensor, up: &Tensor, down: &Tensor) -> Tensor {
         .linear(down, None::<Tensor>)
 }
 
+/// `x` through the bias-free projections `weights` (`[out_i, in]` each) as one matmul on the stacked
+/// weights, its output split back into `[…, out_i]` views. Under autocast `x` is cast to bf16 once, not
+/// once per projection as separate `linear`s do, and its gradient is one matmul's rather than a float32 sum
+/// of one per projection: the values are the separate projections' up to the order of the matmul's sums.
+pub fn projections(x: &Tensor, weights: &[&Tensor]) -> Vec<Tensor> {
+    if let [w] = weights {
+        return vec![x.linear(w, None::<Tensor>)];
+    }
+    let sizes: Vec<i64> = weights.iter().map(|w| w.size()[0]).collect();
+    x.linear(&Tensor::cat(weights, 0), None::<Tensor>)
+        .split_with_sizes(sizes.as_slice(), -1)
+}
+
 /// The output layer and next-token cross-entropy over `hidden` (`[B, T, h]`, the final normalised
 /// states; the positions that have a label, as many as `labels` has columns), `rows` label positions at a time, each chunk's logits freed after its backward (a fused
 /// linear cross-entropy), so that `[tokens, vocab]` logits never exist whole; then the backward pass on
@@ -254,6 +267,46 @@ pub fn layer_swiglu(
 #[cfg(test)]
 mod tests {
     use tch::{Device, Kind, Tensor};
+
+    /// One matmul on the stacked weights gives each projection and the gradients of `x` and of every
+    /// weight that separate `linear`s give (float64: equal up to the order of the sums).
+    #[test]
+    fn stacked_projections_are_the_separate_ones() {
+        let opts = (Kind::Double, Device::Cpu);
+        let x = Tensor::randn([2, 7, 16], opts).set_requires_grad(true);
+        let ws: Vec<Tensor> = [5, 3, 16, 1]
+            .iter()
+            .map(|&n| Tensor::randn([n, 16], opts).set_requires_grad(true))
+            .collect();
+        let refs: Vec<&Tensor> = ws.iter().collect();
+        let ours = super::projections(&x, &refs);
+        let theirs: Vec<Tensor> = ws.iter().map(|w| x.linear(w, None::<Tensor>)).collect();
+        let dys: Vec<Tensor> = theirs
+            .iter()
+            .map(|y| Tensor::randn(y.size(), opts))
+            .collect();
+        let mut leaves = vec![&x];
+        leaves.extend(ws.iter());
+        let grads = |ys: &[Tensor]| {
+            let loss = ys
+                .iter()
+                .zip(&dys)
+                .map(|(y, dy)| (y * dy).sum(Kind::Double))
+                .fold(Tensor::zeros([], opts), |a, b| a + b);
+            Tensor::run_backward(&[loss], &leaves, false, false)
+        };
+        let close = |a: &Tensor, b: &Tensor| {
+            assert_eq!(a.size(), b.size());
+            let err = (a - b).abs().max().double_value(&[]);
+            assert!(err < 1e-12, "difference {err}");
+        };
+        for (a, b) in ours.iter().zip(&theirs) {
+            close(a, b);
+        }
+        for (a, b) in grads(&ours).iter().zip(&grads(&theirs)) {
+            close(a, b);
+        }
+    }
 
     /// libtorch's `rms_norm`, which CUDA runs fused for float32 inputs, is the function [`super::rms_norm`]
     /// computes (checked here on the CPU, where both are composite ops), gradients included.
