@@ -67,6 +67,11 @@ pub struct AttentionConfig {
     pub rope_theta: f64,
     /// Longest position the model is meant for.
     pub max_position_embeddings: u32,
+    /// fla's `window_size` (a Mistral checkpoint's `sliding_window`): each token attends to itself and
+    /// the `window_size − 1` before it. flame-train's attention always sees the whole sample or
+    /// document, the same model while none is longer than the window: a run whose attention span is
+    /// longer is refused (`data::check_job`).
+    pub window_size: Option<u32>,
 }
 
 /// fla's `GatedLinearAttention` (`fla/layers/gla.py`).
@@ -184,7 +189,7 @@ const ONLY_AT_TRANSFORMER: &[(&str, &str, &str)] = &[
         "false",
         "RMSNorm on each head's queries and keys",
     ),
-    ("window_size", "null", "sliding-window attention"),
+    ("window_size", "", ""),
     (
         "attention_bias",
         "false",
@@ -316,7 +321,8 @@ impl<'a> Keys<'a> {
 /// A Llama or Mistral `config.json` (`transformers`' names) as fla's `transformer` config: the same
 /// model under fla's names. Keys that would change the model and have no counterpart are refused by
 /// name; those that only describe the file (`architectures`, `torch_dtype`, ...) or hold the value that
-/// changes nothing (no biases, no dropout, no RoPE scaling, no sliding window) are dropped.
+/// changes nothing (no biases, no dropout, no RoPE scaling) are dropped. `sliding_window` is fla's
+/// `window_size`; `transformers` 5's `rope_parameters` give `rope_theta`.
 fn from_llama(hf: &Map<String, Value>) -> Result<Map<String, Value>, String> {
     const RENAMED: &[(&str, &str)] = &[
         ("num_attention_heads", "num_heads"),
@@ -352,13 +358,18 @@ fn from_llama(hf: &Map<String, Value>) -> Result<Map<String, Value>, String> {
         ("attention_dropout", "0.0"),
         ("pretraining_tp", "1"),
         ("rope_scaling", "null"),
-        ("sliding_window", "null"),
     ];
     let mut fla = Map::new();
     fla.insert("model_type".into(), Value::from("transformer"));
     for (key, value) in hf {
         if let Some((_, ours)) = RENAMED.iter().find(|(theirs, _)| theirs == key) {
             fla.insert((*ours).into(), value.clone());
+        } else if key == "sliding_window" {
+            if !value.is_null() {
+                fla.insert("window_size".into(), value.clone());
+            }
+        } else if key == "rope_parameters" {
+            fla.insert("rope_theta".into(), rope_parameters(value)?);
         } else if SAME.contains(&key.as_str()) {
             fla.insert(key.clone(), value.clone());
         } else if let Some((_, off)) = OFF.iter().find(|(k, _)| k == key) {
@@ -388,6 +399,25 @@ fn from_llama(hf: &Map<String, Value>) -> Result<Map<String, Value>, String> {
         ));
     }
     Ok(fla)
+}
+
+/// The RoPE base of `transformers` 5's `rope_parameters` (`{"rope_type": "default", "rope_theta": …}`);
+/// another `rope_type` (`llama3`, `yarn`, …) scales the frequencies, which flame-train does not.
+fn rope_parameters(value: &Value) -> Result<Value, String> {
+    let kind = value
+        .get("rope_type")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    if kind != "default" {
+        return Err(format!(
+            "rope_parameters: rope_type {kind:?}: flame-train's transformer has plain RoPE only (rope_type \"default\")"
+        ));
+    }
+    value
+        .get("rope_theta")
+        .filter(|theta| theta.is_number())
+        .cloned()
+        .ok_or_else(|| format!("rope_parameters {value}: no rope_theta"))
 }
 
 impl ModelConfig {
@@ -668,6 +698,7 @@ fn attention(keys: &Keys<'_>, hidden_size: u32) -> Result<AttentionConfig, Strin
         qkv_bias: keys.bool("qkv_bias")?.unwrap_or(false),
         rope_theta,
         max_position_embeddings: keys.u32("max_position_embeddings")?.unwrap_or(2048),
+        window_size: keys.u32("window_size")?,
     })
 }
 
@@ -796,8 +827,9 @@ mod tests {
     use super::*;
 
     /// A Llama `config.json` (the export's, as `transformers` writes Llama's) reads back as the
-    /// transformer it came from; a Mistral one with a sliding window, or a key flame-train does not
-    /// map, is refused by name.
+    /// transformer it came from; a Mistral one's sliding window is fla's `window_size`, `transformers` 5's
+    /// `rope_parameters` give the RoPE base; scaled RoPE, or a key flame-train does not map, is refused
+    /// by name.
     #[test]
     fn llama_and_mistral_configs_are_transformers() {
         for name in ["transformer_340M.json", "transformer_1B.json"] {
@@ -829,11 +861,33 @@ mod tests {
         )
         .unwrap();
         mistral.insert("model_type".into(), "mistral".into());
+        // transformers 5 writes the RoPE base inside rope_parameters; a Mistral's window is fla's.
+        mistral.remove("rope_theta");
+        mistral.insert(
+            "rope_parameters".into(),
+            serde_json::json!({"rope_type": "default", "rope_theta": 1e6}),
+        );
         mistral.insert("sliding_window".into(), 4096.into());
-        let err = ModelConfig::from_keys(mistral.clone()).unwrap_err();
-        assert!(err.contains("sliding_window 4096"), "{err}");
+        let c = ModelConfig::from_keys(mistral.clone()).unwrap();
+        assert_eq!(
+            (c.attention().window_size, c.attention().rope_theta),
+            (Some(4096), 1e6)
+        );
         mistral.insert("sliding_window".into(), Value::Null);
-        assert!(ModelConfig::from_keys(mistral.clone()).is_ok());
+        assert_eq!(
+            ModelConfig::from_keys(mistral.clone())
+                .unwrap()
+                .attention()
+                .window_size,
+            None
+        );
+        let mut llama3 = mistral.clone();
+        llama3.insert(
+            "rope_parameters".into(),
+            serde_json::json!({"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}),
+        );
+        let err = ModelConfig::from_keys(llama3).unwrap_err();
+        assert!(err.contains("rope_type \"llama3\""), "{err}");
         mistral.insert("rope_parameters_v2".into(), 1.into());
         let err = ModelConfig::from_keys(mistral).unwrap_err();
         assert!(err.contains("rope_parameters_v2"), "{err}");
@@ -960,7 +1014,6 @@ mod tests {
         let load = |extra: &str| ModelConfig::from_json(&format!("{base}, {extra}}}"));
         for refused in [
             r#""qk_norm": true"#,
-            r#""window_size": 2048"#,
             r#""use_l2warp": true"#,
             r#""elementwise_affine": false"#,
             r#""attention_bias": true"#,

@@ -10,7 +10,7 @@ use flame_streamer::spec::{JobSpec, Order};
 use tch::Device;
 
 use crate::cli::Args;
-use crate::config::ModelConfig;
+use crate::config::{Mixer, ModelConfig};
 use crate::models::Inputs;
 
 /// Reads and parses the job spec of `--data-job`.
@@ -59,6 +59,22 @@ pub fn check_job(
     }
     if config.vocab_size == 0 {
         bail!("the model has no vocabulary");
+    }
+    if let Mixer::Attention(a) = &config.mixer
+        && let Some(window) = a.window_size
+    {
+        // The longest stretch one token's attention covers: the sample, or its longest document.
+        let (span, what) = match (job.varlen, job.context_len) {
+            (true, Some(context)) if context < job.seq_len => (context, "the job's context_len"),
+            _ => (job.seq_len, "seq_len"),
+        };
+        if span > window {
+            bail!(
+                "the model's window_size {window} (a sliding window) is shorter than the run's \
+                 attention span ({what} {span}); flame-train's attention sees the whole span, which \
+                 would train another model: train with a span of at most {window} tokens"
+            );
+        }
     }
     Ok(())
 }

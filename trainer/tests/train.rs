@@ -444,6 +444,95 @@ fn a_run_starts_from_a_hugging_face_checkpoint() {
     }
 }
 
+/// Issue 20: checkpoints that `transformers` itself wrote (`tools/interop/hf_checkpoint.py`: a Mistral
+/// with grouped-query attention, its RoPE base in transformers 5's `rope_parameters` and its default
+/// 4096-token sliding window; a Llama with tied embeddings) load through their own `config.json` and
+/// give transformers' logits in flame-train (`hf_parity.py`, 1e-4, whole windows and packed documents);
+/// a run starts from one without `--model.config` and exports it as the Mistral it is; a window shorter
+/// than the run's attention span is refused before any step.
+#[test]
+fn checkpoints_transformers_wrote_give_its_logits_and_train_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = dir.path().join("cases");
+    let made = std::process::Command::new(python())
+        .arg(repo().join("tools/interop/hf_checkpoint.py"))
+        .arg(&cases)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    for case in ["mistral", "llama"] {
+        let hf = cases.join(case).join("hf");
+        let config = ModelConfig::load(&hf.join("config.json")).unwrap();
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let model = CausalLm::new(&vs.root(), &config);
+        flame_trainer::export::load_hf_weights(&hf, &vs).unwrap();
+        write_logits(&model, &cases.join(case).join("logits.safetensors")).unwrap();
+    }
+    let output = std::process::Command::new(python())
+        .arg(repo().join("tools/interop/hf_parity.py"))
+        .arg(&cases)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("mistral:") && stdout.contains("llama:"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Training goes on from the Mistral checkpoint, its config.json giving the model.
+    let (endpoint, job, config) = setup(dir.path(), 64);
+    let mistral = cases.join("mistral/hf");
+    let from = mistral.display().to_string();
+    let flags = [
+        "--training.steps",
+        "2",
+        "--checkpoint.initial_load_path",
+        from.as_str(),
+    ];
+    let mut a = args(&endpoint, &job, &config, &dir.path().join("run"), &flags);
+    a.model_config = None;
+    let summary = run(&a).unwrap();
+    assert_eq!(summary.losses.len(), 2);
+    let exported: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(summary.export.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(exported["architectures"][0], "MistralForCausalLM");
+    assert_eq!(exported["sliding_window"], 4096);
+    // The same model with a 32-token window cannot train on 64-token samples.
+    let narrow = dir.path().join("narrow");
+    copy_dir(&mistral, &narrow);
+    let text = std::fs::read_to_string(narrow.join("config.json")).unwrap();
+    std::fs::write(
+        narrow.join("config.json"),
+        text.replace("\"sliding_window\": 4096", "\"sliding_window\": 32"),
+    )
+    .unwrap();
+    let from = narrow.display().to_string();
+    let flags = [
+        "--training.steps",
+        "1",
+        "--checkpoint.initial_load_path",
+        from.as_str(),
+    ];
+    let mut a = args(
+        &endpoint,
+        &job,
+        &config,
+        &dir.path().join("refused"),
+        &flags,
+    );
+    a.model_config = None;
+    let err = format!("{:#}", run(&a).unwrap_err());
+    assert!(
+        err.contains("window_size 32") && err.contains("seq_len 64"),
+        "{err}"
+    );
+}
+
 #[test]
 fn bad_setups_fail_before_any_step_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();

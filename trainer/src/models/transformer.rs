@@ -129,13 +129,14 @@ pub fn rotary(config: &ModelConfig, device: tch::Device) -> Rotary {
 }
 
 /// Llama's config, or Qwen2's with `qkv_bias` (Qwen2 is Llama with biases on the query, key and value
-/// projections and none on the output one: fla's `qkv_bias`).
+/// projections and none on the output one: fla's `qkv_bias`); with a `window_size`, Mistral's (Llama
+/// with a sliding window) or Qwen2's with its window on every layer.
 pub fn hf_config(c: &ModelConfig) -> serde_json::Value {
     let a = c.attention();
-    let (architecture, model_type) = if a.qkv_bias {
-        ("Qwen2ForCausalLM", "qwen2")
-    } else {
-        ("LlamaForCausalLM", "llama")
+    let (architecture, model_type) = match (a.qkv_bias, a.window_size) {
+        (true, _) => ("Qwen2ForCausalLM", "qwen2"),
+        (false, None) => ("LlamaForCausalLM", "llama"),
+        (false, Some(_)) => ("MistralForCausalLM", "mistral"),
     };
     let mut config = serde_json::json!({
         "architectures": [architecture],
@@ -158,11 +159,17 @@ pub fn hf_config(c: &ModelConfig) -> serde_json::Value {
         "eos_token_id": c.eos_token_id,
         "torch_dtype": "float32",
     });
-    if a.qkv_bias {
-        config["use_sliding_window"] = false.into();
-    } else {
-        config["attention_bias"] = false.into();
-        config["mlp_bias"] = false.into();
+    match (a.qkv_bias, a.window_size) {
+        (true, window) => {
+            config["use_sliding_window"] = window.is_some().into();
+            config["sliding_window"] = window.into();
+            config["max_window_layers"] = 0.into();
+        }
+        (false, None) => {
+            config["attention_bias"] = false.into();
+            config["mlp_bias"] = false.into();
+        }
+        (false, Some(window)) => config["sliding_window"] = window.into(),
     }
     config
 }
