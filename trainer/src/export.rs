@@ -1,10 +1,11 @@
 //! The Hugging Face export: the weights under their `transformers` names, `config.json`, the tokenizer;
 //! and the other way, a Hugging Face checkpoint's weights as a run's starting point.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use tch::{Device, nn};
+use tch::{Device, Tensor, nn};
 
 use crate::models::Model;
 
@@ -73,15 +74,12 @@ pub fn export_hf(
     Ok(())
 }
 
-/// Loads the weights of the Hugging Face checkpoint in `dir` into `vs`, by name (flame-train's
-/// parameters have the `transformers` names of Llama/Mistral, and of fla's own models): its
-/// `model.safetensors`, or the shards its `model.safetensors.index.json` lists. Tensors are converted
-/// to the parameters' dtype. Returns how many parameters it set.
+/// Every tensor of the Hugging Face checkpoint in `dir` by name, with the file it came from: its
+/// `model.safetensors`, or the shards its `model.safetensors.index.json` lists.
 ///
 /// # Errors
-/// A parameter the checkpoint lacks or holds in another shape, a weight of the checkpoint the model has
-/// no place for (rotary tables aside), or an unreadable file; each names the file and the tensor.
-pub fn load_hf_weights(dir: &Path, vs: &nn::VarStore) -> anyhow::Result<usize> {
+/// An unreadable index or file, naming it.
+pub fn read_checkpoint(dir: &Path) -> anyhow::Result<HashMap<String, (Tensor, PathBuf)>> {
     let index = dir.join("model.safetensors.index.json");
     let files: Vec<PathBuf> = if index.exists() {
         let text = std::fs::read_to_string(&index).with_context(|| index.display().to_string())?;
@@ -100,14 +98,27 @@ pub fn load_hf_weights(dir: &Path, vs: &nn::VarStore) -> anyhow::Result<usize> {
     } else {
         vec![dir.join("model.safetensors")]
     };
-    let mut weights = std::collections::HashMap::new();
+    let mut weights = HashMap::new();
     for file in &files {
-        for (name, t) in tch::Tensor::read_safetensors(file)
+        for (name, t) in Tensor::read_safetensors(file)
             .with_context(|| format!("{}: reading the weights", file.display()))?
         {
             weights.insert(name, (t, file.clone()));
         }
     }
+    Ok(weights)
+}
+
+/// Loads the weights of the Hugging Face checkpoint in `dir` into `vs`, by name (flame-train's
+/// parameters have the `transformers` names of Llama/Mistral, and of fla's own models): its
+/// `model.safetensors`, or the shards its `model.safetensors.index.json` lists. Tensors are converted
+/// to the parameters' dtype. Returns how many parameters it set.
+///
+/// # Errors
+/// A parameter the checkpoint lacks or holds in another shape, a weight of the checkpoint the model has
+/// no place for (rotary tables aside), or an unreadable file; each names the file and the tensor.
+pub fn load_hf_weights(dir: &Path, vs: &nn::VarStore) -> anyhow::Result<usize> {
+    let mut weights = read_checkpoint(dir)?;
     let mut variables = vs.variables();
     let mut set = 0;
     tch::no_grad(|| -> anyhow::Result<()> {

@@ -12,6 +12,7 @@
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod convert;
 pub mod crash;
 pub mod data;
 pub mod dist;

@@ -4,6 +4,16 @@ use std::process::ExitCode;
 use flame_trainer::train::{Args, run};
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("convert") {
+        return match flame_trainer::convert::main(&argv[2..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("flame-train convert: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = match Args::parse_with_config_file(std::env::args().collect()) {
         Ok(args) => args,
         Err(e) => {

@@ -1,0 +1,304 @@
+//! `flame-train convert init-from-llama`: a model of any flame config (GLA, DeltaNet, Gated DeltaNet, the
+//! transformer) initialised from a Llama or Mistral checkpoint, as fla's `utils/convert_from_llama.py`
+//! does for continual pretraining: each weight whose role and shape the checkpoint has (embeddings,
+//! norms, MLPs, the attention projections where the shapes agree) is copied, every other keeps fla's
+//! initialisation, and the report says which is which. The result is a Hugging Face checkpoint in the
+//! model's own format, for `--checkpoint.initial_load_path`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Parser;
+use tch::{Device, Tensor, nn};
+
+use crate::config::{Mixer, ModelConfig};
+use crate::export::{export_hf, read_checkpoint};
+
+/// `flame-train convert ...`.
+#[derive(Debug, Parser)]
+#[command(name = "flame-train convert")]
+pub enum Convert {
+    /// Initialises the model of `--model.config` from a Llama or Mistral checkpoint (fla's
+    /// `convert_from_llama.py`), writing a Hugging Face checkpoint to `--output`.
+    #[command(name = "init-from-llama")]
+    InitFromLlama(InitFromLlama),
+}
+
+/// The arguments of `init-from-llama`.
+#[derive(Debug, clap::Args)]
+pub struct InitFromLlama {
+    /// The Llama or Mistral checkpoint: a directory with `config.json` and `model.safetensors` (or
+    /// shards with their index).
+    #[arg(long)]
+    pub from: PathBuf,
+    /// The model to initialise (one of flame's configs).
+    #[arg(long = "model.config")]
+    pub model_config: PathBuf,
+    /// The directory to write; it must not exist.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Seed of the initialisation of the weights that are not copied.
+    #[arg(long, default_value_t = 42)]
+    pub seed: i64,
+}
+
+/// Runs `flame-train convert ARGS...` (`argv` without the program and `convert`), printing the report.
+///
+/// # Errors
+/// As [`init_from_llama`], or bad arguments.
+pub fn main(argv: &[String]) -> anyhow::Result<()> {
+    let command = std::iter::once("flame-train convert".to_string()).chain(argv.iter().cloned());
+    match Convert::try_parse_from(command) {
+        Ok(Convert::InitFromLlama(args)) => {
+            for line in init_from_llama(&args)? {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        Err(e) => e.exit(),
+    }
+}
+
+/// What became of one of the model's weights.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Outcome {
+    Copied,
+    /// The first `rows` rows copied (a vocabulary of another size).
+    CopiedRows {
+        rows: i64,
+        of: i64,
+    },
+    /// fla's initialisation kept, for the reason given.
+    Kept(String),
+}
+
+/// Initialises the model of `args.model_config` from the checkpoint `args.from` and writes it to
+/// `args.output` (weights, the model's `config.json`, the checkpoint's tokenizer files if it has them),
+/// first into a temporary directory that is renamed into place. Returns the report: one line per
+/// weight of the model, with `layers.*` for all layers alike.
+///
+/// # Errors
+/// An output that exists, a checkpoint that is not a Llama or Mistral one, or an unreadable file.
+pub fn init_from_llama(args: &InitFromLlama) -> anyhow::Result<Vec<String>> {
+    anyhow::ensure!(
+        !args.output.exists(),
+        "--output {}: exists; flame-train writes a new directory",
+        args.output.display()
+    );
+    let source = ModelConfig::load(&args.from.join("config.json"))?;
+    let Mixer::Attention(source_attention) = &source.mixer else {
+        anyhow::bail!(
+            "{}: a {} checkpoint; init-from-llama reads Llama or Mistral ones",
+            args.from.display(),
+            source.model_type
+        );
+    };
+    let mut config = ModelConfig::load(&args.model_config)?;
+    let mut report = Vec::new();
+    if let Mixer::Attention(a) = &mut config.mixer
+        && a.rope_theta.to_bits() != source_attention.rope_theta.to_bits()
+    {
+        report.push(format!(
+            "rope_theta {} (the checkpoint's; the config has {})",
+            source_attention.rope_theta, a.rope_theta
+        ));
+        a.rope_theta = source_attention.rope_theta;
+    }
+    tch::manual_seed(args.seed);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = crate::models::build(&vs.root(), &config, false);
+    let mut weights = read_checkpoint(&args.from)?;
+    let mut used = HashSet::new();
+    let mut outcomes: BTreeMap<(String, Outcome), usize> = BTreeMap::new();
+    let (mut copied, mut total) = (0i64, 0i64);
+    tch::no_grad(|| {
+        for (name, mut param) in vs.variables() {
+            let (outcome, from) = copy_role(&name, &mut param, &weights);
+            let elements: i64 = param.size().iter().product();
+            total += elements;
+            copied += match outcome {
+                Outcome::Copied => elements,
+                Outcome::CopiedRows { rows, .. } => elements / param.size()[0] * rows,
+                Outcome::Kept(_) => 0,
+            };
+            used.extend(from);
+            *outcomes.entry((any_layer(&name), outcome)).or_default() += 1;
+        }
+    });
+    report.insert(
+        0,
+        format!(
+            "{}: {copied} of the model's {total} parameters from {}",
+            args.output.display(),
+            args.from.display()
+        ),
+    );
+    weights.retain(|name, _| !used.contains(name) && !name.ends_with("rotary_emb.inv_freq"));
+    for ((name, outcome), count) in &outcomes {
+        let times = if name.contains("layers.*") {
+            format!(" ({count} layers)")
+        } else {
+            String::new()
+        };
+        report.push(match outcome {
+            Outcome::Copied => format!("copied  {name}{times}"),
+            Outcome::CopiedRows { rows, of } => {
+                format!("copied  {name}{times}: its first {rows} rows of {of}")
+            }
+            Outcome::Kept(why) => format!("kept    {name}{times}: fla's initialisation, {why}"),
+        });
+    }
+    let unused: BTreeMap<String, usize> = weights.keys().fold(BTreeMap::new(), |mut m, n| {
+        *m.entry(any_layer(n)).or_default() += 1;
+        m
+    });
+    for (name, count) in unused {
+        report.push(format!("unused  {name} ({count} in the checkpoint)"));
+    }
+    write(args, &vs, model.as_ref())?;
+    Ok(report)
+}
+
+/// Copies into `param` (the model's weight `name`) the checkpoint's weight of the same role where the
+/// shapes allow; returns what happened and the checkpoint name it read, if any.
+fn copy_role(
+    name: &str,
+    param: &mut Tensor,
+    weights: &std::collections::HashMap<String, (Tensor, PathBuf)>,
+) -> (Outcome, Option<String>) {
+    let theirs = llama_name(name);
+    // A checkpoint with tied embeddings has no output layer of its own: it is the embedding.
+    let found = weights
+        .get(&theirs)
+        .map(|w| (theirs.clone(), w))
+        .or_else(|| {
+            (name == "lm_head.weight")
+                .then(|| "model.embed_tokens.weight".to_string())
+                .and_then(|n| weights.get(&n).map(|w| (n, w)))
+        });
+    let Some((from, (t, _))) = found else {
+        return (
+            Outcome::Kept(format!("the checkpoint has no {}", any_layer(&theirs))),
+            None,
+        );
+    };
+    let (ours, its) = (param.size(), t.size());
+    let vocabulary = name == "lm_head.weight" || name.ends_with("embeddings.weight");
+    if ours == its {
+        param.copy_(&t.to_kind(param.kind()));
+        (Outcome::Copied, Some(from))
+    } else if vocabulary && ours.len() == 2 && ours[1] == its[1] {
+        let rows = ours[0].min(its[0]);
+        param
+            .narrow(0, 0, rows)
+            .copy_(&t.narrow(0, 0, rows).to_kind(param.kind()));
+        (Outcome::CopiedRows { rows, of: its[0] }, Some(from))
+    } else {
+        (
+            Outcome::Kept(format!(
+                "shape {ours:?}, the checkpoint's {} {its:?}",
+                any_layer(&from)
+            )),
+            None,
+        )
+    }
+}
+
+/// The Llama/Mistral (`transformers`) name of the weight that plays the role of `name` (fla's names;
+/// flame-train's transformer already has Llama's).
+fn llama_name(name: &str) -> String {
+    const RENAMED: &[(&str, &str)] = &[
+        ("model.embeddings.", "model.embed_tokens."),
+        (".attn_norm.", ".input_layernorm."),
+        (".mlp_norm.", ".post_attention_layernorm."),
+        (".attn.", ".self_attn."),
+    ];
+    RENAMED.iter().fold(name.to_string(), |n, (ours, theirs)| {
+        n.replace(ours, theirs)
+    })
+}
+
+/// `name` with its layer number replaced by `*`.
+fn any_layer(name: &str) -> String {
+    let parts: Vec<&str> = name.split('.').collect();
+    let mut out: Vec<&str> = Vec::with_capacity(parts.len());
+    for (i, part) in parts.iter().enumerate() {
+        let numbered = i > 0 && parts[i - 1] == "layers" && part.parse::<u32>().is_ok();
+        out.push(if numbered { "*" } else { part });
+    }
+    out.join(".")
+}
+
+/// Writes the checkpoint into a temporary directory beside `args.output`, then renames it into place.
+fn write(
+    args: &InitFromLlama,
+    vs: &nn::VarStore,
+    model: &dyn crate::models::Model,
+) -> anyhow::Result<()> {
+    let parent = match args.output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).with_context(|| parent.display().to_string())?;
+    let partial = tempfile::Builder::new()
+        .prefix(".init-from-llama-")
+        .tempdir_in(&parent)
+        .with_context(|| parent.display().to_string())?;
+    let tokenizer = has_tokenizer(&args.from).then_some(args.from.as_path());
+    export_hf(partial.path(), vs, model, tokenizer)?;
+    let partial = partial.keep();
+    std::fs::rename(&partial, &args.output).with_context(|| {
+        format!(
+            "renaming {} to {}",
+            partial.display(),
+            args.output.display()
+        )
+    })?;
+    Ok(())
+}
+
+fn has_tokenizer(dir: &Path) -> bool {
+    ["tokenizer.json", "tokenizer.model"]
+        .iter()
+        .any(|f| dir.join(f).is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_map_to_llamas_names() {
+        for (ours, theirs) in [
+            ("model.embeddings.weight", "model.embed_tokens.weight"),
+            (
+                "model.layers.3.attn_norm.weight",
+                "model.layers.3.input_layernorm.weight",
+            ),
+            (
+                "model.layers.3.mlp_norm.weight",
+                "model.layers.3.post_attention_layernorm.weight",
+            ),
+            (
+                "model.layers.3.attn.q_proj.weight",
+                "model.layers.3.self_attn.q_proj.weight",
+            ),
+            (
+                "model.layers.3.mlp.gate_proj.weight",
+                "model.layers.3.mlp.gate_proj.weight",
+            ),
+            (
+                "model.layers.0.self_attn.k_proj.weight",
+                "model.layers.0.self_attn.k_proj.weight",
+            ),
+            ("lm_head.weight", "lm_head.weight"),
+        ] {
+            assert_eq!(llama_name(ours), theirs);
+        }
+        assert_eq!(
+            any_layer("model.layers.12.attn.g_norm.weight"),
+            "model.layers.*.attn.g_norm.weight"
+        );
+    }
+}
