@@ -3,7 +3,8 @@
 //! does for continual pretraining: each weight whose role and shape the checkpoint has (embeddings,
 //! norms, MLPs, the attention projections where the shapes agree) is copied, every other keeps fla's
 //! initialisation, and the report says which is which. The result is a Hugging Face checkpoint in the
-//! model's own format, for `--checkpoint.initial_load_path`.
+//! model's own format, for `--checkpoint.initial_load_path`. `flame-train convert checkpoint-to-hf`:
+//! a training checkpoint as a Hugging Face one, on whichever node holds it.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -23,6 +24,28 @@ pub enum Convert {
     /// `convert_from_llama.py`), writing a Hugging Face checkpoint to `--output`.
     #[command(name = "init-from-llama")]
     InitFromLlama(InitFromLlama),
+    /// Writes a training checkpoint (`<dump_folder>/checkpoint/step-N`) as a Hugging Face checkpoint
+    /// (flame's `convert_dcp_to_hf.py`), on any machine that holds that one directory.
+    #[command(name = "checkpoint-to-hf")]
+    CheckpointToHf(CheckpointToHf),
+}
+
+/// The arguments of `checkpoint-to-hf`.
+#[derive(Debug, clap::Args)]
+pub struct CheckpointToHf {
+    /// The checkpoint: a `step-N` directory (rank 0 writes every weight into it, whatever the number
+    /// of ranks, so it is whole on the node that holds it).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The run's model config.
+    #[arg(long = "model.config")]
+    pub model_config: PathBuf,
+    /// The directory to write; it must not exist.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Tokenizer files to put beside the weights (a directory, a file or a hub model id).
+    #[arg(long = "model.tokenizer_path")]
+    pub tokenizer_path: Option<PathBuf>,
 }
 
 /// The arguments of `init-from-llama`.
@@ -56,6 +79,15 @@ pub fn main(argv: &[String]) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Ok(Convert::CheckpointToHf(args)) => {
+            let weights = checkpoint_to_hf(&args)?;
+            println!(
+                "{}: {weights} weights from {}",
+                args.output.display(),
+                args.checkpoint.display()
+            );
+            Ok(())
+        }
         Err(e) => e.exit(),
     }
 }
@@ -81,11 +113,7 @@ enum Outcome {
 /// # Errors
 /// An output that exists, a checkpoint that is not a Llama or Mistral one, or an unreadable file.
 pub fn init_from_llama(args: &InitFromLlama) -> anyhow::Result<Vec<String>> {
-    anyhow::ensure!(
-        !args.output.exists(),
-        "--output {}: exists; flame-train writes a new directory",
-        args.output.display()
-    );
+    ensure_new(&args.output)?;
     let source = ModelConfig::load(&args.from.join("config.json"))?;
     let Mixer::Attention(source_attention) = &source.mixer else {
         anyhow::bail!(
@@ -156,8 +184,40 @@ pub fn init_from_llama(args: &InitFromLlama) -> anyhow::Result<Vec<String>> {
     for (name, count) in unused {
         report.push(format!("unused  {name} ({count} in the checkpoint)"));
     }
-    write(args, &vs, model.as_ref())?;
+    let tokenizer = has_tokenizer(&args.from).then_some(args.from.as_path());
+    write(&args.output, &vs, model.as_ref(), tokenizer)?;
     Ok(report)
+}
+
+/// Writes the checkpoint `args.checkpoint` as a Hugging Face checkpoint in `args.output` (the weights,
+/// the model's `config.json`, the tokenizer files), the same files as the run's own export at that
+/// step; returns how many weights it wrote.
+///
+/// # Errors
+/// An output that exists, a checkpoint whose weights are not the config's model (named), an unreadable
+/// file or tokenizer.
+pub fn checkpoint_to_hf(args: &CheckpointToHf) -> anyhow::Result<usize> {
+    ensure_new(&args.output)?;
+    let config = ModelConfig::load(&args.model_config)?;
+    let tokenizer = args
+        .tokenizer_path
+        .as_deref()
+        .map(crate::export::resolve_tokenizer)
+        .transpose()?;
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = crate::models::build(&vs.root(), &config, false);
+    let weights = crate::export::load_hf_weights(&args.checkpoint, &vs)?;
+    write(&args.output, &vs, model.as_ref(), tokenizer.as_deref())?;
+    Ok(weights)
+}
+
+fn ensure_new(output: &Path) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !output.exists(),
+        "--output {}: exists; flame-train writes a new directory",
+        output.display()
+    );
+    Ok(())
 }
 
 /// Copies into `param` (the model's weight `name`) the checkpoint's weight of the same role where the
@@ -230,31 +290,27 @@ fn any_layer(name: &str) -> String {
     out.join(".")
 }
 
-/// Writes the checkpoint into a temporary directory beside `args.output`, then renames it into place.
+/// Writes the export (weights, `config.json`, `tokenizer`'s files) into a temporary directory beside
+/// `output`, then renames it into place: a half-written output never exists under its name.
 fn write(
-    args: &InitFromLlama,
+    output: &Path,
     vs: &nn::VarStore,
     model: &dyn crate::models::Model,
+    tokenizer: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let parent = match args.output.parent() {
+    let parent = match output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&parent).with_context(|| parent.display().to_string())?;
     let partial = tempfile::Builder::new()
-        .prefix(".init-from-llama-")
+        .prefix(".flame-convert-")
         .tempdir_in(&parent)
         .with_context(|| parent.display().to_string())?;
-    let tokenizer = has_tokenizer(&args.from).then_some(args.from.as_path());
     export_hf(partial.path(), vs, model, tokenizer)?;
     let partial = partial.keep();
-    std::fs::rename(&partial, &args.output).with_context(|| {
-        format!(
-            "renaming {} to {}",
-            partial.display(),
-            args.output.display()
-        )
-    })?;
+    std::fs::rename(&partial, output)
+        .with_context(|| format!("renaming {} to {}", partial.display(), output.display()))?;
     Ok(())
 }
 

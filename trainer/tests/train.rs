@@ -770,6 +770,26 @@ fn two_ranks_train_as_one_with_accumulation_and_checkpoints_resume_across_world_
         "2",
     ]);
     launch(&argv(&endpoint, &job, &config, &two, &two_flags));
+    // flame#28: the 2-rank run's last checkpoint, alone on another node, converts to the run's export.
+    let node = dir.path().join("node");
+    copy_dir(&two.join("checkpoint/step-10"), &node.join("step-10"));
+    let converted = node.join("hf");
+    let converted_weights =
+        flame_trainer::convert::checkpoint_to_hf(&flame_trainer::convert::CheckpointToHf {
+            checkpoint: node.join("step-10"),
+            model_config: config.clone(),
+            output: converted.clone(),
+            tokenizer_path: None,
+        })
+        .unwrap();
+    assert_eq!(converted_weights, 3 + 2 * 9, "embedding, output, norm, 9 per layer");
+    for file in ["config.json", "model.safetensors"] {
+        assert_eq!(
+            std::fs::read(converted.join(file)).unwrap(),
+            std::fs::read(two.join("hf").join(file)).unwrap(),
+            "{file}"
+        );
+    }
     // One process, accumulating the same 4 samples over 2 micro-batches.
     let one = run(&args(
         &endpoint,
