@@ -200,6 +200,28 @@ pub struct Args {
 }
 
 impl Args {
+    /// These arguments with `--model.config` and `--checkpoint.initial_load_path` given as hub model ids
+    /// (flame's `fla-hub/transformer-1.3B-100B`) replaced by their files in the hub cache: the repo's
+    /// `config.json`, and its `config.json`, safetensors weights and tokenizer files (downloaded once;
+    /// `HF_HOME`, `HF_ENDPOINT`, `HF_TOKEN` and `HF_HUB_OFFLINE` honoured, as flame-prep's). A path
+    /// that exists is kept as it is.
+    ///
+    /// # Errors
+    /// When a path that does not exist is not a hub model the hub or the cache has.
+    pub fn resolve_hub(&self) -> anyhow::Result<Self> {
+        use flame_preprocess::source::hub::{model_checkpoint, model_file};
+        let mut args = self.clone();
+        if let Some(path) = &self.model_config {
+            let fetch = |id: &str| model_file(id, "config.json");
+            args.model_config = Some(hub_or_path(path, "--model.config", fetch)?);
+        }
+        if let Some(path) = &self.initial_load_path {
+            let resolved = hub_or_path(path, "--checkpoint.initial_load_path", model_checkpoint)?;
+            args.initial_load_path = Some(resolved);
+        }
+        Ok(args)
+    }
+
     /// The model config's path: `--model.config`, else `--checkpoint.initial_load_path`'s
     /// `config.json`.
     ///
@@ -333,6 +355,27 @@ pub enum ReduceDtype {
     Float32,
     /// Half the bytes on the wire; the gradients are rounded to bfloat16 before the sum.
     Bfloat16,
+}
+
+/// `path` when it exists, else the files `fetch` gets for it as a hub model id (a path that is not one
+/// stays as it is, for the reader to name).
+fn hub_or_path(
+    path: &Path,
+    flag: &str,
+    fetch: impl Fn(&str) -> anyhow::Result<PathBuf>,
+) -> anyhow::Result<PathBuf> {
+    if path.exists() {
+        return Ok(path.to_path_buf());
+    }
+    let id = match path.to_str() {
+        Some(text) => flame_preprocess::source::hub::hub_id(text)?,
+        None => None,
+    };
+    match id {
+        Some(id) => fetch(&id)
+            .with_context(|| format!("{flag} {}: no such file; as a hub model id", path.display())),
+        None => Ok(path.to_path_buf()),
+    }
 }
 
 #[cfg(test)]

@@ -90,6 +90,7 @@ fn backend(args: &Args, launch: &Launch, device: Device) -> anyhow::Result<Backe
 /// # Errors
 /// As [`run`].
 pub fn run_as(args: &Args, launch: &Launch) -> anyhow::Result<Summary> {
+    let args = &args.resolve_hub()?;
     let config = ModelConfig::load(&args.model_config_path()?)?;
     let tokenizer = args
         .tokenizer_path

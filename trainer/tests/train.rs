@@ -533,6 +533,105 @@ fn checkpoints_transformers_wrote_give_its_logits_and_train_on() {
     );
 }
 
+/// Issue 20: `--model.config` and `--checkpoint.initial_load_path` take hub model ids, as flame's
+/// `fla.toml` does (`fla-hub/transformer-1.3B-100B`): fetched from a local hub into `HF_HOME`'s cache,
+/// then found there offline; an id neither has is refused naming the flag.
+#[test]
+fn model_configs_and_checkpoints_come_from_the_hub_by_id() {
+    use flame_e2e::fake_hub::{FakeHub, Repos, dead_endpoint};
+    let dir = tempfile::tempdir().unwrap();
+    let (endpoint, job, config) = setup(dir.path(), 64);
+    let cases = dir.path().join("cases");
+    let made = std::process::Command::new(python())
+        .arg(repo().join("tools/interop/hf_checkpoint.py"))
+        .arg(&cases)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let file =
+        |path: &Path, name: &str| (name.to_string(), std::fs::read(path.join(name)).unwrap());
+    let mistral = cases.join("mistral/hf");
+    let repos: Repos = [
+        (
+            "fla-hub/transformer-tiny".to_string(),
+            vec![("config.json".to_string(), std::fs::read(&config).unwrap())],
+        ),
+        (
+            "org/mistral-tiny".to_string(),
+            vec![
+                file(&mistral, "config.json"),
+                file(&mistral, "model.safetensors"),
+            ],
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let hub = FakeHub::start(repos);
+    let hf_home = dir.path().join("hf-home");
+    let (online, home) = (hub.endpoint(), hf_home.display().to_string());
+    let dead = dead_endpoint();
+    let train = |name: &str, flags: &[&str], env: &[(&str, &str)]| {
+        let mut argv = argv(&endpoint, &job, &config, &dir.path().join(name), flags);
+        let at = argv.iter().position(|a| a == "--model.config").unwrap();
+        argv.drain(at..at + 2);
+        command(&argv, env).output().unwrap()
+    };
+    let steps = ["--training.steps", "2"];
+    let by_id = [&steps[..], &["--model.config", "fla-hub/transformer-tiny"]].concat();
+    for (name, env) in [
+        (
+            "online",
+            [("HF_ENDPOINT", online.as_str()), ("HF_HOME", home.as_str())],
+        ),
+        (
+            "offline",
+            [("HF_ENDPOINT", dead.as_str()), ("HF_HOME", home.as_str())],
+        ),
+    ] {
+        let mut env = env.to_vec();
+        if name == "offline" {
+            env.push(("HF_HUB_OFFLINE", "1"));
+        }
+        let out = train(name, &by_id, &env);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let fetched = |what: &str| {
+        let requests = hub.requests.lock().unwrap();
+        requests.iter().any(|(url, _)| url.contains(what))
+    };
+    assert!(fetched("transformer-tiny/resolve/"));
+    let load = [
+        &steps[..],
+        &["--checkpoint.initial_load_path", "org/mistral-tiny"],
+    ]
+    .concat();
+    let env = [("HF_ENDPOINT", online.as_str()), ("HF_HOME", home.as_str())];
+    let out = train("mistral", &load, &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exported = std::fs::read_to_string(dir.path().join("mistral/hf/config.json")).unwrap();
+    assert!(exported.contains("MistralForCausalLM"), "{exported}");
+    assert!(fetched("mistral-tiny/resolve/"));
+    let nope = [&steps[..], &["--model.config", "fla-hub/no-such-model"]].concat();
+    let out = train("nope", &nope, &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--model.config fla-hub/no-such-model"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn bad_setups_fail_before_any_step_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
@@ -782,7 +881,11 @@ fn two_ranks_train_as_one_with_accumulation_and_checkpoints_resume_across_world_
             tokenizer_path: None,
         })
         .unwrap();
-    assert_eq!(converted_weights, 3 + 2 * 9, "embedding, output, norm, 9 per layer");
+    assert_eq!(
+        converted_weights,
+        3 + 2 * 9,
+        "embedding, output, norm, 9 per layer"
+    );
     for file in ["config.json", "model.safetensors"] {
         assert_eq!(
             std::fs::read(converted.join(file)).unwrap(),

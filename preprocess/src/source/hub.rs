@@ -397,6 +397,51 @@ pub fn resolve_tokenizer(model_id: &str) -> anyhow::Result<PathBuf> {
     (listing.local)("tokenizer.json")
 }
 
+/// Downloads (or finds in the cache) `file` of hub model `model_id`; returns its path in the cache.
+///
+/// # Errors
+/// When neither the hub nor the cache has the repo, or the repo has no such file.
+pub fn model_file(model_id: &str, file: &str) -> anyhow::Result<PathBuf> {
+    let listing = list(model_id, RepoType::Model)?;
+    anyhow::ensure!(
+        listing.files.iter().any(|f| f == file),
+        "{model_id}: the repo has no {file}"
+    );
+    (listing.local)(file)
+}
+
+/// Downloads (or finds in the cache) a hub model's checkpoint: `config.json`, its safetensors weights
+/// (every `*.safetensors` and the index of shards, if any) and its tokenizer files; returns the cached
+/// snapshot directory that holds them.
+///
+/// # Errors
+/// When neither the hub nor the cache has the repo, or the repo has no `config.json` or no safetensors.
+pub fn model_checkpoint(model_id: &str) -> anyhow::Result<PathBuf> {
+    let listing = list(model_id, RepoType::Model)?;
+    let wanted: Vec<&String> = listing
+        .files
+        .iter()
+        .filter(|f| {
+            !f.contains('/')
+                && (f.ends_with(".safetensors")
+                    || *f == "config.json"
+                    || *f == "model.safetensors.index.json"
+                    || TOKENIZER_FILES.contains(&f.as_str()))
+        })
+        .collect();
+    anyhow::ensure!(
+        wanted.iter().any(|f| *f == "config.json")
+            && wanted.iter().any(|f| f.ends_with(".safetensors")),
+        "{model_id}: the repo has no config.json and safetensors weights"
+    );
+    let mut dir = PathBuf::new();
+    for file in wanted {
+        let path = (listing.local)(file)?;
+        dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    }
+    Ok(dir)
+}
+
 /// The tokenizer files a Hugging Face export carries: `tokenizer.json` first, then those a repo may have.
 pub const TOKENIZER_FILES: [&str; 4] = [
     "tokenizer.json",
