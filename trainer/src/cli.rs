@@ -153,12 +153,39 @@ pub struct Args {
     /// Where checkpoints, metrics and the export go.
     #[arg(long = "job.dump_folder", default_value = "exp")]
     pub dump_folder: PathBuf,
-    /// The flame-stream endpoint (`unix:///path` or `tcp://host:port`).
+    /// The flame-stream endpoint (`unix:///path` or `tcp://host:port`); without it, flame-train runs
+    /// the data service itself (flame-stream's server, in this process, over shared memory).
     #[arg(long = "data-endpoint")]
-    pub data_endpoint: Endpoint,
-    /// The job spec (TOML) to ask flame-stream for.
+    pub data_endpoint: Option<Endpoint>,
+    /// The job spec (TOML) to ask for; without it, the job `--training.dataset` and the flags describe.
     #[arg(long = "data-job")]
-    pub data_job: PathBuf,
+    pub data_job: Option<PathBuf>,
+    /// Raw datasets by name (flame's flag, a comma list): hub ids or aliases, local files, directories
+    /// or globs, object-store URLs, tokenized with `--model.tokenizer_path` as they are served.
+    #[arg(long = "training.dataset")]
+    pub dataset: Option<String>,
+    /// Each dataset's hub configuration (a comma list parallel to `--training.dataset`; empty: none).
+    #[arg(long = "training.dataset_name")]
+    pub dataset_name: Option<String>,
+    /// Each dataset's split (a comma list; empty: `train`).
+    #[arg(long = "training.dataset_split")]
+    pub dataset_split: Option<String>,
+    /// Each dataset's subdirectory (a comma list; `datasets.load_dataset`'s `data_dir`).
+    #[arg(long = "training.data_dir")]
+    pub data_dir: Option<String>,
+    /// Each dataset's files (a comma list; with a builder name such as `json` or `parquet` as the
+    /// dataset, as `datasets.load_dataset` takes them).
+    #[arg(long = "training.data_files")]
+    pub data_files: Option<String>,
+    /// Each dataset's share (a comma list, required with several datasets): of the tokens here (flame
+    /// draws documents with these probabilities).
+    #[arg(long = "training.data_probs")]
+    pub data_probs: Option<String>,
+    /// Tokenize the raw datasets while they are served (flame's streaming); without it they are
+    /// prepared once into the data service's cache and then served.
+    #[arg(long = "training.streaming", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub streaming: bool,
     /// The token of a flame-stream server started with `--token` (the same variable as the server's).
     #[arg(
         long = "data-token",

@@ -13,16 +13,6 @@ use crate::cli::Args;
 use crate::config::{Mixer, ModelConfig};
 use crate::models::Inputs;
 
-/// Reads and parses the job spec of `--data-job`.
-///
-/// # Errors
-/// When it cannot be read or is not a valid job.
-pub fn load_job(args: &Args) -> anyhow::Result<JobSpec> {
-    let text = std::fs::read_to_string(&args.data_job)
-        .with_context(|| format!("--data-job {}", args.data_job.display()))?;
-    JobSpec::from_toml(&text).with_context(|| format!("--data-job {}", args.data_job.display()))
-}
-
 /// Checks the data job against the flags and the model before any step runs.
 ///
 /// # Errors
@@ -96,7 +86,7 @@ pub struct DataInput {
 }
 
 impl DataInput {
-    /// Connects rank `rank` of `world` to `--data-endpoint` for `job`; on a Unix socket, with a ring of
+    /// Connects rank `rank` of `world` to the data service at `endpoint` for `job`; on a Unix socket, with a ring of
     /// four slots.
     ///
     /// # Errors
@@ -104,16 +94,17 @@ impl DataInput {
     /// the job's (`seq_len`, or `seq_len + 1` in megatron-core's order).
     pub fn connect(
         args: &Args,
+        endpoint: &Endpoint,
         job: &JobSpec,
         (rank, world): (u32, u32),
         vocab_size: u32,
         device: Device,
     ) -> anyhow::Result<Self> {
         let token = args.data_token.as_deref();
-        let mut client = Client::connect(args.data_endpoint.clone(), job, rank, world, token, 8)
-            .with_context(|| format!("--data-endpoint {}", args.data_endpoint))?;
+        let mut client = Client::connect(endpoint.clone(), job, rank, world, token, 8)
+            .with_context(|| format!("the data service at {endpoint}"))?;
         // On the server's host, batches come through shared memory.
-        let shared_memory = matches!(args.data_endpoint, Endpoint::Unix(_));
+        let shared_memory = matches!(endpoint, Endpoint::Unix(_));
         if shared_memory {
             client.open_shared_memory(4)?;
         }
@@ -122,8 +113,7 @@ impl DataInput {
         let want = args.seq_len + u32::from(next_token);
         if client.tokens_per_sample != want {
             bail!(
-                "--data-endpoint {}: the server serves samples of {} tokens; this job's are {want} (seq_len {}{})",
-                args.data_endpoint,
+                "the data service at {endpoint}: it serves samples of {} tokens; this job's are {want} (seq_len {}{})",
                 client.tokens_per_sample,
                 args.seq_len,
                 if next_token {
@@ -133,13 +123,8 @@ impl DataInput {
                 }
             );
         }
-        let resume = (job.streaming && job.has_raw_datasets()).then(|| {
-            (
-                args.data_endpoint.clone(),
-                job.clone(),
-                args.data_token.clone(),
-            )
-        });
+        let resume = (job.streaming && job.has_raw_datasets())
+            .then(|| (endpoint.clone(), job.clone(), args.data_token.clone()));
         Ok(Self {
             client,
             shared_memory,

@@ -27,8 +27,6 @@ const NO_TP: &str = "flame-train has no tensor parallelism (data parallelism onl
 const NO_PP: &str = "flame-train has no pipeline parallelism (data parallelism only)";
 const NO_CP: &str = "flame-train has no context parallelism (data parallelism only)";
 const NO_FLOAT8: &str = "flame-train has no float8 training (bf16 autocast)";
-const BY_NAME: &str = "flame-train does not load datasets by name yet: prepare them with flame-prep (or \
-                       serve raw ones with flame-stream) and pass --data-endpoint and --data-job";
 const LOADER: &str =
     "flame-stream feeds the trainer over shared memory: there are no loader workers";
 const ONLY_PARAMETER: &str = "a setting of a feature that is off";
@@ -89,13 +87,6 @@ const FLAGS: &[(&str, Disposition)] = &[
         ),
     ),
     ("training.warmup_steps", Alias("lr_scheduler.warmup_steps")),
-    ("training.dataset", Refused(BY_NAME)),
-    ("training.dataset_name", Refused(BY_NAME)),
-    ("training.dataset_split", Refused(BY_NAME)),
-    ("training.data_dir", Refused(BY_NAME)),
-    ("training.data_files", Refused(BY_NAME)),
-    ("training.data_probs", Refused(BY_NAME)),
-    ("training.streaming", Refused(BY_NAME)),
     ("training.num_workers", NoEffect(LOADER)),
     ("training.prefetch_factor", NoEffect(LOADER)),
     ("training.pin_memory", NoEffect(LOADER)),
@@ -357,7 +348,6 @@ mod tests {
             ("--training.tensor_parallel_degree 2", "tensor parallelism"),
             ("--optimizer.name Lion", "AdamW"),
             ("--checkpoint.async_mode async", "synchronously"),
-            ("--training.dataset HuggingFaceFW/fineweb-edu", "flame-prep"),
             // flame's bare boolean means true.
             ("--float8.enable_float8_linear --training.steps 3", "float8"),
         ] {

@@ -21,6 +21,7 @@ pub mod flame_flags;
 pub mod kernels;
 pub mod metrics;
 pub mod models;
+pub mod named_data;
 pub mod optim;
 pub mod parity;
 pub mod schedule;

@@ -18,11 +18,12 @@ use tch::{Device, Tensor, nn};
 use crate::checkpoint::{self, TrainState};
 pub use crate::cli::{Args, ReduceDtype};
 use crate::config::ModelConfig;
-use crate::data::{DataInput, check_job, load_job};
+use crate::data::{DataInput, check_job};
 use crate::dist::{Backend, Launch, Reducer, rendezvous};
 pub use crate::export::{export_hf, resolve_tokenizer};
 use crate::metrics::{Metrics, StepReport};
 use crate::models::{self, Model};
+use crate::named_data::{data_service, load_job};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::schedule::Schedule;
 
@@ -85,6 +86,18 @@ fn backend(args: &Args, launch: &Launch, device: Device) -> anyhow::Result<Backe
     })
 }
 
+/// This rank's device, made current; on CUDA with bfloat16 autocast and TF32 on, as flame trains on
+/// GPUs (fp32 weights, optimizer and loss). Returns the device and whether autocast is on.
+fn start_device(args: &Args, launch: &Launch) -> anyhow::Result<(Device, bool)> {
+    let device = device(args, launch, tch::Cuda::is_available())?;
+    if let Device::Cuda(i) = device {
+        crate::shim::cuda_set_device(i).map_err(|e| anyhow::anyhow!("cuda:{i}: {e}"))?;
+        crate::shim::autocast_cuda_bf16().map_err(|e| anyhow::anyhow!("autocast: {e}"))?;
+        crate::shim::allow_tf32(true).map_err(|e| anyhow::anyhow!("tf32: {e}"))?;
+    }
+    Ok((device, device.is_cuda()))
+}
+
 /// Runs training as rank `launch.rank` of `launch.world_size`.
 ///
 /// # Errors
@@ -97,20 +110,20 @@ pub fn run_as(args: &Args, launch: &Launch) -> anyhow::Result<Summary> {
         .as_deref()
         .map(resolve_tokenizer)
         .transpose()?;
-    let job = load_job(args)?;
     let (rank, world) = (launch.rank, launch.world_size);
+    let job = load_job(args, world)?;
     check_job(args, &job, &config, world)?;
-    let device = device(args, launch, tch::Cuda::is_available())?;
-    if let Device::Cuda(i) = device {
-        crate::shim::cuda_set_device(i).map_err(|e| anyhow::anyhow!("cuda:{i}: {e}"))?;
-    }
-    let data = DataInput::connect(args, &job, (rank, world), config.vocab_size, device)?;
-    // flame trains in bfloat16 autocast on GPUs (fp32 weights, optimizer and loss).
-    let autocast = device.is_cuda();
-    if autocast {
-        crate::shim::autocast_cuda_bf16().map_err(|e| anyhow::anyhow!("autocast: {e}"))?;
-        crate::shim::allow_tf32(true).map_err(|e| anyhow::anyhow!("tf32: {e}"))?;
-    }
+    let (device, autocast) = start_device(args, launch)?;
+    // The data service: --data-endpoint's, or flame-stream's server in this process (kept for the run).
+    let (endpoint, _service) = data_service(args)?;
+    let data = DataInput::connect(
+        args,
+        &endpoint,
+        &job,
+        (rank, world),
+        config.vocab_size,
+        device,
+    )?;
     tch::manual_seed(args.seed);
     let mut vs = nn::VarStore::new(device);
     let (fla, mixing) = args

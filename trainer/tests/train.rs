@@ -632,6 +632,78 @@ fn model_configs_and_checkpoints_come_from_the_hub_by_id() {
     );
 }
 
+/// Issue 20: flame's data flags without `--data-endpoint` or `--data-job`: flame-train runs
+/// flame-stream's server in its own process on raw datasets named as flame names them (two local
+/// jsonl files through the `json` builder, shares 3:1, the Mistral tokenizer, tokenized while served).
+/// The same flags sent to a separate flame-stream give the same losses, bit for bit, and a run started
+/// again from its step-3 checkpoint ends with the uninterrupted run's losses.
+#[test]
+fn datasets_by_name_train_in_process_as_on_a_server_and_resume_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (endpoint, _, config) = setup(dir.path(), 64);
+    let corpus = shared().join("data/corpus/jsonl");
+    let files = format!(
+        "{},{}",
+        corpus.join("en-moby-dick.jsonl").display(),
+        corpus.join("en-jargon-devil.jsonl").display()
+    );
+    let tokenizer = shared().join("data/tokenizers/mistral-7b-v0.1/tokenizer.json");
+    let endpoint = endpoint.to_string();
+    let by_name = |dump: &str, extra: &[&str]| {
+        let dump = dir.path().join(dump);
+        let mut argv: Vec<String> = [
+            "flame-train",
+            "--model.config",
+            config.to_str().unwrap(),
+            "--job.dump_folder",
+            dump.to_str().unwrap(),
+            "--training.device",
+            "cpu",
+            "--training.batch_size",
+            "2",
+            "--training.gradient_accumulation_steps",
+            "2",
+            "--training.seq_len",
+            "64",
+            "--training.varlen",
+            "--training.steps",
+            "6",
+            "--checkpoint.interval",
+            "3",
+            "--metrics.log_freq",
+            "1",
+            "--lr_scheduler.warmup_steps",
+            "2",
+            "--training.dataset",
+            "json,json",
+            "--training.data_files",
+            &files,
+            "--training.data_probs",
+            "0.75,0.25",
+            "--model.tokenizer_path",
+            tokenizer.to_str().unwrap(),
+            "--training.streaming",
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        argv.extend(extra.iter().map(ToString::to_string));
+        launch(&argv);
+        dump
+    };
+    let whole = logged_losses(&by_name("in-process", &[]));
+    assert_eq!(whole.len(), 6);
+    let served = logged_losses(&by_name("served", &["--data-endpoint", &endpoint]));
+    assert_eq!(served, whole, "in-process service vs flame-stream");
+    let resumed = dir.path().join("resumed");
+    copy_dir(
+        &dir.path().join("in-process/checkpoint/step-3"),
+        &resumed.join("checkpoint/step-3"),
+    );
+    let after = logged_losses(&by_name("resumed", &["--checkpoint.load_step", "-1"]));
+    assert_eq!(after, whole[3..], "resumed from step 3");
+}
+
 #[test]
 fn bad_setups_fail_before_any_step_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
@@ -809,18 +881,38 @@ fn ngpu_sets_the_local_ranks() {
     );
 }
 
-/// flame's own `fla.toml` (shared/reference/flame-configs) is read key by key: what stops it is named,
-/// not skipped. Today that is its datasets by name (issue 20), after the keys before it are accepted.
+/// flame's own `fla.toml` (shared/reference/flame-configs) loads, every key answered: its model and
+/// tokenizer hub ids, and its dataset by name as the job of one raw hub dataset with its configuration,
+/// in the file's batches, seed and (non-varlen) windows.
 #[test]
-fn flames_fla_toml_is_answered_key_by_key() {
+fn flames_fla_toml_loads() {
     let file = shared().join("reference/flame-configs/fla.toml");
     let argv = vec![
         "flame-train".to_string(),
         "--job.config_file".into(),
         file.display().to_string(),
     ];
-    let err = format!("{:#}", Args::parse_with_config_file(argv).unwrap_err());
-    assert!(err.contains("--training.dataset"), "{err}");
+    let args = Args::parse_with_config_file(argv).unwrap();
+    assert_eq!(
+        args.model_config.as_deref(),
+        Some(Path::new("fla-hub/transformer-1.3B-100B"))
+    );
+    let job = flame_trainer::named_data::load_job(&args, 8).unwrap();
+    assert_eq!(
+        (job.seq_len, job.micro_batch_size, job.global_batch_size),
+        (2048, 32, 256)
+    );
+    assert_eq!((job.seed, job.varlen, job.streaming), (42, false, false));
+    assert_eq!(
+        job.tokenizer.as_deref(),
+        Some("fla-hub/transformer-1.3B-100B")
+    );
+    let dataset = &job.datasets[0];
+    assert_eq!(
+        dataset.dataset.as_deref(),
+        Some("HuggingFaceFW/fineweb-edu")
+    );
+    assert_eq!(dataset.name.as_deref(), Some("default"));
 }
 
 /// The losses flame-train logged in `dump/metrics.jsonl`, by step.
