@@ -186,7 +186,8 @@ pub fn load(
 }
 
 /// The state a run starts from: fresh on `fingerprint`'s job, or the checkpoint that
-/// `--checkpoint.load_step` names (-1: the latest) loaded into `vs` and `optimizer`.
+/// `--checkpoint.load_step` names (-1: the latest, or a fresh run when there is none yet) loaded into
+/// `vs` and `optimizer`; with whether a checkpoint was loaded.
 ///
 /// # Errors
 /// When there is no such checkpoint, it cannot be read, or it was trained on another data job
@@ -196,22 +197,26 @@ pub fn resume(
     vs: &mut nn::VarStore,
     optimizer: &mut AdamW,
     fingerprint: &str,
-) -> anyhow::Result<TrainState> {
+) -> anyhow::Result<(TrainState, bool)> {
+    let fresh = TrainState {
+        step: 0,
+        tokens: 0,
+        skipped_steps: 0,
+        optimizer_steps: 0,
+        data_fingerprint: fingerprint.to_owned(),
+        samples_consumed: 0,
+        stream_cursors: Vec::new(),
+    };
     let Some(requested) = args.load_step else {
-        return Ok(TrainState {
-            step: 0,
-            tokens: 0,
-            skipped_steps: 0,
-            optimizer_steps: 0,
-            data_fingerprint: fingerprint.to_owned(),
-            samples_consumed: 0,
-            stream_cursors: Vec::new(),
-        });
+        return Ok((fresh, false));
     };
     let step = if requested < 0 {
-        *steps_saved(args)
-            .last()
-            .context("--checkpoint.load_step -1: no checkpoint saved yet")?
+        // torchtitan's -1: the latest checkpoint if there is one, else a fresh run (flame's recipe
+        // passes it to its first run as to every later one).
+        let Some(&latest) = steps_saved(args).last() else {
+            return Ok((fresh, false));
+        };
+        latest
     } else {
         u64::try_from(requested)?
     };
@@ -222,7 +227,7 @@ pub fn resume(
             state.data_fingerprint,
         );
     }
-    Ok(state)
+    Ok((state, true))
 }
 
 #[cfg(test)]

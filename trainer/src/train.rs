@@ -139,8 +139,9 @@ pub fn run_as(args: &Args, launch: &Launch) -> anyhow::Result<Summary> {
     }
     let (mut optimizer, reducer) = optimizer_and_reducer(args, &vs, model.as_ref(), world > 1)?;
     let backend = backend(args, launch, device)?;
-    let mut state = checkpoint::resume(args, &mut vs, &mut optimizer, data.fingerprint())?;
-    if let (Some(dir), None) = (&args.initial_load_path, args.load_step) {
+    let (mut state, resumed) =
+        checkpoint::resume(args, &mut vs, &mut optimizer, data.fingerprint())?;
+    if let (Some(dir), false) = (&args.initial_load_path, resumed) {
         let set = crate::export::load_hf_weights(dir, &vs)?;
         if rank == 0 {
             eprintln!("flame-train: {set} weights from {}", dir.display());

@@ -704,6 +704,101 @@ fn datasets_by_name_train_in_process_as_on_a_server_and_resume_exactly() {
     assert_eq!(after, whole[3..], "resumed from step 3");
 }
 
+/// Issue 20: flame's README recipe, flag for flag (`--job.config_file fla.toml`, fineweb-edu's
+/// `sample-100BT` streamed, the tokenizer by hub id, `--training.compile`, ...), with a tiny model config
+/// and the CPU's sizes appended (3 steps of 512 tokens, documents cut at 128): against a local hub that
+/// serves a fineweb-edu-shaped dataset (one real parquet file of the shared corpus) and the tokenizer
+/// repository, then once more offline from the caches that run left.
+#[test]
+fn flames_readme_recipe_runs_from_a_hub_then_offline() {
+    use flame_e2e::fake_hub::{FakeHub, Repos, dead_endpoint};
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _, config) = setup(dir.path(), 64);
+    let card = "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: \
+                data/*/*\n- config_name: sample-100BT\n  data_files:\n  - split: train\n    path: \
+                sample/100BT/*\n---\n";
+    let parquet = shared().join("data/corpus/fineweb-edu-schema/data/train-00001-of-00002.parquet");
+    let tokenizer = shared().join("data/tokenizers/mistral-7b-v0.1/tokenizer.json");
+    let repos: Repos = [
+        (
+            "datasets/HuggingFaceFW/fineweb-edu".to_string(),
+            vec![
+                ("README.md".to_string(), card.as_bytes().to_vec()),
+                (
+                    "sample/100BT/000_00000.parquet".to_string(),
+                    std::fs::read(parquet).unwrap(),
+                ),
+            ],
+        ),
+        (
+            "fla-hub/transformer-1.3B-100B".to_string(),
+            vec![(
+                "tokenizer.json".to_string(),
+                std::fs::read(tokenizer).unwrap(),
+            )],
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let hub = FakeHub::start(repos);
+    let fla_toml = shared().join("reference/flame-configs/fla.toml");
+    let recipe = |dump: &Path| -> Vec<String> {
+        let mut argv = vec![
+            "flame-train".to_string(),
+            "--job.config_file".into(),
+            fla_toml.display().to_string(),
+            "--job.dump_folder".into(),
+            dump.join("exp/transformer-340M-4K-10B/batch1.seqlen65536.context4096.warmup1024.update1.steps20480.lr3e-4.cosine")
+                .display()
+                .to_string(),
+            "--model.config".into(),
+            config.display().to_string(),
+        ];
+        let flags = "--model.tokenizer_path fla-hub/transformer-1.3B-100B \
+            --optimizer.name AdamW --optimizer.eps 1e-15 --optimizer.lr 3e-4 \
+            --lr_scheduler.warmup_steps 1024 --lr_scheduler.lr_min 0.1 --lr_scheduler.decay_type cosine \
+            --training.batch_size 1 --training.seq_len 65536 --training.context_len 4096 --training.varlen \
+            --training.gradient_accumulation_steps 1 --training.steps 20480 --training.max_norm 1.0 \
+            --training.skip_nan_inf --training.dataset HuggingFaceFW/fineweb-edu \
+            --training.dataset_name sample-100BT --training.dataset_split train --training.streaming \
+            --training.num_workers 32 --training.prefetch_factor 2 --training.seed 42 --training.compile \
+            --checkpoint.interval 2048 --checkpoint.load_step -1 --checkpoint.keep_latest_k 2 \
+            --metrics.log_freq 1 \
+            --training.device cpu --training.steps 3 --training.seq_len 512 --training.context_len 128";
+        argv.extend(flags.split_whitespace().map(ToString::to_string));
+        argv
+    };
+    let (home, cache) = (dir.path().join("hf-home"), dir.path().join("flame-cache"));
+    let (home, cache) = (home.display().to_string(), cache.display().to_string());
+    let (online, dead) = (hub.endpoint(), dead_endpoint());
+    for (name, endpoint, offline) in [("online", &online, "0"), ("offline", &dead, "1")] {
+        let dump = dir.path().join(name);
+        let env = [
+            ("HF_ENDPOINT", endpoint.as_str()),
+            ("HF_HOME", home.as_str()),
+            ("HF_HUB_OFFLINE", offline),
+            ("FLAME_CACHE", cache.as_str()),
+        ];
+        let out = command(&recipe(&dump), &env).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: {stderr}");
+        let run = dump.join("exp/transformer-340M-4K-10B");
+        let run = run.join(names_in(&run).remove(0));
+        let losses = logged_losses(&run);
+        assert_eq!(losses.len(), 3, "{name}: {losses:?}");
+        assert!(
+            losses.iter().all(|(_, l)| l.is_finite() && *l > 5.0),
+            "{name}: {losses:?}"
+        );
+    }
+    let requests = hub.requests.lock().unwrap();
+    assert!(
+        requests
+            .iter()
+            .any(|(url, _)| url.contains("000_00000.parquet"))
+    );
+}
+
 #[test]
 fn bad_setups_fail_before_any_step_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
