@@ -33,6 +33,18 @@ int flame_allow_tf32(int on) {
   FLAME_TRY(at::globalContext().setAllowTF32CuBLAS(on != 0); at::globalContext().setAllowTF32CuDNN(on != 0))
 }
 
+// torch.use_deterministic_algorithms(on) as torchtitan's --training.deterministic sets it, with cuDNN's
+// deterministic algorithms and no cuDNN benchmarking (cuBLAS needs CUBLAS_WORKSPACE_CONFIG before it
+// starts: the caller's).
+int flame_set_deterministic(int on) {
+  FLAME_TRY(at::globalContext().setDeterministicAlgorithms(on != 0, /*warn_only=*/false);
+            at::globalContext().setDeterministicCuDNN(on != 0);
+            at::globalContext().setBenchmarkCuDNN(false))
+}
+
+// 1 when libtorch runs deterministic algorithms only, else 0.
+int flame_deterministic() { return at::globalContext().deterministicAlgorithms() ? 1 : 0; }
+
 // libtorch's (Kineto) profiler, as torch.profiler runs it: CPU operators with their input shapes, and
 // CUDA kernels when `cuda`; stopped, its events go to `path` as a Chrome trace.
 int flame_profiler_start(int cuda) {

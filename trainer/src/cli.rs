@@ -89,6 +89,12 @@ pub struct Args {
     /// Seed of the initial weights.
     #[arg(long = "training.seed", default_value_t = 42)]
     pub seed: i64,
+    /// Deterministic algorithms only (torchtitan's `--training.deterministic`): libtorch's deterministic
+    /// mode with cuDNN's deterministic algorithms and no benchmarking, `CUBLAS_WORKSPACE_CONFIG=:4096:8`
+    /// unless set; an op with no deterministic algorithm is an error naming it.
+    #[arg(long = "training.deterministic", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub deterministic: bool,
     /// Write checkpoints (and the Hugging Face export at the end).
     #[arg(long = "checkpoint.enable_checkpoint", default_value_t = true, num_args = 0..=1,
           default_missing_value = "true", action = clap::ArgAction::Set)]

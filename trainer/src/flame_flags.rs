@@ -128,13 +128,6 @@ const FLAGS: &[(&str, Disposition)] = &[
         NoEffect("Python's garbage collector: there is none here"),
     ),
     (
-        "training.deterministic",
-        Only(
-            &["false"],
-            "flame-train has no deterministic mode on CUDA yet (its CPU runs are bit-exact)",
-        ),
-    ),
-    (
         "metrics.enable_tensorboard",
         NoEffect("flame-train always writes TensorBoard events, to <dump_folder>/tb"),
     ),

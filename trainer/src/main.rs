@@ -25,6 +25,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.deterministic && std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
+        // cuBLAS reads it when it starts, so before any CUDA work: deterministic cuBLAS workspaces.
+        // SAFETY: main has started no thread yet; nothing reads the environment concurrently.
+        unsafe { std::env::set_var("CUBLAS_WORKSPACE_CONFIG", ":4096:8") };
+    }
     if args.print_args {
         eprintln!("flame-train: {args:#?}");
     }

@@ -10,6 +10,8 @@ unsafe extern "C" {
     fn flame_shim_error() -> *const c_char;
     fn flame_autocast_cuda_bf16() -> c_int;
     fn flame_allow_tf32(on: c_int) -> c_int;
+    fn flame_set_deterministic(on: c_int) -> c_int;
+    fn flame_deterministic() -> c_int;
     fn flame_profiler_start(cuda: c_int) -> c_int;
     fn flame_profiler_stop(path: *const std::ffi::c_char) -> c_int;
     fn flame_autocast_enter() -> c_int;
@@ -67,6 +69,20 @@ pub fn autocast_cuda_bf16() -> Result<(), String> {
 pub fn allow_tf32(on: bool) -> Result<(), String> {
     // SAFETY: a plain integer argument; errors come back as -1.
     check(unsafe { flame_allow_tf32(c_int::from(on)) })
+}
+
+/// Makes libtorch run deterministic algorithms only (an op without one is an error naming it), with
+/// cuDNN's deterministic algorithms and without cuDNN benchmarking: torchtitan's
+/// `--training.deterministic`. cuBLAS also needs `CUBLAS_WORKSPACE_CONFIG` set before its first use.
+pub fn set_deterministic(on: bool) -> Result<(), String> {
+    // SAFETY: a plain integer argument; errors come back as -1.
+    check(unsafe { flame_set_deterministic(c_int::from(on)) })
+}
+
+/// Whether libtorch runs deterministic algorithms only.
+pub fn deterministic() -> bool {
+    // SAFETY: no arguments; reads a flag of libtorch's global context.
+    unsafe { flame_deterministic() == 1 }
 }
 
 /// Starts libtorch's profiler: operators on the CPU with their input shapes, and CUDA's kernels when

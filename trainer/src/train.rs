@@ -114,6 +114,20 @@ pub fn run_as(args: &Args, launch: &Launch) -> anyhow::Result<Summary> {
     let job = load_job(args, world)?;
     check_job(args, &job, &config, world)?;
     let (device, autocast) = start_device(args, launch)?;
+    if args.deterministic {
+        crate::shim::set_deterministic(true).map_err(|e| anyhow::anyhow!("deterministic: {e}"))?;
+        anyhow::ensure!(
+            crate::shim::deterministic(),
+            "libtorch did not take deterministic mode"
+        );
+        if rank == 0 {
+            eprintln!(
+                "flame-train: deterministic algorithms only (cuDNN deterministic, no benchmarking, \
+                 CUBLAS_WORKSPACE_CONFIG={})",
+                std::env::var("CUBLAS_WORKSPACE_CONFIG").unwrap_or_default()
+            );
+        }
+    }
     // The data service: --data-endpoint's, or flame-stream's server in this process (kept for the run).
     let (endpoint, _service) = data_service(args)?;
     let data = DataInput::connect(

@@ -799,6 +799,41 @@ fn flames_readme_recipe_runs_from_a_hub_then_offline() {
     );
 }
 
+/// Issue 20: `--training.deterministic` (torchtitan's) puts libtorch in deterministic mode, read back
+/// from libtorch, with cuBLAS's deterministic workspace set before CUDA could start; two such runs log
+/// the same losses bit for bit.
+#[test]
+fn deterministic_runs_say_so_and_repeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let (endpoint, job, config) = setup(dir.path(), 64);
+    let flags = [
+        "--training.steps",
+        "3",
+        "--metrics.log_freq",
+        "1",
+        "--training.deterministic",
+    ];
+    let mut losses = Vec::new();
+    for name in ["a", "b"] {
+        let dump = dir.path().join(name);
+        let argv = argv(&endpoint, &job, &config, &dump, &flags);
+        let out = command(&argv, &[])
+            .env_remove("CUBLAS_WORKSPACE_CONFIG")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("deterministic algorithms only")
+                && stderr.contains("CUBLAS_WORKSPACE_CONFIG=:4096:8"),
+            "{stderr}"
+        );
+        losses.push(logged_losses(&dump));
+    }
+    assert_eq!(losses[0].len(), 3);
+    assert_eq!(losses[0], losses[1]);
+}
+
 #[test]
 fn bad_setups_fail_before_any_step_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
