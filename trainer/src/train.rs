@@ -87,13 +87,28 @@ fn backend(args: &Args, launch: &Launch, device: Device) -> anyhow::Result<Backe
 }
 
 /// This rank's device, made current; on CUDA with bfloat16 autocast and TF32 on, as flame trains on
-/// GPUs (fp32 weights, optimizer and loss). Returns the device and whether autocast is on.
+/// GPUs (fp32 weights, optimizer and loss); deterministic algorithms only with
+/// `--training.deterministic`. Returns the device and whether autocast is on.
 fn start_device(args: &Args, launch: &Launch) -> anyhow::Result<(Device, bool)> {
     let device = device(args, launch, tch::Cuda::is_available())?;
     if let Device::Cuda(i) = device {
         crate::shim::cuda_set_device(i).map_err(|e| anyhow::anyhow!("cuda:{i}: {e}"))?;
         crate::shim::autocast_cuda_bf16().map_err(|e| anyhow::anyhow!("autocast: {e}"))?;
         crate::shim::allow_tf32(true).map_err(|e| anyhow::anyhow!("tf32: {e}"))?;
+    }
+    if args.deterministic {
+        crate::shim::set_deterministic(true).map_err(|e| anyhow::anyhow!("deterministic: {e}"))?;
+        anyhow::ensure!(
+            crate::shim::deterministic(),
+            "libtorch did not take deterministic mode"
+        );
+        if launch.rank == 0 {
+            eprintln!(
+                "flame-train: deterministic algorithms only (cuDNN deterministic, no benchmarking, \
+                 CUBLAS_WORKSPACE_CONFIG={})",
+                std::env::var("CUBLAS_WORKSPACE_CONFIG").unwrap_or_default()
+            );
+        }
     }
     Ok((device, device.is_cuda()))
 }
@@ -114,20 +129,6 @@ pub fn run_as(args: &Args, launch: &Launch) -> anyhow::Result<Summary> {
     let job = load_job(args, world)?;
     check_job(args, &job, &config, world)?;
     let (device, autocast) = start_device(args, launch)?;
-    if args.deterministic {
-        crate::shim::set_deterministic(true).map_err(|e| anyhow::anyhow!("deterministic: {e}"))?;
-        anyhow::ensure!(
-            crate::shim::deterministic(),
-            "libtorch did not take deterministic mode"
-        );
-        if rank == 0 {
-            eprintln!(
-                "flame-train: deterministic algorithms only (cuDNN deterministic, no benchmarking, \
-                 CUBLAS_WORKSPACE_CONFIG={})",
-                std::env::var("CUBLAS_WORKSPACE_CONFIG").unwrap_or_default()
-            );
-        }
-    }
     // The data service: --data-endpoint's, or flame-stream's server in this process (kept for the run).
     let (endpoint, _service) = data_service(args)?;
     let data = DataInput::connect(
