@@ -34,15 +34,7 @@ fn main() -> ExitCode {
         eprintln!("flame-train: {args:#?}");
     }
     if args.nproc_per_node > 1 && std::env::var_os("RANK").is_none() {
-        let rest: Vec<String> = std::env::args().skip(1).collect();
-        return match flame_trainer::dist::launch_local(args.nproc_per_node, &rest) {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => ExitCode::FAILURE,
-            Err(e) => {
-                eprintln!("flame-train: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return launch_ranks(&args);
     }
     match run(&args) {
         Ok(summary) => {
@@ -53,6 +45,35 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("flame-train: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Starts `--nproc-per-node` ranks of this command and waits for them. Without `--data-endpoint` this
+/// process runs the data service the ranks share (one server, one tokenizer per host, not one per
+/// rank) and hands them its endpoint.
+fn launch_ranks(args: &Args) -> ExitCode {
+    let mut rest: Vec<String> = std::env::args().skip(1).collect();
+    let service = match flame_trainer::named_data::data_service(args) {
+        Ok((endpoint, dir)) => {
+            if args.data_endpoint.is_none() {
+                rest.extend(["--data-endpoint".to_string(), endpoint.to_string()]);
+            }
+            dir
+        }
+        Err(e) => {
+            eprintln!("flame-train: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let launched = flame_trainer::dist::launch_local(args.nproc_per_node, &rest);
+    drop(service);
+    match launched {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("flame-train: {e}");
             ExitCode::FAILURE
         }
     }

@@ -688,20 +688,44 @@ fn datasets_by_name_train_in_process_as_on_a_server_and_resume_exactly() {
         .map(ToString::to_string)
         .collect();
         argv.extend(extra.iter().map(ToString::to_string));
-        launch(&argv);
-        dump
+        let out = command(&argv, &[]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        (dump, stderr)
     };
-    let whole = logged_losses(&by_name("in-process", &[]));
+    let whole = logged_losses(&by_name("in-process", &[]).0);
     assert_eq!(whole.len(), 6);
-    let served = logged_losses(&by_name("served", &["--data-endpoint", &endpoint]));
+    let served = logged_losses(&by_name("served", &["--data-endpoint", &endpoint]).0);
     assert_eq!(served, whole, "in-process service vs flame-stream");
     let resumed = dir.path().join("resumed");
     copy_dir(
         &dir.path().join("in-process/checkpoint/step-3"),
         &resumed.join("checkpoint/step-3"),
     );
-    let after = logged_losses(&by_name("resumed", &["--checkpoint.load_step", "-1"]));
+    let after = logged_losses(&by_name("resumed", &["--checkpoint.load_step", "-1"]).0);
     assert_eq!(after, whole[3..], "resumed from step 3");
+    // Two local ranks share one service, the launcher's: both are handed its socket.
+    let (two, said) = by_name(
+        "two-ranks",
+        &[
+            "--nproc-per-node",
+            "2",
+            "--training.gradient_accumulation_steps",
+            "1",
+            "--job.print_args",
+        ],
+    );
+    assert_close(
+        &logged_losses(&two),
+        &whole,
+        "2 ranks vs 1 with accumulation",
+    );
+    let sockets: Vec<&str> = said
+        .lines()
+        .filter(|l| l.contains("data.sock"))
+        .map(str::trim)
+        .collect();
+    assert!(sockets.len() == 2 && sockets[0] == sockets[1], "{said}");
 }
 
 /// Issue 20: flame's README recipe, flag for flag (`--job.config_file fla.toml`, fineweb-edu's
