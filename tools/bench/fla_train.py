@@ -184,6 +184,8 @@ def main():
         "shape": args.shape,
         "tokens_per_s": round(ids.numel() * args.steps / secs),
         "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        # flame-train's log counts the peak reservation plus the CUDA context (cudaMemGetInfo).
+        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
         "warmup_s": round(warm, 1),
         "loss": round(loss.item(), 3),
         "gpu": torch.cuda.get_device_name(),
