@@ -14,7 +14,7 @@ use clap::Parser;
 use tch::{Device, Tensor, nn};
 
 use crate::config::{Mixer, ModelConfig};
-use crate::export::{export_hf, read_checkpoint};
+use crate::export::{export_hf, has_tokenizer, read_checkpoint};
 
 /// `flame-train convert ...`.
 #[derive(Debug, Parser)]
@@ -291,7 +291,8 @@ fn any_layer(name: &str) -> String {
 }
 
 /// Writes the export (weights, `config.json`, `tokenizer`'s files) into a temporary directory beside
-/// `output`, then renames it into place: a half-written output never exists under its name.
+/// `output`, then publishes it (renamed into place, the parent fsynced): a half-written output never
+/// exists under its name.
 fn write(
     output: &Path,
     vs: &nn::VarStore,
@@ -308,16 +309,10 @@ fn write(
         .tempdir_in(&parent)
         .with_context(|| parent.display().to_string())?;
     export_hf(partial.path(), vs, model, tokenizer)?;
-    let partial = partial.keep();
-    std::fs::rename(&partial, output)
-        .with_context(|| format!("renaming {} to {}", partial.display(), output.display()))?;
+    flame_formats::publish(partial.path(), output)?;
+    // Renamed into place: nothing is left for the guard to remove.
+    let _ = partial.keep();
     Ok(())
-}
-
-fn has_tokenizer(dir: &Path) -> bool {
-    ["tokenizer.json", "tokenizer.model"]
-        .iter()
-        .any(|f| dir.join(f).is_file())
 }
 
 #[cfg(test)]

@@ -23,9 +23,7 @@ pub fn resolve_tokenizer(path: &Path) -> anyhow::Result<PathBuf> {
     }
     if path.is_dir() {
         anyhow::ensure!(
-            ["tokenizer.json", "tokenizer.model"]
-                .iter()
-                .any(|f| path.join(f).is_file()),
+            has_tokenizer(path),
             "{}: the directory has no tokenizer.json or tokenizer.model",
             named()
         );
@@ -36,6 +34,13 @@ pub fn resolve_tokenizer(path: &Path) -> anyhow::Result<PathBuf> {
         Some(id) => flame_preprocess::source::hub::tokenizer_dir(&id).with_context(named),
         None => anyhow::bail!("{}: no such file or directory", named()),
     }
+}
+
+/// Whether the directory `dir` holds a tokenizer (`tokenizer.json` or `tokenizer.model`).
+pub fn has_tokenizer(dir: &Path) -> bool {
+    ["tokenizer.json", "tokenizer.model"]
+        .iter()
+        .any(|f| dir.join(f).is_file())
 }
 
 /// Writes `model.safetensors`, the model's `config.json` and the tokenizer files (from `tokenizer`, a

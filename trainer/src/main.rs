@@ -14,7 +14,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    let args = match Args::parse_with_config_file(std::env::args().collect()) {
+    let args = match Args::parse_with_config_file(argv) {
         Ok(args) => args,
         Err(e) => {
             // clap's own errors (and --help, --version) print as clap prints them.
@@ -55,18 +55,19 @@ fn main() -> ExitCode {
 /// rank) and hands them its endpoint.
 fn launch_ranks(args: &Args) -> ExitCode {
     let mut rest: Vec<String> = std::env::args().skip(1).collect();
-    let service = match flame_trainer::named_data::data_service(args) {
-        Ok((endpoint, dir)) => {
-            if args.data_endpoint.is_none() {
+    let mut service = None;
+    if args.data_endpoint.is_none() {
+        match flame_trainer::named_data::data_service(args) {
+            Ok((endpoint, dir)) => {
                 rest.extend(["--data-endpoint".to_string(), endpoint.to_string()]);
+                service = dir;
             }
-            dir
+            Err(e) => {
+                eprintln!("flame-train: {e:#}");
+                return ExitCode::FAILURE;
+            }
         }
-        Err(e) => {
-            eprintln!("flame-train: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
+    }
     let launched = flame_trainer::dist::launch_local(args.nproc_per_node, &rest);
     drop(service);
     match launched {

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::train::{args, setup};
-use crate::util::{python, repo};
+use crate::train::{from_checkpoint, setup};
+use crate::util::{python, repo, succeeds, transformers_checkpoints};
 
 use flame_trainer::convert::{InitFromLlama, init_from_llama};
 use flame_trainer::train::run;
@@ -19,26 +19,10 @@ fn tensors(path: &Path) -> HashMap<String, Tensor> {
         .collect()
 }
 
-fn succeeds(command: &mut std::process::Command) -> String {
-    let out = command.output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{said}");
-    said
-}
-
 #[test]
 fn a_gla_model_starts_from_a_llama_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let cases = dir.path().join("cases");
-    succeeds(
-        std::process::Command::new(python())
-            .arg(repo().join("tools/interop/hf_checkpoint.py"))
-            .arg(&cases),
-    );
+    let cases = transformers_checkpoints(&dir.path().join("cases"));
     let llama = cases.join("llama/hf");
     let config = dir.path().join("gla.json");
     // Llama's width, depth, vocabulary and MLP; GLA's keys are half as wide as its values.
@@ -102,16 +86,8 @@ fn a_gla_model_starts_from_a_llama_checkpoint() {
             .arg(&output),
     );
     // A run starts from it, its config.json giving the model.
-    let (endpoint, job, tiny) = setup(dir.path(), 64);
-    let from = output.display().to_string();
-    let flags = [
-        "--training.steps",
-        "2",
-        "--checkpoint.initial_load_path",
-        from.as_str(),
-    ];
-    let mut a = args(&endpoint, &job, &tiny, &dir.path().join("run"), &flags);
-    a.model_config = None;
+    let (endpoint, job, _) = setup(dir.path(), 64);
+    let a = from_checkpoint(&endpoint, &job, &dir.path().join("run"), &output, 2);
     assert_eq!(run(&a).unwrap().losses.len(), 2);
     // Refused: an output that exists, and a checkpoint that is not a Llama or Mistral one.
     let err = convert(&output, &llama).unwrap_err().to_string();

@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::util::{command, copy_dir, launch, names_in, python, repo, shared};
+use crate::util::{
+    command, copy_dir, launch, names_in, python, repo, shared, transformers_checkpoints,
+};
 
 use clap::Parser;
 use flame_streamer::server::{Endpoint, ServerConfig, serve};
@@ -46,6 +48,27 @@ pub fn setup(dir: &Path, seq_len: u32) -> (Endpoint, PathBuf, PathBuf) {
 
 pub fn args(endpoint: &Endpoint, job: &Path, config: &Path, dump: &Path, extra: &[&str]) -> Args {
     Args::try_parse_from(argv(endpoint, job, config, dump, extra)).unwrap()
+}
+
+/// The arguments of a `steps`-step run in `dump` that starts from the Hugging Face checkpoint `from`
+/// (`--checkpoint.initial_load_path`), its `config.json` giving the model (no `--model.config`).
+pub fn from_checkpoint(
+    endpoint: &Endpoint,
+    job: &Path,
+    dump: &Path,
+    from: &Path,
+    steps: u64,
+) -> Args {
+    let (steps, from) = (steps.to_string(), from.display().to_string());
+    let flags = [
+        "--training.steps",
+        steps.as_str(),
+        "--checkpoint.initial_load_path",
+        from.as_str(),
+    ];
+    let mut a = args(endpoint, job, Path::new("unused.json"), dump, &flags);
+    a.model_config = None;
+    a
 }
 
 pub fn argv(
@@ -453,17 +476,7 @@ fn a_run_starts_from_a_hugging_face_checkpoint() {
 #[test]
 fn checkpoints_transformers_wrote_give_its_logits_and_train_on() {
     let dir = tempfile::tempdir().unwrap();
-    let cases = dir.path().join("cases");
-    let made = std::process::Command::new(python())
-        .arg(repo().join("tools/interop/hf_checkpoint.py"))
-        .arg(&cases)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let cases = transformers_checkpoints(&dir.path().join("cases"));
     for case in ["mistral", "llama"] {
         let hf = cases.join(case).join("hf");
         let config = ModelConfig::load(&hf.join("config.json")).unwrap();
@@ -484,18 +497,10 @@ fn checkpoints_transformers_wrote_give_its_logits_and_train_on() {
         String::from_utf8_lossy(&output.stderr)
     );
     // Training goes on from the Mistral checkpoint, its config.json giving the model.
-    let (endpoint, job, config) = setup(dir.path(), 64);
+    let (endpoint, job, _) = setup(dir.path(), 64);
     let mistral = cases.join("mistral/hf");
-    let from = mistral.display().to_string();
-    let flags = [
-        "--training.steps",
-        "2",
-        "--checkpoint.initial_load_path",
-        from.as_str(),
-    ];
-    let mut a = args(&endpoint, &job, &config, &dir.path().join("run"), &flags);
-    a.model_config = None;
-    let summary = run(&a).unwrap();
+    let run_dir = dir.path().join("run");
+    let summary = run(&from_checkpoint(&endpoint, &job, &run_dir, &mistral, 2)).unwrap();
     assert_eq!(summary.losses.len(), 2);
     let exported: serde_json::Value =
         serde_json::from_slice(&std::fs::read(summary.export.join("config.json")).unwrap())
@@ -511,22 +516,8 @@ fn checkpoints_transformers_wrote_give_its_logits_and_train_on() {
         text.replace("\"sliding_window\": 4096", "\"sliding_window\": 32"),
     )
     .unwrap();
-    let from = narrow.display().to_string();
-    let flags = [
-        "--training.steps",
-        "1",
-        "--checkpoint.initial_load_path",
-        from.as_str(),
-    ];
-    let mut a = args(
-        &endpoint,
-        &job,
-        &config,
-        &dir.path().join("refused"),
-        &flags,
-    );
-    a.model_config = None;
-    let err = format!("{:#}", run(&a).unwrap_err());
+    let refused = from_checkpoint(&endpoint, &job, &dir.path().join("refused"), &narrow, 1);
+    let err = format!("{:#}", run(&refused).unwrap_err());
     assert!(
         err.contains("window_size 32") && err.contains("seq_len 64"),
         "{err}"
@@ -541,17 +532,7 @@ fn model_configs_and_checkpoints_come_from_the_hub_by_id() {
     use flame_e2e::fake_hub::{FakeHub, Repos, dead_endpoint};
     let dir = tempfile::tempdir().unwrap();
     let (endpoint, job, config) = setup(dir.path(), 64);
-    let cases = dir.path().join("cases");
-    let made = std::process::Command::new(python())
-        .arg(repo().join("tools/interop/hf_checkpoint.py"))
-        .arg(&cases)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let cases = transformers_checkpoints(&dir.path().join("cases"));
     let file =
         |path: &Path, name: &str| (name.to_string(), std::fs::read(path.join(name)).unwrap());
     let mistral = cases.join("mistral/hf");

@@ -93,3 +93,26 @@ pub fn kernel_python() -> PathBuf {
     assert!(python.exists(), "{}: missing", python.display());
     python
 }
+
+/// Runs `command` and checks that it succeeds; returns what it printed (stdout, then stderr).
+pub fn succeeds(command: &mut std::process::Command) -> String {
+    let out = command.output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    said
+}
+
+/// Checkpoints that `transformers` itself writes (`tools/interop/hf_checkpoint.py`), under `dir`:
+/// `mistral/hf` and `llama/hf`.
+pub fn transformers_checkpoints(dir: &Path) -> PathBuf {
+    succeeds(
+        std::process::Command::new(python())
+            .arg(repo().join("tools/interop/hf_checkpoint.py"))
+            .arg(dir),
+    );
+    dir.to_path_buf()
+}
