@@ -14,6 +14,8 @@ choices fla's Triton autotuner made (one JSON line per kernel and key) for tools
 before the first step, so the keys it holds are compiled with the recorded config instead of benchmarking
 every candidate again (minutes per model on a cold Triton cache); keys it lacks are autotuned as usual.
 `--profile FILE` records one step after the timed ones with torch.profiler and writes its Chrome trace.
+With `--tuned`, a run stopped by SIGTERM (`timeout`) still appends the choices made so far, so a cold
+autotune that outlasts its time budget is not lost.
 `--ignore-fla640` lets fla run Gated DeltaNet's backward on Hopper with Triton < 3.7.1, which fla refuses
 because it computes wrong gradients there (fla#640): for autotuning and timing only, never for results.
 """
@@ -21,6 +23,7 @@ because it computes wrong gradients there (fla#640): for autotuning and timing o
 import argparse
 import json
 import random
+import signal
 import sys
 import time
 import warnings
@@ -93,6 +96,22 @@ def autotuned():
             }
 
 
+def write_tuned(path):
+    with open(path, "a") as f:
+        for line in autotuned():
+            f.write(json.dumps(line) + "\n")
+
+
+def write_tuned_on_sigterm(path):
+    """On SIGTERM, appends the autotuners' choices so far to `path` and exits with status 124."""
+    def handler(signum, frame):
+        write_tuned(path)
+        print(f"stopped by signal {signum}: tuned choices so far appended to {path}", file=sys.stderr)
+        sys.exit(124)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def key_value(text):
     """A key element of a --tuned line as the autotuner built it: int, bool, None, or the dtype string."""
     if text in ("True", "False"):
@@ -147,6 +166,8 @@ def main():
     if args.preset:
         print(f"preset: {preset(args.preset)} autotuner keys from {args.preset}", file=sys.stderr)
     extra = {} if cu is None else {"cu_seqlens": cu}
+    if args.tuned:
+        write_tuned_on_sigterm(args.tuned)
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -163,9 +184,8 @@ def main():
     torch.cuda.synchronize()
     warm = time.time() - start
     if args.tuned:
-        with open(args.tuned, "a") as f:
-            for line in autotuned():
-                f.write(json.dumps(line) + "\n")
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        write_tuned(args.tuned)
     torch.cuda.reset_peak_memory_stats()
     start = time.time()
     for _ in range(args.steps):
