@@ -24,9 +24,12 @@ def load(path):
     return entries
 
 
-# Autotune-key arguments that only bucket the row count (the norms' NB, tools/kernels/README.md): an entry
-# tuned at another bucket serves a variant when nothing tuned at its own does.
-BUCKETS = ("NB",)
+# Autotune-key arguments that only bucket the row count (the norms' NB, tools/kernels/README.md), or that
+# tell the dense layout from the variable-length one (IS_VARLEN, and the cumsums' batch B, which is 1 in the
+# variable-length form): fla's 8 x 2048 runs tune the dense form, flame-train launches only the other, whose
+# blocks do the same work. An entry tuned at another value of these serves a variant when nothing tuned at
+# its own does.
+BUCKETS = ("NB", "IS_VARLEN", "B")
 
 
 def lookup(entries, qualname, key):
