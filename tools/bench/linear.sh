@@ -12,7 +12,8 @@
 # its refusal bypassed (fla_train.py --ignore-fla640): a timing beside flame-train's, not a correct run.
 # fla's runs share one Triton cache ($TRITON_CACHE_DIR, else a fresh one), so each shape is autotuned once.
 # FLA_TIMEOUT (default 420 s) bounds one fla run (compiled GLA warms up for minutes). SHAPES="8x2048" (or
-# "varlen") runs one shape only. The varlen shape needs $DATA with at least 65,536 tokens. FLA_TUNED=FILE
+# "varlen") runs one shape only; DeltaNet's and Gated DeltaNet's varlen rows checkpoint activations (their
+# 65536 tokens exhaust an H100 without it). The varlen shape needs $DATA with at least 65,536 tokens. FLA_TUNED=FILE
 # appends fla's autotuner choices to FILE (fla_train.py --tuned: the table tools/setup-kernels.sh builds with);
 # FLA_PRESET=FILE starts fla's autotuners from such a table (fla_train.py --preset) instead of a cold search.
 # Usage: BIN=dir WHEELS=dir-with-fla-wheels FLAME_KERNELS=dir bash tools/bench/linear.sh [STEPS]
@@ -49,8 +50,12 @@ for model in "${models[@]}"; do
     for shape in "${shapes[@]}"; do
         if [[ $shape == 8x2048 ]]; then
             flame_train "$model-8x2048" "$config" 2048 8 2048 false --model.kernels fla
-        else
+        elif [[ $model == gla* ]]; then
             flame_train "$model-varlen" "$config" 65536 1 4096 true --model.kernels fla
+        else
+            # DeltaNet's and Gated DeltaNet's 65536 tokens exhaust an H100's 80 GB without it (as fla's do).
+            flame_train "$model-varlen" "$config" 65536 1 4096 true --model.kernels fla \
+                --activation_checkpoint.mode full
         fi
         results+=("$work/$model-$shape.json")
         echo "RESULT $model-$shape $(cat "$work/$model-$shape.json" 2>/dev/null)"
