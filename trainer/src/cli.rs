@@ -219,6 +219,11 @@ pub struct Args {
     /// secret, `FLAME_RDZV_SECRET`, else torchrun's `TORCHELASTIC_RUN_ID` or Slurm's `SLURM_JOB_ID`).
     #[arg(long = "comm.init_timeout_seconds", default_value_t = 300)]
     pub init_timeout_seconds: u64,
+    /// Seconds each step after a run's first may take on several ranks, as torchtitan's (its first
+    /// step has `--comm.init_timeout_seconds`): a rank whose step outlives it says so and aborts, as
+    /// torch's NCCL watchdog tears a process down (`dist/watchdog.rs`).
+    #[arg(long = "comm.train_timeout_seconds", default_value_t = 100)]
+    pub train_timeout_seconds: u64,
     /// Start this many local ranks (one per GPU) and wait for them, as `torchrun --nproc-per-node`
     /// (default: `NGPU`, as flame's `train.sh` reads it, else 1).
     #[arg(long = "nproc-per-node", env = "NGPU", default_value_t = 1)]

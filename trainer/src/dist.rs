@@ -14,6 +14,7 @@
 //! - [`plan`] groups the parameters into buckets in the order the backward pass finishes their gradients
 //!   (the model's segments: output layer, layers from the last, embedding); [`Reducer`] all-reduces each
 //!   bucket as soon as its last segment is done, on NCCL's own stream, while the backward pass goes on.
+//! - [`Watchdog`] bounds each step of a run of several ranks (`dist/watchdog.rs`).
 
 use std::net::{IpAddr, TcpListener};
 use std::time::Duration;
@@ -24,9 +25,11 @@ use crate::shim::Nccl;
 
 mod handshake;
 mod rendezvous;
+mod watchdog;
 
 pub use handshake::{SECRET_VAR, Secret, SecretSource};
 pub use rendezvous::{Group, rendezvous};
+pub use watchdog::{Expired, Watchdog};
 
 /// Where this process sits in a data-parallel run.
 #[derive(Clone, Debug, PartialEq, Eq)]

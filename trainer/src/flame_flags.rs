@@ -15,13 +15,11 @@ enum Disposition {
     Only(&'static [&'static str], &'static str),
     /// Accepted with any value, which changes nothing here, for the reason given (printed once).
     NoEffect(&'static str),
-    /// Refused with any value, for the reason given.
-    Refused(&'static str),
     /// flame's old `--optimizer.scheduler`, mapped to torchtitan's schedule flags.
     OldScheduler,
 }
 
-use Disposition::{Alias, NoEffect, OldScheduler, Only, Refused};
+use Disposition::{Alias, NoEffect, OldScheduler, Only};
 
 const NO_TP: &str = "flame-train has no tensor parallelism (data parallelism only)";
 const NO_PP: &str = "flame-train has no pipeline parallelism (data parallelism only)";
@@ -199,13 +197,6 @@ const FLAGS: &[(&str, Disposition)] = &[
     ("float8.scaling_type_weight", NoEffect(ONLY_PARAMETER)),
     ("float8.scaling_type_grad_output", NoEffect(ONLY_PARAMETER)),
     (
-        "comm.train_timeout_seconds",
-        Refused(
-            "flame-train has no collective timeout after the first step yet: leave it out (its \
-             rendezvous is bounded by --comm.init_timeout_seconds)",
-        ),
-    ),
-    (
         "comm.trace_buf_size",
         NoEffect("torch's NCCL flight recorder: flame-train does not record collectives"),
     ),
@@ -263,7 +254,6 @@ pub fn resolve(argv: &[String]) -> Result<(Vec<String>, Vec<String>), String> {
                 }
             }
             NoEffect(reason) => notes.push(format!("--{name} {value}: no effect ({reason})")),
-            Refused(reason) => return Err(format!("--{name} {value}: {reason}")),
             OldScheduler => {
                 let flags = old_scheduler(&value).ok_or_else(|| {
                     format!("--{name} {value}: flame's schedulers are wsd, cosine and linear")

@@ -19,7 +19,7 @@ use crate::checkpoint::{self, TrainState};
 pub use crate::cli::{Args, ReduceDtype};
 use crate::config::ModelConfig;
 use crate::data::{DataInput, check_job};
-use crate::dist::{Backend, Launch, Reducer, rendezvous};
+use crate::dist::{Backend, Expired, Launch, Reducer, Watchdog, rendezvous};
 pub use crate::export::{export_hf, resolve_tokenizer};
 use crate::metrics::{Metrics, StepReport};
 use crate::models::{self, Model};
@@ -184,16 +184,10 @@ pub fn run_as(args: &Args, launch: &Launch) -> anyhow::Result<Summary> {
     // Rank 0 writes the logs, metrics, checkpoints and the export.
     let flops_per_token = model.flops_per_token(args.context_len.unwrap_or(args.seq_len));
     let mut metrics = (rank == 0)
-        .then(|| {
-            Metrics::open(
-                &args.dump_folder,
-                &args.tb_folder,
-                device,
-                world,
-                flops_per_token,
-                state.step,
-            )
-        })
+        .then(|| open_metrics(args, device, world, flops_per_token, state.step))
+        .transpose()?;
+    let watchdog = (world > 1)
+        .then(|| collective_watchdog(rank, state.step + 1))
         .transpose()?;
     let mut run = Run {
         args,
@@ -201,6 +195,7 @@ pub fn run_as(args: &Args, launch: &Launch) -> anyhow::Result<Summary> {
         optimizer,
         reducer,
         backend,
+        watchdog,
         data,
         schedule: Schedule::new(
             args.steps,
@@ -239,6 +234,7 @@ impl Run<'_> {
         let global = u64::from(args.batch_size * args.gradient_accumulation_steps * world);
         let mut losses = Vec::new();
         let mut last_save = std::time::Instant::now();
+        let first = state.step + 1;
         while state.step < args.steps {
             let profiled = args.enable_profiling
                 && args.profile_freq > 0
@@ -246,7 +242,17 @@ impl Run<'_> {
             if profiled {
                 crate::shim::profiler_start(run.device.is_cuda()).map_err(anyhow::Error::msg)?;
             }
-            let (report, wait) = run.step(state, global)?;
+            // Only rank 0 writes checkpoints, and its clock alone decides `seconds` intervals, as the
+            // step starts; every rank learns with the step's loss whether a checkpoint follows.
+            let save_after = rank == 0
+                && args.enable_checkpoint
+                && (args.interval_type.due(
+                    args.checkpoint_interval,
+                    state.step + 1,
+                    last_save.elapsed(),
+                ) || state.step + 1 == args.steps);
+            let (report, wait, checkpoint_follows) =
+                run.timed_step(state, global, save_after, state.step + 1 == first)?;
             if profiled {
                 let dir = (args.dump_folder.join(&args.traces_folder))
                     .join(format!("iteration_{}", state.step));
@@ -263,18 +269,58 @@ impl Run<'_> {
                 }
             }
             crate::crash::reached(crate::crash::Point::Logged, state.step);
-            // Only rank 0 writes checkpoints, so its clock alone decides `seconds` intervals.
-            let interval_due =
-                args.interval_type
-                    .due(args.checkpoint_interval, state.step, last_save.elapsed());
-            if rank == 0 && args.enable_checkpoint && (interval_due || state.step == args.steps) {
-                state.stream_cursors = run.data.stream_cursors(state.step, &[])?;
-                checkpoint::save(args, vs, &run.optimizer, state)?;
-                last_save = std::time::Instant::now();
+            if checkpoint_follows {
+                if rank == 0 {
+                    state.stream_cursors = run.data.stream_cursors(state.step, &[])?;
+                    checkpoint::save(args, vs, &run.optimizer, state)?;
+                    last_save = std::time::Instant::now();
+                }
+                if state.step < args.steps {
+                    run.after_checkpoint(state.step, rank)?;
+                }
             }
         }
         Ok(losses)
     }
+}
+
+/// Rank 0's log line and metrics files, from step `step` on.
+fn open_metrics(
+    args: &Args,
+    device: Device,
+    world: u32,
+    flops_per_token: u64,
+    step: u64,
+) -> anyhow::Result<Metrics> {
+    Metrics::open(
+        &args.dump_folder,
+        &args.tb_folder,
+        device,
+        world,
+        flops_per_token,
+        step,
+    )
+}
+
+/// The watchdog of a run of several ranks, whose first step is `first`: a step that outlives its timeout
+/// ends this process with SIGABRT (no destructor runs while the training thread is blocked in a
+/// collective), as torch's NCCL watchdog tears a process down, after saying which step and flag.
+fn collective_watchdog(rank: u32, first: u64) -> anyhow::Result<Watchdog> {
+    Watchdog::start(move |expired: Expired| {
+        let flag = if expired.step == first {
+            "--comm.init_timeout_seconds, a run's first step"
+        } else {
+            "--comm.train_timeout_seconds"
+        };
+        eprintln!(
+            "flame-train: rank {rank}: step {} did not finish within {} s ({flag}): a rank has \
+             stalled, or died without closing its connections; aborting",
+            expired.step,
+            expired.timeout.as_secs()
+        );
+        std::process::abort();
+    })
+    .context("starting the collective watchdog")
 }
 
 /// AdamW over the model's parameters (sorted by name) and the reducer of their gradients, in buckets
@@ -325,6 +371,8 @@ struct Run<'a> {
     optimizer: AdamW,
     reducer: Reducer,
     backend: Backend,
+    /// Several ranks: bounds each step (`dist/watchdog.rs`).
+    watchdog: Option<Watchdog>,
     data: DataInput,
     schedule: Schedule,
     autocast: bool,
@@ -332,9 +380,51 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// Holds the ranks until rank 0 has written step `step`'s checkpoint. The others wait with no
+    /// timeout (rank 0's death ends the wait) rather than in the next step's collectives, whose timeout
+    /// the save may outlast; rank 0's wait for them counts towards the next step's.
+    fn after_checkpoint(&mut self, step: u64, rank: u32) -> anyhow::Result<()> {
+        if let (0, Some(watchdog)) = (rank, &self.watchdog) {
+            let timeout = std::time::Duration::from_secs(self.args.train_timeout_seconds);
+            watchdog.arm(step + 1, timeout);
+        }
+        self.backend
+            .barrier()
+            .map_err(|e| anyhow::anyhow!("waiting for step {step}'s checkpoint: {e}"))
+    }
+
+    /// [`Self::step`] under the watchdog, with a run's first step's timeout or the later steps'.
+    fn timed_step(
+        &mut self,
+        state: &mut TrainState,
+        global: u64,
+        save_after: bool,
+        first: bool,
+    ) -> anyhow::Result<(StepReport, f64, bool)> {
+        if let Some(watchdog) = &self.watchdog {
+            let seconds = if first {
+                self.args.init_timeout_seconds
+            } else {
+                self.args.train_timeout_seconds
+            };
+            watchdog.arm(state.step + 1, std::time::Duration::from_secs(seconds));
+        }
+        let taken = self.step(state, global, save_after);
+        if let Some(watchdog) = &self.watchdog {
+            watchdog.disarm();
+        }
+        taken
+    }
+
     /// Takes optimizer step `state.step` (`global` samples over all ranks) and advances `state`;
-    /// returns what to log and the seconds spent waiting for data, averaged over the ranks.
-    fn step(&mut self, state: &mut TrainState, global: u64) -> anyhow::Result<(StepReport, f64)> {
+    /// returns what to log, the seconds spent waiting for data, averaged over the ranks, and whether a
+    /// checkpoint follows (`save_after` on rank 0).
+    fn step(
+        &mut self,
+        state: &mut TrainState,
+        global: u64,
+        save_after: bool,
+    ) -> anyhow::Result<(StepReport, f64, bool)> {
         let (args, s) = (self.args, state.step);
         if self.reducer.owns_grads() {
             self.reducer.zero_grads();
@@ -365,9 +455,11 @@ impl Run<'_> {
             .map_err(|e| anyhow::anyhow!("step {s}: {e}"))?;
             loss_total += loss * scale;
         }
-        // The loss and the time spent waiting for data, averaged over the ranks.
+        // The loss, the time spent waiting for data and rank 0's checkpoint decision (1/world when it
+        // saves), averaged over the ranks.
         #[allow(clippy::cast_possible_truncation)]
-        let wait = Tensor::from_slice(&[step_wait as f32]).to_device(self.device);
+        let wait = Tensor::from_slice(&[step_wait as f32, f32::from(u8::from(save_after))])
+            .to_device(self.device);
         let stats = Tensor::cat(&[loss_total.reshape([1]), wait], 0);
         self.reducer
             .finish(&mut self.backend)
@@ -397,7 +489,11 @@ impl Run<'_> {
             skipped_steps: state.skipped_steps,
             tokens: state.tokens,
         };
-        Ok((report, stats.double_value(&[1])))
+        Ok((
+            report,
+            stats.double_value(&[1]),
+            stats.double_value(&[2]) > 0.0,
+        ))
     }
 }
 

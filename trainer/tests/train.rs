@@ -1172,6 +1172,56 @@ fn two_ranks_train_as_one_with_accumulation_and_checkpoints_resume_across_world_
     );
 }
 
+/// Issue 20: `--comm.train_timeout_seconds`, as torchtitan's. A rank that stalls (`FLAME_TRAIN_STALL_AT`)
+/// makes rank 0's next step outlive the timeout, whether rank 0 waits in the step's collectives or, after
+/// a checkpoint, for the ranks to meet: rank 0 names the step and the flag and aborts, and the launcher
+/// stops the stalled rank. A checkpoint that takes rank 0 three times the timeout trips nobody.
+#[test]
+fn a_stalled_rank_ends_the_run_after_the_train_timeout_and_a_slow_checkpoint_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let (endpoint, job, config) = setup(dir.path(), 64);
+    let flags = [
+        "--training.steps",
+        "5",
+        "--training.gradient_accumulation_steps",
+        "1",
+        "--nproc-per-node",
+        "2",
+        // Far above a step of this tiny model, even in a debug build on a loaded machine.
+        "--comm.train_timeout_seconds",
+        "8",
+        "--checkpoint.interval",
+        "2",
+        "--metrics.log_freq",
+        "1",
+    ];
+    let run_with = |name: &str, stall: &str| {
+        let dump = dir.path().join(name);
+        let out = command(
+            &argv(&endpoint, &job, &config, &dump, &flags),
+            &[("FLAME_TRAIN_STALL_AT", stall)],
+        )
+        .output()
+        .unwrap();
+        (
+            dump,
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Rank 1 stops for two minutes after step 3 (no checkpoint), then after step 2 (checkpointed).
+    for (stall, step) in [("1:logged:3:120", 4), ("1:logged:2:120", 3)] {
+        let (_, status, stderr) = run_with(&format!("stalled-{step}"), stall);
+        assert!(!status.success(), "{stall}: {stderr}");
+        let said =
+            format!("rank 0: step {step} did not finish within 8 s (--comm.train_timeout_seconds)");
+        assert!(stderr.contains(&said), "{stall}: no {said:?} in {stderr}");
+    }
+    let (slow, status, stderr) = run_with("slow-checkpoint", "0:checkpoint-written:2:24");
+    assert!(status.success(), "{stderr}");
+    assert_eq!(logged_losses(&slow).len(), 5, "{stderr}");
+}
+
 /// Issue 16: a run that checkpoints every step, killed with SIGKILL at each stage of a step (its
 /// metrics written, the checkpoint's model file written, every file fsynced but not renamed, renamed)
 /// and once from outside at whatever moment the kill lands, resumes each time with
