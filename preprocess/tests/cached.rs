@@ -256,3 +256,42 @@ proptest! {
         }
     }
 }
+
+/// A tokenizer `chunk.rs` knows how to cut but no hand-written encoder takes (GPT-2's with an
+/// `end_of_word_suffix`, each byte's character with the suffix added to the vocabulary: no merge takes
+/// it, so a word's last byte stays alone) has its long documents cut on the cached path too
+/// (`CachedCut`), with the ids of the whole.
+#[test]
+fn the_cached_path_cuts_the_long_documents_chunk_rs_can_cut() {
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tokenizer_path("gpt2")).unwrap()).unwrap();
+    json["model"]["end_of_word_suffix"] = serde_json::json!("</w>");
+    let vocab = json["model"]["vocab"].as_object_mut().unwrap();
+    let bytes: Vec<String> = vocab
+        .keys()
+        .filter(|k| k.chars().count() == 1)
+        .cloned()
+        .collect();
+    for (id, byte) in (vocab.len()..).zip(bytes) {
+        vocab.insert(format!("{byte}</w>"), serde_json::json!(id));
+    }
+    let path = made_dir().join("gpt2-word-suffix.json");
+    std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+    let ours = TextEncoder::load(&path, BosPolicy::Never, false, false).unwrap();
+    assert!(
+        ours.fast_path()
+            .is_some_and(|p| p.starts_with("cached BPE")),
+        "{:?}",
+        ours.fast_path()
+    );
+    assert!(ours.cuts_long_documents());
+    let text = texts("corpus/jsonl/en-jargon-devil.jsonl").texts.join("\n");
+    assert!(text.len() > flame_preprocess::chunk::CHUNK_BYTES);
+    let mut ids = Vec::new();
+    ours.encode(&text, &mut ids).unwrap();
+    let mut theirs = tokenizers::Tokenizer::from_file(&path).unwrap();
+    theirs.set_encode_special_tokens(true);
+    let want = theirs.encode_fast(text.as_str(), false).unwrap();
+    assert_eq!(ids.len(), want.get_ids().len());
+    assert!(ids == want.get_ids(), "the cut document's ids differ");
+}
