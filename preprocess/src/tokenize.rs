@@ -1,14 +1,16 @@
 //! Text to token ids, behind a small seam.
 //!
 //! [`TextEncoder`] wraps a Hugging Face `tokenizer.json` and the `tokenizers` crate, the reference for
-//! what the ids are, whose tokenizer it builds only when it is used (a fast encoder's run never builds it:
-//! [`crate::probe`] reads what it would say from the JSON). Where a fast encoder of the same ids exists
+//! what the ids are, whose tokenizer it builds only when it is used (a hand-written encoder's run never
+//! builds it: [`crate::probe`] reads what it would say from the JSON). Where a fast encoder of the same ids exists
 //! for the tokenizer's shape
 //! ([`crate::spm_bpe`] for SentencePiece-style BPE, [`crate::byte_bpe`] for byte-level BPE with a split
-//! regex), documents go through it instead; otherwise the run logs once that it uses the `tokenizers`
-//! encoder. The BOS/EOS policy is explicit ([`BosPolicy`], `append_eod`), and literal
-//! special-token strings inside a document (`<s>`, `<|endoftext|>`) are encoded as plain text unless
-//! the user asks otherwise, so that a web page quoting `</s>` cannot forge a document boundary.
+//! regex, [`crate::wordpiece`] for BERT), documents go through it instead; any other shape goes through
+//! [`crate::cached`] (the crate's own components, its model once per distinct pre-token), and only what
+//! that cannot cache exactly through the crate's whole encoder. The run logs once which. The BOS/EOS
+//! policy is explicit ([`BosPolicy`], `append_eod`), and literal special-token strings inside a document
+//! (`<s>`, `<|endoftext|>`) are encoded as plain text unless the user asks otherwise, so that a web page
+//! quoting `</s>` cannot forge a document boundary.
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +20,7 @@ use tokenizers::Tokenizer;
 
 use crate::bpe::Cache;
 use crate::byte_bpe::{ByteLevelBpe, Splitter};
+use crate::cached::CachedModel;
 use crate::chunk::{Chunker, GUARD};
 use crate::probe::{BOS_NAMES, EOS_NAMES, Probes, special_affixes};
 use crate::spm_bpe::SentencePieceBpe;
@@ -103,6 +106,15 @@ impl LazyTokenizer {
             .as_ref()
             .map_err(|e| anyhow::anyhow!("{e}"))
     }
+
+    /// The tokenizer, built if it was not; a later [`LazyTokenizer::get`] builds it again.
+    fn take(&mut self) -> anyhow::Result<Tokenizer> {
+        self.get()?;
+        self.built
+            .take()
+            .expect("built just now")
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
 }
 
 /// A fast encoder and what the post-processor puts around a document's ids.
@@ -113,6 +125,8 @@ struct FastPath {
     id: u64,
     special_prefix: Vec<u32>,
     special_suffix: Vec<u32>,
+    /// How the cached path cuts long documents, where the tokenizer's documents can be cut.
+    cut: Option<CachedCut>,
 }
 
 /// The fast encoders.
@@ -121,6 +135,8 @@ enum Fast {
     SentencePiece(SentencePieceBpe),
     ByteLevel(Box<ByteLevelBpe>),
     WordPiece(Box<WordPiece>),
+    /// Any other shape, through the `tokenizers` crate's components ([`crate::cached`]).
+    Cached(Box<CachedModel>),
 }
 
 impl Fast {
@@ -131,12 +147,14 @@ impl Fast {
             .or_else(|| WordPiece::from_json(json).map(|e| Self::WordPiece(Box::new(e))))
     }
 
-    fn encode(&self, text: &str, cache: &mut Cache, out: &mut Vec<u32>) {
+    fn encode(&self, text: &str, cache: &mut Cache, out: &mut Vec<u32>) -> anyhow::Result<()> {
         match self {
             Self::SentencePiece(encoder) => encoder.encode(text, cache, out),
             Self::ByteLevel(encoder) => encoder.encode(text, cache, out),
             Self::WordPiece(encoder) => encoder.encode(text, cache, out),
+            Self::Cached(encoder) => return encoder.encode(text, cache, out),
         }
+        Ok(())
     }
 }
 
@@ -203,7 +221,7 @@ impl TextEncoder {
         let config = file.with_file_name("tokenizer_config.json");
         let config = config.is_file().then_some(config.as_path());
         let sha256 = sha256_hex(&bytes);
-        let tokenizer = LazyTokenizer::new(bytes, &file, parse_special_tokens);
+        let mut tokenizer = LazyTokenizer::new(bytes, &file, parse_special_tokens);
         // With a fast encoder the `tokenizers` crate's tokenizer is not needed: what it would say about
         // itself is read from the JSON (when that is certain to agree), and it is never built.
         let from_json = match &fast {
@@ -236,23 +254,35 @@ impl TextEncoder {
             );
         }
         let chunker = Chunker::for_tokenizer(&json);
+        let fast = match fast {
+            None if !parse_special_tokens => cached_path(&mut tokenizer, &json, &file)?,
+            fast => fast,
+        };
         // Freeing a large tree takes a while; nothing waits for it.
         std::thread::spawn(move || drop(json));
         let cuts_long_documents = chunker.is_some();
         // The fast path encodes special-token strings as text, as flame-prep does by default.
         let (fast, long) = if let Some(encoder) = fast {
+            let id = ENCODERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let cut = match (&encoder, chunker) {
+                (Fast::Cached(cached), Some(chunker)) => Some(CachedCut::new(cached, chunker)?),
+                _ => None,
+            };
             let fast = FastPath {
                 encoder,
-                id: ENCODERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                id,
                 special_prefix: probes.special_prefix,
                 special_suffix: probes.special_suffix,
+                cut,
             };
             (Some(fast), None)
         } else {
-            tracing::info!(
-                tokenizer = %file.display(),
-                "No fast encoder for this tokenizer's shape (flame-prep has them for SentencePiece-style BPE, BERT WordPiece and byte-level BPE whose split regexes have no look-around but a final `\\s+(?!\\S)` alternative, no backreference, assertion or flag other than (?i)); using the tokenizers crate's encoder."
-            );
+            if parse_special_tokens {
+                tracing::info!(
+                    tokenizer = %file.display(),
+                    "Special-token strings are parsed (--parse-special-tokens), which only the tokenizers crate's encoder does; using it."
+                );
+            }
             let long = chunker
                 .map(|chunker| LongDocuments::new(tokenizer.get()?, chunker))
                 .transpose()
@@ -311,6 +341,7 @@ impl TextEncoder {
                 Splitter::General(_) => "byte-level BPE, general regex split".to_owned(),
             },
             Fast::WordPiece(encoder) => encoder.describe(),
+            Fast::Cached(encoder) => encoder.describe().to_owned(),
         })
     }
 
@@ -334,8 +365,13 @@ impl TextEncoder {
             FAST_CACHE.with(|cache| {
                 let mut cache = cache.borrow_mut();
                 cache.belong_to(fast.id);
-                fast.encoder.encode(text, &mut cache, out);
-            });
+                match (&fast.encoder, &fast.cut) {
+                    (Fast::Cached(cached), Some(cut)) if text.len() > cut.chunker.chunk_bytes() => {
+                        cut.encode(cached, text, &mut cache, out)
+                    }
+                    (encoder, _) => encoder.encode(text, &mut cache, out),
+                }
+            })?;
             if add_special_tokens {
                 out.extend_from_slice(&fast.special_suffix);
             }
@@ -367,6 +403,76 @@ impl TextEncoder {
         if self.append_eod && !out.is_empty() {
             out.push(self.info.eos_id.expect("checked in load"));
         }
+    }
+}
+
+/// The cached path for a tokenizer no hand-written encoder takes, unless caching could change its ids
+/// (then the `tokenizers` crate's encoder is used); either is logged.
+fn cached_path(
+    tokenizer: &mut LazyTokenizer,
+    json: &serde_json::Value,
+    file: &Path,
+) -> anyhow::Result<Option<Fast>> {
+    if let Some(reason) = CachedModel::refusal(tokenizer.get()?, json) {
+        tracing::info!(
+            tokenizer = %file.display(),
+            reason,
+            "No fast encoder for this tokenizer's shape, and its model's ids cannot be cached per pre-token; using the tokenizers crate's encoder."
+        );
+        return Ok(None);
+    }
+    let cached = CachedModel::new(tokenizer.take()?, json);
+    tracing::info!(
+        tokenizer = %file.display(),
+        path = cached.describe(),
+        "No hand-written encoder for this tokenizer's shape (flame-prep has them for SentencePiece-style BPE, BERT WordPiece and byte-level BPE whose split regexes have no look-around but a final `\\s+(?!\\S)` alternative, no backreference, assertion or flag other than (?i)); using the cached path: the tokenizers crate's normalizer, pre-tokenizer and model, the model run once per distinct pre-token."
+    );
+    Ok(Some(Fast::Cached(Box::new(cached))))
+}
+
+/// How the cached path encodes documents longer than [`crate::chunk::CHUNK_BYTES`]: piece by piece, as
+/// [`LongDocuments`] does with the crate's encoder. The cached path gives the crate's ids for every text,
+/// so the pieces' ids are the crate's, whose concatenation (guards stripped) is the whole document's
+/// ([`crate::chunk`]).
+#[derive(Debug)]
+struct CachedCut {
+    chunker: Chunker,
+    /// Ids of [`GUARD`] alone, stripped from the front of every piece but the first.
+    guard_ids: Vec<u32>,
+}
+
+impl CachedCut {
+    fn new(cached: &CachedModel, chunker: Chunker) -> anyhow::Result<Self> {
+        let mut guard_ids = Vec::new();
+        cached.encode(GUARD, &mut Cache::default(), &mut guard_ids)?;
+        Ok(Self { chunker, guard_ids })
+    }
+
+    fn encode(
+        &self,
+        cached: &CachedModel,
+        text: &str,
+        cache: &mut Cache,
+        out: &mut Vec<u32>,
+    ) -> anyhow::Result<()> {
+        let mut guarded = String::new();
+        for (i, piece) in self.chunker.pieces(text).into_iter().enumerate() {
+            if i == 0 {
+                cached.encode(piece, cache, out)?;
+                continue;
+            }
+            guarded.clear();
+            guarded.push_str(GUARD);
+            guarded.push_str(piece);
+            let start = out.len();
+            cached.encode(&guarded, cache, out)?;
+            anyhow::ensure!(
+                out[start..].starts_with(&self.guard_ids),
+                "internal error: a guarded piece does not start with the guard's ids"
+            );
+            out.drain(start..start + self.guard_ids.len());
+        }
+        Ok(())
     }
 }
 

@@ -3,6 +3,7 @@
 #![allow(clippy::cast_possible_truncation)] // test values are small
 
 mod bad_input;
+mod cached;
 mod chunking;
 mod exactness;
 mod fast_encoders;

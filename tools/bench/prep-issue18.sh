@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 18's benchmark in one command: for each of its twelve tokenizers (the four of ../shared/data/tokenizers
+# Issue 18's benchmark in one command: for each of its fifteen tokenizers (the four of ../shared/data/tokenizers
 # and the fixtures of tools/fetch-tokenizers.sh), flame-prep end to end (2 workers, best of 3) against
 # gigatoken's file API (where gigatoken loads the tokenizer) and the `tokenizers` library's raw-encode
 # ceiling, on the unique corpus of tools/bench/unique-corpus.sh (142 MB of text, no document twice), with

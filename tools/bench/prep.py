@@ -31,7 +31,7 @@ Prints a table and the ratios, writes results.json in --work. Run through tools/
 
 Issue 18's benchmark (tools/bench/prep-issue18.sh) runs the same code with other arguments: --corpus, the
 unique corpus of tools/bench/unique-corpus.sh instead of the replicated shared one (--max-mib then takes
-its first documents up to that size, for a small run); --tokenizers issue18, the twelve tokenizers
+its first documents up to that size, for a small run); --tokenizers issue18, the fifteen tokenizers
 (ISSUE18_TOKENIZERS: the four shared ones and the fixtures of tools/fetch-tokenizers.sh, found in
 --fixtures); --peers ceiling,gigatoken --no-packed --no-stages; and --issue18, which prints one row per
 tokenizer (MB/s of flame-prep, gigatoken and the ceiling, the two ratios, flame-prep's peak RSS) with the
@@ -72,9 +72,13 @@ SPECIALS = {
     "llama-3": {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"},
     "phi-3": {"bos_token": "<s>", "eos_token": "<|endoftext|>"},
     "bert-base-uncased": {"cls_token": "[CLS]", "sep_token": "[SEP]"},
+    "botchan-unigram": {"eos_token": "</s>", "unk_token": "<unk>"},
+    "kyoto-unigram": {"eos_token": "</s>", "unk_token": "<unk>"},
+    "claude": {"eos_token": "<EOT>"},
 }
 ISSUE18_TOKENIZERS = ["gpt2", "mistral-7b-v0.1", "cl100k_base", "tekken-240911", "qwen3", "gpt-oss", "gpt-4o",
-                      "deepseek-v3", "gemma-3", "llama-3", "phi-3", "bert-base-uncased"]
+                      "deepseek-v3", "gemma-3", "llama-3", "phi-3", "bert-base-uncased", "botchan-unigram",
+                      "kyoto-unigram", "claude"]
 MIB = 2**20
 ROWS_PER_FILE = 20_000
 ROWS_PER_GROUP = 1_000
@@ -390,7 +394,7 @@ def main():
     parser.add_argument("--work", default=os.path.expanduser("~/.cache/flame/bench/prep"))
     parser.add_argument("--stages", default=os.path.join(ROOT, "target/release/examples/stages"))
     parser.add_argument("--tokenizers", default="gpt2,mistral-7b-v0.1",
-                        help="comma-separated names; 'issue18' for issue 18's twelve")
+                        help="comma-separated names; 'issue18' for issue 18's fifteen")
     parser.add_argument("--fixtures", default=os.path.join(os.environ.get("FLAME_CACHE", os.path.expanduser(
         "~/.cache/flame")), "tokenizers"), help="where tools/fetch-tokenizers.sh put the other tokenizers")
     parser.add_argument("--peers", default="ceiling,megatron,datasets,gigatoken")

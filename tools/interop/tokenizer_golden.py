@@ -40,7 +40,19 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "data" / "tokenizers"
 SHARED = pathlib.Path(os.environ.get("FLAME_SHARED", ROOT.parent / "shared")) / "data"
 # PROVENANCE.md's order.
-NAMES = ["qwen3", "gpt-oss", "gpt-4o", "deepseek-v3", "gemma-3", "llama-3", "phi-3", "bert-base-uncased"]
+NAMES = [
+    "qwen3",
+    "gpt-oss",
+    "gpt-4o",
+    "deepseek-v3",
+    "gemma-3",
+    "llama-3",
+    "phi-3",
+    "bert-base-uncased",
+    "botchan-unigram",
+    "kyoto-unigram",
+    "claude",
+]
 
 
 def sources():
