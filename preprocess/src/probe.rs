@@ -202,19 +202,34 @@ fn named(
 /// # Errors
 /// The tokenizer fails, or its post-processor changes the document's own ids.
 pub fn special_affixes(tokenizer: &Tokenizer) -> anyhow::Result<(Vec<u32>, Vec<u32>)> {
-    let encode = |special| {
+    let encode = |text, special| {
         tokenizer
-            .encode_fast("a", special)
+            .encode_fast(text, special)
             .map(|e| e.get_ids().to_vec())
             .map_err(|e| anyhow::anyhow!("tokenizer failed: {e}"))
     };
-    let (plain, special) = (encode(false)?, encode(true)?);
-    let at = special
-        .windows(plain.len())
-        .position(|w| w == plain.as_slice())
-        .context("the post-processor changes the ids of a document")?;
-    Ok((special[..at].to_vec(), special[at + plain.len()..].to_vec()))
+    // The first probe text the model gives ids to: a vocabulary without "a" (and no unknown token)
+    // encodes it to nothing, where the affixes could not be told apart.
+    for text in AFFIX_PROBES {
+        let plain = encode(text, false)?;
+        if plain.is_empty() {
+            continue;
+        }
+        let special = encode(text, true)?;
+        let at = special
+            .windows(plain.len())
+            .position(|w| w == plain.as_slice())
+            .context("the post-processor changes the ids of a document")?;
+        return Ok((special[..at].to_vec(), special[at + plain.len()..].to_vec()));
+    }
+    anyhow::bail!(
+        "the tokenizer encodes none of {AFFIX_PROBES:?} to any id, so what its post-processor adds \
+         around a document cannot be told"
+    )
 }
+
+/// Texts [`special_affixes`] encodes, in order, until one has ids.
+const AFFIX_PROBES: [&str; 4] = ["a", "hello world", "0", "."];
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
@@ -283,5 +298,34 @@ mod tests {
         // Ids the crate would assign otherwise (it numbers `<s>` 3, not 7): the JSON is not trusted.
         let json = small(&serde_json::json!([added("</s>", 1), added("<s>", 7)]));
         assert_eq!(Probes::of_json(&json, None).unwrap(), None);
+    }
+
+    /// A tokenizer JSON of a BPE model over `vocab` (no unknown token: other text gets no ids) with a
+    /// template that puts id 0 first.
+    fn bpe_without(vocab: &str) -> Tokenizer {
+        let json = format!(
+            r#"{{"version": "1.0", "added_tokens": [], "normalizer": null, "pre_tokenizer": null,
+                "post_processor": {{"type": "TemplateProcessing",
+                    "single": [{{"SpecialToken": {{"id": "<s>", "type_id": 0}}}}, {{"Sequence": {{"id": "A", "type_id": 0}}}}],
+                    "pair": [{{"Sequence": {{"id": "A", "type_id": 0}}}}],
+                    "special_tokens": {{"<s>": {{"id": "<s>", "ids": [0], "tokens": ["<s>"]}}}}}},
+                "decoder": null,
+                "model": {{"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                    "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                    "vocab": {vocab}, "merges": []}}}}"#
+        );
+        Tokenizer::from_bytes(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn affixes_come_from_the_first_probe_with_ids_and_none_is_an_error() {
+        // "a" has no id here (it used to panic: a window of 0); "hello world"'s letters do.
+        let tokenizer = bpe_without(
+            r#"{"<s>": 0, "h": 1, "e": 2, "l": 3, "o": 4, " ": 5, "w": 6, "r": 7, "d": 8}"#,
+        );
+        assert_eq!(special_affixes(&tokenizer).unwrap(), (vec![0], vec![]));
+        let mute = bpe_without(r#"{"<s>": 0, "z": 1}"#);
+        let error = special_affixes(&mute).unwrap_err().to_string();
+        assert!(error.contains("encodes none of"), "{error}");
     }
 }
