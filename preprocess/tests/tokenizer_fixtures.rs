@@ -56,8 +56,9 @@ const BERT_UNCASED: Option<&str> = Some(
 
 const T5_UNIGRAM: Option<&str> =
     Some("cached Unigram (normalizer Precompiled, pre-tokenizer [WhitespaceSplit, Metaspace])");
-const NFKC_UNIGRAM: Option<&str> =
-    Some("cached Unigram (normalizer NFKC, pre-tokenizer [Metaspace, Digits, Punctuation])");
+const NFKC_UNIGRAM: Option<&str> = Some(
+    "cached Unigram (normalizer NFKC, pre-tokenizer [Metaspace, Digits, Punctuation], native)",
+);
 const NFKC_BYTE_LEVEL: Option<&str> = Some("cached BPE (normalizer NFKC, pre-tokenizer ByteLevel)");
 
 fixture_tests! {
