@@ -126,7 +126,7 @@ fn the_shapes_without_a_hand_written_encoder_take_the_cached_path() {
         paths,
         [
             Some(
-                "cached Unigram (normalizer Precompiled, pre-tokenizer [WhitespaceSplit, Metaspace])"
+                "cached Unigram (normalizer Precompiled, pre-tokenizer [WhitespaceSplit, Metaspace], native)"
                     .to_owned()
             ),
             Some(

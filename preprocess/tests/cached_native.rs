@@ -122,6 +122,13 @@ fn pre_tokenizer_shapes() -> Vec<(String, Value)> {
     shapes
 }
 
+/// botchan-unigram's `Precompiled` normalizer (T5's SentencePiece character map).
+fn precompiled() -> Value {
+    let path = tokenizers_dir().join("botchan-unigram/tokenizer.json");
+    let json: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    json["normalizer"].clone()
+}
+
 /// The normalizers the native steps cover, each alone and in a sequence, before a `Metaspace` (whose
 /// `first` reads where the normalized text starts) or a split.
 fn normalizer_shapes() -> Vec<(String, Value, Value)> {
@@ -176,6 +183,30 @@ fn normalizer_shapes() -> Vec<(String, Value, Value)> {
                 "pretokenizers",
                 &[metaspace("never", true), punctuation("Removed")],
             ),
+        ),
+        (
+            "Precompiled".into(),
+            precompiled(),
+            metaspace("always", true),
+        ),
+        (
+            "Precompiled, botchan's".into(),
+            precompiled(),
+            sequence(
+                "pretokenizers",
+                &[
+                    json!({"type": "WhitespaceSplit"}),
+                    metaspace("always", true),
+                ],
+            ),
+        ),
+        (
+            "Precompiled in a sequence".into(),
+            sequence(
+                "normalizers",
+                &[json!({"type": "Lowercase"}), precompiled()],
+            ),
+            json!({"type": "Whitespace"}),
         ),
         ("nothing".into(), Value::Null, Value::Null),
     ]
@@ -246,6 +277,7 @@ fn every_covered_shape_is_native() {
 fn other_steps_keep_the_crate_components() {
     let first = metaspace("first", true);
     let declined = [
+        (precompiled(), first.clone()),
         (json!({"type": "NFKD"}), first.clone()),
         (
             json!({"type": "Replace", "pattern": {"Regex": " +"}, "content": " "}),

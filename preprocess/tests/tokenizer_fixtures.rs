@@ -54,8 +54,9 @@ const BERT_UNCASED: Option<&str> = Some(
     "WordPiece (BertNormalizer: clean_text true, handle_chinese_chars true, strip_accents true, lowercase true)",
 );
 
-const T5_UNIGRAM: Option<&str> =
-    Some("cached Unigram (normalizer Precompiled, pre-tokenizer [WhitespaceSplit, Metaspace])");
+const T5_UNIGRAM: Option<&str> = Some(
+    "cached Unigram (normalizer Precompiled, pre-tokenizer [WhitespaceSplit, Metaspace], native)",
+);
 const NFKC_UNIGRAM: Option<&str> = Some(
     "cached Unigram (normalizer NFKC, pre-tokenizer [Metaspace, Digits, Punctuation], native)",
 );

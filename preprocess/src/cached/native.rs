@@ -6,25 +6,28 @@
 //!
 //! * normalizers `NFC`, `NFKC` (text their quick check passes is left as it is), `Lowercase` (each
 //!   character's own lowercase, as the crate's: no final sigma), `Strip` (`char::is_whitespace`),
-//!   `Replace` with a non-empty string pattern, `Prepend` (not on an empty string);
+//!   `Replace` with a non-empty string pattern, `Prepend` (not on an empty string), `Precompiled`
+//!   (SentencePiece's character map, grapheme by grapheme, through the crate's own map);
 //! * pre-tokenizers `Metaspace` (every `prepend_scheme`, `split` or not), `WhitespaceSplit`, `Whitespace`
 //!   (`\w+|[^\w\s]+`, `\w` the `regex` crate's), `Digits` (`char::is_numeric`, one by one or in runs),
 //!   `Punctuation` (ASCII or Unicode `P*`, as the crate's `is_punc`, every split behavior).
 //!
-//! Anything else (`Precompiled`, `NFD`, `NFKD`, `BertNormalizer`, a regex `Replace`, `Split`,
-//! `ByteLevel`, `BertPreTokenizer`, …) and one case this module does not follow makes [`Native::new`]
-//! decline, and the cached path keeps the crate's components: `Metaspace` with `prepend_scheme: first`
-//! anywhere but first among the pre-tokenizers, or after a `Replace`. `first` prepends to a piece whose
-//! first character comes from the document's first byte; the crate reads that from its alignments,
-//! which a `Replace` or an earlier split can move (a `Replace` gives its content the alignment of the
-//! match's last character).
+//! Anything else (`NFD`, `NFKD`, `BertNormalizer`, a regex `Replace`, `Split`, `ByteLevel`,
+//! `BertPreTokenizer`, …) and one case this module does not follow makes [`Native::new`] decline, and
+//! the cached path keeps the crate's components: `Metaspace` with `prepend_scheme: first` anywhere but
+//! first among the pre-tokenizers, or after a `Replace` or `Precompiled`. `first` prepends to a piece
+//! whose first character comes from the document's first byte; the crate reads that from its
+//! alignments, which a `Replace`, a `Precompiled` map or an earlier split can move (a `Replace` gives its
+//! content the alignment of the match's last character).
 
 use std::borrow::Cow;
 
 use tokenizers::normalizers::NormalizerWrapper;
+use tokenizers::normalizers::precompiled::Precompiled;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use unicode_categories::UnicodeCategories;
 use unicode_normalization_alignments::{IsNormalized, UnicodeNormalization};
+use unicode_segmentation::UnicodeSegmentation;
 
 /// A normalizer step.
 #[derive(Debug)]
@@ -35,6 +38,7 @@ enum Normalize {
     Strip { left: bool, right: bool },
     Replace { pattern: String, content: String },
     Prepend(String),
+    Precompiled(Box<Precompiled>),
 }
 
 /// Where `Metaspace` puts its replacement before a piece that does not start with it.
@@ -95,7 +99,7 @@ impl Native {
     ) -> Option<Self> {
         let mut normalizers = Vec::new();
         if let Some(normalizer) = normalizer {
-            flatten_normalizer(&serde_json::to_value(normalizer).ok()?, &mut normalizers)?;
+            flatten_normalizer(normalizer, &mut normalizers)?;
         }
         let mut pre_tokenizers = Vec::new();
         if let Some(pre_tokenizer) = pre_tokenizer {
@@ -106,7 +110,7 @@ impl Native {
         }
         let has_replace = normalizers
             .iter()
-            .any(|n| matches!(n, Normalize::Replace { .. }));
+            .any(|n| matches!(n, Normalize::Replace { .. } | Normalize::Precompiled(_)));
         let first_elsewhere = pre_tokenizers.iter().enumerate().any(|(i, p)| {
             matches!(
                 p,
@@ -213,6 +217,7 @@ impl Native {
                     .contains(pattern.as_str())
                     .then(|| text.replace(pattern.as_str(), content)),
                 Normalize::Prepend(prefix) => (!text.is_empty()).then(|| format!("{prefix}{text}")),
+                Normalize::Precompiled(map) => precompiled(map, &text),
             };
             if let Some(next) = next {
                 text = Cow::Owned(next);
@@ -232,6 +237,33 @@ fn lowercase(text: &str) -> Option<String> {
     }
     let lower: String = text.chars().flat_map(char::to_lowercase).collect();
     (lower != text).then_some(lower)
+}
+
+/// The crate's `Precompiled` normalizer (`normalizers/precompiled.rs`), if it changes `text`: each
+/// grapheme shorter than 6 bytes as the map has it, else (or where the map lacks it) each of its
+/// characters as the map has it or as it is.
+fn precompiled(map: &Precompiled, text: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut is_modified = false;
+    for grapheme in text.graphemes(true) {
+        if grapheme.len() < 6
+            && let Some(normalized) = map.transform(grapheme)
+        {
+            is_modified = true;
+            out.push_str(normalized);
+            continue;
+        }
+        for (i, c) in grapheme.char_indices() {
+            match map.transform(&grapheme[i..i + c.len_utf8()]) {
+                Some(normalized) => {
+                    is_modified = true;
+                    out.push_str(normalized);
+                }
+                None => out.push(c),
+            }
+        }
+    }
+    is_modified.then_some(out)
 }
 
 /// `Metaspace` on one piece: spaces become `replacement`, which is put in front where asked and missing;
@@ -360,16 +392,25 @@ fn split_words(piece: &str, emit: &mut impl FnMut(usize, usize)) {
     }
 }
 
-/// Appends the native steps of a normalizer (as the crate serializes it) to `steps`; `None` if one is
-/// not covered.
-fn flatten_normalizer(json: &serde_json::Value, steps: &mut Vec<Normalize>) -> Option<()> {
-    let step = match json["type"].as_str()? {
-        "Sequence" => {
-            for member in json["normalizers"].as_array()? {
+/// Appends the native steps of `normalizer` to `steps`; `None` if one is not covered.
+fn flatten_normalizer(normalizer: &NormalizerWrapper, steps: &mut Vec<Normalize>) -> Option<()> {
+    match normalizer {
+        NormalizerWrapper::Sequence(sequence) => {
+            for member in sequence.as_ref() {
                 flatten_normalizer(member, steps)?;
             }
-            return Some(());
         }
+        NormalizerWrapper::Precompiled(map) => {
+            steps.push(Normalize::Precompiled(Box::new(map.clone())));
+        }
+        other => steps.push(normalizer_step(&serde_json::to_value(other).ok()?)?),
+    }
+    Some(())
+}
+
+/// A normalizer's native step from the crate's serialization of it, if there is one.
+fn normalizer_step(json: &serde_json::Value) -> Option<Normalize> {
+    let step = match json["type"].as_str()? {
         "NFC" => Normalize::Nfc,
         "NFKC" => Normalize::Nfkc,
         "Lowercase" => Normalize::Lowercase,
@@ -390,8 +431,7 @@ fn flatten_normalizer(json: &serde_json::Value, steps: &mut Vec<Normalize>) -> O
         "Prepend" => Normalize::Prepend(json["prepend"].as_str()?.to_owned()),
         _ => return None,
     };
-    steps.push(step);
-    Some(())
+    Some(step)
 }
 
 /// Appends the native steps of a pre-tokenizer (as the crate serializes it) to `steps`; `None` if one
