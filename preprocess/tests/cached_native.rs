@@ -321,6 +321,7 @@ fn hand_picked_texts_get_the_crate_pre_tokens() {
         "Hello, world!! 12345 people\t in 2024...",
         "\u{130}\u{3a3}\u{3a3} \u{fb01}ne \u{2460}\u{ff21}\u{ff11} cafe\u{301}",
         "\u{a0}\u{3000}x\u{85}",
+        "x\r\n\u{301}a\u{301}\r\r\n\u{ff21}\u{1F1EF}\u{1F1F5}\u{1F1EF}\u{2460}\u{301}",
     ];
     for shape in shapes() {
         for text in texts {

@@ -38,7 +38,7 @@ enum Normalize {
     Strip { left: bool, right: bool },
     Replace { pattern: String, content: String },
     Prepend(String),
-    Precompiled(Box<Precompiled>),
+    Precompiled(Box<CharMap>),
 }
 
 /// Where `Metaspace` puts its replacement before a piece that does not start with it.
@@ -217,7 +217,7 @@ impl Native {
                     .contains(pattern.as_str())
                     .then(|| text.replace(pattern.as_str(), content)),
                 Normalize::Prepend(prefix) => (!text.is_empty()).then(|| format!("{prefix}{text}")),
-                Normalize::Precompiled(map) => precompiled(map, &text),
+                Normalize::Precompiled(map) => map.normalize(&text),
             };
             if let Some(next) = next {
                 text = Cow::Owned(next);
@@ -239,31 +239,87 @@ fn lowercase(text: &str) -> Option<String> {
     (lower != text).then_some(lower)
 }
 
-/// The crate's `Precompiled` normalizer (`normalizers/precompiled.rs`), if it changes `text`: each
-/// grapheme shorter than 6 bytes as the map has it, else (or where the map lacks it) each of its
-/// characters as the map has it or as it is.
-fn precompiled(map: &Precompiled, text: &str) -> Option<String> {
-    let mut out = String::with_capacity(text.len());
-    let mut is_modified = false;
-    for grapheme in text.graphemes(true) {
-        if grapheme.len() < 6
-            && let Some(normalized) = map.transform(grapheme)
-        {
-            is_modified = true;
-            out.push_str(normalized);
-            continue;
-        }
-        for (i, c) in grapheme.char_indices() {
-            match map.transform(&grapheme[i..i + c.len_utf8()]) {
-                Some(normalized) => {
-                    is_modified = true;
-                    out.push_str(normalized);
+/// SentencePiece's character map (the crate's `Precompiled`), with what it gives each ASCII character
+/// looked up once.
+#[derive(Debug)]
+struct CharMap {
+    map: Precompiled,
+    ascii: Vec<Option<String>>,
+}
+
+impl CharMap {
+    fn new(map: Precompiled) -> Self {
+        let ascii = (0..128u8)
+            .map(|b| map.transform(&char::from(b).to_string()).map(str::to_owned))
+            .collect();
+        Self { map, ascii }
+    }
+
+    /// The crate's `Precompiled` normalizer (`normalizers/precompiled.rs`), if it changes `text`: each
+    /// grapheme shorter than 6 bytes as the map has it, else (or where the map lacks it) each of its
+    /// characters as the map has it or as it is.
+    ///
+    /// Between two ASCII characters there is always a grapheme boundary but inside `\r\n` (Unicode's
+    /// GB3 to GB5, and no rule looks back past an ASCII character), so an ASCII character followed by one
+    /// is a grapheme of its own, read from the table; the rest goes through the grapheme segmenter, cut
+    /// at such boundaries.
+    fn normalize(&self, text: &str) -> Option<String> {
+        let bytes = text.as_bytes();
+        let is_cut = |at: usize| {
+            at == bytes.len()
+                || bytes[at].is_ascii()
+                    && bytes[at - 1].is_ascii()
+                    && (bytes[at - 1], bytes[at]) != (b'\r', b'\n')
+        };
+        let mut out = String::with_capacity(text.len());
+        let mut is_modified = false;
+        let mut at = 0;
+        while at < bytes.len() {
+            // A cut right after `at` (a character's first byte) makes that character ASCII.
+            if is_cut(at + 1) {
+                match &self.ascii[usize::from(bytes[at])] {
+                    Some(normalized) => {
+                        is_modified = true;
+                        out.push_str(normalized);
+                    }
+                    None => out.push(char::from(bytes[at])),
                 }
-                None => out.push(c),
+                at += 1;
+                continue;
+            }
+            let end = (at + 2..=bytes.len())
+                .find(|&end| is_cut(end))
+                .expect("the end is a cut");
+            is_modified |= self.normalize_graphemes(&text[at..end], &mut out);
+            at = end;
+        }
+        is_modified.then_some(out)
+    }
+
+    /// [`CharMap::normalize`] of `text` (which starts and ends at grapheme boundaries) onto `out`;
+    /// whether the map changed anything.
+    fn normalize_graphemes(&self, text: &str, out: &mut String) -> bool {
+        let mut is_modified = false;
+        for grapheme in text.graphemes(true) {
+            if grapheme.len() < 6
+                && let Some(normalized) = self.map.transform(grapheme)
+            {
+                is_modified = true;
+                out.push_str(normalized);
+                continue;
+            }
+            for (i, c) in grapheme.char_indices() {
+                match self.map.transform(&grapheme[i..i + c.len_utf8()]) {
+                    Some(normalized) => {
+                        is_modified = true;
+                        out.push_str(normalized);
+                    }
+                    None => out.push(c),
+                }
             }
         }
+        is_modified
     }
-    is_modified.then_some(out)
 }
 
 /// `Metaspace` on one piece: spaces become `replacement`, which is put in front where asked and missing;
@@ -401,7 +457,7 @@ fn flatten_normalizer(normalizer: &NormalizerWrapper, steps: &mut Vec<Normalize>
             }
         }
         NormalizerWrapper::Precompiled(map) => {
-            steps.push(Normalize::Precompiled(Box::new(map.clone())));
+            steps.push(Normalize::Precompiled(Box::new(CharMap::new(map.clone()))));
         }
         other => steps.push(normalizer_step(&serde_json::to_value(other).ok()?)?),
     }
@@ -479,4 +535,54 @@ fn flatten_pre_tokenizer(json: &serde_json::Value, steps: &mut Vec<PreTokenize>)
     };
     steps.push(step);
     Some(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use tokenizers::{NormalizedString, SplitDelimiterBehavior};
+
+    use super::*;
+
+    /// Every behavior cuts where the crate's `NormalizedString::split` does with the same predicate.
+    #[test]
+    fn split_on_cuts_as_the_crate_splits() {
+        let behaviors = [
+            (Behavior::Removed, SplitDelimiterBehavior::Removed),
+            (Behavior::Isolated, SplitDelimiterBehavior::Isolated),
+            (
+                Behavior::MergedWithPrevious,
+                SplitDelimiterBehavior::MergedWithPrevious,
+            ),
+            (
+                Behavior::MergedWithNext,
+                SplitDelimiterBehavior::MergedWithNext,
+            ),
+            (Behavior::Contiguous, SplitDelimiterBehavior::Contiguous),
+        ];
+        let texts = [
+            "Hey friend!     How are you?!?",
+            "!!a!b!",
+            "",
+            "!",
+            "ab",
+            "a!!",
+        ];
+        for (ours, theirs) in behaviors {
+            for text in texts {
+                let mut got = Vec::new();
+                split_on(text, is_punctuation, ours, &mut |a, b| {
+                    got.push(&text[a..b]);
+                });
+                let want: Vec<String> = NormalizedString::from(text)
+                    .split(is_punctuation, theirs)
+                    .unwrap()
+                    .iter()
+                    .filter(|piece| !piece.is_empty())
+                    .map(|piece| piece.get().to_owned())
+                    .collect();
+                assert_eq!(got, want, "{ours:?} on {text:?}");
+            }
+        }
+    }
 }
