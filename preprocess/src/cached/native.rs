@@ -374,9 +374,14 @@ impl PreTokenize {
     }
 }
 
-/// The crate's `is_punc` (`pre_tokenizers/punctuation.rs`).
+/// The crate's `is_punc` (`pre_tokenizers/punctuation.rs`): ASCII punctuation or Unicode `P*`. The
+/// ASCII characters in `P*` are ASCII punctuation, so an ASCII character needs no table search.
 fn is_punctuation(c: char) -> bool {
-    c.is_ascii_punctuation() || c.is_punctuation()
+    if c.is_ascii() {
+        c.is_ascii_punctuation()
+    } else {
+        c.is_punctuation()
+    }
 }
 
 /// The crate's `NormalizedString::split` with a character predicate: every matching character is a
@@ -543,6 +548,15 @@ mod tests {
     use tokenizers::{NormalizedString, SplitDelimiterBehavior};
 
     use super::*;
+
+    /// The ASCII shortcut gives the crate's `is_punc` on every character.
+    #[test]
+    fn is_punctuation_is_the_crates() {
+        for c in (0..=u32::from(char::MAX)).filter_map(char::from_u32) {
+            let crate_is_punc = c.is_ascii_punctuation() || c.is_punctuation();
+            assert_eq!(is_punctuation(c), crate_is_punc, "{c:?}");
+        }
+    }
 
     /// Every behavior cuts where the crate's `NormalizedString::split` does with the same predicate.
     #[test]
