@@ -14,15 +14,16 @@
 //! dropout (random), truncation or padding (a document's ids would depend on its length).
 //!
 //! Where every normalizer and pre-tokenizer step is one [`native`] has (NFC, NFKC, `Lowercase`,
-//! `Strip`, a string `Replace`, `Prepend`; `Metaspace`, `Whitespace`, `WhitespaceSplit`, `Digits`,
-//! `Punctuation`; sequences of them) and [`AddedTokens`] takes the added tokens, those replace the
-//! crate's `extract_and_normalize` and pre-tokenizer, whose `NormalizedString`s keep alignments this
-//! path never reads: [`CachedModel::pre_tokens`] are the same strings, checked against the crate's.
-//! Any other step keeps the crate's components for the whole tokenizer.
+//! `Strip`, a string `Replace`, `Prepend`, `Precompiled`; `Metaspace`, `Whitespace`,
+//! `WhitespaceSplit`, `Digits`, `Punctuation`; sequences of them) and [`AddedTokens`] takes the added
+//! tokens, those replace the crate's `extract_and_normalize` and pre-tokenizer, whose
+//! `NormalizedString`s keep alignments this path never reads: [`CachedModel::pre_tokens`] are the same
+//! strings, checked against the crate's. Any other step keeps the crate's components for the whole
+//! tokenizer.
 //!
-//! On the crate's components, NFC and NFKC (alone or in a `Sequence`) are checked first with the quick check of the crate's own
-//! normalization tables (`unicode-normalization-alignments`): text already in the normal form is left
-//! as it is, which is what normalizing it would give.
+//! On the crate's components, NFC and NFKC (alone or in a `Sequence`) are checked first with the quick
+//! check of the crate's own normalization tables (`unicode-normalization-alignments`): text already in
+//! the normal form is left as it is, which is what normalizing it would give.
 
 use std::cell::RefCell;
 
