@@ -375,13 +375,28 @@ impl PreTokenize {
 }
 
 /// The crate's `is_punc` (`pre_tokenizers/punctuation.rs`): ASCII punctuation or Unicode `P*`. The
-/// ASCII characters in `P*` are ASCII punctuation, so an ASCII character needs no table search.
+/// ASCII characters in `P*` are ASCII punctuation, so an ASCII character needs no table search, and the
+/// rest of the Basic Multilingual Plane (where `Metaspace`'s `▁` is) is read from a bit set of the
+/// category tables' answers, made once.
 fn is_punctuation(c: char) -> bool {
+    static BMP: std::sync::OnceLock<Box<[u64]>> = std::sync::OnceLock::new();
     if c.is_ascii() {
-        c.is_ascii_punctuation()
-    } else {
-        c.is_punctuation()
+        return c.is_ascii_punctuation();
     }
+    let Ok(index) = u16::try_from(u32::from(c)) else {
+        return c.is_punctuation();
+    };
+    let bits = BMP.get_or_init(|| {
+        let mut bits = vec![0u64; 1 << 10];
+        for c in (0..=u32::from(u16::MAX)).filter_map(char::from_u32) {
+            if c.is_punctuation() {
+                bits[usize::try_from(u32::from(c) >> 6).expect("under 1024")] |=
+                    1 << (u32::from(c) & 63);
+            }
+        }
+        bits.into()
+    });
+    bits[usize::from(index >> 6)] >> (index & 63) & 1 == 1
 }
 
 /// The crate's `NormalizedString::split` with a character predicate: every matching character is a
