@@ -13,9 +13,17 @@
 //! where an encoding is not a function of the pre-token, which [`CachedModel::refusal`] names: BPE with
 //! dropout (random), truncation or padding (a document's ids would depend on its length).
 //!
-//! NFC and NFKC (alone or in a `Sequence`) are checked first with the quick check of the crate's own
-//! normalization tables (`unicode-normalization-alignments`): text already in the normal form is left
-//! as it is, which is what normalizing it would give.
+//! Where every normalizer and pre-tokenizer step is one [`native`] has (NFC, NFKC, `Lowercase`,
+//! `Strip`, a string `Replace`, `Prepend`, `Precompiled`; `Metaspace`, `Whitespace`,
+//! `WhitespaceSplit`, `Digits`, `Punctuation`; sequences of them) and [`AddedTokens`] takes the added
+//! tokens, those replace the crate's `extract_and_normalize` and pre-tokenizer, whose
+//! `NormalizedString`s keep alignments this path never reads: [`CachedModel::pre_tokens`] are the same
+//! strings, checked against the crate's. Any other step keeps the crate's components for the whole
+//! tokenizer.
+//!
+//! On the crate's components, NFC and NFKC (alone or in a `Sequence`) are checked first with the quick
+//! check of the crate's own normalization tables (`unicode-normalization-alignments`): text already in
+//! the normal form is left as it is, which is what normalizing it would give.
 
 use std::cell::RefCell;
 
@@ -25,13 +33,20 @@ use tokenizers::{
 };
 use unicode_normalization_alignments::{IsNormalized, is_nfc_quick, is_nfkc_quick};
 
+use crate::added::{AddedTokens, Segment};
 use crate::bpe::Cache;
+use native::{Native, Scratch};
+
+pub mod native;
 
 /// A tokenizer of any shape, its model's ids cached per pre-token.
 pub struct CachedModel {
     /// Built with special-token strings encoded as text.
     tokenizer: Tokenizer,
     normalizer: Option<QuickNormalizer>,
+    /// The native normalizer and pre-tokenizer, and the added tokens they go between, where they cover
+    /// the tokenizer.
+    native: Option<(Native, Option<AddedTokens>)>,
     description: String,
 }
 
@@ -63,15 +78,19 @@ impl CachedModel {
     /// [`CachedModel::refusal`] accepts.
     pub fn new(tokenizer: Tokenizer, json: &serde_json::Value) -> Self {
         let normalizer = tokenizer.get_normalizer().map(QuickNormalizer::new);
+        let native = Native::new(tokenizer.get_normalizer(), tokenizer.get_pre_tokenizer())
+            .zip(AddedTokens::from_json(&json["added_tokens"]));
         let description = format!(
-            "cached {} (normalizer {}, pre-tokenizer {})",
+            "cached {} (normalizer {}, pre-tokenizer {}{})",
             kind(&json["model"]),
             kind(&json["normalizer"]),
             kind(&json["pre_tokenizer"]),
+            if native.is_some() { ", native" } else { "" },
         );
         Self {
             tokenizer,
             normalizer,
+            native,
             description,
         }
     }
@@ -87,23 +106,8 @@ impl CachedModel {
     /// Where the crate's encoder fails (a model without the unknown token it needs): then nothing the
     /// failing pre-token's encoding left in `cache` is kept.
     pub fn encode(&self, text: &str, cache: &mut Cache, out: &mut Vec<u32>) -> anyhow::Result<()> {
-        let mut pre = self
-            .tokenizer
-            .get_added_vocabulary()
-            .extract_and_normalize(self.normalizer.as_ref(), text);
-        if let Some(pre_tokenizer) = self.tokenizer.get_pre_tokenizer() {
-            pre_tokenizer
-                .pre_tokenize(&mut pre)
-                .map_err(|e| anyhow::anyhow!("tokenizer failed: {e}"))?;
-        }
-        let splits = pre.get_splits(OffsetReferential::Normalized, OffsetType::None);
-        // The pre-tokens, end to end, so that the cache reads each one as a slice of one text.
-        let mut joined = String::with_capacity(text.len() + 16);
-        for (piece, _, tokens) in &splits {
-            if tokens.is_none() {
-                joined.push_str(piece);
-            }
-        }
+        let mut pre = PreTokens::default();
+        self.pre_tokenize(text, &mut pre)?;
         let failure = RefCell::new(None);
         let model = self.tokenizer.get_model();
         let encode = |piece: &str, out: &mut Vec<u32>| match model.tokenize(piece) {
@@ -111,17 +115,17 @@ impl CachedModel {
             Err(e) => *failure.borrow_mut() = Some(e.to_string()),
         };
         let mut at = 0;
-        let mut lookup = cache.lookup(&joined, out, &encode);
-        for (piece, _, tokens) in &splits {
-            match tokens {
-                None => {
-                    lookup.push(&joined[at..at + piece.len()]);
-                    at += piece.len();
+        let mut lookup = cache.lookup(&pre.joined, out, &encode);
+        for mark in &pre.marks {
+            match *mark {
+                Mark::Piece(len) => {
+                    lookup.push(&pre.joined[at..at + len]);
+                    at += len;
                 }
-                Some(tokens) => {
+                Mark::Added(id) => {
                     lookup.finish();
-                    out.extend(tokens.iter().map(|t| t.id));
-                    lookup = cache.lookup(&joined, out, &encode);
+                    out.push(id);
+                    lookup = cache.lookup(&pre.joined, out, &encode);
                 }
             }
         }
@@ -132,6 +136,94 @@ impl CachedModel {
         }
         Ok(())
     }
+
+    /// What the model is given for `text`, in order: each pre-token's string, or an added token's id
+    /// (`None` and `Some`, as the crate's splits have no tokens or one).
+    ///
+    /// # Errors
+    /// Where the crate's pre-tokenizer fails.
+    pub fn pre_tokens(&self, text: &str) -> anyhow::Result<Vec<(String, Option<u32>)>> {
+        let mut pre = PreTokens::default();
+        self.pre_tokenize(text, &mut pre)?;
+        let mut at = 0;
+        let pieces = pre.marks.iter().map(|mark| match *mark {
+            Mark::Piece(len) => {
+                at += len;
+                (pre.joined[at - len..at].to_owned(), None)
+            }
+            Mark::Added(id) => (String::new(), Some(id)),
+        });
+        Ok(pieces.collect())
+    }
+
+    /// Whether the normalizer and pre-tokenizer are this module's own ([`native`]), not the crate's.
+    pub fn is_native(&self) -> bool {
+        self.native.is_some()
+    }
+
+    /// `text`'s pre-tokens and added tokens into `pre`: natively where [`Native`] covers the tokenizer.
+    fn pre_tokenize(&self, text: &str, pre: &mut PreTokens) -> anyhow::Result<()> {
+        pre.joined.reserve(text.len() + text.len() / 4);
+        let Some((native, added)) = &self.native else {
+            return self.crate_pre_tokenize(text, pre);
+        };
+        let mut scratch = Scratch::default();
+        let mut section = |section: &str, pre: &mut PreTokens| {
+            let at_start = std::ptr::eq(section.as_ptr(), text.as_ptr());
+            native.pre_tokenize(section, at_start, &mut scratch, |piece| {
+                pre.joined.push_str(piece);
+                pre.marks.push(Mark::Piece(piece.len()));
+            });
+        };
+        match added {
+            None if text.is_empty() => {}
+            None => section(text, pre),
+            Some(added) => added.split(text, |segment| match segment {
+                Segment::Text(text) => section(text, pre),
+                Segment::Token(id) => pre.marks.push(Mark::Added(id)),
+            }),
+        }
+        Ok(())
+    }
+
+    /// [`CachedModel::pre_tokenize`] through the crate's added-token split, normalizer and pre-tokenizer.
+    fn crate_pre_tokenize(&self, text: &str, pre: &mut PreTokens) -> anyhow::Result<()> {
+        let mut split = self
+            .tokenizer
+            .get_added_vocabulary()
+            .extract_and_normalize(self.normalizer.as_ref(), text);
+        if let Some(pre_tokenizer) = self.tokenizer.get_pre_tokenizer() {
+            pre_tokenizer
+                .pre_tokenize(&mut split)
+                .map_err(|e| anyhow::anyhow!("tokenizer failed: {e}"))?;
+        }
+        for (piece, _, tokens) in split.get_splits(OffsetReferential::Normalized, OffsetType::None)
+        {
+            match tokens {
+                None => {
+                    pre.joined.push_str(piece);
+                    pre.marks.push(Mark::Piece(piece.len()));
+                }
+                Some(tokens) => pre.marks.extend(tokens.iter().map(|t| Mark::Added(t.id))),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A document's pre-tokens end to end (so that the cache reads each one as a slice of one text), and
+/// where each ends or an added token stands.
+#[derive(Debug, Default)]
+struct PreTokens {
+    joined: String,
+    marks: Vec<Mark>,
+}
+
+/// A pre-token (its length in bytes in [`PreTokens::joined`]) or an added token's id.
+#[derive(Clone, Copy, Debug)]
+enum Mark {
+    Piece(usize),
+    Added(u32),
 }
 
 /// A type's name in `tokenizer.json` (`None` for null), a sequence's as its members'.

@@ -425,7 +425,7 @@ fn cached_path(
     tracing::info!(
         tokenizer = %file.display(),
         path = cached.describe(),
-        "No hand-written encoder for this tokenizer's shape (flame-prep has them for SentencePiece-style BPE, BERT WordPiece and byte-level BPE whose split regexes have no look-around but a final `\\s+(?!\\S)` alternative, no backreference, assertion or flag other than (?i)); using the cached path: the tokenizers crate's normalizer, pre-tokenizer and model, the model run once per distinct pre-token."
+        "No hand-written encoder for this tokenizer's shape (flame-prep has them for SentencePiece-style BPE, BERT WordPiece and byte-level BPE whose split regexes have no look-around but a final `\\s+(?!\\S)` alternative, no backreference, assertion or flag other than (?i)); using the cached path: the tokenizers crate's model run once per distinct pre-token, the pre-tokens from flame-prep's own normalizer and pre-tokenizer steps where they cover the tokenizer (`native` in the path), else from the crate's."
     );
     Ok(Some(Fast::Cached(Box::new(cached))))
 }

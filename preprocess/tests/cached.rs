@@ -126,16 +126,16 @@ fn the_shapes_without_a_hand_written_encoder_take_the_cached_path() {
         paths,
         [
             Some(
-                "cached Unigram (normalizer Precompiled, pre-tokenizer [WhitespaceSplit, Metaspace])"
+                "cached Unigram (normalizer Precompiled, pre-tokenizer [WhitespaceSplit, Metaspace], native)"
                     .to_owned()
             ),
             Some(
-                "cached Unigram (normalizer NFKC, pre-tokenizer [Metaspace, Digits, Punctuation])"
+                "cached Unigram (normalizer NFKC, pre-tokenizer [Metaspace, Digits, Punctuation], native)"
                     .to_owned()
             ),
             Some("cached BPE (normalizer NFKC, pre-tokenizer ByteLevel)".to_owned()),
             Some("cached BPE (normalizer None, pre-tokenizer [Split, ByteLevel])".to_owned()),
-            Some("cached BPE (normalizer NFKC, pre-tokenizer Whitespace)".to_owned()),
+            Some("cached BPE (normalizer NFKC, pre-tokenizer Whitespace, native)".to_owned()),
         ]
     );
 }
@@ -201,7 +201,7 @@ fn the_log_names_the_cached_path() {
     assert!(
         cached.stderr.contains("using the cached path")
             && cached.stderr.contains(
-                "cached Unigram (normalizer NFKC, pre-tokenizer [Metaspace, Digits, Punctuation])"
+                "cached Unigram (normalizer NFKC, pre-tokenizer [Metaspace, Digits, Punctuation], native)"
             ),
         "{}",
         cached.stderr
@@ -223,7 +223,9 @@ fn the_log_names_the_cached_path() {
     );
 }
 
-fn unicode_text() -> impl Strategy<Value = String> {
+/// Random Unicode text, heavy in what normalizers and pre-tokenizers treat apart: spaces and other
+/// whitespace, digits, punctuation, compatibility characters, the added tokens' strings.
+pub fn unicode_text() -> impl Strategy<Value = String> {
     let pieces = prop_oneof![
         "[a-zA-Z]{1,12}",
         "[0-9]{1,6}",

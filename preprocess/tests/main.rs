@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod cached;
+mod cached_native;
 mod chunking;
 mod exactness;
 mod fast_encoders;

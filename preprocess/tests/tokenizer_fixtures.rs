@@ -54,10 +54,12 @@ const BERT_UNCASED: Option<&str> = Some(
     "WordPiece (BertNormalizer: clean_text true, handle_chinese_chars true, strip_accents true, lowercase true)",
 );
 
-const T5_UNIGRAM: Option<&str> =
-    Some("cached Unigram (normalizer Precompiled, pre-tokenizer [WhitespaceSplit, Metaspace])");
-const NFKC_UNIGRAM: Option<&str> =
-    Some("cached Unigram (normalizer NFKC, pre-tokenizer [Metaspace, Digits, Punctuation])");
+const T5_UNIGRAM: Option<&str> = Some(
+    "cached Unigram (normalizer Precompiled, pre-tokenizer [WhitespaceSplit, Metaspace], native)",
+);
+const NFKC_UNIGRAM: Option<&str> = Some(
+    "cached Unigram (normalizer NFKC, pre-tokenizer [Metaspace, Digits, Punctuation], native)",
+);
 const NFKC_BYTE_LEVEL: Option<&str> = Some("cached BPE (normalizer NFKC, pre-tokenizer ByteLevel)");
 
 fixture_tests! {
