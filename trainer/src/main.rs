@@ -25,6 +25,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if std::env::var_os("PYTORCH_CUDA_ALLOC_CONF").is_none()
+        && std::env::var_os("PYTORCH_ALLOC_CONF").is_none()
+    {
+        // As flame's train.sh: the caching allocator maps more memory into a segment as it grows
+        // instead of reserving a new one per size. libtorch reads it at the first CUDA allocation.
+        // SAFETY: main has started no thread yet; nothing reads the environment concurrently.
+        unsafe { std::env::set_var("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True") };
+    }
     if args.deterministic && std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
         // cuBLAS reads it when it starts, so before any CUDA work: deterministic cuBLAS workspaces.
         // SAFETY: main has started no thread yet; nothing reads the environment concurrently.
