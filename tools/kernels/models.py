@@ -89,12 +89,15 @@ def gated_norm(op, config, shape):
 
 def short_convs(op, config, shape):
     """The layer's ShortConvolutions, one trace per distinct width: q's and k's over the key heads
-    (H·K), v's over the value heads (HV·V), of conv_size taps (default 4), when use_short_conv (default
-    false for GLA, true for DeltaNet and Gated DeltaNet)."""
+    (H·K), v's over the value heads (HV·V), or Gated DeltaNet's three side by side, of conv_size taps
+    (default 4), when use_short_conv (default false for GLA, true for DeltaNet and Gated DeltaNet)."""
     if not config.get("use_short_conv", op != "gla"):
         return ()
     taps = config.get("conv_size", 4)
-    widths = sorted({shape["H"] * shape["K"], shape.get("HV", shape["H"]) * shape["V"]})
+    key, value = shape["H"] * shape["K"], shape.get("HV", shape["H"]) * shape["V"]
+    # flame-train convolves Gated DeltaNet's q, k and v side by side, as fla's layer does on whole
+    # sequences (_use_fused_qkv_conv): one width, 2·H·K + HV·V.
+    widths = [2 * key + value] if op == "gated_deltanet" else sorted({key, value})
     return tuple(("short_conv", dict(D=width, W=taps)) for width in widths)
 
 

@@ -354,15 +354,20 @@ fn short_conv_launches_are_flas() {
     for model_type in ["gla", "delta_net", "gated_deltanet"] {
         for (name, mixer) in configs(model_type) {
             let (widths, taps) = match mixer {
-                Mixer::Gla(c) => ([c.key_dim, c.value_dim], c.short_conv),
+                Mixer::Gla(c) => (vec![c.key_dim, c.value_dim], c.short_conv),
+                // Gated DeltaNet convolves q, k and v side by side.
+                Mixer::DeltaRule(c) if c.decay => (
+                    vec![c.num_heads * (2 * c.head_k_dim + c.head_v_dim)],
+                    c.short_conv,
+                ),
                 Mixer::DeltaRule(c) => (
-                    [c.num_heads * c.head_k_dim, c.num_heads * c.head_v_dim],
+                    vec![c.num_heads * c.head_k_dim, c.num_heads * c.head_v_dim],
                     c.short_conv,
                 ),
                 Mixer::Attention(_) => continue,
             };
             let Some(taps) = taps else { continue };
-            for d in widths.map(i64::from) {
+            for d in widths.into_iter().map(i64::from) {
                 let theirs = fla(
                     "short_conv",
                     &[("D", d.to_string()), ("W", taps.to_string())],

@@ -74,8 +74,18 @@ pub fn check(kernels: &'static Kernels, config: &ModelConfig) -> Result<(), Stri
             delta_rule::check(kernels, delta)?;
             if let Some(taps) = delta.short_conv {
                 let heads = i64::from(delta.num_heads);
-                for width in [delta.head_k_dim, delta.head_v_dim] {
-                    conv::check(kernels, heads * i64::from(width), i64::from(taps))?;
+                let (k, v) = (
+                    heads * i64::from(delta.head_k_dim),
+                    heads * i64::from(delta.head_v_dim),
+                );
+                // Gated DeltaNet convolves q, k and v side by side (`DeltaRule::convolve_qkv`).
+                let widths = if delta.decay {
+                    vec![2 * k + v]
+                } else {
+                    vec![k, v]
+                };
+                for width in widths {
+                    conv::check(kernels, width, i64::from(taps))?;
                 }
             }
             match delta.output_gate {
