@@ -241,6 +241,14 @@ int flame_cuda_set_device(int device) {
   return cuda_check(set_device(device), "cudaSetDevice");
 }
 
+// 1 when the legacy default stream (torch's) still has queued work, 0 when it has run it all.
+int flame_cuda_default_stream_busy(int *busy) {
+  FLAME_SYM(query, "libcudart.so.13", "cudaStreamQuery", int (*)(void *));
+  int rc = query(nullptr);
+  *busy = rc == 600; // cudaErrorNotReady
+  return rc == 600 ? 0 : cuda_check(rc, "cudaStreamQuery");
+}
+
 // A new NCCL unique id (rank 0 makes it; the rendezvous hands it to the others): 128 bytes into `out`.
 int flame_nccl_unique_id(char *out) {
   FLAME_SYM(get_id, "libnccl.so.2", "ncclGetUniqueId", int (*)(nccl_unique_id *));

@@ -83,6 +83,8 @@ pub struct DataInput {
     device: Device,
     /// For a job that streams raw datasets: where to ask for the resume cursors a checkpoint keeps.
     resume: Option<(Endpoint, JobSpec, Option<String>)>,
+    /// A micro-batch fetched ahead ([`Self::prefetch`]): its (step, micro-step) and what fetching gave.
+    ahead: Option<((u64, u64), anyhow::Result<Inputs>)>,
 }
 
 impl DataInput {
@@ -133,6 +135,7 @@ impl DataInput {
             vocab_size,
             device,
             resume,
+            ahead: None,
         })
     }
 
@@ -161,11 +164,28 @@ impl DataInput {
         &self.client.fingerprint
     }
 
-    /// The micro-batch (`step`, `micro_step`) of this rank, on the device.
+    /// The micro-batch (`step`, `micro_step`) of this rank, on the device: the one fetched ahead if it
+    /// is that one.
     ///
     /// # Errors
     /// When the server cannot serve it, or it holds a token outside the model's vocabulary.
     pub fn micro_batch(&mut self, step: u64, micro_step: u64) -> anyhow::Result<Inputs> {
+        match self.ahead.take() {
+            Some((at, inputs)) if at == (step, micro_step) => inputs,
+            _ => self.fetch(step, micro_step),
+        }
+    }
+
+    /// Fetches micro-batch (`step`, `micro_step`) now, for [`Self::micro_batch`] to return: called while
+    /// the GPU works through the step before it, the host's share of the batch (the server's reply,
+    /// the inputs built and queued for upload) overlaps that work. An error waits for the batch to
+    /// be asked for.
+    pub fn prefetch(&mut self, step: u64, micro_step: u64) {
+        let inputs = self.fetch(step, micro_step);
+        self.ahead = Some(((step, micro_step), inputs));
+    }
+
+    fn fetch(&mut self, step: u64, micro_step: u64) -> anyhow::Result<Inputs> {
         let sample_len = self.seq_len + usize::from(self.next_token);
         let shape = |tokens: usize, samples: usize| {
             if tokens == samples * sample_len {

@@ -273,6 +273,7 @@ pub fn pin_memory(t: &Tensor) -> Result<Tensor, String> {
 
 unsafe extern "C" {
     fn flame_cuda_set_device(device: c_int) -> c_int;
+    fn flame_cuda_default_stream_busy(busy: *mut c_int) -> c_int;
     fn flame_set_grad(param: *mut c_void, grad: *mut c_void) -> c_int;
     fn flame_nccl_unique_id(out: *mut c_char) -> c_int;
     fn flame_nccl_init(
@@ -290,6 +291,15 @@ unsafe extern "C" {
         stream: *mut c_void,
         event: *mut c_void,
     ) -> c_int;
+}
+
+/// Whether the current CUDA device's default stream (torch's) still has work queued, so that what the
+/// host does meanwhile costs the GPU nothing.
+pub fn cuda_busy() -> Result<bool, String> {
+    let mut busy: c_int = 0;
+    // SAFETY: a live out-pointer the shim writes.
+    check(unsafe { flame_cuda_default_stream_busy(&raw mut busy) })?;
+    Ok(busy != 0)
 }
 
 /// Makes CUDA device `device` current for this thread (`torch.cuda.set_device`).

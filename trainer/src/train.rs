@@ -416,6 +416,29 @@ impl Run<'_> {
         taken
     }
 
+    /// Fetches the micro-batch after (`step`, `micro`) while the GPU runs this one's queued work
+    /// (none after the run's last); returns the seconds it cost the GPU: all of the fetch's time
+    /// if the GPU ran out of work before the fetch was done (always on the CPU), else none.
+    fn fetch_ahead(&mut self, step: u64, micro: u64, last_micro: bool) -> anyhow::Result<f64> {
+        let next = if last_micro {
+            (step + 1 < self.args.steps).then_some((step + 1, 0))
+        } else {
+            Some((step, micro + 1))
+        };
+        let Some((step, micro)) = next else {
+            return Ok(0.0);
+        };
+        let started = Instant::now();
+        self.data.prefetch(step, micro);
+        let busy = self.device.is_cuda()
+            && crate::shim::cuda_busy().map_err(|e| anyhow::anyhow!("step {step}: {e}"))?;
+        Ok(if busy {
+            0.0
+        } else {
+            started.elapsed().as_secs_f64()
+        })
+    }
+
     /// Takes optimizer step `state.step` (`global` samples over all ranks) and advances `state`;
     /// returns what to log, the seconds spent waiting for data, averaged over the ranks, and whether a
     /// checkpoint follows (`save_after` on rank 0).
@@ -454,6 +477,7 @@ impl Run<'_> {
             .and_then(|loss| loss)
             .map_err(|e| anyhow::anyhow!("step {s}: {e}"))?;
             loss_total += loss * scale;
+            step_wait += self.fetch_ahead(s, micro, last)?;
         }
         // The loss, the time spent waiting for data and rank 0's checkpoint decision (1/world when it
         // saves), averaged over the ranks.
