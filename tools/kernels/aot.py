@@ -5,8 +5,10 @@ builds it at a launch (the spike showed the cubin is then byte-identical to the 
   * a pointer: '*bf16' etc., with tt.divisibility=16 (the JIT gives it to every 16-byte-aligned address,
     i.e. every torch allocation): the launcher must pass 16-byte-aligned buffers;
   * a runtime int: 'i32' (or 'i64' past int32), except that an int equal to 1 is compiled in as constexpr 1
-    unless the parameter is do_not_specialize. Unlike the JIT, an int that is a multiple of 16 is NOT given
-    tt.divisibility=16: the manifest cannot say so, and the cubin stays right for every value;
+    unless the parameter is do_not_specialize. An int that is a multiple of 16 gets tt.divisibility=16, as
+    the JIT gives it, only in the variant's aligned twin (aligned=True; the manifest's 'divisible' lists
+    those ints, and the launcher takes the twin only when each is a multiple of 16 at the launch): with it
+    Triton knows rows of a strided tensor start 16-byte aligned and vectorises their loads;
   * a float: 'fp32'.
 The runtime parameters, in order, plus two hidden pointers (global and profile scratch), make the launch ABI."""
 import re
@@ -26,6 +28,7 @@ class Signature:
     types: dict  # name -> Triton type string or 'constexpr', for every parameter in order
     constexprs: dict  # name -> value, the compile-time parameters in order
     attrs: dict  # (index,) -> [['tt.divisibility', 16]]
+    divisible: list  # the runtime ints compiled as multiples of 16 (aligned twins only), in order
 
     @property
     def args(self):
@@ -37,9 +40,10 @@ def _int_type(value):
     return "i32" if -2**31 <= value < 2**31 else "i64"
 
 
-def signature(jit, values):
-    """The compile signature of jit for values (every parameter's value, see Variant.values)."""
-    types, constexprs, attrs = {}, {}, {}
+def signature(jit, values, aligned=False):
+    """The compile signature of jit for values (every parameter's value, see Variant.values); aligned: the
+    aligned twin's, in which each runtime int that is a multiple of 16 is compiled as one."""
+    types, constexprs, attrs, divisible = {}, {}, {}, []
     for i, p in enumerate(jit.params):
         value = values[p.name]
         if p.is_constexpr or value is None:
@@ -57,11 +61,14 @@ def signature(jit, values):
                 types[p.name], constexprs[p.name] = "constexpr", 1
             else:
                 types[p.name] = _int_type(value)
+                if aligned and value % 16 == 0 and not p.do_not_specialize:
+                    attrs[(i,)] = [["tt.divisibility", 16]]
+                    divisible.append(p.name)
         elif isinstance(value, float):
             types[p.name] = "fp32"
         else:
             raise TypeError(f"{jit.__name__}: parameter {p.name} = {value!r}")
-    return Signature(types, constexprs, attrs)
+    return Signature(types, constexprs, attrs, divisible)
 
 
 @dataclass

@@ -67,7 +67,9 @@ def candidates(variant, table):
 
 
 def compile_job(index):
-    """Compiles variant index with the first candidate that compiles and fits; returns a plain dict."""
+    """Compiles variant index with the first candidate that compiles and fits, and its aligned twin (the
+    runtime ints that are multiples of 16 compiled as such, aot.signature) with that config if the twin
+    fits too; returns a plain dict."""
     variant = VARIANTS[index]
     notes = []
     for config, source in CANDIDATES[index]:
@@ -81,7 +83,15 @@ def compile_job(index):
         if compiled.shared > hopper.MAX_SHARED:
             notes.append(f"{source} {described}: shared {compiled.shared} B > {hopper.MAX_SHARED}")
             continue
-        return dict(index=index, sig=sig, config=described, source=source, compiled=compiled, notes=notes)
+        twin = None
+        twin_sig = aot.signature(variant.jit, variant.values(config), aligned=True)
+        if twin_sig.divisible:
+            twin = aot.compile_variant(variant.jit, twin_sig, config)
+            if twin.shared > hopper.MAX_SHARED:
+                notes.append(f"aligned twin: shared {twin.shared} B > {hopper.MAX_SHARED}")
+                twin = None
+        return dict(index=index, sig=sig, config=described, source=source, compiled=compiled, notes=notes,
+                    twin=twin and dict(sig=twin_sig, compiled=twin))
     return dict(index=index, compiled=None, notes=notes)
 
 
@@ -92,13 +102,15 @@ def manifest_entry(variant, result):
             raise TypeError(f"{variant.qualname}: constexpr {name} = {value!r} has no JSON form")
     return {"kernel": variant.qualname, "entry": compiled.entry, "cubin": None,
             "constexprs": result["sig"].constexprs, "args": result["sig"].args,
+            "divisible": result["sig"].divisible,
             "num_warps": config["num_warps"], "num_stages": config["num_stages"], "shared": compiled.shared,
             "global_scratch": compiled.global_scratch, "profile_scratch": compiled.profile_scratch,
             "config_source": result["source"]}
 
 
 def identity(entry):
-    return (entry["kernel"], json.dumps(entry["constexprs"], sort_keys=True), json.dumps(entry["args"]))
+    return (entry["kernel"], json.dumps(entry["constexprs"], sort_keys=True), json.dumps(entry["args"]),
+            json.dumps(entry["divisible"]))
 
 
 def _order(value):
@@ -115,7 +127,7 @@ def _order(value):
 def sort_key(entry):
     """Manifest order: by kernel, then constexpr values (numerically), then argument types."""
     return (entry["kernel"], tuple((name, _order(v)) for name, v in sorted(entry["constexprs"].items())),
-            json.dumps(entry["args"]))
+            json.dumps(entry["args"]), json.dumps(entry["divisible"]))
 
 
 def main():
@@ -174,14 +186,16 @@ def main():
                  + ", ".join(VARIANTS[r["index"]].qualname for r in failed))
     entries, by_ident = {}, {}
     for r in results:
-        entry = manifest_entry(VARIANTS[r["index"]], r)
-        if entry["global_scratch"] or entry["profile_scratch"]:
-            sys.exit(f"build.py: {entry['kernel']} needs scratch memory "
-                     f"(global {entry['global_scratch']}, profile {entry['profile_scratch']} B)")
-        known = entries.setdefault(identity(entry), (entry, r["compiled"].cubin))[0]
-        if known is not entry and (known["num_warps"], known["num_stages"]) != (entry["num_warps"], entry["num_stages"]):
-            sys.exit(f"build.py: {entry['kernel']}: one manifest identity, two configs")
-        by_ident[idents[r["index"]]] = identity(entry)
+        twin = r["twin"] and {**r, **r["twin"]}
+        for result in (r, twin) if twin else (r,):
+            entry = manifest_entry(VARIANTS[r["index"]], result)
+            if entry["global_scratch"] or entry["profile_scratch"]:
+                sys.exit(f"build.py: {entry['kernel']} needs scratch memory "
+                         f"(global {entry['global_scratch']}, profile {entry['profile_scratch']} B)")
+            known = entries.setdefault(identity(entry), (entry, result["compiled"].cubin))[0]
+            if known is not entry and (known["num_warps"], known["num_stages"]) != (entry["num_warps"], entry["num_stages"]):
+                sys.exit(f"build.py: {entry['kernel']}: one manifest identity, two configs")
+        by_ident[idents[r["index"]]] = identity(manifest_entry(VARIANTS[r["index"]], r))
     kernels = []
     for number, key in enumerate(sorted(entries, key=lambda k: sort_key(entries[k][0]))):
         entry, cubin = entries[key]

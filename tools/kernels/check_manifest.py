@@ -4,8 +4,10 @@ what it holds.
   check_manifest.py [--quiet] DIR
 
 Checks: manifest.json's fields and types; every cubin exists, is a CUDA ELF for sm_90 and defines its
-entry as a global function symbol; no two entries with equal (kernel, constexprs, args); shared memory
-within an H100's opt-in limit; no scratch memory; no cubin outside the manifest. Needs only Python 3."""
+entry as a global function symbol; no two entries with equal (kernel, constexprs, args, divisible); an
+aligned twin's 'divisible' names int arguments, and the twin has a general entry (divisible empty) beside it;
+shared memory within an H100's opt-in limit; no scratch memory; no cubin outside the manifest. Needs only
+Python 3."""
 import argparse
 import json
 import os
@@ -18,7 +20,7 @@ SOURCES = {"tuned", "first", "fixed"}
 EM_CUDA = 190
 ENTRY_FIELDS = {"kernel": str, "entry": str, "cubin": str, "constexprs": dict, "args": list, "num_warps": int,
                 "num_stages": int, "shared": int, "global_scratch": int, "profile_scratch": int,
-                "config_source": str}
+                "config_source": str, "divisible": list}
 SHAPE_KEYS = ("H", "HV", "K", "V", "D", "NB")
 BLOCK_KEYS = ("BT", "BC", "BK", "BV", "BS")
 
@@ -61,6 +63,9 @@ def check_entry(directory, k):
     for arg in k["args"]:
         if not (isinstance(arg, list) and len(arg) == 2 and isinstance(arg[0], str) and arg[1] in ARG_TYPES):
             problems.append(f"argument {arg!r}: expected [name, one of {sorted(ARG_TYPES)}]")
+    ints = {a[0] for a in k["args"] if isinstance(a, list) and len(a) == 2 and a[1] in ("i32", "i64")}
+    if not set(k["divisible"]) <= ints or len(set(k["divisible"])) != len(k["divisible"]):
+        problems.append(f"divisible {k['divisible']}: not distinct int arguments")
     names = [a[0] for a in k["args"] if isinstance(a, list) and a] + list(k["constexprs"])
     if len(names) != len(set(names)):
         problems.append("a parameter is both a constexpr and an argument, or twice in one")
@@ -101,16 +106,20 @@ def check(directory):
     if not isinstance(kernels, list) or not kernels:
         return manifest, problems + ["manifest: no kernels"]
     seen, cubins = set(), set()
+    general = lambda k: (k.get("kernel"), json.dumps(k.get("constexprs"), sort_keys=True), json.dumps(k.get("args")))
     for k in kernels:
         for problem in check_entry(directory, k):
             problems.append(f"{k.get('cubin')} ({k.get('kernel')}): {problem}")
-        ident = (k.get("kernel"), json.dumps(k.get("constexprs"), sort_keys=True), json.dumps(k.get("args")))
+        ident = general(k) + (json.dumps(k.get("divisible")),)
         if ident in seen:
-            problems.append(f"{k.get('cubin')}: a second entry with the kernel, constexprs and args of another")
+            problems.append(f"{k.get('cubin')}: a second entry with the kernel, constexprs, args and divisible of another")
         seen.add(ident)
         if k.get("cubin") in cubins:
             problems.append(f"{k.get('cubin')}: named by two entries")
         cubins.add(k.get("cubin"))
+    for k in kernels:
+        if k.get("divisible") and general(k) + ("[]",) not in seen:
+            problems.append(f"{k.get('cubin')}: an aligned twin without its general entry")
     stray = sorted(f for f in os.listdir(directory) if f.endswith(".cubin") and f not in cubins)
     if stray:
         problems.append(f"cubins outside the manifest: {stray}")
@@ -119,7 +128,8 @@ def check(directory):
 
 def _parameters(k):
     """Every parameter of an entry: constexpr value, or the runtime argument's type."""
-    return {**{name: json.dumps(value) for name, value in k["constexprs"].items()}, **dict(k["args"])}
+    return {**{name: json.dumps(value) for name, value in k["constexprs"].items()}, **dict(k["args"]),
+            "divisible": " ".join(k["divisible"]) or "-"}
 
 
 def distinguishing(kernels):

@@ -52,6 +52,12 @@ pub struct Entry {
     pub num_warps: u32,
     /// Bytes of dynamic shared memory.
     pub shared: u32,
+    /// For an aligned twin (the build compiles one beside a variant that takes runtime ints which were
+    /// multiples of 16 when traced): those ints, compiled as multiples of 16 as Triton's JIT compiles
+    /// them. Empty for the general variant, which [`Kernels::find`] returns; [`Variant::launch`] runs
+    /// the twin instead when each of these is a multiple of 16 at the launch.
+    #[serde(default)]
+    pub divisible: Vec<String>,
     /// Bytes of global and profiling scratch per block: flame passes none, so both must be zero.
     #[serde(default)]
     pub global_scratch: u64,
@@ -64,6 +70,7 @@ impl Entry {
     /// Whether this is a variant of `kernel` with `spec` (see [`Kernels::find`]).
     fn matches(&self, kernel: &str, spec: &[(&str, Value)]) -> bool {
         self.kernel == kernel
+            && self.divisible.is_empty()
             && spec
                 .iter()
                 .all(|(name, value)| match self.constexprs.get(*name) {
@@ -88,6 +95,8 @@ struct Manifest {
 pub struct Kernels {
     dir: PathBuf,
     entries: Vec<Entry>,
+    /// Each entry's aligned twin, if the build has one.
+    twins: Vec<Option<usize>>,
     loaded: Mutex<HashMap<(usize, usize), CuFunction>>,
     recording: Option<Mutex<Recording>>,
 }
@@ -179,9 +188,11 @@ impl Kernels {
                 ));
             }
         }
+        let twins = twins(&manifest.kernels).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(Self {
             dir: dir.to_path_buf(),
             entries: manifest.kernels,
+            twins,
             loaded: Mutex::default(),
             recording: None,
         })
@@ -416,12 +427,14 @@ impl Variant<'_> {
         if blocks.contains(&0) {
             return Err(format!("{}: grid out of range", entry.kernel));
         }
+        let index = self.kernels.twins[self.index]
+            .filter(|&twin| aligned(&self.kernels.entries[twin], &values))
+            .unwrap_or(self.index);
+        let entry = &self.kernels.entries[index];
         let ordinal = match target {
             Target::Device(ordinal) => ordinal,
             Target::Recording(recording) => {
-                return self
-                    .kernels
-                    .record(recording, self.index, grid, args, &values);
+                return self.kernels.record(recording, index, grid, args, &values);
             }
         };
         // Triton's two scratch pointers, unused (checked when the build was opened).
@@ -435,7 +448,7 @@ impl Variant<'_> {
                 Param::F32(v) => std::ptr::from_mut(v).cast(),
             })
             .collect();
-        let function = self.kernels.function(self.index, ordinal)?;
+        let function = self.kernels.function(index, ordinal)?;
         // SAFETY: `bind` put one value per parameter in the manifest's order and types, the tensors
         // are contiguous, aligned and on the launch's device, and they outlive the queued kernel
         // (torch's caching allocator reuses freed memory only in stream order).
@@ -451,6 +464,64 @@ impl Variant<'_> {
         }
         .map_err(|e| format!("{}: {e}", entry.kernel))
     }
+}
+
+/// Each entry's aligned twin: the entry of the same kernel, constexprs and arguments whose
+/// [`Entry::divisible`] is not empty (none for a twin itself). `Err` for a twin without its general
+/// entry, two twins of one, or `divisible` naming anything but integer arguments.
+fn twins(entries: &[Entry]) -> Result<Vec<Option<usize>>, String> {
+    let mut twins = vec![None; entries.len()];
+    for (index, twin) in entries.iter().enumerate() {
+        if twin.divisible.is_empty() {
+            continue;
+        }
+        let ints = |name: &String| {
+            twin.args
+                .iter()
+                .any(|(arg, ty)| arg == name && (ty == "i32" || ty == "i64"))
+        };
+        if !twin.divisible.iter().all(ints) {
+            return Err(format!(
+                "{} ({}): divisible {:?} names a parameter that is not an integer argument",
+                twin.cubin, twin.kernel, twin.divisible
+            ));
+        }
+        let general = entries.iter().position(|e| {
+            e.divisible.is_empty()
+                && e.kernel == twin.kernel
+                && e.constexprs == twin.constexprs
+                && e.args == twin.args
+        });
+        match general.map(|g| (g, twins[g].replace(index))) {
+            Some((_, None)) => {}
+            Some((_, Some(_))) => {
+                return Err(format!(
+                    "{}: a second aligned twin of one variant",
+                    twin.cubin
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "{} ({}): an aligned twin without its general variant",
+                    twin.cubin, twin.kernel
+                ));
+            }
+        }
+    }
+    Ok(twins)
+}
+
+/// Whether the launch `values` (in `twin`'s argument order) give each of `twin`'s divisible integers a
+/// multiple of 16.
+fn aligned(twin: &Entry, values: &[Param]) -> bool {
+    twin.args.iter().zip(values).all(|((name, _), value)| {
+        !twin.divisible.contains(name)
+            || match *value {
+                Param::I32(v) => v % 16 == 0,
+                Param::I64(v) => v % 16 == 0,
+                _ => false,
+            }
+    })
 }
 
 /// Where a launch goes: to a CUDA device, or into a recording build's record.
@@ -647,6 +718,59 @@ mod tests {
             .launch([1, 1, 1], &[("q", Arg::Tensor(&q))])
             .unwrap_err();
         assert!(error.contains("not CUDA"), "{error}");
+    }
+
+    /// A variant's aligned twin runs exactly when its divisible integers are multiples of 16 at the
+    /// launch; `find` never returns a twin, and a twin without its general variant is refused.
+    #[test]
+    fn the_aligned_twin_runs_only_on_multiples_of_16() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = |cubin: &str, divisible: &[&str]| {
+            json!({"kernel": "modules.causal_conv1d.ops.causal_conv1d_fwd_kernel",
+                   "entry": "causal_conv1d_fwd_kernel", "cubin": cubin, "constexprs": {"D": 64},
+                   "args": [["x", "*bf16"], ["T", "i32"], ["stride_x_t", "i32"]],
+                   "divisible": divisible, "num_warps": 4, "num_stages": 3, "shared": 0,
+                   "global_scratch": 0, "profile_scratch": 0, "config_source": "fixed"})
+        };
+        let write = |kernels: serde_json::Value| {
+            let manifest = json!({"format": 1, "fla": "0.6.0", "triton": "3.7.1",
+                                  "target": "sm_90a", "kernels": kernels});
+            std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).unwrap();
+        };
+        write(json!([
+            entry("twin.cubin", &["T", "stride_x_t"]),
+            entry("general.cubin", &[])
+        ]));
+        let kernels = Kernels::open_recording(dir.path()).unwrap();
+        let variant = kernels
+            .find("modules.causal_conv1d.ops.causal_conv1d_fwd_kernel", &[])
+            .unwrap();
+        assert_eq!(variant.entry().cubin, "general.cubin");
+        let x = Tensor::zeros([4, 8], (Kind::BFloat16, Device::Cpu));
+        for (t, stride, cubin) in [
+            (32, 64, "twin.cubin"),
+            (33, 64, "general.cubin"),
+            (32, 8, "general.cubin"),
+            (0, 4096, "twin.cubin"),
+        ] {
+            let args = [
+                ("x", Arg::Tensor(&x)),
+                ("T", Arg::I32(t)),
+                ("stride_x_t", Arg::I32(stride)),
+            ];
+            variant.launch([1, 1, 1], &args).unwrap();
+            let launches = kernels.take_launches().unwrap();
+            assert_eq!(launches[0].entry.cubin, cubin, "T {t}, stride {stride}");
+        }
+        write(json!([entry("twin.cubin", &["T"])]));
+        let error = Kernels::open(dir.path()).unwrap_err();
+        assert!(error.contains("without its general variant"), "{error}");
+        write(json!([
+            entry("twin.cubin", &["x"]),
+            entry("general.cubin", &[])
+        ]));
+        let error = Kernels::open(dir.path()).unwrap_err();
+        assert!(error.contains("not an integer argument"), "{error}");
     }
 
     #[test]
