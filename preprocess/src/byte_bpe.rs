@@ -58,7 +58,7 @@ impl Splitter {
 
 /// GPT-2's byte → character table: printable bytes stand for themselves, the others are shifted
 /// past U+0100 in byte order.
-fn byte_chars() -> [char; 256] {
+pub(crate) fn byte_chars() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut shifted = 0u32;
     for b in 0..=255u8 {

@@ -133,7 +133,7 @@ fn the_shapes_without_a_hand_written_encoder_take_the_cached_path() {
                 "cached Unigram (normalizer NFKC, pre-tokenizer [Metaspace, Digits, Punctuation], native)"
                     .to_owned()
             ),
-            Some("cached BPE (normalizer NFKC, pre-tokenizer ByteLevel)".to_owned()),
+            Some("cached BPE (normalizer NFKC, pre-tokenizer ByteLevel, native)".to_owned()),
             Some("cached BPE (normalizer None, pre-tokenizer [Split, ByteLevel])".to_owned()),
             Some("cached BPE (normalizer NFKC, pre-tokenizer Whitespace, native)".to_owned()),
         ]

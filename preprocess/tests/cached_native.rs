@@ -28,6 +28,11 @@ fn metaspace(scheme: &str, split: bool) -> Value {
     json!({"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": scheme, "split": split})
 }
 
+fn byte_level(add_prefix_space: bool, use_regex: bool) -> Value {
+    json!({"type": "ByteLevel", "add_prefix_space": add_prefix_space, "trim_offsets": true,
+           "use_regex": use_regex})
+}
+
 fn punctuation(behavior: &str) -> Value {
     json!({"type": "Punctuation", "behavior": behavior})
 }
@@ -94,6 +99,14 @@ fn pre_tokenizer_shapes() -> Vec<(String, Value)> {
     ] {
         shapes.push((format!("Punctuation {behavior}"), punctuation(behavior)));
     }
+    for prefix in [false, true] {
+        for regex in [true, false] {
+            shapes.push((
+                format!("ByteLevel prefix {prefix} regex {regex}"),
+                byte_level(prefix, regex),
+            ));
+        }
+    }
     let digits = |individual: bool| json!({"type": "Digits", "individual_digits": individual});
     let sequences = [
         vec![
@@ -112,6 +125,8 @@ fn pre_tokenizer_shapes() -> Vec<(String, Value)> {
             punctuation("MergedWithNext"),
         ],
         vec![punctuation("Contiguous"), metaspace("never", false)],
+        vec![digits(true), byte_level(true, true)],
+        vec![byte_level(false, true), punctuation("Isolated")],
     ];
     for (i, members) in sequences.iter().enumerate() {
         shapes.push((
@@ -296,7 +311,8 @@ fn other_steps_keep_the_crate_components() {
         ),
         (
             Value::Null,
-            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}),
+            json!({"type": "Split", "pattern": {"Regex": "\\p{L}+"}, "behavior": "Isolated",
+                   "invert": false}),
         ),
     ];
     for (i, (normalizer, pre)) in declined.iter().enumerate() {

@@ -60,7 +60,8 @@ const T5_UNIGRAM: Option<&str> = Some(
 const NFKC_UNIGRAM: Option<&str> = Some(
     "cached Unigram (normalizer NFKC, pre-tokenizer [Metaspace, Digits, Punctuation], native)",
 );
-const NFKC_BYTE_LEVEL: Option<&str> = Some("cached BPE (normalizer NFKC, pre-tokenizer ByteLevel)");
+const NFKC_BYTE_LEVEL: Option<&str> =
+    Some("cached BPE (normalizer NFKC, pre-tokenizer ByteLevel, native)");
 
 fixture_tests! {
     qwen3_ids_equal_the_reference: "qwen3" => (QWEN_SPLIT, false),

@@ -10,9 +10,11 @@
 //!   (SentencePiece's character map, grapheme by grapheme, through the crate's own map);
 //! * pre-tokenizers `Metaspace` (every `prepend_scheme`, `split` or not), `WhitespaceSplit`, `Whitespace`
 //!   (`\w+|[^\w\s]+`, `\w` the `regex` crate's), `Digits` (`char::is_numeric`, one by one or in runs),
-//!   `Punctuation` (ASCII or Unicode `P*`, as the crate's `is_punc`, every split behavior).
+//!   `Punctuation` (ASCII or Unicode `P*`, as the crate's `is_punc`, every split behavior), `ByteLevel`
+//!   (a space put in front of a piece without one where `add_prefix_space`, GPT-2's split by
+//!   [`Pattern::Gpt2`] where `use_regex`, then each byte as GPT-2's character for it).
 //!
-//! Anything else (`NFD`, `NFKD`, `BertNormalizer`, a regex `Replace`, `Split`, `ByteLevel`,
+//! Anything else (`NFD`, `NFKD`, `BertNormalizer`, a regex `Replace`, `Split`,
 //! `BertPreTokenizer`, …) and one case this module does not follow makes [`Native::new`] decline, and
 //! the cached path keeps the crate's components: `Metaspace` with `prepend_scheme: first` anywhere but
 //! first among the pre-tokenizers, or after a `Replace` or `Precompiled`. `first` prepends to a piece
@@ -21,6 +23,7 @@
 //! content the alignment of the match's last character).
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 
 use tokenizers::normalizers::NormalizerWrapper;
 use tokenizers::normalizers::precompiled::Precompiled;
@@ -28,6 +31,9 @@ use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use unicode_categories::UnicodeCategories;
 use unicode_normalization_alignments::{IsNormalized, UnicodeNormalization};
 use unicode_segmentation::UnicodeSegmentation;
+
+use crate::byte_bpe::byte_chars;
+use crate::pretok::Pattern;
 
 /// A normalizer step.
 #[derive(Debug)]
@@ -73,6 +79,10 @@ enum PreTokenize {
         individual: bool,
     },
     Punctuation(Behavior),
+    ByteLevel {
+        add_prefix_space: bool,
+        use_regex: bool,
+    },
 }
 
 /// A tokenizer's normalizer and pre-tokenizer, where every step of both is one this module has.
@@ -169,6 +179,22 @@ impl Native {
                             replacement,
                             prepend,
                             split,
+                            rewritten,
+                            next,
+                        );
+                    }
+                    std::mem::swap(text, rewritten);
+                }
+                PreTokenize::ByteLevel {
+                    add_prefix_space,
+                    use_regex,
+                } => {
+                    rewritten.clear();
+                    for &(start, end) in pieces.iter() {
+                        byte_level(
+                            &text[start..end],
+                            add_prefix_space,
+                            use_regex,
                             rewritten,
                             next,
                         );
@@ -356,8 +382,38 @@ fn metaspace(
     }
 }
 
+/// `ByteLevel` on one piece: a space in front if `add_prefix_space` and it has none, cut by GPT-2's
+/// pattern if `use_regex`, each byte of each part written as GPT-2's character for it to `out` and the
+/// parts' ranges in `out` appended to `pieces`.
+fn byte_level(
+    piece: &str,
+    add_prefix_space: bool,
+    use_regex: bool,
+    out: &mut String,
+    pieces: &mut Vec<(usize, usize)>,
+) {
+    static CHARS: OnceLock<[char; 256]> = OnceLock::new();
+    let chars = CHARS.get_or_init(byte_chars);
+    let mut emit = |part: &str| {
+        let start = out.len();
+        out.extend(part.bytes().map(|b| chars[usize::from(b)]));
+        pieces.push((start, out.len()));
+    };
+    let piece: Cow<'_, str> = if add_prefix_space && !piece.starts_with(' ') {
+        Cow::Owned(format!(" {piece}"))
+    } else {
+        Cow::Borrowed(piece)
+    };
+    if use_regex {
+        Pattern::Gpt2.split(&piece, emit);
+    } else {
+        emit(&piece);
+    }
+}
+
 impl PreTokenize {
-    /// The byte ranges of `piece`'s pieces, for the steps that only split (not `Metaspace`).
+    /// The byte ranges of `piece`'s pieces, for the steps that only split (not `Metaspace` or
+    /// `ByteLevel`).
     fn split(&self, piece: &str, emit: &mut impl FnMut(usize, usize)) {
         match *self {
             Self::WhitespaceSplit => split_on(piece, char::is_whitespace, Behavior::Removed, emit),
@@ -369,7 +425,9 @@ impl PreTokenize {
                 split_on(piece, char::is_numeric, Behavior::Contiguous, emit);
             }
             Self::Punctuation(behavior) => split_on(piece, is_punctuation, behavior, emit),
-            Self::Metaspace { .. } => unreachable!("Metaspace rewrites its pieces"),
+            Self::Metaspace { .. } | Self::ByteLevel { .. } => {
+                unreachable!("Metaspace and ByteLevel rewrite their pieces")
+            }
         }
     }
 }
@@ -538,6 +596,10 @@ fn flatten_pre_tokenizer(json: &serde_json::Value, steps: &mut Vec<PreTokenize>)
             }
             step
         }
+        "ByteLevel" => PreTokenize::ByteLevel {
+            add_prefix_space: json["add_prefix_space"].as_bool()?,
+            use_regex: json["use_regex"].as_bool()?,
+        },
         "WhitespaceSplit" => PreTokenize::WhitespaceSplit,
         "Whitespace" => PreTokenize::Whitespace,
         "Digits" => PreTokenize::Digits {
