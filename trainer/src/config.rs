@@ -115,6 +115,23 @@ pub struct DeltaRuleConfig {
     pub decay: bool,
 }
 
+impl DeltaRuleConfig {
+    /// The widths of the short convolutions flame-train runs, if any: Gated DeltaNet's q, k and v side
+    /// by side (one convolution, as fla's `GatedDeltaNet` runs them on whole sequences), else the
+    /// keys' width (q's and k's) and the values'.
+    pub fn conv_widths(&self) -> Vec<u32> {
+        let (k, v) = (
+            self.num_heads * self.head_k_dim,
+            self.num_heads * self.head_v_dim,
+        );
+        match (self.short_conv, self.decay) {
+            (None, _) => Vec::new(),
+            (Some(_), true) => vec![2 * k + v],
+            (Some(_), false) => vec![k, v],
+        }
+    }
+}
+
 /// The activation of an output gate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GateActivation {

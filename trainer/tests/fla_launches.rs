@@ -355,15 +355,7 @@ fn short_conv_launches_are_flas() {
         for (name, mixer) in configs(model_type) {
             let (widths, taps) = match mixer {
                 Mixer::Gla(c) => (vec![c.key_dim, c.value_dim], c.short_conv),
-                // Gated DeltaNet convolves q, k and v side by side.
-                Mixer::DeltaRule(c) if c.decay => (
-                    vec![c.num_heads * (2 * c.head_k_dim + c.head_v_dim)],
-                    c.short_conv,
-                ),
-                Mixer::DeltaRule(c) => (
-                    vec![c.num_heads * c.head_k_dim, c.num_heads * c.head_v_dim],
-                    c.short_conv,
-                ),
+                Mixer::DeltaRule(c) => (c.conv_widths(), c.short_conv),
                 Mixer::Attention(_) => continue,
             };
             let Some(taps) = taps else { continue };

@@ -73,19 +73,8 @@ pub fn check(kernels: &'static Kernels, config: &ModelConfig) -> Result<(), Stri
         Mixer::DeltaRule(delta) => {
             delta_rule::check(kernels, delta)?;
             if let Some(taps) = delta.short_conv {
-                let heads = i64::from(delta.num_heads);
-                let (k, v) = (
-                    heads * i64::from(delta.head_k_dim),
-                    heads * i64::from(delta.head_v_dim),
-                );
-                // Gated DeltaNet convolves q, k and v side by side (`DeltaRule::convolve_qkv`).
-                let widths = if delta.decay {
-                    vec![2 * k + v]
-                } else {
-                    vec![k, v]
-                };
-                for width in widths {
-                    conv::check(kernels, width, i64::from(taps))?;
+                for width in delta.conv_widths() {
+                    conv::check(kernels, i64::from(width), i64::from(taps))?;
                 }
             }
             match delta.output_gate {

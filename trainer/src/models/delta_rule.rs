@@ -86,9 +86,7 @@ impl DeltaRule {
             config: config.clone(),
         }
     }
-}
 
-impl DeltaRule {
     /// The short convolutions (with SiLU) of q's, k's and v's projections, or SiLU alone without them.
     /// Gated DeltaNet's run as one convolution over the three side by side, as fla's `GatedDeltaNet`
     /// runs them on whole sequences (`_use_fused_qkv_conv`): the convolution is depthwise, so that is
