@@ -1,12 +1,12 @@
 //! A fast, exact encoder for byte-level BPE `tokenizer.json`s (GPT-2, cl100k / Llama-3, Qwen-2/3,
 //! tekken, o200k (GPT-4o, gpt-oss), DeepSeek-V3, and others): non-special added tokens cut out first
-//! ([`crate::added`]), no normalizer or NFC, a split regex that [`crate::pretok`] scans by hand (or, for
+//! ([`crate::added`]), no normalizer, NFC or NFKC, a split regex that [`crate::pretok`] scans by hand (or, for
 //! any other sequence of `Split` regexes, [`GeneralSplit`] compiles; [`Splitter`]), then BPE over each
 //! piece's bytes.
 //!
-//! NFC is the `tokenizers` crate's own (`unicode-normalization-alignments`, Unicode 9 tables), applied
-//! to each segment between added tokens as that crate does; a segment the quick check finds already in
-//! NFC (nearly all text) is used as it is.
+//! NFC and NFKC are the `tokenizers` crate's own (`unicode-normalization-alignments`, Unicode 9 tables),
+//! applied to each segment between added tokens as that crate does; a segment the quick check finds
+//! already in normal form (nearly all text) is used as it is.
 //!
 //! The `tokenizers` crate maps each byte to a printable character (GPT-2's table) before BPE; here the
 //! vocabulary is mapped back to bytes once, and BPE runs on byte ids directly. Pieces → ids are cached.
@@ -16,7 +16,9 @@
 
 use rustc_hash::FxHashMap as HashMap;
 
-use unicode_normalization_alignments::{IsNormalized, UnicodeNormalization, is_nfc_quick};
+use unicode_normalization_alignments::{
+    IsNormalized, UnicodeNormalization, is_nfc_quick, is_nfkc_quick,
+};
 
 use crate::added::AddedTokens;
 use crate::bpe::{Cache, Merges, plain_bpe_model};
@@ -33,8 +35,15 @@ pub struct ByteLevelBpe {
     whole: Option<HashMap<Box<[u8]>, u32>>,
     /// The non-special added tokens, if any.
     added: Option<AddedTokens>,
-    /// Whether the normalizer is NFC (otherwise there is none).
-    is_nfc: bool,
+    /// The normalizer, if any.
+    normalizer: Option<Form>,
+}
+
+/// A normalization form the encoder applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Form {
+    Nfc,
+    Nfkc,
 }
 
 /// How text is cut into pieces before BPE.
@@ -78,9 +87,10 @@ impl ByteLevelBpe {
     /// `None` otherwise.
     pub fn from_json(json: &serde_json::Value) -> Option<Self> {
         let model = &json["model"];
-        let is_nfc = match &json["normalizer"] {
-            serde_json::Value::Null => false,
-            normalizer if normalizer["type"] == "NFC" => true,
+        let normalizer = match &json["normalizer"] {
+            serde_json::Value::Null => None,
+            normalizer if normalizer["type"] == "NFC" => Some(Form::Nfc),
+            normalizer if normalizer["type"] == "NFKC" => Some(Form::Nfkc),
             // An empty sequence (DeepSeek-V3) normalizes nothing.
             normalizer
                 if normalizer["type"] == "Sequence"
@@ -88,14 +98,14 @@ impl ByteLevelBpe {
                         .as_array()
                         .is_some_and(Vec::is_empty) =>
             {
-                false
+                None
             }
             _ => return None,
         };
         if !plain_bpe_model(model) || model.get("byte_fallback").is_some_and(|v| v != false) {
             return None;
         }
-        let added = if is_nfc {
+        let added = if normalizer.is_some() {
             AddedTokens::from_json(&json["added_tokens"])?
         } else {
             AddedTokens::from_json_without_normalizer(&json["added_tokens"])?
@@ -131,7 +141,7 @@ impl ByteLevelBpe {
             merges,
             whole,
             added,
-            is_nfc,
+            normalizer,
         })
     }
 
@@ -144,8 +154,11 @@ impl ByteLevelBpe {
     /// The split pattern of a `ByteLevel` pre-tokenizer with GPT-2's regex, or of a `Split` (isolated,
     /// or the same by [`isolates`]) followed by a `ByteLevel` without one; no prefix space in either.
     fn split_pattern(pre: &serde_json::Value) -> Option<Pattern> {
+        // `use_regex` defaults to true when the file leaves it out (Claude's does).
         let byte_level = |p: &serde_json::Value, regex: bool| {
-            p["type"] == "ByteLevel" && p["add_prefix_space"] == false && p["use_regex"] == regex
+            p["type"] == "ByteLevel"
+                && p["add_prefix_space"] == false
+                && p["use_regex"].as_bool().unwrap_or(true) == regex
         };
         if byte_level(pre, true) {
             return Some(Pattern::Gpt2);
@@ -209,12 +222,16 @@ impl ByteLevelBpe {
 
     /// Appends the ids of `text`, a segment without added tokens.
     fn encode_segment(&self, text: &str, cache: &mut Cache, out: &mut Vec<u32>) {
-        if self.is_nfc && is_nfc_quick(text.chars()) != IsNormalized::Yes {
-            let normalized: String = text.nfc().map(|(c, _)| c).collect();
-            self.split_and_merge(&normalized, cache, out);
-        } else {
-            self.split_and_merge(text, cache, out);
-        }
+        let normalized: Option<String> = match self.normalizer {
+            Some(Form::Nfc) if is_nfc_quick(text.chars()) != IsNormalized::Yes => {
+                Some(text.nfc().map(|(c, _)| c).collect())
+            }
+            Some(Form::Nfkc) if is_nfkc_quick(text.chars()) != IsNormalized::Yes => {
+                Some(text.nfkc().map(|(c, _)| c).collect())
+            }
+            _ => None,
+        };
+        self.split_and_merge(normalized.as_deref().unwrap_or(text), cache, out);
     }
 
     fn split_and_merge(&self, text: &str, cache: &mut Cache, out: &mut Vec<u32>) {

@@ -1,7 +1,7 @@
 //! Issue 18's cached path (`flame_preprocess::cached`): every shape the hand-written encoders refuse goes
 //! through the `tokenizers` crate's components with the model run once per distinct pre-token, and gives
 //! the crate's ids. Checked on random Unicode strings for a Unigram tokenizer of each layout, NFKC
-//! byte-level BPE (Claude's), BPE with `continuing_subword_prefix` (trained here), and a split regex no
+//! byte-level BPE (Claude's, with a prefix space), BPE with `continuing_subword_prefix` (trained here), and a split regex no
 //! hand-written scanner takes; and on the corpus documents in `tokenizer_fixtures`.
 
 use std::path::{Path, PathBuf};
@@ -71,6 +71,18 @@ fn look_behind_cl100k() -> PathBuf {
     path
 }
 
+/// Claude's tokenizer with `add_prefix_space` on its `ByteLevel` pre-tokenizer, which the byte-level
+/// encoder does not take (Claude's own goes there): NFKC and `ByteLevel` on the cached path.
+fn claude_with_prefix_space() -> PathBuf {
+    let path = tokenizers_dir().join("claude/tokenizer.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    json["pre_tokenizer"]["add_prefix_space"] = true.into();
+    let path = made_dir().join("claude-prefix-space.json");
+    std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+    path
+}
+
 /// A BPE with `continuing_subword_prefix` `##` (and NFKC, whitespace-and-punctuation words), trained on
 /// the golden texts: no registry package ships one.
 fn subword_prefix_bpe() -> PathBuf {
@@ -112,7 +124,7 @@ fn pairs() -> &'static [Pair] {
                 &dir.join("botchan-unigram/tokenizer.json"),
             ),
             Pair::load("kyoto-unigram", &dir.join("kyoto-unigram/tokenizer.json")),
-            Pair::load("claude", &dir.join("claude/tokenizer.json")),
+            Pair::load("claude with a prefix space", &claude_with_prefix_space()),
             Pair::load("look-behind cl100k", &look_behind_cl100k()),
             Pair::load("subword-prefix BPE", &subword_prefix_bpe()),
         ]

@@ -60,8 +60,7 @@ const T5_UNIGRAM: Option<&str> = Some(
 const NFKC_UNIGRAM: Option<&str> = Some(
     "cached Unigram (normalizer NFKC, pre-tokenizer [Metaspace, Digits, Punctuation], native)",
 );
-const NFKC_BYTE_LEVEL: Option<&str> =
-    Some("cached BPE (normalizer NFKC, pre-tokenizer ByteLevel, native)");
+const GPT2_SPLIT: Option<&str> = Some("byte-level BPE, Gpt2 split");
 
 fixture_tests! {
     qwen3_ids_equal_the_reference: "qwen3" => (QWEN_SPLIT, false),
@@ -74,7 +73,7 @@ fixture_tests! {
     bert_base_uncased_ids_equal_the_reference: "bert-base-uncased" => (BERT_UNCASED, true),
     botchan_unigram_ids_equal_the_reference: "botchan-unigram" => (T5_UNIGRAM, false),
     kyoto_unigram_ids_equal_the_reference: "kyoto-unigram" => (NFKC_UNIGRAM, false),
-    claude_ids_equal_the_reference: "claude" => (NFKC_BYTE_LEVEL, false),
+    claude_ids_equal_the_reference: "claude" => (GPT2_SPLIT, false),
 }
 
 fn fixtures_dir() -> PathBuf {
@@ -475,6 +474,32 @@ proptest::proptest! {
             theirs.set_encode_special_tokens(true);
             (ours, theirs)
         });
+        let mut ids = Vec::new();
+        ours.encode(&text, &mut ids).unwrap();
+        let want = theirs.encode_fast(text.as_str(), false).unwrap();
+        proptest::prop_assert_eq!(&ids, want.get_ids());
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+    /// Claude's NFKC byte-level BPE on the byte-level encoder, on Qwen3's normalization-heavy text
+    /// (compatibility characters, combining marks, Hangul jamo) and the Unicode ligature `ﬁ`.
+    #[test]
+    fn claude_fast_path_gives_the_ids_of_the_tokenizers_crate(
+        text in qwen3_text(),
+        ligature in "[\u{fb01}\u{2460}\u{ff21}]?",
+    ) {
+        static LOADED: OnceLock<(TextEncoder, tokenizers::Tokenizer)> = OnceLock::new();
+        let (ours, theirs) = LOADED.get_or_init(|| {
+            let path = tokenizers_dir().join("claude/tokenizer.json");
+            let ours = TextEncoder::load(&path, BosPolicy::Never, false, false).unwrap();
+            assert_eq!(ours.fast_path().as_deref(), GPT2_SPLIT);
+            let mut theirs = tokenizers::Tokenizer::from_file(&path).unwrap();
+            theirs.set_encode_special_tokens(true);
+            (ours, theirs)
+        });
+        let text = text + &ligature;
         let mut ids = Vec::new();
         ours.encode(&text, &mut ids).unwrap();
         let want = theirs.encode_fast(text.as_str(), false).unwrap();
