@@ -162,42 +162,10 @@ impl Native {
         for step in &self.pre_tokenizers {
             next.clear();
             match *step {
-                PreTokenize::Metaspace {
-                    replacement,
-                    scheme,
-                    split,
-                } => {
-                    let prepend = match scheme {
-                        PrependScheme::Always => true,
-                        PrependScheme::First => at_start,
-                        PrependScheme::Never => false,
-                    };
+                PreTokenize::Metaspace { .. } | PreTokenize::ByteLevel { .. } => {
                     rewritten.clear();
                     for &(start, end) in pieces.iter() {
-                        metaspace(
-                            &text[start..end],
-                            replacement,
-                            prepend,
-                            split,
-                            rewritten,
-                            next,
-                        );
-                    }
-                    std::mem::swap(text, rewritten);
-                }
-                PreTokenize::ByteLevel {
-                    add_prefix_space,
-                    use_regex,
-                } => {
-                    rewritten.clear();
-                    for &(start, end) in pieces.iter() {
-                        byte_level(
-                            &text[start..end],
-                            add_prefix_space,
-                            use_regex,
-                            rewritten,
-                            next,
-                        );
+                        step.rewrite(&text[start..end], at_start, rewritten, next);
                     }
                     std::mem::swap(text, rewritten);
                 }
@@ -412,6 +380,36 @@ fn byte_level(
 }
 
 impl PreTokenize {
+    /// `Metaspace` or `ByteLevel` on `piece` (`at_start`: whether the section starts at the document's
+    /// first byte): the rewritten piece appended to `out`, its pieces' ranges in `out` to `pieces`.
+    fn rewrite(
+        &self,
+        piece: &str,
+        at_start: bool,
+        out: &mut String,
+        pieces: &mut Vec<(usize, usize)>,
+    ) {
+        match *self {
+            Self::Metaspace {
+                replacement,
+                scheme,
+                split,
+            } => {
+                let prepend = match scheme {
+                    PrependScheme::Always => true,
+                    PrependScheme::First => at_start,
+                    PrependScheme::Never => false,
+                };
+                metaspace(piece, replacement, prepend, split, out, pieces);
+            }
+            Self::ByteLevel {
+                add_prefix_space,
+                use_regex,
+            } => byte_level(piece, add_prefix_space, use_regex, out, pieces),
+            _ => unreachable!("only Metaspace and ByteLevel rewrite their pieces"),
+        }
+    }
+
     /// The byte ranges of `piece`'s pieces, for the steps that only split (not `Metaspace` or
     /// `ByteLevel`).
     fn split(&self, piece: &str, emit: &mut impl FnMut(usize, usize)) {
