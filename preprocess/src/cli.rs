@@ -70,7 +70,7 @@ pub struct TokenizeArgs {
     /// Token id used by `--tail pad` (default: the tokenizer's EOS, else 0).
     #[arg(long, value_name = "ID")]
     pub pad_id: Option<u32>,
-    /// A tokenizer.json, or a directory holding one (default for `--dataset sample`: the bundled Mistral-7B tokenizer).
+    /// A tokenizer.json, a directory holding one, or a hub model id or short name (`gpt2`) whose tokenizer is fetched (default for `--dataset sample`: the bundled Mistral-7B tokenizer; else flame's, from the hub).
     #[arg(long, value_name = "PATH")]
     pub tokenizer: Option<PathBuf>,
     /// Column or JSON key with the text (default: `text`, else `content`).

@@ -258,7 +258,7 @@ pub fn resolve_tokenizer(
 ) -> anyhow::Result<PathBuf> {
     match (given, dataset_default) {
         (Some(path), _) if path.exists() => Ok(path.to_path_buf()),
-        (Some(id), _) => match hub::hub_id(&id.to_string_lossy())? {
+        (Some(id), _) => match hub::model_id(&id.to_string_lossy())? {
             Some(repo) => hub::resolve_tokenizer(&repo),
             None => anyhow::bail!(
                 "{}: no such tokenizer file or directory, and not a hub model id",

@@ -406,7 +406,7 @@ fn hub_or_path(
         return Ok(path.to_path_buf());
     }
     let id = match path.to_str() {
-        Some(text) => flame_preprocess::source::hub::hub_id(text)?,
+        Some(text) => flame_preprocess::source::hub::model_id(text)?,
         None => None,
     };
     match id {

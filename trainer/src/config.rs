@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 /// A model's shape, every default applied.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
-    /// fla's `model_type`: `transformer`, `gla`, `delta_net` or `gated_deltanet`.
+    /// fla's `model_type`: `transformer`, `gla`, `delta_net` or `gated_deltanet`; or `gpt2`.
     pub model_type: String,
     /// Model width.
     pub hidden_size: u32,
@@ -23,9 +23,9 @@ pub struct ModelConfig {
     pub num_hidden_layers: u32,
     /// Vocabulary size.
     pub vocab_size: u32,
-    /// SwiGLU inner width (fla's `GatedMLP`).
+    /// The MLP's inner width (fla's `GatedMLP` with SwiGLU; GPT-2's `n_inner` with GELU).
     pub intermediate_size: u32,
-    /// RMSNorm epsilon (every norm of the model).
+    /// The norms' epsilon (every norm of the model: RMSNorm, or GPT-2's LayerNorm).
     pub norm_eps: f64,
     /// Whether the output projection is the embedding.
     pub tie_word_embeddings: bool,
@@ -39,7 +39,7 @@ pub struct ModelConfig {
     pub eos_token_id: u32,
     /// The token mixer of every block.
     pub mixer: Mixer,
-    /// The file's keys as written, for the export's `config.json` of fla's own models.
+    /// The file's keys as written, for the export's `config.json` of fla's own models and GPT-2.
     pub keys: Map<String, Value>,
 }
 
@@ -52,6 +52,48 @@ pub enum Mixer {
     Gla(GlaConfig),
     /// The delta rule (`delta_net`), or the gated delta rule (`gated_deltanet`) when `decay` is set.
     DeltaRule(DeltaRuleConfig),
+    /// GPT-2's attention (`gpt2`), which also sets GPT-2's block apart: LayerNorm with biases, a GELU
+    /// MLP with biases, learned absolute positions.
+    Gpt2(Gpt2Config),
+}
+
+impl Mixer {
+    /// Whether the mixer is linear attention (GLA, the delta rules), not softmax attention.
+    pub fn is_linear(&self) -> bool {
+        matches!(self, Self::Gla(_) | Self::DeltaRule(_))
+    }
+}
+
+/// Hugging Face's `GPT2Config` (`transformers/models/gpt2/configuration_gpt2.py`), as far as it is not
+/// in [`ModelConfig`]: multi-head attention with biases and the query, key and value projections fused
+/// (`c_attn`), scores scaled by `1/√head_dim`, no dropout.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gpt2Config {
+    /// Heads (`n_head`).
+    pub num_heads: u32,
+    /// Learned positions (`n_positions`): no document or sample may be longer.
+    pub n_positions: u32,
+    /// The MLP's activation (`activation_function`).
+    pub activation: Gelu,
+}
+
+/// GELU as `transformers` names its forms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gelu {
+    /// `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`: the tanh approximation (GPT-2's own).
+    Tanh,
+    /// `gelu`: the exact form, with erf.
+    Erf,
+}
+
+impl Gelu {
+    /// libtorch's name of the form (`gelu`'s `approximate` argument).
+    pub fn approximate(self) -> &'static str {
+        match self {
+            Self::Tanh => "tanh",
+            Self::Erf => "none",
+        }
+    }
 }
 
 /// fla's `TransformerConfig` attention.
@@ -242,6 +284,30 @@ const ONLY_AT_DELTA_NET: &[(&str, &str, &str)] = &[
         "true",
         "nothing in fla 0.6.0 (it ignores the key), so flame-train refuses to guess",
     ),
+];
+/// `GPT2Config`'s keys that flame-train does not build other than at one value, or that only
+/// `GPT2DoubleHeadsModel` and generation read (accepted at any value).
+const ONLY_AT_GPT2: &[(&str, &str, &str)] = &[
+    (
+        "scale_attn_weights",
+        "true",
+        "attention scores not scaled by 1/√head_dim",
+    ),
+    (
+        "scale_attn_by_inverse_layer_idx",
+        "false",
+        "attention scores also scaled by 1/(layer index + 1)",
+    ),
+    ("add_cross_attention", "false", "cross-attention layers"),
+    ("reorder_and_upcast_attn", "", ""),
+    ("n_ctx", "", ""),
+    ("pad_token_id", "", ""),
+    ("summary_type", "", ""),
+    ("summary_use_proj", "", ""),
+    ("summary_activation", "", ""),
+    ("summary_proj_to_labels", "", ""),
+    ("summary_first_dropout", "", ""),
+    ("task_specific_params", "", ""),
 ];
 const ONLY_AT_GATED_DELTANET: &[(&str, &str, &str)] =
     &[("num_v_heads", "null", "grouped value heads (GVA)")];
@@ -492,6 +558,11 @@ impl ModelConfig {
             .str("model_type")?
             .ok_or("model_type is missing")?
             .to_owned();
+        if model_type == "gpt2" {
+            let config = gpt2(keys)?;
+            keys.check_rest(&[ONLY_AT_GPT2])?;
+            return Ok(config);
+        }
         let hidden_size = keys.required("hidden_size")?;
         let (mixer, only_at): (Mixer, NoOps) = match model_type.as_str() {
             "transformer" => (
@@ -512,7 +583,7 @@ impl ModelConfig {
             ),
             other => {
                 return Err(format!(
-                    "model_type {other:?}: flame-train builds \"transformer\", \"gla\", \"delta_net\" and \"gated_deltanet\""
+                    "model_type {other:?}: flame-train builds \"transformer\", \"gla\", \"delta_net\", \"gated_deltanet\" and \"gpt2\""
                 ));
             }
         };
@@ -532,21 +603,40 @@ impl ModelConfig {
         }
     }
 
-    /// Parameters: (all, embeddings).
+    /// GPT-2's attention and shape, for a `gpt2`.
+    pub fn gpt2(&self) -> Option<&Gpt2Config> {
+        match &self.mixer {
+            Mixer::Gpt2(g) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// Parameters: (all, embeddings: the token embedding and GPT-2's positions).
     pub fn num_params(&self) -> (u64, u64) {
         let (h, v) = (u64::from(self.hidden_size), u64::from(self.vocab_size));
         let (matrices, others) = self.mixer_params();
-        let per_layer = matrices + others + self.mlp_params() + 2 * h;
-        let embeddings = v * h;
+        let positions = self.gpt2().map_or(0, |g| u64::from(g.n_positions));
+        // RMSNorm has a weight, GPT-2's LayerNorm a weight and a bias.
+        let norm = if positions > 0 { 2 * h } else { h };
+        let per_layer = matrices + others + self.mlp_params() + 2 * norm;
+        let embeddings = (v + positions) * h;
         let head = if self.tie_word_embeddings { 0 } else { v * h };
         (
-            u64::from(self.num_hidden_layers) * per_layer + embeddings + head + h,
+            u64::from(self.num_hidden_layers) * per_layer + embeddings + head + norm,
             embeddings,
         )
     }
 
     fn mlp_params(&self) -> u64 {
-        3 * u64::from(self.hidden_size) * u64::from(self.intermediate_size)
+        let (h, i) = (
+            u64::from(self.hidden_size),
+            u64::from(self.intermediate_size),
+        );
+        match self.mixer {
+            // `c_fc` and `c_proj` with their biases.
+            Mixer::Gpt2(_) => 2 * h * i + i + h,
+            _ => 3 * h * i,
+        }
     }
 
     /// Parameters of one block's token mixer: (matrices of its linear layers, the rest: biases,
@@ -589,6 +679,8 @@ impl ModelConfig {
                     a_log_dt_bias + conv + u64::from(d.head_v_dim),
                 )
             }
+            // `c_attn` (q, k and v) and `c_proj`, with their biases.
+            Mixer::Gpt2(_) => (4 * h * h, 4 * h),
         }
     }
 
@@ -606,14 +698,24 @@ impl ModelConfig {
     ///
     /// For flame's 340M configs at context 2048 this is 1.32–1.36× below flame's count (1.10× for Gated
     /// DeltaNet's).
+    ///
+    /// GPT-2 has the transformer's count with its output layer, which is the (tied) embedding:
+    /// `6·(parameters − embeddings + hidden·vocab) + 12·layers·hidden·context_len` (nanoGPT's and
+    /// PaLM's, the learned positions left out as a lookup).
     pub fn flops_per_token(&self, context_len: u32) -> u64 {
         const C: u64 = 64;
         let (h, v) = (u64::from(self.hidden_size), u64::from(self.vocab_size));
         let layers = u64::from(self.num_hidden_layers);
+        let attention = 12 * layers * h * u64::from(context_len);
         let (heads, dk, dv, short_conv) = match &self.mixer {
             Mixer::Attention(_) => {
                 let (params, embeddings) = self.num_params();
-                return 6 * (params - embeddings) + 12 * layers * h * u64::from(context_len);
+                return 6 * (params - embeddings) + attention;
+            }
+            Mixer::Gpt2(_) => {
+                let (params, embeddings) = self.num_params();
+                let tied_head = if self.tie_word_embeddings { h * v } else { 0 };
+                return 6 * (params - embeddings + tied_head) + attention;
             }
             Mixer::Gla(g) => {
                 let heads = u64::from(g.num_heads);
@@ -633,7 +735,8 @@ impl ModelConfig {
         };
         let mixing = match &self.mixer {
             Mixer::Gla(_) => 6 * (2 * dk * dv + C * dk + C * dv),
-            _ => 6 * (3 * dk * dv + 3 * C * dk + 2 * C * dv) + 2 * C * C,
+            Mixer::Attention(_) | Mixer::Gpt2(_) => unreachable!("returned above"),
+            Mixer::DeltaRule(_) => 6 * (3 * dk * dv + 3 * C * dk + 2 * C * dv) + 2 * C * C,
         };
         let conv = short_conv.map_or(0, |w| 6 * u64::from(w) * (2 * dk + dv));
         let (matrices, _) = self.mixer_params();
@@ -836,6 +939,65 @@ fn gated_deltanet(keys: &Keys<'_>) -> Result<DeltaRuleConfig, String> {
         allow_neg_eigval: keys.bool("allow_neg_eigval")?.unwrap_or(false),
         output_gate: keys.bool("use_gate")?.unwrap_or(true).then_some(activation),
         decay: true,
+    })
+}
+
+/// Hugging Face's `GPT2Config`, its defaults where a key is absent (GPT-2 small's shape, 0.1 dropout).
+/// flame-train trains without dropout: a dropout other than 0, absent ones included, is refused.
+fn gpt2(keys: &Keys<'_>) -> Result<ModelConfig, String> {
+    let hidden_size = keys.u32("n_embd")?.unwrap_or(768);
+    let num_heads = keys.u32("n_head")?.unwrap_or(12);
+    if num_heads == 0 || !hidden_size.is_multiple_of(num_heads) {
+        return Err(format!(
+            "n_head {num_heads} does not divide n_embd {hidden_size}"
+        ));
+    }
+    for key in ["resid_pdrop", "embd_pdrop", "attn_pdrop"] {
+        let p = keys.f64(key)?;
+        if p.unwrap_or(0.1) != 0.0 {
+            let default = if p.is_none() {
+                " (transformers' default where the key is absent)"
+            } else {
+                ""
+            };
+            return Err(format!(
+                "{key} {}{default}: flame-train trains GPT-2 without dropout; set {key}: 0.0",
+                p.unwrap_or(0.1)
+            ));
+        }
+    }
+    let activation = match keys.str("activation_function")?.unwrap_or("gelu_new") {
+        "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Gelu::Tanh,
+        "gelu" => Gelu::Erf,
+        other => {
+            return Err(format!(
+                "activation_function {other:?}: flame-train's GPT-2 has GELU (gelu_new, gelu_pytorch_tanh, gelu_fast, gelu)"
+            ));
+        }
+    };
+    let n_positions = keys.u32("n_positions")?.unwrap_or(1024);
+    if n_positions == 0 {
+        return Err("n_positions 0: GPT-2 needs a position".into());
+    }
+    Ok(ModelConfig {
+        model_type: "gpt2".into(),
+        hidden_size,
+        num_hidden_layers: keys.u32("n_layer")?.unwrap_or(12),
+        vocab_size: keys.u32("vocab_size")?.unwrap_or(50257),
+        intermediate_size: keys.u32("n_inner")?.unwrap_or(4 * hidden_size),
+        norm_eps: keys.f64("layer_norm_epsilon")?.unwrap_or(1e-5),
+        tie_word_embeddings: keys.bool("tie_word_embeddings")?.unwrap_or(true),
+        initializer_range: keys.f64("initializer_range")?.unwrap_or(0.02),
+        // GPT-2's embedding has no padding row: `pad_token_id` only tells generation what to pad with.
+        pad_token_id: None,
+        bos_token_id: keys.u32("bos_token_id")?.unwrap_or(50256),
+        eos_token_id: keys.u32("eos_token_id")?.unwrap_or(50256),
+        mixer: Mixer::Gpt2(Gpt2Config {
+            num_heads,
+            n_positions,
+            activation,
+        }),
+        keys: Map::new(),
     })
 }
 
@@ -1127,5 +1289,96 @@ mod tests {
         // flame's 1B config sets pad_token_id 2: fla never trains that embedding row.
         let one_b = config("transformer_1B.json");
         assert_eq!(one_b.pad_token_id, Some(2));
+    }
+
+    /// Issue 24: the four GPT-2 configs have `transformers`' parameter counts (at GPT-2's own
+    /// vocabulary) and the FLOPs of nanoGPT's count; GPT-2 small's keys left out take `GPT2Config`'s
+    /// defaults, except dropout, which is refused.
+    #[test]
+    fn gpt2_configs_have_transformers_shapes_and_parameter_counts() {
+        for (name, params) in [
+            ("gpt2-small.json", 124_439_808),
+            ("gpt2-medium.json", 354_823_168),
+            ("gpt2-large.json", 774_030_080),
+            ("gpt2-xl.json", 1_557_611_200),
+        ] {
+            let mut c = config(name);
+            assert_eq!(c.vocab_size, 50264, "{name}: padded to a multiple of 8");
+            c.vocab_size = 50257;
+            assert_eq!(c.num_params().0, params, "{name}");
+            assert_eq!(c.intermediate_size, 4 * c.hidden_size);
+            assert!(c.tie_word_embeddings);
+        }
+        let small = config("gpt2-small.json");
+        let gpt2 = small.gpt2().unwrap();
+        assert_eq!((gpt2.num_heads, gpt2.n_positions), (12, 1024));
+        assert_eq!(gpt2.activation, Gelu::Tanh);
+        // 6·(non-embedding parameters + the tied output layer) + 12·layers·hidden·context.
+        let (params, embeddings) = small.num_params();
+        let (h, v) = (768, 50264);
+        assert_eq!(embeddings, (v + 1024) * h);
+        assert_eq!(
+            small.flops_per_token(1024),
+            6 * (params - embeddings + v * h) + 12 * 12 * h * 1024
+        );
+        let defaults = ModelConfig::from_json(
+            r#"{"model_type": "gpt2", "resid_pdrop": 0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                defaults.hidden_size,
+                defaults.num_hidden_layers,
+                defaults.vocab_size
+            ),
+            (768, 12, 50257)
+        );
+        assert_eq!((defaults.norm_eps, defaults.eos_token_id), (1e-5, 50256));
+        assert_eq!(
+            defaults.pad_token_id, None,
+            "GPT-2's embedding has no padding row"
+        );
+    }
+
+    #[test]
+    fn gpt2_keys_that_would_change_the_model_are_refused_by_name() {
+        let base = r#"{"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4"#;
+        let no_dropout = r#", "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0"#;
+        for (extra, named) in [
+            ("", "resid_pdrop 0.1 (transformers' default"),
+            (
+                r#", "resid_pdrop": 0.0, "embd_pdrop": 0.1, "attn_pdrop": 0.0"#,
+                "embd_pdrop 0.1",
+            ),
+            (
+                r#", "scale_attn_by_inverse_layer_idx": true"#,
+                "scale_attn_by_inverse_layer_idx",
+            ),
+            (r#", "scale_attn_weights": false"#, "scale_attn_weights"),
+            (r#", "add_cross_attention": true"#, "add_cross_attention"),
+            (
+                r#", "activation_function": "relu""#,
+                "activation_function \"relu\"",
+            ),
+            (r#", "n_head": 5"#, "n_head 5 does not divide n_embd 64"),
+            (r#", "n_embd_typo": 3"#, "n_embd_typo"),
+        ] {
+            let dropout = if named.contains("pdrop") {
+                ""
+            } else {
+                no_dropout
+            };
+            let text = format!("{base}{dropout}{extra}}}")
+                .replace(r#""n_head": 4, "n_head": 5"#, r#""n_head": 5"#);
+            let err = ModelConfig::from_json(&text).unwrap_err().to_string();
+            assert!(err.contains(named), "{text}: {err}");
+        }
+        // Keys only generation or GPT2DoubleHeadsModel read, at any value.
+        let text = format!(
+            r#"{base}{no_dropout}, "n_ctx": 1024, "summary_type": "cls_index", "pad_token_id": 0,
+               "reorder_and_upcast_attn": true, "activation_function": "gelu"}}"#
+        );
+        let c = ModelConfig::from_json(&text).unwrap();
+        assert_eq!(c.gpt2().unwrap().activation, Gelu::Erf);
     }
 }

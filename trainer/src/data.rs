@@ -50,21 +50,30 @@ pub fn check_job(
     if config.vocab_size == 0 {
         bail!("the model has no vocabulary");
     }
+    // The longest stretch one token's attention covers: the sample, or its longest document.
+    let (span, what) = match (job.varlen, job.context_len) {
+        (true, Some(context)) if context < job.seq_len => (context, "the job's context_len"),
+        _ => (job.seq_len, "seq_len"),
+    };
     if let Mixer::Attention(a) = &config.mixer
         && let Some(window) = a.window_size
+        && span > window
     {
-        // The longest stretch one token's attention covers: the sample, or its longest document.
-        let (span, what) = match (job.varlen, job.context_len) {
-            (true, Some(context)) if context < job.seq_len => (context, "the job's context_len"),
-            _ => (job.seq_len, "seq_len"),
-        };
-        if span > window {
-            bail!(
-                "the model's window_size {window} (a sliding window) is shorter than the run's \
-                 attention span ({what} {span}); flame-train's attention sees the whole span, which \
-                 would train another model: train with a span of at most {window} tokens"
-            );
-        }
+        bail!(
+            "the model's window_size {window} (a sliding window) is shorter than the run's \
+             attention span ({what} {span}); flame-train's attention sees the whole span, which \
+             would train another model: train with a span of at most {window} tokens"
+        );
+    }
+    if let Some(gpt2) = config.gpt2()
+        && span > gpt2.n_positions
+    {
+        bail!(
+            "the model has {} learned positions (n_positions), fewer than the run's attention span \
+             ({what} {span}): train with a span of at most {} tokens, or a config with more positions",
+            gpt2.n_positions,
+            gpt2.n_positions
+        );
     }
     Ok(())
 }

@@ -30,7 +30,7 @@ pub fn resolve_tokenizer(path: &Path) -> anyhow::Result<PathBuf> {
         return Ok(path.to_path_buf());
     }
     let text = path.to_str().with_context(named)?;
-    match flame_preprocess::source::hub::hub_id(text).with_context(named)? {
+    match flame_preprocess::source::hub::model_id(text).with_context(named)? {
         Some(id) => flame_preprocess::source::hub::tokenizer_dir(&id).with_context(named),
         None => anyhow::bail!("{}: no such file or directory", named()),
     }

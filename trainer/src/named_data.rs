@@ -37,11 +37,12 @@ pub fn load_job(args: &Args, world: u32) -> anyhow::Result<JobSpec> {
     }
 }
 
-/// flame's dataset flags as a flame-stream job of raw datasets: one dataset per entry of
-/// `--training.dataset`, its configuration, split, directory and files from the parallel lists (an
-/// empty entry: none, split `train`), its share of the tokens from `--training.data_probs`, tokenized
-/// with `--model.tokenizer_path` (BOS as the tokenizer adds it, no EOS: flame's), shuffled with
-/// `--training.seed`, in the batches of the batch flags.
+/// flame's dataset flags as a flame-stream job: one dataset per entry of `--training.dataset`, its
+/// configuration, split, directory and files from the parallel lists (an empty entry: none, split
+/// `train`), its share of the tokens from `--training.data_probs`, tokenized with
+/// `--model.tokenizer_path` (BOS as the tokenizer adds it, no EOS: flame's), shuffled with
+/// `--training.seed`, in the batches of the batch flags. An entry that is flame-prep's output (a
+/// directory with its `manifest.json`) is served as the shards it is, tokenized already.
 ///
 /// # Errors
 /// A list of another length than `--training.dataset`, a share that is not a positive number, several
@@ -75,11 +76,18 @@ pub fn job_from_flags(args: &Args, world: u32) -> anyhow::Result<JobSpec> {
     let dirs = parallel("data_dir", &args.data_dir)?;
     let files = parallel("data_files", &args.data_files)?;
     let shares = shares(args.data_probs.as_deref(), n)?;
-    let tokenizer = args.tokenizer_path.as_ref().context(
-        "--training.dataset needs --model.tokenizer_path: the tokenizer the data service encodes with",
-    )?;
     let mut datasets = Vec::with_capacity(n);
     for (i, name) in names.iter().enumerate() {
+        if is_prepared(name) {
+            ensure!(
+                [&configs[i], &splits[i], &dirs[i], &files[i]]
+                    .iter()
+                    .all(|o| o.is_none()),
+                "--training.dataset {name} is flame-prep's output (its manifest.json): its                  configuration, split and files were chosen when it was prepared; leave its entries of                  dataset_name, dataset_split, data_dir and data_files empty"
+            );
+            datasets.push(DatasetSpec::prepared(name.as_str(), shares[i]));
+            continue;
+        }
         datasets.push(DatasetSpec {
             dataset: Some(source(name, dirs[i].as_deref(), files[i].as_deref())?),
             name: configs[i].clone(),
@@ -88,6 +96,14 @@ pub fn job_from_flags(args: &Args, world: u32) -> anyhow::Result<JobSpec> {
             ..DatasetSpec::prepared("", 1.0)
         });
     }
+    let raw = datasets.iter().any(|d| d.dataset.is_some());
+    let tokenizer = match (raw, &args.tokenizer_path) {
+        (true, None) => bail!(
+            "--training.dataset needs --model.tokenizer_path: the tokenizer the data service encodes with"
+        ),
+        (true, Some(path)) => Some(path.display().to_string()),
+        (false, _) => None,
+    };
     let job = JobSpec {
         seed: u64::try_from(args.seed).context("--training.seed: a seed is not negative")?,
         seq_len: args.seq_len,
@@ -100,7 +116,7 @@ pub fn job_from_flags(args: &Args, world: u32) -> anyhow::Result<JobSpec> {
         split_name: "train".into(),
         num_samples: None,
         epochs: None,
-        tokenizer: Some(tokenizer.display().to_string()),
+        tokenizer,
         bos: None,
         append_eod: false,
         streaming: args.streaming,
@@ -109,6 +125,13 @@ pub fn job_from_flags(args: &Args, world: u32) -> anyhow::Result<JobSpec> {
     job.validate()
         .context("the job --training.dataset and the flags describe")?;
     Ok(job)
+}
+
+/// Whether `name` is flame-prep's output: a directory with its `manifest.json`, or that file.
+fn is_prepared(name: &str) -> bool {
+    let path = Path::new(name);
+    path.join("manifest.json").is_file()
+        || (path.file_name().is_some_and(|f| f == "manifest.json") && path.is_file())
 }
 
 /// The entries of a flame comma list, trimmed.

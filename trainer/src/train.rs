@@ -146,7 +146,7 @@ pub fn run_as(args: &Args, launch: &Launch) -> anyhow::Result<Summary> {
         .resolve(&config, device)
         .map_err(anyhow::Error::msg)?;
     let model = models::build(&vs.root(), &config, fla);
-    if rank == 0 && !matches!(config.mixer, crate::config::Mixer::Attention(_)) {
+    if rank == 0 && config.mixer.is_linear() {
         eprintln!(
             "flame-train: {}'s token mixing runs on {mixing}",
             config.model_type

@@ -356,7 +356,7 @@ fn short_conv_launches_are_flas() {
             let (widths, taps) = match mixer {
                 Mixer::Gla(c) => (vec![c.key_dim, c.value_dim], c.short_conv),
                 Mixer::DeltaRule(c) => (c.conv_widths(), c.short_conv),
-                Mixer::Attention(_) => continue,
+                Mixer::Attention(_) | Mixer::Gpt2(_) => continue,
             };
             let Some(taps) = taps else { continue };
             for d in widths.into_iter().map(i64::from) {

@@ -487,7 +487,7 @@ fn checkpoints_transformers_wrote_give_its_logits_and_train_on() {
     }
     let output = std::process::Command::new(python())
         .arg(repo().join("tools/interop/hf_parity.py"))
-        .arg(&cases)
+        .args([cases.join("mistral"), cases.join("llama")])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -26,15 +26,27 @@ const REVISION: &str = "main";
 
 /// The hub id an alias or id names, if `dataset` looks like one and is not a local path.
 pub fn hub_id(dataset: &str) -> anyhow::Result<Option<String>> {
-    let table: toml::Table = ALIASES.parse().context("configs/datasets.toml")?;
-    if let Some(id) = table
-        .get("aliases")
-        .and_then(|a| a.get(dataset))
+    aliased("aliases", dataset)
+}
+
+/// The hub model id a short name (`gpt2`, from `[tokenizers]` in `configs/datasets.toml`) or an id
+/// names, if `model` looks like one and is not a local path: where tokenizers and checkpoints come from.
+pub fn model_id(model: &str) -> anyhow::Result<Option<String>> {
+    aliased("tokenizers", model)
+}
+
+/// `name` as the alias table `table` of `configs/datasets.toml` maps it, else as it is if it has the
+/// shape of a hub id (`owner/name`).
+fn aliased(table: &str, name: &str) -> anyhow::Result<Option<String>> {
+    let aliases: toml::Table = ALIASES.parse().context("configs/datasets.toml")?;
+    if let Some(id) = aliases
+        .get(table)
+        .and_then(|a| a.get(name))
         .and_then(toml::Value::as_str)
     {
         return Ok(Some(id.to_owned()));
     }
-    let parts: Vec<&str> = dataset.split('/').collect();
+    let parts: Vec<&str> = name.split('/').collect();
     let is_id = parts.len() == 2
         && parts.iter().all(|p| {
             !p.is_empty()
@@ -42,7 +54,7 @@ pub fn hub_id(dataset: &str) -> anyhow::Result<Option<String>> {
                 && p.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         });
-    Ok(is_id.then(|| dataset.to_owned()))
+    Ok(is_id.then(|| name.to_owned()))
 }
 
 /// flame's default tokenizer (a hub model id) from `configs/datasets.toml`.
@@ -703,6 +715,16 @@ mod tests {
         );
         assert_eq!(hub_id("./data/x").unwrap(), None);
         assert_eq!(hub_id("a/b/c").unwrap(), None);
+        assert_eq!(
+            model_id("gpt2").unwrap().as_deref(),
+            Some("openai-community/gpt2")
+        );
+        assert_eq!(
+            hub_id("gpt2").unwrap(),
+            None,
+            "a tokenizer's name, not a dataset's"
+        );
+        assert_eq!(model_id("fineweb-edu").unwrap(), None);
         assert_eq!(
             default_tokenizer().unwrap(),
             "fla-hub/transformer-1.3B-100B"

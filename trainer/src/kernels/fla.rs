@@ -66,7 +66,7 @@ impl Varlen {
 
 /// Whether `kernels` has every kernel `config`'s token mixing needs; `Err` says what it lacks.
 pub fn check(kernels: &'static Kernels, config: &ModelConfig) -> Result<(), String> {
-    if !matches!(config.mixer, Mixer::Attention(_)) {
+    if config.mixer.is_linear() {
         swiglu::check(kernels, i64::from(config.intermediate_size))?;
     }
     match &config.mixer {
@@ -95,7 +95,7 @@ pub fn check(kernels: &'static Kernels, config: &ModelConfig) -> Result<(), Stri
             }
             Ok(())
         }
-        Mixer::Attention(_) => Err(format!(
+        Mixer::Attention(_) | Mixer::Gpt2(_) => Err(format!(
             "{} has no fla kernels in flame-train yet",
             config.model_type
         )),

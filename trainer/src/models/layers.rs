@@ -1,12 +1,12 @@
-//! Layers the architectures share: RMSNorm, rotary embeddings, the SwiGLU MLP, and the chunked output
-//! layer with its cross-entropy.
+//! Layers the architectures share: RMSNorm and LayerNorm, rotary embeddings, causal softmax attention,
+//! the SwiGLU and GELU MLPs, and the chunked output layer with its cross-entropy.
 
 use tch::nn::{self, Init};
 use tch::{Kind, Reduction, Tensor};
 
-use super::inputs::IGNORE;
+use super::inputs::{IGNORE, Inputs};
 use super::lm::Context;
-use crate::config::GateActivation;
+use crate::config::{GateActivation, Gelu};
 use crate::kernels::compute_kind;
 
 /// RMSNorm computed in float32 and returned in `x`'s dtype, times `weight` (Hugging Face Llama's).
@@ -20,6 +20,55 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
     let xf = x.to_kind(kind);
     let variance = xf.pow_tensor_scalar(2).mean_dim(-1, true, kind);
     (xf * (variance + eps).rsqrt()).to_kind(x.kind()) * weight
+}
+
+/// LayerNorm with weight and bias (GPT-2's), computed in float32 under autocast (libtorch's autocast
+/// runs `layer_norm` in float32) and on the CPU in `x`'s dtype.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Tensor {
+    x.layer_norm(
+        weight.size().as_slice(),
+        Some(weight),
+        Some(bias),
+        eps,
+        true,
+    )
+}
+
+/// Causal softmax attention, scores scaled by `1/√d`: queries `[B, heads, T, d]`, keys and values
+/// `[B, kv heads, T, d]` (grouped-query attention where fewer), within each document of `inputs`; the
+/// heads' outputs side by side, `[B, T, heads·d]`. Flash attention over the documents on CUDA
+/// (`inputs.packed`), else libtorch's attention with the batch's block-diagonal causal mask.
+#[allow(clippy::many_single_char_names)] // the usual names of the dimensions
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, inputs: &Inputs) -> Tensor {
+    let (size, nkv) = (q.size(), k.size()[1]);
+    let (b, nh, t, d) = (size[0], size[1], size[2], size[3]);
+    if let Some((cu, longest)) = &inputs.packed {
+        // Flash attention over the documents: [B·T, heads, d], kv heads as they are (GQA).
+        let flat = |x: &Tensor, heads: i64| x.transpose(1, 2).reshape([b * t, heads, d]);
+        return crate::shim::flash_varlen(&flat(q, nh), &flat(k, nkv), &flat(v, nkv), cu, *longest)
+            .expect("flash attention")
+            .reshape([b, t, nh * d]);
+    }
+    let (k, v) = if nkv == nh {
+        (k.shallow_clone(), v.shallow_clone())
+    } else {
+        (
+            k.repeat_interleave_self_int(nh / nkv, 1, None),
+            v.repeat_interleave_self_int(nh / nkv, 1, None),
+        )
+    };
+    Tensor::scaled_dot_product_attention(
+        q,
+        &k,
+        &v,
+        inputs.mask.as_ref(),
+        0.0,
+        inputs.mask.is_none(),
+        None,
+        false,
+    )
+    .transpose(1, 2)
+    .reshape([b, t, nh * d])
 }
 
 /// Rotary position embedding, rotate-half form: the inverse frequencies of one head's pairs.
@@ -70,6 +119,26 @@ fn rotate_half(x: &Tensor) -> Tensor {
 pub fn swiglu(x: &Tensor, gate: &Tensor, up: &Tensor, down: &Tensor) -> Tensor {
     (x.linear(gate, None::<Tensor>).silu() * x.linear(up, None::<Tensor>))
         .linear(down, None::<Tensor>)
+}
+
+/// GPT-2's MLP: `c_proj(gelu(c_fc(x)))`, each a `Conv1D` (weight `[in, out]`, bias `[out]`).
+pub fn gelu_mlp(
+    x: &Tensor,
+    fc: (&Tensor, &Tensor),
+    proj: (&Tensor, &Tensor),
+    gelu: Gelu,
+) -> Tensor {
+    conv1d(
+        &conv1d(x, fc.0, fc.1).gelu(gelu.approximate()),
+        proj.0,
+        proj.1,
+    )
+}
+
+/// `transformers`' `Conv1D`: `x · weight + bias` with `weight` stored `[in, out]`, as a `linear` (so
+/// that autocast casts the bias with the weight).
+pub fn conv1d(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Tensor {
+    x.linear(&weight.tr(), Some(bias))
 }
 
 /// `x` through the bias-free projections `weights` (`[out_i, in]` each) as matmuls on stacked weights,

@@ -1,15 +1,18 @@
 //! The causal language model every architecture shares: an embedding, blocks of `x + mixer(norm(x))`
-//! then `x + mlp(norm(x))` (pre-norm RMSNorm, fla's `GatedMLP`), a final norm and the output layer. Only
-//! the token mixer differs between architectures ([`Mixer`]: softmax attention, GLA, the delta rules),
-//! and the parameter names of the export ([`Names`]: Hugging Face Llama's for the transformer, fla's for
-//! the others).
+//! then `x + mlp(norm(x))` (pre-norm RMSNorm, fla's `GatedMLP`), a final norm and the output layer. The
+//! token mixer differs between architectures ([`Mixer`]: softmax attention, GLA, the delta rules, GPT-2's
+//! attention), and the parameter names of the export ([`Names`]: Hugging Face Llama's for the
+//! transformer, fla's for the linear models, `GPT2LMHeadModel`'s for GPT-2). GPT-2 also has its own
+//! norms (LayerNorm with biases), MLP (GELU with biases) and learned positions ([`Norm`], [`Mlp`]).
 
 use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
 
-use super::layers::{Rotary, chunked_head_backward, layer_swiglu, next_token_loss, rms_norm};
+use super::layers::{
+    Rotary, chunked_head_backward, gelu_mlp, layer_norm, layer_swiglu, next_token_loss, rms_norm,
+};
 use super::{Checkpointing, Inputs, Model};
-use crate::config::{Mixer as MixerConfig, ModelConfig};
+use crate::config::{Gelu, Mixer as MixerConfig, ModelConfig};
 use crate::kernels::fla::Varlen;
 use crate::kernels::layout::ChunkLayout;
 
@@ -37,23 +40,116 @@ pub trait Mixer: std::fmt::Debug {
 /// Where an architecture's parameters live, as its Hugging Face export names them.
 #[derive(Clone, Copy, Debug)]
 pub struct Names {
-    /// The embedding, under `model.`.
+    /// The model's own parameters, under this (`model`), the output layer beside it.
+    pub root: &'static str,
+    /// The blocks, under `root.layers.N`.
+    pub layers: &'static str,
+    /// The embedding, under `root.`.
     pub embed: &'static str,
-    /// The mixer, under `model.layers.N.`.
+    /// The mixer, under a block.
     pub mixer: &'static str,
     /// The norm before the mixer.
     pub mixer_norm: &'static str,
     /// The norm before the MLP.
     pub mlp_norm: &'static str,
+    /// The final norm, under `root.`.
+    pub norm: &'static str,
+}
+
+/// A norm's parameters: RMSNorm's weight, or LayerNorm's weight and bias (GPT-2's).
+#[derive(Debug)]
+pub struct Norm {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Norm {
+    /// A norm of width `h` under `p`: weight one, bias zero.
+    fn new(p: &nn::Path<'_>, h: i64, with_bias: bool) -> Self {
+        Self {
+            weight: p.var("weight", &[h], Init::Const(1.0)),
+            bias: with_bias.then(|| p.var("bias", &[h], Init::Const(0.0))),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, eps: f64) -> Tensor {
+        match &self.bias {
+            Some(bias) => layer_norm(x, &self.weight, bias, eps),
+            None => rms_norm(x, &self.weight, eps),
+        }
+    }
+}
+
+/// A block's MLP: fla's `GatedMLP` (SwiGLU, no biases), or GPT-2's (`c_fc`, GELU, `c_proj`, biases).
+#[derive(Debug)]
+pub enum Mlp {
+    /// `down(silu(gate(x)) · up(x))`.
+    Gated {
+        /// `gate_proj`.
+        gate: Tensor,
+        /// `up_proj`.
+        up: Tensor,
+        /// `down_proj`.
+        down: Tensor,
+    },
+    /// `c_proj(gelu(c_fc(x)))`, weights `[in, out]`.
+    Gelu {
+        /// `c_fc`'s weight and bias.
+        fc: (Tensor, Tensor),
+        /// `c_proj`'s weight and bias.
+        proj: (Tensor, Tensor),
+        /// The activation's form.
+        gelu: Gelu,
+    },
+}
+
+impl Mlp {
+    /// The MLP of `config` under `p` (a block's `mlp`), initialised as its architecture does.
+    fn new(p: &nn::Path<'_>, config: &ModelConfig) -> Self {
+        let std = Init::Randn {
+            mean: 0.0,
+            stdev: config.initializer_range,
+        };
+        let (h, i) = (
+            i64::from(config.hidden_size),
+            i64::from(config.intermediate_size),
+        );
+        match config.gpt2() {
+            None => Self::Gated {
+                gate: (p / "gate_proj").var("weight", &[i, h], std),
+                up: (p / "up_proj").var("weight", &[i, h], std),
+                down: (p / "down_proj").var("weight", &[h, i], std),
+            },
+            Some(gpt2) => {
+                let (fc, proj) = (p / "c_fc", p / "c_proj");
+                Self::Gelu {
+                    fc: (
+                        fc.var("weight", &[h, i], std),
+                        fc.var("bias", &[i], Init::Const(0.0)),
+                    ),
+                    proj: (
+                        proj.var("weight", &[i, h], super::gpt2::residual_init(config)),
+                        proj.var("bias", &[h], Init::Const(0.0)),
+                    ),
+                    gelu: gpt2.activation,
+                }
+            }
+        }
+    }
+
+    fn forward(&self, x: &Tensor, context: &Context<'_>) -> Tensor {
+        match self {
+            Self::Gated { gate, up, down } => layer_swiglu(x, gate, up, down, context),
+            Self::Gelu { fc, proj, gelu } => gelu_mlp(x, (&fc.0, &fc.1), (&proj.0, &proj.1), *gelu),
+        }
+    }
 }
 
 struct Block {
-    mixer_norm: Tensor,
+    mixer_norm: Norm,
     mixer: Box<dyn Mixer>,
-    mlp_norm: Tensor,
-    gate: Tensor,
-    up: Tensor,
-    down: Tensor,
+    mlp_norm: Norm,
+    mlp: Mlp,
 }
 
 /// A causal language model of one of flame's architectures, its parameters in a [`nn::VarStore`].
@@ -61,8 +157,10 @@ pub struct CausalLm {
     config: ModelConfig,
     names: Names,
     embed: Tensor,
+    /// GPT-2's learned positions (`wpe`).
+    positions: Option<Tensor>,
     blocks: Vec<Block>,
-    norm: Tensor,
+    norm: Norm,
     lm_head: Option<Tensor>,
     /// RoPE's frequencies, for softmax attention.
     rotary: Option<Rotary>,
@@ -81,40 +179,37 @@ impl std::fmt::Debug for CausalLm {
 
 impl CausalLm {
     /// A model of `config` with fresh weights in `vs`: every matrix normal with `initializer_range`,
-    /// norms at one (fla's `_init_weights`; each mixer adds its own).
-    #[allow(clippy::many_single_char_names)] // the usual names of the dimensions
+    /// norms at one, biases at zero (fla's and `transformers`' `_init_weights`; each mixer adds its own).
     pub fn new(vs: &nn::Path<'_>, config: &ModelConfig) -> Self {
         let c = config;
         let std = Init::Randn {
             mean: 0.0,
             stdev: c.initializer_range,
         };
-        let (h, i, v) = (
-            i64::from(c.hidden_size),
-            i64::from(c.intermediate_size),
-            i64::from(c.vocab_size),
-        );
+        let (h, v) = (i64::from(c.hidden_size), i64::from(c.vocab_size));
         let names = match &c.mixer {
             MixerConfig::Attention(_) => super::transformer::NAMES,
+            MixerConfig::Gpt2(_) => super::gpt2::NAMES,
             _ => super::FLA_NAMES,
         };
-        let model = vs / "model";
+        let layer_norm = c.gpt2().is_some();
+        let model = vs / names.root;
         let embed = (&model / names.embed).var("weight", &[v, h], std);
+        let positions = c
+            .gpt2()
+            .map(|g| (&model / "wpe").var("weight", &[i64::from(g.n_positions), h], std));
         let blocks = (0..c.num_hidden_layers)
             .map(|l| {
-                let p = &model / "layers" / l;
-                let mlp = &p / "mlp";
+                let p = &model / names.layers / l;
                 Block {
-                    mixer_norm: (&p / names.mixer_norm).var("weight", &[h], Init::Const(1.0)),
+                    mixer_norm: Norm::new(&(&p / names.mixer_norm), h, layer_norm),
                     mixer: super::build_mixer(&(&p / names.mixer), c),
-                    mlp_norm: (&p / names.mlp_norm).var("weight", &[h], Init::Const(1.0)),
-                    gate: (&mlp / "gate_proj").var("weight", &[i, h], std),
-                    up: (&mlp / "up_proj").var("weight", &[i, h], std),
-                    down: (&mlp / "down_proj").var("weight", &[h, i], std),
+                    mlp_norm: Norm::new(&(&p / names.mlp_norm), h, layer_norm),
+                    mlp: Mlp::new(&(&p / "mlp"), c),
                 }
             })
             .collect();
-        let norm = (&model / "norm").var("weight", &[h], Init::Const(1.0));
+        let norm = Norm::new(&(&model / names.norm), h, layer_norm);
         let lm_head =
             (!c.tie_word_embeddings).then(|| (vs / "lm_head").var("weight", &[v, h], std));
         let rotary = matches!(c.mixer, MixerConfig::Attention(_))
@@ -124,6 +219,7 @@ impl CausalLm {
             names,
             rotary,
             embed,
+            positions,
             blocks,
             norm,
             lm_head,
@@ -152,7 +248,7 @@ impl CausalLm {
         let rope = self.rotary.as_ref().map(|r| r.tables(&inputs.positions));
         // The linear mixers read one of the two: fla's kernels the flat documents, the libtorch ops
         // the chunk layout.
-        let linear = self.rotary.is_none();
+        let linear = self.config.mixer.is_linear();
         let (seq_len, device) = (inputs.seq_len(), inputs.tokens.device());
         let fla = (linear && self.fla_kernels)
             .then(|| Varlen::new(&inputs.documents, seq_len, super::CHUNK, device));
@@ -169,7 +265,11 @@ impl CausalLm {
     fn embed(&self, inputs: &Inputs) -> Tensor {
         // fla's `nn.Embedding(..., padding_idx=pad_token_id)`: the lookup never trains that row.
         let padding_idx = self.config.pad_token_id.map_or(-1, i64::from);
-        Tensor::embedding(&self.embed, &inputs.tokens, padding_idx, false, false)
+        let tokens = Tensor::embedding(&self.embed, &inputs.tokens, padding_idx, false, false);
+        match &self.positions {
+            Some(wpe) => tokens + Tensor::embedding(wpe, &inputs.positions, -1, false, false),
+            None => tokens,
+        }
     }
 
     /// The final hidden states `[B, T, hidden]`, normalised.
@@ -179,7 +279,7 @@ impl CausalLm {
         for block in &self.blocks {
             x = self.block(block, &x, &context);
         }
-        rms_norm(&x, &self.norm, self.config.norm_eps)
+        self.norm.forward(&x, self.config.norm_eps)
     }
 
     /// One block: `x + mixer(norm(x))`, then `+ mlp(norm(·))`.
@@ -189,9 +289,9 @@ impl CausalLm {
         let eps = self.config.norm_eps;
         let x = x + block
             .mixer
-            .forward(&rms_norm(x, &block.mixer_norm, eps), context);
-        let hx = rms_norm(&x, &block.mlp_norm, eps);
-        x + layer_swiglu(&hx, &block.gate, &block.up, &block.down, context)
+            .forward(&block.mixer_norm.forward(x, eps), context);
+        let hx = block.mlp_norm.forward(&x, eps);
+        x + block.mlp.forward(&hx, context)
     }
 
     /// Runs the linear mixers on fla's kernels (`on`) or on libtorch ops; see
@@ -245,7 +345,7 @@ impl Model for CausalLm {
             let next = out.detach().set_requires_grad(true);
             layers.push((std::mem::replace(&mut x, next), out));
         }
-        let hidden = rms_norm(&x, &self.norm, self.config.norm_eps);
+        let hidden = self.norm.forward(&x, self.config.norm_eps);
         let loss =
             chunked_head_backward(&hidden, self.head(), &inputs.labels, scale, self.loss_chunk)?;
         on_segment(0)?;
@@ -268,21 +368,27 @@ impl Model for CausalLm {
     }
 
     // Segment 0 is the output layer and final norm, `1 + (layers - 1 - i)` layer `i`, `layers + 1`
-    // the embedding (tied to the output layer or not).
+    // the embedding (tied to the output layer or not) and GPT-2's positions.
     fn segment_of(&self, name: &str) -> Option<usize> {
         let layers = self.blocks.len();
-        if name == "lm_head.weight" || name == "model.norm.weight" {
+        if name == "lm_head.weight" {
             return Some(0);
         }
-        if name.strip_prefix("model.")?.strip_prefix(self.names.embed) == Some(".weight") {
+        let rest = name.strip_prefix(self.names.root)?.strip_prefix('.')?;
+        let (module, param) = rest.split_once('.')?;
+        let norm_param = |p: &str| p == "weight" || (p == "bias" && self.norm.bias.is_some());
+        if module == self.names.norm && norm_param(param) {
+            return Some(0);
+        }
+        if (module == self.names.embed || (module == "wpe" && self.positions.is_some()))
+            && param == "weight"
+        {
             return Some(layers + 1);
         }
-        let i: usize = name
-            .strip_prefix("model.layers.")?
-            .split('.')
-            .next()?
-            .parse()
-            .ok()?;
+        if module != self.names.layers {
+            return None;
+        }
+        let i: usize = param.split('.').next()?.parse().ok()?;
         (i < layers).then(|| layers - i)
     }
 
@@ -297,6 +403,7 @@ impl Model for CausalLm {
     fn hf_config(&self) -> serde_json::Value {
         match &self.config.mixer {
             MixerConfig::Attention(_) => super::transformer::hf_config(&self.config),
+            MixerConfig::Gpt2(_) => super::gpt2::hf_config(&self.config),
             _ => super::fla_config(&self.config),
         }
     }

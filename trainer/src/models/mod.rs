@@ -7,10 +7,12 @@
 //! [`inputs`] turns a batch into tensors; [`lm`] is the language model every architecture shares
 //! (embedding, blocks, norm, output layer and loss), [`layers`] the layers they share; each architecture
 //! is a file of its own with its token mixer: [`transformer`] (softmax attention), [`gla`] and
-//! [`delta_rule`] (DeltaNet and Gated DeltaNet).
+//! [`delta_rule`] (DeltaNet and Gated DeltaNet), [`gpt2`] (GPT-2's attention; its norms, MLP and
+//! positions are options of [`lm`]).
 
 pub mod delta_rule;
 pub mod gla;
+pub mod gpt2;
 pub mod inputs;
 pub mod layers;
 pub mod lm;
@@ -30,10 +32,13 @@ pub const CHUNK: usize = 64;
 
 /// fla's names (`model.embeddings`, `model.layers.N.attn`, `attn_norm`, `mlp_norm`).
 pub const FLA_NAMES: Names = Names {
+    root: "model",
+    layers: "layers",
     embed: "embeddings",
     mixer: "attn",
     mixer_norm: "attn_norm",
     mlp_norm: "mlp_norm",
+    norm: "norm",
 };
 
 /// The token mixer `config` describes, its parameters under `p`.
@@ -42,6 +47,7 @@ fn build_mixer(p: &nn::Path<'_>, config: &ModelConfig) -> Box<dyn Mixer> {
         MixerConfig::Attention(_) => Box::new(transformer::Attention::new(p, config)),
         MixerConfig::Gla(gla) => Box::new(gla::Gla::new(p, config, gla)),
         MixerConfig::DeltaRule(delta) => Box::new(delta_rule::DeltaRule::new(p, config, delta)),
+        MixerConfig::Gpt2(_) => Box::new(gpt2::Attention::new(p, config)),
     }
 }
 
@@ -99,13 +105,13 @@ impl MixingKernels {
             let kernels = crate::kernels::cubin::Kernels::installed()?;
             crate::kernels::fla::check(kernels, config)
         };
-        if matches!(config.mixer, MixerConfig::Attention(_)) && self == Self::Fla {
+        if !config.mixer.is_linear() && self == Self::Fla {
             return Err(format!(
                 "--model.kernels fla: {} has no linear-attention token mixing",
                 config.model_type
             ));
         }
-        if matches!(config.mixer, MixerConfig::Attention(_)) || self == Self::Torch {
+        if !config.mixer.is_linear() || self == Self::Torch {
             return Ok((false, "libtorch ops".into()));
         }
         match (self, why_not()) {

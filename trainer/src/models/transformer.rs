@@ -6,16 +6,19 @@
 use tch::Tensor;
 use tch::nn::{self, Init};
 
-use super::layers::{Rotary, apply_rotary};
+use super::layers::{Rotary, apply_rotary, causal_attention};
 use super::lm::{Context, Mixer, Names};
 use crate::config::{AttentionConfig, ModelConfig};
 
 /// Hugging Face Llama's names.
 pub const NAMES: Names = Names {
+    root: "model",
+    layers: "layers",
     embed: "embed_tokens",
     mixer: "self_attn",
     mixer_norm: "input_layernorm",
     mlp_norm: "post_attention_layernorm",
+    norm: "norm",
 };
 
 /// Multi-head or grouped-query attention with RoPE.
@@ -86,35 +89,7 @@ impl Mixer for Attention {
             .view([b, t, nkv, d])
             .transpose(1, 2);
         let (q, k) = (apply_rotary(&q, rope), apply_rotary(&k, rope));
-        let y = if let Some((cu, longest)) = &inputs.packed {
-            // Flash attention over the documents: [B·T, heads, d], kv heads as they are (GQA).
-            let flat = |x: &Tensor, heads: i64| x.transpose(1, 2).reshape([b * t, heads, d]);
-            crate::shim::flash_varlen(&flat(&q, nh), &flat(&k, nkv), &flat(&v, nkv), cu, *longest)
-                .expect("flash attention")
-                .reshape([b, t, nh * d])
-        } else {
-            let (k, v) = if nkv == nh {
-                (k, v)
-            } else {
-                (
-                    k.repeat_interleave_self_int(nh / nkv, 1, None),
-                    v.repeat_interleave_self_int(nh / nkv, 1, None),
-                )
-            };
-            Tensor::scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
-                inputs.mask.as_ref(),
-                0.0,
-                inputs.mask.is_none(),
-                None,
-                false,
-            )
-            .transpose(1, 2)
-            .reshape([b, t, nh * d])
-        };
-        y.linear(&self.o, None::<Tensor>)
+        causal_attention(&q, &k, &v, inputs).linear(&self.o, None::<Tensor>)
     }
 }
 
