@@ -2,7 +2,8 @@
 # machine: sets root, bin ($BIN, default target/release), data ($DATA, default the bundled fixture),
 # python ($PYTHON, default the GPU machine's torch venv) and torchlib; puts torch's libraries on the
 # library path; makes a work directory removed on exit; starts one flame-stream serving
-# unix://$work/s.sock (its pid in $server) and waits until it listens; defines flame_train (below).
+# unix://$work/s.sock (its pid in $server) and waits until it listens; defines flame_train and summarize
+# (below).
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 bin="${BIN:-$root/target/release}"
 data="$(cd "${DATA:-$root/tests/data/golden-mistral}" && pwd)"
@@ -47,5 +48,23 @@ print(json.dumps({"peer": sys.argv[2], "tokens_per_s": sum(r["tps"] for r in row
                   "mfu_pct": sum(r["mfu_pct"] or 0 for r in rows) / len(rows),
                   "memory_gib": max(r["memory_gib"] or 0 for r in rows),
                   "data_loading_pct": max(r["data_loading_pct"] for r in rows)}))
+PY
+}
+
+# summarize FLAME.json PEER.json...: one line per run (those that left a result): tokens/s, TFLOP/s, MFU
+# (the peers' on the scale of flame-train's, from the first file's TFLOP/s and MFU), memory, the share of
+# step time spent waiting for data, and flame-train's ratio to each peer (the runs not named flame-*).
+summarize() {
+    "$python" - "$@" <<'PY'
+import json, os, sys
+rows = [json.load(open(p)) for p in sys.argv[1:] if os.path.exists(p) and open(p).read().strip()]
+flame = rows[0]["tokens_per_s"]
+peak = rows[0]["tflops"] / rows[0]["mfu_pct"] * 100 if rows[0].get("mfu_pct") else None
+for r in rows:
+    mfu = f"  MFU {100 * r['tflops'] / peak:5.1f}%" if peak else ""
+    memory = f"  {r['memory_gib']:.1f} GiB" if r.get("memory_gib") else ""
+    waiting = f"  data waiting {r['data_loading_pct']:.2f}% of step time" if "data_loading_pct" in r else ""
+    ratio = "" if r["peer"].startswith("flame") else f"  flame-train / this = {flame / r['tokens_per_s']:.2f}"
+    print(f"{r['peer']:<22} {r['tokens_per_s']:>10.0f} tok/s  {r['tflops']:>7.1f} TFLOP/s{mfu}{ratio}{memory}{waiting}")
 PY
 }

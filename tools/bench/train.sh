@@ -18,15 +18,4 @@ varlen_seq="${VARLEN_SEQ:-65536}"
 flame_train "flame-varlen-$varlen_seq" "$config" "$varlen_seq" 1 4096 true --activation_checkpoint.mode "${VARLEN_AC:-full}"
 "$python" "$root/tools/bench/torch_reference.py" "$config" --steps "$steps" > "$work/eager.json"
 "$python" "$root/tools/bench/torch_reference.py" "$config" --steps "$steps" --compile > "$work/compile.json" 2> "$work/compile.err" || tail -5 "$work/compile.err"
-"$python" - "$work"/flame-train.json "$work"/eager.json "$work"/compile.json "$work/flame-varlen-$varlen_seq.json" <<'PY'
-import json, os, sys
-rows = [json.load(open(p)) for p in sys.argv[1:] if os.path.exists(p) and open(p).read().strip()]
-flame = rows[0]["tokens_per_s"]
-# The GPU's peak, from flame-train's own TFLOP/s and MFU, gives the peers' MFU on the same scale.
-peak = rows[0]["tflops"] / rows[0]["mfu_pct"] * 100 if rows[0].get("mfu_pct") else None
-for r in rows:
-    mfu = f"  MFU {100 * r['tflops'] / peak:5.1f}%" if peak else ""
-    extra = f"  {r['memory_gib']:.1f} GiB  data waiting {r['data_loading_pct']:.2f}% of step time" if "data_loading_pct" in r else ""
-    ratio = "" if r["peer"].startswith("flame-varlen") else f"  flame-train / this = {flame / r['tokens_per_s']:.2f}"
-    print(f"{r['peer']:<18} {r['tokens_per_s']:>10.0f} tok/s  {r['tflops']:>7.1f} TFLOP/s{mfu}{ratio}{extra}")
-PY
+summarize "$work"/flame-train.json "$work"/eager.json "$work"/compile.json "$work/flame-varlen-$varlen_seq.json"
