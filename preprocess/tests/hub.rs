@@ -4,24 +4,10 @@
 
 use std::collections::HashMap;
 
-use arrow_array::{ArrayRef, RecordBatch, StringArray};
 use flame_e2e::fake_hub::{COMMIT, FakeHub, dead_endpoint};
+use flame_e2e::parquet_of_texts;
 
 use crate::util::{flame_prep_with_env, shared, snapshot};
-
-fn parquet_bytes(texts: &[&str]) -> Vec<u8> {
-    let batch = RecordBatch::try_from_iter([(
-        "text",
-        std::sync::Arc::new(StringArray::from(texts.to_vec())) as ArrayRef,
-    )])
-    .unwrap();
-    let mut bytes = Vec::new();
-    let mut writer =
-        parquet::arrow::ArrowWriter::try_new(&mut bytes, batch.schema(), None).unwrap();
-    writer.write(&batch).unwrap();
-    writer.close().unwrap();
-    bytes
-}
 
 fn fineweb_like() -> HashMap<String, Vec<(String, Vec<u8>)>> {
     let card = "---\nlicense: odc-by\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/*/*\n- config_name: sample-10BT\n  data_files:\n  - split: train\n    path: sample/10BT/*\n---\n# A fineweb-edu-shaped test repo\n";
@@ -29,15 +15,15 @@ fn fineweb_like() -> HashMap<String, Vec<(String, Vec<u8>)>> {
         ("README.md".to_owned(), card.as_bytes().to_vec()),
         (
             "sample/10BT/000_00000.parquet".to_owned(),
-            parquet_bytes(&["Call me Ishmael.", "It was the best of times."]),
+            parquet_of_texts(&["Call me Ishmael.", "It was the best of times."]),
         ),
         (
             "sample/10BT/001_00000.parquet".to_owned(),
-            parquet_bytes(&["Whan that Aprill with his shoures soote"]),
+            parquet_of_texts(&["Whan that Aprill with his shoures soote"]),
         ),
         (
             "data/CC-MAIN-2024-10/train-00000.parquet".to_owned(),
-            parquet_bytes(&["not in the sample config"]),
+            parquet_of_texts(&["not in the sample config"]),
         ),
     ];
     let tokenizer =

@@ -14,8 +14,8 @@ use flame_trainer::parity::write_logits;
 use flame_trainer::train::{export_hf, run};
 use tch::{Device, nn};
 
-use crate::train::{args, logged_losses, setup};
-use crate::util::{command, python, repo, shared, transformers_checkpoints};
+use crate::train::{args, logged_losses, setup, trains_and_resumes_exactly};
+use crate::util::{command, hf_parity, repo, shared, transformers_checkpoints};
 
 /// `configs/gpt2-small.json`, shrunk: the same keys, small widths, two layers.
 fn shrunk(vocab_size: u32, n_positions: u32) -> String {
@@ -28,25 +28,6 @@ fn shrunk(vocab_size: u32, n_positions: u32) -> String {
         keys.insert(key.clone(), value.clone());
     }
     serde_json::to_string(&keys).unwrap()
-}
-
-/// `hf_parity.py` on `cases` at `tolerance`: transformers' fp32 logits on whole windows and on two packed
-/// documents, each run alone from position 0.
-fn transformers_agree(cases: &[&Path], tolerance: &str) -> String {
-    let output = std::process::Command::new(python())
-        .arg(repo().join("tools/interop/hf_parity.py"))
-        .args(["--tolerance", tolerance])
-        .args(cases)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success() && stdout.contains("ok"),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    eprint!("{stdout}");
-    stdout
 }
 
 fn names(vs: &nn::VarStore) -> BTreeSet<String> {
@@ -93,7 +74,7 @@ fn the_export_is_gpt2lmheadmodels_and_its_checkpoints_load_with_equal_logits() {
     assert_eq!(loaded, their_vs.variables().len());
     write_logits(&their_model, &theirs.join("logits.safetensors")).unwrap();
 
-    let stdout = transformers_agree(&[&ours, &theirs], "1e-5");
+    let stdout = hf_parity(&[&ours, &theirs], Some("1e-5"));
     assert!(
         stdout.contains("ours:") && stdout.contains("gpt2:"),
         "{stdout}"
@@ -106,26 +87,7 @@ fn gpt2_trains_from_flame_stream_and_resumes_exactly() {
     let (endpoint, job, _) = setup(dir.path(), 128);
     let config = dir.path().join("gpt2.json");
     std::fs::write(&config, shrunk(32000, 128)).unwrap();
-    let dump = dir.path().join("run");
-    let flags = [
-        "--training.steps",
-        "24",
-        "--training.seq_len",
-        "128",
-        "--checkpoint.interval",
-        "12",
-    ];
-    let whole = run(&args(&endpoint, &job, &config, &dump, &flags)).unwrap();
-    let losses: Vec<f64> = whole.losses.iter().map(|l| l.1).collect();
-    let (first, last) = (
-        losses[..3].iter().sum::<f64>() / 3.0,
-        losses[21..].iter().sum::<f64>() / 3.0,
-    );
-    assert!(last < first - 0.5, "loss {first:.3} -> {last:.3}");
-    let mut resume = flags.to_vec();
-    resume.extend(["--checkpoint.load_step", "12"]);
-    let resumed = run(&args(&endpoint, &job, &config, &dump, &resume)).unwrap();
-    assert_eq!(resumed.losses, whole.losses[12..], "resumed at 12");
+    trains_and_resumes_exactly(&endpoint, &job, &config, &dir.path().join("run"), "gpt2");
 
     // 64 learned positions cannot cover 128-token samples.
     let short = dir.path().join("short.json");
@@ -135,7 +97,7 @@ fn gpt2_trains_from_flame_stream_and_resumes_exactly() {
         &job,
         &short,
         &dir.path().join("refused"),
-        &flags,
+        &["--training.steps", "1", "--training.seq_len", "128"],
     ));
     let err = format!("{:#}", refused.unwrap_err());
     assert!(
@@ -147,7 +109,6 @@ fn gpt2_trains_from_flame_stream_and_resumes_exactly() {
 /// An OpenWebText-shaped parquet file (`Skylion007/openwebtext`'s `plain_text/` files: one `text`
 /// column) of the texts of a shared jsonl corpus.
 fn openwebtext_shaped(corpus: &str) -> Vec<u8> {
-    use arrow_array::{ArrayRef, RecordBatch, StringArray};
     let text = std::fs::read_to_string(shared().join("data/corpus/jsonl").join(corpus)).unwrap();
     let texts: Vec<String> = text
         .lines()
@@ -156,14 +117,7 @@ fn openwebtext_shaped(corpus: &str) -> Vec<u8> {
             record["text"].as_str().unwrap().to_owned()
         })
         .collect();
-    let column: ArrayRef = std::sync::Arc::new(StringArray::from(texts));
-    let batch = RecordBatch::try_from_iter([("text", column)]).unwrap();
-    let mut bytes = Vec::new();
-    let mut writer =
-        parquet::arrow::ArrowWriter::try_new(&mut bytes, batch.schema(), None).unwrap();
-    writer.write(&batch).unwrap();
-    writer.close().unwrap();
-    bytes
+    flame_e2e::parquet_of_texts(&texts)
 }
 
 /// The flame-prep binary built beside flame-train (the workspace's test run builds both; a run of this

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use flame_trainer::config::ModelConfig;
 use flame_trainer::kernels::cubin::Kernels;
 use flame_trainer::models::{CausalLm, Checkpointing, Inputs, MixingKernels, Model};
-use flame_trainer::train::{export_hf, run};
+use flame_trainer::train::export_hf;
 use tch::{Device, Kind, nn};
 
-use crate::train::{args, setup};
+use crate::train::{setup, trains_and_resumes_exactly};
 use crate::util::{kernels, python, repo};
 
 /// flame's config `name` (`configs/`), shrunk: the same keys, small widths, two layers.
@@ -199,25 +199,7 @@ fn each_model_trains_from_flame_stream_and_resumes_exactly() {
     for name in MODELS {
         let config = write_config(dir.path(), name);
         let dump = dir.path().join(name.trim_end_matches(".json"));
-        let flags = [
-            "--training.steps",
-            "24",
-            "--training.seq_len",
-            "128",
-            "--checkpoint.interval",
-            "12",
-        ];
-        let whole = run(&args(&endpoint, &job, &config, &dump, &flags)).unwrap();
-        let losses: Vec<f64> = whole.losses.iter().map(|l| l.1).collect();
-        let (first, last) = (
-            losses[..3].iter().sum::<f64>() / 3.0,
-            losses[21..].iter().sum::<f64>() / 3.0,
-        );
-        assert!(last < first - 0.5, "{name}: loss {first:.3} -> {last:.3}");
-        let mut resume = flags.to_vec();
-        resume.extend(["--checkpoint.load_step", "12"]);
-        let resumed = run(&args(&endpoint, &job, &config, &dump, &resume)).unwrap();
-        assert_eq!(resumed.losses, whole.losses[12..], "{name}: resumed at 12");
+        trains_and_resumes_exactly(&endpoint, &job, &config, &dump, name);
     }
 }
 

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::util::{
-    command, copy_dir, launch, names_in, python, repo, shared, transformers_checkpoints,
+    command, copy_dir, hf_parity, launch, names_in, repo, shared, transformers_checkpoints,
 };
 
 use clap::Parser;
@@ -44,6 +44,37 @@ pub fn setup(dir: &Path, seq_len: u32) -> (Endpoint, PathBuf, PathBuf) {
     )
     .unwrap();
     (endpoints[0].clone(), job, config)
+}
+
+/// Trains `config` on `job` for 24 steps of 128 tokens in `dump`, checkpointing every 12 steps (plus
+/// `extra`): asserts that the loss falls by more than 0.5 and that a run resumed at step 12 logs the
+/// uninterrupted run's losses bit for bit (`what` names the case in failures).
+pub fn trains_and_resumes_exactly(
+    endpoint: &Endpoint,
+    job: &Path,
+    config: &Path,
+    dump: &Path,
+    what: &str,
+) {
+    let flags = [
+        "--training.steps",
+        "24",
+        "--training.seq_len",
+        "128",
+        "--checkpoint.interval",
+        "12",
+    ];
+    let whole = run(&args(endpoint, job, config, dump, &flags)).unwrap();
+    let losses: Vec<f64> = whole.losses.iter().map(|l| l.1).collect();
+    let (first, last) = (
+        losses[..3].iter().sum::<f64>() / 3.0,
+        losses[21..].iter().sum::<f64>() / 3.0,
+    );
+    assert!(last < first - 0.5, "{what}: loss {first:.3} -> {last:.3}");
+    let mut resume = flags.to_vec();
+    resume.extend(["--checkpoint.load_step", "12"]);
+    let resumed = run(&args(endpoint, job, config, dump, &resume)).unwrap();
+    assert_eq!(resumed.losses, whole.losses[12..], "{what}: resumed at 12");
 }
 
 pub fn args(endpoint: &Endpoint, job: &Path, config: &Path, dump: &Path, extra: &[&str]) -> Args {
@@ -156,17 +187,7 @@ fn the_loss_falls_and_the_export_is_a_llama_checkpoint() {
         .load(summary.export.join("model.safetensors"))
         .unwrap();
     write_logits(&model, &dump.join("logits.safetensors")).unwrap();
-    let output = std::process::Command::new(python())
-        .arg(repo().join("tools/interop/hf_parity.py"))
-        .arg(&dump)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("ok"),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    hf_parity(&[&dump], None);
 }
 
 #[test]
@@ -485,16 +506,10 @@ fn checkpoints_transformers_wrote_give_its_logits_and_train_on() {
         flame_trainer::export::load_hf_weights(&hf, &vs).unwrap();
         write_logits(&model, &cases.join(case).join("logits.safetensors")).unwrap();
     }
-    let output = std::process::Command::new(python())
-        .arg(repo().join("tools/interop/hf_parity.py"))
-        .args([cases.join("mistral"), cases.join("llama")])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = hf_parity(&[&cases.join("mistral"), &cases.join("llama")], None);
     assert!(
-        output.status.success() && stdout.contains("mistral:") && stdout.contains("llama:"),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
+        stdout.contains("mistral:") && stdout.contains("llama:"),
+        "{stdout}"
     );
     // Training goes on from the Mistral checkpoint, its config.json giving the model.
     let (endpoint, job, _) = setup(dir.path(), 64);
@@ -1494,17 +1509,7 @@ fn qkv_biases_export_as_qwen2_with_equal_logits() {
         serde_json::from_slice(&std::fs::read(case.join("hf/config.json")).unwrap()).unwrap();
     assert_eq!(hf["architectures"][0], "Qwen2ForCausalLM");
     write_logits(&model, &case.join("logits.safetensors")).unwrap();
-    let output = std::process::Command::new(python())
-        .arg(repo().join("tools/interop/hf_parity.py"))
-        .arg(&case)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("ok"),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    hf_parity(&[&case], None);
 }
 
 #[test]

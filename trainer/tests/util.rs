@@ -116,3 +116,24 @@ pub fn transformers_checkpoints(dir: &Path) -> PathBuf {
     );
     dir.to_path_buf()
 }
+
+/// `tools/interop/hf_parity.py` on the cases `cases` (each a directory with `hf/` and
+/// `logits.safetensors`) at `tolerance` (the script's 1e-4 when `None`): `transformers`' fp32 logits on
+/// whole windows and on two packed documents, each run alone from position 0. Asserts that they agree
+/// and returns what the script printed (each case's largest difference).
+pub fn hf_parity(cases: &[&Path], tolerance: Option<&str>) -> String {
+    let mut command = std::process::Command::new(python());
+    command.arg(repo().join("tools/interop/hf_parity.py"));
+    if let Some(tolerance) = tolerance {
+        command.args(["--tolerance", tolerance]);
+    }
+    let output = command.args(cases).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success() && stdout.contains("ok"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprint!("{stdout}");
+    stdout
+}
