@@ -83,7 +83,9 @@ pub fn job_from_flags(args: &Args, world: u32) -> anyhow::Result<JobSpec> {
                 [&configs[i], &splits[i], &dirs[i], &files[i]]
                     .iter()
                     .all(|o| o.is_none()),
-                "--training.dataset {name} is flame-prep's output (its manifest.json): its                  configuration, split and files were chosen when it was prepared; leave its entries of                  dataset_name, dataset_split, data_dir and data_files empty"
+                "--training.dataset {name} is flame-prep's output (its manifest.json): its \
+                 configuration, split and files were chosen when it was prepared; leave its entries of \
+                 dataset_name, dataset_split, data_dir and data_files empty"
             );
             datasets.push(DatasetSpec::prepared(name.as_str(), shares[i]));
             continue;
@@ -251,6 +253,46 @@ mod tests {
         assert_eq!((d[0].weight, d[1].weight), (0.6, 0.4));
         assert_eq!(d[1].dataset.as_deref(), Some("a.jsonl"));
         assert_eq!(d[1].name, None);
+    }
+
+    /// Issue 24: an entry that is flame-prep's output is served as its shards, beside raw datasets; it
+    /// takes no configuration, and a job of such entries alone needs no tokenizer.
+    #[test]
+    fn flame_preps_output_is_served_as_prepared_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let prepared = dir.path().join("owt");
+        std::fs::create_dir(&prepared).unwrap();
+        std::fs::write(prepared.join("manifest.json"), "{}").unwrap();
+        let p = prepared.display();
+        let job = job_from_flags(
+            &args(&format!(
+                "--training.dataset {p},a.jsonl --training.data_probs 3,1 --training.seq_len 64"
+            )),
+            1,
+        )
+        .unwrap();
+        let d = &job.datasets;
+        assert_eq!(
+            (d[0].path.as_str(), d[0].dataset.as_deref()),
+            (p.to_string().as_str(), None)
+        );
+        assert_eq!(
+            (d[1].dataset.as_deref(), d[0].weight),
+            (Some("a.jsonl"), 3.0)
+        );
+        assert_eq!(job.tokenizer.as_deref(), Some("tok.json"), "a.jsonl is raw");
+        let alone = Args::try_parse_from(
+            format!("flame-train --training.steps 1 --training.dataset {p}").split_whitespace(),
+        )
+        .unwrap();
+        let job = job_from_flags(&alone, 1).unwrap();
+        assert_eq!(
+            (job.datasets[0].path.as_str(), job.tokenizer),
+            (p.to_string().as_str(), None)
+        );
+        let configured = args(&format!("--training.dataset {p} --training.dataset_name x"));
+        let err = job_from_flags(&configured, 1).unwrap_err().to_string();
+        assert!(err.contains("flame-prep's output"), "{err}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use flame_trainer::config::ModelConfig;
 use flame_trainer::export::load_hf_weights;
-use flame_trainer::models::CausalLm;
+use flame_trainer::models::{CausalLm, Model};
 use flame_trainer::parity::write_logits;
 use flame_trainer::train::{export_hf, run};
 use tch::{Device, nn};
@@ -79,6 +79,29 @@ fn the_export_is_gpt2lmheadmodels_and_its_checkpoints_load_with_equal_logits() {
         stdout.contains("ours:") && stdout.contains("gpt2:"),
         "{stdout}"
     );
+}
+
+/// Data parallelism reduces a gradient once the backward segment that completes it is done: GPT-2's
+/// output layer and final LayerNorm (weight and bias) in segment 0, block `i` of 2 in `2 − i`, the token
+/// and position embeddings last (3).
+#[test]
+fn every_gpt2_parameter_is_in_the_backward_segment_that_completes_it() {
+    let config = ModelConfig::from_json(&shrunk(1000, 128)).unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = CausalLm::new(&vs.root(), &config);
+    for name in names(&vs) {
+        let expected = match name.as_str() {
+            "transformer.ln_f.weight" | "transformer.ln_f.bias" => 0,
+            "transformer.wte.weight" | "transformer.wpe.weight" => 3,
+            _ if name.starts_with("transformer.h.0.") => 2,
+            _ if name.starts_with("transformer.h.1.") => 1,
+            _ => panic!("{name}: not a GPT-2 parameter of this shape"),
+        };
+        assert_eq!(model.segment_of(&name), Some(expected), "{name}");
+    }
+    assert_eq!(model.segment_of("lm_head.weight"), Some(0));
+    assert_eq!(model.segment_of("transformer.h.2.ln_1.weight"), None);
+    assert_eq!(model.segment_of("model.norm.weight"), None);
 }
 
 #[test]

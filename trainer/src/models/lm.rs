@@ -192,7 +192,7 @@ impl CausalLm {
             MixerConfig::Gpt2(_) => super::gpt2::NAMES,
             _ => super::FLA_NAMES,
         };
-        let layer_norm = c.gpt2().is_some();
+        let norm_bias = c.gpt2().is_some();
         let model = vs / names.root;
         let embed = (&model / names.embed).var("weight", &[v, h], std);
         let positions = c
@@ -202,14 +202,14 @@ impl CausalLm {
             .map(|l| {
                 let p = &model / names.layers / l;
                 Block {
-                    mixer_norm: Norm::new(&(&p / names.mixer_norm), h, layer_norm),
+                    mixer_norm: Norm::new(&(&p / names.mixer_norm), h, norm_bias),
                     mixer: super::build_mixer(&(&p / names.mixer), c),
-                    mlp_norm: Norm::new(&(&p / names.mlp_norm), h, layer_norm),
+                    mlp_norm: Norm::new(&(&p / names.mlp_norm), h, norm_bias),
                     mlp: Mlp::new(&(&p / "mlp"), c),
                 }
             })
             .collect();
-        let norm = Norm::new(&(&model / names.norm), h, layer_norm);
+        let norm = Norm::new(&(&model / names.norm), h, norm_bias);
         let lm_head =
             (!c.tie_word_embeddings).then(|| (vs / "lm_head").var("weight", &[v, h], std));
         let rotary = matches!(c.mixer, MixerConfig::Attention(_))
