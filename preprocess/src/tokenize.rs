@@ -261,6 +261,13 @@ impl TextEncoder {
         // Freeing a large tree takes a while; nothing waits for it.
         std::thread::spawn(move || drop(json));
         let cuts_long_documents = chunker.is_some();
+        if !cuts_long_documents {
+            tracing::info!(
+                tokenizer = %file.display(),
+                "Documents over {} MiB are encoded whole with this tokenizer: flame-prep cuts long documents only for the families it proves a cut for (byte-level BPE with the GPT-2, cl100k, o200k, tekken or DeepSeek-V3 split, SentencePiece-style BPE, BERT's WordPiece); memory grows with the longest document.",
+                crate::chunk::CHUNK_BYTES >> 20
+            );
+        }
         // The fast path encodes special-token strings as text, as flame-prep does by default.
         let (fast, long) = if let Some(encoder) = fast {
             let id = ENCODERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -357,3 +357,33 @@ proptest! {
         }
     }
 }
+
+/// A run whose tokenizer's documents are not cut says so (the memory bound then depends on the longest
+/// document); one whose are cut does not.
+#[test]
+fn a_run_says_when_its_tokenizer_encodes_long_documents_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("docs.jsonl");
+    std::fs::write(&input, "{\"text\": \"one short document\"}\n").unwrap();
+    let general = general_tokenizers()[0].0.path().join("tokenizer.json");
+    let gpt2 = crate::util::shared().join("data/tokenizers/gpt2/tokenizer.json");
+    for (name, tokenizer, whole) in [("general", &general, true), ("gpt2", &gpt2, false)] {
+        let out = dir.path().join(name);
+        let run = crate::util::flame_prep(&[
+            "--dataset",
+            input.to_str().unwrap(),
+            "--tokenizer",
+            tokenizer.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert_eq!(
+            run.stderr
+                .contains("Documents over 1 MiB are encoded whole"),
+            whole,
+            "{name}: {}",
+            run.stderr
+        );
+    }
+}
