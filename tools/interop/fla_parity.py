@@ -40,6 +40,9 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 DEVICE = "cuda"
 
 
+# flame's fused residual norms checked on the GPU: (name, width, RMSNorm).
+RESIDUAL_NORMS = [("residual_norm_768", 768, False), ("residual_norm_1024", 1024, True)]
+
 def rel(ours, theirs):
     ours, theirs = ours.double().cpu(), theirs.double().cpu()
     return ((ours - theirs).norm() / theirs.norm().clamp_min(1e-30)).item()
@@ -121,6 +124,21 @@ def ops_gen(root):
     out["swiglu.gate"], out["swiglu.up"] = normal(1, t, 2816).bfloat16(), normal(1, t, 2816).bfloat16()
     out["swiglu.w"] = 0.02 * normal(1024, 2816)
     out["swiglu.dout"] = normal(1, t, 1024).bfloat16()
+    # The loss over the 340M configs' 32000 classes: bf16 logits, int64 labels with ignored ones (-100),
+    # each row's gradient.
+    out["cross_entropy.logits"] = (3 * normal(t, 32000)).bfloat16()
+    labels = torch.randint(0, 32000, (t,))
+    labels[::7] = -100
+    out["cross_entropy.labels"] = labels
+    out["cross_entropy.dloss"] = torch.rand(t)
+    # flame's fused residual norm (tools/kernels/residual_norm.py): GPT-2 small's LayerNorm, the 340M
+    # configs' RMSNorm; the branch bf16, the residual stream fp32.
+    for name, d, rms in RESIDUAL_NORMS:
+        out[f"{name}.x"], out[f"{name}.res"] = normal(t, d).bfloat16(), 3 * normal(t, d)
+        out[f"{name}.w"] = 1 + 0.1 * normal(d)
+        if not rms:
+            out[f"{name}.b"] = 0.1 * normal(d)
+        out[f"{name}.dy"], out[f"{name}.dres"] = normal(t, d).bfloat16(), normal(t, d)
     save_file(out, str(root / "ops_in.safetensors"))
     print(f"wrote {len(out)} tensors")
 
@@ -250,7 +268,8 @@ def check_modules(inputs, ours, worst):
             err = rel(ours[f"short_conv.{part}"], theirs)
             worst[f"short_conv.{part}"] = err
             print(f"{'short_conv (fla kernels)':<34} {part:<5} vs fla bf16 Triton rel err {err:.2e}")
-    if "swiglu.out" in ours:
+    # FLA_PARITY_SKIP=swiglu leaves fla's SwiGLU out (its autotuning has outlasted a device call).
+    if "swiglu.out" in ours and "swiglu" not in os.environ.get("FLA_PARITY_SKIP", "").split(","):
         from fla.modules.activations import swiglu_linear
         leaves = {n: inputs[f"swiglu.{n}"].to(DEVICE).requires_grad_() for n in ("gate", "up", "w")}
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -260,6 +279,37 @@ def check_modules(inputs, ours, worst):
             err = rel(ours[f"swiglu.{part}"], theirs)
             worst[f"swiglu.{part}"] = err
             print(f"{'swiglu_linear (fla kernels)':<34} {part:<5} vs fla bf16 Triton rel err {err:.2e}")
+    for name, d, rms in RESIDUAL_NORMS:
+        if f"{name}.y" not in ours:
+            continue
+        # The exact function: torch's add and norm in float32 on the same inputs.
+        x = {n: inputs[f"{name}.{n}"].to(DEVICE) for n in ("x", "res", "w", "b", "dy", "dres") if f"{name}.{n}" in inputs}
+        leaves = {n: x[n].float().requires_grad_() for n in ("x", "res", "w", "b") if n in x}
+        h = leaves["res"] + leaves["x"]
+        if rms:
+            y = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5) * leaves["w"]
+        else:
+            y = torch.nn.functional.layer_norm(h, (d,), leaves["w"], leaves["b"], 1e-5)
+        ((y * x["dy"].float()).sum() + (h * x["dres"]).sum()).backward()
+        for part, exact in [("y", y), ("h", h)] + [(f"d{n}", t.grad) for n, t in leaves.items()]:
+            err = rel(ours[f"{name}.{part}"], exact)
+            worst[f"{name}.{part}"] = err
+            print(f"{name + ' (flame kernel)':<34} {part:<7} vs torch fp32 rel err {err:.2e}")
+    if "cross_entropy.loss" in ours:
+        # The exact function: torch's cross-entropy in float32 on the same bf16 logits; and fla's own.
+        from fla.modules.fused_cross_entropy.ops import cross_entropy_bwd, cross_entropy_fwd
+        logits = inputs["cross_entropy.logits"].to(DEVICE)
+        labels, dloss = inputs["cross_entropy.labels"].to(DEVICE), inputs["cross_entropy.dloss"].to(DEVICE)
+        leaf = logits.float().requires_grad_()
+        loss = torch.nn.functional.cross_entropy(leaf, labels, reduction="none", ignore_index=-100)
+        (loss * dloss).sum().backward()
+        fla_loss, _, lse, _, _ = cross_entropy_fwd(logits, labels)
+        fla_grad = cross_entropy_bwd(logits.clone(), labels, lse, dloss, inplace_backward=True)
+        for part, exact, fla_part in [("loss", loss, fla_loss), ("dlogits", leaf.grad, fla_grad)]:
+            err, err_fla = rel(ours[f"cross_entropy.{part}"], exact), rel(ours[f"cross_entropy.{part}"], fla_part)
+            worst[f"cross_entropy.{part}"] = err
+            print(f"{'cross_entropy (fla kernels)':<34} {part:<7} vs torch fp32 rel err {err:.2e}, "
+                  f"vs fla's own launch {err_fla:.2e}")
 
 
 if __name__ == "__main__":

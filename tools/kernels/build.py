@@ -1,12 +1,13 @@
-"""Compile fla-core's Triton kernels for flame-train's linear-attention models into sm_90a cubins, on a
-machine without a GPU or torch, and write OUT_DIR/manifest.json (the launcher's contract, README.md).
+"""Compile fla-core's Triton kernels for flame-train's models into sm_90a cubins, on a machine without a GPU
+or torch, and write OUT_DIR/manifest.json (the launcher's contract, README.md).
 
   build.py OUT_DIR [--tuned FILE] [--configs DIR] [--jobs N]
 
 For every config in configs/ whose model_type is gla, delta_net or gated_deltanet, fla's own chunk op
 (chunk_gla, chunk_delta_rule, chunk_gated_delta_rule, called as fla's layers call them) runs forward and
-backward on shape-only tensors in the variable-length form (B = 1, cu_seqlens of uneven documents); every
-distinct kernel variant it launches is compiled once, with the tuned config from FILE when it has one that
+backward on shape-only tensors in the variable-length form (B = 1, cu_seqlens of uneven documents), and for
+every config (transformer and gpt2 too) fla's fused cross-entropy over its vocabulary; every distinct kernel
+variant it launches is compiled once, with the tuned config from FILE when it has one that
 fla accepts and that fits an H100, else the first of fla's configs that fits. Run it with the kernel venv's
 Python (tools/setup-kernels.sh does)."""
 import argparse
@@ -154,14 +155,14 @@ def main():
     # Trace: every model's forward and backward.
     found, per_model = {}, {}
     for model in models.load(args.configs):
-        launches = tracer.OPS[model.op](DOCUMENTS, **model.shape)
+        launches = tracer.OPS[model.op](DOCUMENTS, **model.shape) if model.op else []
         for op, shape in model.extras:
             launches += tracer.OPS[op](DOCUMENTS, **shape)
         per_model[model.name] = set(variants.merge(found, launches, model.name))
         print(f"{model.name}: {model.op} {model.shape}: {len(launches)} launches, "
               f"{len(per_model[model.name])} variants", flush=True)
     if not found:
-        sys.exit(f"build.py: no gla, delta_net or gated_deltanet config in {args.configs}")
+        sys.exit(f"build.py: no model config in {args.configs}")
     table = tuned.load(args.tuned) if args.tuned else []
     idents = list(found)
     for ident in idents:

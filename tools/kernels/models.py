@@ -1,21 +1,29 @@
-"""The linear-attention models of configs/: what each one asks of fla's chunk ops (heads and head widths,
-derived from the config JSON exactly as fla 0.6.0's layers derive them; defaults are its config classes')."""
+"""The models of configs/: what each one asks of fla's kernels. The linear-attention models run fla's chunk
+ops (heads and head widths, derived from the config JSON exactly as fla 0.6.0's layers derive them;
+defaults are its config classes'); every model, the transformer and GPT-2 too, runs fla's fused
+cross-entropy over its vocabulary and flame's own fused residual add and norm (residual_norm.py) over its
+width."""
 import json
 import math
 import os
 from dataclasses import dataclass, field
 
 MODEL_TYPES = ("gla", "delta_net", "gated_deltanet")
+# Models without linear attention: only the loss runs on fla's kernels.
+OTHER_MODEL_TYPES = ("transformer", "gpt2")
+# fla's configs' default vocabulary (and flame's transformer's).
+DEFAULT_VOCAB = 32000
 
 
 @dataclass(frozen=True)
 class Model:
     name: str  # the config file's stem, e.g. 'gla_340M'
-    op: str  # 'gla' | 'delta_net' | 'gated_deltanet' (trace.OPS)
+    op: str | None  # 'gla' | 'delta_net' | 'gated_deltanet' (trace.OPS); None for a model without linear attention
     shape: dict = field(hash=False)  # keyword arguments of the trace function: H, (HV,) K, V (, flags)
     # The layer's other fla kernels, as (trace function, its arguments): the output norm's ('gated_norm': H,
     # D, activation) when fla's layer fuses the gate into it (FusedRMSNormGated), the short convolutions'
-    # ('short_conv': D, W) for each distinct width, the MLP's SwiGLU ('swiglu': D).
+    # ('short_conv': D, W) for each distinct width, the MLP's SwiGLU ('swiglu': D), the loss's
+    # ('cross_entropy': V), the blocks' residual add and norm ('residual_norm': D, rms).
     extras: tuple = field(default=(), hash=False)
 
 
@@ -111,8 +119,23 @@ def mlp(config):
     return ("swiglu", dict(D=width))
 
 
+def loss(config):
+    """The output layer's cross-entropy over vocab_size classes: fla's FusedCrossEntropyLoss kernels
+    (flame's configs set fuse_cross_entropy), which flame-train runs on chunks of the logits."""
+    return ("cross_entropy", dict(V=config.get("vocab_size") or DEFAULT_VOCAB))
+
+
+def residual_norm(config):
+    """The blocks' residual add and pre-norm over the model's width: GPT-2's LayerNorm (n_embd), the
+    others' RMSNorm (hidden_size)."""
+    if config.get("model_type") == "gpt2":
+        return ("residual_norm", dict(D=config.get("n_embd", 768), rms=False))
+    return ("residual_norm", dict(D=config["hidden_size"], rms=True))
+
+
 def load(configs_dir):
-    """Every config in configs_dir whose model_type is a linear-attention one, sorted by name."""
+    """Every config in configs_dir whose model_type is one of MODEL_TYPES or OTHER_MODEL_TYPES, sorted by
+    name."""
     models = []
     for file in sorted(os.listdir(configs_dir)):
         if not file.endswith(".json"):
@@ -123,6 +146,9 @@ def load(configs_dir):
         if op in _SHAPES:
             shape = _SHAPES[op](config)
             norm = gated_norm(op, config, shape)
-            extras = ((norm,) if norm else ()) + short_convs(op, config, shape) + (mlp(config),)
+            extras = (((norm,) if norm else ()) + short_convs(op, config, shape)
+                      + (mlp(config), loss(config), residual_norm(config)))
             models.append(Model(file[:-len(".json")], op, shape, extras))
+        elif op in OTHER_MODEL_TYPES:
+            models.append(Model(file[:-len(".json")], None, {}, (loss(config), residual_norm(config))))
     return models

@@ -205,6 +205,8 @@ import fla.ops.gated_delta_rule.chunk  # noqa: E402
 import fla.ops.gla.chunk  # noqa: E402
 import fla.modules.activations.ops  # noqa: E402
 import fla.modules.causal_conv1d.ops  # noqa: E402
+import fla.modules.fused_cross_entropy.ops  # noqa: E402
+import residual_norm as _residual_norm  # noqa: E402  (flame's own kernels)
 import fla.modules.norm.fused_norm_gate  # noqa: E402
 
 _SEQUENCES = {}  # id(cu_seqlens) -> document lengths
@@ -337,5 +339,38 @@ def swiglu(lens, D):
     return list(LAUNCHES)
 
 
+def cross_entropy(lens, V, ignore_index=-100):
+    """The kernels of fla 0.6.0's fused cross-entropy (fla/modules/fused_cross_entropy/ops.py) as its
+    FusedLinearCrossEntropyLoss runs them on each chunk of logits ([N, V] bf16, int64 targets; no label
+    smoothing, scale or softcapping): cross_entropy_fwd (each row's loss and log-sum-exp), then
+    cross_entropy_bwd with inplace_backward (the logits' gradient written over them, each row's dloss
+    its own: a [N] fp32 of stride 1)."""
+    N = sum(lens)
+    ops = fla.modules.fused_cross_entropy.ops
+    LAUNCHES.clear()
+    _phase[0] = "forward"
+    logits, target = _bf16(N, V), FakeTensor((N,), torch.int64)
+    _, _, lse, _, _ = ops.cross_entropy_fwd(logits=logits, target=target, ignore_index=ignore_index)
+    _phase[0] = "backward"
+    ops.cross_entropy_bwd(logits=logits, target=target, lse=lse, dloss=_f32(N), ignore_index=ignore_index,
+                          inplace_backward=True)
+    return list(LAUNCHES)
+
+
+def residual_norm(lens, D, rms):
+    """flame's own fused residual add and norm (residual_norm.py) as flame-train runs it at a block's norms
+    after the first: the branch bf16 [T, D], the residual stream fp32, weight (and LayerNorm's bias) fp32;
+    the backward with the output's gradient (bf16) and the gradient arriving at the sum (fp32)."""
+    T = sum(lens)
+    LAUNCHES.clear()
+    _phase[0] = "forward"
+    weight, bias = _f32(D), None if rms else _f32(D)
+    _, h, mean, rstd = _residual_norm.forward(torch, _bf16(T, D), _f32(T, D), weight, bias, 1e-5, rms)
+    _phase[0] = "backward"
+    _residual_norm.backward(torch, _bf16(T, D), _f32(T, D), h, weight, bias, mean, rstd, torch.bfloat16)
+    return list(LAUNCHES)
+
+
 OPS = {"gla": gla, "delta_net": delta_net, "gated_deltanet": gated_deltanet, "gated_norm": gated_norm,
-       "short_conv": short_conv, "swiglu": swiglu}
+       "short_conv": short_conv, "swiglu": swiglu, "cross_entropy": cross_entropy,
+       "residual_norm": residual_norm}

@@ -8,6 +8,7 @@
 #include <ATen/ops/_foreach_mul.h>
 #include <ATen/ops/_foreach_norm.h>
 #include <ATen/ops/_fused_adamw.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
 
 #include <dlfcn.h>
@@ -145,9 +146,14 @@ tensor flame_pin_memory(tensor t) {
   }
 }
 
-// Backpropagates `grad` from the non-scalar `out` (out.backward(grad)): how a chunked loss and
-// recomputed (checkpointed) blocks hand their gradients on.
-int flame_backward(tensor out, tensor grad) { FLAME_TRY(out->backward(*grad)) }
+// Backpropagates each `grads[i]` from the non-scalar `outs[i]`, in one pass over their graphs
+// (torch::autograd::backward): how a chunked loss and the blocks hand their gradients on.
+int flame_backward(tensor *outs, tensor *grads, size_t n) {
+  FLAME_TRY(std::vector<at::Tensor> o; std::vector<at::Tensor> g; for (size_t i = 0; i < n; i++) {
+    o.push_back(*outs[i]);
+    g.push_back(*grads[i]);
+  } torch::autograd::backward(o, g))
+}
 
 // Device memory in use and in all on `device` (cudaMemGetInfo, what nvidia-smi shows), from the CUDA
 // runtime that libtorch has loaded; -1 when none is (a CPU run). Found with dlsym, so that the shim needs

@@ -191,6 +191,10 @@ fn ops(input: &Path, output: &Path) -> anyhow::Result<()> {
             }
             out.extend(fla_short_conv(&get, device)?);
             out.extend(fla_swiglu(&get)?);
+            out.extend(fla_cross_entropy(&get)?);
+            for name in ["residual_norm_768", "residual_norm_1024"] {
+                out.extend(residual_norm(&get, name)?);
+            }
         }
         Ok(_) => {}
         Err(e) => eprintln!(
@@ -417,6 +421,63 @@ fn fla_swiglu(
     )];
     for (part, t) in [("gate", gate), ("up", up), ("w", w)] {
         result.push((format!("swiglu.d{part}"), t.grad().to_device(Device::Cpu)));
+    }
+    Ok(result)
+}
+
+/// The loss on fla's kernels (`cross_entropy.*`: bf16 logits, int64 labels): each row's loss, and the
+/// logits' gradient for the rows' gradients `cross_entropy.dloss`.
+fn fla_cross_entropy(
+    get: &dyn Fn(&str) -> anyhow::Result<Tensor>,
+) -> anyhow::Result<Vec<(String, Tensor)>> {
+    let logits = get("cross_entropy.logits")?.set_requires_grad(true);
+    // A copy under the node: its backward writes the gradient over the logits it was given.
+    let under = logits.copy();
+    let loss = flame_trainer::kernels::fla::cross_entropy::cross_entropy(
+        &under,
+        &get("cross_entropy.labels")?,
+    )
+    .map_err(anyhow::Error::msg)?;
+    (&loss * get("cross_entropy.dloss")?)
+        .sum(Kind::Float)
+        .backward();
+    Ok(vec![
+        (
+            "cross_entropy.loss".to_string(),
+            loss.detach().to_device(Device::Cpu),
+        ),
+        (
+            "cross_entropy.dlogits".to_string(),
+            logits.grad().to_device(Device::Cpu),
+        ),
+    ])
+}
+
+/// flame's fused residual norm (`NAME.*`: branch `x` bf16, residual `res` fp32, weight `w` and, for
+/// LayerNorm, bias `b`): the norm `y`, the sum `h`, and the inputs' gradients for `dy` and `dres`.
+#[allow(clippy::many_single_char_names)] // the names of fla_parity.py's tensors
+fn residual_norm(
+    get: &dyn Fn(&str) -> anyhow::Result<Tensor>,
+    name: &str,
+) -> anyhow::Result<Vec<(String, Tensor)>> {
+    let leaf = |part: &str| -> anyhow::Result<Tensor> {
+        Ok(get(&format!("{name}.{part}"))?.set_requires_grad(true))
+    };
+    let (x, res, w) = (leaf("x")?, leaf("res")?, leaf("w")?);
+    let b = leaf("b").ok();
+    let (y, h) =
+        flame_trainer::kernels::residual_norm::residual_norm(&x, &res, &w, b.as_ref(), 1e-5)
+            .map_err(anyhow::Error::msg)?;
+    let (dy, dres) = (get(&format!("{name}.dy"))?, get(&format!("{name}.dres"))?);
+    flame_trainer::shim::backward_many(&[&y, &h], &[&dy, &dres]).map_err(anyhow::Error::msg)?;
+    let mut result = vec![
+        (format!("{name}.y"), y.detach().to_device(Device::Cpu)),
+        (format!("{name}.h"), h.detach().to_device(Device::Cpu)),
+    ];
+    for (part, t) in [("x", Some(x)), ("res", Some(res)), ("w", Some(w)), ("b", b)] {
+        if let Some(t) = t {
+            result.push((format!("{name}.d{part}"), t.grad().to_device(Device::Cpu)));
+        }
     }
     Ok(result)
 }

@@ -69,8 +69,10 @@ pub struct Args {
         default_value = "none"
     )]
     pub activation_checkpoint: Checkpointing,
-    /// What the linear models' token mixing runs on: `fla` (fla-core's Triton kernels, compiled ahead
-    /// of time by tools/setup-kernels.sh), `torch` (libtorch ops), `auto` (fla where it can run).
+    /// What the linear models' token mixing and every model's loss and residual norms run on: `fla`
+    /// (the Triton kernels that tools/setup-kernels.sh compiles ahead of time: fla-core's, and flame's
+    /// fused residual norm), `torch` (libtorch ops), `auto` (for the linear models the kernels where
+    /// they can run; libtorch for the transformer and GPT-2).
     #[arg(long = "model.kernels", value_enum, default_value = "auto")]
     pub kernels: MixingKernels,
     /// Micro-batches per optimizer step.

@@ -32,7 +32,7 @@ unsafe extern "C" {
     ) -> *mut c_void;
     fn flame_autocast_exit() -> c_int;
     fn flame_pin_memory(t: *mut c_void) -> *mut c_void;
-    fn flame_backward(out: *mut c_void, grad: *mut c_void) -> c_int;
+    fn flame_backward(outs: *const *mut c_void, grads: *const *mut c_void, n: usize) -> c_int;
     fn flame_cuda_memory(device: c_int, used: *mut usize, total: *mut usize) -> c_int;
     fn flame_cuda_device_name(device: c_int, name: *mut c_char, len: c_int) -> c_int;
     fn flame_fused_adamw(
@@ -224,13 +224,25 @@ pub fn fused_adamw(
 /// Backpropagates `grad` (the gradient of some loss with respect to `out`) through `out`'s graph,
 /// accumulating into the leaves' gradients.
 pub fn backward(out: &Tensor, grad: &Tensor) -> Result<(), String> {
-    // SAFETY: two live tensors for the duration of the call.
-    check(unsafe {
-        flame_backward(
-            out.as_ptr().cast_mut().cast(),
-            grad.as_ptr().cast_mut().cast(),
-        )
-    })
+    backward_many(&[out], &[grad])
+}
+
+/// Backpropagates each `grads[i]` (the gradient of some loss with respect to `outs[i]`) in one pass
+/// through the outputs' graphs, accumulating into the leaves' gradients.
+pub fn backward_many(outs: &[&Tensor], grads: &[&Tensor]) -> Result<(), String> {
+    if outs.len() != grads.len() {
+        return Err(format!(
+            "backward: {} outputs and {} gradients",
+            outs.len(),
+            grads.len()
+        ));
+    }
+    let pointers = |ts: &[&Tensor]| -> Vec<*mut c_void> {
+        ts.iter().map(|t| t.as_ptr().cast_mut().cast()).collect()
+    };
+    let (outs, grads) = (pointers(outs), pointers(grads));
+    // SAFETY: live tensors for the duration of the call, `n` of each.
+    check(unsafe { flame_backward(outs.as_ptr(), grads.as_ptr(), outs.len()) })
 }
 
 /// Bytes of device memory in use and in all on CUDA device `device` (as `nvidia-smi` counts them);

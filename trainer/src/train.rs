@@ -146,9 +146,14 @@ pub fn run_as(args: &Args, launch: &Launch) -> anyhow::Result<Summary> {
         .resolve(&config, device)
         .map_err(anyhow::Error::msg)?;
     let model = models::build(&vs.root(), &config, fla);
-    if rank == 0 && config.mixer.is_linear() {
+    if rank == 0 {
+        let what = if config.mixer.is_linear() {
+            "token mixing"
+        } else {
+            "loss and residual norms"
+        };
         eprintln!(
-            "flame-train: {}'s token mixing runs on {mixing}",
+            "flame-train: {}'s {what} runs on {mixing}",
             config.model_type
         );
     }

@@ -8,7 +8,8 @@
 //! equal launch for launch: the kernel, its variant (every constexpr and parameter type), the grid,
 //! every scalar argument, and every tensor argument's element count and buffer (buffers numbered in
 //! order of first use, so the data flow between the launches is compared too). Torch glue (memsets,
-//! sums, casts) is not compared.
+//! sums, casts) is not compared. flame's own fused residual norm is held the same way to the launches of
+//! `tools/kernels/residual_norm.py`'s wrappers, and its kernels to torch under Triton's interpreter.
 
 // The ops' own names (q, k, v, g, a, b, o; h heads) read better here than longer ones.
 #![allow(clippy::many_single_char_names)]
@@ -18,11 +19,14 @@ use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
 use flame_trainer::config::{GateActivation, Mixer, ModelConfig};
 use flame_trainer::kernels::cubin::{Kernels, Launch, Param, Recorded};
-use flame_trainer::kernels::fla::{Varlen, conv, delta_rule, gated_delta_rule, gla, norm, swiglu};
+use flame_trainer::kernels::fla::{
+    Varlen, conv, cross_entropy, delta_rule, gated_delta_rule, gla, norm, swiglu,
+};
+use flame_trainer::kernels::residual_norm;
 use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor};
 
-use crate::util::{kernel_python, kernels, repo};
+use crate::util::{kernel_python, kernels, python, repo, succeeds};
 
 /// Two samples of [`SEQ_LEN`] tokens, their documents' boundaries (the trainer's `cu_seqlens`): a
 /// 1-token document, a whole chunk, uneven ones, and an empty one, which `Varlen` leaves out (fla's
@@ -409,4 +413,97 @@ fn swiglu_launches_are_flas() {
             &theirs,
         );
     }
+}
+
+#[test]
+fn cross_entropy_launches_are_flas() {
+    let mut vocabs: Vec<i64> = Vec::new();
+    for entry in std::fs::read_dir(repo().join("configs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let vocab = i64::from(ModelConfig::load(&path).unwrap().vocab_size);
+            if !vocabs.contains(&vocab) {
+                vocabs.push(vocab);
+            }
+        }
+    }
+    vocabs.sort_unstable();
+    // flame's 32000 (fla's default) and GPT-2's padded 50264.
+    assert_eq!(vocabs, [32000, 50264]);
+    let rows: i64 = SAMPLES.iter().map(|cu| i64::from(cu[cu.len() - 1])).sum();
+    for vocab in vocabs {
+        let theirs = fla("cross_entropy", &[("V", vocab.to_string())]);
+        let build = recording();
+        let logits =
+            Tensor::randn([rows, vocab], (Kind::BFloat16, Device::Cpu)).set_requires_grad(true);
+        let labels = Tensor::randint(vocab, [rows], (Kind::Int64, Device::Cpu));
+        let loss = cross_entropy::cross_entropy(&logits, &labels).unwrap();
+        backward(&loss);
+        assert_launches(
+            &format!("cross_entropy {vocab}"),
+            &build.take_launches().unwrap(),
+            &theirs,
+        );
+    }
+}
+
+/// flame's own fused residual norm (`tools/kernels/residual_norm.py`), held to that file's launches.
+#[test]
+fn residual_norm_launches_are_its_python_wrappers() {
+    let mut norms: Vec<(i64, bool)> = Vec::new();
+    for entry in std::fs::read_dir(repo().join("configs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let config = ModelConfig::load(&path).unwrap();
+            let norm = (i64::from(config.hidden_size), config.gpt2().is_none());
+            if !norms.contains(&norm) {
+                norms.push(norm);
+            }
+        }
+    }
+    norms.sort_unstable();
+    assert_eq!(
+        norms.len(),
+        7,
+        "GPT-2's four widths, three of RMSNorm: {norms:?}"
+    );
+    for (d, rms) in norms {
+        let theirs = fla(
+            "residual_norm",
+            &[("D", d.to_string()), ("rms", rms.to_string())],
+        );
+        let build = recording();
+        let branch = input(&[d]);
+        let residual = input(&[d])
+            .to_kind(Kind::Float)
+            .detach()
+            .set_requires_grad(true);
+        let param = || Tensor::randn([d], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let (weight, bias) = (param(), param());
+        let (y, h) = residual_norm::residual_norm(
+            &branch,
+            &residual,
+            &weight,
+            (!rms).then_some(&bias),
+            1e-5,
+        )
+        .unwrap();
+        flame_trainer::shim::backward_many(&[&y, &h], &[&y.ones_like(), &h.ones_like()]).unwrap();
+        assert_launches(
+            &format!("residual_norm {d} rms={rms}"),
+            &build.take_launches().unwrap(),
+            &theirs,
+        );
+    }
+}
+
+/// The fused residual norm's kernels compute the add and the norm and their gradients: run by Triton's
+/// interpreter on the CPU against torch's autograd in float32 (the script states its tolerances).
+#[test]
+fn residual_norm_kernels_equal_torchs_add_and_norm() {
+    let said = succeeds(
+        std::process::Command::new(python())
+            .arg(repo().join("tools/kernels/check/residual_norm_interpret.py")),
+    );
+    assert_eq!(said.lines().count(), 8, "{said}");
 }

@@ -325,26 +325,31 @@ fn the_chunked_ops_equal_flas_own_references() {
 }
 
 /// The kernel build `tools/setup-kernels.sh` makes here (no GPU needed to compile) holds every kernel
-/// the fla ops launch for flame's linear configs, each found by the ops' own lookups.
+/// flame's configs launch (the linear ones' mixing, every one's loss and residual norms), each found by
+/// the ops' own lookups.
 #[test]
-fn the_kernel_build_has_every_kernel_flames_linear_configs_launch() {
+fn the_kernel_build_has_every_kernel_flames_configs_launch() {
     let build: &'static Kernels = Box::leak(Box::new(Kernels::open(&kernels()).unwrap()));
-    for name in [
-        "delta_net_340M.json",
-        "delta_net_1B.json",
-        "gla_340M.json",
-        "gla_7B.json",
-        "gated_deltanet_340M.json",
-        "gated_deltanet_1B.json",
-    ] {
-        let config = ModelConfig::load(&repo().join("configs").join(name)).unwrap();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(repo().join("configs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let config = ModelConfig::load(&path).unwrap();
         flame_trainer::kernels::fla::check(build, &config)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        checked += 1;
     }
+    assert_eq!(
+        checked, 13,
+        "six linear configs, three transformers, four GPT-2s"
+    );
 }
 
-/// Off CUDA the linear models mix with libtorch ops and say why; asking for fla's kernels there is
-/// an error, not a silent fallback, and so it is for the transformer, which has no linear mixing.
+/// Off CUDA the models run on libtorch ops and say why; asking for the kernels there is an error, not a
+/// silent fallback, for the transformer (whose loss and norms would run on them) as for the linear
+/// models. `auto` keeps the transformer on libtorch ops anywhere.
 #[test]
 fn fla_kernels_are_chosen_only_where_they_can_run() {
     let config = ModelConfig::from_json(&shrunk("delta_net_340M.json")).unwrap();
@@ -360,13 +365,19 @@ fn fla_kernels_are_chosen_only_where_they_can_run() {
         MixingKernels::Auto
             .resolve(&transformer, Device::Cpu)
             .unwrap(),
-        (false, "libtorch ops".to_string())
+        (
+            false,
+            "libtorch ops (--model.kernels fla fuses them on CUDA)".to_string()
+        )
     );
     let error = MixingKernels::Fla
         .resolve(&transformer, Device::Cpu)
         .unwrap_err();
+    assert_eq!(error, "--model.kernels fla: the model is on Cpu");
     assert_eq!(
-        error,
-        "--model.kernels fla: transformer has no linear-attention token mixing"
+        MixingKernels::Torch
+            .resolve(&transformer, Device::Cpu)
+            .unwrap(),
+        (false, "libtorch ops".to_string())
     );
 }

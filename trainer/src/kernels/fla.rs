@@ -2,13 +2,15 @@
 //! order and with the buffers fla's Python wrappers use, as libtorch autograd nodes
 //! ([`crate::shim::kernels::Function`]). [`delta_rule`] holds DeltaNet's op, [`gated_delta_rule`]
 //! Gated DeltaNet's, [`gla`] GLA's; `common` the launches the delta rules share (the L2 norm, the state
-//! and output passes) and the argument helpers.
+//! and output passes) and the argument helpers. [`cross_entropy`] is every model's loss, the
+//! transformer's and GPT-2's too.
 //!
 //! fla's kernels take a batch flattened to one row of `T` tokens (`[1, T, H, D]`, contiguous, bf16)
 //! with the documents' boundaries ([`Varlen`]); states reset at every document start.
 
 mod common;
 pub mod conv;
+pub mod cross_entropy;
 pub mod delta_rule;
 pub mod gated_delta_rule;
 pub mod gla;
@@ -64,8 +66,12 @@ impl Varlen {
     }
 }
 
-/// Whether `kernels` has every kernel `config`'s token mixing needs; `Err` says what it lacks.
+/// Whether `kernels` has every kernel `config` runs on them (the token mixing of a linear model, every
+/// model's loss and residual norms); `Err` says what it lacks.
 pub fn check(kernels: &'static Kernels, config: &ModelConfig) -> Result<(), String> {
+    cross_entropy::check(kernels, i64::from(config.vocab_size))?;
+    let rms = config.gpt2().is_none();
+    super::residual_norm::check(kernels, i64::from(config.hidden_size), rms)?;
     if config.mixer.is_linear() {
         swiglu::check(kernels, i64::from(config.intermediate_size))?;
     }
@@ -95,10 +101,7 @@ pub fn check(kernels: &'static Kernels, config: &ModelConfig) -> Result<(), Stri
             }
             Ok(())
         }
-        Mixer::Attention(_) | Mixer::Gpt2(_) => Err(format!(
-            "{} has no fla kernels in flame-train yet",
-            config.model_type
-        )),
+        Mixer::Attention(_) | Mixer::Gpt2(_) => Ok(()),
     }
 }
 
@@ -113,7 +116,7 @@ fn flat(x: &Tensor) -> Tensor {
         .view(shape.as_slice())
 }
 
-fn cdiv(a: i64, b: i64) -> i64 {
+pub(crate) fn cdiv(a: i64, b: i64) -> i64 {
     (a + b - 1) / b
 }
 
@@ -124,7 +127,7 @@ fn next_power_of_2(x: i64) -> i64 {
 }
 
 /// An i32 kernel argument (Triton's `T`).
-fn int(x: i64) -> Result<Arg<'static>, String> {
+pub(crate) fn int(x: i64) -> Result<Arg<'static>, String> {
     i32::try_from(x)
         .map(Arg::I32)
         .map_err(|_| format!("{x} does not fit the kernels' int32"))

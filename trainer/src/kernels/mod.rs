@@ -7,7 +7,8 @@
 //! its `cu_seqlens`; states reset at every document start. The chunked ops here are libtorch ops:
 //! the path every CPU test takes (their gradients come from autograd). On CUDA the models run [`fla`]
 //! instead, fla-core's own Triton kernels compiled ahead of time ([`cubin`]), where the kernel build
-//! has their shapes (`--model.kernels`, which says which path a run takes and why).
+//! has their shapes (`--model.kernels`, which says which path a run takes and why). [`residual_norm`]
+//! is every model's residual add and norm fused on CUDA, flame's own Triton kernel in the same build.
 //!
 //! ```
 //! use flame_trainer::kernels::{ChunkLayout, chunk_gla};
@@ -26,6 +27,7 @@ pub mod delta_rule;
 pub mod fla;
 pub mod gla;
 pub mod layout;
+pub mod residual_norm;
 #[cfg(test)]
 mod testing;
 

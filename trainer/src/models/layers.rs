@@ -179,16 +179,19 @@ pub fn projections(x: &Tensor, weights: &[&Tensor]) -> Vec<Tensor> {
 /// states; the positions that have a label, as many as `labels` has columns), `rows` label positions at a time, each chunk's logits freed after its backward (a fused
 /// linear cross-entropy), so that `[tokens, vocab]` logits never exist whole; then the backward pass on
 /// from `hidden`. Accumulates the gradients of `scale ×` the mean loss over the labels that are not
-/// [`IGNORE`] and returns that loss (unscaled, detached).
+/// [`IGNORE`] and returns that loss (unscaled, detached). With `fla` and bf16 logits (autocast) each
+/// chunk's loss runs on fla's fused kernels ([`crate::kernels::fla::cross_entropy`]: the logits'
+/// gradient written over them), else on libtorch's `cross_entropy` (in float32 under autocast).
 ///
 /// # Errors
-/// When the backward pass from `hidden` fails.
+/// When fla's loss or the backward pass from `hidden` fails.
 pub fn chunked_head_backward(
     hidden: &Tensor,
     head: &Tensor,
     labels: &Tensor,
     scale: f64,
     rows_per_chunk: i64,
+    fla: bool,
 ) -> Result<Tensor, String> {
     let size = hidden.size();
     let (b, h) = (size[0], size[2]);
@@ -210,17 +213,14 @@ pub fn chunked_head_backward(
     let mut start = 0;
     while start < rows {
         let n = rows_per_chunk.min(rows - start);
-        let loss = flat
-            .narrow(0, start, n)
-            .linear(head, None::<Tensor>)
-            .cross_entropy_loss::<Tensor>(
-                &labels.narrow(0, start, n),
-                None,
-                Reduction::Sum,
-                IGNORE,
-                0.0,
-            )
-            * &count;
+        let logits = flat.narrow(0, start, n).linear(head, None::<Tensor>);
+        let chunk_labels = labels.narrow(0, start, n);
+        let loss = if fla && logits.kind() == Kind::BFloat16 {
+            crate::kernels::fla::cross_entropy::cross_entropy(&logits, &chunk_labels)?
+                .sum(Kind::Float)
+        } else {
+            logits.cross_entropy_loss::<Tensor>(&chunk_labels, None, Reduction::Sum, IGNORE, 0.0)
+        } * &count;
         (&loss * scale).backward();
         total += loss.detach();
         start += n;

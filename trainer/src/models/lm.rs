@@ -152,6 +152,37 @@ struct Block {
     mlp: Mlp,
 }
 
+/// The residual stream between blocks: `residual + branch`, the branch (the last block's MLP output)
+/// not added yet, for the next norm adds it ([`CausalLm::add_norm`]); before the first block the
+/// embedding alone.
+#[derive(Debug)]
+struct Stream {
+    residual: Tensor,
+    branch: Option<Tensor>,
+}
+
+impl Stream {
+    fn tensors(&self) -> Vec<&Tensor> {
+        std::iter::once(&self.residual)
+            .chain(self.branch.as_ref())
+            .collect()
+    }
+
+    /// The same values as leaves of a new graph, each with a gradient.
+    fn leaves(&self) -> Self {
+        let leaf = |t: &Tensor| t.detach().set_requires_grad(true);
+        Self {
+            residual: leaf(&self.residual),
+            branch: self.branch.as_ref().map(leaf),
+        }
+    }
+
+    /// The gradients accumulated in the leaves of [`Stream::leaves`], in [`Stream::tensors`]' order.
+    fn grads(&self) -> Vec<Tensor> {
+        self.tensors().into_iter().map(Tensor::grad).collect()
+    }
+}
+
 /// A causal language model of one of flame's architectures, its parameters in a [`nn::VarStore`].
 pub struct CausalLm {
     config: ModelConfig,
@@ -275,26 +306,54 @@ impl CausalLm {
     /// The final hidden states `[B, T, hidden]`, normalised.
     fn hidden(&self, inputs: &Inputs) -> Tensor {
         let context = self.context(inputs);
-        let mut x = self.embed(inputs);
+        let mut x = Stream {
+            residual: self.embed(inputs),
+            branch: None,
+        };
         for block in &self.blocks {
             x = self.block(block, &x, &context);
         }
-        self.norm.forward(&x, self.config.norm_eps)
+        self.add_norm(&self.norm, &x).0
     }
 
-    /// One block: `x + mixer(norm(x))`, then `+ mlp(norm(·))`.
-    // `x = x + y`, not `x += y`: an in-place add would overwrite a tensor autograd still needs.
-    #[allow(clippy::assign_op_pattern)]
-    fn block(&self, block: &Block, x: &Tensor, context: &Context<'_>) -> Tensor {
+    /// One block: `x + mixer(norm(x))`, then `+ mlp(norm(·))`, the MLP's output left for the next norm
+    /// to add.
+    fn block(&self, block: &Block, x: &Stream, context: &Context<'_>) -> Stream {
+        let (normed, h) = self.add_norm(&block.mixer_norm, x);
+        let x = Stream {
+            branch: Some(block.mixer.forward(&normed, context)),
+            residual: h,
+        };
+        let (normed, h) = self.add_norm(&block.mlp_norm, &x);
+        Stream {
+            branch: Some(block.mlp.forward(&normed, context)),
+            residual: h,
+        }
+    }
+
+    /// `(norm(s), s)` of the stream's sum `s = residual + branch`: in one fused kernel each way
+    /// ([`crate::kernels::residual_norm`]) where the model runs on its kernels and the branch is bf16
+    /// (autocast), else the add then `norm`.
+    fn add_norm(&self, norm: &Norm, x: &Stream) -> (Tensor, Tensor) {
         let eps = self.config.norm_eps;
-        let x = x + block
-            .mixer
-            .forward(&block.mixer_norm.forward(x, eps), context);
-        let hx = block.mlp_norm.forward(&x, eps);
-        x + block.mlp.forward(&hx, context)
+        let Some(branch) = &x.branch else {
+            return (norm.forward(&x.residual, eps), x.residual.shallow_clone());
+        };
+        if self.fla_kernels && branch.kind() == Kind::BFloat16 && x.residual.kind() == Kind::Float {
+            return crate::kernels::residual_norm::residual_norm(
+                branch,
+                &x.residual,
+                &norm.weight,
+                norm.bias.as_ref(),
+                eps,
+            )
+            .expect("the fused residual norm (its build was checked)");
+        }
+        let sum = &x.residual + branch;
+        (norm.forward(&sum, eps), sum)
     }
 
-    /// Runs the linear mixers on fla's kernels (`on`) or on libtorch ops; see
+    /// Runs the linear mixers and the loss on fla's kernels (`on`) or on libtorch ops; see
     /// [`super::MixingKernels::resolve`].
     pub fn set_fla_kernels(&mut self, on: bool) {
         self.fla_kernels = on;
@@ -334,7 +393,11 @@ impl Model for CausalLm {
         } else {
             self.embed(inputs)
         };
-        let mut x = embedded.detach().set_requires_grad(true);
+        let embedded = Stream {
+            residual: embedded,
+            branch: None,
+        };
+        let mut x = embedded.leaves();
         let mut layers = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
             let out = if full {
@@ -342,27 +405,38 @@ impl Model for CausalLm {
             } else {
                 self.block(block, &x, &context)
             };
-            let next = out.detach().set_requires_grad(true);
+            let next = out.leaves();
             layers.push((std::mem::replace(&mut x, next), out));
         }
-        let hidden = self.norm.forward(&x, self.config.norm_eps);
-        let loss =
-            chunked_head_backward(&hidden, self.head(), &inputs.labels, scale, self.loss_chunk)?;
+        let hidden = self.add_norm(&self.norm, &x).0;
+        let loss = chunked_head_backward(
+            &hidden,
+            self.head(),
+            &inputs.labels,
+            scale,
+            self.loss_chunk,
+            self.fla_kernels,
+        )?;
         on_segment(0)?;
-        let mut grad = x.grad();
+        let mut grads = x.grads();
         for (done, (block, (input, out))) in self.blocks.iter().zip(layers).rev().enumerate() {
             let out = if full {
                 self.block(block, &input, &context)
             } else {
                 out
             };
-            crate::shim::backward(&out, &grad)?;
+            let grads_of: Vec<&Tensor> = grads.iter().collect();
+            crate::shim::backward_many(&out.tensors(), &grads_of)?;
             drop(out);
             on_segment(done + 1)?;
-            grad = input.grad();
+            grads = input.grads();
         }
-        let embedded = if full { self.embed(inputs) } else { embedded };
-        crate::shim::backward(&embedded, &grad)?;
+        let embedded = if full {
+            self.embed(inputs)
+        } else {
+            embedded.residual
+        };
+        crate::shim::backward(&embedded, &grads[0])?;
         on_segment(self.blocks.len() + 1)?;
         Ok(loss)
     }

@@ -76,23 +76,29 @@ pub enum Checkpointing {
     Full,
 }
 
-/// What the linear models' token mixing runs on (`--model.kernels`).
+/// What runs on the kernel build's kernels (`--model.kernels`): the linear models' token mixing on fla's,
+/// and every model's loss ([`crate::kernels::fla::cross_entropy`]) and residual norms
+/// ([`crate::kernels::residual_norm`]) fused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum MixingKernels {
-    /// fla's kernels where they can run (CUDA, a kernel build for the model's shapes), else libtorch.
+    /// For the linear models, the kernels where they can run (CUDA, a kernel build for the model's
+    /// shapes), else libtorch; for the transformer and GPT-2, libtorch (their fused loss and norms are
+    /// not yet measured on a GPU against the libtorch path: `Fla` runs them).
     Auto,
     /// fla-core's Triton kernels, compiled ahead of time ([`crate::kernels::fla`]); an error where
     /// they cannot run.
     Fla,
-    /// The chunked algorithms in libtorch ops ([`crate::kernels::gla`], [`crate::kernels::delta_rule`]).
+    /// libtorch ops: the chunked algorithms ([`crate::kernels::gla`], [`crate::kernels::delta_rule`])
+    /// and libtorch's cross-entropy.
     Torch,
 }
 
 impl MixingKernels {
-    /// Whether `config`'s token mixing runs on fla's kernels on `device`, and why (for the log).
+    /// Whether `config`'s model runs on the kernel build on `device`, and why (for the log): a linear
+    /// model's token mixing, norms, convolutions, MLP and loss, the others' loss and residual norms.
     ///
     /// # Errors
-    /// `Fla` where fla's kernels cannot run, or for a model without linear attention, saying why.
+    /// `Fla` where fla's kernels cannot run, saying why.
     pub fn resolve(
         self,
         config: &ModelConfig,
@@ -105,17 +111,22 @@ impl MixingKernels {
             let kernels = crate::kernels::cubin::Kernels::installed()?;
             crate::kernels::fla::check(kernels, config)
         };
-        if !config.mixer.is_linear() && self == Self::Fla {
-            return Err(format!(
-                "--model.kernels fla: {} has no linear-attention token mixing",
-                config.model_type
-            ));
-        }
-        if !config.mixer.is_linear() || self == Self::Torch {
+        if self == Self::Torch {
             return Ok((false, "libtorch ops".into()));
         }
+        if self == Self::Auto && !config.mixer.is_linear() {
+            return Ok((
+                false,
+                "libtorch ops (--model.kernels fla fuses them on CUDA)".into(),
+            ));
+        }
+        let what = if config.mixer.is_linear() {
+            "fla's kernels"
+        } else {
+            "fla's and flame's fused kernels"
+        };
         match (self, why_not()) {
-            (_, Ok(())) => Ok((true, "fla's kernels".into())),
+            (_, Ok(())) => Ok((true, what.into())),
             (Self::Fla, Err(e)) => Err(format!("--model.kernels fla: {e}")),
             (_, Err(e)) => Ok((false, format!("libtorch ops ({e})"))),
         }
